@@ -1,0 +1,217 @@
+"""The tutorial's U-Net, correct at every input size, with its checkpoint format.
+
+The network is the one from the well-known PyTorch MRI segmentation tutorial
+(widths 16-32-64-128, two 3x3 conv+BN+ReLU per level, MaxPool 2 down,
+ConvTranspose 2x2/2 up, skip concatenation, 3x3 output conv: 483,571 parameters
+for 1 input channel and 3 classes). Two things differ:
+
+* the decoder pads the upsampled map left/top by ``skip - up`` on *each own*
+  axis, computed from run-time sizes, so odd and non-square inputs work and an
+  exported ONNX graph keeps the pad dynamic (the tutorial swaps H and W);
+* per-image intensity normalisation happens inside the model, so raw scanner
+  intensities go in and an exported model needs no hidden pre-processing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgeseg.errors import EdgesegError
+
+MIN_SIZE = 16  # three 2x poolings need at least 2 pixels at the bottom level
+NORM_EPS = 1e-6  # keeps a constant (all-zero) slice finite after normalisation
+DEFAULT_CLASSES = ("background", "gray_matter", "white_matter")
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the U-Net; saved in every checkpoint."""
+
+    in_channels: int = 1  # one MRI contrast
+    num_classes: int = 3  # background, gray matter, white matter
+    widths: tuple[int, ...] = (16, 32, 64, 128)  # the tutorial's channel widths, top to bottom
+    class_names: tuple[str, ...] = field(default=DEFAULT_CLASSES)
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(int(w) for w in self.widths)
+        self.class_names = tuple(self.class_names)
+        if len(self.class_names) != self.num_classes:
+            raise EdgesegError(
+                f"model config: {len(self.class_names)} class names for {self.num_classes} classes;"
+                " give one name per class"
+            )
+        if len(self.widths) < 2:
+            raise EdgesegError("model config: widths needs at least two levels, e.g. 16,32,64,128")
+
+    @property
+    def min_size(self) -> int:
+        """Smallest H or W the net accepts: every pooling level needs at least 2 pixels."""
+        return max(MIN_SIZE, 2 ** len(self.widths))
+
+
+class Normalize(nn.Module):
+    """Per-image, per-channel z-score over H and W: ``(N, C, H, W) -> (N, C, H, W)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        var = (x - mean).square().mean(dim=(2, 3), keepdim=True)
+        return (x - mean) / torch.sqrt(var + NORM_EPS)
+
+
+class DoubleConv(nn.Module):
+    """Two 3x3 conv + BatchNorm + ReLU, spatial size kept."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.block = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 3, padding=1),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1),
+            nn.BatchNorm2d(out_ch),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class Down(nn.Module):
+    """MaxPool 2 then DoubleConv: ``(N, Cin, H, W) -> (N, Cout, H//2, W//2)``."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2)
+        self.conv = DoubleConv(in_ch, out_ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pool(x))
+
+
+class Up(nn.Module):
+    """ConvTranspose 2x2/2, left/top pad to the skip's size, concat, DoubleConv."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)
+        self.conv = DoubleConv(2 * out_ch, out_ch)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = self.up(x)  # (N, out, 2h, 2w); the skip is (N, out, H, W) with H in {2h, 2h+1}
+        # Sizes stay tensors/SymInts (never int()) so the exported pad is computed at run time.
+        dh = skip.size(2) - up.size(2)
+        dw = skip.size(3) - up.size(3)
+        up = F.pad(up, (dw, 0, dh, 0))  # F.pad takes the last axis (W) first
+        return self.conv(torch.cat([skip, up], dim=1))
+
+
+class UNet(nn.Module):
+    """The tutorial's U-Net: raw intensities ``(N, Cin, H, W)`` -> logits ``(N, C, H, W)``."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        w = self.config.widths
+        self.normalize = Normalize()
+        self.stem = DoubleConv(self.config.in_channels, w[0])
+        self.downs = nn.ModuleList(Down(a, b) for a, b in zip(w[:-1], w[1:]))
+        self.ups = nn.ModuleList(Up(b, a) for a, b in zip(reversed(w[:-1]), reversed(w[1:])))
+        self.head = nn.Conv2d(w[0], self.config.num_classes, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+            check_input_shape(tuple(x.shape), self.config)
+        x = self.stem(self.normalize(x))
+        skips = [x]
+        for down in self.downs:
+            x = down(x)
+            skips.append(x)
+        skips.pop()  # the bottom level is not a skip
+        for up in self.ups:
+            x = up(x, skips.pop())
+        return self.head(x)
+
+
+def check_input_shape(shape: tuple[int, ...], config: ModelConfig) -> None:
+    """Raise EdgesegError unless ``shape`` is ``(N, in_channels, H, W)`` with H, W >= min_size."""
+    if len(shape) != 4 or shape[1] != config.in_channels:
+        raise EdgesegError(
+            f"model input has shape {shape}; expected (N, {config.in_channels}, H, W)"
+        )
+    if min(shape[2:]) < config.min_size:
+        raise EdgesegError(
+            f"input of {shape[2]}x{shape[3]} is too small for this U-Net: H and W must be"
+            f" >= {config.min_size}; pad or resample the slice"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_checkpoint(path: Path, model: UNet, **extra: Any) -> None:
+    """Atomically write a weights-only-loadable checkpoint (temp file + rename).
+
+    Args:
+        path: destination ``.pt`` file.
+        model: the network; its state_dict and config are stored.
+        **extra: plain data only (numbers, strings, lists, dicts, tensors), e.g.
+            ``metrics``, ``train_config``, ``epoch``, ``optimizer``.
+    """
+    payload = {
+        "format": "edgeseg-checkpoint-v1",
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": _config_to_dict(model.config),
+        **extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
+    """Load a checkpoint with ``weights_only=True`` and rebuild its model in eval mode.
+
+    Returns:
+        ``(model, checkpoint_dict)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EdgesegError(f"{path}: checkpoint not found; train one with `edgeseg train`")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated zip, pickle with code, not a torch file at all
+        raise EdgesegError(
+            f"{path}: not a loadable edgeseg checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+        ) from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt:
+        raise EdgesegError(f"{path}: not an edgeseg checkpoint (no state_dict/model_config)")
+    model = UNet(ModelConfig(**ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise EdgesegError(f"{path}: weights do not fit the stored model config: {exc}") from exc
+    return model.to(device).eval(), ckpt
+
+
+def _config_to_dict(config: ModelConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["widths"] = list(d["widths"])
+    d["class_names"] = list(d["class_names"])
+    return d
