@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,55 @@ DataOpt = Annotated[
     Path | None,
     typer.Option("--data", help="Dataset root in the tutorial layout (MRIs/, Segmentations/)."),
 ]
+
+
+class Preset(str, Enum):
+    default = "default"
+    tutorial = "tutorial"
+
+
+class Split(str, Enum):
+    slabs = "slabs"
+    tutorial = "tutorial"
+
+
+@app.command("train")
+def train_cmd(
+    data: DataOpt = None,
+    preset: Annotated[Preset, typer.Option(help="default: fast on 2 CPU cores; tutorial: its exact recipe.")] = Preset.default,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the training slices.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="(Peak) learning rate.")] = None,
+    patch: Annotated[int | None, typer.Option(help="Random-crop size; 0 trains on whole slices.")] = None,
+    split: Annotated[Split | None, typer.Option(help="Held-out slabs, or the tutorial's last 100.")] = None,
+    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights, shuffling, augmentation.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name under --runs-dir.")] = None,
+    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Parent of run folders.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Run folder (or last.pt) to continue after a kill.")] = None,
+) -> None:
+    """Train the U-Net (the demo MRI set when --data is not given)."""
+    from edgeseg.train import run_training
+
+    overrides = dict(
+        data=str(data) if data else None, epochs=epochs, batch_size=batch_size, lr=lr,
+        patch=patch, split=split.value if split else None, augment=augment, seed=seed,
+        device=device, name=name, runs_dir=str(runs_dir) if runs_dir else None,
+    )
+    run_training(preset.value, overrides, resume)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: Annotated[Path | None, typer.Argument(help="A .pt checkpoint; default: the newest run's best.pt.")] = None,
+    data: DataOpt = None,
+    split: Annotated[Split | None, typer.Option(help="Split to evaluate when --data is given.")] = None,
+) -> None:
+    """Per-class IoU and Dice of a checkpoint on held-out slices."""
+    from edgeseg.train import run_evaluation
+
+    run_evaluation(checkpoint, data, split.value if split else None)
 
 
 def main() -> None:

@@ -197,8 +197,10 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[UNe
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file at all
+        reason = (str(exc).strip().splitlines() or ["empty or unreadable file"])[0][:160]
         raise EdgesegError(
-            f"{path}: not a loadable edgeseg checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            f"{path}: not a loadable edgeseg checkpoint ({type(exc).__name__}: {reason});"
+            " pass a .pt written by `edgeseg train`"
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt:
         raise EdgesegError(f"{path}: not an edgeseg checkpoint (no state_dict/model_config)")

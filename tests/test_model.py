@@ -1,0 +1,114 @@
+"""The model contract: every size, forward/backward, determinism, the dynamic pad, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edgeseg import EdgesegError
+from edgeseg.model import ModelConfig, UNet, count_parameters, load_checkpoint, save_checkpoint
+
+SIZES = [(394, 394), (393, 395), (394, 300), (300, 394), (256, 257), (16, 16)]
+
+
+@pytest.fixture(scope="module")
+def model() -> UNet:
+    torch.manual_seed(0)
+    return UNet()
+
+
+def test_parameter_count_matches_the_tutorial(model: UNet) -> None:
+    assert count_parameters(model) == 483_571
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_forward_backward_any_size(model: UNet, size: tuple[int, int], batch: int) -> None:
+    model.train()
+    x = torch.randn(batch, 1, *size) * 800 + 1200  # raw scanner-like intensities
+    out = model(x)
+    assert out.shape == (batch, 3, *size)
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("size", SIZES[:3], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_eval_is_deterministic(model: UNet, size: tuple[int, int]) -> None:
+    model.eval()
+    x = torch.randn(2, 1, *size)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_pad_goes_left_and_top_on_each_own_axis() -> None:
+    """A 1-pixel mismatch on H only must pad H only (the tutorial swaps the axes)."""
+    torch.manual_seed(0)
+    net = UNet(ModelConfig(widths=(4, 8))).eval()
+    up_block = net.ups[0]
+    seen = {}
+    up_block.conv.register_forward_pre_hook(lambda m, args: seen.setdefault("cat", args[0]))
+    with torch.no_grad():
+        net(torch.randn(1, 1, 33, 40))
+    cat = seen["cat"]  # (1, 8, 33, 40): skip (4 ch) + padded up-sampled map (4 ch)
+    assert cat.shape == (1, 8, 33, 40)
+    upsampled = cat[:, 4:]
+    assert torch.count_nonzero(upsampled[:, :, 0, :]) == 0  # the padded top row
+    assert torch.count_nonzero(upsampled[:, :, 1:, 0]) > 0  # no pad on the left
+
+
+def test_normalisation_makes_raw_intensity_scale_irrelevant(model: UNet) -> None:
+    model.eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        a, b = model(x), model(x * 3000 + 1000)
+    assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_constant_slice_stays_finite(model: UNet) -> None:
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.zeros(1, 1, 32, 32))).all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 15, 64), (1, 1, 64, 8), (1, 2, 64, 64), (64, 64)])
+def test_bad_input_shape_is_a_clear_error(model: UNet, shape: tuple[int, ...]) -> None:
+    with pytest.raises(EdgesegError, match="expected|too small"):
+        model(torch.zeros(shape))
+
+
+def test_configurable_widths_channels_classes() -> None:
+    cfg = ModelConfig(in_channels=2, num_classes=4, widths=(8, 16, 32),
+                      class_names=("bg", "a", "b", "c"))
+    net = UNet(cfg)
+    assert net(torch.randn(2, 2, 37, 45)).shape == (2, 4, 37, 45)
+
+
+def test_checkpoint_round_trip_weights_only(tmp_path, model: UNet) -> None:
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model, metrics={"miou_fg": 0.5}, epoch=3)
+    loaded, ckpt = load_checkpoint(path)
+    assert ckpt["metrics"]["miou_fg"] == 0.5 and ckpt["epoch"] == 3
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+
+
+def test_checkpoint_with_code_is_refused(tmp_path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "model_config": {}, "x": Evil()}, path)
+    with pytest.raises(EdgesegError, match="evil.pt"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04truncated"])
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, content: bytes) -> None:
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(EdgesegError, match="bad.pt"):
+        load_checkpoint(path)
