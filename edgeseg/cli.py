@@ -82,6 +82,22 @@ def evaluate_cmd(
     run_evaluation(checkpoint, data, split.value if split else None)
 
 
+@data_app.command("demo")
+def data_demo_cmd(
+    out: Annotated[Path | None, typer.Option("--out", help="Dataset folder; default ~/.cache/edgeseg/demo-mni152 ($EDGESEG_HOME).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching set is cached.")] = False,
+) -> None:
+    """Build the real-MRI demo set (MNI152 template from nilearn, offline) in the tutorial layout."""
+    from rich.console import Console
+
+    from edgeseg.data import build_demo, read_demo_provenance
+
+    root = build_demo(out, force=force)
+    counts = read_demo_provenance(root)["counts"]
+    per_plane = ", ".join(f"{plane} {n}" for plane, n in counts.items())
+    Console().print(f"{root}\n{sum(counts.values())} slices: {per_plane}")
+
+
 def main() -> None:
     """Console-script entry: user mistakes print one line and exit 1, no traceback."""
     try:

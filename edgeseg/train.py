@@ -247,9 +247,10 @@ def train(config: TrainConfig, resume: Path | None = None, log: Callable[[str], 
     model = UNet(model_config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # Repeated indices draw different crops: the dataset seeds each item by its position.
     dataset = make_train_dataset(
-        slices, train_idx, patch=config.patch, augment=config.augment, seed=config.seed,
-        repeats=config.patches_per_slice,
+        slices, train_idx * config.patches_per_slice, patch=config.patch,
+        augment=config.augment, seed=config.seed,
     )
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
