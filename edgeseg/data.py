@@ -216,13 +216,13 @@ def load_slices(root: Path, num_classes: int = 3) -> Slices:
     """
     if not 2 <= num_classes <= 256:
         raise EdgesegError(f"num_classes={num_classes}: must be between 2 and 256")
-    root = _resolve_root(root)
     pairs = find_pairs(root)
     images, masks = [], []
     for pair in pairs:
         image = _check_image(pair.image, _load_npy(pair.image))
         masks.append(_check_mask(pair.mask, _load_npy(pair.mask), image.shape, num_classes))
         images.append(image)
+    root = pairs[0].image.parent.parent  # after the MRIs/MRIs descent
     return Slices(root=root, keys=[p.key for p in pairs], images=images, masks=masks)
 
 
@@ -486,10 +486,12 @@ def read_demo_provenance(root: Path) -> dict[str, Any]:
         record = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise EdgesegError(
-            f"{path}: cannot read demo provenance ({exc}); rebuild with --force"
+            f"{path}: cannot read demo provenance ({exc}); build the set with edgeseg data demo"
         ) from None
     if not isinstance(record, dict) or record.get("format") != DEMO_FORMAT:
-        raise EdgesegError(f"{path}: not an edgeseg demo provenance file; rebuild with --force")
+        raise EdgesegError(
+            f"{path}: not an edgeseg demo provenance file; build the set with edgeseg data demo"
+        )
     return record
 
 
@@ -504,6 +506,50 @@ def _cache_hit(out: Path, identity: dict[str, Any]) -> bool:
         return False
     total = record.get("total")
     return all(len(list((out / sub).glob("*.npy"))) == total for sub in ("MRIs", "Segmentations"))
+
+
+def _provenance(identity: dict[str, Any], kept: dict[str, list[int]]) -> dict[str, Any]:
+    """The provenance.json record of a finished build."""
+    import nilearn
+
+    return {
+        **identity,
+        "description": "2-D slices in the PyTorch MRI-segmentation tutorial layout, cut from the "
+        "MNI ICBM152 2009 nonlinear symmetric template, release a, as nilearn ships it "
+        "(*_tal_nlin_sym_09a_converted.nii.gz: 1 mm, uint8, brain-extracted T1)",
+        "sources": {
+            k: {"file": DEMO_SOURCES[k], "sha256": v} for k, v in identity["source_sha256"].items()
+        },
+        "nilearn_version": nilearn.__version__,
+        "license": {
+            "notice": MNI152_NOTICE,
+            "notice_source": "https://nist.mni.mcgill.ca/icbm-152-nonlinear-atlases-2009/",
+            "nilearn_says": "License: unknown (nilearn datasets/description/icbm152_2009.rst)",
+            "citations": list(MNI152_CITATIONS),
+        },
+        "labels": {"0": "background", "1": "gray matter", "2": "white matter"},
+        "pixel_mm": 1.0 / DEMO_ZOOM,
+        "orientation": "top row superior (axial: anterior); columns run toward the right "
+        "(sagittal: toward anterior); padding = template minimum",
+        "counts": {plane: len(ix) for plane, ix in kept.items()},
+        "total": sum(len(ix) for ix in kept.values()),
+        "source_voxel_index": kept,
+    }
+
+
+def _check_target(out: Path) -> None:
+    """Refuse to replace anything but an empty folder or an earlier edgeseg demo set."""
+    if not out.exists():
+        return
+    if out.is_dir() and not any(out.iterdir()):
+        return
+    try:
+        read_demo_provenance(out)
+    except EdgesegError:
+        raise EdgesegError(
+            f"{out}: exists and is not an edgeseg demo set; "
+            "choose an empty or new --out folder (it is never overwritten)"
+        ) from None
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -524,10 +570,12 @@ def build_demo(
 
     Slices from the axial, coronal and sagittal planes with enough brain are
     resampled to 0.5 mm (T1 linear; GM/WM probabilities linear, then labelled
-    0 background / 1 gray matter / 2 white matter), centred on the brain and
-    cropped/padded to 394x394. Files are named so that sorted order is plane,
-    then position. The build happens in a temporary folder beside ``out`` and is
-    renamed into place, so an interrupted build never leaves a half dataset.
+    0 background / 1 gray matter / 2 white matter), centred on the brain's
+    bounding box and cropped/padded to 394x394. Files are named so that sorted
+    order is plane, then position. The set is reused when its provenance.json
+    matches the parameters and the sources' SHA-256. A build happens in a
+    temporary folder beside ``out`` and is renamed into place, so an
+    interrupted build never leaves a half dataset at ``out``.
 
     Args:
         out: dataset root to write; default :func:`default_demo_dir`.
@@ -540,51 +588,33 @@ def build_demo(
     out = Path(out).expanduser() if out is not None else default_demo_dir()
     config = config or DemoConfig()
     sources = _demo_sources()
-    sha = {name: _sha256(path) for name, path in sources.items()}
-    identity = _demo_identity(config, sha)
+    identity = _demo_identity(config, {name: _sha256(p) for name, p in sources.items()})
     if not force and _cache_hit(out, identity):
         return out
-    if out.exists() and not (out / "provenance.json").is_file() and any(out.iterdir()):
-        raise EdgesegError(
-            f"{out}: folder exists and is not an edgeseg demo set; "
-            "choose an empty or new --out folder (it is never overwritten)"
-        )
+    _check_target(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     except OSError as exc:
         raise EdgesegError(
-            f"{out}: cannot create the demo set here ({exc}); choose another --out"
+            f"{out}: cannot write the demo set here ({exc}); choose another --out"
         ) from None
     try:
         kept = _write_demo(tmp, sources, config)
-        import nilearn
-
-        record = {
-            **identity,
-            "description": "MNI ICBM152 2009a nonlinear symmetric template (as shipped in nilearn) "
-            "cut into 2-D slices in the PyTorch MRI-segmentation tutorial layout",
-            "sources": {k: {"file": DEMO_SOURCES[k], "sha256": sha[k]} for k in DEMO_SOURCES},
-            "nilearn_version": nilearn.__version__,
-            "license": {
-                "notice": MNI152_NOTICE,
-                "notice_source": "https://nist.mni.mcgill.ca/icbm-152-nonlinear-atlases-2009/",
-                "nilearn_says": "License: unknown (nilearn datasets/description/icbm152_2009.rst)",
-                "citations": list(MNI152_CITATIONS),
-            },
-            "labels": {"0": "background", "1": "gray matter", "2": "white matter"},
-            "pixel_mm": 1.0 / DEMO_ZOOM,
-            "orientation": "rows top=superior (axial: anterior), cols increase toward right "
-            "(sagittal: anterior); background pad = template minimum",
-            "counts": {plane: len(ix) for plane, ix in kept.items()},
-            "total": sum(len(ix) for ix in kept.values()),
-            "source_slice_mm": kept,
-        }
-        (tmp / "provenance.json").write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, out)
-    except BaseException:
+        (tmp / "provenance.json").write_text(
+            json.dumps(_provenance(identity, kept), indent=2) + "\n"
+        )
+        try:
+            _replace_dir(tmp, out)
+        except OSError:
+            if not _cache_hit(out, identity):  # else a concurrent build finished first: use it
+                raise
+    except OSError as exc:
+        raise EdgesegError(
+            f"{out}: writing the demo set failed ({exc}); check free space"
+        ) from None
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -616,8 +646,10 @@ def make_train_dataset(
     """A torch Dataset over ``slices[indices]`` with seeded crops and augmentation.
 
     Items are ``(image float32 (1, h, w), mask int64 (h, w))``; ``h = w = patch``
-    or the slice size. Each item's randomness depends only on (seed, epoch, index),
-    so runs repeat exactly; call ``set_epoch`` once per epoch. A patch centre is
+    or the slice size. Each item's randomness depends only on (seed, epoch, item
+    position in ``indices``), so runs repeat exactly whatever the DataLoader
+    workers, and a slice listed twice gets two different draws; call
+    ``set_epoch`` once per epoch. A patch centre is
     drawn inside the brain's bounding box with probability ``brain_bias``, else
     anywhere the patch fits. Augmentation (one affine warp: flips, rotation,
     scale; bilinear for images, nearest for masks, background fill; then gamma,
@@ -744,12 +776,9 @@ def _train_slices_class() -> type:
             lo, span = float(image.min()), float(image.max() - image.min())
             x = torch.from_numpy(image - lo)[None, None]
             m = torch.from_numpy(mask.astype(np.float32))[None, None]
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[
-                0
-            ]
-            m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)[
-                0, 0
-            ]
+            warp = {"grid": grid, "padding_mode": "zeros", "align_corners": False}
+            x = F.grid_sample(x, mode="bilinear", **warp)[0]  # (1, h, w), 0 = background
+            m = F.grid_sample(m, mode="nearest", **warp)[0, 0]  # (h, w), labels stay labels
             if span > 0:
                 gamma = float(np.exp(rng.uniform(*np.log(cfg.gamma_range))))
                 x = (x / span).clamp_(0, 1).pow_(gamma).mul_(rng.uniform(*cfg.gain_range))

@@ -96,7 +96,7 @@ class ConfusionMatrix:
                     f"0..{c - 1}: fix the labels or num_classes."
                 )
         # int64 before multiplying: uint8 label maps would overflow at target * C.
-        flat = target.ravel() * c + pred.ravel()
+        flat = target.ravel().astype(np.int64) * c + pred.ravel()
         self._matrix += np.bincount(flat, minlength=c * c).reshape(c, c)
 
     def merge(self, other: ConfusionMatrix) -> None:

@@ -485,7 +485,7 @@ def run_training(preset: str, overrides: dict[str, Any], resume: Path | None = N
     if config.patch == 0:  # --patch 0: whole slices
         config.patch = None
     if config.data is None and resume is None:
-        console.print(f"no --data given: using the demo MRI set (MNI152 2009c) at {build_demo()}")
+        console.print(f"no --data given: using the demo MRI set (nilearn's MNI152 ICBM 2009a template) at {build_demo()}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:

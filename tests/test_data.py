@@ -1,0 +1,349 @@
+"""Tests for edgeseg/data.py: tutorial layout, validation, splits, augmentation, demo set."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import nilearn
+import numpy as np
+import pytest
+import torch
+
+from edgeseg.data import (
+    DEMO_SOURCES,
+    SLAB_GAP,
+    AugmentConfig,
+    DemoConfig,
+    TrainSlices,
+    build_demo,
+    find_pairs,
+    load_slices,
+    make_train_dataset,
+    one_hot,
+    split_indices,
+)
+from edgeseg.errors import EdgesegError
+
+SIZE = 32
+
+
+def write_pair(
+    root: Path, key: str, image: np.ndarray, mask: np.ndarray, name: str = "brain"
+) -> None:
+    """Write one image/mask pair in the tutorial layout."""
+    (root / "MRIs").mkdir(parents=True, exist_ok=True)
+    (root / "Segmentations").mkdir(parents=True, exist_ok=True)
+    np.save(root / "MRIs" / f"{name}_{key}.npy", image)
+    np.save(root / "Segmentations" / f"segm_{key}.npy", mask)
+
+
+def tiny_slice(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 32x32 'brain': a disc of labels 1 (rim) and 2 (core) with matching intensities."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    r = np.hypot(yy - 15.5 - seed % 3, xx - 14.5)
+    mask = np.where(r < 6, 2, np.where(r < 11, 1, 0)).astype(np.uint8)
+    image = (mask * 100.0 + np.random.default_rng(seed).normal(0, 5, mask.shape)).astype(np.float64)
+    return image, mask
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Path:
+    """Six valid 32x32 slices with keys 0..5."""
+    for k in range(6):
+        write_pair(tmp_path, str(k), *tiny_slice(k))
+    return tmp_path
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def test_pairs_sorted_numerically_then_by_name(tmp_path: Path) -> None:
+    image, mask = tiny_slice(0)
+    for key in ["10", "2", "b", "1", "a", "007"]:
+        write_pair(tmp_path, key, image, mask, name="scan_t1")  # '_' inside the name is fine
+    pairs = find_pairs(tmp_path)
+    assert [p.key for p in pairs] == ["1", "2", "007", "10", "a", "b"]
+    assert pairs[0].image.name == "scan_t1_1.npy" and pairs[0].mask.name == "segm_1.npy"
+
+
+def test_load_converts_dtypes(dataset: Path) -> None:
+    np.save(dataset / "Segmentations" / "segm_3.npy", tiny_slice(3)[1].astype(np.float64))
+    slices = load_slices(dataset)
+    assert len(slices) == 6 and slices.keys == [str(k) for k in range(6)]
+    assert all(im.dtype == np.float32 and im.shape == (SIZE, SIZE) for im in slices.images)
+    assert all(m.dtype == np.uint8 for m in slices.masks)
+    assert set(np.unique(slices.masks[3])) == {0, 1, 2}
+
+
+def test_nested_tutorial_download_is_found(tmp_path: Path) -> None:
+    write_pair(tmp_path / "MRIs", "0", *tiny_slice(0))
+    assert (tmp_path / "MRIs" / "MRIs").is_dir()
+    slices = load_slices(tmp_path)
+    assert slices.root == tmp_path / "MRIs" and slices.keys == ["0"]
+
+
+def _save(path: Path, arr: np.ndarray) -> None:
+    np.save(path, arr)
+
+
+BAD_CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
+    # name: (break the dataset, file named in the message, what the message says)
+    "no MRIs folder": (lambda r: shutil.rmtree(r / "MRIs"), "MRIs", "folder missing"),
+    "no Segmentations folder": (
+        lambda r: shutil.rmtree(r / "Segmentations"), "Segmentations", "folder missing"),
+    "empty dataset": (
+        lambda r: [p.unlink() for p in r.rglob("*.npy")], "MRIs", "no .npy images"),
+    "images without masks": (
+        lambda r: [(r / "Segmentations" / f"segm_{k}.npy").unlink() for k in range(6)]
+        + [_save(r / "MRIs" / f"brain_{k}.npy", tiny_slice(k)[0]) for k in range(6, 14)],
+        "brain_0.npy", "and 4 more"),
+    "mask without image": (
+        lambda r: (r / "MRIs" / "brain_4.npy").unlink(), "segm_4.npy", "without an image"),
+    "duplicate slice number": (
+        lambda r: _save(r / "MRIs" / "other_2.npy", tiny_slice(2)[0]), "other_2.npy", "unique"),
+    "shape mismatch": (
+        lambda r: _save(r / "Segmentations" / "segm_1.npy", np.zeros((SIZE, SIZE + 1), np.uint8)),
+        "segm_1.npy", "differs"),
+    "3-D image": (
+        lambda r: _save(r / "MRIs" / "brain_2.npy", np.zeros((1, SIZE, SIZE))), "brain_2.npy",
+        "expected a 2-D"),
+    "labels out of range": (
+        lambda r: _save(r / "Segmentations" / "segm_3.npy",
+                        np.pad(np.array([[3, 7]], np.int32), ((0, SIZE - 1), (0, SIZE - 2)))),
+        "segm_3.npy", "labels [3, 7] outside 0..2"),
+    "negative labels": (
+        lambda r: _save(r / "Segmentations" / "segm_3.npy", -np.ones((SIZE, SIZE), np.int8)),
+        "segm_3.npy", "labels [-1]"),
+    "non-integral float mask": (
+        lambda r: _save(r / "Segmentations" / "segm_0.npy", np.full((SIZE, SIZE), 0.5)),
+        "segm_0.npy", "non-integral"),
+    "NaN in image": (
+        lambda r: _save(r / "MRIs" / "brain_5.npy", np.where(tiny_slice(5)[1] == 2, np.nan, 1.0)),
+        "brain_5.npy", "NaN/Inf"),
+    "Inf in image": (
+        lambda r: _save(r / "MRIs" / "brain_5.npy", np.full((SIZE, SIZE), np.inf, np.float32)),
+        "brain_5.npy", "NaN/Inf"),
+    "truncated file": (
+        lambda r: (r / "MRIs" / "brain_1.npy").write_bytes(
+            (r / "MRIs" / "brain_1.npy").read_bytes()[:300]), "brain_1.npy", "cannot read"),
+    "not an npy file": (
+        lambda r: (r / "Segmentations" / "segm_1.npy").write_text("hello"), "segm_1.npy",
+        "cannot read"),
+    "pickled objects": (
+        lambda r: np.save(r / "MRIs" / "brain_0.npy", np.array([{"a": 1}]), allow_pickle=True),
+        "brain_0.npy", "never loaded"),
+    "text image": (
+        lambda r: _save(r / "MRIs" / "brain_0.npy", np.full((SIZE, SIZE), "x")), "brain_0.npy",
+        "not a real number type"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_dataset_names_the_file(dataset: Path, case: str) -> None:
+    breaker, culprit, says = BAD_CASES[case]
+    breaker(dataset)
+    with pytest.raises(EdgesegError) as info:
+        load_slices(dataset)
+    message = str(info.value)
+    assert culprit in message and says in message, message
+
+
+def test_missing_root_is_named(tmp_path: Path) -> None:
+    with pytest.raises(EdgesegError, match="nowhere.*not a folder.*MRIs"):
+        load_slices(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("num_classes", [1, 300])
+def test_num_classes_checked(dataset: Path, num_classes: int) -> None:
+    with pytest.raises(EdgesegError, match="num_classes"):
+        load_slices(dataset, num_classes)
+
+
+def test_one_hot_numpy_and_torch() -> None:
+    mask = np.array([[[0, 1], [2, 1]]], dtype=np.uint8)  # (1, 2, 2)
+    expected = np.stack([mask[0] == c for c in range(3)]).astype(np.float32)[None]
+    out = one_hot(mask, 3)
+    assert out.dtype == np.float32 and out.shape == (1, 3, 2, 2)
+    np.testing.assert_array_equal(out, expected)
+    out_t = one_hot(torch.from_numpy(mask.astype(np.int64)), 3)
+    assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float32
+    np.testing.assert_array_equal(out_t.numpy(), expected)
+    with pytest.raises(EdgesegError, match="0..1"):
+        one_hot(mask, 2)
+
+
+def test_import_does_not_load_torch() -> None:
+    code = "import sys, edgeseg.data; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize("n, fraction, seed", [(457, 0.2, 0), (457, 0.2, 3), (120, 0.1, 1),
+                                                (60, 0.25, 0), (1000, 0.3, 7)])
+def test_slab_split_has_no_neighbour_leakage(n: int, fraction: float, seed: int) -> None:
+    train, test = split_indices(n, "slabs", fraction, seed)
+    assert (train, test) == split_indices(n, "slabs", fraction, seed)
+    assert len(test) == round(fraction * n) and not set(train) & set(test)
+    assert min(abs(a - b) for a in train for b in test) > SLAB_GAP
+    assert len(train) >= n - len(test) - 2 * SLAB_GAP * 5
+    runs = 1 + int(np.count_nonzero(np.diff(test) > 1))
+    assert runs <= 5 and (runs == 1 or len(test) / runs >= 10)  # long slabs, not scattered slices
+
+
+def test_slab_split_depends_on_seed() -> None:
+    assert split_indices(457, seed=0)[1] != split_indices(457, seed=1)[1]
+
+
+def test_tutorial_split_and_errors() -> None:
+    train, test = split_indices(150, "tutorial")
+    assert train == list(range(50)) and test == list(range(50, 150))
+    with pytest.raises(EdgesegError, match="only 100.*slabs"):
+        split_indices(100, "tutorial")
+    with pytest.raises(EdgesegError, match="'random' unknown"):
+        split_indices(100, "random")
+    with pytest.raises(EdgesegError, match="too few"):
+        split_indices(8, "slabs", 0.5)
+
+
+# ----------------------------------------------------------------------------- training dataset
+
+
+def test_augmented_items_shapes_labels_and_determinism(dataset: Path) -> None:
+    slices = load_slices(dataset)
+    ds = make_train_dataset(slices, [0, 1, 2, 2], patch=16, augment=True, seed=5)
+    assert isinstance(ds, TrainSlices) and len(ds) == 4
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        assert image.shape == (1, 16, 16) and image.dtype == torch.float32
+        assert mask.shape == (16, 16) and mask.dtype == torch.int64
+        assert set(mask.unique().tolist()) <= {0, 1, 2}
+    again = make_train_dataset(slices, [0, 1, 2, 2], patch=16, augment=True, seed=5)
+    assert all(torch.equal(ds[i][0], again[i][0]) and torch.equal(ds[i][1], again[i][1])
+               for i in range(4))
+    assert not torch.equal(ds[2][0], ds[3][0])  # a repeated slice gets fresh draws
+    first = ds[0][0]
+    ds.set_epoch(1)
+    assert not torch.equal(first, ds[0][0])
+    full_image, full_mask = make_train_dataset(slices, [0], augment=True)[0]
+    assert full_image.shape == (1, SIZE, SIZE) and full_mask.shape == (SIZE, SIZE)
+    restored = pickle.loads(pickle.dumps(ds))  # DataLoader workers with spawn pickle it
+    assert torch.equal(restored[1][1], ds[1][1])
+
+
+def test_identity_and_flip_warps_are_exact(dataset: Path) -> None:
+    slices = load_slices(dataset)
+    still = AugmentConfig(hflip_p=0.0, max_rotation_deg=0.0, scale_range=(1.0, 1.0),
+                          gamma_range=(1.0, 1.0), gain_range=(1.0, 1.0), noise_std=0.0)
+    image, mask = make_train_dataset(slices, [2], augment=True, config=still)[0]
+    np.testing.assert_allclose(image[0].numpy(), slices.images[2], rtol=1e-5, atol=1e-3)
+    np.testing.assert_array_equal(mask.numpy(), slices.masks[2])
+    flipped = dataclasses.replace(still, hflip_p=1.0)
+    image, mask = make_train_dataset(slices, [2], augment=True, config=flipped)[0]
+    np.testing.assert_array_equal(mask.numpy(), slices.masks[2][:, ::-1])
+    np.testing.assert_allclose(image[0].numpy(), slices.images[2][:, ::-1], rtol=1e-5, atol=1e-3)
+
+
+def test_plain_crops_are_windows_with_brain(dataset: Path) -> None:
+    slices = load_slices(dataset)
+    ds = make_train_dataset(slices, list(range(6)) * 3, patch=8, augment=False,
+                            config=AugmentConfig(brain_bias=1.0))
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        k = i % 6
+        hits = [(r, c) for r in range(SIZE - 7) for c in range(SIZE - 7)
+                if np.array_equal(slices.images[k][r:r + 8, c:c + 8], image[0].numpy())]
+        assert len(hits) == 1
+        assert (mask.numpy() == slices.masks[k][hits[0][0]:hits[0][0] + 8,
+                                                 hits[0][1]:hits[0][1] + 8]).all()
+        assert mask.any()  # centres drawn in the brain's bounding box
+
+
+def test_patch_too_big_is_refused(dataset: Path) -> None:
+    with pytest.raises(EdgesegError, match="patch=64"):
+        make_train_dataset(load_slices(dataset), [0], patch=64)
+
+
+# ----------------------------------------------------------------------------- demo set
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory):
+    """The real demo set (~340 MB), built once for this module and deleted afterwards."""
+    parent = tmp_path_factory.mktemp("demo")
+    started = time.perf_counter()
+    root = build_demo(parent / "mni152")
+    yield root, time.perf_counter() - started
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def test_demo_set_is_real_mri_in_tutorial_layout(demo_root: tuple[Path, float]) -> None:
+    root, seconds = demo_root
+    assert seconds < 30
+    record = json.loads((root / "provenance.json").read_text())
+    counts = record["counts"]
+    assert set(counts) == {"axial", "coronal", "sagittal"} and min(counts.values()) > 50
+    assert 300 <= sum(counts.values()) == record["total"] <= 600
+    slices = load_slices(root)
+    assert len(slices) == record["total"]
+    planes = [p.image.name.split("_")[0] for p in find_pairs(root)]
+    assert planes == sorted(planes)  # plane, then position
+    for k in range(0, len(slices), 37):
+        assert slices.images[k].shape == (394, 394) and slices.images[k].dtype == np.float32
+        assert set(np.unique(slices.masks[k])) <= {0, 1, 2}
+        assert (slices.masks[k] > 0).mean() >= 0.02
+    data = Path(nilearn.__file__).parent / "datasets" / "data"
+    for name, entry in record["sources"].items():
+        digest = hashlib.sha256((data / DEMO_SOURCES[name]).read_bytes()).hexdigest()
+        assert digest == entry["sha256"]
+    assert "Louis Collins" in record["license"]["notice"]
+    stamp = (root / "provenance.json").stat().st_mtime_ns
+    started = time.perf_counter()
+    assert build_demo(root) == root
+    assert time.perf_counter() - started < 2
+    assert (root / "provenance.json").stat().st_mtime_ns == stamp  # cache hit: nothing rewritten
+
+
+def test_demo_rebuilds_on_change_and_never_clobbers(tmp_path: Path) -> None:
+    out = tmp_path / "sparse"
+    build_demo(out, config=DemoConfig(step_mm=30))
+    first = json.loads((out / "provenance.json").read_text())["total"]
+    build_demo(out, config=DemoConfig(step_mm=20))  # other parameters: rebuilt in place
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["parameters"]["step_mm"] == 20 and record["total"] > first
+    assert len(list((out / "MRIs").glob("*.npy"))) == record["total"]
+    stamp = (out / "provenance.json").stat().st_mtime_ns
+    build_demo(out, force=True, config=DemoConfig(step_mm=20))
+    assert (out / "provenance.json").stat().st_mtime_ns != stamp
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sparse"]  # no temp folders left
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "provenance.json").write_text('{"format": "someone else"}')
+    (tmp_path / "file").write_text("keep me")
+    for target in ("mine", "file"):
+        with pytest.raises(EdgesegError, match=f"{target}: exists and is not an edgeseg demo set"):
+            build_demo(tmp_path / target, force=True)
+    assert (tmp_path / "mine" / "provenance.json").read_text() == '{"format": "someone else"}'
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_cli_data_demo(demo_root: tuple[Path, float], tmp_path: Path) -> None:
+    root, _ = demo_root
+    cli = [sys.executable, "-m", "edgeseg.cli", "data", "demo"]
+    done = subprocess.run([*cli, "--out", str(root)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    counts = json.loads((root / "provenance.json").read_text())["counts"]
+    assert str(root) in done.stdout and f"coronal {counts['coronal']}" in done.stdout
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    bad = subprocess.run([*cli, "--out", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert str(tmp_path) in bad.stderr and "not an edgeseg demo set" in bad.stderr
