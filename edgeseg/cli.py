@@ -46,7 +46,7 @@ class Split(str, Enum):
 @app.command("train")
 def train_cmd(
     data: DataOpt = None,
-    preset: Annotated[Preset, typer.Option(help="default: fast on 2 CPU cores; tutorial: its exact recipe.")] = Preset.default,
+    preset: Annotated[Preset, typer.Option(help="default: fast on 2 CPU cores; tutorial: exact.")] = Preset.default,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training slices.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="(Peak) learning rate.")] = None,
@@ -72,7 +72,7 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
-    checkpoint: Annotated[Path | None, typer.Argument(help="A .pt checkpoint; default: the newest run's best.pt.")] = None,
+    checkpoint: Annotated[Path | None, typer.Argument(help="Checkpoint; default: newest run's best.pt.")] = None,
     data: DataOpt = None,
     split: Annotated[Split | None, typer.Option(help="Split to evaluate when --data is given.")] = None,
 ) -> None:

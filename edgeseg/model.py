@@ -122,8 +122,8 @@ class UNet(nn.Module):
         w = self.config.widths
         self.normalize = Normalize()
         self.stem = DoubleConv(self.config.in_channels, w[0])
-        self.downs = nn.ModuleList(Down(a, b) for a, b in zip(w[:-1], w[1:]))
-        self.ups = nn.ModuleList(Up(b, a) for a, b in zip(reversed(w[:-1]), reversed(w[1:])))
+        self.downs = nn.ModuleList(Down(a, b) for a, b in zip(w[:-1], w[1:], strict=True))
+        self.ups = nn.ModuleList(Up(b, a) for a, b in zip(reversed(w[:-1]), reversed(w[1:]), strict=True))
         self.head = nn.Conv2d(w[0], self.config.num_classes, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -435,11 +435,11 @@ def _write_reports(run_dir: Path, history: list[EpochRecord], slices: Slices, te
     picks = [test_idx[int(k)] for k in np.linspace(0, len(test_idx) - 1, min(4, len(test_idx)))]
     fig, axes = plt.subplots(len(picks), 3, figsize=(9, 3 * len(picks)), squeeze=False)
     with torch.inference_mode():
-        for row, i in zip(axes, picks):
+        for row, i in zip(axes, picks, strict=True):
             x = torch.from_numpy(slices.images[i][None, None]).to(device)
             pred = model(x).argmax(dim=1)[0].cpu().numpy()
             for ax, img, title in zip(row, (slices.images[i], slices.masks[i], pred),
-                                      (slices.keys[i], "ground truth", "prediction")):
+                                      (slices.keys[i], "ground truth", "prediction"), strict=True):
                 ax.imshow(img, cmap="gray" if img is slices.images[i] else "viridis",
                           vmin=None if img is slices.images[i] else 0,
                           vmax=None if img is slices.images[i] else config.num_classes - 1)
@@ -485,7 +485,8 @@ def run_training(preset: str, overrides: dict[str, Any], resume: Path | None = N
     if config.patch == 0:  # --patch 0: whole slices
         config.patch = None
     if config.data is None and resume is None:
-        console.print(f"no --data given: using the demo MRI set (nilearn's MNI152 ICBM 2009a template) at {build_demo()}")
+        demo = build_demo()
+        console.print(f"no --data given: using the demo MRI set (nilearn's MNI152 2009a template) at {demo}")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:

@@ -90,7 +90,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path, model: UNet) -> None:
     save_checkpoint(path, model, metrics={"miou_fg": 0.5}, epoch=3)
     loaded, ckpt = load_checkpoint(path)
     assert ckpt["metrics"]["miou_fg"] == 0.5 and ckpt["epoch"] == 3
-    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
     assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
 

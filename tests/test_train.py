@@ -17,7 +17,6 @@ import torch
 from edgeseg import EdgesegError
 from edgeseg.model import load_checkpoint
 from edgeseg.train import (
-    PRESETS,
     find_latest_checkpoint,
     make_config,
     new_run_dir,
