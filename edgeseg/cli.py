@@ -98,6 +98,73 @@ def data_demo_cmd(
     Console().print(f"{root}\n{sum(counts.values())} slices: {per_plane}")
 
 
+class Provider(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+@app.command("infer")
+def infer_cmd(
+    scans: Annotated[list[Path], typer.Argument(
+        help="Files or folders: .npy, .png/.jpg/.tif, .nii(.gz), .dcm or DICOM series folders.")],
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="Exported ONNX model; default: the shipped export/model.onnx.")] = None,
+    out: Annotated[Path, typer.Option(
+        "--out", help="Output folder; mirrors the input tree, gets summary.csv.")] = Path("segmentations"),
+    provider: Annotated[Provider, typer.Option(
+        help="auto: TensorRT > CUDA > CPU, whichever really works.")] = Provider.auto,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="onnxruntime intra-op threads; default one per core.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model call.")] = 8,
+    axis: Annotated[int | None, typer.Option(
+        min=0, max=2, help="Volume axis to slice along; default: acquisition axis, else axial.")] = None,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write <name>_overlay.png (middle slice).")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")] = False,
+) -> None:
+    """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
+    from edgeseg.infer import InferConfig, run_inference
+
+    config = InferConfig(
+        model=model, out=out, provider=provider.value, threads=threads, batch_size=batch_size,
+        axis=axis, overlay=overlay, overwrite=overwrite,
+    )
+    report = run_inference(scans, config)
+    if report.failed:
+        total = report.failed + report.done + report.skipped
+        raise EdgesegError(
+            f"{report.failed} of {total} scans failed; see the lines above and {report.summary}"
+        )
+
+
+@app.command("bench")
+def bench_cmd(
+    model: Annotated[Path | None, typer.Argument(
+        help="fp32 ONNX model; its _fp16/_int8/.pt siblings are found next to it."
+             " Default: the shipped export/model.onnx.")] = None,
+    target: Annotated[str, typer.Option(
+        help="A target from the targets file, or all.")] = "all",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+    markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table as markdown.")] = None,
+    targets: Annotated[Path | None, typer.Option(
+        "--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml.")] = None,
+    runs: Annotated[int, typer.Option(min=1, help="Timed inferences per target at most.")] = 50,
+    max_seconds: Annotated[float, typer.Option(
+        "--max-seconds", min=0.0, help="Stop timing a target after this long (>= 5 runs).")] = 10.0,
+    miou: Annotated[bool, typer.Option("--miou/--no-miou", help="Score mIoU on the demo test slices.")] = True,
+    rss: Annotated[bool, typer.Option("--rss/--no-rss", help="Peak RSS of a fresh inference process.")] = True,
+) -> None:
+    """Latency, throughput, mIoU, memory and budgets per deployment target (bench/targets.toml)."""
+    from edgeseg.bench import BenchConfig, bench
+
+    config = BenchConfig(runs=runs, max_seconds=max_seconds, miou=miou, rss=rss)
+    if targets:
+        config.targets_file = targets
+    bench(model, target, config, json_path, markdown)
+
+
 def main() -> None:
     """Console-script entry: user mistakes print one line and exit 1, no traceback."""
     try:

@@ -1,0 +1,464 @@
+"""Benchmark stage: latency, throughput, accuracy and memory of a model on named targets.
+
+    edgeseg bench [MODEL] [--target NAME|all] [--json F] [--markdown F]
+
+A target (``bench/targets.toml``) is a deployment profile: provider (cpu, cuda, tensorrt,
+openvino, torch), precision, batch, threads, the CPU architecture it is meant for, and a
+budget taken from clinical use. For every target this machine can run, :func:`run_bench`
+measures what trtexec, onnxruntime_perf_test and Ultralytics' benchmark show between them:
+session-creation and first-inference time, latency min/mean/p50/p90/p95/p99/max after
+warm-up, throughput, achieved GFLOP/s against this machine's matmul peak (measured in the
+same run), mIoU on the demo test slices per model file, and the peak RSS of a separate
+inference process. Targets it cannot run are listed with the reason.
+
+This module imports numpy only; onnxruntime, openvino and torch are imported where used,
+so the RSS child of an ONNX target never loads torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.measure import (
+    EvalSet,
+    count_macs,
+    demo_test_set,
+    latency_stats,
+    run_child,
+    score_miou,
+    synthetic_batch,
+    time_runs,
+)
+
+DEFAULT_TARGETS = Path(__file__).resolve().parent.parent / "bench" / "targets.toml"
+PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
+SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}  # X.onnx, X_fp16.onnx, X_int8.onnx
+VOLUME_SLICES = 200  # a clinical volume, as in the issue's budgets
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment profile from ``targets.toml``."""
+
+    name: str
+    provider: str  # cpu | cuda | tensorrt | openvino | torch
+    precision: str = "fp32"  # which file: X.onnx, X_fp16.onnx or X_int8.onnx
+    batch: int = 1  # slices per inference
+    threads: int = 0  # intra-op threads; 0 = the runtime's default (all physical cores)
+    arch: str = ""  # CPU architecture the profile is for ("aarch64"); "" = any
+    p99_ms: float | None = None  # budget: p99 latency of one inference (a slice waits for it)
+    volume_s: float | None = None  # budget: seconds for a 200-slice volume
+    description: str = ""  # what the profile stands for
+    reference: bool = False  # a peer (eager, OpenVINO) that the others are compared with
+
+
+@dataclass
+class BenchConfig:
+    """How ``edgeseg bench`` measures; saved in the JSON report."""
+
+    targets_file: Path = DEFAULT_TARGETS  # the profiles
+    size: int = 394  # slice side in pixels (the tutorial's)
+    warmup: int = 3  # untimed inferences after the first one
+    runs: int = 50  # timed inferences per target at most
+    max_seconds: float = 10.0  # stop timing a target after this long (at least min_runs)
+    min_runs: int = 5  # timed inferences per target at least
+    miou: bool = True  # score every model file on the demo test slices
+    miou_slices: int | None = None  # cap on test slices scored; None = all
+    data: Path | None = None  # dataset root for mIoU; None = the demo set (built if missing)
+    rss: bool = True  # peak RSS from a separate inference process
+    peak_size: int = 2048  # side of the square sgemm that measures the matmul peak
+    cv_warn: float = 0.10  # coefficient of variation above which the machine is called noisy
+
+
+@dataclass
+class Result:
+    """One row of the table: a target, measured or skipped."""
+
+    target: str
+    provider: str  # asked for: cpu | cuda | tensorrt | openvino | torch
+    precision: str
+    batch: int
+    threads: str  # "2", or "all (16)"
+    status: str  # "ok" | "skip" | "fail"
+    reason: str = ""  # why skipped or failed
+    backend: str = ""  # what really ran, e.g. "CPUExecutionProvider"
+    model: str = ""
+    size_mb: float | None = None
+    miou_fg: float | None = None  # foreground mIoU on the demo test slices
+    create_s: float | None = None  # session creation (load + optimise + compile)
+    first_ms: float | None = None  # the first inference, at the target's batch
+    latency_ms: dict[str, float] = field(default_factory=dict)  # min mean p50 ... max, per batch
+    runs: int = 0
+    cv: float | None = None  # std / mean of the timed latencies
+    slices_per_s: float | None = None
+    gflops: float | None = None  # achieved GFLOP/s (2 x Conv/ConvTranspose MACs / time)
+    peak_pct: float | None = None  # of this machine's matmul peak at the same thread count
+    rss_mb: float | None = None  # peak RSS of a fresh process running this target
+    torch_free: bool | None = None  # True if that process never imported torch
+    budget_ok: bool | None = None
+    budget: str = ""  # what was checked, with the numbers
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+def load_targets(path: Path = DEFAULT_TARGETS) -> dict[str, Target]:
+    """Read and check ``targets.toml``: one ``[name]`` table per target.
+
+    Raises:
+        EdgesegError: missing file, bad TOML, unknown keys or values (naming the target).
+    """
+    import tomllib
+
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise EdgesegError(f"{path}: targets file not found; pass --targets FILE") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgesegError(f"{path}: not valid TOML ({exc}); fix the file") from None
+    known = {f.name for f in fields(Target)} - {"name"}
+    targets = {}
+    for name, spec in raw.items():
+        where = f"{path}: target [{name}]"
+        if not isinstance(spec, dict) or set(spec) - known:
+            extra = sorted(set(spec) - known) if isinstance(spec, dict) else spec
+            raise EdgesegError(f"{where}: unknown keys {extra}; allowed: {sorted(known)}")
+        try:
+            target = Target(name=name, **spec)
+        except TypeError as exc:
+            raise EdgesegError(f"{where}: {exc}; give provider and a valid budget") from None
+        _check_target(where, target)
+        targets[name] = target
+    return targets
+
+
+def _check_target(where: str, t: Target) -> None:
+    """Raise EdgesegError for impossible values."""
+    if t.provider not in PROVIDERS:
+        raise EdgesegError(f"{where}: provider {t.provider!r}; choose one of {PROVIDERS}")
+    if t.precision not in PRECISIONS:
+        raise EdgesegError(f"{where}: precision {t.precision!r}; choose one of {PRECISIONS}")
+    if not (isinstance(t.batch, int) and t.batch >= 1 and isinstance(t.threads, int)
+            and t.threads >= 0):
+        raise EdgesegError(f"{where}: batch must be >= 1 and threads >= 0 (0 = all cores)")
+
+
+def select_targets(targets: dict[str, Target], name: str) -> list[Target]:
+    """``all`` or one target by name."""
+    if name == "all":
+        return list(targets.values())
+    if name not in targets:
+        raise EdgesegError(f"unknown target {name!r}; choose all or one of {', '.join(targets)}")
+    return [targets[name]]
+
+
+def model_file(model: Path, target: Target) -> Path:
+    """The file a target runs: the precision's sibling of ``model`` (X.onnx, X_int8.onnx, ...).
+
+    TensorRT fp16 builds from the fp32 graph with fp16 kernels allowed (TensorRT's own
+    precision choice), torch loads the checkpoint ``X.pt``.
+    """
+    stem = model.stem
+    for suffix in SUFFIX.values():
+        if suffix and stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    if target.provider == "torch":
+        return model.with_name(f"{stem}.pt")
+    precision = "fp32" if target.provider == "tensorrt" and target.precision == "fp16" else (
+        target.precision)
+    return model.with_name(f"{stem}{SUFFIX[precision]}.onnx")
+
+
+def why_not_here(target: Target, path: Path) -> str | None:
+    """The reason this machine cannot run ``target`` on ``path``, or None if it can."""
+    machine = platform.machine().lower()
+    if target.arch and target.arch.lower() not in (machine, {"arm64": "aarch64"}.get(machine)):
+        return f"profile for {target.arch}; this machine is {machine} (run it on the device)"
+    if not path.is_file():
+        hint = "train/export the checkpoint" if path.suffix == ".pt" else (
+            f"run `edgeseg export --{target.precision}`")
+        return f"{path.name} not found ({hint})"
+    if target.provider in ("cuda", "tensorrt"):
+        from edgeseg.runtime import PROVIDERS as ORT_NAMES
+        from edgeseg.runtime import _probe
+
+        return _probe(ORT_NAMES[target.provider])
+    module = {"openvino": "openvino", "torch": "torch"}.get(target.provider)
+    if module:
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install {module})"
+    return None
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+class _Context:
+    """What a run measures once and shares between targets: peaks, MACs, mIoU, the eval set."""
+
+    def __init__(self, model: Path, config: BenchConfig, levers: Any) -> None:
+        from edgeseg.runtime import read_model_info
+
+        self.model, self.config, self.levers = model, config, levers
+        self.class_names = read_model_info(model).class_names
+        self.peaks: dict[int, dict[str, Any]] = {}
+        self.scores: dict[tuple[str, str], float] = {}
+        self.evalset: EvalSet | None = None
+        self._macs: int | None | bool = False
+
+    def peak(self, threads: int) -> dict[str, Any]:
+        if threads not in self.peaks:
+            spec = {"mode": "peak", "size": self.config.peak_size, "threads": threads}
+            self.peaks[threads] = run_child(spec, threads)
+        return self.peaks[threads]
+
+    def macs(self) -> int | None:
+        if self._macs is False:
+            fp32 = model_file(self.model, Target("fp32", "cpu"))
+            self._macs = count_macs(fp32, self.config.size) if fp32.is_file() else None
+        return self._macs  # type: ignore[return-value]
+
+    def miou(self, path: Path, provider: str, predict: Callable) -> float:
+        key = (str(path), provider)
+        if key not in self.scores:
+            if self.evalset is None:
+                self.evalset = demo_test_set(self.config.data, self.config.miou_slices)
+            self.scores[key] = score_miou(predict, self.evalset, self.class_names)
+        return self.scores[key]
+
+
+def bench_target(model: Path, target: Target, config: BenchConfig, ctx: _Context) -> Result:
+    """Measure one target, or say why it cannot run here; never raises for the target."""
+    path = model_file(model, target)
+    threads = str(target.threads) if target.threads else f"all ({os.cpu_count()})"
+    result = Result(target.name, target.provider, target.precision, target.batch, threads,
+                    "skip", model=str(path))
+    reason = why_not_here(target, path)
+    if reason:
+        result.reason = reason
+        return result
+    try:
+        _measure(result, path, target, config, ctx)
+    except Exception as exc:  # a target that breaks is a ❌ row, not a crashed table
+        result.status = "fail"
+        result.reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return result
+
+
+def _measure(result: Result, path: Path, target: Target, config: BenchConfig,
+             ctx: _Context) -> None:
+    """Fill ``result`` with timings, throughput, GFLOP/s, mIoU, RSS and the budget."""
+    from edgeseg.backends import open_runner
+
+    runner = open_runner(path, target.provider, target.threads, target.precision, target.batch,
+                         ctx.levers)
+    result.backend, result.create_s = runner.backend, runner.create_s
+    if target.provider in ("cuda", "tensorrt") and runner.backend == "CPUExecutionProvider":
+        raise RuntimeError(f"{target.provider} fell back to CPU; fix the GPU install")
+    result.size_mb = path.stat().st_size / 1e6
+    x = synthetic_batch(target.batch, config.size)
+    start = time.perf_counter()
+    runner.predict(x)
+    result.first_ms = (time.perf_counter() - start) * 1e3
+    times = time_runs(runner.predict, x, config.warmup, config.runs, config.min_runs,
+                      config.max_seconds)
+    result.latency_ms, result.runs = latency_stats(times), len(times)
+    mean_s = result.latency_ms["mean"] / 1e3
+    result.cv = float(np.std(times) / np.mean(times))
+    result.slices_per_s = target.batch / mean_s
+    _throughput_vs_peak(result, target, mean_s, ctx)
+    if config.miou:
+        result.miou_fg = ctx.miou(path, target.provider, runner.predict)
+    if config.rss:
+        spec = {"mode": "rss", "path": str(path), "target": asdict(target), "size": config.size,
+                "runs": 3, "levers": asdict(ctx.levers)}
+        child = run_child(spec, target.threads)
+        result.rss_mb, result.torch_free = child["rss_mb"], not child["torch_loaded"]
+    result.budget_ok, result.budget = check_budget(target, result.latency_ms)
+    result.status = "ok"
+
+
+def _throughput_vs_peak(result: Result, target: Target, mean_s: float, ctx: _Context) -> None:
+    """Achieved GFLOP/s from the graph's MACs, and its share of the matmul peak."""
+    macs = ctx.macs()
+    if not macs:
+        return
+    result.gflops = 2 * macs * target.batch / mean_s / 1e9
+    if target.provider not in ("cuda", "tensorrt"):  # a CPU peak says nothing about a GPU
+        peak = ctx.peak(target.threads or os.cpu_count() or 1)
+        result.peak_pct = 100 * result.gflops / peak["gflops"]
+
+
+def check_budget(target: Target, latency_ms: dict[str, float]) -> tuple[bool | None, str]:
+    """Compare p99 latency and the 200-slice volume time with the target's budget."""
+    checks = []
+    if target.p99_ms is not None:
+        p99 = latency_ms["p99"]
+        checks.append((p99 <= target.p99_ms, f"p99 {p99:.0f}/{target.p99_ms:.0f} ms"))
+    if target.volume_s is not None:
+        volume = math.ceil(VOLUME_SLICES / target.batch) * latency_ms["mean"] / 1e3
+        checks.append((volume <= target.volume_s,
+                       f"{VOLUME_SLICES} slices {volume:.1f}/{target.volume_s:.0f} s"))
+    if not checks:
+        return None, "no budget"
+    return all(ok for ok, _ in checks), ", ".join(text for _, text in checks)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@dataclass
+class BenchReport:
+    """Everything ``edgeseg bench`` measured in one run."""
+
+    model: str
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    results: list[Result]
+    ratios: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, architecture, load average and runtime versions (no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("onnxruntime-gpu", "onnxruntime", "openvino", "torch", "numpy"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
+            "load_avg_start": [round(v, 2) for v in load], "versions": versions}
+
+
+def run_bench(model: Path, target: str = "all", config: BenchConfig | None = None,
+              log: Callable[[str], None] | None = None) -> BenchReport:
+    """Benchmark ``model`` (and its fp16/int8/.pt siblings) on one target or all.
+
+    Args:
+        model: an ``edgeseg-onnx-v1`` file, normally the fp32 ``X.onnx``.
+        target: a name from the targets file, or ``all``.
+        config: measurement settings; default :class:`BenchConfig`.
+        log: progress messages (one line per step), e.g. ``print`` to stderr.
+
+    Returns:
+        The :class:`BenchReport`; skipped targets carry the reason.
+    """
+    from edgeseg.backends import CpuLevers
+    from edgeseg.runtime import read_model_info
+
+    config = config or BenchConfig()
+    model = Path(model)
+    read_model_info(model)  # a clear error for a missing or foreign file, before any work
+    chosen = select_targets(load_targets(config.targets_file), target)
+    report = BenchReport(str(model), machine_info(), _jsonable(asdict(config)), [])
+    ctx = _Context(model, config, CpuLevers())
+    for t in chosen:
+        if log:
+            log(f"{t.name}: {t.provider} {t.precision}, batch {t.batch} ...")
+        report.results.append(bench_target(model, t, config, ctx))
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    report.machine["load_avg_end"] = [round(v, 2) for v in load]
+    report.machine["matmul_peak"] = {str(k): v for k, v in ctx.peaks.items()}
+    report.machine["macs_per_slice"] = ctx.macs()
+    report.machine["eval_set"] = ctx.evalset.source if ctx.evalset else None
+    report.ratios = compare(report.results, {t.name: t for t in chosen})
+    report.warnings = noise_warnings(report.results, config.cv_warn, report.machine)
+    return report
+
+
+def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]:
+    """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO at batch 1."""
+    ok = [r for r in results if r.status == "ok" and r.batch == 1]
+    ours = [r for r in ok if r.provider == "cpu" and not targets[r.target].reference]
+    if not ours:
+        return {}
+    best = min(ours, key=lambda r: r.latency_ms["p50"])
+    out: dict[str, Any] = {"best_cpu": best.target, "best_p50_ms": best.latency_ms["p50"]}
+    for key, provider in (("vs_eager", "torch"), ("vs_openvino", "openvino")):
+        peer = next((r for r in ok if r.provider == provider and r.precision == "fp32"), None)
+        if peer:
+            out[key] = best.latency_ms["p50"] / peer.latency_ms["p50"]
+    fp32 = next((r for r in ok if r.provider == "cpu" and r.precision == "fp32"), None)
+    if fp32 and fp32.miou_fg is not None and best.miou_fg is not None:
+        out["delta_miou_pt"] = 100 * (best.miou_fg - fp32.miou_fg)
+    if fp32 and fp32.peak_pct is not None:
+        out["fp32_peak_pct"] = fp32.peak_pct
+    out["best_rss_mb"] = best.rss_mb
+    return out
+
+
+def noise_warnings(results: list[Result], cv_warn: float, machine: dict[str, Any]) -> list[str]:
+    """One warning per target whose latencies vary more than ``cv_warn``."""
+    load = machine.get("load_avg_end", [0.0])[0]
+    return [
+        f"{r.target}: latency CV {100 * r.cv:.0f}% (load average {load:.1f} on"
+        f" {machine['cores']} cores): the machine is noisy; rerun when idle before quoting it"
+        for r in results if r.cv is not None and r.cv > cv_warn
+    ]
+
+
+def _jsonable(obj: Any) -> Any:
+    """Paths to strings, recursively, for the JSON report."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return str(obj) if isinstance(obj, Path) else obj
+
+
+def bench(model: Path | None = None, target: str = "all", config: BenchConfig | None = None,
+          json_path: Path | None = None, markdown_path: Path | None = None) -> BenchReport:
+    """What ``edgeseg bench`` does: run, print the table, write the JSON/markdown reports.
+
+    Args:
+        model: the fp32 ONNX file; None = the shipped ``export/model.onnx``.
+        target: a target name or ``all``.
+        config: measurement settings.
+        json_path: also write the full report as JSON here.
+        markdown_path: also write the table and notes as markdown here.
+    """
+    from rich.console import Console
+
+    from edgeseg import SHIPPED_MODEL
+
+    if model is None and not SHIPPED_MODEL.is_file():
+        raise EdgesegError(f"{SHIPPED_MODEL}: the shipped model is not there; pass MODEL (an"
+                           " fp32 .onnx from `edgeseg export`)")
+    model = Path(model) if model is not None else SHIPPED_MODEL
+
+    from edgeseg.bench_report import print_report, to_markdown, write_text_atomic
+
+    err = Console(stderr=True)
+    report = run_bench(model, target, config, log=lambda m: err.print(m, highlight=False))
+    print_report(report, Console(width=max(Console().width, 200)))
+    if json_path:
+        write_text_atomic(json_path, json.dumps(_jsonable(asdict(report)), indent=2) + "\n")
+    if markdown_path:
+        write_text_atomic(markdown_path, to_markdown(report))
+    return report

@@ -1,0 +1,199 @@
+"""DICOM series -> voxel array + NIfTI (RAS) affine, for `edgeseg infer`. Torch-free.
+
+A series is a folder of single-frame files or one (enhanced) multi-frame file. Pixel
+values get RescaleSlope/RescaleIntercept. Slices are sorted by ImagePositionPatient
+projected on the slice normal (row cosine x column cosine from ImageOrientationPatient),
+falling back to InstanceNumber when the geometry is missing.
+
+Convention (DICOM PS3.3 C.7.6.2.1.1, as nibabel's DICOM docs and dicom2nifti use it):
+the voxel array is indexed ``(i, j, k)`` = (column, row, slice), and
+
+    P_LPS = IPP_first + i * PixelSpacing[1] * row_cosine
+                      + j * PixelSpacing[0] * column_cosine + k * slice_step
+
+DICOM patient space is LPS (x to the patient's left, y posterior, z superior); NIfTI
+world space is RAS, so the affine is ``diag(-1, -1, 1, 1) @ A_LPS``. ``slice_step`` is
+``(IPP_last - IPP_first) / (n - 1)``, or the normal times SpacingBetweenSlices (else
+SliceThickness) for a single slice. Duplicate positions (several echoes or time points
+in one folder) and uneven spacing (missing slices, gantry tilt) are errors, because no
+single affine can place such slices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+SPACING_TOLERANCE = 0.01  # relative spread of slice gaps still treated as uniform
+SAME_POSITION_MM = 1e-3  # two slices closer than this are at the same position
+
+
+@dataclass
+class Frame:
+    """One 2-D slice with what is known of its geometry and scaling."""
+
+    pixels: np.ndarray  # (rows, cols) stored values
+    position: np.ndarray | None  # ImagePositionPatient (LPS, mm)
+    orientation: np.ndarray | None  # ImageOrientationPatient: row cosine, column cosine
+    spacing: tuple[float, float]  # PixelSpacing: (between rows, between columns) in mm
+    thickness: float  # SpacingBetweenSlices, else SliceThickness, else 1 mm
+    slope: float
+    inter: float
+    instance: int
+
+
+@dataclass
+class Series:
+    """A decoded series: ``raw`` indexed (column, row, slice) and its RAS affine."""
+
+    raw: np.ndarray
+    affine: np.ndarray
+    voxel_ml: float
+    slope: float = 1.0
+    inter: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
+    """Read one series (``files`` of folder or file ``source``) into a :class:`Series`.
+
+    Raises:
+        EdgesegError: unreadable or compressed-without-decoder files, several series,
+            colour images, mismatched sizes, duplicate positions or uneven spacing.
+    """
+    files = tuple(sorted(files))
+    datasets = [_dcmread(f) for f in files]
+    uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
+    if len(uids) > 1:
+        raise EdgesegError(
+            f"{source}: holds {len(uids)} DICOM series; put each series in its own folder"
+        )
+    frames = [fr for ds, f in zip(datasets, files, strict=True) for fr in _frames(ds, f)]
+    shapes = {fr.pixels.shape for fr in frames}
+    if len(shapes) > 1:
+        raise EdgesegError(f"{source}: slices of different sizes {sorted(shapes)}; one series only")
+    series = _geometric(source, frames) if _has_geometry(frames) else _by_instance(source, frames)
+    return series
+
+
+def _dcmread(path: Path) -> Any:
+    import pydicom
+
+    try:
+        return pydicom.dcmread(path)
+    except Exception as exc:  # InvalidDicomError, truncated header, not a file
+        raise EdgesegError(f"{path}: not a readable DICOM file ({_why(exc)})") from exc
+
+
+def _frames(ds: Any, path: Path) -> list[Frame]:
+    """The 2-D frames of one dataset (one, or NumberOfFrames of a multi-frame file)."""
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise EdgesegError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}); "
+                           "expected a grayscale MR image")
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # no PixelData, truncated, compressed without a decoder plugin
+        raise EdgesegError(f"{path}: cannot decode pixel data ({_why(exc)})") from exc
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    stack = pixels.reshape((count, *pixels.shape[-2:]))
+    return [_frame(ds, stack[i], i, count) for i in range(count)]
+
+
+def _frame(ds: Any, pixels: np.ndarray, index: int, count: int) -> Frame:
+    """Geometry and scaling of frame ``index``: per-frame groups, shared groups, top level."""
+    def attr(seq: str, name: str) -> Any:
+        for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+            items = ds.get(groups)
+            item = items[index if groups.startswith("Per") else 0] if items else None
+            if item is not None and seq in item and name in item[seq][0]:
+                return item[seq][0][name].value
+        return ds.get(name)
+
+    ipp, iop = attr("PlanePositionSequence", "ImagePositionPatient"), attr(
+        "PlaneOrientationSequence", "ImageOrientationPatient")
+    spacing = attr("PixelMeasuresSequence", "PixelSpacing") or (1.0, 1.0)
+    gap = (attr("PixelMeasuresSequence", "SpacingBetweenSlices")
+           or attr("PixelMeasuresSequence", "SliceThickness") or 1.0)
+    position = np.array(ipp, float) if ipp is not None else None
+    orientation = np.array(iop, float) if iop is not None else None
+    legacy = count > 1 and "PerFrameFunctionalGroupsSequence" not in ds  # one IPP for all
+    if legacy and position is not None and orientation is not None:
+        position = position + index * float(gap) * np.cross(orientation[:3], orientation[3:])
+    slope = attr("PixelValueTransformationSequence", "RescaleSlope")
+    inter = attr("PixelValueTransformationSequence", "RescaleIntercept")
+    return Frame(pixels, position, orientation, (float(spacing[0]), float(spacing[1])),
+                 float(gap), float(1.0 if slope is None else slope),
+                 float(0.0 if inter is None else inter),
+                 int(ds.get("InstanceNumber", 0) or 0) * 100000 + index)
+
+
+def _has_geometry(frames: list[Frame]) -> bool:
+    return all(fr.position is not None and fr.orientation is not None for fr in frames)
+
+
+def _geometric(source: Path, frames: list[Frame]) -> Series:
+    """Sort by position along the normal and build the RAS affine from the geometry."""
+    iop = frames[0].orientation
+    if any(not np.allclose(fr.orientation, iop, atol=1e-4) for fr in frames):
+        raise EdgesegError(f"{source}: slices with different orientations; one series only")
+    row_cos, col_cos = iop[:3], iop[3:]
+    normal = np.cross(row_cos, col_cos)
+    frames = sorted(frames, key=lambda fr: (float(fr.position @ normal), fr.instance))
+    along = np.array([fr.position @ normal for fr in frames])
+    gaps = np.diff(along)
+    if gaps.size and gaps.min() < SAME_POSITION_MM:
+        raise EdgesegError(
+            f"{source}: several slices share one position (echoes or time points in one"
+            " folder?); put each volume in its own folder"
+        )
+    if gaps.size > 1 and np.ptp(gaps) > SPACING_TOLERANCE * gaps.mean() + SAME_POSITION_MM:
+        raise EdgesegError(
+            f"{source}: uneven slice spacing ({gaps.min():.3g} to {gaps.max():.3g} mm):"
+            " missing slices or a tilted gantry; no single affine places them"
+        )
+    if len(frames) > 1:
+        step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
+    else:
+        step = normal * frames[0].thickness
+    rows_mm, cols_mm = frames[0].spacing
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1] = row_cos * cols_mm, col_cos * rows_mm
+    lps[:3, 2], lps[:3, 3] = step, frames[0].position
+    voxel_ml = rows_mm * cols_mm * float(np.linalg.norm(step)) / 1000.0
+    return _stack(frames, LPS_TO_RAS @ lps, voxel_ml)
+
+
+def _by_instance(source: Path, frames: list[Frame]) -> Series:
+    """No geometry: InstanceNumber order and an affine holding only the voxel size."""
+    frames = sorted(frames, key=lambda fr: fr.instance)
+    rows_mm, cols_mm = frames[0].spacing
+    affine = np.diag([cols_mm, rows_mm, frames[0].thickness, 1.0])
+    series = _stack(frames, affine, rows_mm * cols_mm * frames[0].thickness / 1000.0)
+    series.notes.append(
+        f"{source}: no ImagePositionPatient/ImageOrientationPatient; slices sorted by"
+        " InstanceNumber and the NIfTI affine holds the voxel size only"
+    )
+    return series
+
+
+def _stack(frames: list[Frame], affine: np.ndarray, voxel_ml: float) -> Series:
+    """Stack (slice, row, col) and expose it as (col, row, slice); scaling shared if it can."""
+    scales = {(fr.slope, fr.inter) for fr in frames}
+    if len(scales) == 1:
+        slope, inter = scales.pop()
+        stack = np.stack([fr.pixels for fr in frames])
+    else:  # per-slice scaling: apply it now, float32
+        slope, inter = 1.0, 0.0
+        stack = np.stack([fr.pixels.astype(np.float32) * fr.slope + fr.inter for fr in frames])
+    return Series(stack.transpose(2, 1, 0), affine, voxel_ml, slope, inter)
+
+
+def _why(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:240]}" if lines else type(exc).__name__

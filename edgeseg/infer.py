@@ -1,0 +1,302 @@
+"""`edgeseg infer`: segment scans with an exported ONNX model, torch-free.
+
+    edgeseg infer scans/ --out segmentations/ [--model export/model.onnx] [--overlay]
+
+or from Python: ``run_inference([Path("scans")], InferConfig(out=Path("seg")))``.
+
+Inputs are files or folders (walked recursively, chosen by extension): ``.npy`` slices
+or stacks, PNG/JPEG/TIFF images, NIfTI volumes, DICOM files or series folders (see
+:mod:`edgeseg.scans` and :mod:`edgeseg.dicom`). ``--out`` mirrors the input tree and
+gets ``summary.csv``. Reading the next scans overlaps with inference on the current one
+(a small thread pool, bounded prefetch); slices go through the model in batches and only
+the uint8 ``labels`` output is fetched, so memory stays bounded by a few raw scans.
+A bad scan is one line and the run goes on; finished outputs are skipped on a rerun;
+every write is atomic. Everything the model needs comes from its ONNX metadata.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.outputs import (
+    SUMMARY,
+    overlay_rel,
+    previous_rows,
+    read_labels,
+    safe_output_path,
+    write_labels,
+    write_overlay,
+    write_summary,
+)
+from edgeseg.runtime import ModelInfo, create_session, default_trt_options, read_model_info
+from edgeseg.scans import SUPPORTED, Decoded, Scan, discover_scans, read_scan
+
+
+@dataclass
+class InferConfig:
+    """Options of one `edgeseg infer` run."""
+
+    model: Path | None = None  # None: the shipped export/model.onnx
+    out: Path = Path("segmentations")  # output root; mirrors the input tree
+    provider: str = "auto"  # auto (TensorRT > CUDA > CPU that really work), cpu, cuda, tensorrt
+    threads: int | None = None  # onnxruntime intra-op threads; None: one per physical core
+    batch_size: int = 8  # slices per session.run; also the TensorRT profile's batch
+    axis: int | None = None  # volume axis to slice along; None: acquisition axis, else axial
+    overlay: bool = False  # also write <name>_overlay.png (middle slice, classes coloured)
+    overwrite: bool = False  # redo scans whose outputs exist (default: skip them, i.e. resume)
+    prefetch: int = 2  # scans decoded ahead of the one on the model
+    workers: int = 2  # threads that read and write scans
+    quiet: bool = False  # no progress bar or report lines (failures still reported)
+
+
+@dataclass
+class InferReport:
+    """What a run did: counts, one summary row per scan, throughput."""
+
+    provider: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # outputs already there (resume)
+    ignored: int = 0  # files of unsupported types met while walking folders
+    slices: int = 0
+    seconds: float = 0.0  # wall time of the scan loop
+    model_seconds: float = 0.0  # time inside session.run
+    summary: Path | None = None
+
+    @property
+    def slices_per_s(self) -> float:
+        return self.slices / self.seconds if self.seconds else 0.0
+
+    @property
+    def model_slices_per_s(self) -> float:
+        return self.slices / self.model_seconds if self.model_seconds else 0.0
+
+
+def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> InferReport:
+    """Segment every scan under ``inputs``; see the module docstring.
+
+    Args:
+        inputs: files and folders.
+        config: options; defaults to :class:`InferConfig`.
+
+    Returns:
+        The :class:`InferReport` (also written as ``summary.csv`` in ``config.out``).
+
+    Raises:
+        EdgesegError: missing or non-edgeseg model, unusable provider, bad --out, or no
+            scans at all. Bad scans do not raise: they are counted in ``report.failed``.
+    """
+    config = config or InferConfig()
+    model = _model_path(config.model)
+    info = read_model_info(model)
+    out = Path(os.path.abspath(config.out))
+    scans, problems, ignored = discover_scans(inputs, out)
+    if not scans and not problems:
+        raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
+    trt = default_trt_options(info, batch_size=config.batch_size)
+    session, provider = create_session(model, config.provider, config.threads, trt)
+    runner = _Runner(session, provider, info, config, out)
+    runner.say(f"model {model} ({info.precision}, classes {', '.join(info.class_names)});"
+               f" running on {provider}")
+    report = runner.run(scans, problems)
+    report.ignored = ignored
+    runner.say(_final_line(report))
+    return report
+
+
+def _model_path(model: Path | None) -> Path:
+    from edgeseg import SHIPPED_MODEL
+
+    path = Path(model) if model else SHIPPED_MODEL
+    if not path.is_file():
+        hint = "run `edgeseg export`" if model is None else "check the path"
+        raise EdgesegError(f"{path}: model not found; {hint} or pass --model MODEL.onnx")
+    return path
+
+
+def _final_line(r: InferReport) -> str:
+    return (f"{r.done} done, {r.failed} failed, {r.skipped} skipped (already done),"
+            f" {r.ignored} ignored; {r.slices} slices in {r.seconds:.1f} s ="
+            f" {r.slices_per_s:.1f} slices/s (model alone {r.model_slices_per_s:.1f}/s)"
+            f" on {r.provider}; summary: {r.summary}")
+
+
+class _Runner:
+    """The scan loop: prefetching reads, batched inference, background atomic writes."""
+
+    def __init__(self, session: Any, provider: str, info: ModelInfo, config: InferConfig,
+                 out: Path) -> None:
+        from rich.console import Console
+
+        self.session, self.info, self.config, self.out = session, info, config, out
+        self.report = InferReport(provider)
+        self.stdout, self.stderr = Console(), Console(stderr=True)
+        self.progress: Any = None
+
+    def say(self, text: str, error: bool = False) -> None:
+        """One unwrapped line: errors always, the rest unless quiet."""
+        if error or not self.config.quiet:
+            console = self.progress.console if self.progress else (
+                self.stderr if error else self.stdout)
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def run(self, scans: list[Scan], problems: list[tuple[Path, str]]) -> InferReport:
+        rows = previous_rows(self.out / SUMMARY)
+        start = time.perf_counter()
+        try:
+            with self._progress(len(scans)) as self.progress:
+                for path, reason in problems:
+                    rows[f"!{path}"] = self._failed(Scan(path, "", Path()), reason)
+                self._loop(scans, rows)
+        finally:
+            self.progress = None
+            self.report.seconds = time.perf_counter() - start
+            self.report.rows = list(rows.values())
+            self.report.summary = write_summary(self.out, self.report.rows, self.info)
+        return self.report
+
+    def _progress(self, total: int) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            console=self.stderr, transient=True,
+                            disable=self.config.quiet or not self.stderr.is_terminal)
+        self.scan_task = progress.add_task("scans", total=total)
+        self.slice_task = progress.add_task("slices", total=0)
+        return progress
+
+    def _loop(self, scans: list[Scan], rows: dict[str, dict[str, Any]]) -> None:
+        todo = iter(scans)
+        reads: deque[tuple[Scan, Future | None]] = deque()
+        writes: deque[tuple[Scan, Future]] = deque()
+        with ThreadPoolExecutor(max(1, self.config.workers)) as pool:
+            while True:
+                while len(reads) <= self.config.prefetch and (scan := next(todo, None)):
+                    reads.append((scan, None if self._finished(scan) else
+                                  pool.submit(self._read, scan)))
+                if not reads:
+                    break
+                scan, future = reads.popleft()
+                if future is None:
+                    rows[str(scan.rel)] = self._skipped(scan, rows.get(str(scan.rel)))
+                    continue
+                job = self._infer(scan, future, rows, pool)
+                if job is not None:
+                    writes.append((scan, job))
+                self._drain(writes, rows, keep=self.config.prefetch)
+            self._drain(writes, rows, keep=0)
+
+    def _finished(self, scan: Scan) -> bool:
+        if self.config.overwrite:
+            return False
+        targets = [scan.rel] + ([overlay_rel(scan.rel)] if self.config.overlay else [])
+        return all((self.out / t).is_file() for t in targets)
+
+    def _read(self, scan: Scan) -> Decoded:
+        return read_scan(scan.path, scan.kind, scan.files, self.config.axis, self.info.min_size)
+
+    def _infer(self, scan: Scan, future: Future, rows: dict, pool: ThreadPoolExecutor) -> Any:
+        """Decode result -> labels -> submit the write; a failure becomes a row."""
+        try:
+            dec = future.result()
+            labels, seconds = self._segment(scan, dec)
+        except Exception as exc:  # any bad scan: one line, and the run goes on
+            rows[str(scan.rel)] = self._failed(scan, _reason(exc))
+            return None
+        self.report.model_seconds += seconds
+        self.report.slices += len(labels)
+        for note in dec.notes:
+            self.say(f"note: {note}")
+        rows[str(scan.rel)] = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
+        self.report.done += 1
+        self.progress.advance(self.scan_task)
+        return pool.submit(self._write, scan, dec, labels)
+
+    def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float]:
+        """Run the stack through the model in batches; only ``labels`` is fetched."""
+        count, (h, w) = len(dec.stack), dec.stack.shape[1:]
+        labels = np.empty((count, h, w), dtype=np.uint8)
+        self.progress.reset(self.slice_task, total=count, description=f"slices {scan.path.name}")
+        seconds = 0.0
+        for start in range(0, count, max(1, self.config.batch_size)):
+            batch = dec.batch(start, start + self.config.batch_size, scan.path)
+            tick = time.perf_counter()
+            (labels[start : start + len(batch)],) = self.session.run(["labels"], {"image": batch})
+            seconds += time.perf_counter() - tick
+            self.progress.advance(self.slice_task, len(batch))
+        return labels, seconds
+
+    def _write(self, scan: Scan, dec: Decoded, labels: np.ndarray) -> None:
+        target = safe_output_path(self.out, scan.rel)
+        if self.config.overlay:
+            write_overlay(safe_output_path(self.out, overlay_rel(scan.rel)), dec, labels,
+                          scan.path)
+        write_labels(target, scan.kind, dec.restore(labels), dec, self.info.class_names)
+
+    def _drain(self, writes: deque, rows: dict, keep: int) -> None:
+        """Wait for writes until at most ``keep`` are pending; a failed write fails its scan."""
+        while len(writes) > keep:
+            scan, job = writes.popleft()
+            try:
+                job.result()
+            except Exception as exc:  # disk full, permissions, a path escaping --out
+                self.report.done -= 1
+                rows[str(scan.rel)] = self._failed(scan, _reason(exc), counted=True)
+
+    def _row(self, scan: Scan, status: str, labels: np.ndarray | None, voxel_ml: float | None,
+             ms: float | None, dec: Decoded | None = None) -> dict[str, Any]:
+        names = self.info.class_names
+        row: dict[str, Any] = {"input": str(scan.path), "status": status,
+                               "output": str(scan.rel) if scan.rel.parts else "",
+                               "provider": self.report.provider if ms is not None else "",
+                               "ms": f"{ms:.1f}" if ms is not None else ""}
+        if labels is not None:
+            counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
+            row["shape"] = "x".join(map(str, dec.shape if dec else labels.shape))
+            row["voxel_ml"] = f"{voxel_ml:.6g}" if voxel_ml else ""
+            for name, n in zip(names, counts, strict=True):
+                row[f"{name}_voxels"] = int(n)
+                row[f"{name}_ml"] = f"{n * voxel_ml:.3f}" if voxel_ml else ""
+        return row
+
+    def _failed(self, scan: Scan, reason: str, counted: bool = False) -> dict[str, Any]:
+        """Report one failed scan in one line; ``counted``: already advanced the bar."""
+        self.report.failed += 1
+        if not counted:
+            self.progress.advance(self.scan_task)
+        short = reason.removeprefix(f"{scan.path}: ")  # messages name their file already
+        self.say(f"FAILED {scan.path}: {short}", error=True)
+        return {**self._row(scan, "failed", None, None, None), "message": reason}
+
+    def _skipped(self, scan: Scan, previous: dict[str, Any] | None) -> dict[str, Any]:
+        """Row of a scan finished by an earlier run, from its output (and old row)."""
+        self.report.skipped += 1
+        self.progress.advance(self.scan_task)
+        try:
+            labels, voxel_ml = read_labels(self.out / scan.rel)
+        except Exception as exc:  # the output exists but cannot be read back
+            return {**self._row(scan, "done", None, None, None), "message": _reason(exc)}
+        row = self._row(scan, "done", labels, voxel_ml, None)
+        if previous:  # the input's own shape, provider and time from the run that made it
+            row.update({k: previous[k] for k in ("shape", "provider", "ms") if previous.get(k)})
+        return row
+
+
+def _reason(exc: BaseException) -> str:
+    if os.environ.get("EDGESEG_DEBUG"):
+        raise exc
+    if isinstance(exc, EdgesegError):
+        return str(exc)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"

@@ -1,0 +1,169 @@
+"""Outputs of `edgeseg infer`: label files, overlays, summary.csv, all written atomically.
+
+Torch-free. Labels keep the input's layout: ``.npy`` uint8 of the input's shape, a
+palette PNG whose pixel values are the class indices, or a uint8 NIfTI carrying the
+input's header, affine, qform and sform (with their codes). Every file is written to a
+hidden temp file in the target folder and renamed over the target, so a killed run
+leaves either the finished file or nothing (a stale temp is removed by the next write).
+Output paths are checked to stay inside ``--out``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.runtime import ModelInfo
+from edgeseg.scans import Decoded, nifti_zooms_mm
+
+SUMMARY = "summary.csv"
+# Okabe-Ito colour-blind-safe colours for classes 1.. (background is black/transparent).
+PALETTE = [(0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
+           (0, 114, 178), (213, 94, 0), (204, 121, 167)]
+
+
+def safe_output_path(out: Path, rel: Path) -> Path:
+    """``out / rel``, refusing absolute paths, ``..`` and symlinks that leave ``out``."""
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise EdgesegError(f"{rel}: output name would escape --out {out}; refusing to write it")
+    target = out / rel
+    root = out.resolve()
+    if not target.resolve().is_relative_to(root):
+        raise EdgesegError(
+            f"{target}: resolves to {target.resolve()}, outside --out {root}; refusing to write"
+        )
+    return target
+
+
+def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a hidden temp file beside ``target``, then rename it over.
+
+    The temp name is fixed per target (``.x_seg.npy.edgeseg-tmp.npy``), so a file left by
+    a killed run is simply overwritten, and it is created like any file (umask applies).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ext = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
+    tmp = target.parent / f".{target.name}.edgeseg-tmp{ext}"
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_labels(target: Path, kind: str, labels: np.ndarray, dec: Decoded,
+                 class_names: tuple[str, ...]) -> None:
+    """Write labels in the input's layout: .npy, palette PNG, or NIfTI beside the input."""
+    if kind == "npy":
+        atomic_write(target, lambda tmp: _save_npy(tmp, labels))
+    elif kind == "image":
+        atomic_write(target, lambda tmp: label_png(labels).save(tmp, format="PNG"))
+    else:
+        img = label_nifti(labels, dec.template, len(class_names))
+        atomic_write(target, lambda tmp: img.to_filename(str(tmp)))
+
+
+def _save_npy(tmp: Path, labels: np.ndarray) -> None:
+    with open(tmp, "wb") as f:
+        np.save(f, np.ascontiguousarray(labels, dtype=np.uint8), allow_pickle=False)
+
+
+def label_png(labels: np.ndarray) -> Any:
+    """A palette PNG whose pixel values are the class indices, coloured per class."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L")
+    img.putpalette([c for rgb in PALETTE for c in rgb] * (256 // len(PALETTE)))
+    return img
+
+
+def label_nifti(labels: np.ndarray, template: Any, num_classes: int) -> Any:
+    """A uint8 label image with the template's header, affine, qform and sform (and codes)."""
+    header = template.header.copy()
+    header.set_data_dtype(np.uint8)
+    img = type(template)(np.asarray(labels, dtype=np.uint8), None, header)
+    qform, qcode = template.get_qform(coded=True)
+    sform, scode = template.get_sform(coded=True)
+    img.set_qform(qform, code=int(qcode))
+    img.set_sform(sform, code=int(scode))
+    img.header.set_slope_inter(1.0, 0.0)  # never inherit the input's intensity scaling
+    img.header.set_intent("label")
+    img.header["cal_min"], img.header["cal_max"] = 0, num_classes - 1
+    img.header["descrip"] = b"edgeseg labels"
+    return img
+
+
+def write_overlay(target: Path, dec: Decoded, labels: np.ndarray, source: Path) -> None:
+    """PNG of the middle slice in grey with the classes coloured over it."""
+    from PIL import Image
+
+    mid = len(dec.stack) // 2
+    image = dec.batch(mid, mid + 1, source)[0, 0]
+    lo, hi = np.percentile(image, (1, 99))
+    grey = np.clip((image - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    colours = np.array(PALETTE * 32, np.float32)[labels[mid]]
+    fg = labels[mid] > 0
+    rgb[fg] = 0.55 * rgb[fg] + 0.45 * colours[fg]
+    overlay = Image.fromarray(rgb.astype(np.uint8), mode="RGB")
+    atomic_write(target, lambda tmp: overlay.save(tmp, format="PNG"))
+
+
+def read_labels(path: Path) -> tuple[np.ndarray, float | None]:
+    """A finished output's labels and voxel volume in mL (None if unknown), for resume."""
+    if path.name.endswith(".npy"):
+        return np.load(path, allow_pickle=False), None
+    if path.name.endswith(".png"):
+        from PIL import Image
+
+        with Image.open(path) as img:
+            return np.array(img), None
+    import nibabel as nib
+
+    img = nib.load(path)
+    return np.asarray(img.dataobj), float(np.prod(nifti_zooms_mm(img))) / 1000.0
+
+
+def overlay_rel(rel: Path) -> Path:
+    """``dir/x_overlay.png`` for the labels file ``dir/x_seg.<ext>``."""
+    stem = rel.name.split("_seg.")[0]
+    return rel.parent / f"{stem}_overlay.png"
+
+
+def summary_columns(info: ModelInfo) -> list[str]:
+    """summary.csv header: where, status, shape, per-class voxels and mL, provider, time."""
+    names = info.class_names
+    return ["input", "status", "output", "shape", "voxel_ml", *[f"{n}_voxels" for n in names],
+            *[f"{n}_ml" for n in names], "provider", "ms", "message"]
+
+
+def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """Rows of an earlier summary.csv whose outputs still exist, keyed by output."""
+    if not path.is_file():
+        return {}
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return {}
+    root = path.parent
+    return {r["output"]: r for r in rows
+            if r.get("output") and r.get("status") == "done" and (root / r["output"]).is_file()}
+
+
+def write_summary(out: Path, rows: list[dict[str, Any]], info: ModelInfo) -> Path:
+    """Write ``out/summary.csv`` atomically; returns its path."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=summary_columns(info), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    target = out / SUMMARY
+    atomic_write(target, lambda tmp: tmp.write_text(buffer.getvalue()))
+    return target

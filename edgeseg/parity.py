@@ -1,0 +1,489 @@
+"""Parity validation: prove an exported model is the trained PyTorch model, on real slices.
+
+    edgeseg validate MODEL.onnx [MODEL_fp16.onnx ...] [--ckpt CKPT] [--data DIR] [--providers ...]
+
+Reference: the checkpoint's PyTorch model, fp32, eval mode. Candidates: every given ONNX
+file on every provider that really works here (ORT CPU always; CUDA and TensorRT when a
+session truly runs on them, the provider that actually ran is reported). Inputs: real
+held-out slices with ground truth (the checkpoint's ``data.test_keys``, or the demo set's
+slab split, or ``--data``), centre-cropped or padded to each size of the table. Padding
+repeats the image's edge pixels (MRI borders are air, so this adds background-like
+intensities) and labels the padded pixels background (0).
+
+Per candidate x size: max and mean |Δlogit|, the smallest atol that passes at rtol 1e-3
+(Polygraphy's "minimum required tolerance"), label agreement with the reference argmax
+(the candidate's in-graph ``labels`` output), foreground mIoU of reference and candidate
+against ground truth, and ΔmIoU. Each row is gated by the file's precision (:data:`GATES`).
+An independent executor, ``onnx.reference.ReferenceEvaluator``, must agree with ORT on a
+small odd-sized input; for fp16 files PyTorch's CPU ``.half()`` run shows the real float16
+activation error and the largest activation against float16's 65504 limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeseg.model import UNet
+
+FORMAT = "edgeseg-parity-v1"
+FP16_MAX = 65504.0  # largest finite float16
+RTOL = 1e-3  # rtol at which "min atol" is reported
+# (H, W, slices, batch): the training size in batches of 4, then odd, non-square and small.
+SIZES = (
+    (394, 394, 8, 4), (393, 395, 2, 1), (394, 300, 2, 2), (300, 394, 2, 2),
+    (256, 257, 2, 1), (64, 64, 4, 4),
+)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Pass criteria for one precision; None = not checked."""
+
+    max_logit_rel: float | None = None  # max|Δlogit| <= this * max(1, max|reference logit|)
+    min_agreement: float | None = None  # label agreement with the reference, fraction
+    max_dmiou: float | None = None  # |mIoU(candidate) - mIoU(reference)|, foreground mIoU
+
+
+GATES = {
+    "fp32": Gate(max_logit_rel=1e-4, min_agreement=0.9999, max_dmiou=1e-4),
+    "fp16": Gate(min_agreement=0.999, max_dmiou=1e-3),
+    "int8": Gate(max_dmiou=5e-3),
+}
+
+
+@dataclass
+class ParityConfig:
+    """What ``edgeseg validate`` compares; saved in parity.json."""
+
+    sizes: tuple[tuple[int, int, int, int], ...] = SIZES  # (H, W, slices, batch) rows
+    providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")  # candidates, where they work
+    gates: dict[str, Gate] = field(default_factory=lambda: dict(GATES))  # per precision
+    threads: int | None = None  # ORT intra-op threads; None = one per physical core
+    reference_check: bool = True  # onnx.reference.ReferenceEvaluator vs ORT, small input
+    fp16_torch_slices: int = 2  # 394² slices for the PyTorch .half() activation check
+
+
+@dataclass
+class EvalData:
+    """Real slices with ground truth for validation, and training slices for calibration."""
+
+    source: str  # where they came from, for the report
+    images: list[np.ndarray]  # held-out float32 (H, W)
+    masks: list[np.ndarray]  # their uint8 labels
+    train_images: list[np.ndarray]  # training-split float32 (H, W), for int8 calibration
+
+
+@dataclass
+class ParityRow:
+    """One candidate file x provider x size."""
+
+    model: str
+    precision: str
+    provider: str  # the provider that actually ran (session.get_providers()[0])
+    size: str  # "HxW"
+    batch: int
+    slices: int
+    max_abs: float  # max |Δlogit|
+    mean_abs: float
+    ref_max: float  # max |reference logit|, the scale of the fp32 gate
+    min_atol: float  # smallest atol passing at rtol RTOL
+    agreement: float  # fraction of pixels whose label equals the reference argmax
+    miou_ref: float | None
+    miou_cand: float | None
+    d_miou: float | None
+    failures: list[str] = field(default_factory=list)  # names the failed checks
+
+
+@dataclass
+class ParityReport:
+    """Everything one validation measured; ``passed`` is the gate."""
+
+    checkpoint: str
+    checkpoint_sha256: str
+    data: str
+    config: dict[str, Any]
+    rows: list[ParityRow] = field(default_factory=list)
+    reference_evaluator: dict[str, Any] = field(default_factory=dict)  # per model file
+    fp16_activations: dict[str, Any] = field(default_factory=dict)  # PyTorch .half() check
+    skipped: dict[str, str] = field(default_factory=dict)  # provider -> why not run
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. int8 calibration, latencies
+
+    @property
+    def failures(self) -> list[str]:
+        rows = [f"{r.model} {r.provider} {r.size}: {f}" for r in self.rows for f in r.failures]
+        refs = [f"{m}: {v['failure']}" for m, v in self.reference_evaluator.items()
+                if v.get("failure")]
+        return rows + refs
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.rows) and not self.failures
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (the parity.json content)."""
+        return {
+            "format": FORMAT, "passed": self.passed, "failures": self.failures,
+            "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256,
+            "data": self.data, "config": self.config,
+            "rows": [asdict(r) for r in self.rows],
+            "reference_evaluator": self.reference_evaluator,
+            "fp16_activations": self.fp16_activations, "skipped_providers": self.skipped,
+            **self.extra,
+        }
+
+    def write(self, path: Path) -> Path:
+        """Atomically write :meth:`to_json` to ``path``."""
+        return write_json(path, self.to_json())
+
+    def table(self) -> Any:
+        """A rich Table, one line per row, with the gate verdict."""
+        from rich.table import Table
+
+        table = Table(title=f"parity vs PyTorch fp32 ({Path(self.checkpoint).name})")
+        for col in ("model", "provider", "size", "N", "max|Δ|", "mean|Δ|", "min atol",
+                    "agree %", "mIoU ref", "mIoU", "ΔmIoU", "gate"):
+            table.add_column(col, justify="left" if col in ("model", "provider", "gate")
+                             else "right")
+        for r in self.rows:
+            table.add_row(
+                r.model, r.provider.replace("ExecutionProvider", ""), r.size, str(r.batch),
+                f"{r.max_abs:.2e}", f"{r.mean_abs:.2e}", f"{r.min_atol:.2e}",
+                f"{100 * r.agreement:.4f}", _fmt(r.miou_ref), _fmt(r.miou_cand),
+                _fmt(r.d_miou, signed=True),
+                "[green]pass[/]" if not r.failures else f"[red]FAIL {'; '.join(r.failures)}[/]",
+            )
+        return table
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    return "—" if value is None else (f"{value:+.4f}" if signed else f"{value:.4f}")
+
+
+def write_json(path: Path, obj: Any) -> Path:
+    """Atomic JSON write (temp file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_eval_data(ckpt: dict[str, Any], data: Path | None = None) -> EvalData:
+    """Held-out slices (+ training slices) for a checkpoint.
+
+    ``data`` if given (its slab split), else the checkpoint's ``data.root`` and
+    ``data.test_keys`` if that folder exists, else the demo set with the slab split.
+    """
+    from edgeseg.data import build_demo, load_slices, split_indices
+
+    num_classes = int(ckpt["model_config"]["num_classes"])
+    info, cfg = ckpt.get("data") or {}, ckpt.get("train_config") or {}
+    root = Path(data) if data else Path(info.get("root") or "")
+    if data is None and not (info.get("root") and root.is_dir()):
+        root = build_demo()
+    slices = load_slices(root, num_classes)
+    keys = set(info.get("test_keys") or []) if data is None else set()
+    if keys and keys <= set(slices.keys):
+        test = [i for i, k in enumerate(slices.keys) if k in keys]
+        train = [i for i, k in enumerate(slices.keys) if k not in keys]
+        source = f"{slices.root} (the checkpoint's {len(test)} held-out slices)"
+    else:
+        split = cfg.get("split", "slabs") if data is None else "slabs"
+        train, test = split_indices(len(slices), split, cfg.get("test_fraction", 0.2),
+                                    cfg.get("seed", 0))
+        source = f"{slices.root} ({split} split: {len(test)} held-out slices)"
+    return EvalData(source, [slices.images[i] for i in test], [slices.masks[i] for i in test],
+                    [slices.images[i] for i in train])
+
+
+def fit_to_size(image: np.ndarray, mask: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centre-crop or pad a slice and its mask to ``(h, w)``: image edge-padded, mask with 0."""
+    for axis, size in ((0, h), (1, w)):
+        have = image.shape[axis]
+        if have > size:
+            start = (have - size) // 2
+            image = np.take(image, range(start, start + size), axis=axis)
+            mask = np.take(mask, range(start, start + size), axis=axis)
+        elif have < size:
+            before = (size - have) // 2
+            pad = [(0, 0), (0, 0)]
+            pad[axis] = (before, size - have - before)
+            image, mask = np.pad(image, pad, mode="edge"), np.pad(mask, pad)
+    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.uint8)
+
+
+def pick(items: list[Any], n: int) -> list[Any]:
+    """``n`` items evenly spread over ``items`` (all of them if n >= len)."""
+    if n >= len(items):
+        return list(items)
+    return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)]
+
+
+def size_batches(data: EvalData, sizes: tuple[tuple[int, int, int, int], ...]) -> list[dict[str, Any]]:
+    """Per size row: ``{"size", "batch", "inputs": [(N,1,H,W) float32], "masks": [...]}``."""
+    rows = []
+    for h, w, n, batch in sizes:
+        pairs = [fit_to_size(im, m, h, w)
+                 for im, m in pick(list(zip(data.images, data.masks, strict=True)), n)]
+        starts = range(0, len(pairs), batch)
+        rows.append({
+            "size": f"{h}x{w}", "batch": batch,
+            "inputs": [np.stack([p[0] for p in pairs[s:s + batch]])[:, None] for s in starts],
+            "masks": [np.stack([p[1] for p in pairs[s:s + batch]]) for s in starts],
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------- comparison
+
+
+def reference_logits(model: UNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """PyTorch fp32 eval-mode logits for each ``(N, 1, H, W)`` batch."""
+    import torch
+
+    with torch.inference_mode():
+        return [model.float().eval()(torch.from_numpy(x)).numpy() for x in inputs]
+
+
+def compare(
+    ref: list[np.ndarray], logits: list[np.ndarray], labels: list[np.ndarray],
+    masks: list[np.ndarray], class_names: tuple[str, ...],
+) -> dict[str, Any]:
+    """The numbers of one row: |Δlogit| stats, min atol, agreement, mIoU of both vs truth."""
+    from edgeseg.metrics import evaluate_arrays
+
+    diff = np.concatenate([np.abs(c - r).ravel() for c, r in zip(logits, ref, strict=True)])
+    slack = np.concatenate([(np.abs(c - r) - RTOL * np.abs(r)).ravel()
+                            for c, r in zip(logits, ref, strict=True)])
+    ref_labels = [r.argmax(axis=1) for r in ref]
+    agree = sum(int((a == b).sum()) for a, b in zip(labels, ref_labels, strict=True))
+    n = len(class_names)
+    miou_ref = evaluate_arrays(ref_labels, masks, n, class_names)["miou_fg"]
+    miou_cand = evaluate_arrays(labels, masks, n, class_names)["miou_fg"]
+    d = None if miou_ref is None or miou_cand is None else miou_cand - miou_ref
+    return {
+        "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+        "ref_max": float(max(np.abs(r).max() for r in ref)),
+        "min_atol": float(max(slack.max(), 0.0)), "agreement": agree / diff.size * n,
+        "miou_ref": miou_ref, "miou_cand": miou_cand, "d_miou": d,
+    }
+
+
+def gate_failures(row: dict[str, Any], gate: Gate) -> list[str]:
+    """Names of the checks a row fails under ``gate`` (empty = pass)."""
+    failed = []
+    limit = None if gate.max_logit_rel is None else gate.max_logit_rel * max(1.0, row["ref_max"])
+    if limit is not None and not row["max_abs"] <= limit:
+        failed.append(f"max|Δlogit| {row['max_abs']:.2e} > {limit:.2e}")
+    if gate.min_agreement is not None and not row["agreement"] >= gate.min_agreement:
+        failed.append(f"agreement {100 * row['agreement']:.4f}% < {100 * gate.min_agreement:g}%")
+    d = row["d_miou"]
+    if gate.max_dmiou is not None and d is not None and not abs(d) <= gate.max_dmiou:
+        failed.append(f"|ΔmIoU| {abs(d):.5f} > {gate.max_dmiou:g}")
+    return failed
+
+
+def run_session(session: Any, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(logits, labels)`` of an ORT session for each batch."""
+    outs = [session.run(["logits", "labels"], {"image": x}) for x in inputs]
+    return [o[0].astype(np.float32) for o in outs], [o[1] for o in outs]
+
+
+def reference_evaluator_check(
+    path: Path, session: Any, gate: bool = True, shape: tuple[int, ...] = (1, 1, 33, 35)
+) -> dict[str, Any]:
+    """``onnx.reference.ReferenceEvaluator`` vs the ORT session on one small odd-sized input.
+
+    ``gate``: a difference above 1e-3 of the logit scale is a failure (fp32 files; fp16 and
+    int8 files are reported only, the two runtimes round them differently by design).
+    """
+    from onnx.reference import ReferenceEvaluator
+
+    rng = np.random.default_rng(0)
+    x = (rng.gamma(2.0, 300.0, shape)).astype(np.float32)  # MRI-like positive intensities
+    try:
+        ref_logits, ref_labels = ReferenceEvaluator(str(path)).run(["logits", "labels"], {"image": x})
+    except Exception as exc:  # an op the reference runtime does not implement
+        return {"shape": list(shape), "skipped": f"{type(exc).__name__}: {str(exc)[:160]}"}
+    logits, labels = session.run(["logits", "labels"], {"image": x})
+    diff = float(np.abs(ref_logits.astype(np.float32) - logits).max())
+    scale = max(1.0, float(np.abs(ref_logits).max()))
+    result = {"shape": list(shape), "max_abs": diff,
+              "labels_equal": float((ref_labels == labels).mean())}
+    if gate and diff > 1e-3 * scale:
+        result["failure"] = f"ReferenceEvaluator and ORT differ by {diff:.2e} (> 1e-3 x {scale:.1f})"
+    return result
+
+
+def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, Any]:
+    """PyTorch CPU float16 run (normalisation in float32, as in the fp16 ONNX): real fp16 error.
+
+    ORT on x86 CPU turns an fp16 model's weights back to float32 (onnxruntime#16778), so
+    the ORT rows show only weight rounding; this run computes the activations in float16.
+
+    Returns:
+        max |activation| of any layer and its headroom to 65504, max |Δlogit| and label
+        agreement against the fp32 model, and whether anything overflowed (inf/NaN).
+    """
+    import copy
+
+    import torch
+
+    half = copy.deepcopy(model).float().eval().half()
+    half.normalize = _fp32_normalize()
+    peak = {"value": 0.0, "layer": ""}
+
+    def hook(module: torch.nn.Module, _: Any, out: torch.Tensor) -> None:
+        value = float(out.detach().float().abs().max())
+        if not value <= peak["value"]:  # NaN/inf propagate into the report
+            peak.update(value=value, layer=names[module])
+
+    names = {m: n for n, m in half.named_modules() if n and not list(m.children())}
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        with torch.inference_mode():
+            logits16 = [half(torch.from_numpy(x)).float().numpy() for x in inputs]
+    finally:
+        for h in handles:
+            h.remove()
+    ref = reference_logits(model, inputs)
+    finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])
+    agree = np.mean(np.concatenate([(a.argmax(1) == b.argmax(1)).ravel()
+                                    for a, b in zip(logits16, ref, strict=True)]))
+    return {
+        "slices": int(sum(len(x) for x in inputs)), "max_activation": peak["value"],
+        "max_activation_layer": peak["layer"], "headroom": FP16_MAX / max(peak["value"], 1e-30),
+        "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
+        "agreement": float(agree), "finite": bool(finite),
+    }
+
+
+def _fp32_normalize() -> torch.nn.Module:
+    """Normalize in float32 (its sums of raw intensities overflow float16), hand on float16."""
+    from edgeseg.model import Normalize
+
+    class Fp32Normalize(Normalize):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x.float()).half()
+
+    return Fp32Normalize()
+
+
+# ----------------------------------------------------------------------------- validate
+
+
+def find_checkpoint(model_path: Path, sha256: str) -> Path:
+    """The ``X.pt`` next to ``X.onnx`` / ``X_fp16.onnx`` / ``X_int8.onnx`` whose hash matches."""
+    from edgeseg.export import sha256_file
+
+    stem = model_path.stem
+    for suffix in ("_fp16", "_int8"):
+        stem = stem.removesuffix(suffix)
+    candidate = model_path.with_name(f"{stem}.pt")
+    if candidate.is_file() and (not sha256 or sha256_file(candidate) == sha256):
+        return candidate
+    raise EdgesegError(
+        f"{model_path}: no matching checkpoint found beside it ({candidate.name} is "
+        f"{'missing' if not candidate.is_file() else 'a different checkpoint'});"
+        " pass the one it was exported from with --ckpt"
+    )
+
+
+def validate(
+    models: Path | list[Path], ckpt: Path | None = None, data: Path | None = None,
+    config: ParityConfig | None = None, eval_data: EvalData | None = None,
+) -> ParityReport:
+    """Compare exported ONNX files with their PyTorch checkpoint on real slices.
+
+    Args:
+        models: one or more edgeseg ONNX files exported from the same checkpoint.
+        ckpt: the checkpoint; default the ``X.pt`` beside ``X.onnx`` (hash-checked).
+        data: a tutorial-layout dataset to validate on (its slab split's test slices);
+            default the checkpoint's held-out slices, or the demo set.
+        config: sizes, providers, gates; default :class:`ParityConfig`.
+        eval_data: already-loaded slices (export passes the ones it calibrated with).
+
+    Returns:
+        The report; ``report.passed`` is the gate, ``report.failures`` names failed checks.
+    """
+    from edgeseg.export import sha256_file
+    from edgeseg.model import load_checkpoint
+    from edgeseg.runtime import read_model_info
+
+    config = config or ParityConfig()
+    paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
+    infos = [read_model_info(p) for p in paths]
+    ckpt = Path(ckpt) if ckpt else find_checkpoint(paths[0], infos[0].checkpoint_sha256)
+    sha = sha256_file(ckpt)
+    for info in infos:
+        if info.checkpoint_sha256 and info.checkpoint_sha256 != sha:
+            raise EdgesegError(
+                f"{info.path}: exported from checkpoint {info.checkpoint_sha256[:12]}…, not"
+                f" {ckpt} ({sha[:12]}…); pass the matching --ckpt"
+            )
+    model, state = load_checkpoint(ckpt)
+    eval_data = eval_data or load_eval_data(state, data)
+    report = ParityReport(str(ckpt), sha, eval_data.source, _config_json(config))
+    rows = size_batches(eval_data, config.sizes)
+    for row in rows:
+        row["ref"] = reference_logits(model, row["inputs"])
+    for path, info in zip(paths, infos, strict=True):
+        _validate_file(report, path, info, rows, config)
+        if info.precision == "fp16" and config.fp16_torch_slices:
+            full = size_batches(eval_data, ((394, 394, config.fp16_torch_slices, 1),))[0]
+            report.fp16_activations = fp16_activation_check(model, full["inputs"])
+    return report
+
+
+def _validate_file(report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]],
+                   config: ParityConfig) -> None:
+    """Append one row per working provider x size for one ONNX file."""
+    from edgeseg.runtime import PROVIDERS, _probe, create_session
+
+    gate = config.gates.get(info.precision, Gate())
+    for provider in config.providers:
+        reason = _probe(PROVIDERS[provider]) if provider in PROVIDERS else "unknown provider"
+        if reason:
+            report.skipped[provider] = reason
+            continue
+        session, actual = create_session(path, provider=provider, threads=config.threads)
+        if provider == "cpu" and config.reference_check:
+            report.reference_evaluator[path.name] = reference_evaluator_check(
+                path, session, gate=info.precision == "fp32")
+        for row in rows:
+            logits, labels = run_session(session, row["inputs"])
+            numbers = compare(row["ref"], logits, labels, row["masks"], info.class_names)
+            report.rows.append(ParityRow(
+                model=path.name, precision=info.precision, provider=actual, size=row["size"],
+                batch=row["batch"], slices=sum(len(x) for x in row["inputs"]), **numbers,
+                failures=gate_failures(numbers, gate),
+            ))
+
+
+def _config_json(config: ParityConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["gates"] = {k: asdict(v) for k, v in config.gates.items()}
+    d["sizes"] = [list(s) for s in config.sizes]
+    return d

@@ -1,0 +1,207 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+# --- runtime / infer: a hand-built edgeseg-onnx-v1 model with known answers -------------
+def make_threshold_onnx(
+    path: Path, min_size: int = 16, metadata: dict[str, str | None] | None = None
+) -> Path:
+    """Write a contract-conforming ONNX whose labels are ``clip(round(intensity), 0, 2)``.
+
+    A 1x1 Conv gives class c the logit ``c * x + b_c`` with thresholds 0.5 and 1.5, then
+    ArgMax -> Cast(uint8) is ``labels``. Feeding class indices as intensities must give
+    them back exactly, which checks slicing, orientation and geometry of every reader and
+    writer. ``metadata`` overrides ``edgeseg.*`` entries (None drops one).
+    """
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.array([0, 1, 2], np.float32).reshape(3, 1, 1, 1), "w")
+    bias = numpy_helper.from_array(np.array([0.0, -0.5, -2.0], np.float32), "b")
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["logits"]),
+        helper.make_node("ArgMax", ["logits"], ["argmax"], axis=1, keepdims=0),
+        helper.make_node("Cast", ["argmax"], ["labels"], to=TensorProto.UINT8),
+    ]
+    graph = helper.make_graph(
+        nodes, "threshold",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+         helper.make_tensor_value_info("labels", TensorProto.UINT8, ["N", "H", "W"])],
+        [weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10  # onnx 1.23 writes IR 14 by default; onnxruntime 1.31 reads <= 13
+    meta: dict[str, str | None] = {
+        "edgeseg.format": "edgeseg-onnx-v1",
+        "edgeseg.version": "test",
+        "edgeseg.precision": "fp32",
+        "edgeseg.class_names": json.dumps(["background", "gray_matter", "white_matter"]),
+        "edgeseg.num_classes": "3",
+        "edgeseg.in_channels": "1",
+        "edgeseg.min_size": str(min_size),
+        "edgeseg.input": json.dumps(
+            {"name": "image", "dtype": "float32", "shape": ["N", 1, "H", "W"],
+             "units": "raw intensities"}
+        ),
+        "edgeseg.normalization": "none (test model: thresholds at 0.5 and 1.5)",
+        "edgeseg.train_miou_fg": "1.0",
+        "edgeseg.checkpoint_sha256": "0" * 64,
+        "edgeseg.opset": "17",
+        **(metadata or {}),
+    }
+    helper.set_model_props(model, {k: v for k, v in meta.items() if v is not None})
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def threshold_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path to :func:`make_threshold_onnx`'s model (labels = clip(round(x), 0, 2))."""
+    return make_threshold_onnx(tmp_path_factory.mktemp("models") / "threshold.onnx")
+
+
+@pytest.fixture
+def threshold_onnx_factory():  # noqa: ANN201
+    """:func:`make_threshold_onnx` itself, for tests that need altered metadata."""
+    return make_threshold_onnx
+
+AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def make_dicom_series(folder: Path, iop=AXIAL_IOP, gap: float = 2.0, n: int = 4, slopes=None,
+                      positions=None, uid: str | None = None, instances=None) -> list[Path]:
+    """Copies of pydicom's real MR_small.dcm as an n-slice series, written shuffled.
+
+    Slice k (in position order along the IOP normal) stores ``pixels // 100 + 100 * k``,
+    InstanceNumber ``n - k`` (reversed, so position must win), and RescaleSlope/Intercept
+    ``slopes[k]``. ``positions``/``instances``/``uid`` override geometry and identity.
+    """
+    import copy
+
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    pixels = base.pixel_array // 100
+    normal = np.cross(iop[:3], iop[3:])
+    origin = np.array([-20.0, 30.0, 10.0])
+    paths = []
+    for write_index, k in enumerate(sorted(range(n), key=lambda k: (k * 7) % n)):
+        ds = copy.deepcopy(base)
+        ds.PixelData = (pixels + k * 100).astype(np.int16).tobytes()
+        pos = positions[k] if positions is not None else origin + k * gap * normal
+        ds.ImagePositionPatient = [float(v) for v in pos]
+        ds.ImageOrientationPatient = [float(v) for v in iop]
+        ds.InstanceNumber = instances[k] if instances else n - k
+        ds.RescaleSlope, ds.RescaleIntercept = slopes[k] if slopes else (1.0, 0.0)
+        if uid and k == 0:
+            ds.SeriesInstanceUID = uid
+        paths.append(folder / f"IM{write_index:03d}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+@pytest.fixture
+def dicom_series_factory():  # noqa: ANN201
+    """:func:`make_dicom_series` itself."""
+    return make_dicom_series
+# --- end runtime / infer ------------------------------------------------------------------
+
+
+# --- export / parity: a real exported model from a small, briefly trained U-Net ---------
+TINY_WIDTHS = (4, 8, 16)  # 3 levels: min_size 16, ~7k parameters, fast on 2 shared cores
+TINY_SLICES = 24  # real demo slices copied into the tiny dataset (8 per plane)
+TINY_TEST = 6  # of which the last few of each plane are the held-out test keys
+
+
+def make_tiny_dataset(root: Path, n: int = TINY_SLICES) -> tuple[Path, list[str]]:
+    """Copy ``n`` real MNI152 demo slices (394x394, evenly spread) into ``root``.
+
+    Returns ``(root, test_keys)``: every 4th slice is held out, like a (tiny) slab split.
+    """
+    import shutil
+
+    from edgeseg.data import build_demo, find_pairs
+
+    pairs = find_pairs(build_demo())
+    picks = [pairs[round(i * (len(pairs) - 1) / (n - 1))] for i in range(n)]
+    for sub in ("MRIs", "Segmentations"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for pair in picks:
+        shutil.copy(pair.image, root / "MRIs" / pair.image.name)
+        shutil.copy(pair.mask, root / "Segmentations" / pair.mask.name)
+    return root, [p.key for p in picks[3::4]][:TINY_TEST]
+
+
+def make_tiny_checkpoint(path: Path, data_root: Path, test_keys: list[str], steps: int = 80) -> Path:
+    """Train a (4, 8, 16) U-Net for ``steps`` Adam steps on 160x160 crops; save it.
+
+    A few seconds on one thread; enough for a non-trivial segmentation, so mIoU-based
+    checks (int8 ΔmIoU, parity gates) test something real.
+    """
+    import numpy as np
+    import torch
+
+    from edgeseg.data import load_slices
+    from edgeseg.metrics import evaluate_arrays
+    from edgeseg.model import ModelConfig, UNet, save_checkpoint
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    slices = load_slices(data_root)
+    train = [i for i, k in enumerate(slices.keys) if k not in set(test_keys)]
+    test = [i for i, k in enumerate(slices.keys) if k in set(test_keys)]
+    model = UNet(ModelConfig(widths=TINY_WIDTHS))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        batch = rng.choice(train, 4)
+        y0, x0 = rng.integers(0, 394 - 160 + 1, 2)  # anywhere: background too, as at test time
+        x = torch.from_numpy(np.stack([slices.images[i][y0:y0 + 160, x0:x0 + 160] for i in batch]))
+        y = torch.from_numpy(np.stack([slices.masks[i][y0:y0 + 160, x0:x0 + 160] for i in batch]))
+        loss = torch.nn.functional.cross_entropy(model(x[:, None]), y.long())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.inference_mode():
+        preds = [model(torch.from_numpy(slices.images[i][None, None])).argmax(1)[0].numpy()
+                 for i in test]
+    metrics = evaluate_arrays(preds, [slices.masks[i] for i in test], 3,
+                              ModelConfig().class_names)
+    save_checkpoint(path, model, metrics=metrics, epoch=1, train_config={"steps": steps},
+                    data={"root": str(data_root), "split": "slabs", "test_keys": test_keys})
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    """``(root, test_keys)``: 24 real 394x394 demo slices in the tutorial layout."""
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny_data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_dataset) -> Path:  # noqa: ANN001
+    """A briefly trained (4, 8, 16) U-Net checkpoint whose ``data`` points at tiny_dataset."""
+    root, test_keys = tiny_dataset
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny_ckpt") / "tiny.pt", root, test_keys)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_checkpoint: Path) -> Path:
+    """The fp32 edgeseg-onnx-v1 file written by the real ``export_onnx`` (tiny.onnx beside it)."""
+    from edgeseg.export import export_onnx
+
+    return export_onnx(tiny_checkpoint)
+# --- end export / parity ------------------------------------------------------------------

@@ -1,0 +1,269 @@
+"""Tests for edgeseg.infer and `edgeseg infer`: real files, real sessions, the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgeseg.dicom import read_dicom_series
+from edgeseg.errors import EdgesegError
+from edgeseg.infer import InferConfig, run_inference
+from edgeseg.runtime import PROVIDERS, provider_works
+from edgeseg.scans import discover_scans
+
+RNG = np.random.default_rng(1)
+
+
+def expected(x: np.ndarray) -> np.ndarray:
+    """What the threshold model answers: classes split at intensities 0.5 and 1.5."""
+    return np.where(x < 0.5, 0, np.where(x < 1.5, 1, 2)).astype(np.uint8)
+
+
+def classes(shape: tuple[int, ...]) -> np.ndarray:
+    """Random class indices as intensities, with sub-threshold noise."""
+    return RNG.integers(0, 3, shape) + RNG.uniform(-0.3, 0.3, shape)
+
+
+def cli(*args: str | Path, env: dict | None = None, cwd: Path | None = None):
+    """Run the real `edgeseg infer` in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-m", "edgeseg.cli", "infer", *map(str, args)],
+        capture_output=True, text=True, timeout=120, env=env, cwd=cwd,
+    )
+
+
+def make_scans(root: Path, dicom_series_factory) -> dict[str, np.ndarray]:
+    """One good scan of every format under root; returns input -> expected labels."""
+    (root / "sub").mkdir(parents=True)
+    want = {}
+    arr = classes((20, 24)).astype(np.float32)
+    np.save(root / "slice.npy", arr)
+    want["slice_seg.npy"] = expected(arr)
+    arr = classes((3, 20, 24)).astype(np.float64)
+    np.save(root / "sub" / "stack.npy", arr)
+    want["sub/stack_seg.npy"] = expected(arr)
+    lab = RNG.integers(0, 3, (18, 30)).astype(np.uint8)
+    Image.fromarray(lab).save(root / "gray.png")
+    want["gray_seg.png"] = lab
+    Image.fromarray(np.repeat(lab[..., None], 3, 2)).save(root / "colour.tif")
+    want["colour_seg.png"] = lab
+    vol = classes((20, 17, 22)).astype(np.float32)
+    affine = np.array([[0, 0, -2.0, 40], [1.5, 0, 0, -7], [0, 1.0, 0, 3], [0, 0, 0, 1]])
+    img = nib.Nifti1Image(vol, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=2)
+    nib.save(img, root / "sub" / "vol.nii.gz")
+    want["sub/vol_seg.nii.gz"] = expected(vol)
+    slopes = [(0.01, 0.0)] * 4  # slice k holds about k: classes 0, 1, 2, 2 by position
+    dicom_series_factory(root / "patient" / "series1", slopes=slopes)
+    want["patient/series1_seg.nii.gz"] = np.broadcast_to(
+        np.array([0, 1, 2, 2], np.uint8), (64, 64, 4))
+    return want
+
+
+def test_every_format_round_trips(tmp_path: Path, threshold_onnx: Path, dicom_series_factory):
+    want = make_scans(tmp_path / "in", dicom_series_factory)
+    config = InferConfig(model=threshold_onnx, out=tmp_path / "out", overlay=True, quiet=True)
+    report = run_inference([tmp_path / "in"], config)
+    assert (report.done, report.failed, report.skipped) == (len(want), 0, 0)
+    for rel, labels in want.items():
+        path = tmp_path / "out" / rel
+        if rel.endswith(".npy"):
+            got = np.load(path)
+        elif rel.endswith(".png"):
+            got = np.array(Image.open(path))
+        else:
+            got = np.asarray(nib.load(path).dataobj)
+        assert got.dtype == np.uint8 and np.array_equal(got, labels), rel
+        overlay = Image.open(tmp_path / "out" / (rel.split("_seg")[0] + "_overlay.png"))
+        assert overlay.mode == "RGB" and min(overlay.size) >= 16
+    assert report.slices == 1 + 3 + 1 + 1 + 22 + 4
+
+
+def test_nifti_and_dicom_geometry_is_kept(tmp_path: Path, threshold_onnx, dicom_series_factory):
+    make_scans(tmp_path / "in", dicom_series_factory)
+    run_inference([tmp_path / "in"], InferConfig(model=threshold_onnx, out=tmp_path / "o", quiet=True))
+    src, seg = nib.load(tmp_path / "in/sub/vol.nii.gz"), nib.load(tmp_path / "o/sub/vol_seg.nii.gz")
+    assert np.array_equal(seg.affine, src.affine)
+    for form in ("qform", "sform"):
+        got, want = getattr(seg, f"get_{form}")(coded=True), getattr(src, f"get_{form}")(coded=True)
+        assert np.array_equal(got[0], want[0]) and got[1] == want[1]
+    folder = tmp_path / "in/patient/series1"
+    series = read_dicom_series(folder, tuple(folder.iterdir()))
+    dcm_seg = nib.load(tmp_path / "o/patient/series1_seg.nii.gz")
+    assert np.allclose(dcm_seg.affine, series.affine) and dcm_seg.header["sform_code"] == 1
+    rows = {r["output"]: r for r in csv.DictReader(open(tmp_path / "o/summary.csv"))}
+    vol = rows["sub/vol_seg.nii.gz"]
+    assert float(vol["voxel_ml"]) == pytest.approx(2.0 * 1.5 * 1.0 / 1000)
+    n = int(vol["white_matter_voxels"])
+    assert float(vol["white_matter_ml"]) == pytest.approx(n * 0.003, abs=1e-3)
+    assert rows["slice_seg.npy"]["voxel_ml"] == "" and rows["slice_seg.npy"]["provider"]
+
+
+def make_bad_files(root: Path) -> list[str]:
+    """Broken inputs of every kind; returns their names."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "empty.npy").write_bytes(b"")
+    np.save(root / "nan.npy", np.full((20, 20), np.nan, np.float32))
+    np.save(root / "tiny.npy", np.zeros((20, 12), np.float32))
+    np.save(root / "ndim4.npy", np.zeros((2, 2, 20, 20), np.float32))
+    (root / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (root / "cut.nii.gz").write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 20)
+    broken = root / "broken_series"
+    broken.mkdir()
+    (broken / "x.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00garbage")
+    return ["empty.npy", "nan.npy", "tiny.npy", "ndim4.npy", "corrupt.png", "cut.nii.gz",
+            "broken_series"]
+
+
+def test_bad_files_fail_alone_via_cli(tmp_path: Path, threshold_onnx, dicom_series_factory):
+    want = make_scans(tmp_path / "in", dicom_series_factory)
+    bad = make_bad_files(tmp_path / "in" / "bad")
+    (tmp_path / "in" / "README.txt").write_text("not a scan")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "in").rglob("*")}
+    proc = cli(tmp_path / "in", "--model", threshold_onnx, "--out", tmp_path / "out")
+    assert proc.returncode == 1
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == len(bad)
+    for name in bad:
+        assert sum(f"bad/{name}" in line for line in failed) == 1, name
+    assert f"error: {len(bad)} of {len(bad) + len(want)} scans failed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{len(want)} done, {len(bad)} failed, 0 skipped (already done), 1 ignored" in proc.stdout
+    assert all((tmp_path / "out" / rel).is_file() for rel in want)
+    outputs = {p.name for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert not any(name.split(".")[0] in o for name in bad for o in outputs)
+    assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "in").rglob("*")}
+
+
+def test_rerun_resumes_and_overwrite_redoes(tmp_path: Path, threshold_onnx: Path) -> None:
+    for i in range(4):
+        np.save(tmp_path / f"s{i}.npy", classes((20, 20)).astype(np.float32))
+    config = InferConfig(model=threshold_onnx, out=tmp_path / "out", quiet=True)
+    first = run_inference([tmp_path], config)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*_seg.npy")}
+    (tmp_path / "out" / "s2_seg.npy").unlink()
+    second = run_inference([tmp_path], config)
+    assert (first.done, second.done, second.skipped) == (4, 1, 3)
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items() if p.name != "s2_seg.npy")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert len(rows) == 4 and all(r["status"] == "done" and r["provider"] for r in rows)
+    config.overwrite = True
+    assert run_inference([tmp_path], config).done == 4
+
+
+def test_kill_midway_then_rerun_finishes(tmp_path: Path, threshold_onnx: Path) -> None:
+    """A FIFO stalls the run at a known scan; SIGKILL it there, then rerun."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in [f"a{i}" for i in range(5)] + [f"z{i}" for i in range(3)]:
+        np.save(src / f"{name}.npy", classes((20, 20)).astype(np.float32))
+    os.mkfifo(src / "m_stall.npy")  # reading it blocks: the run hangs after a0..a4
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeseg.cli", "infer", str(src), "--model", str(threshold_onnx),
+         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 60
+    while len(list(out.glob("a*_seg.npy"))) < 5 and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    finished = sorted(p.name for p in out.glob("*_seg.npy"))
+    assert finished == [f"a{i}_seg.npy" for i in range(5)]
+    assert all(np.load(out / name).shape == (20, 20) for name in finished)
+    (src / "m_stall.npy").unlink()
+    rerun = cli(src, "--model", threshold_onnx, "--out", out)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "3 done, 0 failed, 5 skipped" in rerun.stdout
+    assert len(list(csv.DictReader(open(out / "summary.csv")))) == 8
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_out_inside_input_is_never_ingested(tmp_path: Path, threshold_onnx: Path) -> None:
+    np.save(tmp_path / "a.npy", classes((20, 20)).astype(np.float32))
+    config = InferConfig(model=threshold_onnx, out=tmp_path / "seg", quiet=True)
+    assert run_inference([tmp_path], config).done == 1
+    again = run_inference([tmp_path], config)
+    assert (again.done, again.skipped, again.failed) == (0, 1, 0)
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["a_seg.npy", "summary.csv"]
+
+
+@pytest.mark.parametrize("bad_out", ["same", "parent"])
+def test_out_that_would_mix_with_inputs_is_refused(tmp_path: Path, bad_out: str) -> None:
+    inputs = tmp_path / "seg" / "in" if bad_out == "parent" else tmp_path
+    inputs.mkdir(parents=True, exist_ok=True)
+    out = tmp_path / "seg" if bad_out == "parent" else tmp_path
+    with pytest.raises(EdgesegError, match="--out"):
+        discover_scans([inputs], out)
+
+
+def test_colliding_outputs_and_unsupported_files(tmp_path: Path, threshold_onnx: Path) -> None:
+    lab = RNG.integers(0, 3, (20, 20)).astype(np.uint8)
+    Image.fromarray(lab).save(tmp_path / "a.png")
+    Image.fromarray(lab).save(tmp_path / "a.tif")
+    (tmp_path / "notes.txt").write_text("x")
+    config = InferConfig(model=threshold_onnx, out=tmp_path / "o", quiet=True)
+    report = run_inference([tmp_path, tmp_path / "notes.txt", tmp_path / "missing.npy"], config)
+    messages = [r["message"] for r in report.rows if r["status"] == "failed"]
+    assert report.done == 1 and report.failed == 3 and report.ignored == 1
+    assert any("rename one" in m for m in messages)
+    assert any("unsupported file type" in m for m in messages)
+    assert any("does not exist" in m for m in messages)
+
+
+def test_model_problems_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((20, 20), np.float32))
+    monkeypatch.setattr("edgeseg.SHIPPED_MODEL", tmp_path / "export" / "model.onnx")
+    with pytest.raises(EdgesegError, match="run `edgeseg export` or pass --model"):
+        run_inference([tmp_path / "a.npy"], InferConfig(out=tmp_path / "o"))
+    (tmp_path / "plain.onnx").write_bytes(b"\x08\x07")
+    proc = cli(tmp_path / "a.npy", "--model", tmp_path / "plain.onnx", "--out", tmp_path / "o")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "plain.onnx" in proc.stderr
+
+
+def test_provider_report_and_explicit_gpu(tmp_path: Path, threshold_onnx: Path) -> None:
+    np.save(tmp_path / "a.npy", np.zeros((20, 20), np.float32))
+    proc = cli(tmp_path / "a.npy", "--model", threshold_onnx, "--out", tmp_path / "o")
+    first = proc.stdout.splitlines()[0]
+    expected_provider = next(
+        p for p in (PROVIDERS["tensorrt"], PROVIDERS["cuda"], PROVIDERS["cpu"]) if provider_works(p))
+    assert proc.returncode == 0 and first.endswith(f"running on {expected_provider}")
+    if provider_works(PROVIDERS["cuda"]):
+        pytest.skip("CUDA works here; the no-GPU error path cannot be shown")
+    proc = cli(tmp_path / "a.npy", "--model", threshold_onnx, "--out", tmp_path / "o2",
+               "--provider", "cuda")
+    assert proc.returncode == 1 and "CUDAExecutionProvider cannot run here" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o2").exists()
+
+
+def test_real_model_runs_with_torch_unimportable(tmp_path: Path, tiny_onnx: Path) -> None:
+    """The exported U-Net on a 394x394 slice and a NIfTI, in a process where torch cannot load."""
+    blocker = tmp_path / "blocker" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "slice.npy", RNG.normal(100, 20, (394, 394)).astype(np.float32))
+    nib.save(nib.Nifti1Image(RNG.normal(100, 20, (40, 48, 3)).astype(np.float32), np.eye(4)),
+             src / "vol.nii.gz")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
+    assert probe.returncode != 0  # the blocker really blocks
+    proc = cli(src, "--model", tiny_onnx, "--out", tmp_path / "out", "--overlay", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 done, 0 failed" in proc.stdout
+    labels = np.load(tmp_path / "out" / "slice_seg.npy")
+    assert labels.shape == (394, 394) and labels.dtype == np.uint8 and labels.max() <= 2
+    assert nib.load(tmp_path / "out" / "vol_seg.nii.gz").shape == (40, 48, 3)
