@@ -268,3 +268,124 @@ def export_onnx(
         proto = _simplify(proto)
     set_metadata(proto, model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)))
     return save_onnx(proto, out_path)
+
+
+# ----------------------------------------------------------------------------- the whole export
+
+
+def export_model(checkpoint: Path | None = None, config: ExportConfig | None = None) -> ExportReport:
+    """Everything ``edgeseg export`` does: fp32 always, fp16/int8/TensorRT by flag, then parity.
+
+    Args:
+        checkpoint: a ``.pt``; default the newest run's ``best.pt`` (``runs/*/best.pt``).
+        config: what to write; default :class:`ExportConfig`.
+
+    Returns:
+        The report with the files, int8 calibration findings and the parity report. The
+        gate is ``report.parity.passed``; :func:`run_export` turns a failure into an error.
+    """
+    from edgeseg.model import load_checkpoint
+    from edgeseg.parity import ParityConfig, load_eval_data, validate
+    from edgeseg.train import find_latest_checkpoint
+
+    config = config or ExportConfig()
+    checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint()
+    profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
+    paths = output_paths(checkpoint, config.out)
+    report = ExportReport(checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"],
+                                                           config.opset, config.simplify)})
+    model, ckpt = load_checkpoint(checkpoint)
+    data = load_eval_data(ckpt, config.data) if (config.int8 or config.validate) else None
+    if config.fp16:
+        from edgeseg.quantize import convert_fp16
+
+        report.files["fp16"] = convert_fp16(paths["fp32"], paths["fp16"])
+    if config.int8:
+        from edgeseg.quantize import choose_int8
+
+        report.int8 = choose_int8(paths["fp32"], paths["int8"], data, model, config.calib,
+                                  config.calib_method)
+        report.files["int8"] = paths["int8"]
+    if profile is not None:
+        report.files["trt"] = _build_trt(report, paths, profile, data)
+    if config.validate:
+        parity = ParityConfig(providers=config.providers)
+        report.parity = validate(list(report.files.values()), checkpoint, config=parity,
+                                 eval_data=data)
+        report.parity.extra.update(export=_config_json(config), int8=report.int8)
+        report.parity.write(paths["parity"])
+    report.next_commands = next_commands(report)
+    return report
+
+
+def _trt_profile(checkpoint: Path, config: ExportConfig) -> Any:
+    """Check that TensorRT can run here and parse the profile options."""
+    from edgeseg.tensorrt import make_profile, require_tensorrt
+
+    from edgeseg.model import load_checkpoint
+
+    require_tensorrt()
+    min_size = load_checkpoint(checkpoint)[0].config.min_size
+    return make_profile(config.trt_min, config.trt_opt, config.trt_max, min_size)
+
+
+def _build_trt(report: ExportReport, paths: dict[str, Path], profile: Any, data: Any) -> Path:
+    """The TensorRT engine in the highest precision asked for (int8 > fp16 > fp32)."""
+    from edgeseg.tensorrt import build_engine
+
+    if "int8" not in report.files:
+        return build_engine(report.files.get("fp16", report.files["fp32"]), paths["trt"], profile)
+    from edgeseg.parity import pick
+    from edgeseg.quantize import quantize_int8
+
+    with tempfile.TemporaryDirectory(prefix="edgeseg-trt-") as tmp:  # S8S8, zero-point 0
+        sym = quantize_int8(paths["fp32"], Path(tmp) / f"{paths['int8'].stem}_trt.onnx",
+                            pick(data.train_images, report.int8["calib_slices"]),
+                            report.int8["method"], symmetric=True)
+        return build_engine(sym, paths["trt"], profile)
+
+
+def next_commands(report: ExportReport) -> list[str]:
+    """The ready-to-run commands printed after an export."""
+    onnx_files = " ".join(str(p) for k, p in report.files.items() if k != "trt")
+    return [
+        f"edgeseg validate {onnx_files} --ckpt {report.checkpoint}",
+        f"edgeseg infer SCAN.nii.gz --model {report.files['fp32']}",
+        f"edgeseg bench {report.files['fp32']}",
+    ]
+
+
+def _config_json(config: ExportConfig) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+
+
+def run_export(checkpoint: Path | None, config: ExportConfig) -> ExportReport:
+    """``edgeseg export``: export, print the files, parity table and next commands; gate."""
+    from rich.console import Console
+
+    console = Console()
+    report = export_model(checkpoint, config)
+    for precision, path in report.files.items():
+        console.print(f"{precision:>5}  {path}  ({path.stat().st_size / 1e6:.2f} MB)")
+    if report.int8:
+        _print_int8(console, report.int8)
+    if report.parity is not None:
+        console.print(report.parity.table())
+        if not report.parity.passed:
+            raise EdgesegError(
+                f"{report.checkpoint}: parity gate failed ({'; '.join(report.parity.failures)});"
+                f" the files stay for inspection, details in {output_paths(report.checkpoint, config.out)['parity']}"
+            )
+    console.print("next:\n" + "\n".join(f"  {c}" for c in report.next_commands))
+    return report
+
+
+def _print_int8(console: Any, int8: dict[str, Any]) -> None:
+    tried = ", ".join(f"{m} ΔmIoU {v['d_miou']:+.4f}" for m, v in int8["candidates"].items())
+    lat = int8["latency_ms"]
+    console.print(
+        f"int8 calibration: {int8['method']} on {int8['calib_slices']} training slices ({tried});"
+        f" CPU latency 394²: int8 {lat['int8']:.1f} ms vs fp32 {lat['fp32']:.1f} ms"
+    )

@@ -178,6 +178,9 @@ def save_checkpoint(path: Path, model: UNet, **extra: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints owner-only
         torch.save(payload, tmp)
         os.replace(tmp, path)
     finally:

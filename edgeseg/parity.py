@@ -430,11 +430,10 @@ def validate(
     """
     from edgeseg.export import sha256_file
     from edgeseg.model import load_checkpoint
-    from edgeseg.runtime import read_model_info
 
     config = config or ParityConfig()
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
-    infos = [read_model_info(p) for p in paths]
+    infos = [_model_info(p) for p in paths]
     ckpt = Path(ckpt) if ckpt else find_checkpoint(paths[0], infos[0].checkpoint_sha256)
     sha = sha256_file(ckpt)
     for info in infos:
@@ -457,12 +456,54 @@ def validate(
     return report
 
 
+def _model_info(path: Path) -> Any:
+    """ModelInfo of an ONNX file, or of a TensorRT engine from its sidecar's metadata."""
+    from edgeseg.runtime import _info_from_metadata, read_model_info
+
+    if path.suffix != ".engine":
+        return read_model_info(path)
+    from edgeseg.tensorrt import read_sidecar
+
+    meta = read_sidecar(path).get("metadata") or {}
+    return _info_from_metadata(path, meta, int(meta.get("edgeseg.opset", 0)))
+
+
+def _validate_engine(report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]],
+                     config: ParityConfig) -> None:
+    """Rows for a native TensorRT engine, for the sizes inside its profile."""
+    from edgeseg.tensorrt import EngineSession
+
+    session = EngineSession(path)
+    lo, hi = session.sidecar["profile"]["min"], session.sidecar["profile"]["max"]
+    inside = [r for r in rows if all(
+        lo[0] <= x.shape[0] <= hi[0] and lo[1] <= x.shape[2] <= hi[1] and lo[2] <= x.shape[3] <= hi[2]
+        for x in r["inputs"])]
+    if len(inside) < len(rows):
+        report.skipped[path.name] = f"{len(rows) - len(inside)} sizes outside the engine's profile"
+    _append_rows(report, path, info, inside, session, session.get_providers()[0], config)
+
+
+def _append_rows(report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]],
+                 session: Any, actual: str, config: ParityConfig) -> None:
+    gate = config.gates.get(info.precision, Gate())
+    for row in rows:
+        logits, labels = run_session(session, row["inputs"])
+        numbers = compare(row["ref"], logits, labels, row["masks"], info.class_names)
+        report.rows.append(ParityRow(
+            model=path.name, precision=info.precision, provider=actual, size=row["size"],
+            batch=row["batch"], slices=sum(len(x) for x in row["inputs"]), **numbers,
+            failures=gate_failures(numbers, gate),
+        ))
+
+
 def _validate_file(report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]],
                    config: ParityConfig) -> None:
-    """Append one row per working provider x size for one ONNX file."""
+    """Append one row per working provider x size for one ONNX file (or engine)."""
     from edgeseg.runtime import PROVIDERS, _probe, create_session
 
-    gate = config.gates.get(info.precision, Gate())
+    if path.suffix == ".engine":
+        _validate_engine(report, path, info, rows, config)
+        return
     for provider in config.providers:
         reason = _probe(PROVIDERS[provider]) if provider in PROVIDERS else "unknown provider"
         if reason:
@@ -472,14 +513,7 @@ def _validate_file(report: ParityReport, path: Path, info: Any, rows: list[dict[
         if provider == "cpu" and config.reference_check:
             report.reference_evaluator[path.name] = reference_evaluator_check(
                 path, session, gate=info.precision == "fp32")
-        for row in rows:
-            logits, labels = run_session(session, row["inputs"])
-            numbers = compare(row["ref"], logits, labels, row["masks"], info.class_names)
-            report.rows.append(ParityRow(
-                model=path.name, precision=info.precision, provider=actual, size=row["size"],
-                batch=row["batch"], slices=sum(len(x) for x in row["inputs"]), **numbers,
-                failures=gate_failures(numbers, gate),
-            ))
+        _append_rows(report, path, info, rows, session, actual, config)
 
 
 def _config_json(config: ParityConfig) -> dict[str, Any]:
