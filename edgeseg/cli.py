@@ -58,6 +58,9 @@ def train_cmd(
     name: Annotated[str | None, typer.Option(help="Run folder name under --runs-dir.")] = None,
     runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Parent of run folders.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Run folder (or last.pt) to continue after a kill.")] = None,
+    pixel_spacing: Annotated[
+        float | None, typer.Option("--pixel-spacing", help="In-plane mm per pixel of --data (demo: 0.5).")
+    ] = None,
 ) -> None:
     """Train the U-Net (the demo MRI set when --data is not given)."""
     from edgeseg.train import run_training
@@ -66,6 +69,7 @@ def train_cmd(
         data=str(data) if data else None, epochs=epochs, batch_size=batch_size, lr=lr,
         patch=patch, split=split.value if split else None, augment=augment, seed=seed,
         device=device, name=name, runs_dir=str(runs_dir) if runs_dir else None,
+        pixel_spacing_mm=pixel_spacing,
     )
     run_training(preset.value, overrides, resume)
 
@@ -164,6 +168,61 @@ def bench_cmd(
         config.targets_file = targets
     bench(model, target, config, json_path, markdown)
 
+
+class CalibMethod(str, Enum):
+    auto = "auto"
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[Path | None, typer.Argument(help="A .pt checkpoint; default: newest run's best.pt.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder; default: next to the checkpoint.")] = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Also write X_fp16.onnx (float32 I/O).")] = False,
+    int8: Annotated[bool, typer.Option("--int8", help="Also write X_int8.onnx (static QDQ, per-channel).")] = False,
+    trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine (NVIDIA GPU only).")] = False,
+    calib: Annotated[int, typer.Option(min=1, help="Training slices that calibrate int8.")] = 32,
+    calib_method: Annotated[CalibMethod, typer.Option(
+        "--calib-method", help="auto: try all, keep the best ΔmIoU.")] = CalibMethod.auto,
+    trt_min: Annotated[str, typer.Option("--trt-min", help="TensorRT profile minimum NxHxW.")] = "1x16x16",
+    trt_opt: Annotated[str, typer.Option("--trt-opt", help="TensorRT profile optimum NxHxW.")] = "4x394x394",
+    trt_max: Annotated[str, typer.Option("--trt-max", help="TensorRT profile maximum NxHxW.")] = "8x1024x1024",
+    data: DataOpt = None,
+    opset: Annotated[int, typer.Option(min=17, help="ONNX opset.")] = 18,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="onnxslim, if dims stay dynamic.")] = True,
+    validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Parity gate after export.")] = True,
+) -> None:
+    """Export a checkpoint to ONNX (fp32; fp16/int8/TensorRT by flag) and gate on parity."""
+    from edgeseg.export import ExportConfig, run_export
+
+    config = ExportConfig(
+        out=out, fp16=fp16, int8=int8, trt=trt, opset=opset, simplify=simplify, calib=calib,
+        calib_method=calib_method.value, trt_min=trt_min, trt_opt=trt_opt, trt_max=trt_max,
+        data=data, validate=validate,
+    )
+    run_export(checkpoint, config)
+
+
+@app.command("validate")
+def validate_cmd(
+    models: Annotated[list[Path], typer.Argument(help="Exported ONNX (or .engine) files of one checkpoint.")],
+    ckpt: Annotated[Path | None, typer.Option(
+        "--ckpt", help="Reference checkpoint; default X.pt beside X.onnx.")] = None,
+    data: DataOpt = None,
+    providers: Annotated[str, typer.Option(
+        help="Comma-separated cpu, cuda, tensorrt (where they work).")] = "cpu,cuda,tensorrt",
+    slices: Annotated[int, typer.Option(min=1, help="Held-out slices at 394x394.")] = 8,
+    size_slices: Annotated[int, typer.Option("--size-slices", min=1, help="Slices at each other size.")] = 4,
+    json_path: Annotated[Path | None, typer.Option(
+        "--json", help="Report; default parity.json beside the model.")] = None,
+) -> None:
+    """Parity of exported models against their PyTorch checkpoint on real slices; exit 1 on a failed gate."""
+    from edgeseg.parity import ParityConfig, parse_providers, run_validate, size_table
+
+    config = ParityConfig(sizes=size_table(slices, size_slices), providers=parse_providers(providers))
+    run_validate(models, ckpt, data, config, json_path)
 
 def main() -> None:
     """Console-script entry: user mistakes print one line and exit 1, no traceback."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseg import __version__
-from edgeseg.data import Slices, build_demo, load_slices, make_train_dataset, split_indices
+from edgeseg.data import Slices, build_demo, load_slices, make_train_dataset, read_demo_provenance, split_indices
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import ModelConfig, UNet, load_checkpoint, save_checkpoint
@@ -54,6 +54,7 @@ class TrainConfig:
     widths: tuple[int, ...] = (16, 32, 64, 128)  # the tutorial's U-Net widths
     runs_dir: str = "runs"  # parent folder of run folders
     name: str | None = None  # run folder name; None picks train, train2, ...
+    pixel_spacing_mm: float | None = None  # in-plane pixel size of the data; None: the demo's 0.5 or unknown
     num_classes: int = 3  # background, gray matter, white matter
     class_names: tuple[str, ...] = ("background", "gray_matter", "white_matter")
 
@@ -273,6 +274,8 @@ def train(config: TrainConfig, resume: Path | None = None, log: Callable[[str], 
     data_info = {
         "root": str(slices.root), "split": config.split,
         "test_keys": [slices.keys[i] for i in test_idx],
+        # Inference resamples scans of known voxel size to this before the model sees them.
+        "pixel_spacing_mm": config.pixel_spacing_mm or _demo_pixel_mm(slices.root),
     }
     for epoch in range(first_epoch, config.epochs):
         t0 = time.perf_counter()
@@ -376,6 +379,14 @@ def _prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[s
 def _load_data(config: TrainConfig) -> Slices:
     root = Path(config.data) if config.data else build_demo()
     return load_slices(root, config.num_classes)
+
+
+def _demo_pixel_mm(root: Path) -> float | None:
+    """The demo set's pixel size from its provenance; None for other data."""
+    try:
+        return float(read_demo_provenance(root)["pixel_mm"])
+    except (EdgesegError, KeyError, TypeError, ValueError, OSError):
+        return None
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:
