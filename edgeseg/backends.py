@@ -62,9 +62,9 @@ def cpu_session(path: Path, threads: int, levers: CpuLevers = CpuLevers()) -> An
 def ort_predict(session: Any, levers: CpuLevers = CpuLevers()) -> Callable[[np.ndarray], Any]:
     """``session.run`` as a labels function, optionally through a per-shape I/O binding."""
     fetch = ["labels"] if levers.labels_only else None
-    names = [o.name for o in session.get_outputs()]
+    index = 0 if fetch else [o.name for o in session.get_outputs()].index("labels")
     if not levers.io_binding:
-        return lambda x: session.run(fetch, {"image": x})[names.index("labels") if not fetch else 0]
+        return lambda x: session.run(fetch, {"image": x})[index]
     import onnxruntime as ort
 
     bound: dict[tuple[int, ...], tuple[Any, np.ndarray]] = {}
@@ -135,7 +135,7 @@ def _openvino_runner(path: Path, threads: int) -> tuple[Predict, str]:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = ov.Core().compile_model(str(path), "CPU", config)
     request, labels = compiled.create_infer_request(), compiled.output("labels")
-    return (lambda x: request.infer({"image": x})[labels]), f"OpenVINO {ov.__version__} CPU"
+    return (lambda x: request.infer({"image": x})[labels]), f"OpenVINO {ov.__version__.split('-')[0]} CPU"
 
 
 def _torch_runner(path: Path, threads: int) -> tuple[Predict, str]:

@@ -246,6 +246,8 @@ def bench_target(model: Path, target: Target, config: BenchConfig, ctx: _Context
     """Measure one target, or say why it cannot run here; never raises for the target."""
     path = model_file(model, target)
     threads = str(target.threads) if target.threads else f"all ({os.cpu_count()})"
+    if target.provider in ("cuda", "tensorrt"):
+        threads = "—"  # the GPU does the work
     result = Result(target.name, target.provider, target.precision, target.batch, threads,
                     "skip", model=str(path))
     reason = why_not_here(target, path)

@@ -23,22 +23,27 @@ HEADER = ("target", "backend", "prec", "batch", "threads", "status", "MB", "mIoU
           "GFLOP/s", "% peak", "RSS MB", "budget")
 
 
-def _num(value: float | None, fmt: str) -> str:
-    return "—" if value is None else format(value, fmt)
+def _num(value: float | None, fmt: str = "") -> str:
+    """``fmt``, or by default 3 significant digits without exponent (0.42, 7.31, 358)."""
+    if value is None:
+        return "—"
+    if fmt:
+        return format(value, fmt)
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.{2 - (abs(value) >= 10)}f}"
 
 
 def table_rows(report: BenchReport) -> list[list[str]]:
     """The table as strings, one row per target, in :data:`HEADER` order."""
     rows = []
     for r in report.results:
-        lat = "/".join(f"{r.latency_ms[k]:.0f}" for k in ("min", "mean", "p50", "p90", "p95",
+        lat = "/".join(_num(r.latency_ms[k]) for k in ("min", "mean", "p50", "p90", "p95",
                                                            "p99", "max")) if r.latency_ms else "—"
         budget = "—" if r.budget_ok is None else f"{'✅' if r.budget_ok else '❌'} {r.budget}"
         rows.append([
             r.target, r.backend or r.provider, r.precision, str(r.batch), r.threads,
-            STATUS[r.status], _num(r.size_mb, ".1f"), _num(r.miou_fg, ".4f"),
-            _num(r.create_s, ".2f"), _num(r.first_ms, ".0f"), lat, _num(r.slices_per_s, ".1f"),
-            _num(r.gflops, ".0f"), _num(r.peak_pct, ".0f"), _num(r.rss_mb, ".0f"), budget,
+            STATUS[r.status], _num(r.size_mb), _num(r.miou_fg, ".4f"), _num(r.create_s),
+            _num(r.first_ms), lat, _num(r.slices_per_s), _num(r.gflops), _num(r.peak_pct, ".0f"),
+            _num(r.rss_mb, ".0f"), budget,
         ])
     return rows
 
@@ -55,7 +60,7 @@ def report_notes(report: BenchReport) -> list[str]:
         f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}; load average"
         f" {m['load_avg_start'][0]:.1f} -> {m.get('load_avg_end', [0])[0]:.1f};"
         f" matmul peak {peaks or 'not measured'};"
-        f" model {macs / 1e9:.2f} GMAC per {report.config['size']}² slice" if macs else
+        f" model {macs / 1e9:.3g} GMAC per {report.config['size']}² slice" if macs else
         f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}")
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")

@@ -127,13 +127,15 @@ def infer_cmd(
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write <name>_overlay.png (middle slice).")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")] = False,
+    resample: Annotated[bool, typer.Option(
+        "--resample/--no-resample", help="Resample slices to the model's pixel spacing (NIfTI, DICOM).")] = True,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
 
     config = InferConfig(
         model=model, out=out, provider=provider.value, threads=threads, batch_size=batch_size,
-        axis=axis, overlay=overlay, overwrite=overwrite,
+        axis=axis, overlay=overlay, overwrite=overwrite, resample=resample,
     )
     report = run_inference(scans, config)
     if report.failed:
@@ -219,7 +221,8 @@ def validate_cmd(
         "--json", help="Report; default parity.json beside the model.")] = None,
 ) -> None:
     """Parity of exported models against their PyTorch checkpoint on real slices; exit 1 on a failed gate."""
-    from edgeseg.parity import ParityConfig, parse_providers, run_validate, size_table
+    from edgeseg.parity import ParityConfig, size_table
+    from edgeseg.parity_report import parse_providers, run_validate
 
     config = ParityConfig(sizes=size_table(slices, size_slices), providers=parse_providers(providers))
     run_validate(models, ckpt, data, config, json_path)

@@ -320,9 +320,8 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
 
 def _trt_profile(checkpoint: Path, config: ExportConfig) -> Any:
     """Check that TensorRT can run here and parse the profile options."""
-    from edgeseg.tensorrt import make_profile, require_tensorrt
-
     from edgeseg.model import load_checkpoint
+    from edgeseg.tensorrt import make_profile, require_tensorrt
 
     require_tensorrt()
     min_size = load_checkpoint(checkpoint)[0].config.min_size
@@ -363,16 +362,16 @@ def _config_json(config: ExportConfig) -> dict[str, Any]:
 
 def run_export(checkpoint: Path | None, config: ExportConfig) -> ExportReport:
     """``edgeseg export``: export, print the files, parity table and next commands; gate."""
-    from rich.console import Console
+    from edgeseg.parity_report import print_report, wide_console
 
-    console = Console()
+    console = wide_console()
     report = export_model(checkpoint, config)
     for precision, path in report.files.items():
         console.print(f"{precision:>5}  {path}  ({path.stat().st_size / 1e6:.2f} MB)")
     if report.int8:
         _print_int8(console, report.int8)
     if report.parity is not None:
-        console.print(report.parity.table())
+        print_report(console, report.parity)
         if not report.parity.passed:
             raise EdgesegError(
                 f"{report.checkpoint}: parity gate failed ({'; '.join(report.parity.failures)});"

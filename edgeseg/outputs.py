@@ -24,6 +24,9 @@ from edgeseg.runtime import ModelInfo
 from edgeseg.scans import Decoded, nifti_zooms_mm
 
 SUMMARY = "summary.csv"
+# Per-scan resolution: in-plane mm of the scan's slices (rows x cols) and of the model, the
+# (H, W) slices the model saw, and whether they were resampled to get there.
+RESAMPLE_COLUMNS = ("spacing_mm", "model_spacing_mm", "model_shape", "resampled")
 # Okabe-Ito colour-blind-safe colours for classes 1.. (background is black/transparent).
 PALETTE = [(0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
            (0, 114, 178), (213, 94, 0), (204, 121, 167)]
@@ -138,10 +141,10 @@ def overlay_rel(rel: Path) -> Path:
 
 
 def summary_columns(info: ModelInfo) -> list[str]:
-    """summary.csv header: where, status, shape, per-class voxels and mL, provider, time."""
+    """summary.csv header: where, status, shape, per-class voxels and mL, resolution, provider, time."""
     names = info.class_names
     return ["input", "status", "output", "shape", "voxel_ml", *[f"{n}_voxels" for n in names],
-            *[f"{n}_ml" for n in names], "provider", "ms", "message"]
+            *[f"{n}_ml" for n in names], *RESAMPLE_COLUMNS, "provider", "ms", "message"]
 
 
 def previous_rows(path: Path) -> dict[str, dict[str, Any]]:

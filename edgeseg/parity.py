@@ -33,18 +33,24 @@ import numpy as np
 from edgeseg.errors import EdgesegError
 
 if TYPE_CHECKING:
-    import torch
 
     from edgeseg.model import UNet
 
 FORMAT = "edgeseg-parity-v1"
-FP16_MAX = 65504.0  # largest finite float16
 RTOL = 1e-3  # rtol at which "min atol" is reported
-# (H, W, slices, batch): the training size in batches of 4, then odd, non-square and small.
-SIZES = (
-    (394, 394, 8, 4), (393, 395, 2, 1), (394, 300, 2, 2), (300, 394, 2, 2),
-    (256, 257, 2, 1), (64, 64, 4, 4),
+SIZES_HWN = (  # (H, W, batch): the training size, odd, non-square, small
+    (394, 394, 4), (393, 395, 1), (394, 300, 2), (300, 394, 2), (256, 257, 1), (64, 64, 2),
 )
+
+
+def size_table(full: int = 8, other: int = 4) -> tuple[tuple[int, int, int, int], ...]:
+    """``(H, W, slices, batch)`` rows: ``full`` slices at 394x394, ``other`` at each other size."""
+    if full < 1 or other < 1:
+        raise EdgesegError(f"validation slices {full}/{other}: need at least 1 per size")
+    return tuple((h, w, full if (h, w) == (394, 394) else other, b) for h, w, b in SIZES_HWN)
+
+
+SIZES = size_table()
 
 
 @dataclass(frozen=True)
@@ -146,29 +152,6 @@ class ParityReport:
     def write(self, path: Path) -> Path:
         """Atomically write :meth:`to_json` to ``path``."""
         return write_json(path, self.to_json())
-
-    def table(self) -> Any:
-        """A rich Table, one line per row, with the gate verdict."""
-        from rich.table import Table
-
-        table = Table(title=f"parity vs PyTorch fp32 ({Path(self.checkpoint).name})")
-        for col in ("model", "provider", "size", "N", "max|Δ|", "mean|Δ|", "min atol",
-                    "agree %", "mIoU ref", "mIoU", "ΔmIoU", "gate"):
-            table.add_column(col, justify="left" if col in ("model", "provider", "gate")
-                             else "right")
-        for r in self.rows:
-            table.add_row(
-                r.model, r.provider.replace("ExecutionProvider", ""), r.size, str(r.batch),
-                f"{r.max_abs:.2e}", f"{r.mean_abs:.2e}", f"{r.min_atol:.2e}",
-                f"{100 * r.agreement:.4f}", _fmt(r.miou_ref), _fmt(r.miou_cand),
-                _fmt(r.d_miou, signed=True),
-                "[green]pass[/]" if not r.failures else f"[red]FAIL {'; '.join(r.failures)}[/]",
-            )
-        return table
-
-
-def _fmt(value: float | None, signed: bool = False) -> str:
-    return "—" if value is None else (f"{value:+.4f}" if signed else f"{value:.4f}")
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -337,60 +320,6 @@ def reference_evaluator_check(
     return result
 
 
-def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, Any]:
-    """PyTorch CPU float16 run (normalisation in float32, as in the fp16 ONNX): real fp16 error.
-
-    ORT on x86 CPU turns an fp16 model's weights back to float32 (onnxruntime#16778), so
-    the ORT rows show only weight rounding; this run computes the activations in float16.
-
-    Returns:
-        max |activation| of any layer and its headroom to 65504, max |Δlogit| and label
-        agreement against the fp32 model, and whether anything overflowed (inf/NaN).
-    """
-    import copy
-
-    import torch
-
-    half = copy.deepcopy(model).float().eval().half()
-    half.normalize = _fp32_normalize()
-    peak = {"value": 0.0, "layer": ""}
-
-    def hook(module: torch.nn.Module, _: Any, out: torch.Tensor) -> None:
-        value = float(out.detach().float().abs().max())
-        if not value <= peak["value"]:  # NaN/inf propagate into the report
-            peak.update(value=value, layer=names[module])
-
-    names = {m: n for n, m in half.named_modules() if n and not list(m.children())}
-    handles = [m.register_forward_hook(hook) for m in names]
-    try:
-        with torch.inference_mode():
-            logits16 = [half(torch.from_numpy(x)).float().numpy() for x in inputs]
-    finally:
-        for h in handles:
-            h.remove()
-    ref = reference_logits(model, inputs)
-    finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])
-    agree = np.mean(np.concatenate([(a.argmax(1) == b.argmax(1)).ravel()
-                                    for a, b in zip(logits16, ref, strict=True)]))
-    return {
-        "slices": int(sum(len(x) for x in inputs)), "max_activation": peak["value"],
-        "max_activation_layer": peak["layer"], "headroom": FP16_MAX / max(peak["value"], 1e-30),
-        "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
-        "agreement": float(agree), "finite": bool(finite),
-    }
-
-
-def _fp32_normalize() -> torch.nn.Module:
-    """Normalize in float32 (its sums of raw intensities overflow float16), hand on float16."""
-    from edgeseg.model import Normalize
-
-    class Fp32Normalize(Normalize):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return super().forward(x.float()).half()
-
-    return Fp32Normalize()
-
-
 # ----------------------------------------------------------------------------- validate
 
 
@@ -452,6 +381,8 @@ def validate(
         _validate_file(report, path, info, rows, config)
         if info.precision == "fp16" and config.fp16_torch_slices:
             full = size_batches(eval_data, ((394, 394, config.fp16_torch_slices, 1),))[0]
+            from edgeseg.quantize import fp16_activation_check
+
             report.fp16_activations = fp16_activation_check(model, full["inputs"])
     return report
 

@@ -18,6 +18,8 @@ Used by ``edgeseg export --fp16 / --int8`` (:func:`edgeseg.export.export_model`)
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 import time
@@ -30,12 +32,15 @@ from edgeseg.errors import EdgesegError
 
 if TYPE_CHECKING:
     import onnx
+    import torch
 
+    from edgeseg.model import UNet
     from edgeseg.parity import EvalData
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 SELECT_SLICES = 6  # 394² validation slices that score each calibration method
 LATENCY_RUNS = 5  # timed runs (after one warm-up) for the int8 vs fp32 latency
+FP16_MAX = 65504.0  # largest finite float16
 
 
 def normalization_nodes(proto: onnx.ModelProto) -> list[str]:
@@ -62,20 +67,45 @@ def normalization_nodes(proto: onnx.ModelProto) -> list[str]:
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:
-    """Write the float16 version of an fp32 edgeseg ONNX (float32 I/O, float32 normalisation)."""
+    """Write the float16 version of an fp32 edgeseg ONNX (float32 I/O, float32 normalisation).
+
+    The converter types every tensor that has a value_info entry as float16 and casts a
+    blocked node's outputs down to it, even between two blocked nodes: ``x - mean`` of raw
+    intensities (up to ~1e5) would pass through float16 and overflow. Dropping the
+    value_info of tensors that only flow between blocked nodes keeps them float32.
+    """
     import onnx
     from onnxconverter_common.float16 import convert_float_to_float16
 
     from edgeseg.export import save_onnx, set_metadata
 
-    proto = onnx.load(str(src))
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     meta = {p.key: p.value for p in proto.metadata_props}
+    blocked = set(normalization_nodes(proto)) | {  # Shape reads only the size: no Cast
+        n.name for n in proto.graph.node if n.op_type == "Shape" and "image" in n.input}
+    inside = _internal_tensors(proto, blocked)
+    kept = [vi for vi in proto.graph.value_info if vi.name not in inside]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
     fp16 = convert_float_to_float16(
-        proto, keep_io_types=True, node_block_list=normalization_nodes(proto)
+        proto, keep_io_types=True, node_block_list=sorted(blocked), disable_shape_infer=True
     )
     fp16.ir_version = proto.ir_version
     set_metadata(fp16, {**meta, "edgeseg.precision": "fp16"})
     return save_onnx(fp16, dst)
+
+
+def _internal_tensors(proto: onnx.ModelProto, nodes: set[str]) -> set[str]:
+    """Outputs of ``nodes`` whose every consumer is also in ``nodes``."""
+    consumers: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    outputs = {o.name for o in proto.graph.output}
+    return {
+        out for node in proto.graph.node if node.name in nodes for out in node.output
+        if out not in outputs and all(c in nodes for c in consumers.get(out, []))
+    }
 
 
 class SliceReader:
@@ -118,8 +148,6 @@ def quantize_int8(
         ``dst``.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from edgeseg.export import save_onnx, set_metadata
 
@@ -131,22 +159,36 @@ def quantize_int8(
     meta = {p.key: p.value for p in proto.metadata_props}
     with tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre), str(out), SliceReader(calib_images), quant_format=QuantFormat.QDQ,
-            per_channel=True, reduce_range=not symmetric,
-            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=normalization_nodes(onnx.load(str(pre))),
-            calibrate_method=getattr(CalibrationMethod, {"minmax": "MinMax"}.get(
-                method, method.capitalize())),
-            extra_options={"CalibStridedMinMax": 1, "ActivationSymmetric": symmetric,
-                           "WeightSymmetric": True},
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
+            _quantize(pre, out, src, calib_images, method, symmetric)
         int8 = onnx.load(str(out))
     int8.ir_version = min(int8.ir_version, proto.ir_version)
     set_metadata(int8, {**meta, "edgeseg.precision": "int8"})
     return save_onnx(int8, dst)
+
+
+CALIB_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+REDUCE_RANGE = True  # 7-bit U8S8 products: AVX2 without VNNI can saturate 8-bit ones (ORT docs)
+
+
+def _quantize(pre: Path, out: Path, src: Path, calib_images: list[np.ndarray], method: str,
+              symmetric: bool) -> None:
+    """quant_pre_process + quantize_static with edgeseg's settings (see quantize_int8)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(
+        str(pre), str(out), SliceReader(calib_images), quant_format=QuantFormat.QDQ,
+        per_channel=True, reduce_range=REDUCE_RANGE and not symmetric,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=normalization_nodes(onnx.load(str(pre))),
+        calibrate_method=getattr(CalibrationMethod, CALIB_ENUM[method]),
+        extra_options={"CalibStridedMinMax": 1, "ActivationSymmetric": symmetric,
+                       "WeightSymmetric": True},
+    )
 
 
 def choose_int8(
@@ -225,3 +267,62 @@ def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...
         session.run(None, {"image": x})
         times.append(time.perf_counter() - start)
     return round(1000 * float(np.median(times)), 2)
+
+
+# ----------------------------------------------------------------------------- fp16 check
+
+
+def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, Any]:
+    """PyTorch CPU float16 run (normalisation in float32, as in the fp16 ONNX): real fp16 error.
+
+    ORT on x86 CPU turns an fp16 model's weights back to float32 (onnxruntime#16778), so
+    the ORT rows show only weight rounding; this run computes the activations in float16.
+
+    Returns:
+        max |activation| of any layer and its headroom to 65504, max |Δlogit| and label
+        agreement against the fp32 model, and whether anything overflowed (inf/NaN).
+    """
+    import copy
+
+    import torch
+
+    half = copy.deepcopy(model).float().eval().half()
+    half.normalize = _fp32_normalize()
+    peak = {"value": 0.0, "layer": ""}
+
+    def hook(module: torch.nn.Module, _: Any, out: torch.Tensor) -> None:
+        value = float(out.detach().float().abs().max())
+        if not value <= peak["value"]:  # NaN/inf propagate into the report
+            peak.update(value=value, layer=names[module])
+
+    names = {m: n for n, m in half.named_modules() if n and not list(m.children())}
+    handles = [m.register_forward_hook(hook) for m in names]
+    try:
+        with torch.inference_mode():
+            logits16 = [half(torch.from_numpy(x)).float().numpy() for x in inputs]
+    finally:
+        for h in handles:
+            h.remove()
+    from edgeseg.parity import reference_logits
+
+    ref = reference_logits(model, inputs)
+    finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])
+    agree = np.mean(np.concatenate([(a.argmax(1) == b.argmax(1)).ravel()
+                                    for a, b in zip(logits16, ref, strict=True)]))
+    return {
+        "slices": int(sum(len(x) for x in inputs)), "max_activation": peak["value"],
+        "max_activation_layer": peak["layer"], "headroom": FP16_MAX / max(peak["value"], 1e-30),
+        "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
+        "agreement": float(agree), "finite": bool(finite),
+    }
+
+
+def _fp32_normalize() -> torch.nn.Module:
+    """Normalize in float32 (its sums of raw intensities overflow float16), hand on float16."""
+    from edgeseg.model import Normalize
+
+    class Fp32Normalize(Normalize):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x.float()).half()
+
+    return Fp32Normalize()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class ModelInfo:
     normalization: str = ""  # how the graph normalises raw intensities
     train_miou_fg: float | None = None  # held-out foreground mIoU of the checkpoint
     checkpoint_sha256: str = ""  # the checkpoint this model was exported from
+    pixel_spacing_mm: float | None = None  # in-plane mm per pixel of the training data; None: unknown
     metadata: dict[str, str] = field(default_factory=dict)  # every metadata_props entry
 
     @property
@@ -154,8 +156,26 @@ def _info_from_metadata(path: Path, meta: dict[str, str], opset: int) -> ModelIn
         in_channels=in_ch, min_size=min_size, opset=opset,
         version=meta.get("edgeseg.version", ""),
         normalization=meta.get("edgeseg.normalization", ""), train_miou_fg=miou_value,
-        checkpoint_sha256=meta.get("edgeseg.checkpoint_sha256", ""), metadata=dict(meta),
+        checkpoint_sha256=meta.get("edgeseg.checkpoint_sha256", ""),
+        pixel_spacing_mm=_pixel_spacing(path, meta.get("edgeseg.pixel_spacing_mm")),
+        metadata=dict(meta),
     )
+
+
+def _pixel_spacing(path: Path, value: str | None) -> float | None:
+    """``edgeseg.pixel_spacing_mm`` as a positive float; absent or empty means unknown."""
+    if value is None or not value.strip():
+        return None
+    try:
+        mm = float(value)
+    except ValueError:
+        mm = float("nan")
+    if not math.isfinite(mm) or mm <= 0:
+        raise EdgesegError(
+            f"{path}: metadata edgeseg.pixel_spacing_mm is {value!r}, expected a positive number"
+            " of mm such as '0.5' (or empty when unknown); re-export it with `edgeseg export`"
+        )
+    return mm
 
 
 def _opset(model: Any) -> int:

@@ -12,6 +12,13 @@ the acquisition axis (the one with clearly the thickest voxels), else, for near-
 data, the axis closest to inferior-superior (axial slices). Each slice is reoriented to
 the demo set's layout (RAS-closest axes, superior/anterior at the top row), because
 that is what the network saw in training; ``restore`` undoes it exactly.
+
+Given the model's training pixel spacing, :func:`read_scan` also plans in-plane
+resampling (``Decoded.model_size``) for scans whose pixel size is known (NIfTI zooms,
+DICOM PixelSpacing; never .npy or images): ``batch(..., size)`` resamples each batch
+linearly, and :func:`resample` brings per-batch logits back to the scan's own grid. Both
+map the slice's full field of view onto itself (pixel corners aligned, as nnU-Net's
+resize does), so only batches, never a whole volume, exist at the model's resolution.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from edgeseg.errors import EdgesegError
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_EXTS = (".dcm", ".ima")
 THICK_RATIO = 1.2  # a voxel this much thicker than the others marks the acquisition axis
+SPACING_MATCH = 0.01  # relative pixel-size difference within which slices are not resampled
 SUPPORTED = ".npy, .png, .jpg, .tif, .nii, .nii.gz, .dcm (or a DICOM series folder)"
 
 
@@ -54,16 +62,61 @@ class Decoded:
     voxel_ml: float | None = None  # volume of one voxel, when the geometry is known
     template: Any = None  # NIfTI image whose header/affine the label volume copies
     notes: list[str] = field(default_factory=list)
+    spacing: tuple[float, float] | None = None  # mm per stack row and column; None: unknown
+    model_size: tuple[int, int] | None = None  # (H, W) the model sees; None: slices as they are
 
-    def batch(self, start: int, stop: int, source: Path) -> np.ndarray:
-        """Slices ``start:stop`` as float32 ``(n, 1, H, W)``; NaN/Inf is an error."""
+    @property
+    def model_shape(self) -> tuple[int, int]:
+        """(H, W) of the slices the model sees."""
+        return self.model_size or self.stack.shape[1:]
+
+    def batch(self, start: int, stop: int, source: Path,
+              size: tuple[int, int] | None = None) -> np.ndarray:
+        """Slices ``start:stop`` as float32 ``(n, 1, H, W)``; NaN/Inf is an error.
+
+        ``size``: resample the slices linearly to this ``(H, W)`` (e.g. ``model_size``).
+        """
         x = np.asarray(self.stack[start:stop], dtype=np.float32)
         if self.slope != 1.0 or self.inter != 0.0:
             x = x * np.float32(self.slope) + np.float32(self.inter)
         if not np.isfinite(x).all():
             bad = start + int(np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(1))[0])
             raise EdgesegError(f"{source}: slice {bad} holds NaN or Inf; fix or mask the scan")
+        if size is not None and size != x.shape[1:]:
+            x = resample(x, size, order=1)
         return np.ascontiguousarray(x[:, None])
+
+
+def resample(x: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray:
+    """Resample the last two axes of ``x`` to ``size``, keeping the field of view.
+
+    Args:
+        x: ``(..., H, W)`` float array.
+        size: the new ``(H, W)``.
+        order: 1 for linear (intensities, logits), 0 for nearest.
+
+    Returns:
+        ``(..., *size)`` of ``x``'s dtype. Pixel corners are aligned (``grid_mode``), so
+        pixel centres map as ``(i + 0.5) * H / size[0] - 0.5``; edges are replicated.
+    """
+    from scipy import ndimage
+
+    planes = x.reshape(-1, *x.shape[-2:])
+    factors = (size[0] / x.shape[-2], size[1] / x.shape[-1])
+    out = np.empty((len(planes), *size), dtype=x.dtype)
+    for plane, target in zip(planes, out, strict=True):  # 2-D calls: 5x faster than one N-D call
+        ndimage.zoom(plane, factors, output=target, order=order, mode="nearest", grid_mode=True)
+    return out.reshape(*x.shape[:-2], *size)
+
+
+def model_grid(spacing: tuple[float, float] | None, shape: tuple[int, int],
+               model_mm: float | None) -> tuple[int, int] | None:
+    """Slice size at the model's pixel spacing; None when unknown or within SPACING_MATCH."""
+    if spacing is None or model_mm is None:
+        return None
+    size = tuple(n if abs(mm / model_mm - 1) <= SPACING_MATCH else max(1, round(n * mm / model_mm))
+                 for n, mm in zip(shape, spacing, strict=True))
+    return size if size != tuple(shape) else None  # type: ignore[return-value]
 
 
 def kind_of(path: Path) -> str | None:
@@ -168,8 +221,16 @@ def _dedupe(scans: list[Scan]) -> tuple[list[Scan], list[tuple[Path, str]]]:
 
 
 def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | None = None,
-              min_size: int = 16) -> Decoded:
-    """Decode one scan; EdgesegError (naming ``path``) for anything unusable."""
+              min_size: int = 16, model_mm: float | None = None) -> Decoded:
+    """Decode one scan; EdgesegError (naming ``path``) for anything unusable.
+
+    Args:
+        path, kind, files: the scan, as :func:`discover_scans` found it.
+        axis: volume axis to slice along; None: see :func:`default_axis`.
+        min_size: smallest H and W the model accepts, checked on the slices it will see.
+        model_mm: the model's training pixel spacing; when given and the scan's is known,
+            ``model_size`` is set for slices more than 1 % off it.
+    """
     if kind == "npy":
         dec = _read_npy(path)
     elif kind == "image":
@@ -187,7 +248,16 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
     if dec.stack.size == 0:
         raise EdgesegError(f"{path}: empty scan (shape {dec.shape}); nothing to segment")
     h, w = dec.stack.shape[1:]
-    if min(h, w) < min_size:
+    dec.model_size = model_grid(dec.spacing, (h, w), model_mm)
+    if dec.model_size and min(dec.model_size) < min_size:
+        rows_mm, cols_mm = dec.spacing  # type: ignore[misc]  # model_size implies spacing
+        raise EdgesegError(
+            f"{path}: slices of {h}x{w} at {rows_mm:g}x{cols_mm:g} mm become"
+            f" {dec.model_size[0]}x{dec.model_size[1]} at the model's {model_mm:g} mm pixels, too"
+            f" small for it (H and W must be >= {min_size}); pad the scan, or pass --no-resample"
+            " to segment it at its own pixel size"
+        )
+    if not dec.model_size and min(h, w) < min_size:
         raise EdgesegError(
             f"{path}: slices of {h}x{w} are too small for this model (H and W must be >="
             f" {min_size}); pad or resample the scan"
@@ -247,8 +317,7 @@ def _read_nifti(path: Path, axis: int | None, min_size: int) -> Decoded:
             f"{path}: NIfTI of shape {raw.shape}; expected a 3-D volume (extract one volume"
             " of a 4-D series first, e.g. with fslroi)"
         )
-    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    dec = _volume(path, raw, img.affine, zooms + (1.0,) * (3 - len(zooms)), axis, min_size)
+    dec = _volume(path, raw, img.affine, nifti_zooms_mm(img), axis, min_size)
     slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
     dec.slope, dec.inter = float(slope), float(inter)
     dec.shape, dec.template = tuple(img.shape), img
@@ -305,12 +374,14 @@ def _volume(path: Path, raw: np.ndarray, affine: np.ndarray, zooms: tuple[float,
     ras_slice_axis = int(ornt[axis, 0])
     moved = np.moveaxis(apply_orientation(raw, ornt), ras_slice_axis, 0)  # (S, a, b)
     stack = moved.transpose(0, 2, 1)[:, ::-1, :]  # rows: b from superior/anterior down
+    ras_mm = dict(zip(ornt[:, 0].astype(int).tolist(), zooms, strict=True))
+    a, b = (r for r in range(3) if r != ras_slice_axis)
 
     def restore(labels: np.ndarray) -> np.ndarray:
         ras = np.moveaxis(labels[:, ::-1, :].transpose(0, 2, 1), 0, ras_slice_axis)
         return np.ascontiguousarray(apply_orientation(ras, back))
 
-    return Decoded(stack, restore, tuple(raw.shape))
+    return Decoded(stack, restore, tuple(raw.shape), spacing=(ras_mm[b], ras_mm[a]))
 
 
 def _nifti_template(affine: np.ndarray) -> Any:

@@ -267,3 +267,121 @@ def test_real_model_runs_with_torch_unimportable(tmp_path: Path, tiny_onnx: Path
     labels = np.load(tmp_path / "out" / "slice_seg.npy")
     assert labels.shape == (394, 394) and labels.dtype == np.uint8 and labels.max() <= 2
     assert nib.load(tmp_path / "out" / "vol_seg.nii.gz").shape == (40, 48, 3)
+
+
+# --- resampling to the model's pixel spacing ----------------------------------------------
+def pixel_board(shape: tuple[int, int], along: str = "both") -> np.ndarray:
+    """0.2/1.8 (classes 0/2) alternating every pixel along rows, columns or both.
+
+    Resampled 2x up and back (linear), alternation every pixel is damped to 1 +- 0.8/4
+    (both) or 1 +- 0.8/2 (one axis), i.e. class 1; untouched it stays 0/2. Edge pixels,
+    where the outside repeats the edge, are damped less: 1 +- 0.6 along one axis.
+    """
+    i, j = np.indices(shape)
+    phase = {"both": i + j, "rows": i, "columns": j}[along]
+    return np.where(phase % 2, 1.8, 0.2).astype(np.float32)
+
+
+def save_nifti(path: Path, vol: np.ndarray, zooms: tuple[float, float, float]) -> nib.Nifti1Image:
+    """An LPS-stored volume (x and y flipped) with an offset, qform and sform codes set."""
+    affine = np.diag([-zooms[0], -zooms[1], zooms[2], 1.0])
+    affine[:3, 3] = (30.0, -12.0, 4.5)
+    img = nib.Nifti1Image(vol, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    return img
+
+
+def summary_rows(out: Path) -> dict[str, dict[str, str]]:
+    return {r["output"]: r for r in csv.DictReader(open(out / "summary.csv"))}
+
+
+def test_coarse_scans_are_resampled_to_the_model_spacing(
+    tmp_path: Path, threshold_onnx_factory, dicom_series_factory
+) -> None:
+    """1 mm NIfTI and 0.3125 mm DICOM into a 0.5 mm model: the model sees 0.5 mm slices,
+    labels come back on the scan's grid with its shape and affine, without a shift."""
+    model = threshold_onnx_factory(tmp_path / "m.onnx", metadata={"edgeseg.pixel_spacing_mm": "0.5"})
+    board = np.repeat(pixel_board((24, 20))[..., None], 3, axis=2)
+    save_nifti(tmp_path / "in" / "board.nii.gz", board, (1.0, 1.0, 1.0))
+    blocks = np.kron(RNG.integers(0, 3, (6, 5, 3)), np.ones((4, 4, 1))).astype(np.float32)
+    save_nifti(tmp_path / "in" / "blocks.nii.gz", blocks, (1.0, 1.0, 1.0))
+    dicom_series_factory(tmp_path / "in" / "series", slopes=[(0.01, 0.0)] * 4)
+    report = run_inference([tmp_path / "in"], InferConfig(model=model, out=tmp_path / "out", quiet=True))
+    assert (report.done, report.failed, report.resampled) == (3, 0, 3)
+    rows = summary_rows(tmp_path / "out")
+    for name in ("board", "blocks"):
+        src, seg = nib.load(tmp_path / "in" / f"{name}.nii.gz"), nib.load(tmp_path / "out" / f"{name}_seg.nii.gz")
+        assert seg.shape == src.shape and np.array_equal(seg.affine, src.affine)
+        assert seg.header["qform_code"] == 1 and seg.header["sform_code"] == 2
+        row = rows[f"{name}_seg.nii.gz"]
+        assert (row["spacing_mm"], row["model_spacing_mm"], row["resampled"]) == ("1x1", "0.5", "yes")
+    assert rows["board_seg.nii.gz"]["model_shape"] == "40x48"  # axial 20x24 at 1 mm, doubled
+    assert np.all(np.asarray(nib.load(tmp_path / "out" / "board_seg.nii.gz").dataobj) == 1)
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / "blocks_seg.nii.gz").dataobj),
+                          expected(blocks))
+    assert rows["series_seg.nii.gz"]["model_shape"] == "40x40"  # 64 x 0.3125 mm = 40 x 0.5 mm
+    dicom = np.asarray(nib.load(tmp_path / "out" / "series_seg.nii.gz").dataobj)
+    assert np.array_equal(dicom, np.broadcast_to(np.array([0, 1, 2, 2], np.uint8), (64, 64, 4)))
+
+
+def test_anisotropic_pixels_are_resampled_per_axis(tmp_path: Path, threshold_onnx_factory) -> None:
+    """0.5 mm rows, 1 mm columns: only the columns are resampled (and damped)."""
+    model = threshold_onnx_factory(tmp_path / "m.onnx", metadata={"edgeseg.pixel_spacing_mm": "0.5"})
+    for along in ("rows", "columns"):  # stack rows run along -y, columns along -x (LPS file)
+        board = pixel_board((20, 24), along).T[::-1, ::-1]  # (x, y) voxel order
+        save_nifti(tmp_path / "in" / f"{along}.nii.gz", np.repeat(board[..., None], 2, 2), (1.0, 0.5, 3.0))
+    run_inference([tmp_path / "in"], InferConfig(model=model, out=tmp_path / "out", quiet=True))
+    rows = summary_rows(tmp_path / "out")
+    for along in ("rows", "columns"):
+        row = rows[f"{along}_seg.nii.gz"]
+        assert (row["spacing_mm"], row["model_shape"], row["resampled"]) == ("0.5x1", "20x48", "yes")
+    stays = np.asarray(nib.load(tmp_path / "out" / "rows_seg.nii.gz").dataobj)
+    assert np.array_equal(stays, expected(nib.load(tmp_path / "in" / "rows.nii.gz").get_fdata()))
+    damped = np.asarray(nib.load(tmp_path / "out" / "columns_seg.nii.gz").dataobj)  # (x, y, z)
+    assert np.all(damped[1:-1] == 1) and set(damped[[0, -1]].ravel()) == {0, 2}
+
+
+def test_no_resampling_without_pixel_size_or_with_the_flag(tmp_path: Path, threshold_onnx_factory) -> None:
+    """.npy and PNG have no pixel size, 0.504 mm is within 1 %, and --no-resample is obeyed."""
+    model = threshold_onnx_factory(tmp_path / "m.onnx", metadata={"edgeseg.pixel_spacing_mm": "0.5"})
+    src = tmp_path / "in"
+    board = pixel_board((20, 24))
+    src.mkdir()
+    np.save(src / "board.npy", board)
+    Image.fromarray(expected(board)).save(src / "board.png")
+    save_nifti(src / "near.nii.gz", np.repeat(board.T[..., None], 2, 2), (0.504, 0.504, 2.0))
+    save_nifti(src / "coarse.nii.gz", np.repeat(board.T[..., None], 2, 2), (1.0, 1.0, 2.0))
+    proc = cli(src, "--model", model, "--out", tmp_path / "out", "--no-resample")
+    assert proc.returncode == 0, proc.stderr
+    assert "--no-resample, slices go in at their own pixel size" in proc.stdout
+    assert ", 0 resampled;" in proc.stdout
+    rows = summary_rows(tmp_path / "out")
+    assert all(r["resampled"] == "no" and r["model_spacing_mm"] == "0.5" for r in rows.values())
+    assert rows["board_seg.npy"]["model_shape"] == "20x24" and rows["board_seg.npy"]["spacing_mm"] == ""
+    assert rows["coarse_seg.nii.gz"]["model_shape"] == "20x24"  # axial: rows along y
+    assert np.array_equal(np.load(tmp_path / "out" / "board_seg.npy"), expected(board))
+    coarse = np.asarray(nib.load(tmp_path / "out" / "coarse_seg.nii.gz").dataobj)
+    assert np.array_equal(coarse[..., 0], expected(board.T))
+    proc = cli(src, "--model", model, "--out", tmp_path / "out2")  # default: resample
+    assert proc.returncode == 0, proc.stderr
+    assert ", 1 resampled;" in proc.stdout and "resampled to the model's 0.5 mm" in proc.stdout
+    rows = summary_rows(tmp_path / "out2")
+    assert {k: r["resampled"] for k, r in rows.items()} == {
+        "board_seg.npy": "no", "board_seg.png": "no", "near_seg.nii.gz": "no", "coarse_seg.nii.gz": "yes"}
+    assert np.array_equal(np.array(Image.open(tmp_path / "out2" / "board_seg.png")), expected(board))
+
+
+def test_resampling_below_min_size_fails_that_scan_only(tmp_path: Path, threshold_onnx_factory) -> None:
+    model = threshold_onnx_factory(tmp_path / "m.onnx", metadata={"edgeseg.pixel_spacing_mm": "1"})
+    save_nifti(tmp_path / "in" / "fine.nii.gz", np.zeros((20, 20, 3), np.float32), (0.5, 0.5, 2.0))
+    save_nifti(tmp_path / "in" / "coarse.nii.gz", np.ones((12, 12, 2), np.float32), (2.0, 2.0, 4.0))
+    report = run_inference([tmp_path / "in"], InferConfig(model=model, out=tmp_path / "out", quiet=True))
+    assert (report.done, report.failed) == (1, 1)
+    failed = next(r for r in report.rows if r["status"] == "failed")
+    assert failed["input"].endswith("fine.nii.gz") and "become 10x10" in failed["message"]
+    assert "must be >= 16" in failed["message"]
+    coarse = nib.load(tmp_path / "out" / "coarse_seg.nii.gz")  # 12 < 16 natively, 24 at 1 mm
+    assert coarse.shape == (12, 12, 2) and np.all(np.asarray(coarse.dataobj) == 1)

@@ -50,6 +50,9 @@ BAD_METADATA = [  # (override, words the error must contain)
     ({"edgeseg.class_names": "not json"}, "malformed"),
     ({"edgeseg.num_classes": "4"}, "inconsistent"),
     ({"edgeseg.min_size": "sixteen"}, "malformed"),
+    ({"edgeseg.pixel_spacing_mm": "half"}, "edgeseg.pixel_spacing_mm is 'half'"),
+    ({"edgeseg.pixel_spacing_mm": "-0.5"}, "expected a positive number of mm"),
+    ({"edgeseg.pixel_spacing_mm": "nan"}, "expected a positive number of mm"),
 ]
 
 
@@ -62,6 +65,12 @@ def test_bad_metadata_is_a_clear_error(
         read_model_info(path)
     assert str(path) in str(err.value) and words in str(err.value)
     assert "edgeseg export" in str(err.value)
+
+
+@pytest.mark.parametrize(("value", "mm"), [("0.5", 0.5), ("1.25", 1.25), ("", None), (None, None)])
+def test_pixel_spacing_metadata(tmp_path: Path, threshold_onnx_factory, value, mm) -> None:
+    path = threshold_onnx_factory(tmp_path / "m.onnx", metadata={"edgeseg.pixel_spacing_mm": value})
+    assert read_model_info(path).pixel_spacing_mm == mm
 
 
 def test_model_with_wrong_io_is_rejected(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from PIL import Image
 
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import write_labels
-from edgeseg.scans import default_axis, kind_of, output_name, read_scan
+from edgeseg.scans import default_axis, kind_of, model_grid, output_name, read_scan, resample
 
 RNG = np.random.default_rng(0)
 CLASSES = ("background", "gray_matter", "white_matter")
@@ -189,3 +189,71 @@ def test_slices_match_the_training_layout(tmp_path: Path, axis: int, plane: str)
     nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "ras.nii")
     dec = read_scan(tmp_path / "ras.nii", "nifti", axis=axis)
     assert np.array_equal(dec.stack, _plane_stack(vol, plane))
+
+
+# --- resampling to the model's pixel spacing ----------------------------------------------
+@pytest.mark.parametrize(
+    ("perm", "flips", "axis", "spacing"),
+    [((0, 1, 2), (1, 1, 1), 2, (0.5, 1.0)), ((0, 1, 2), (1, 1, 1), 1, (3.0, 1.0)),
+     ((0, 1, 2), (1, 1, 1), 0, (3.0, 0.5)), ((2, 0, 1), (1, -1, 1), None, (0.5, 1.0))],
+)
+def test_spacing_follows_the_slice_plane(tmp_path: Path, perm, flips, axis, spacing) -> None:
+    """Stack rows/columns get the mm of the world axes they run along, in any voxel order."""
+    ras_mm = (1.0, 0.5, 3.0)  # x, y, z; z is thickest, so the default slices are axial
+    zooms = tuple(ras_mm[world] for world in perm)
+    shape = tuple((20, 22, 18)[world] for world in perm)
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), _affine(perm, flips, zooms)),
+             tmp_path / "v.nii.gz")
+    dec = read_scan(tmp_path / "v.nii.gz", "nifti", axis=None if axis is None else perm.index(axis))
+    assert dec.spacing == spacing
+
+
+@pytest.mark.parametrize(
+    ("spacing", "shape", "model_mm", "size"),
+    [((1.0, 1.0), (20, 24), 0.5, (40, 48)), ((0.5, 1.0), (20, 24), 0.5, (20, 48)),
+     ((0.3125, 0.3125), (64, 64), 0.5, (40, 40)), ((0.504, 0.496), (20, 24), 0.5, None),
+     ((0.506, 0.5), (100, 24), 0.5, (101, 24)), (None, (20, 24), 0.5, None),
+     ((1.0, 1.0), (20, 24), None, None)],
+)
+def test_model_grid(spacing, shape, model_mm, size) -> None:
+    assert model_grid(spacing, shape, model_mm) == size
+
+
+def test_resample_keeps_the_field_of_view() -> None:
+    """Pixel centres map as (i + 0.5) * n / m - 0.5: a ramp up and back is the ramp again.
+
+    Only the edge pixels differ: outside the ramp the edge value is repeated.
+    """
+    ramp = np.broadcast_to(np.arange(10, dtype=np.float32), (2, 3, 6, 10))
+    up = resample(ramp, (12, 20))
+    assert up.shape == (2, 3, 12, 20) and up.dtype == np.float32
+    assert np.allclose(up[0, 0, 5, 1:-1], (np.arange(1, 19) + 0.5) / 2 - 0.5)
+    assert up[0, 0, 5, 0] == 0 and up[0, 0, 5, -1] == 9
+    assert np.allclose(resample(up, (6, 10))[..., 1:-1], ramp[..., 1:-1])
+    assert np.array_equal(resample(ramp, (6, 10)), ramp)
+
+
+def test_model_size_is_checked_against_min_size(tmp_path: Path) -> None:
+    small_fine = np.zeros((12, 12, 3), np.float32)  # 12 < 16 at 2 mm, 48 at the model's 0.5 mm
+    nib.save(nib.Nifti1Image(small_fine, np.diag([2.0, 2.0, 4.0, 1.0])), tmp_path / "coarse.nii")
+    dec = read_scan(tmp_path / "coarse.nii", "nifti", min_size=16, model_mm=0.5)
+    assert dec.model_size == dec.model_shape == (48, 48)
+    assert dec.batch(0, 3, tmp_path, dec.model_size).shape == (3, 1, 48, 48)
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 3), np.float32), np.diag([0.5, 0.5, 2.0, 1.0])),
+             tmp_path / "fine.nii")
+    with pytest.raises(EdgesegError) as err:
+        read_scan(tmp_path / "fine.nii", "nifti", min_size=16, model_mm=1.0)
+    assert str(tmp_path / "fine.nii") in str(err.value)
+    assert "become 10x10 at the model's 1 mm" in str(err.value) and "--no-resample" in str(err.value)
+    assert read_scan(tmp_path / "fine.nii", "nifti", min_size=16).model_size is None
+
+
+@pytest.mark.parametrize("name", ["s.npy", "s.png"])
+def test_no_pixel_size_no_resampling(tmp_path: Path, name: str) -> None:
+    labels = RNG.integers(0, 3, (18, 22)).astype(np.uint8)
+    if name.endswith(".npy"):
+        np.save(tmp_path / name, labels)
+    else:
+        Image.fromarray(labels).save(tmp_path / name)
+    dec = read_scan(tmp_path / name, kind_of(tmp_path / name), model_mm=0.5)
+    assert dec.spacing is None and dec.model_size is None and dec.model_shape == (18, 22)

@@ -1,0 +1,190 @@
+"""Parity reports for people: the console table, ``edgeseg validate``, and the model card.
+
+* :func:`run_validate` is ``edgeseg validate``: it prints the table (:func:`parity_table`),
+  the skipped providers, the independent-executor and fp16 checks, writes ``parity.json``
+  and raises EdgesegError naming every failed check.
+* :func:`score_formats` measures each exported file's per-class IoU on *all* held-out
+  slices at their native size, and :func:`write_model_card` renders ``README.md`` (the
+  shipped model's card) from the checkpoint and ``parity.json``, so every number in the card
+  comes from a file that ``tests/test_shipped_model.py`` recomputes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from edgeseg.errors import EdgesegError
+from edgeseg.parity import EvalData, ParityConfig, ParityReport, validate, write_json
+
+
+def wide_console() -> Any:
+    """A rich Console; 132 columns when not a terminal, so the table is not squeezed in logs."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=132)
+
+
+def _fmt(value: float | None, signed: bool = False) -> str:
+    return "—" if value is None else (f"{value:+.4f}" if signed else f"{value:.4f}")
+
+
+def parity_table(report: ParityReport) -> Any:
+    """A rich Table, one line per row; the failed checks are in ``report.failures``."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=f"parity vs PyTorch fp32 ({Path(report.checkpoint).name})",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("model", "EP", "size", "N", "max|Δ|", "mean|Δ|", "min atol", "agree %",
+                "mIoU ref", "mIoU", "ΔmIoU", "gate"):
+        table.add_column(col, justify="left" if col in ("model", "EP") else "right", no_wrap=True)
+    for r in report.rows:
+        table.add_row(
+            r.model, r.provider.replace("ExecutionProvider", ""), r.size, str(r.batch),
+            f"{r.max_abs:.1e}", f"{r.mean_abs:.1e}", f"{r.min_atol:.1e}",
+            f"{100 * r.agreement:.3f}", _fmt(r.miou_ref), _fmt(r.miou_cand),
+            _fmt(r.d_miou, signed=True), "[green]pass[/]" if not r.failures else "[red]FAIL[/]",
+        )
+    return table
+
+
+def parse_providers(text: str) -> tuple[str, ...]:
+    """``"cpu,cuda"`` -> ``("cpu", "cuda")``; EdgesegError on an unknown name."""
+    names = tuple(p.strip().lower() for p in text.split(",") if p.strip())
+    unknown = [p for p in names if p not in ("cpu", "cuda", "tensorrt")]
+    if unknown or not names:
+        raise EdgesegError(
+            f"--providers {text!r}: unknown {unknown or 'empty list'}; give a comma-separated"
+            " list of cpu, cuda, tensorrt"
+        )
+    return names
+
+
+def print_report(console: Any, report: ParityReport) -> None:
+    """The table and the lines that go with it (skipped providers, extra checks)."""
+    console.print(f"{len(report.rows)} comparisons on {report.data}")
+    console.print(parity_table(report))
+    for provider, reason in report.skipped.items():
+        console.print(f"not run: {provider}: {reason}")
+    for name, check in report.reference_evaluator.items():
+        console.print(f"onnx.reference vs ORT on {name}: {_describe_reference(check)}")
+    if report.fp16_activations:
+        console.print(_describe_fp16(report.fp16_activations))
+
+
+def run_validate(
+    models: list[Path], ckpt: Path | None = None, data: Path | None = None,
+    config: ParityConfig | None = None, json_path: Path | None = None,
+) -> ParityReport:
+    """``edgeseg validate``: print the parity table, write parity.json, raise on a failed gate."""
+    console = wide_console()
+    report = validate(list(models), ckpt, data, config)
+    print_report(console, report)
+    out = report.write(json_path or Path(models[0]).with_name("parity.json"))
+    if not report.passed:
+        raise EdgesegError(f"{models[0]}: parity gate failed: {'; '.join(report.failures)} (see {out})")
+    console.print(f"[green]all gates passed[/] -> {out}")
+    return report
+
+
+def _describe_reference(check: dict[str, Any]) -> str:
+    if "skipped" in check:
+        return f"not run ({check['skipped']})"
+    return f"max|Δlogit| {check['max_abs']:.2e}, labels equal {100 * check['labels_equal']:.2f}%"
+
+
+def _describe_fp16(check: dict[str, Any]) -> str:
+    return (
+        f"PyTorch float16 on CPU ({check['slices']} slices 394²): max|activation|"
+        f" {check['max_activation']:.1f} ({check['max_activation_layer']}; {check['headroom']:.0f}x"
+        f" below 65504), max|Δlogit| {check['max_abs_logit_diff']:.2e}, agreement"
+        f" {100 * check['agreement']:.4f}%, {'finite' if check['finite'] else 'OVERFLOW (inf/NaN)'}"
+    )
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+def score_formats(files: dict[str, Path], data: EvalData, threads: int | None = None) -> dict[str, Any]:
+    """Per exported file: size, SHA-256 and per-class IoU on all held-out slices (ORT CPU)."""
+    import numpy as np
+
+    from edgeseg.export import sha256_file
+    from edgeseg.metrics import ConfusionMatrix
+    from edgeseg.runtime import create_session, read_model_info
+
+    scores = {}
+    for precision, path in files.items():
+        info = read_model_info(path)
+        session, _ = create_session(path, provider="cpu", threads=threads)
+        cm = ConfusionMatrix(info.num_classes, info.class_names)
+        for image, mask in zip(data.images, data.masks, strict=True):
+            cm.update(session.run(["labels"], {"image": image[None, None].astype(np.float32)})[0][0], mask)
+        scores[precision] = {"file": path.name, "bytes": path.stat().st_size,
+                             "sha256": sha256_file(path), "slices": len(data.images), **cm.summary()}
+    return scores
+
+
+def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: list[str]) -> str:
+    """Markdown model card from a checkpoint dict and a parity.json that holds ``formats``."""
+    from edgeseg.model import ModelConfig, UNet, count_parameters
+
+    config = ModelConfig(**ckpt["model_config"])
+    formats, train = parity["formats"], ckpt.get("train_config") or {}
+    lines = [
+        "# edgeseg default model", "",
+        f"U-Net {list(config.widths)} ({count_parameters(UNet(config)):,} parameters): raw MRI"
+        f" intensities `image` float32 (N, 1, H, W), any H, W >= {config.min_size} ->"
+        " `logits` float32 (N, C, H, W) and `labels` uint8 (N, H, W).",
+        f"Classes: {', '.join(f'{i} {n}' for i, n in enumerate(config.class_names))}.", "",
+        "## Data and provenance", "",
+        "Trained on the edgeseg demo set: the MNI152 ICBM 2009a template shipped with nilearn"
+        " (`edgeseg data demo`), sliced in three planes, gray/white matter labels from its"
+        " tissue probability maps (see its provenance.json for the licence notice and"
+        f" citations). Held out: {next(iter(formats.values()))['slices']} slices in contiguous"
+        " slabs, with gaps either side, never seen in training.",
+        f"Checkpoint SHA-256 `{parity['checkpoint_sha256']}`, epoch {ckpt.get('epoch', '?')}.", "",
+        "## Recipe", "", "| setting | value |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in train.items() if k not in ("data", "runs_dir", "name")], "",
+        "## Reproduce every file", "", "```", *commands, "```", "",
+        "## Held-out accuracy per file (all held-out slices, 394x394, ONNX Runtime CPU)", "",
+        f"| file | MB | {' | '.join(f'IoU {n}' for n in config.class_names)} | mIoU (fg) |",
+        "|---|---|" + "---|" * (len(config.class_names) + 1),
+        *[f"| {f['file']} | {f['bytes'] / 1e6:.2f} | "
+          + " | ".join(_fmt(f["iou"][n]) for n in config.class_names) + f" | {_fmt(f['miou_fg'])} |"
+          for f in formats.values()], "",
+        "## Parity with the PyTorch checkpoint (`edgeseg validate`)", "",
+        f"Gates passed: **{'yes' if parity['passed'] else 'NO'}**. Each row: real held-out"
+        " slices cropped or edge-padded to the size.", "",
+        "| file | EP | size | N | max abs Δlogit | agree % | mIoU ref | mIoU | ΔmIoU | gate |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {r['model']} | {r['provider'].replace('ExecutionProvider', '')} | {r['size']} |"
+          f" {r['batch']} | {r['max_abs']:.1e} | {100 * r['agreement']:.3f} | {_fmt(r['miou_ref'])}"
+          f" | {_fmt(r['miou_cand'])} | {_fmt(r['d_miou'], True)} |"
+          f" {'pass' if not r['failures'] else 'FAIL'} |" for r in parity["rows"]], "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: Path, checkpoint: Path, commands: list[str], data: EvalData) -> Path:
+    """Score every ONNX file in ``folder``, add the scores to its parity.json, write README.md."""
+    from edgeseg.model import load_checkpoint
+
+    parity_path = Path(folder) / "parity.json"
+    if not parity_path.is_file():
+        raise EdgesegError(f"{parity_path}: missing; run `edgeseg export` into {folder} first")
+    parity = json.loads(parity_path.read_text())
+    stem = Path(checkpoint).stem
+    files = {p: Path(folder) / f"{stem}{s}.onnx" for p, s in (("fp32", ""), ("fp16", "_fp16"),
+                                                                ("int8", "_int8"))}
+    parity["formats"] = score_formats({p: f for p, f in files.items() if f.is_file()}, data)
+    write_json(parity_path, parity)
+    text = render_model_card(load_checkpoint(checkpoint)[1], parity, commands)
+    readme = Path(folder) / "README.md"
+    tmp = readme.with_name(".README.md.tmp")
+    tmp.write_text(text + "\n")
+    tmp.replace(readme)
+    return readme
