@@ -328,6 +328,7 @@ def make_train_dataset(
     augment: bool = True,
     seed: int = 0,
     config: AugmentConfig | None = None,
+    normalize: bool = False,
 ) -> Dataset:
     """A torch Dataset over ``slices[indices]`` with seeded crops and augmentation.
 
@@ -348,11 +349,15 @@ def make_train_dataset(
         augment: apply random augmentation; False gives plain (cropped) slices.
         seed: base seed.
         config: augmentation parameters; default :class:`AugmentConfig`.
+        normalize: z-score each item with the statistics of its *whole* (augmented) slice,
+            as the model's own ``Normalize`` does at inference on whole slices. Training on
+            patches then sees the same intensities as inference; feed such items to
+            ``UNet.segment`` (which skips the model's normalisation), not ``UNet.forward``.
 
     Returns:
         A ``TrainSlices`` dataset.
     """
-    return _train_slices_class()(slices, indices, patch, augment, seed, config)
+    return _train_slices_class()(slices, indices, patch, augment, seed, config, normalize)
 
 
 @functools.cache
@@ -360,6 +365,8 @@ def _train_slices_class() -> type:
     """Define TrainSlices on first use, so importing this module never imports torch."""
     import torch
     import torch.nn.functional as F
+
+    from edgeseg.model import NORM_EPS
 
     class TrainSlices(torch.utils.data.Dataset):
         """Seeded, augmented (image, mask) tensors; see :func:`make_train_dataset`."""
@@ -372,8 +379,10 @@ def _train_slices_class() -> type:
             augment: bool = True,
             seed: int = 0,
             config: AugmentConfig | None = None,
+            normalize: bool = False,
         ) -> None:
             self.slices, self.indices = slices, [int(i) for i in indices]
+            self.normalize = normalize
             self.patch, self.augment, self.seed = patch, augment, seed
             self.config = config or AugmentConfig()
             self.epoch = 0
@@ -427,10 +436,10 @@ def _train_slices_class() -> type:
             if not self.augment:
                 top, left = round(cy - (size[0] - 1) / 2), round(cx - (size[1] - 1) / 2)
                 window = (slice(top, top + size[0]), slice(left, left + size[1]))
-                return (
-                    torch.from_numpy(image[window].copy())[None],
-                    torch.from_numpy(mask[window].astype(np.int64)),
-                )
+                x = torch.from_numpy(image[window].copy())[None]
+                if self.normalize:
+                    x = (x - float(image.mean(dtype=np.float64))) / np.sqrt(image.var(dtype=np.float64) + NORM_EPS)
+                return x.float(), torch.from_numpy(mask[window].astype(np.int64))
             return self._augmented(rng, image, mask, (cy, cx), size)
 
         def _augmented(
@@ -465,13 +474,21 @@ def _train_slices_class() -> type:
             warp = {"grid": grid, "padding_mode": "zeros", "align_corners": False}
             x = F.grid_sample(x, mode="bilinear", **warp)[0]  # (1, h, w), 0 = background
             m = F.grid_sample(m, mode="nearest", **warp)[0, 0]  # (h, w), labels stay labels
-            if span > 0:
-                gamma = float(np.exp(rng.uniform(*np.log(cfg.gamma_range))))
-                x = (x / span).clamp_(0, 1).pow_(gamma).mul_(rng.uniform(*cfg.gain_range))
-                sigma = rng.uniform(0, cfg.noise_std)
-                x += torch.from_numpy(rng.standard_normal((1, h, w), dtype=np.float32)) * sigma
-                x = x * span
-            return (x + lo).contiguous(), m.long()
+            if span == 0:
+                x = x + lo if not self.normalize else x * 0  # a constant slice z-scores to 0
+                return x.contiguous(), m.long()
+            gamma = float(np.exp(rng.uniform(*np.log(cfg.gamma_range))))
+            gain = rng.uniform(*cfg.gain_range)
+            sigma = rng.uniform(0, cfg.noise_std)
+            x = (x / span).clamp_(0, 1).pow_(gamma).mul_(gain)
+            x += torch.from_numpy(rng.standard_normal((1, h, w), dtype=np.float32)) * sigma
+            if not self.normalize:
+                return (x * span + lo).contiguous(), m.long()
+            # The whole augmented slice's mean and variance (noise adds sigma^2), in units of span:
+            # what the model's Normalize would compute on the full slice at inference.
+            full = ((image - lo) / span).clip(0, 1).astype(np.float64) ** gamma * gain
+            mean, var = full.mean(), full.var() + sigma**2
+            return ((x - mean) / np.sqrt(var + NORM_EPS / span**2)).float().contiguous(), m.long()
 
     TrainSlices.__module__ = __name__
     TrainSlices.__qualname__ = "TrainSlices"

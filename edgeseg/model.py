@@ -129,7 +129,15 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             check_input_shape(tuple(x.shape), self.config)
-        x = self.stem(self.normalize(x))
+        return self.segment(self.normalize(x))
+
+    def segment(self, x: torch.Tensor) -> torch.Tensor:
+        """The network after normalisation: z-scored ``(N, Cin, H, W)`` -> logits.
+
+        Training on patches feeds patches z-scored with their whole slice's statistics here,
+        so that they match what ``forward`` computes on whole slices at inference.
+        """
+        x = self.stem(x)
         skips = [x]
         for down in self.downs:
             x = down(x)

@@ -249,9 +249,11 @@ def train(config: TrainConfig, resume: Path | None = None, log: Callable[[str], 
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # Repeated indices draw different crops: the dataset seeds each item by its position.
+    # Items come z-scored with their whole slice's statistics (model.segment skips the
+    # model's own per-input normalisation), so patches look like inference on whole slices.
     dataset = make_train_dataset(
         slices, train_idx * config.patches_per_slice, patch=config.patch,
-        augment=config.augment, seed=config.seed,
+        augment=config.augment, seed=config.seed, normalize=True,
     )
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -327,7 +329,7 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, config, d
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            logits = model(x)
+            logits = model.segment(x)
             loss = loss_fn(logits.float(), y)
         if not torch.isfinite(loss):
             raise EdgesegError(

@@ -265,3 +265,28 @@ def test_plain_crops_are_windows_with_brain(dataset: Path) -> None:
 def test_patch_too_big_is_refused(dataset: Path) -> None:
     with pytest.raises(EdgesegError, match="patch=64"):
         make_train_dataset(load_slices(dataset), [0], patch=64)
+
+
+def test_normalized_patches_use_their_whole_slice_statistics(dataset: Path) -> None:
+    """Patches z-scored like the model's Normalize does on the whole slice at inference."""
+    from edgeseg.model import Normalize
+
+    slices = load_slices(dataset)
+    plain = make_train_dataset(slices, [2], patch=16, augment=False, seed=3)
+    normed = make_train_dataset(slices, [2], patch=16, augment=False, seed=3, normalize=True)
+    (raw, _), (x, _) = plain[0], normed[0]
+    whole = Normalize()(torch.from_numpy(slices.images[2])[None, None])[0]
+    top_left = [(r, c) for r in range(17) for c in range(17)
+                if torch.equal(torch.from_numpy(slices.images[2])[r:r + 16, c:c + 16], raw[0])]
+    assert top_left, "the plain item is a window of the slice"
+    r, c = top_left[0]
+    assert torch.allclose(x, whole[:, r:r + 16, c:c + 16], atol=1e-5)
+    assert not torch.allclose(x, Normalize()(raw[None])[0], atol=1e-2)  # not the patch's own stats
+
+
+def test_normalized_augmented_items_are_finite_and_scaled(dataset: Path) -> None:
+    slices = load_slices(dataset)
+    ds = make_train_dataset(slices, list(range(6)), patch=None, augment=True, seed=0, normalize=True)
+    stack = torch.stack([ds[i][0] for i in range(6)])
+    assert torch.isfinite(stack).all()
+    assert abs(stack.mean().item()) < 0.5 and 0.5 < stack.std().item() < 2
