@@ -9,6 +9,10 @@ same run, which is what we report (absolute times on shared machines are noise).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from statistics import median
+
 import pytest
 
 
@@ -16,6 +20,35 @@ import pytest
 def pytest_configure(config: pytest.Config) -> None:
     if not (config.getoption("benchmark_only", False) or config.getoption("benchmark_enable", False)):
         config.option.benchmark_disable = True
+
+
+@pytest.fixture
+def paired() -> Callable[..., None]:
+    """Time ``target(*args)`` with ``baseline(*args)`` run (untimed) before every round.
+
+    On a shared machine the load drifts between sequential benchmarks; interleaving the
+    baseline with each round and recording its median in ``extra_info`` gives a ratio taken
+    under the same load (printed as "paired" in the summary).
+    """
+
+    def run(benchmark, target: Callable, baseline: Callable, args: tuple, rounds: int,
+            warmup_rounds: int = 1) -> None:  # noqa: ANN001
+        seconds: list[float] = []
+
+        def setup() -> tuple[tuple, dict]:
+            start = time.perf_counter()
+            baseline(*args)
+            seconds.append(time.perf_counter() - start)
+            return args, {}
+
+        for _ in range(0 if benchmark.disabled else warmup_rounds):
+            baseline(*args)
+            target(*args)
+        benchmark.pedantic(target, setup=setup, rounds=1 if benchmark.disabled else rounds,
+                           iterations=1)
+        benchmark.extra_info["paired_baseline_median_s"] = median(seconds)
+
+    return run
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -37,6 +70,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             unit = b.extra_info.get("unit", "items")
             ratio = f"{rate / base_rate:5.2f}x" if base_rate else "   n/a"
             tag = " (baseline)" if b is base else ""
+            if "paired_baseline_median_s" in b.extra_info:  # interleaved with the baseline
+                tag += f"  paired {b.extra_info['paired_baseline_median_s'] / b.stats.median:5.2f}x"
+            if "delta_miou_pt" in b.extra_info:  # accuracy cost of a lever, same run
+                tag += (f"  ΔmIoU {b.extra_info['delta_miou_pt']:+.2f} pt,"
+                        f" {b.extra_info['disagree_pct']:.2f}% pixels differ")
             terminalreporter.write_line(
                 f"{group:24s} {b.name:48s} {rate:9.2f} {unit}/s  {ratio}{tag}"
             )

@@ -89,7 +89,8 @@ def open_runner(
     """Load ``path`` on a backend and time the loading.
 
     Args:
-        path: an edgeseg ONNX file, or for ``torch`` a ``.pt`` checkpoint.
+        path: an edgeseg ONNX file; for ``torch`` a ``.pt`` checkpoint, for ``tensorrt``
+            also a native ``.engine`` (edgeseg.tensorrt).
         provider: ``cpu`` | ``cuda`` | ``tensorrt`` | ``openvino`` | ``torch``.
         threads: intra-op threads; 0 = the backend's default (all physical cores).
         precision: the precision asked for (TensorRT: fp16 turns on fp16 kernels).
@@ -106,6 +107,11 @@ def open_runner(
         read_model_info(path)
         session = cpu_session(path, threads, levers)
         predict, backend = ort_predict(session, levers), session.get_providers()[0]
+    elif provider == "tensorrt" and Path(path).suffix == ".engine":
+        from edgeseg.tensorrt import EngineSession
+
+        engine = EngineSession(Path(path))
+        predict, backend = (lambda x: engine.run(["labels"], {"image": x})[0]), "TensorRT engine"
     elif provider in ("cuda", "tensorrt"):
         predict, backend = _gpu_runner(path, provider, threads, precision, batch)
     elif provider == "openvino":

@@ -168,8 +168,10 @@ def select_targets(targets: dict[str, Target], name: str) -> list[Target]:
 def model_file(model: Path, target: Target) -> Path:
     """The file a target runs: the precision's sibling of ``model`` (X.onnx, X_int8.onnx, ...).
 
-    TensorRT fp16 builds from the fp32 graph with fp16 kernels allowed (TensorRT's own
-    precision choice), torch loads the checkpoint ``X.pt``.
+    torch loads the checkpoint ``X.pt``. TensorRT runs the native engine ``X.engine`` when
+    its sidecar says it has the target's precision (int8 always: TensorRT needs the
+    symmetric S8S8 model the engine is built from, not the CPU's U8S8 ``X_int8.onnx``);
+    otherwise fp16 goes through ONNX Runtime's TensorRT provider on the fp32 graph.
     """
     stem = model.stem
     for suffix in SUFFIX.values():
@@ -177,9 +179,20 @@ def model_file(model: Path, target: Target) -> Path:
             stem = stem[: -len(suffix)]
     if target.provider == "torch":
         return model.with_name(f"{stem}.pt")
-    precision = "fp32" if target.provider == "tensorrt" and target.precision == "fp16" else (
-        target.precision)
-    return model.with_name(f"{stem}{SUFFIX[precision]}.onnx")
+    if target.provider == "tensorrt":
+        engine = model.with_name(f"{stem}.engine")
+        if target.precision == "int8" or _engine_precision(engine) == target.precision:
+            return engine
+        return model.with_name(f"{stem}.onnx")
+    return model.with_name(f"{stem}{SUFFIX[target.precision]}.onnx")
+
+
+def _engine_precision(engine: Path) -> str | None:
+    """The precision recorded in ``X.engine.json``, None without a readable sidecar."""
+    try:
+        return json.loads(Path(f"{engine}.json").read_text()).get("precision")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def why_not_here(target: Target, path: Path) -> str | None:
@@ -188,14 +201,22 @@ def why_not_here(target: Target, path: Path) -> str | None:
     if target.arch and target.arch.lower() not in (machine, {"arm64": "aarch64"}.get(machine)):
         return f"profile for {target.arch}; this machine is {machine} (run it on the device)"
     if not path.is_file():
-        hint = "train/export the checkpoint" if path.suffix == ".pt" else (
-            f"run `edgeseg export --{target.precision}`")
+        hint = {".pt": "train and export the checkpoint",
+                ".engine": f"run `edgeseg export --trt --{target.precision}` on the GPU"}.get(
+            path.suffix, f"run `edgeseg export --{target.precision}`")
         return f"{path.name} not found ({hint})"
-    if target.provider in ("cuda", "tensorrt"):
-        from edgeseg.runtime import PROVIDERS as ORT_NAMES
-        from edgeseg.runtime import _probe
+    if target.provider == "tensorrt" and path.suffix == ".engine":
+        from edgeseg.tensorrt import gpu_problem
 
-        return _probe(ORT_NAMES[target.provider])
+        return gpu_problem()
+    if target.provider in ("cuda", "tensorrt"):
+        from edgeseg.runtime import resolve_providers
+
+        try:
+            resolve_providers(target.provider)
+        except EdgesegError as exc:
+            return str(exc)
+        return None
     module = {"openvino": "openvino", "torch": "torch"}.get(target.provider)
     if module:
         import importlib.util

@@ -192,9 +192,11 @@ def export_cmd(
     trt_opt: Annotated[str, typer.Option("--trt-opt", help="TensorRT profile optimum NxHxW.")] = "4x394x394",
     trt_max: Annotated[str, typer.Option("--trt-max", help="TensorRT profile maximum NxHxW.")] = "8x1024x1024",
     data: DataOpt = None,
-    opset: Annotated[int, typer.Option(min=17, help="ONNX opset.")] = 18,
+    opset: Annotated[int, typer.Option(min=17, help="ONNX opset.")] = 20,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="onnxslim, if dims stay dynamic.")] = True,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Parity gate after export.")] = True,
+    slices: Annotated[int, typer.Option(min=1, help="Held-out slices compared at 394x394.")] = 8,
+    size_slices: Annotated[int, typer.Option("--size-slices", min=1, help="Slices at each other size.")] = 4,
 ) -> None:
     """Export a checkpoint to ONNX (fp32; fp16/int8/TensorRT by flag) and gate on parity."""
     from edgeseg.export import ExportConfig, run_export
@@ -202,7 +204,7 @@ def export_cmd(
     config = ExportConfig(
         out=out, fp16=fp16, int8=int8, trt=trt, opset=opset, simplify=simplify, calib=calib,
         calib_method=calib_method.value, trt_min=trt_min, trt_opt=trt_opt, trt_max=trt_max,
-        data=data, validate=validate,
+        data=data, validate=validate, slices=slices, size_slices=size_slices,
     )
     run_export(checkpoint, config)
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from edgeseg.parity import ParityReport
 
 FORMAT = "edgeseg-onnx-v1"
-DEFAULT_OPSET = 18  # >= 17 as the contract asks; 18 is the newest ReduceMean-with-axes-input form
+DEFAULT_OPSET = 20  # torch's default; onnx.reference runs the int8 QDQ graph only from opset 19
 IR_VERSION = 10  # onnx 1.23 would write IR 11+; onnxruntime 1.31 and TensorRT 10 read 10
 NORMALIZATION = (
     "per-image z-score over H and W inside the graph: (x - mean) / sqrt(var + 1e-6);"
@@ -63,6 +63,8 @@ class ExportConfig:
     trt_max: str = "8x1024x1024"  # TensorRT profile maximum
     data: Path | None = None  # validation/calibration data; None = the checkpoint's own
     validate: bool = True  # run parity validation after export and gate on it
+    slices: int = 8  # held-out slices compared at 394x394
+    size_slices: int = 4  # held-out slices compared at each other size of the table
     providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")  # parity candidates, if they work
 
 
@@ -285,7 +287,7 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         gate is ``report.parity.passed``; :func:`run_export` turns a failure into an error.
     """
     from edgeseg.model import load_checkpoint
-    from edgeseg.parity import ParityConfig, load_eval_data, validate
+    from edgeseg.parity import ParityConfig, load_eval_data, size_table, validate
     from edgeseg.train import find_latest_checkpoint
 
     config = config or ExportConfig()
@@ -309,7 +311,8 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     if profile is not None:
         report.files["trt"] = _build_trt(report, paths, profile, data)
     if config.validate:
-        parity = ParityConfig(providers=config.providers)
+        parity = ParityConfig(sizes=size_table(config.slices, config.size_slices),
+                              providers=config.providers)
         report.parity = validate(list(report.files.values()), checkpoint, config=parity,
                                  eval_data=data)
         report.parity.extra.update(export=_config_json(config), int8=report.int8)
@@ -334,12 +337,11 @@ def _build_trt(report: ExportReport, paths: dict[str, Path], profile: Any, data:
 
     if "int8" not in report.files:
         return build_engine(report.files.get("fp16", report.files["fp32"]), paths["trt"], profile)
-    from edgeseg.parity import pick
-    from edgeseg.quantize import quantize_int8
+    from edgeseg.quantize import calibration_set, quantize_int8
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-trt-") as tmp:  # S8S8, zero-point 0
         sym = quantize_int8(paths["fp32"], Path(tmp) / f"{paths['int8'].stem}_trt.onnx",
-                            pick(data.train_images, report.int8["calib_slices"]),
+                            calibration_set(data.train_images, report.int8["calib_slices"]),
                             report.int8["method"], symmetric=True)
         return build_engine(sym, paths["trt"], profile)
 
@@ -382,9 +384,11 @@ def run_export(checkpoint: Path | None, config: ExportConfig) -> ExportReport:
 
 
 def _print_int8(console: Any, int8: dict[str, Any]) -> None:
-    tried = ", ".join(f"{m} ΔmIoU {v['d_miou']:+.4f}" for m, v in int8["candidates"].items())
+    tried = ", ".join(f"{k} {v['worst_d_miou']:.4f}" for k, v in int8["candidates"].items())
     lat = int8["latency_ms"]
     console.print(
-        f"int8 calibration: {int8['method']} on {int8['calib_slices']} training slices ({tried});"
-        f" CPU latency 394²: int8 {lat['int8']:.1f} ms vs fp32 {lat['fp32']:.1f} ms"
+        f"int8: chose {int8['method']} calibration, {'7' if int8['reduce_range'] else '8'}-bit"
+        f" weights, by worst |ΔmIoU| over 3 sizes ({tried}); {int8['calib_inputs']} calibration"
+        f" inputs from {int8['calib_slices']} training slices; CPU latency 1x394x394: int8"
+        f" {lat['int8']:.1f} ms vs fp32 {lat['fp32']:.1f} ms"
     )

@@ -155,7 +155,10 @@ def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: li
         "|---|---|" + "---|" * (len(config.class_names) + 1),
         *[f"| {f['file']} | {f['bytes'] / 1e6:.2f} | "
           + " | ".join(_fmt(f["iou"][n]) for n in config.class_names) + f" | {_fmt(f['miou_fg'])} |"
-          for f in formats.values()], "",
+          for f in formats.values()],
+        f"| model.pt (PyTorch, from training) | {parity.get('checkpoint_bytes', 0) / 1e6:.2f} | "
+        + " | ".join(_fmt((ckpt.get("metrics") or {}).get("iou", {}).get(n)) for n in config.class_names)
+        + f" | {_fmt((ckpt.get('metrics') or {}).get('miou_fg'))} |", "",
         "## Parity with the PyTorch checkpoint (`edgeseg validate`)", "",
         f"Gates passed: **{'yes' if parity['passed'] else 'NO'}**. Each row: real held-out"
         " slices cropped or edge-padded to the size.", "",
@@ -181,6 +184,7 @@ def write_model_card(folder: Path, checkpoint: Path, commands: list[str], data: 
     files = {p: Path(folder) / f"{stem}{s}.onnx" for p, s in (("fp32", ""), ("fp16", "_fp16"),
                                                                 ("int8", "_int8"))}
     parity["formats"] = score_formats({p: f for p, f in files.items() if f.is_file()}, data)
+    parity["checkpoint_bytes"] = Path(checkpoint).stat().st_size
     write_json(parity_path, parity)
     text = render_model_card(load_checkpoint(checkpoint)[1], parity, commands)
     readme = Path(folder) / "README.md"

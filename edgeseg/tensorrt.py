@@ -177,7 +177,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile) -> Path:
         raise EdgesegError(f"{onnx_path}: TensorRT cannot parse it ({errors[:300]})")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
-    if not typed:
+    if not typed and hasattr(trt.BuilderFlag, "TF32"):  # TensorRT 11 is always strongly typed
         config.clear_flag(trt.BuilderFlag.TF32)
     shapes = builder.create_optimization_profile()
     shapes.set_shape("image", *profile.shapes(info.in_channels))

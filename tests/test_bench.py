@@ -120,7 +120,7 @@ MODEL_FILES = [
     ("m_int8.onnx", "cpu", "fp16", "m_fp16.onnx"),
     ("m_fp16.onnx", "openvino", "fp32", "m.onnx"),
     ("m.onnx", "tensorrt", "fp16", "m.onnx"),  # fp16 kernels on the fp32 graph
-    ("m.onnx", "tensorrt", "int8", "m_int8.onnx"),
+    ("m.onnx", "tensorrt", "int8", "m.engine"),  # TensorRT int8 = the symmetric engine
     ("m.onnx", "cuda", "fp16", "m_fp16.onnx"),
     ("m_int8.onnx", "torch", "fp32", "m.pt"),
 ]
@@ -131,6 +131,22 @@ def test_model_file_picks_the_precision_sibling(given: str, provider: str, preci
                                                 expected: str) -> None:
     path = model_file(Path("/x") / given, Target("t", provider, precision))
     assert path == Path("/x") / expected
+
+
+def test_tensorrt_prefers_an_engine_of_its_precision(tmp_path: Path) -> None:
+    from edgeseg.tensorrt import gpu_problem
+
+    model, engine = tmp_path / "m.onnx", tmp_path / "m.engine"
+    fp16 = Target("t", "tensorrt", "fp16")
+    assert model_file(model, fp16) == model  # no engine: ORT's TensorRT provider, fp32 graph
+    engine.write_bytes(b"engine")
+    Path(f"{engine}.json").write_text(json.dumps({"precision": "int8"}))
+    assert model_file(model, fp16) == model  # an int8 engine is not an fp16 one
+    Path(f"{engine}.json").write_text(json.dumps({"precision": "fp16"}))
+    assert model_file(model, fp16) == engine
+    assert why_not_here(fp16, engine) == gpu_problem()
+    missing = why_not_here(Target("t", "tensorrt", "int8"), tmp_path / "x.engine")
+    assert "edgeseg export --trt --int8" in missing
 
 
 def test_why_not_here(model_dir: Path) -> None:

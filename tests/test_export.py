@@ -71,12 +71,12 @@ def test_metadata_round_trip(tiny_onnx: Path, tiny_checkpoint: Path) -> None:
     info = read_model_info(tiny_onnx)
     _, ckpt = load_checkpoint(tiny_checkpoint)
     assert info.class_names == ("background", "gray_matter", "white_matter")
-    assert (info.precision, info.in_channels, info.min_size, info.opset) == ("fp32", 1, 16, 18)
+    assert (info.precision, info.in_channels, info.min_size, info.opset) == ("fp32", 1, 16, 20)
     assert info.version == __version__
     assert info.checkpoint_sha256 == sha256_file(tiny_checkpoint)
     assert info.train_miou_fg == pytest.approx(ckpt["metrics"]["miou_fg"])
     assert json.loads(info.metadata["edgeseg.input"])["shape"] == ["N", 1, "H", "W"]
-    assert "z-score" in info.normalization and info.metadata["edgeseg.opset"] == "18"
+    assert "z-score" in info.normalization and info.metadata["edgeseg.opset"] == "20"
 
 
 def test_pads_are_computed_at_run_time(tiny_onnx: Path) -> None:
@@ -220,7 +220,10 @@ def tiny_int8(tiny_onnx: Path, tiny_dataset, tmp_path_factory: pytest.TempPathFa
     root, test_keys = tiny_dataset
     slices = load_slices(root)
     train = [im for k, im in zip(slices.keys, slices.images, strict=True) if k not in test_keys]
-    return quantize_int8(tiny_onnx, tmp_path_factory.mktemp("int8") / "tiny_int8.onnx", train[:8])
+    from edgeseg.quantize import calibration_set
+
+    return quantize_int8(tiny_onnx, tmp_path_factory.mktemp("int8") / "tiny_int8.onnx",
+                         calibration_set(train, 8))
 
 
 def test_int8_is_static_qdq_per_channel(tiny_int8: Path) -> None:
@@ -265,11 +268,23 @@ def test_choose_int8_keeps_the_best_method(tiny_onnx: Path, tiny_checkpoint: Pat
 
     model, ckpt = load_checkpoint(tiny_checkpoint)
     info = choose_int8(tiny_onnx, tmp_path / "best_int8.onnx", load_eval_data(ckpt), model, calib=6)
-    assert set(info["candidates"]) == set(CALIB_METHODS)
-    best = min(abs(v["d_miou"]) for v in info["candidates"].values())
-    assert abs(info["candidates"][info["method"]]["d_miou"]) == best
+    assert set(info["candidates"]) == {f"{m}/{b}" for m in CALIB_METHODS for b in ("7bit", "8bit")}
+    scores = {k: v["worst_d_miou"] for k, v in info["candidates"].items()}
+    chosen = f"{info['method']}/{'7bit' if info['reduce_range'] else '8bit'}"
+    assert scores[chosen] == min(scores.values())
+    assert all(set(v["d_miou"]) == {"394x394", "256x257", "64x64"} for v in info["candidates"].values())
     assert info["latency_ms"]["int8"] > 0 and info["latency_ms"]["fp32"] > 0
-    assert (tmp_path / "best_int8.onnx").is_file() and len(list(tmp_path.iterdir())) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["best_int8.onnx"]  # no temporary left
+
+
+@pytest.mark.parametrize("n,expected", [(4, 4 + 2 * 2), (5, 5 + 3 * 2), (1, 1 + 2)])
+def test_calibration_set_adds_centre_crops(tiny_dataset, n: int, expected: int) -> None:
+    from edgeseg.quantize import calibration_set
+
+    images = load_slices(tiny_dataset[0]).images
+    calib = calibration_set(images, n)
+    assert len(calib) == expected
+    assert sorted({im.shape for im in calib}) == [(64, 64), (160, 160), (394, 394)]
 
 
 # ----------------------------------------------------------------------------- the CLI
@@ -283,7 +298,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_export_writes_files_gates_and_prints_next_commands(tiny_checkpoint: Path,
                                                                  tmp_path: Path) -> None:
-    result = run_cli("export", str(tiny_checkpoint), "--out", str(tmp_path), "--fp16")
+    result = run_cli("export", str(tiny_checkpoint), "--out", str(tmp_path), "--fp16",
+                     "--slices", "2", "--size-slices", "1")
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"tiny.onnx", "tiny_fp16.onnx", "parity.json"}
     parity = json.loads((tmp_path / "parity.json").read_text())

@@ -1,0 +1,274 @@
+"""The speed work: what each ONNX Runtime CPU lever gives, every figure a ratio in one run.
+
+    pytest bench/bench_levers.py --benchmark-only [--benchmark-json levers.json]
+
+* ``levers-session-fp32``: the fp32 model at batch 1 under each session setting. Baseline:
+  the session ``edgeseg.runtime.create_session`` builds (ORT_ENABLE_ALL, default threads).
+  Variants: explicit/1 thread(s), lower optimisation levels, no NCHWc, no spinning, no
+  arena, no memory pattern, I/O binding with a preallocated output, fetching both outputs.
+* ``levers-int8``: int8 recipes, each quantised here from ``X.onnx`` on 32 demo training
+  slices (QDQ, MinMax, normalisation kept float, like ``edgeseg.quantize``), plus the
+  shipped ``X_int8.onnx``. Baseline: ORT fp32. Each records ΔmIoU against fp32 on the demo
+  test slices and the share of pixels whose label differs from fp32's (``extra_info``).
+
+The model is the shipped ``export/model.onnx`` or ``$EDGESEG_BENCH_MODEL``. This is a study,
+not a smoke test: plain ``pytest`` skips it. Quantised recipes are cached under
+``$EDGESEG_HOME/bench-int8/<model sha256>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg import SHIPPED_MODEL
+from edgeseg.backends import CpuLevers, cpu_session, ort_predict
+from edgeseg.measure import demo_test_set, synthetic_batch
+
+MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
+THREADS = int(os.environ.get("EDGESEG_BENCH_THREADS", os.cpu_count() or 1))
+SIZE, ROUNDS = 394, 15
+CALIB_SLICES = 32  # demo training slices for calibration, as edgeseg export uses
+
+
+@dataclass(frozen=True)
+class Int8Recipe:
+    """One way to quantise; the fields map onto onnxruntime's quantize_static."""
+
+    activations: str = "u8"  # u8 | s8
+    weights: str = "s8"  # u8 | s8
+    per_channel: bool = True  # one scale per output channel of each conv
+    reduce_range: bool = False  # 7-bit weights: avoids VPMADDUBSW saturation on AVX2 (no VNNI)
+    ops: tuple[str, ...] = ()  # op types to quantise; () = quantize_static's default set
+    upsample_as_conv: bool = False  # ConvTranspose 2x2/2 -> Conv 1x1 + DepthToSpace first
+
+
+SESSION_CASES = [
+    # id, levers, threads (None = onnxruntime's default: one pinned thread per physical core)
+    ("tuned (CpuLevers defaults)", CpuLevers(), None),
+    (f"threads={THREADS} explicit", CpuLevers(), THREADS),
+    ("threads=1", CpuLevers(), 1),
+    ("level=DISABLE_ALL", CpuLevers(level="ORT_DISABLE_ALL"), None),
+    ("level=BASIC", CpuLevers(level="ORT_ENABLE_BASIC"), None),
+    ("level=EXTENDED", CpuLevers(level="ORT_ENABLE_EXTENDED"), None),
+    ("ALL without NCHWc", CpuLevers(nchwc=False), None),
+    ("spinning off", CpuLevers(spinning=False), None),
+    ("arena off", CpuLevers(arena=False), None),
+    ("mem pattern off", CpuLevers(mem_pattern=False), None),
+    ("io binding, preallocated labels", CpuLevers(io_binding=True), None),
+    ("fetch logits and labels", CpuLevers(labels_only=False), None),
+]
+
+INT8_CASES = [
+    # id, recipe (None = the shipped X_int8.onnx), intra-op spinning
+    ("shipped X_int8.onnx", None, True),
+    ("u8s8 per-channel", Int8Recipe(), True),
+    ("u8s8 per-channel, spinning off", Int8Recipe(), False),
+    ("u8s8 per-channel reduce_range", Int8Recipe(reduce_range=True), True),
+    ("u8u8 per-channel", Int8Recipe(weights="u8"), True),
+    ("s8s8 per-channel", Int8Recipe(activations="s8"), True),
+    ("u8s8 per-tensor", Int8Recipe(per_channel=False), True),
+    ("u8s8 per-channel, Conv only", Int8Recipe(ops=("Conv",)), True),
+    ("u8s8 per-channel, no ConvTranspose", Int8Recipe(ops=("Conv", "Concat", "MaxPool")), True),
+    ("u8s8 per-channel, upsample as Conv+DepthToSpace", Int8Recipe(upsample_as_conv=True), True),
+    ("u8s8 per-channel, upsample as Conv+DepthToSpace, spinning off",
+     Int8Recipe(upsample_as_conv=True), False),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _study_only(request: pytest.FixtureRequest) -> None:
+    if request.config.getoption("benchmark_disable", False):
+        pytest.skip("a lever study, not a smoke test: run pytest bench/bench_levers.py"
+                    " --benchmark-only")
+    if not MODEL.is_file():
+        pytest.skip(f"{MODEL} not found: export the shipped model, or set EDGESEG_BENCH_MODEL")
+
+
+@pytest.fixture(scope="module")
+def runtime_default() -> Callable[[np.ndarray], np.ndarray]:
+    """The baseline: the fp32 session `edgeseg infer` gets from edgeseg.runtime today."""
+    from edgeseg.runtime import create_session
+
+    session, _ = create_session(MODEL, "cpu")
+    return lambda x: session.run(["labels"], {"image": x})[0]
+
+
+def _time(benchmark, paired, predict, baseline, group: str, **info) -> None:  # noqa: ANN001
+    """Time ``predict`` at batch 1, the baseline interleaved with every round (see conftest)."""
+    x = synthetic_batch(1, SIZE)
+    benchmark.group = group
+    benchmark.extra_info.update(items=1, unit="slices", baseline=predict is baseline,
+                                threads=THREADS, **info)
+    if predict is baseline:
+        predict(x)
+        benchmark.pedantic(predict, args=(x,), rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    else:
+        paired(benchmark, predict, baseline, (x,), ROUNDS)
+
+
+def test_runtime_default_session(benchmark, paired, runtime_default) -> None:  # noqa: ANN001
+    _time(benchmark, paired, runtime_default, runtime_default, "levers-session-fp32")
+
+
+@pytest.mark.parametrize("name,levers,threads", SESSION_CASES, ids=[c[0] for c in SESSION_CASES])
+def test_session_lever(benchmark, paired, runtime_default, name: str, levers: CpuLevers,  # noqa: ANN001
+                       threads: int | None) -> None:
+    predict = ort_predict(cpu_session(MODEL, threads or 0, levers), levers)
+    _time(benchmark, paired, predict, runtime_default, "levers-session-fp32",
+          levers=asdict(levers))
+
+
+# ----------------------------------------------------------------------------- int8 recipes
+
+
+def quantize_recipe(src: Path, dst: Path, recipe: Int8Recipe, calib: list[np.ndarray]) -> Path:
+    """Static QDQ int8 model of ``src`` by ``recipe`` (edgeseg.quantize's flow, parametrised)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgeseg.quantize import SliceReader, normalization_nodes
+
+    types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
+    pre = dst.with_suffix(".pre.onnx")
+    if recipe.upsample_as_conv:
+        rewritten = dst.with_suffix(".upsample.onnx")
+        onnx.save(upsample_as_conv(onnx.load(str(src))), str(rewritten))
+        _check_same_logits(src, rewritten, calib[0])
+        src = rewritten
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    quantize_static(
+        str(pre), str(dst), SliceReader(calib), quant_format=QuantFormat.QDQ,
+        activation_type=types[recipe.activations], weight_type=types[recipe.weights],
+        per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+        op_types_to_quantize=list(recipe.ops) or None,
+        nodes_to_exclude=normalization_nodes(onnx.load(str(pre))),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"CalibStridedMinMax": 1, "WeightSymmetric": True},
+    )
+    for temp in (pre, dst.with_suffix(".upsample.onnx")):
+        temp.unlink(missing_ok=True)
+    return dst
+
+
+def _check_same_logits(a: Path, b: Path, image: np.ndarray) -> None:
+    """The rewrite must not change the fp32 model: logits equal to 1e-4 at two sizes."""
+    import onnxruntime as ort
+
+    for crop in (image, image[:131, :97]):  # the slice and an odd, non-square crop
+        x = crop[None, None].astype(np.float32)
+        la, lb = (ort.InferenceSession(str(p)).run(["logits"], {"image": x})[0] for p in (a, b))
+        assert np.abs(la - lb).max() <= 1e-4 * max(1.0, np.abs(la).max()), "rewrite changed logits"
+
+
+def upsample_as_conv(proto):  # noqa: ANN001, ANN201  (onnx.ModelProto, imported lazily)
+    """Rewrite every ConvTranspose 2x2 stride 2 as Conv 1x1 (4x channels) + DepthToSpace(CRD).
+
+    Exact (the same products and sums): ``out[co, 2i+a, 2j+b] = sum_ci x[ci, i, j] W[ci, co,
+    a, b]`` is a 1x1 conv to channel ``4 co + 2 a + b`` followed by DepthToSpace. ORT has no
+    int8 ConvTranspose (onnxruntime#8988), so this lets the upsampling run as QLinearConv.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if not (node.op_type == "ConvTranspose" and node.input[1] in inits
+                and list(attrs.get("kernel_shape", [])) == [2, 2]
+                and list(attrs.get("strides", [])) == [2, 2] and not any(attrs.get("pads", []))
+                and attrs.get("group", 1) == 1 and not any(attrs.get("output_padding", []))):
+            nodes.append(node)
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])  # (Cin, Cout, 2, 2)
+        cin, cout = weight.shape[:2]
+        conv_w = weight.transpose(1, 2, 3, 0).reshape(cout * 4, cin, 1, 1)  # (co, a, b) x ci
+        names = [node.input[0], f"{node.input[1]}_1x1"]
+        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(conv_w), names[1]))
+        if len(node.input) > 2 and node.input[2]:
+            bias = np.repeat(numpy_helper.to_array(inits[node.input[2]]), 4)
+            names.append(f"{node.input[2]}_1x1")
+            graph.initializer.append(numpy_helper.from_array(bias, names[2]))
+        mid = f"{node.output[0]}_depth"
+        nodes.append(helper.make_node("Conv", names, [mid], f"{node.name}_1x1", kernel_shape=[1, 1]))
+        nodes.append(helper.make_node("DepthToSpace", [mid], list(node.output), f"{node.name}_d2s",
+                                      blocksize=2, mode="CRD"))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return proto
+
+
+class _Int8Study:
+    """Calibration and test slices, the fp32 reference labels, and the recipe cache."""
+
+    def __init__(self) -> None:
+        from edgeseg.data import build_demo, load_slices, split_indices
+
+        slices = load_slices(build_demo())
+        train, _ = split_indices(len(slices), "slabs")
+        picks = np.linspace(0, len(train) - 1, CALIB_SLICES).round().astype(int)
+        self.calib = [slices.images[train[i]] for i in picks]
+        self.test = demo_test_set()
+        sha = hashlib.sha256(MODEL.read_bytes()).hexdigest()[:16]
+        home = Path(os.environ.get("EDGESEG_HOME", Path.home() / ".cache" / "edgeseg"))
+        self.cache = home / "bench-int8" / sha
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.reference = self.labels(MODEL)
+        self.reference_miou = self.miou(self.reference)
+
+    def labels(self, path: Path) -> list[np.ndarray]:
+        predict = ort_predict(cpu_session(path, THREADS))
+        return [predict(img[None, None])[0] for img in self.test.images]
+
+    def miou(self, labels: list[np.ndarray]) -> float:
+        from edgeseg.metrics import evaluate_arrays
+
+        return float(evaluate_arrays(labels, self.test.masks, 3)["miou_fg"])
+
+    def model(self, recipe: Int8Recipe | None) -> Path:
+        if recipe is None:
+            return MODEL.with_name(f"{MODEL.stem}_int8.onnx")
+        key = hashlib.sha256(repr(asdict(recipe)).encode()).hexdigest()[:12]
+        path = self.cache / f"{key}.onnx"
+        if not path.is_file():
+            quantize_recipe(MODEL, path.with_suffix(".tmp.onnx"), recipe, self.calib)
+            os.replace(path.with_suffix(".tmp.onnx"), path)
+        return path
+
+
+@pytest.fixture(scope="module")
+def study() -> _Int8Study:
+    return _Int8Study()
+
+
+def test_int8_baseline_fp32(benchmark, paired, runtime_default, study: _Int8Study) -> None:  # noqa: ANN001
+    _time(benchmark, paired, runtime_default, runtime_default, "levers-int8",
+          miou_fg=study.reference_miou, delta_miou_pt=0.0, disagree_pct=0.0)
+
+
+@pytest.mark.parametrize("name,recipe,spinning", INT8_CASES, ids=[c[0] for c in INT8_CASES])
+def test_int8_recipe(benchmark, paired, runtime_default, study: _Int8Study, name: str,  # noqa: ANN001
+                     recipe: Int8Recipe | None, spinning: bool) -> None:
+    path = study.model(recipe)
+    if not path.is_file():
+        pytest.skip(f"{path} not found: run `edgeseg export --int8`")
+    labels = study.labels(path)
+    miou = study.miou(labels)
+    disagree = float(np.mean([np.mean(a != b) for a, b in zip(labels, study.reference,
+                                                               strict=True)]))
+    levers = replace(CpuLevers(), spinning=spinning)
+    _time(benchmark, paired, ort_predict(cpu_session(path, 0, levers), levers), runtime_default,
+          "levers-int8", miou_fg=miou, delta_miou_pt=100 * (miou - study.reference_miou),
+          disagree_pct=100 * disagree, recipe=asdict(recipe) if recipe else "shipped")
