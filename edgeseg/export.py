@@ -105,30 +105,15 @@ def output_paths(checkpoint: Path, out: Path | None = None) -> dict[str, Path]:
 
 
 def _export_module(model: torch.nn.Module) -> torch.nn.Module:
-    """Wrap the UNet so the graph returns ``(logits, labels)`` with labels = argmax as uint8.
-
-    The normalisation's means are taken over W, then over H: the same numbers (every row
-    has W pixels), but ORT's CPU ReduceMean sums in float32 one by one, and one mean over
-    155k raw intensities had a 1.2e-4 relative error in the variance (8e-4 in the
-    normalised image, 5e-4 in the logits); two means of ~400 values each are exact enough.
-    """
+    """Wrap the UNet so the graph returns ``(logits, labels)`` with labels = argmax as uint8."""
     import copy
 
     import torch
-
-    from edgeseg.model import NORM_EPS
-
-    class TwoStageNormalize(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> same
-            mean = x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
-            var = (x - mean).square().mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
-            return (x - mean) / torch.sqrt(var + NORM_EPS)
 
     class WithLabels(torch.nn.Module):
         def __init__(self, net: torch.nn.Module) -> None:
             super().__init__()
             self.net = copy.deepcopy(net)
-            self.net.normalize = TwoStageNormalize()
 
         def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = self.net(image)  # (N, C, H, W)
@@ -192,6 +177,7 @@ def model_metadata(
 
     config = ModelConfig(**ckpt["model_config"])
     miou = (ckpt.get("metrics") or {}).get("miou_fg")
+    spacing = (ckpt.get("data") or {}).get("pixel_spacing_mm")
     return {
         "edgeseg.format": FORMAT,
         "edgeseg.version": __version__,
@@ -208,6 +194,8 @@ def model_metadata(
         "edgeseg.train_miou_fg": "" if miou is None else repr(float(miou)),
         "edgeseg.checkpoint_sha256": checkpoint_sha256,
         "edgeseg.opset": str(opset),
+        # In-plane mm per pixel of the training slices; infer resamples scans to it ("" = unknown).
+        "edgeseg.pixel_spacing_mm": "" if spacing is None else repr(float(spacing)),
     }
 
 

@@ -304,7 +304,10 @@ def default_trt_options(
         "trt_engine_cache_path": str(cache),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(cache),
-        "trt_fp16_enable": info.precision == "fp16",
+        # Off even for fp16 models: their fp16 layers are explicit in the graph, and the FP16
+        # builder flag would let TensorRT also run the fp32 normalisation (sums of raw
+        # intensities) in fp16, which overflows. Unverified on a GPU here.
+        "trt_fp16_enable": False,
         # int8 models are QDQ: explicit scales in the graph, never a calibration table.
         "trt_int8_enable": info.precision == "int8",
     }
