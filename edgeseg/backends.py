@@ -32,15 +32,19 @@ class Runner:
     create_s: float  # seconds to load, optimise and compile
 @dataclass(frozen=True)
 class CpuLevers:
-    """ONNX Runtime CPU session settings; the defaults are the fastest measured here."""
+    """ONNX Runtime CPU session settings; defaults = what measured best (bench/PERFORMANCE.md).
 
-    level: str = "ORT_ENABLE_ALL"  # graph optimisation level; NCHWc runs only at ENABLE_ALL
-    nchwc: bool = True  # NCHWc blocked-layout transformer (AVX2: 8-channel blocks)
-    spinning: bool = True  # intra-op threads spin between ops (off when sharing with torch)
-    arena: bool = True  # CPU memory arena
-    mem_pattern: bool = True  # pre-planned activation buffers
-    labels_only: bool = True  # fetch only `labels`: logits are never copied out
-    io_binding: bool = False  # bind input/output buffers once per shape (measured: no gain)
+    Ratios are fp32 batch-1 speed against edgeseg.runtime's session, interleaved in one run
+    (``pytest bench/bench_levers.py --benchmark-only``) on the shared 2-core AVX2 box.
+    """
+
+    level: str = "ORT_ENABLE_ALL"  # BASIC/EXTENDED/DISABLE_ALL: 0.83-0.89x
+    nchwc: bool = True  # NCHWc blocked layout (only at ENABLE_ALL); without it 0.84x
+    spinning: bool = False  # off: 1.07x fp32, 1.02x int8 with the cores shared; less CPU burnt
+    arena: bool = True  # off: 0.88x
+    mem_pattern: bool = False  # off: 1.04x, and peak RSS -14 MB fp32 / -28 MB int8
+    labels_only: bool = True  # fetch `labels` only; fetching logits too: no measurable cost
+    io_binding: bool = False  # preallocated, bound output: 0.99x, no gain
 
 
 def cpu_session(path: Path, threads: int, levers: CpuLevers = CpuLevers()) -> Any:

@@ -88,7 +88,9 @@ def evaluate_cmd(
 
 @data_app.command("demo")
 def data_demo_cmd(
-    out: Annotated[Path | None, typer.Option("--out", help="Dataset folder; default ~/.cache/edgeseg/demo-mni152 ($EDGESEG_HOME).")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Dataset folder; default ~/.cache/edgeseg/demo-mni152.")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild even if a matching set is cached.")] = False,
 ) -> None:
     """Build the real-MRI demo set (MNI152 template from nilearn, offline) in the tutorial layout."""
