@@ -4,8 +4,9 @@
 
 Groups (each one's baseline is PyTorch eager, the tutorial's way, measured in the same run):
 
-* ``latency-b1-394``: one 394x394 slice per call (the interventional case); eager also runs
-  before every timed round of the others, so the "paired" ratio is taken under the same load;
+* ``latency-b1-394``: one 394x394 slice per call (the interventional case). Not paired with
+  eager (bench/conftest.py ``paired``): eager's OpenMP threads, still spinning after each
+  call, slowed OpenVINO's next round by 2x in a trial, which would flatter ONNX Runtime;
 * ``throughput-b8-394`` and ``throughput-b32-394``: batched slices (clinical volumes);
 * ``volume-200-nifti``: a 200-slice NIfTI end to end through the real ``edgeseg infer`` CLI
   (interpreter start, reading, inference, writing) against the tutorial-style eager loop.
@@ -80,22 +81,15 @@ def runner_for(name: str, provider: str, precision: str) -> Runner:
 @pytest.mark.parametrize("group,batch,rounds", WORKLOADS, ids=[w[0] for w in WORKLOADS])
 @pytest.mark.parametrize("name,provider,precision", [
     pytest.param(n, p, q, marks=m, id=n) for n, p, q, m in BACKENDS])
-def test_inference(benchmark, paired, name: str, provider: str, precision: str, group: str,  # noqa: ANN001
-                   batch: int, rounds: int) -> None:
+def test_inference(benchmark, name: str, provider: str, precision: str, group: str, batch: int,
+                   rounds: int) -> None:
     runner = runner_for(name, provider, precision)
     size = SMOKE if benchmark.disabled else FULL
     x = synthetic_batch(batch if not benchmark.disabled else 1, size)
     runner.predict(x)  # warm-up at this shape: ORT/OpenVINO plan memory per shape
     benchmark.group = group
-    baseline = provider == "torch"
-    benchmark.extra_info.update(items=x.shape[0], unit="slices", baseline=baseline,
+    benchmark.extra_info.update(items=x.shape[0], unit="slices", baseline=provider == "torch",
                                 backend=runner.backend, threads=THREADS)
-    eager = Target("pytorch-eager", "torch")
-    if batch == 1 and not baseline and why_not_here(eager, model_file(MODEL, eager)) is None:
-        # latency: eager runs before every timed round too, a ratio under the same load
-        eager_predict = runner_for("pytorch-eager", "torch", "fp32").predict
-        paired(benchmark, runner.predict, eager_predict, (x,), rounds)
-        return
     benchmark.pedantic(runner.predict, args=(x,), rounds=1 if benchmark.disabled else rounds,
                        warmup_rounds=0 if benchmark.disabled else 2, iterations=1)
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.bench_report import compare, jsonable, machine_info, noise_warnings
 from edgeseg.errors import EdgesegError
 from edgeseg.measure import (
     EvalSet,
@@ -214,8 +215,8 @@ def why_not_here(target: Target, path: Path) -> str | None:
 
         try:
             resolve_providers(target.provider)
-        except EdgesegError as exc:
-            return str(exc)
+        except EdgesegError as exc:  # keep the reason, drop edgeseg infer's --provider advice
+            return str(exc).split("; use --provider")[0]
         return None
     module = {"openvino": "openvino", "torch": "torch"}.get(target.provider)
     if module:
@@ -357,28 +358,6 @@ class BenchReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def machine_info() -> dict[str, Any]:
-    """CPU, cores, architecture, load average and runtime versions (no heavy imports)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                       cpu)
-    except OSError:
-        pass
-    versions = {}
-    for dist in ("onnxruntime-gpu", "onnxruntime", "openvino", "torch", "numpy"):
-        try:
-            versions[dist] = version(dist)
-        except PackageNotFoundError:
-            continue
-    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
-            "load_avg_start": [round(v, 2) for v in load], "versions": versions}
-
-
 def run_bench(model: Path, target: str = "all", config: BenchConfig | None = None,
               log: Callable[[str], None] | None = None) -> BenchReport:
     """Benchmark ``model`` (and its fp16/int8/.pt siblings) on one target or all.
@@ -399,7 +378,7 @@ def run_bench(model: Path, target: str = "all", config: BenchConfig | None = Non
     model = Path(model)
     read_model_info(model)  # a clear error for a missing or foreign file, before any work
     chosen = select_targets(load_targets(config.targets_file), target)
-    report = BenchReport(str(model), machine_info(), _jsonable(asdict(config)), [])
+    report = BenchReport(str(model), machine_info(), jsonable(asdict(config)), [])
     ctx = _Context(model, config, CpuLevers())
     for t in chosen:
         if log:
@@ -413,46 +392,6 @@ def run_bench(model: Path, target: str = "all", config: BenchConfig | None = Non
     report.ratios = compare(report.results, {t.name: t for t in chosen})
     report.warnings = noise_warnings(report.results, config.cv_warn, report.machine)
     return report
-
-
-def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]:
-    """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO at batch 1."""
-    ok = [r for r in results if r.status == "ok" and r.batch == 1]
-    ours = [r for r in ok if r.provider == "cpu" and not targets[r.target].reference]
-    if not ours:
-        return {}
-    best = min(ours, key=lambda r: r.latency_ms["p50"])
-    out: dict[str, Any] = {"best_cpu": best.target, "best_p50_ms": best.latency_ms["p50"]}
-    for key, provider in (("vs_eager", "torch"), ("vs_openvino", "openvino")):
-        peer = next((r for r in ok if r.provider == provider and r.precision == "fp32"), None)
-        if peer:
-            out[key] = best.latency_ms["p50"] / peer.latency_ms["p50"]
-    fp32 = next((r for r in ok if r.provider == "cpu" and r.precision == "fp32"), None)
-    if fp32 and fp32.miou_fg is not None and best.miou_fg is not None:
-        out["delta_miou_pt"] = 100 * (best.miou_fg - fp32.miou_fg)
-    if fp32 and fp32.peak_pct is not None:
-        out["fp32_peak_pct"] = fp32.peak_pct
-    out["best_rss_mb"] = best.rss_mb
-    return out
-
-
-def noise_warnings(results: list[Result], cv_warn: float, machine: dict[str, Any]) -> list[str]:
-    """One warning per target whose latencies vary more than ``cv_warn``."""
-    load = machine.get("load_avg_end", [0.0])[0]
-    return [
-        f"{r.target}: latency CV {100 * r.cv:.0f}% (load average {load:.1f} on"
-        f" {machine['cores']} cores): the machine is noisy; rerun when idle before quoting it"
-        for r in results if r.cv is not None and r.cv > cv_warn
-    ]
-
-
-def _jsonable(obj: Any) -> Any:
-    """Paths to strings, recursively, for the JSON report."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return str(obj) if isinstance(obj, Path) else obj
 
 
 def bench(model: Path | None = None, target: str = "all", config: BenchConfig | None = None,
@@ -481,7 +420,7 @@ def bench(model: Path | None = None, target: str = "all", config: BenchConfig | 
     report = run_bench(model, target, config, log=lambda m: err.print(m, highlight=False))
     print_report(report, Console(width=max(Console().width, 200)))
     if json_path:
-        write_text_atomic(json_path, json.dumps(_jsonable(asdict(report)), indent=2) + "\n")
+        write_text_atomic(json_path, json.dumps(jsonable(asdict(report)), indent=2) + "\n")
     if markdown_path:
         write_text_atomic(markdown_path, to_markdown(report))
     return report

@@ -2,19 +2,20 @@
 
 One row per target (:class:`edgeseg.bench.Result`) in :data:`HEADER` order, then notes:
 why targets were skipped, the machine and its matmul peak, the ratios against the peers
-measured in the same run, and noise warnings.
+measured in the same run (:func:`compare`), and noise warnings (:func:`noise_warnings`).
 """
 
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import EdgesegError
 
 if TYPE_CHECKING:
-    from edgeseg.bench import BenchReport
+    from edgeseg.bench import BenchReport, Result, Target
 
 
 STATUS = {"ok": "✅", "fail": "❌", "skip": "skip"}
@@ -123,3 +124,64 @@ def write_text_atomic(path: Path, text: str) -> Path:
             os.unlink(tmp)
     return path
 
+
+def machine_info() -> dict[str, Any]:
+    """CPU, cores, architecture, load average and runtime versions (no heavy imports)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    versions = {}
+    for dist in ("onnxruntime-gpu", "onnxruntime", "openvino", "torch", "numpy"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
+            "load_avg_start": [round(v, 2) for v in load], "versions": versions}
+
+
+def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]:
+    """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO at batch 1."""
+    ok = [r for r in results if r.status == "ok" and r.batch == 1]
+    ours = [r for r in ok if r.provider == "cpu" and not targets[r.target].reference]
+    if not ours:
+        return {}
+    best = min(ours, key=lambda r: r.latency_ms["p50"])
+    out: dict[str, Any] = {"best_cpu": best.target, "best_p50_ms": best.latency_ms["p50"]}
+    for key, provider in (("vs_eager", "torch"), ("vs_openvino", "openvino")):
+        peer = next((r for r in ok if r.provider == provider and r.precision == "fp32"), None)
+        if peer:
+            out[key] = best.latency_ms["p50"] / peer.latency_ms["p50"]
+    fp32 = next((r for r in ok if r.provider == "cpu" and r.precision == "fp32"), None)
+    if fp32 and fp32.miou_fg is not None and best.miou_fg is not None:
+        out["delta_miou_pt"] = 100 * (best.miou_fg - fp32.miou_fg)
+    if fp32 and fp32.peak_pct is not None:
+        out["fp32_peak_pct"] = fp32.peak_pct
+    out["best_rss_mb"] = best.rss_mb
+    return out
+
+
+def noise_warnings(results: list[Result], cv_warn: float, machine: dict[str, Any]) -> list[str]:
+    """One warning per target whose latencies vary more than ``cv_warn``."""
+    load = machine.get("load_avg_end", [0.0])[0]
+    return [
+        f"{r.target}: latency CV {100 * r.cv:.0f}% (load average {load:.1f} on"
+        f" {machine['cores']} cores): the machine is noisy; rerun when idle before quoting it"
+        for r in results if r.cv is not None and r.cv > cv_warn
+    ]
+
+
+def jsonable(obj: Any) -> Any:
+    """Paths to strings, recursively, for the JSON report."""
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [jsonable(v) for v in obj]
+    return str(obj) if isinstance(obj, Path) else obj
