@@ -106,22 +106,13 @@ def to_markdown(report: BenchReport) -> str:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    import tempfile
+    from edgeseg.outputs import atomic_write
 
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
     except OSError as exc:
-        raise EdgesegError(f"{path}: cannot write the report here ({exc}); pick another path") \
-            from None
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        raise EdgesegError(f"{path}: cannot write the report here ({exc}); pick another path") from None
     return path
 
 

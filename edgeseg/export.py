@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import EdgesegError
+from edgeseg.outputs import atomic_write
 
 if TYPE_CHECKING:
     import onnx
@@ -219,15 +219,7 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
     except Exception as exc:
         raise EdgesegError(f"{path}: the exported graph fails onnx.checker ({exc})") from exc
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(proto, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
     return path
 
 

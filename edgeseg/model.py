@@ -14,8 +14,6 @@ for 1 input channel and 3 classes). Two things differ:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseg.errors import EdgesegError
+from edgeseg.outputs import atomic_write
 
 MIN_SIZE = 16  # three 2x poolings need at least 2 pixels at the bottom level
 NORM_EPS = 1e-6  # keeps a constant (all-zero) slice finite after normalisation
@@ -187,19 +186,7 @@ def save_checkpoint(path: Path, model: UNet, **extra: Any) -> None:
         "model_config": _config_to_dict(model.config),
         **extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would make checkpoints owner-only
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:

@@ -22,8 +22,6 @@ activation error and the largest activation against float16's 65504 limit.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.outputs import atomic_write
 
 if TYPE_CHECKING:
 
@@ -157,16 +156,7 @@ class ParityReport:
 def write_json(path: Path, obj: Any) -> Path:
     """Atomic JSON write (temp file in the same folder + rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
     return path
 
 

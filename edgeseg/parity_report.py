@@ -146,7 +146,8 @@ def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: li
         " tissue probability maps (see its provenance.json for the licence notice and"
         f" citations). Held out: {next(iter(formats.values()))['slices']} slices in contiguous"
         " slabs, with gaps either side, never seen in training.",
-        f"Checkpoint SHA-256 `{parity['checkpoint_sha256']}`, epoch {ckpt.get('epoch', '?')}.", "",
+        f"Checkpoint SHA-256 `{parity['checkpoint_sha256']}`, best of"
+        f" {len(ckpt.get('history') or []) or '?'} epochs: epoch {int(ckpt.get('epoch', -2)) + 1}.", "",
         "## Recipe", "", "| setting | value |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in train.items() if k not in ("data", "runs_dir", "name")], "",
         "## Reproduce every file", "", "```", *commands, "```", "",

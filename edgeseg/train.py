@@ -27,6 +27,7 @@ from edgeseg.data import Slices, build_demo, load_slices, make_train_dataset, re
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import ModelConfig, UNet, load_checkpoint, save_checkpoint
+from edgeseg.outputs import atomic_write
 
 
 @dataclass
@@ -399,20 +400,20 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def _write_history(run_dir: Path, history: list[EpochRecord]) -> None:
     rows = [asdict(r) for r in history]
     _write_json(run_dir / "history.json", rows)
-    tmp = run_dir / ".history.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(run_dir / "history.csv")
+
+    def write_csv(tmp: Path) -> None:
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(run_dir / "history.csv", write_csv)
 
 
 # ----------------------------------------------------------------------------- figures
