@@ -4,7 +4,7 @@ Every backend becomes a :class:`Runner` whose ``predict`` maps float32 raw inten
 ``(N, 1, H, W)`` to uint8 labels ``(N, H, W)`` and which reports what really runs it.
 :class:`CpuLevers` holds the ONNX Runtime CPU session settings measured in
 ``bench/bench_levers.py``; its defaults are the fastest measured on the 2-core AVX2 box
-(see ``bench/PERFORMANCE.md``), written so that ``edgeseg.runtime`` can adopt them.
+(see the README's Performance section), written so that ``edgeseg.runtime`` can adopt them.
 
 Imports numpy only; onnxruntime, openvino and torch are imported by the backend that
 needs them, so an ONNX Runtime process built from here never loads torch.
@@ -32,7 +32,7 @@ class Runner:
     create_s: float  # seconds to load, optimise and compile
 @dataclass(frozen=True)
 class CpuLevers:
-    """ONNX Runtime CPU session settings; defaults = what measured best (bench/PERFORMANCE.md).
+    """ONNX Runtime CPU session settings; defaults = what measured best (README, Performance).
 
     Ratios are fp32 batch-1 speed against edgeseg.runtime's session, interleaved in one run
     (``pytest bench/bench_levers.py --benchmark-only``) on the shared 2-core AVX2 box.
@@ -48,7 +48,7 @@ class CpuLevers:
 
 
 def cpu_session(path: Path, threads: int, levers: CpuLevers = CpuLevers()) -> Any:
-    """An ORT CPU session built with ``levers`` (see bench/PERFORMANCE.md for what each gave)."""
+    """An ORT CPU session built with ``levers`` (see the README's Performance section for what each gave)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
