@@ -51,6 +51,9 @@ def train_cmd(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="(Peak) learning rate.")] = None,
     patch: Annotated[int | None, typer.Option(help="Random-crop size; 0 trains on whole slices.")] = None,
+    patches_per_slice: Annotated[
+        int | None, typer.Option("--patches-per-slice", min=1, help="Crops per training slice per epoch.")
+    ] = None,
     split: Annotated[Split | None, typer.Option(help="Held-out slabs, or the tutorial's last 100.")] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights, shuffling, augmentation.")] = None,
@@ -67,7 +70,7 @@ def train_cmd(
 
     overrides = dict(
         data=str(data) if data else None, epochs=epochs, batch_size=batch_size, lr=lr,
-        patch=patch, split=split.value if split else None, augment=augment, seed=seed,
+        patch=patch, patches_per_slice=patches_per_slice, split=split.value if split else None, augment=augment, seed=seed,
         device=device, name=name, runs_dir=str(runs_dir) if runs_dir else None,
         pixel_spacing_mm=pixel_spacing,
     )

@@ -163,3 +163,15 @@ def test_kill_mid_training_then_resume_finishes(tiny_data: Path, tmp_path: Path)
     history = json.loads((tmp_path / "runs" / "k" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[: len(done)] == done  # finished epochs are kept, not redone
+
+
+def test_cli_tutorial_preset_runs_the_tutorial_recipe(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "d", n=108, size=32)
+    r = _cli("train", "--preset", "tutorial", "--data", str(data), "--epochs", "1", "--name", "tut", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "tut"
+    config = json.loads((run / "config.json").read_text())
+    assert (config["loss"], config["lr"], config["batch_size"], config["split"]) == ("bce", 3e-4, 16, "tutorial")
+    assert config["patch"] is None and not config["augment"]
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    assert ckpt["data"]["test_keys"] == [f"{i:03d}" for i in range(8, 108)]  # the last 100 in sorted order
