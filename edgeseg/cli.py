@@ -70,7 +70,8 @@ def train_cmd(
 
     overrides = dict(
         data=str(data) if data else None, epochs=epochs, batch_size=batch_size, lr=lr,
-        patch=patch, patches_per_slice=patches_per_slice, split=split.value if split else None, augment=augment, seed=seed,
+        patch=patch, patches_per_slice=patches_per_slice, split=split.value if split else None,
+        augment=augment, seed=seed,
         device=device, name=name, runs_dir=str(runs_dir) if runs_dir else None,
         pixel_spacing_mm=pixel_spacing,
     )
