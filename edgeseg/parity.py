@@ -148,9 +148,33 @@ class ParityReport:
             **self.extra,
         }
 
-    def write(self, path: Path) -> Path:
-        """Atomically write :meth:`to_json` to ``path``."""
-        return write_json(path, self.to_json())
+    def write(self, path: Path, merge: bool = False) -> Path:
+        """Atomically write :meth:`to_json` to ``path``.
+
+        With ``merge``, an existing parity.json of the same checkpoint keeps what this report
+        does not redo (other models' rows, the export's calibration and per-file scores): a
+        standalone ``edgeseg validate`` of one file never erases the record of the others.
+        """
+        record = self.to_json()
+        old = _read_json(path) if merge else None
+        if old and old.get("format") == FORMAT and old.get("checkpoint_sha256") == self.checkpoint_sha256:
+            redone = {r["model"] for r in record["rows"]}
+            rows = [r for r in old.get("rows", []) if r.get("model") not in redone] + record["rows"]
+            refs = {**old.get("reference_evaluator", {}), **record["reference_evaluator"]}
+            failures = [f"{r['model']} {r['provider']} {r['size']}: {f}" for r in rows for f in r["failures"]]
+            failures += [f"{m}: {v['failure']}" for m, v in refs.items() if v.get("failure")]
+            fresh = {k: v for k, v in record.items() if v not in ({}, [], None, "")}
+            record = {**old, **fresh, "rows": rows, "reference_evaluator": refs,
+                      "failures": failures, "passed": bool(rows) and not failures}
+        return write_json(path, record)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_json(path: Path, obj: Any) -> Path:

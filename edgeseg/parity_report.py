@@ -83,7 +83,7 @@ def run_validate(
     console = wide_console()
     report = validate(list(models), ckpt, data, config)
     print_report(console, report)
-    out = report.write(json_path or Path(models[0]).with_name("parity.json"))
+    out = report.write(json_path or Path(models[0]).with_name("parity.json"), merge=True)
     if not report.passed:
         raise EdgesegError(f"{models[0]}: parity gate failed: {'; '.join(report.failures)} (see {out})")
     console.print(f"[green]all gates passed[/] -> {out}")

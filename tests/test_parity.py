@@ -160,3 +160,19 @@ def test_cli_validate_exit_codes(tiny_onnx: Path, tiny_checkpoint: Path, tmp_pat
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert "parity gate failed" in bad.stderr and "max|Δlogit|" in bad.stderr
     assert not json.loads((tmp_path / "parity.json").read_text())["passed"]  # written anyway
+
+
+def test_validating_one_file_keeps_the_record_of_the_others(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A standalone validate merges into the export's parity.json instead of erasing it."""
+    report = validate(tiny_onnx, config=SMALL)
+    path = tmp_path / "parity.json"
+    export_record = {**report.to_json(), "formats": {"fp32": {"file": "x"}}}
+    export_record["rows"] += [{**export_record["rows"][0], "model": "other_int8.onnx", "failures": []}]
+    path.write_text(json.dumps(export_record))
+    merged = json.loads(report.write(path, merge=True).read_text())
+    assert merged["formats"] == {"fp32": {"file": "x"}}  # the export's per-file scores stay
+    assert sorted({r["model"] for r in merged["rows"]}) == sorted({tiny_onnx.name, "other_int8.onnx"})
+    assert len(merged["rows"]) == len(report.rows) + 1 and merged["passed"]
+    broken = {**export_record, "checkpoint_sha256": "0" * 64}  # another checkpoint: replaced whole
+    path.write_text(json.dumps(broken))
+    assert "formats" not in json.loads(report.write(path, merge=True).read_text())
