@@ -9,7 +9,6 @@ to 0.5 mm and padded to 394x394. No network; cached; built in seconds:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.outputs import sha256_file
 
 DEMO_FORMAT = "edgeseg-demo"
 DEMO_FORMAT_VERSION = 1  # bump when the files written change for the same parameters
@@ -90,14 +90,6 @@ def _demo_sources() -> dict[str, Path]:
             raise EdgesegError(f"{path}: MNI152 template missing from nilearn; reinstall nilearn")
     return paths
 
-
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _upsample2(a: np.ndarray, axis: int) -> np.ndarray:
@@ -300,7 +292,7 @@ def build_demo(
     out = Path(out).expanduser() if out is not None else default_demo_dir()
     config = config or DemoConfig()
     sources = _demo_sources()
-    identity = _demo_identity(config, {name: _sha256(p) for name, p in sources.items()})
+    identity = _demo_identity(config, {name: sha256_file(p) for name, p in sources.items()})
     if not force and _cache_hit(out, identity):
         return out
     _check_target(out)

@@ -20,7 +20,6 @@ gate raises EdgesegError naming the check (the files stay for inspection).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tempfile
 import warnings
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write
+from edgeseg.outputs import atomic_write, sha256_file  # noqa: F401  (sha256_file re-exported)
 
 if TYPE_CHECKING:
     import onnx
@@ -82,13 +81,6 @@ class ExportReport:
 # ----------------------------------------------------------------------------- fp32
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def output_paths(checkpoint: Path, out: Path | None = None) -> dict[str, Path]:

@@ -11,6 +11,7 @@ Output paths are checked to stay inside ``--out``.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 from collections.abc import Callable
@@ -43,6 +44,15 @@ def safe_output_path(out: Path, rel: Path) -> Path:
             f"{target}: resolves to {target.resolve()}, outside --out {root}; refusing to write"
         )
     return target
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
