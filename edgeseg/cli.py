@@ -200,6 +200,8 @@ def export_cmd(
     data: DataOpt = None,
     opset: Annotated[int, typer.Option(min=17, help="ONNX opset.")] = 20,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="onnxslim, if dims stay dynamic.")] = True,
+    fuse: Annotated[bool, typer.Option(
+        "--fuse/--no-fuse", help="Fold BatchNorm and split the decoder concat (same function, faster).")] = True,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Parity gate after export.")] = True,
     slices: Annotated[int, typer.Option(min=1, help="Held-out slices compared at 394x394.")] = 8,
     size_slices: Annotated[int, typer.Option("--size-slices", min=1, help="Slices at each other size.")] = 4,
@@ -208,7 +210,7 @@ def export_cmd(
     from edgeseg.export import ExportConfig, run_export
 
     config = ExportConfig(
-        out=out, fp16=fp16, int8=int8, trt=trt, opset=opset, simplify=simplify, calib=calib,
+        out=out, fp16=fp16, int8=int8, trt=trt, opset=opset, simplify=simplify, fuse=fuse, calib=calib,
         calib_method=calib_method.value, trt_min=trt_min, trt_opt=trt_opt, trt_max=trt_max,
         data=data, validate=validate, slices=slices, size_slices=size_slices,
     )

@@ -55,6 +55,7 @@ class ExportConfig:
     trt: bool = False  # also build a TensorRT engine (needs an NVIDIA GPU and tensorrt)
     opset: int = DEFAULT_OPSET  # ONNX opset of the exported graph
     simplify: bool = True  # onnxslim, kept only if N/H/W stay symbolic and the pads dynamic
+    fuse: bool = True  # export model.inference_form: BN folded, decoder concat split (~5 % faster)
     calib: int = 32  # training slices used to calibrate int8
     calib_method: str = "auto"  # auto | minmax | entropy | percentile (auto: best ΔmIoU)
     trt_min: str = "1x16x16"  # TensorRT profile minimum, NxHxW
@@ -217,7 +218,7 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
 
 def export_onnx(
     checkpoint: Path, out_path: Path | None = None, opset: int = DEFAULT_OPSET,
-    simplify: bool = True,
+    simplify: bool = True, fuse: bool = True,
 ) -> Path:
     """Export a checkpoint to the fp32 ``edgeseg-onnx-v1`` file.
 
@@ -226,18 +227,21 @@ def export_onnx(
         out_path: the ``.onnx`` to write; default ``X.onnx`` next to ``X.pt``.
         opset: ONNX opset (>= 17).
         simplify: run onnxslim when it keeps the dims symbolic and the pads dynamic.
+        fuse: export :func:`edgeseg.model.inference_form` (BatchNorm folded, each decoder
+            concat split into two convs and an Add): the same function, no concatenated
+            tensor; ORT CPU ran it ~5 % faster in fp32 and ~3 % in int8 at 394x394.
 
     Returns:
         The written path.
     """
-    from edgeseg.model import load_checkpoint
+    from edgeseg.model import inference_form, load_checkpoint
 
     checkpoint = Path(checkpoint)
     if opset < 17:
         raise EdgesegError(f"opset {opset}: edgeseg exports need opset >= 17")
     out_path = Path(out_path) if out_path else output_paths(checkpoint)["fp32"]
     model, ckpt = load_checkpoint(checkpoint)
-    proto = _to_onnx(model, opset, model.config.min_size)
+    proto = _to_onnx(inference_form(model) if fuse else model, opset, model.config.min_size)
     if simplify:
         proto = _simplify(proto)
     set_metadata(proto, model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)))
@@ -267,7 +271,8 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
     paths = output_paths(checkpoint, config.out)
     report = ExportReport(checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"],
-                                                           config.opset, config.simplify)})
+                                                           config.opset, config.simplify,
+                                                           config.fuse)})
     model, ckpt = load_checkpoint(checkpoint)
     data = load_eval_data(ckpt, config.data) if (config.int8 or config.validate) else None
     if config.fp16:

@@ -14,6 +14,7 @@ for 1 input channel and 3 classes). Two things differ:
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,52 @@ class Up(nn.Module):
         self.conv = DoubleConv(2 * out_ch, out_ch)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        up = self.up(x)  # (N, out, 2h, 2w); the skip is (N, out, H, W) with H in {2h, 2h+1}
-        # Sizes stay tensors/SymInts (never int()) so the exported pad is computed at run time.
-        dh = skip.size(2) - up.size(2)
-        dw = skip.size(3) - up.size(3)
-        up = F.pad(up, (dw, 0, dh, 0))  # F.pad takes the last axis (W) first
+        up = pad_to(self.up(x), skip)
         return self.conv(torch.cat([skip, up], dim=1))
+
+
+def pad_to(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    """Pad ``up`` (N, C, 2h, 2w) left/top to the skip's (H, W), H in {2h, 2h+1}, each on its own axis."""
+    # Sizes stay tensors/SymInts (never int()) so the exported pad is computed at run time.
+    dh = skip.size(2) - up.size(2)
+    dw = skip.size(3) - up.size(3)
+    return F.pad(up, (dw, 0, dh, 0))  # F.pad takes the last axis (W) first
+
+
+def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias of ``bn(conv(x))`` as one conv (eval-mode BatchNorm)."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    return conv.weight * scale[:, None, None, None], (bias - bn.running_mean) * scale + bn.bias
+
+
+class FusedUp(nn.Module):
+    """An eval-mode :class:`Up` with BatchNorm folded and the concat split away.
+
+    ``conv(cat[skip, up]) == conv_skip(skip) + conv_up(up)`` with the kernel split along its
+    input channels, so the concatenated tensor is never built (nor reordered in and out of
+    ONNX Runtime's blocked NCHWc layout, which fuses the Add and ReLU into the conv). The same
+    function in real arithmetic; float32 rounding differs in the last bits.
+    """
+
+    def __init__(self, up: Up) -> None:
+        super().__init__()
+        conv1, bn1, _, conv2, bn2, _ = up.conv.block
+        ch = up.up.out_channels
+        weight, bias = _fold_bn(conv1, bn1)
+        self.up = up.up
+        self.conv_skip = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv_up = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.conv_out = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv_skip.weight.copy_(weight[:, :ch])  # torch.cat put the skip first
+        self.conv_skip.bias.copy_(bias)
+        self.conv_up.weight.copy_(weight[:, ch:])
+        self.conv_out.weight.copy_(_fold_bn(conv2, bn2)[0])
+        self.conv_out.bias.copy_(_fold_bn(conv2, bn2)[1])
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = pad_to(self.up(x), skip)
+        return torch.relu(self.conv_out(torch.relu(self.conv_skip(skip) + self.conv_up(up))))
 
 
 class UNet(nn.Module):
@@ -151,6 +192,14 @@ class UNet(nn.Module):
         for up in self.ups:
             x = up(x, skips.pop())
         return self.head(x)
+
+
+def inference_form(model: UNet) -> UNet:
+    """A copy of ``model`` in eval mode with every decoder block a :class:`FusedUp` (for export)."""
+    fused = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        fused.ups = nn.ModuleList(FusedUp(up) for up in fused.ups)
+    return fused
 
 
 def check_input_shape(shape: tuple[int, ...], config: ModelConfig) -> None:

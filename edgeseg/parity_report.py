@@ -173,8 +173,22 @@ def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: li
     return "\n".join(lines)
 
 
-def write_model_card(folder: Path, checkpoint: Path, commands: list[str], data: EvalData) -> Path:
-    """Score every ONNX file in ``folder``, add the scores to its parity.json, write README.md."""
+SHIPPED_RECIPE = [  # how export/ is made; the last line is what regenerates this card
+    "edgeseg train --name default            # 8 epochs on the demo set; runs/default/best.pt",
+    "cp runs/default/best.pt export/model.pt",
+    "edgeseg export export/model.pt --out export --fp16 --int8",
+    "python -c 'from pathlib import Path; from edgeseg.model import load_checkpoint;"
+    " from edgeseg.parity import load_eval_data; from edgeseg.parity_report import write_model_card;"
+    " c = load_checkpoint(Path(\"export/model.pt\"))[1];"
+    " write_model_card(Path(\"export\"), Path(\"export/model.pt\"), None, load_eval_data(c))'",
+]
+
+
+def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None, data: EvalData) -> Path:
+    """Score every ONNX file in ``folder``, add the scores to its parity.json, write README.md.
+
+    ``commands`` go under "Reproduce every file"; None = :data:`SHIPPED_RECIPE`.
+    """
     from edgeseg.model import load_checkpoint
 
     parity_path = Path(folder) / "parity.json"
@@ -187,7 +201,8 @@ def write_model_card(folder: Path, checkpoint: Path, commands: list[str], data: 
     parity["formats"] = score_formats({p: f for p, f in files.items() if f.is_file()}, data)
     parity["checkpoint_bytes"] = Path(checkpoint).stat().st_size
     write_json(parity_path, parity)
-    text = render_model_card(load_checkpoint(checkpoint)[1], parity, commands)
+    text = render_model_card(load_checkpoint(checkpoint)[1], parity,
+                             SHIPPED_RECIPE if commands is None else commands)
     readme = Path(folder) / "README.md"
     tmp = readme.with_name(".README.md.tmp")
     tmp.write_text(text + "\n")

@@ -127,6 +127,29 @@ def test_simplified_graph_keeps_dims_and_numbers(tiny_checkpoint: Path, tiny_onn
     assert np.abs(a - b).max() < 1e-4
 
 
+def _feature_concats(path: Path) -> int:
+    """Concat nodes joining feature maps (the unfused decoder); shape arithmetic excluded."""
+    proto = onnx.load(str(path))
+    producers = {out: node.op_type for node in proto.graph.node for out in node.output}
+    return sum(
+        1 for n in proto.graph.node
+        if n.op_type == "Concat" and any(producers.get(i) in ("Relu", "Pad", "Conv") for i in n.input)
+    )
+
+
+def test_fused_export_has_no_decoder_concat_and_same_numbers(tiny_checkpoint: Path, tiny_onnx: Path,
+                                                             tiny_dataset, tmp_path: Path) -> None:
+    unfused = export_onnx(tiny_checkpoint, tmp_path / "unfused.onnx", fuse=False)
+    assert _feature_concats(tiny_onnx) == 0
+    assert _feature_concats(unfused) == 2  # one per decoder level of the (4, 8, 16) net
+    ops = [n.op_type for n in onnx.load(str(tiny_onnx)).graph.node]
+    assert "BatchNormalization" not in ops and ops.count("Pad") == 2
+    x = real_batch(tiny_dataset[0], 2, 301, 393)
+    a = session(tiny_onnx).run(["logits"], {"image": x})[0]
+    b = session(unfused).run(["logits"], {"image": x})[0]
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, np.abs(b).max())
+
+
 def test_default_paths_sit_next_to_the_checkpoint(tmp_path: Path) -> None:
     paths = output_paths(tmp_path / "runs" / "a" / "best.pt")
     assert paths["fp32"] == tmp_path / "runs" / "a" / "best.onnx"

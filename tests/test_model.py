@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from edgeseg import EdgesegError
-from edgeseg.model import ModelConfig, UNet, count_parameters, load_checkpoint, save_checkpoint
+from edgeseg.model import (
+    FusedUp,
+    ModelConfig,
+    UNet,
+    count_parameters,
+    inference_form,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 SIZES = [(394, 394), (393, 395), (394, 300), (300, 394), (256, 257), (16, 16)]
 
@@ -56,6 +64,41 @@ def test_pad_goes_left_and_top_on_each_own_axis() -> None:
     upsampled = cat[:, 4:]
     assert torch.count_nonzero(upsampled[:, :, 0, :]) == 0  # the padded top row
     assert torch.count_nonzero(upsampled[:, :, 1:, 0]) > 0  # no pad on the left
+
+
+@pytest.fixture(scope="module")
+def trained_like() -> UNet:
+    """A net whose BatchNorm statistics and affine parameters are far from the identity."""
+    torch.manual_seed(1)
+    net = UNet()
+    with torch.no_grad():
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.2, 3.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+    return net.eval()
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_inference_form_computes_the_same_function(trained_like: UNet, size: tuple[int, int]) -> None:
+    fused = inference_form(trained_like)
+    assert all(isinstance(up, FusedUp) for up in fused.ups) and not fused.training
+    assert all(not isinstance(m, torch.nn.BatchNorm2d) for up in fused.ups for m in up.modules())
+    x = torch.randn(2, 1, *size) * 800 + 1200
+    with torch.no_grad():
+        ref, out = trained_like(x), fused(x)
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.9999
+
+
+def test_inference_form_leaves_the_model_alone(trained_like: UNet) -> None:
+    before = {k: v.clone() for k, v in trained_like.state_dict().items()}
+    inference_form(trained_like)
+    after = trained_like.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(not isinstance(up, FusedUp) for up in trained_like.ups)
 
 
 def test_normalisation_makes_raw_intensity_scale_irrelevant(model: UNet) -> None:
