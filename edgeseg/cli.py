@@ -83,11 +83,13 @@ def evaluate_cmd(
     checkpoint: Annotated[Path | None, typer.Argument(help="Checkpoint; default: newest run's best.pt.")] = None,
     data: DataOpt = None,
     split: Annotated[Split | None, typer.Option(help="Split to evaluate when --data is given.")] = None,
+    per_slice: Annotated[Path | None, typer.Option(
+        "--per-slice", help="Also write one CSV row per held-out slice here.")] = None,
 ) -> None:
     """Per-class IoU and Dice of a checkpoint on held-out slices."""
     from edgeseg.train import run_evaluation
 
-    run_evaluation(checkpoint, data, split.value if split else None)
+    run_evaluation(checkpoint, data, split.value if split else None, per_slice)
 
 
 @data_app.command("demo")

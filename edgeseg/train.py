@@ -151,14 +151,20 @@ def evaluate(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     class_names: tuple[str, ...] | None = None,
     num_classes: int = 3,
+    per_slice: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Whole-slice evaluation over ``indices``, batched by equal shape.
+
+    Args:
+        per_slice: if given, receives one row per slice (key, foreground pixels, per-class
+            IoU, foreground mIoU), in ``indices`` order, to find where a model fails.
 
     Returns:
         ``(metrics summary, mean loss)``; loss is NaN when ``loss_fn`` is None.
     """
     model.eval()
     cm = ConfusionMatrix(num_classes, class_names)
+    rows: dict[int, dict[str, Any]] = {}
     losses: list[float] = []
     channels_last = _is_channels_last(model)
     for batch in _shape_batches(slices, indices, batch_size):
@@ -169,9 +175,24 @@ def evaluate(
         logits = model(x).float()
         if loss_fn is not None:
             losses.append(float(loss_fn(logits, y)) * len(batch))
-        cm.update(logits.argmax(dim=1).cpu().numpy(), y.cpu().numpy())
+        pred, truth = logits.argmax(dim=1).cpu().numpy(), y.cpu().numpy()
+        cm.update(pred, truth)
+        if per_slice is not None:
+            rows.update({i: _slice_row(slices.keys[i], p, t, num_classes, class_names)
+                         for i, p, t in zip(batch, pred, truth, strict=True)})
+    if per_slice is not None:
+        per_slice.extend(rows[i] for i in indices)
     mean_loss = sum(losses) / max(len(indices), 1) if losses else float("nan")
     return cm.summary(), mean_loss
+
+
+def _slice_row(key: str, pred: np.ndarray, truth: np.ndarray, num_classes: int,
+               class_names: tuple[str, ...] | None) -> dict[str, Any]:
+    cm = ConfusionMatrix(num_classes, class_names)
+    cm.update(pred, truth)
+    summary = cm.summary()
+    return {"key": key, "foreground_px": int((truth > 0).sum()), "miou_fg": summary["miou_fg"],
+            **{f"iou_{name}": iou for name, iou in summary["iou"].items()}}
 
 
 def _shape_batches(slices: Slices, indices: list[int], batch_size: int) -> Iterator[list[int]]:
@@ -406,14 +427,17 @@ def _write_json(path: Path, obj: Any) -> None:
 def _write_history(run_dir: Path, history: list[EpochRecord]) -> None:
     rows = [asdict(r) for r in history]
     _write_json(run_dir / "history.json", rows)
+    _write_rows_csv(run_dir / "history.csv", rows)
 
-    def write_csv(tmp: Path) -> None:
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+
+def _write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["key"])
             writer.writeheader()
             writer.writerows(rows)
 
-    atomic_write(run_dir / "history.csv", write_csv)
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -465,8 +489,11 @@ def _write_reports(run_dir: Path, history: list[EpochRecord], slices: Slices, te
 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str | None = None,
-                        batch_size: int = 8) -> dict[str, Any]:
-    """Per-class metrics of a checkpoint on its held-out slices (or all of ``data``'s test split)."""
+                        batch_size: int = 8, per_slice: bool = False) -> dict[str, Any]:
+    """Per-class metrics of a checkpoint on its held-out slices (or all of ``data``'s test split).
+
+    With ``per_slice`` the report also holds ``per_slice``: one row per held-out slice.
+    """
     model, ckpt = load_checkpoint(checkpoint)
     cfg = ckpt.get("train_config", {})
     names = tuple(model.config.class_names)
@@ -480,9 +507,11 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str |
     else:
         _, test_idx = split_indices(len(slices), split or cfg.get("split", "slabs"),
                                     cfg.get("test_fraction", 0.2), cfg.get("seed", 0))
-    metrics, _ = evaluate(model, slices, test_idx, batch_size=batch_size,
-                          class_names=names, num_classes=model.config.num_classes)
-    return {"checkpoint": str(checkpoint), "data": str(root), "slices": len(test_idx), **metrics}
+    rows: list[dict[str, Any]] | None = [] if per_slice else None
+    metrics, _ = evaluate(model, slices, test_idx, batch_size=batch_size, class_names=names,
+                          num_classes=model.config.num_classes, per_slice=rows)
+    report = {"checkpoint": str(checkpoint), "data": str(root), "slices": len(test_idx), **metrics}
+    return report if rows is None else {**report, "per_slice": rows}
 
 
 
@@ -519,15 +548,27 @@ def run_training(preset: str, overrides: dict[str, Any], resume: Path | None = N
     return result
 
 
-def run_evaluation(checkpoint: Path | None, data: Path | None, split: str | None) -> dict[str, Any]:
-    """``edgeseg evaluate``: prints the per-class table of a checkpoint."""
+def run_evaluation(checkpoint: Path | None, data: Path | None, split: str | None,
+                   per_slice_csv: Path | None = None) -> dict[str, Any]:
+    """``edgeseg evaluate``: prints the per-class table of a checkpoint.
+
+    With ``per_slice_csv`` it also writes one row per held-out slice there (atomically) and
+    prints the five worst slices.
+    """
     from rich.console import Console
 
     checkpoint = checkpoint or find_latest_checkpoint()
-    report = evaluate_checkpoint(checkpoint, data, split)
+    report = evaluate_checkpoint(checkpoint, data, split, per_slice=per_slice_csv is not None)
     Console().print(f"{report['checkpoint']} on {report['slices']} held-out slices of {report['data']}")
     Console().print(format_metrics_table(report))
+    if per_slice_csv is not None:
+        rows = report["per_slice"]
+        _write_rows_csv(Path(per_slice_csv), rows)
+        scored = sorted((r for r in rows if r["miou_fg"] is not None), key=lambda r: r["miou_fg"])
+        worst = ", ".join(f"{r['key']} {r['miou_fg']:.3f}" for r in scored[:5])
+        Console().print(f"per-slice rows -> {per_slice_csv}; worst foreground mIoU: {worst}")
     return report
+
 
 
 def format_metrics_table(metrics: dict[str, Any]):

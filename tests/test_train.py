@@ -15,8 +15,11 @@ import pytest
 import torch
 
 from edgeseg import EdgesegError
+from edgeseg.data import load_slices
 from edgeseg.model import load_checkpoint
 from edgeseg.train import (
+    evaluate,
+    evaluate_checkpoint,
     find_latest_checkpoint,
     make_config,
     new_run_dir,
@@ -91,6 +94,21 @@ def test_run_folder_and_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
     assert find_latest_checkpoint(tmp_path / "runs") == run / "best.pt"
 
 
+def test_per_slice_rows_agree_with_single_slice_evaluation(tiny_data: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(tiny_data, tmp_path / "runs", epochs=1), log=lambda s: None)
+    report = evaluate_checkpoint(result.best_checkpoint, per_slice=True)
+    model, ckpt = load_checkpoint(result.best_checkpoint)
+    rows, keys = report["per_slice"], ckpt["data"]["test_keys"]
+    assert [r["key"] for r in rows] == keys and report["slices"] == len(keys)
+    slices = load_slices(tiny_data)
+    index = {k: i for i, k in enumerate(slices.keys)}
+    assert sum(r["foreground_px"] for r in rows) == sum(int((slices.masks[index[k]] > 0).sum()) for k in keys)
+    for row in rows[:: max(1, len(rows) // 3)]:  # a few, each alone through the same evaluate
+        alone, _ = evaluate(model, slices, [index[row["key"]]], class_names=model.config.class_names)
+        assert row["miou_fg"] == pytest.approx(alone["miou_fg"])
+        assert row["iou_gray_matter"] == pytest.approx(alone["iou"]["gray_matter"])
+
+
 def test_training_learns_the_synthetic_task(tiny_data: Path, tmp_path: Path) -> None:
     result = train(tiny_config(tiny_data, tmp_path / "runs", epochs=6, patches_per_slice=2),
                    log=lambda s: None)
@@ -130,9 +148,14 @@ def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "best held-out mean foreground IoU" in r.stdout
     assert (tmp_path / "runs" / "t" / "best.pt").is_file()
-    r = _cli("evaluate", cwd=tmp_path)
+    r = _cli("evaluate", "--per-slice", "slices.csv", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "gray_matter" in r.stdout and "white_matter" in r.stdout
+    lines = (tmp_path / "slices.csv").read_text().splitlines()
+    assert lines[0].startswith("key,foreground_px,miou_fg,iou_background")
+    held_out = load_checkpoint(tmp_path / "runs" / "t" / "best.pt")[1]["data"]["test_keys"]
+    assert [line.split(",")[0] for line in lines[1:]] == held_out
+    assert "worst foreground mIoU" in r.stdout
 
 
 def test_cli_bad_data_is_one_line(tmp_path: Path) -> None:
