@@ -6,6 +6,8 @@
   the session ``edgeseg.runtime.create_session`` builds (ORT_ENABLE_ALL, default threads).
   Variants: explicit/1 thread(s), lower optimisation levels, no NCHWc, no spinning, no
   arena, no memory pattern, I/O binding with a preallocated output, fetching both outputs.
+  Also the unfused export (``edgeseg export --no-fuse``: BatchNorm and the decoder concat as
+  trained) against the shipped fused one.
 * ``levers-int8``: int8 recipes, each quantised here from ``X.onnx`` on 32 demo training
   slices (QDQ, MinMax, normalisation kept float, like ``edgeseg.quantize``), plus the
   shipped ``X_int8.onnx``. Baseline: ORT fp32. Each records ΔmIoU against fp32 on the demo
@@ -47,6 +49,7 @@ class Int8Recipe:
     reduce_range: bool = False  # 7-bit weights: avoids VPMADDUBSW saturation on AVX2 (no VNNI)
     ops: tuple[str, ...] = ()  # op types to quantise; () = quantize_static's default set
     upsample_as_conv: bool = False  # ConvTranspose 2x2/2 -> Conv 1x1 + DepthToSpace first
+    unfused: bool = False  # start from X.pt's `--no-fuse` export instead of X.onnx
 
 
 SESSION_CASES = [
@@ -79,6 +82,7 @@ INT8_CASES = [
     ("u8s8 per-channel, upsample as Conv+DepthToSpace", Int8Recipe(upsample_as_conv=True), True),
     ("u8s8 per-channel, upsample as Conv+DepthToSpace, spinning off",
      Int8Recipe(upsample_as_conv=True), False),
+    ("u8s8 per-channel, unfused export (--no-fuse)", Int8Recipe(unfused=True), True),
 ]
 
 
@@ -123,6 +127,25 @@ def test_session_lever(benchmark, paired, runtime_default, name: str, levers: Cp
     predict = ort_predict(cpu_session(MODEL, threads or 0, levers), levers)
     _time(benchmark, paired, predict, runtime_default, "levers-session-fp32",
           levers=asdict(levers))
+
+
+def unfused_model(folder: Path) -> Path:
+    """``X.pt`` exported with ``fuse=False`` into ``folder`` (cached); skips without ``X.pt``."""
+    from edgeseg.export import export_onnx
+
+    checkpoint = MODEL.with_suffix(".pt")
+    if not checkpoint.is_file():
+        pytest.skip(f"{checkpoint} not found: the unfused export needs the checkpoint")
+    path = folder / "unfused.onnx"
+    if not path.is_file():
+        export_onnx(checkpoint, path, fuse=False)
+    return path
+
+
+def test_unfused_export(benchmark, paired, runtime_default, study: _Int8Study) -> None:  # noqa: ANN001
+    levers = CpuLevers()
+    predict = ort_predict(cpu_session(unfused_model(study.cache), 0, levers), levers)
+    _time(benchmark, paired, predict, runtime_default, "levers-session-fp32", graph="unfused")
 
 
 # ----------------------------------------------------------------------------- int8 recipes
@@ -243,7 +266,8 @@ class _Int8Study:
         key = hashlib.sha256(repr(asdict(recipe)).encode()).hexdigest()[:12]
         path = self.cache / f"{key}.onnx"
         if not path.is_file():
-            quantize_recipe(MODEL, path.with_suffix(".tmp.onnx"), recipe, self.calib)
+            src = unfused_model(self.cache) if recipe.unfused else MODEL
+            quantize_recipe(src, path.with_suffix(".tmp.onnx"), recipe, self.calib)
             os.replace(path.with_suffix(".tmp.onnx"), path)
         return path
 

@@ -55,7 +55,7 @@ class ExportConfig:
     trt: bool = False  # also build a TensorRT engine (needs an NVIDIA GPU and tensorrt)
     opset: int = DEFAULT_OPSET  # ONNX opset of the exported graph
     simplify: bool = True  # onnxslim, kept only if N/H/W stay symbolic and the pads dynamic
-    fuse: bool = True  # export model.inference_form: BN folded, decoder concat split (~5 % faster)
+    fuse: bool = True  # export model.inference_form: BN folded, decoder concat split (2-5 % faster)
     calib: int = 32  # training slices used to calibrate int8
     calib_method: str = "auto"  # auto | minmax | entropy | percentile (auto: best ΔmIoU)
     trt_min: str = "1x16x16"  # TensorRT profile minimum, NxHxW
@@ -229,7 +229,7 @@ def export_onnx(
         simplify: run onnxslim when it keeps the dims symbolic and the pads dynamic.
         fuse: export :func:`edgeseg.model.inference_form` (BatchNorm folded, each decoder
             concat split into two convs and an Add): the same function, no concatenated
-            tensor; ORT CPU ran it ~5 % faster in fp32 and ~3 % in int8 at 394x394.
+            tensor; ORT CPU ran it 2-5 % faster in fp32 and 0-3 % in int8 at 394x394.
 
     Returns:
         The written path.
