@@ -87,7 +87,7 @@ def evaluate_cmd(
         "--per-slice", help="Also write one CSV row per held-out slice here.")] = None,
 ) -> None:
     """Per-class IoU and Dice of a checkpoint on held-out slices."""
-    from edgeseg.train import run_evaluation
+    from edgeseg.evaluate import run_evaluation
 
     run_evaluation(checkpoint, data, split.value if split else None, per_slice)
 

@@ -171,6 +171,18 @@ def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
             if r.get("output") and r.get("status") == "done" and (root / r["output"]).is_file()}
 
 
+def write_csv(target: Path, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` (dicts with the same keys) as CSV, atomically; the header is the first row's keys."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["key"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(target, write)
+
+
 def write_summary(out: Path, rows: list[dict[str, Any]], info: ModelInfo) -> Path:
     """Write ``out/summary.csv`` atomically; returns its path."""
     buffer = io.StringIO()

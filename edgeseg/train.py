@@ -8,11 +8,10 @@ Run ``edgeseg train`` (the demo MRI set, default preset) or
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,10 @@ from torch import nn
 from edgeseg import __version__
 from edgeseg.data import Slices, build_demo, load_slices, make_train_dataset, read_demo_provenance, split_indices
 from edgeseg.errors import EdgesegError
+from edgeseg.evaluate import evaluate, format_metrics_table
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import ModelConfig, UNet, load_checkpoint, save_checkpoint
-from edgeseg.outputs import atomic_write
+from edgeseg.outputs import atomic_write, write_csv
 
 
 @dataclass
@@ -135,78 +135,6 @@ def segmentation_loss(kind: str, num_classes: int) -> Callable[[torch.Tensor, to
 
         return ce_dice
     raise EdgesegError(f"unknown loss {kind!r}; choose 'ce_dice' or 'bce'")
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    slices: Slices,
-    indices: list[int],
-    *,
-    batch_size: int = 8,
-    device: torch.device | str = "cpu",
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    class_names: tuple[str, ...] | None = None,
-    num_classes: int = 3,
-    per_slice: list[dict[str, Any]] | None = None,
-) -> tuple[dict[str, Any], float]:
-    """Whole-slice evaluation over ``indices``, batched by equal shape.
-
-    Args:
-        per_slice: if given, receives one row per slice (key, foreground pixels, per-class
-            IoU, foreground mIoU), in ``indices`` order, to find where a model fails.
-
-    Returns:
-        ``(metrics summary, mean loss)``; loss is NaN when ``loss_fn`` is None.
-    """
-    model.eval()
-    cm = ConfusionMatrix(num_classes, class_names)
-    rows: dict[int, dict[str, Any]] = {}
-    losses: list[float] = []
-    channels_last = _is_channels_last(model)
-    for batch in _shape_batches(slices, indices, batch_size):
-        x = torch.from_numpy(np.stack([slices.images[i] for i in batch])[:, None]).to(device)
-        y = torch.from_numpy(np.stack([slices.masks[i] for i in batch]).astype(np.int64)).to(device)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = model(x).float()
-        if loss_fn is not None:
-            losses.append(float(loss_fn(logits, y)) * len(batch))
-        pred, truth = logits.argmax(dim=1).cpu().numpy(), y.cpu().numpy()
-        cm.update(pred, truth)
-        if per_slice is not None:
-            rows.update({i: _slice_row(slices.keys[i], p, t, num_classes, class_names)
-                         for i, p, t in zip(batch, pred, truth, strict=True)})
-    if per_slice is not None:
-        per_slice.extend(rows[i] for i in indices)
-    mean_loss = sum(losses) / max(len(indices), 1) if losses else float("nan")
-    return cm.summary(), mean_loss
-
-
-def _slice_row(key: str, pred: np.ndarray, truth: np.ndarray, num_classes: int,
-               class_names: tuple[str, ...] | None) -> dict[str, Any]:
-    cm = ConfusionMatrix(num_classes, class_names)
-    cm.update(pred, truth)
-    summary = cm.summary()
-    return {"key": key, "foreground_px": int((truth > 0).sum()), "miou_fg": summary["miou_fg"],
-            **{f"iou_{name}": iou for name, iou in summary["iou"].items()}}
-
-
-def _shape_batches(slices: Slices, indices: list[int], batch_size: int) -> Iterator[list[int]]:
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i in indices:
-        by_shape.setdefault(slices.images[i].shape, []).append(i)
-    for group in by_shape.values():
-        for start in range(0, len(group), batch_size):
-            yield group[start : start + batch_size]
-
-
-def _is_channels_last(model: nn.Module) -> bool:
-    weight = next(model.parameters())
-    return weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -427,17 +355,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def _write_history(run_dir: Path, history: list[EpochRecord]) -> None:
     rows = [asdict(r) for r in history]
     _write_json(run_dir / "history.json", rows)
-    _write_rows_csv(run_dir / "history.csv", rows)
-
-
-def _write_rows_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["key"])
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(path, write)
+    write_csv(run_dir / "history.csv", rows)
 
 
 # ----------------------------------------------------------------------------- figures
@@ -488,33 +406,6 @@ def _write_reports(run_dir: Path, history: list[EpochRecord], slices: Slices, te
     plt.close(fig)
 
 
-def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str | None = None,
-                        batch_size: int = 8, per_slice: bool = False) -> dict[str, Any]:
-    """Per-class metrics of a checkpoint on its held-out slices (or all of ``data``'s test split).
-
-    With ``per_slice`` the report also holds ``per_slice``: one row per held-out slice.
-    """
-    model, ckpt = load_checkpoint(checkpoint)
-    cfg = ckpt.get("train_config", {})
-    names = tuple(model.config.class_names)
-    root = Path(data) if data else Path(ckpt.get("data", {}).get("root") or build_demo())
-    if not root.exists():
-        root = build_demo()
-    slices = load_slices(root, model.config.num_classes)
-    test_keys = set(ckpt.get("data", {}).get("test_keys", [])) if data is None and split is None else set()
-    if test_keys and all(k in set(slices.keys) for k in test_keys):
-        test_idx = [i for i, k in enumerate(slices.keys) if k in test_keys]
-    else:
-        _, test_idx = split_indices(len(slices), split or cfg.get("split", "slabs"),
-                                    cfg.get("test_fraction", 0.2), cfg.get("seed", 0))
-    rows: list[dict[str, Any]] | None = [] if per_slice else None
-    metrics, _ = evaluate(model, slices, test_idx, batch_size=batch_size, class_names=names,
-                          num_classes=model.config.num_classes, per_slice=rows)
-    report = {"checkpoint": str(checkpoint), "data": str(root), "slices": len(test_idx), **metrics}
-    return report if rows is None else {**report, "per_slice": rows}
-
-
-
 # ----------------------------------------------------------------------------- console front-end
 
 
@@ -546,45 +437,3 @@ def run_training(preset: str, overrides: dict[str, Any], resume: Path | None = N
         f" in {result.seconds / 60:.1f} min -> {result.best_checkpoint}"
     )
     return result
-
-
-def run_evaluation(checkpoint: Path | None, data: Path | None, split: str | None,
-                   per_slice_csv: Path | None = None) -> dict[str, Any]:
-    """``edgeseg evaluate``: prints the per-class table of a checkpoint.
-
-    With ``per_slice_csv`` it also writes one row per held-out slice there (atomically) and
-    prints the five worst slices.
-    """
-    from rich.console import Console
-
-    checkpoint = checkpoint or find_latest_checkpoint()
-    report = evaluate_checkpoint(checkpoint, data, split, per_slice=per_slice_csv is not None)
-    Console().print(f"{report['checkpoint']} on {report['slices']} held-out slices of {report['data']}")
-    Console().print(format_metrics_table(report))
-    if per_slice_csv is not None:
-        rows = report["per_slice"]
-        _write_rows_csv(Path(per_slice_csv), rows)
-        scored = sorted((r for r in rows if r["miou_fg"] is not None), key=lambda r: r["miou_fg"])
-        worst = ", ".join(f"{r['key']} {r['miou_fg']:.3f}" for r in scored[:5])
-        Console().print(f"per-slice rows -> {per_slice_csv}; worst foreground mIoU: {worst}")
-    return report
-
-
-
-def format_metrics_table(metrics: dict[str, Any]):
-    """A rich table of per-class IoU and Dice with the two means."""
-    from rich.table import Table
-
-    table = Table(title="held-out metrics")
-    table.add_column("class")
-    table.add_column("IoU", justify="right")
-    table.add_column("Dice", justify="right")
-
-    def fmt(v: float | None) -> str:
-        return "—" if v is None else f"{v:.4f}"
-
-    for name, iou in metrics.get("iou", {}).items():
-        table.add_row(name, fmt(iou), fmt(metrics.get("dice", {}).get(name)))
-    table.add_row("mean (foreground)", fmt(metrics.get("miou_fg")), "")
-    table.add_row("mean (all)", fmt(metrics.get("miou_all")), "")
-    return table

@@ -15,11 +15,8 @@ import pytest
 import torch
 
 from edgeseg import EdgesegError
-from edgeseg.data import load_slices
 from edgeseg.model import load_checkpoint
 from edgeseg.train import (
-    evaluate,
-    evaluate_checkpoint,
     find_latest_checkpoint,
     make_config,
     new_run_dir,
@@ -92,21 +89,6 @@ def test_run_folder_and_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
     assert ckpt["metrics"]["miou_fg"] == pytest.approx(result.best_miou_fg)
     assert ckpt["data"]["test_keys"] and ckpt["model_config"]["widths"] == [4, 8, 16]
     assert find_latest_checkpoint(tmp_path / "runs") == run / "best.pt"
-
-
-def test_per_slice_rows_agree_with_single_slice_evaluation(tiny_data: Path, tmp_path: Path) -> None:
-    result = train(tiny_config(tiny_data, tmp_path / "runs", epochs=1), log=lambda s: None)
-    report = evaluate_checkpoint(result.best_checkpoint, per_slice=True)
-    model, ckpt = load_checkpoint(result.best_checkpoint)
-    rows, keys = report["per_slice"], ckpt["data"]["test_keys"]
-    assert [r["key"] for r in rows] == keys and report["slices"] == len(keys)
-    slices = load_slices(tiny_data)
-    index = {k: i for i, k in enumerate(slices.keys)}
-    assert sum(r["foreground_px"] for r in rows) == sum(int((slices.masks[index[k]] > 0).sum()) for k in keys)
-    for row in rows[:: max(1, len(rows) // 3)]:  # a few, each alone through the same evaluate
-        alone, _ = evaluate(model, slices, [index[row["key"]]], class_names=model.config.class_names)
-        assert row["miou_fg"] == pytest.approx(alone["miou_fg"])
-        assert row["iou_gray_matter"] == pytest.approx(alone["iou"]["gray_matter"])
 
 
 def test_training_learns_the_synthetic_task(tiny_data: Path, tmp_path: Path) -> None:

@@ -1,0 +1,44 @@
+"""Evaluation: pooled and per-slice metrics of a checkpoint on its held-out slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgeseg.data import load_slices
+from edgeseg.evaluate import evaluate, evaluate_checkpoint
+from edgeseg.metrics import evaluate_arrays
+from edgeseg.model import load_checkpoint
+
+
+def test_checkpoint_report_is_scored_on_its_held_out_slices(tiny_checkpoint: Path, tiny_dataset) -> None:  # noqa: ANN001
+    root, test_keys = tiny_dataset
+    report = evaluate_checkpoint(tiny_checkpoint)
+    assert report["slices"] == len(test_keys) and "per_slice" not in report
+    model, _ = load_checkpoint(tiny_checkpoint)
+    slices = load_slices(root)
+    held_out = [slices.keys.index(k) for k in test_keys]
+    with torch.inference_mode():
+        preds = [model(torch.from_numpy(slices.images[i][None, None])).argmax(1)[0].numpy()
+                 for i in held_out]
+    expected = evaluate_arrays(preds, [slices.masks[i] for i in held_out], 3)
+    assert report["miou_fg"] == pytest.approx(expected["miou_fg"])
+
+
+def test_per_slice_rows_agree_with_single_slice_evaluation(tiny_checkpoint: Path, tiny_dataset) -> None:  # noqa: ANN001
+    root, test_keys = tiny_dataset
+    report = evaluate_checkpoint(tiny_checkpoint, per_slice=True)
+    rows = report["per_slice"]
+    assert sorted(r["key"] for r in rows) == sorted(test_keys)
+    model, _ = load_checkpoint(tiny_checkpoint)
+    slices = load_slices(root)
+    index = {k: i for i, k in enumerate(slices.keys)}
+    assert sum(r["foreground_px"] for r in rows) == sum(
+        int((slices.masks[index[k]] > 0).sum()) for k in test_keys
+    )
+    for row in rows[:: max(1, len(rows) // 3)]:  # a few, each alone through the same evaluate
+        alone, _ = evaluate(model, slices, [index[row["key"]]], class_names=model.config.class_names)
+        assert row["miou_fg"] == pytest.approx(alone["miou_fg"])
+        assert row["iou_gray_matter"] == pytest.approx(alone["iou"]["gray_matter"])
