@@ -304,6 +304,38 @@ def split_indices(
     return train, sorted(set(test))
 
 
+@dataclass
+class HeldOut:
+    """The slices a checkpoint is scored on, and the rest (for int8 calibration)."""
+
+    slices: Slices
+    train: list[int]
+    test: list[int]
+    source: str  # where they came from, for reports
+
+
+def checkpoint_split(ckpt: dict[str, Any], data: Path | None = None, split: str | None = None) -> HeldOut:
+    """Held-out slices of a checkpoint, as ``edgeseg evaluate`` and ``edgeseg validate`` use them.
+
+    Without ``data`` and ``split``: the keys the checkpoint recorded as held out, in the folder
+    it was trained on (the demo set if that folder is gone). Otherwise ``split`` (default: the
+    checkpoint's own split rule) applied to ``data`` (default: that same folder).
+    """
+    info, cfg = ckpt.get("data") or {}, ckpt.get("train_config") or {}
+    root = Path(data) if data else Path(info.get("root") or "")
+    if data is None and not (info.get("root") and root.is_dir()):
+        root = build_demo()
+    slices = load_slices(root, int(ckpt["model_config"]["num_classes"]))
+    keys = set(info.get("test_keys") or []) if data is None and split is None else set()
+    if keys and keys <= set(slices.keys):
+        test = [i for i, k in enumerate(slices.keys) if k in keys]
+        train = [i for i, k in enumerate(slices.keys) if k not in keys]
+        return HeldOut(slices, train, test, f"{slices.root} (the checkpoint's {len(test)} held-out slices)")
+    rule = split or cfg.get("split", "slabs")
+    train, test = split_indices(len(slices), rule, cfg.get("test_fraction", 0.2), cfg.get("seed", 0))
+    return HeldOut(slices, train, test, f"{slices.root} ({rule} split: {len(test)} held-out slices)")
+
+
 # ----------------------------------------------------------------------------- training (torch)
 
 

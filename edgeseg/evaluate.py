@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeseg.data import Slices, build_demo, load_slices, split_indices
+from edgeseg.data import Slices, checkpoint_split
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import load_checkpoint
 from edgeseg.outputs import write_csv
@@ -100,20 +100,11 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str |
     With ``per_slice`` the report also holds ``per_slice``: one row per held-out slice.
     """
     model, ckpt = load_checkpoint(checkpoint)
-    cfg = ckpt.get("train_config", {})
-    names = tuple(model.config.class_names)
-    root = Path(data) if data else Path(ckpt.get("data", {}).get("root") or build_demo())
-    if not root.exists():
-        root = build_demo()
-    slices = load_slices(root, model.config.num_classes)
-    test_keys = set(ckpt.get("data", {}).get("test_keys", [])) if data is None and split is None else set()
-    if test_keys and all(k in set(slices.keys) for k in test_keys):
-        test_idx = [i for i, k in enumerate(slices.keys) if k in test_keys]
-    else:
-        _, test_idx = split_indices(len(slices), split or cfg.get("split", "slabs"),
-                                    cfg.get("test_fraction", 0.2), cfg.get("seed", 0))
+    held = checkpoint_split(ckpt, data, split)
+    slices, test_idx, root = held.slices, held.test, held.slices.root
     rows: list[dict[str, Any]] | None = [] if per_slice else None
-    metrics, _ = evaluate(model, slices, test_idx, batch_size=batch_size, class_names=names,
+    metrics, _ = evaluate(model, slices, test_idx, batch_size=batch_size,
+                          class_names=tuple(model.config.class_names),
                           num_classes=model.config.num_classes, per_slice=rows)
     report = {"checkpoint": str(checkpoint), "data": str(root), "slices": len(test_idx), **metrics}
     return report if rows is None else {**report, "per_slice": rows}

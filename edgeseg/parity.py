@@ -188,31 +188,13 @@ def write_json(path: Path, obj: Any) -> Path:
 
 
 def load_eval_data(ckpt: dict[str, Any], data: Path | None = None) -> EvalData:
-    """Held-out slices (+ training slices) for a checkpoint.
+    """Held-out slices (+ training slices) for a checkpoint: :func:`edgeseg.data.checkpoint_split`."""
+    from edgeseg.data import checkpoint_split
 
-    ``data`` if given (its slab split), else the checkpoint's ``data.root`` and
-    ``data.test_keys`` if that folder exists, else the demo set with the slab split.
-    """
-    from edgeseg.data import build_demo, load_slices, split_indices
-
-    num_classes = int(ckpt["model_config"]["num_classes"])
-    info, cfg = ckpt.get("data") or {}, ckpt.get("train_config") or {}
-    root = Path(data) if data else Path(info.get("root") or "")
-    if data is None and not (info.get("root") and root.is_dir()):
-        root = build_demo()
-    slices = load_slices(root, num_classes)
-    keys = set(info.get("test_keys") or []) if data is None else set()
-    if keys and keys <= set(slices.keys):
-        test = [i for i, k in enumerate(slices.keys) if k in keys]
-        train = [i for i, k in enumerate(slices.keys) if k not in keys]
-        source = f"{slices.root} (the checkpoint's {len(test)} held-out slices)"
-    else:
-        split = cfg.get("split", "slabs") if data is None else "slabs"
-        train, test = split_indices(len(slices), split, cfg.get("test_fraction", 0.2),
-                                    cfg.get("seed", 0))
-        source = f"{slices.root} ({split} split: {len(test)} held-out slices)"
-    return EvalData(source, [slices.images[i] for i in test], [slices.masks[i] for i in test],
-                    [slices.images[i] for i in train])
+    held = checkpoint_split(ckpt, data)
+    images, masks = held.slices.images, held.slices.masks
+    return EvalData(held.source, [images[i] for i in held.test], [masks[i] for i in held.test],
+                    [images[i] for i in held.train])
 
 
 def fit_to_size(image: np.ndarray, mask: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from edgeseg.data import (
     SLAB_GAP,
     AugmentConfig,
     TrainSlices,
+    checkpoint_split,
     find_pairs,
     load_slices,
     make_train_dataset,
@@ -290,3 +291,19 @@ def test_normalized_augmented_items_are_finite_and_scaled(dataset: Path) -> None
     stack = torch.stack([ds[i][0] for i in range(6)])
     assert torch.isfinite(stack).all()
     assert abs(stack.mean().item()) < 0.5 and 0.5 < stack.std().item() < 2
+
+
+def test_checkpoint_split_uses_the_recorded_keys_or_the_split_rule(tiny_checkpoint: Path, tiny_dataset,  # noqa: ANN001
+                                                                    tmp_path: Path) -> None:
+    root, test_keys = tiny_dataset
+    ckpt = torch.load(tiny_checkpoint, weights_only=True)
+    held = checkpoint_split(ckpt)
+    assert [held.slices.keys[i] for i in held.test] == sorted(test_keys)
+    assert set(held.train).isdisjoint(held.test) and len(held.train) + len(held.test) == len(held.slices)
+    assert "the checkpoint's" in held.source
+    # other data (here: the same folder passed explicitly) gets the split rule, not the keys
+    other = checkpoint_split(ckpt, data=root)
+    assert other.test == split_indices(len(other.slices), "slabs")[1] and "slabs split" in other.source
+    # an explicit folder that does not exist is an error, never a silent fall-back to the demo set
+    with pytest.raises(EdgesegError):
+        checkpoint_split(ckpt, data=tmp_path / "missing")
