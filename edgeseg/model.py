@@ -134,25 +134,27 @@ class FusedUp(nn.Module):
     """An eval-mode :class:`Up` with BatchNorm folded and the concat split away.
 
     ``conv(cat[skip, up]) == conv_skip(skip) + conv_up(up)`` with the kernel split along its
-    input channels, so the concatenated tensor is never built (nor reordered in and out of
-    ONNX Runtime's blocked NCHWc layout, which fuses the Add and ReLU into the conv). The same
-    function in real arithmetic; float32 rounding differs in the last bits.
+    input channels, so the concatenated tensor is never built, nor reordered in and out of
+    ONNX Runtime's blocked NCHWc layout. The same function in real arithmetic; float32
+    rounding differs in the last bits. Shares ``up``'s ConvTranspose (see :func:`inference_form`).
     """
 
     def __init__(self, up: Up) -> None:
         super().__init__()
         conv1, bn1, _, conv2, bn2, _ = up.conv.block
         ch = up.up.out_channels
-        weight, bias = _fold_bn(conv1, bn1)
         self.up = up.up
         self.conv_skip = nn.Conv2d(ch, ch, 3, padding=1)
         self.conv_up = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
         self.conv_out = nn.Conv2d(ch, ch, 3, padding=1)
-        self.conv_skip.weight.copy_(weight[:, :ch])  # torch.cat put the skip first
-        self.conv_skip.bias.copy_(bias)
-        self.conv_up.weight.copy_(weight[:, ch:])
-        self.conv_out.weight.copy_(_fold_bn(conv2, bn2)[0])
-        self.conv_out.bias.copy_(_fold_bn(conv2, bn2)[1])
+        with torch.no_grad():
+            weight, bias = _fold_bn(conv1, bn1)
+            self.conv_skip.weight.copy_(weight[:, :ch])  # torch.cat put the skip first
+            self.conv_skip.bias.copy_(bias)
+            self.conv_up.weight.copy_(weight[:, ch:])
+            weight, bias = _fold_bn(conv2, bn2)
+            self.conv_out.weight.copy_(weight)
+            self.conv_out.bias.copy_(bias)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         up = pad_to(self.up(x), skip)
@@ -197,8 +199,7 @@ class UNet(nn.Module):
 def inference_form(model: UNet) -> UNet:
     """A copy of ``model`` in eval mode with every decoder block a :class:`FusedUp` (for export)."""
     fused = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        fused.ups = nn.ModuleList(FusedUp(up) for up in fused.ups)
+    fused.ups = nn.ModuleList(FusedUp(up) for up in fused.ups)
     return fused
 
 
