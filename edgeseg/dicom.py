@@ -41,11 +41,12 @@ class Frame:
     pixels: np.ndarray  # (rows, cols) stored values
     position: np.ndarray | None  # ImagePositionPatient (LPS, mm)
     orientation: np.ndarray | None  # ImageOrientationPatient: row cosine, column cosine
-    spacing: tuple[float, float]  # PixelSpacing: (between rows, between columns) in mm
+    spacing: tuple[float, float]  # PixelSpacing: (between rows, between columns) in mm; 1 if missing
     thickness: float  # SpacingBetweenSlices, else SliceThickness, else 1 mm
     slope: float
     inter: float
     instance: int
+    spacing_known: bool = True  # False: PixelSpacing missing, ``spacing`` is a 1 mm stand-in
 
 
 @dataclass
@@ -54,10 +55,11 @@ class Series:
 
     raw: np.ndarray
     affine: np.ndarray
-    voxel_ml: float
+    voxel_ml: float | None  # None when PixelSpacing is missing
     slope: float = 1.0
     inter: float = 0.0
     notes: list[str] = field(default_factory=list)
+    spacing_known: bool = True  # False: no PixelSpacing; the affine then assumes 1 mm pixels
 
 
 def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
@@ -79,6 +81,12 @@ def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
     if len(shapes) > 1:
         raise EdgesegError(f"{source}: slices of different sizes {sorted(shapes)}; one series only")
     series = _geometric(source, frames) if _has_geometry(frames) else _by_instance(source, frames)
+    if not all(fr.spacing_known for fr in frames):
+        series.spacing_known, series.voxel_ml = False, None
+        series.notes.append(
+            f"{source}: no PixelSpacing; pixel size unknown, so the slices are segmented at their"
+            " own grid (not resampled to the model's) and no volumes in ml are reported"
+        )
     return series
 
 
@@ -117,7 +125,7 @@ def _frame(ds: Any, pixels: np.ndarray, index: int, count: int) -> Frame:
 
     ipp, iop = attr("PlanePositionSequence", "ImagePositionPatient"), attr(
         "PlaneOrientationSequence", "ImageOrientationPatient")
-    spacing = attr("PixelMeasuresSequence", "PixelSpacing") or (1.0, 1.0)
+    spacing = attr("PixelMeasuresSequence", "PixelSpacing")
     gap = (attr("PixelMeasuresSequence", "SpacingBetweenSlices")
            or attr("PixelMeasuresSequence", "SliceThickness") or 1.0)
     position = np.array(ipp, float) if ipp is not None else None
@@ -127,10 +135,11 @@ def _frame(ds: Any, pixels: np.ndarray, index: int, count: int) -> Frame:
         position = position + index * float(gap) * np.cross(orientation[:3], orientation[3:])
     slope = attr("PixelValueTransformationSequence", "RescaleSlope")
     inter = attr("PixelValueTransformationSequence", "RescaleIntercept")
-    return Frame(pixels, position, orientation, (float(spacing[0]), float(spacing[1])),
+    return Frame(pixels, position, orientation,
+                 (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0),
                  float(gap), float(1.0 if slope is None else slope),
                  float(0.0 if inter is None else inter),
-                 int(ds.get("InstanceNumber", 0) or 0) * 100000 + index)
+                 int(ds.get("InstanceNumber", 0) or 0) * 100000 + index, spacing_known=bool(spacing))
 
 
 def _has_geometry(frames: list[Frame]) -> bool:

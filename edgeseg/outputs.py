@@ -79,7 +79,7 @@ def write_labels(target: Path, kind: str, labels: np.ndarray, dec: Decoded,
     elif kind == "image":
         atomic_write(target, lambda tmp: label_png(labels).save(tmp, format="PNG"))
     else:
-        img = label_nifti(labels, dec.template, len(class_names))
+        img = label_nifti(labels, dec.template, len(class_names), size_known=dec.voxel_ml is not None)
         atomic_write(target, lambda tmp: img.to_filename(str(tmp)))
 
 
@@ -97,8 +97,15 @@ def label_png(labels: np.ndarray) -> Any:
     return img
 
 
-def label_nifti(labels: np.ndarray, template: Any, num_classes: int) -> Any:
-    """A uint8 label image with the template's header, affine, qform and sform (and codes)."""
+UNKNOWN_SIZE = b"edgeseg labels; pixel size unknown"  # descrip of labels whose mm are a stand-in
+
+
+def label_nifti(labels: np.ndarray, template: Any, num_classes: int, size_known: bool = True) -> Any:
+    """A uint8 label image with the template's header, affine, qform and sform (and codes).
+
+    ``size_known=False`` (a DICOM series without PixelSpacing) says so in ``descrip``, so a
+    resumed run does not read the stand-in 1 mm as a voxel volume.
+    """
     header = template.header.copy()
     header.set_data_dtype(np.uint8)
     img = type(template)(np.asarray(labels, dtype=np.uint8), None, header)
@@ -109,7 +116,7 @@ def label_nifti(labels: np.ndarray, template: Any, num_classes: int) -> Any:
     img.header.set_slope_inter(1.0, 0.0)  # never inherit the input's intensity scaling
     img.header.set_intent("label")
     img.header["cal_min"], img.header["cal_max"] = 0, num_classes - 1
-    img.header["descrip"] = b"edgeseg labels"
+    img.header["descrip"] = b"edgeseg labels" if size_known else UNKNOWN_SIZE
     return img
 
 
@@ -141,6 +148,8 @@ def read_labels(path: Path) -> tuple[np.ndarray, float | None]:
     import nibabel as nib
 
     img = nib.load(path)
+    if bytes(img.header["descrip"]).rstrip(b"\0") == UNKNOWN_SIZE:
+        return np.asarray(img.dataobj), None
     return np.asarray(img.dataobj), float(np.prod(nifti_zooms_mm(img))) / 1000.0
 
 

@@ -244,6 +244,8 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
         dec = _volume(path, series.raw, series.affine, _zooms(series.affine), axis, min_size)
         dec.template, dec.voxel_ml, dec.notes = (
             _nifti_template(series.affine), series.voxel_ml, series.notes)
+        if not series.spacing_known:
+            dec.spacing = None  # never resample on a guessed pixel size
         dec.slope, dec.inter = series.slope, series.inter
     if dec.stack.size == 0:
         raise EdgesegError(f"{path}: empty scan (shape {dec.shape}); nothing to segment")

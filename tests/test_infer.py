@@ -385,3 +385,28 @@ def test_resampling_below_min_size_fails_that_scan_only(tmp_path: Path, threshol
     assert "must be >= 16" in failed["message"]
     coarse = nib.load(tmp_path / "out" / "coarse_seg.nii.gz")  # 12 < 16 natively, 24 at 1 mm
     assert coarse.shape == (12, 12, 2) and np.all(np.asarray(coarse.dataobj) == 1)
+
+
+def test_dicom_without_pixel_spacing_is_not_resampled_and_has_no_volumes(
+    tmp_path: Path, threshold_onnx_factory, dicom_series_factory
+) -> None:
+    """A guessed 1 mm would resample the slices wrongly and invent mL; both stay unknown,
+    also when a later run resumes from the written labels."""
+    import pydicom
+
+    model = threshold_onnx_factory(tmp_path / "m.onnx", metadata={"edgeseg.pixel_spacing_mm": "0.5"})
+    for path in dicom_series_factory(tmp_path / "in" / "series"):
+        ds = pydicom.dcmread(path)
+        del ds.PixelSpacing
+        ds.save_as(path)
+    for run in ("first", "resumed"):
+        proc = cli(tmp_path / "in", "--model", model, "--out", tmp_path / "out")
+        assert proc.returncode == 0, proc.stderr
+        row = summary_rows(tmp_path / "out")["series_seg.nii.gz"]
+        assert row["voxel_ml"] == "" and row["gray_matter_ml"] == "", run
+        assert int(row["gray_matter_voxels"]) > 0, run
+        if run == "first":
+            assert "no PixelSpacing" in proc.stderr and ", 0 resampled;" in proc.stdout
+            assert (row["resampled"], row["model_shape"]) == ("no", "64x64")
+    labels = np.asarray(nib.load(tmp_path / "out" / "series_seg.nii.gz").dataobj)
+    assert labels.shape == (64, 64, 4)
