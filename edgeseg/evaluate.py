@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from edgeseg.data import Slices, checkpoint_split
+from edgeseg.errors import EdgesegError
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import load_checkpoint
 from edgeseg.outputs import write_csv
@@ -121,6 +122,8 @@ def run_evaluation(checkpoint: Path | None, data: Path | None, split: str | None
 
     from edgeseg.train import find_latest_checkpoint
 
+    if per_slice_csv is not None and Path(per_slice_csv).is_dir():
+        raise EdgesegError(f"--per-slice {per_slice_csv}: is a folder; give a file name, e.g. slices.csv")
     checkpoint = checkpoint or find_latest_checkpoint()
     report = evaluate_checkpoint(checkpoint, data, split, per_slice=per_slice_csv is not None)
     Console().print(f"{report['checkpoint']} on {report['slices']} held-out slices of {report['data']}")

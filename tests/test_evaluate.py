@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,3 +44,9 @@ def test_per_slice_rows_agree_with_single_slice_evaluation(tiny_checkpoint: Path
         alone, _ = evaluate(model, slices, [index[row["key"]]], class_names=model.config.class_names)
         assert row["miou_fg"] == pytest.approx(alone["miou_fg"])
         assert row["iou_gray_matter"] == pytest.approx(alone["iou"]["gray_matter"])
+
+
+def test_cli_per_slice_into_a_folder_is_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "evaluate", str(tiny_checkpoint),
+                           "--per-slice", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr
