@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -180,12 +179,14 @@ def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
             if r.get("output") and r.get("status") == "done" and (root / r["output"]).is_file()}
 
 
-def write_csv(target: Path, rows: list[dict[str, Any]]) -> None:
-    """Write ``rows`` (dicts with the same keys) as CSV, atomically; the header is the first row's keys."""
+def write_csv(target: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """Write ``rows`` as CSV, atomically: ``columns`` (keys outside them are left out), else
+    the first row's keys."""
+    fields = columns or (list(rows[0]) if rows else ["key"])
 
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["key"])
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -194,10 +195,6 @@ def write_csv(target: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_summary(out: Path, rows: list[dict[str, Any]], info: ModelInfo) -> Path:
     """Write ``out/summary.csv`` atomically; returns its path."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=summary_columns(info), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
     target = out / SUMMARY
-    atomic_write(target, lambda tmp: tmp.write_text(buffer.getvalue()))
+    write_csv(target, rows, summary_columns(info))
     return target
