@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.bench_report import compare, jsonable, machine_info, noise_warnings
+from edgeseg import SHIPPED_TARGETS
 from edgeseg.errors import EdgesegError
 from edgeseg.measure import (
     EvalSet,
@@ -42,7 +43,7 @@ from edgeseg.measure import (
     time_runs,
 )
 
-DEFAULT_TARGETS = Path(__file__).resolve().parent.parent / "bench" / "targets.toml"
+DEFAULT_TARGETS = SHIPPED_TARGETS
 PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}  # X.onnx, X_fp16.onnx, X_int8.onnx

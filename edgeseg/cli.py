@@ -15,16 +15,36 @@ from typing import Annotated
 
 import typer
 
-from edgeseg.errors import EdgesegError
+from edgeseg import __version__
+from edgeseg.errors import EdgesegError, Interrupted
 
 app = typer.Typer(
     help="Train, export, validate, run and benchmark the edgeseg MRI segmentation U-Net.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: typer's rich panels print a "<bool>" type beside every flag
 )
-data_app = typer.Typer(help="Datasets: build the real-MRI demo set.", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Datasets: the real-MRI demo set and an example scan.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(data_app, name="data")
+
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Train, export, validate, run and benchmark the edgeseg MRI segmentation U-Net."""
+
 
 # Shared option aliases, defined once.
 DataOpt = Annotated[
@@ -43,27 +63,41 @@ class Split(str, Enum):
     tutorial = "tutorial"
 
 
+def _positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value} is not > 0")
+    return value
+
+
 @app.command("train")
 def train_cmd(
     data: DataOpt = None,
     preset: Annotated[Preset, typer.Option(help="default: fast on 2 CPU cores; tutorial: exact.")] = Preset.default,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the training slices.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Samples per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="(Peak) learning rate.")] = None,
-    patch: Annotated[int | None, typer.Option(help="Random-crop size; 0 trains on whole slices.")] = None,
-    patches_per_slice: Annotated[
-        int | None, typer.Option("--patches-per-slice", min=1, help="Crops per training slice per epoch.")
-    ] = None,
-    split: Annotated[Split | None, typer.Option(help="Held-out slabs, or the tutorial's last 100.")] = None,
-    augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for weights, shuffling, augmentation.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    name: Annotated[str | None, typer.Option(help="Run folder name under --runs-dir.")] = None,
-    runs_dir: Annotated[Path | None, typer.Option("--runs-dir", help="Parent of run folders.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, show_default="default 8, tutorial 30", help="Passes over the training slices.")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        "--batch-size", min=1, show_default="16", help="Samples per step.")] = None,
+    lr: Annotated[float | None, typer.Option(
+        callback=_positive, show_default="default 0.002, tutorial 0.0003", help="(Peak) learning rate.")] = None,
+    patch: Annotated[int | None, typer.Option(
+        min=0, show_default="default 128, tutorial 0", help="Random-crop size; 0 trains on whole slices.")] = None,
+    patches_per_slice: Annotated[int | None, typer.Option(
+        "--patches-per-slice", min=1, show_default="default 4, tutorial 1",
+        help="Crops per training slice per epoch.")] = None,
+    split: Annotated[Split | None, typer.Option(
+        show_default="default slabs, tutorial tutorial", help="Held-out slabs, or the tutorial's last 100.")] = None,
+    augment: Annotated[bool | None, typer.Option(
+        "--augment/--no-augment", show_default="default on, tutorial off", help="Training augmentation.")] = None,
+    seed: Annotated[int | None, typer.Option(show_default="0", help="Seed for weights, shuffling, augmentation.")] = None,
+    device: Annotated[str | None, typer.Option(show_default="auto", help="auto, cpu or cuda.")] = None,
+    name: Annotated[str | None, typer.Option(
+        show_default="train, train2, ...", help="Run folder name under --runs-dir.")] = None,
+    runs_dir: Annotated[Path | None, typer.Option(
+        "--runs-dir", show_default="runs", help="Parent of run folders.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Run folder (or last.pt) to continue after a kill.")] = None,
-    pixel_spacing: Annotated[
-        float | None, typer.Option("--pixel-spacing", help="In-plane mm per pixel of --data (demo: 0.5).")
-    ] = None,
+    pixel_spacing: Annotated[float | None, typer.Option(
+        "--pixel-spacing", callback=_positive, show_default="demo 0.5, else unknown",
+        help="In-plane mm per pixel of --data.")] = None,
 ) -> None:
     """Train the U-Net (the demo MRI set when --data is not given)."""
     from edgeseg.train import run_training
@@ -108,6 +142,16 @@ def data_demo_cmd(
     counts = read_demo_provenance(root)["counts"]
     per_plane = ", ".join(f"{plane} {n}" for plane, n in counts.items())
     Console().print(f"{root}\n{sum(counts.values())} slices: {per_plane}")
+
+
+@data_app.command("example")
+def data_example_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the example scan into.")] = Path("example-scans"),
+) -> None:
+    """Write a small real scan (5 axial slices of the MNI152 T1, NIfTI) to try edgeseg infer on."""
+    from edgeseg.demo import build_example
+
+    typer.echo(build_example(out))
 
 
 class Provider(str, Enum):
@@ -239,31 +283,57 @@ def validate_cmd(
     config = ParityConfig(sizes=size_table(slices, size_slices), providers=parse_providers(providers))
     run_validate(models, ckpt, data, config, json_path)
 
-def main() -> None:
-    """Console-script entry: user mistakes print one line and exit 1, no traceback."""
+def _usage_error(exc: BaseException) -> tuple[str, int] | None:
+    """(one-line message, exit code) for a command-line usage error, else None.
+
+    Typer 0.29 raises its vendored click's exceptions and older typers raise click's own,
+    so they are recognised by their interface (``format_message``, ``exit_code``) rather
+    than by importing ``click``, which a fresh install may not have.
+    """
+    format_message = getattr(exc, "format_message", None)
+    code = getattr(exc, "exit_code", None)
+    if not callable(format_message) or not isinstance(code, int):
+        return None
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `edgeseg` or `edgeseg data`: the help is the message
+        return str(format_message()).rstrip(), code
+    message = " ".join(str(format_message()).split()).rstrip(".") + "."
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "edgeseg"
+    return f"{message} See '{command} --help'.", code
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry: user mistakes print one line and exit 1 (usage errors 2), Ctrl-C 130.
+
+    Set ``EDGESEG_DEBUG=1`` to see the traceback of a user mistake.
+    """
     try:
-        app(standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)
+    except Interrupted as exc:  # the library says what was finished and how to resume
+        typer.secho(f"interrupted: {exc}", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:  # Ctrl-C outside a command (typer maps it inside to 130)
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
     except EdgesegError as exc:
         if os.environ.get("EDGESEG_DEBUG"):
             raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
-    except typer.Abort:
-        sys.exit(1)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except Exception as exc:
+        usage = _usage_error(exc)
+        if usage is None or os.environ.get("EDGESEG_DEBUG"):
+            raise
+        message, code = usage
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            typer.echo(message, err=True)
+        else:
+            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        sys.exit(code)
+    if code == 130:
+        typer.secho("interrupted before finishing; rerun the same command", err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

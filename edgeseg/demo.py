@@ -322,3 +322,41 @@ def build_demo(
     return out
 
 
+
+
+EXAMPLE_FILE = "mni152_t1_axial_slab.nii.gz"
+EXAMPLE_SLICES = range(78, 83)  # five contiguous 1 mm axial slices through the lateral ventricles
+
+
+def build_example(out: Path) -> Path:
+    """Write a small real scan to try ``edgeseg infer`` on: five axial slices of the MNI152 T1.
+
+    The slab keeps the template's voxel size and affine (1 mm, RAS), so inference resamples it
+    to the model's 0.5 mm and back like any clinical NIfTI. The shipped copy lives in
+    ``export/example/`` and is rebuilt with ``edgeseg data example --out export/example``.
+
+    Args:
+        out: folder to write into (created if missing).
+
+    Returns:
+        The path of the written NIfTI file.
+    """
+    import nibabel as nib
+
+    from edgeseg.outputs import atomic_write
+
+    t1 = nib.load(_demo_sources()["t1"])
+    z0 = EXAMPLE_SLICES.start
+    slab = np.asarray(t1.dataobj[:, :, z0 : EXAMPLE_SLICES.stop])
+    affine = t1.affine.copy()
+    affine[:3, 3] = t1.affine[:3, :3] @ np.array([0, 0, z0]) + t1.affine[:3, 3]
+    image = nib.Nifti1Image(slab, affine)
+    image.header.set_xyzt_units("mm")
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgesegError(f"{out}: cannot create the example folder ({exc}); choose another --out") from None
+    path = out / EXAMPLE_FILE
+    atomic_write(path, lambda tmp: nib.save(image, tmp))
+    return path

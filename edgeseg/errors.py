@@ -10,3 +10,10 @@ from __future__ import annotations
 
 class EdgesegError(Exception):
     """A mistake the user can fix: bad input, a missing file, an impossible option."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, after the library cleaned up: the message says what was finished and how to resume.
+
+    The CLI prints it on one line and exits 130, the shell's code for SIGINT.
+    """

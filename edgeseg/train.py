@@ -23,7 +23,7 @@ from torch import nn
 
 from edgeseg import __version__
 from edgeseg.data import Slices, build_demo, load_slices, make_train_dataset, read_demo_provenance, split_indices
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.evaluate import evaluate, format_metrics_table
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import ModelConfig, UNet, load_checkpoint, save_checkpoint
@@ -184,9 +184,32 @@ def train(config: TrainConfig, resume: Path | None = None, log: Callable[[str], 
         resume: a run folder or its ``last.pt``; continues after the last finished epoch.
         log: receives one summary line per epoch.
         progress: optional ``progress(epoch, step, steps, loss, iou)`` callback per step.
+
+    Raises:
+        Interrupted: on Ctrl-C, naming the epochs kept in the run folder and the resume command.
     """
-    start = time.perf_counter()
     run_dir, state = _prepare_run(config, resume)
+    try:
+        return _train_run(config, run_dir, state, log, progress)
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_note(run_dir)) from None
+
+
+def _resume_note(run_dir: Path) -> str:
+    """What an interrupted run kept: epochs finish atomically (last.pt, then history.json)."""
+    try:
+        finished = len(json.loads((run_dir / "history.json").read_text()))
+    except (OSError, ValueError):
+        finished = 0
+    if not finished or not (run_dir / "last.pt").is_file():
+        return f"no epoch had finished in {run_dir}; rerun the same command to start over"
+    return f"{finished} epoch(s) finished and saved in {run_dir}; continue with: edgeseg train --resume {run_dir}"
+
+
+def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None, log: Callable[[str], None],
+               progress: Callable[..., Any] | None) -> TrainResult:
+    """The body of :func:`train` once the run folder is chosen."""
+    start = time.perf_counter()
     if state is not None:
         config = TrainConfig(**{**state["train_config"], "widths": tuple(state["train_config"]["widths"]),
                                 "class_names": tuple(state["train_config"]["class_names"])})
