@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.bench_report import compare, jsonable, machine_info, noise_warnings
 from edgeseg import SHIPPED_TARGETS
+from edgeseg.bench_report import compare, jsonable, machine_info, noise_warnings
 from edgeseg.errors import EdgesegError
 from edgeseg.measure import (
     EvalSet,

@@ -88,7 +88,8 @@ def train_cmd(
         show_default="default slabs, tutorial tutorial", help="Held-out slabs, or the tutorial's last 100.")] = None,
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", show_default="default on, tutorial off", help="Training augmentation.")] = None,
-    seed: Annotated[int | None, typer.Option(show_default="0", help="Seed for weights, shuffling, augmentation.")] = None,
+    seed: Annotated[int | None, typer.Option(
+        show_default="0", help="Seed for weights, shuffling, augmentation.")] = None,
     device: Annotated[str | None, typer.Option(show_default="auto", help="auto, cpu or cuda.")] = None,
     name: Annotated[str | None, typer.Option(
         show_default="train, train2, ...", help="Run folder name under --runs-dir.")] = None,
