@@ -284,6 +284,10 @@ def validate_cmd(
     config = ParityConfig(sizes=size_table(slices, size_slices), providers=parse_providers(providers))
     run_validate(models, ckpt, data, config, json_path)
 
+# Modules of the `train` extra (pyproject.toml): train, evaluate, export and validate need them.
+TRAIN_EXTRA = {"torch", "onnxscript", "onnxconverter_common", "onnxslim", "matplotlib"}
+
+
 def _usage_error(exc: BaseException) -> tuple[str, int] | None:
     """(one-line message, exit code) for a command-line usage error, else None.
 
@@ -320,6 +324,18 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("EDGESEG_DEBUG"):
             raise
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except ModuleNotFoundError as exc:
+        root = (exc.name or "").split(".")[0]
+        if root not in TRAIN_EXTRA or os.environ.get("EDGESEG_DEBUG"):
+            raise
+        words = [arg for arg in (argv if argv is not None else sys.argv[1:]) if not arg.startswith("-")]
+        command = " ".join(words[:2] if words[:1] == ["data"] else words[:1])
+        typer.secho(
+            f"error: `edgeseg {command}` needs {root}, which the core install leaves out: "
+            "pip install 'edgeseg[train]' (install PyTorch first from pytorch.org for your CPU or GPU)",
+            fg=typer.colors.RED, err=True,
+        )
         sys.exit(1)
     except Exception as exc:
         usage = _usage_error(exc)

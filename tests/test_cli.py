@@ -159,3 +159,29 @@ def test_ctrl_c_during_infer_exits_130_and_leaves_no_half_file(threshold_onnx: P
     for path in written:  # every output that exists is whole
         assert np.load(path).shape == (3, 256, 256)
     assert {p.name: p.read_bytes() for p in scans.iterdir()} == before
+
+
+@pytest.fixture(scope="module")
+def no_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An environment in which `import torch` fails, as in the torch-free core install."""
+    shim = tmp_path_factory.mktemp("no_torch")
+    (shim / "torch").mkdir()
+    (shim / "torch" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+    return {**os.environ, "PYTHONPATH": str(shim)}
+
+
+@pytest.mark.parametrize("args", [["train", "--epochs", "1"], ["evaluate", "x.pt"], ["export", "x.pt"],
+                                  ["validate", "x.onnx"]])
+def test_torch_commands_without_torch_name_the_extra(args: list[str], no_torch, tmp_path: Path) -> None:
+    r = run(*args, env=no_torch, cwd=tmp_path)
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"`edgeseg {args[0]}` needs torch" in lines[0] and "edgeseg[train]" in lines[0], r.stderr
+
+
+def test_infer_runs_without_torch(no_torch, tmp_path: Path) -> None:
+    example = Path(edgeseg.SHIPPED_MODEL_DIR) / "example"
+    r = run("infer", str(example), "--out", str(tmp_path / "seg"), env=no_torch, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "seg" / "mni152_t1_axial_slab_seg.nii.gz").stat().st_size > 0
