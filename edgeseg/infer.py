@@ -254,27 +254,28 @@ class _Runner:
         todo = iter(scans)
         reads: deque[tuple[Scan, Future | None]] = deque()
         writes: deque[tuple[Scan, Future]] = deque()
-        with ThreadPoolExecutor(max(1, self.config.workers)) as pool:
-            try:
-                while True:
-                    while len(reads) <= self.config.prefetch and (scan := next(todo, None)):
-                        reads.append((scan, None if self._finished(scan) else
-                                      pool.submit(self._read, scan)))
-                    if not reads:
-                        break
-                    scan, future = reads.popleft()
-                    if future is None:
-                        rows[str(scan.rel)] = self._skipped(scan, rows.get(str(scan.rel)))
-                        continue
-                    job = self._infer(scan, future, rows, pool)
-                    if job is not None:
-                        writes.append((scan, job))
-                    self._drain(writes, rows, keep=self.config.prefetch)
-            except KeyboardInterrupt:  # drop the reads, finish (and record) the writes in flight
-                pool.shutdown(wait=False, cancel_futures=True)
-                self._drain(writes, rows, keep=0)
-                raise
+        pool = ThreadPoolExecutor(max(1, self.config.workers))
+        try:
+            while True:
+                while len(reads) <= self.config.prefetch and (scan := next(todo, None)):
+                    reads.append((scan, None if self._finished(scan) else
+                                  pool.submit(self._read, scan)))
+                if not reads:
+                    break
+                scan, future = reads.popleft()
+                if future is None:
+                    rows[str(scan.rel)] = self._skipped(scan, rows.get(str(scan.rel)))
+                    continue
+                job = self._infer(scan, future, rows, pool)
+                if job is not None:
+                    writes.append((scan, job))
+                self._drain(writes, rows, keep=self.config.prefetch)
+        except BaseException:  # Ctrl-C: drop the reads unwaited, finish (and record) the writes
+            pool.shutdown(wait=False, cancel_futures=True)
             self._drain(writes, rows, keep=0)
+            raise
+        self._drain(writes, rows, keep=0)
+        pool.shutdown()
 
     def _finished(self, scan: Scan) -> bool:
         """True to skip ``scan``: its outputs exist, match their record and its input is unchanged."""
