@@ -3,7 +3,8 @@
 Torch-free. :class:`OutLock` holds ``--out/.edgeseg.lock`` (an ``fcntl`` lock on a file
 holding the holder's pid) for the whole run, so a second run on the same ``--out`` is
 refused in one line instead of both rewriting ``summary.csv``. The kernel drops the lock
-when its holder dies, so a lock left by a killed run is simply taken over.
+when its holder dies, so a lock left by a killed run is simply taken over. (POSIX only:
+without ``fcntl``, on Windows, there is no lock.)
 
 :class:`Records` keeps ``--out/records.jsonl``: one JSON line per finished output with the
 size, mtime and SHA-256 of its input files and the SHA-256 of the output (and overlay).
@@ -37,8 +38,10 @@ class OutLock:
         self.fd: int | None = None
 
     def __enter__(self) -> OutLock:
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # Windows: no fcntl; runs on one --out are then not kept apart
+            return self
         while True:  # retry if the file we locked was unlinked by a finishing holder meanwhile
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
