@@ -309,7 +309,8 @@ def check_claimed_size(path: Path, what: str, shape: tuple[int, ...], dtype: Any
     reader allocate the claimed size first. ``offset``: where the data starts in the file;
     ``holds``: the bytes the data really has, when known (DICOM PixelData), instead of the
     file. A gzipped file is bounded by deflate's best ratio, by :data:`MAX_SCAN_BYTES`, and
-    then by decompressing it once without keeping the bytes, stopping at the claimed end.
+    then by its trailer's size, or failing that by decompressing it once without keeping
+    the bytes, stopping at the claimed end.
     """
     need = _claimed(shape, dtype)
     size = os.path.getsize(path) if holds is None else holds
@@ -345,11 +346,20 @@ def _claim(shape: tuple[int, ...], dtype: Any) -> str:
 def _gunzipped_size(path: Path, limit: int) -> int:
     """Decompressed size of a gzip file, counting up to ``limit`` bytes; nothing is kept.
 
-    A truncated stream counts what came out before the last 64 KiB read that failed.
+    When the gzip trailer's size field (the size mod 2**32) says exactly ``limit``, the
+    file is taken as whole without decompressing it (a truncated file has no trailer).
+    Otherwise it is decompressed in 64 KiB reads; a truncated stream counts what came out
+    before the read that failed.
     """
     import gzip
+    import struct
     import zlib
 
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 4))
+        trailer = f.read(4)
+    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == limit % 2**32:
+        return limit
     count = 0
     try:
         with gzip.open(path, "rb") as f:
