@@ -73,7 +73,7 @@ def atomic_write(target: Path, write: Callable[[Path], None],
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     ext = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-    remove_stale_temps(target.parent.glob(f".{glob.escape(target.name)}.*{TMP_MARK}*"))
+    remove_stale_temps(target.parent.glob(f".{glob.escape(target.name)}.*edgeseg-tmp*"))
     tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_MARK}{ext}"
     try:
         write(tmp)
@@ -85,10 +85,13 @@ def atomic_write(target: Path, write: Callable[[Path], None],
 
 
 def remove_stale_temps(paths: Iterable[Path]) -> None:
-    """Delete temp files (named as by :func:`atomic_write`) whose writing process is gone."""
+    """Delete temp files (named as by :func:`atomic_write`) whose writing process is gone.
+
+    A temp without a pid comes from an edgeseg before pids were in the name: also stale.
+    """
     for path in paths:
         pid = path.name.rsplit(TMP_MARK, 1)[0].rsplit(".", 1)[-1].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if not pid.isdigit() or not _alive(int(pid)):
             path.unlink(missing_ok=True)
 
 

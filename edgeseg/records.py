@@ -132,7 +132,14 @@ class Records:
         record = self.latest.get(rel)
         if record is None:
             return "no record of how it was made"
-        if sha256_file(out / rel) != record.sha256:
+        try:
+            return self._compare(record, out, files, overlay)
+        except OSError as exc:  # an output or input that cannot be read now
+            return f"cannot check it ({exc.strerror or exc})"
+
+    @staticmethod
+    def _compare(record: Record, out: Path, files: tuple[Path, ...], overlay: str | None) -> str | None:
+        if sha256_file(out / record.output) != record.sha256:
             return "output damaged"
         if overlay is not None and (not record.overlay_sha256
                                     or sha256_file(out / overlay) != record.overlay_sha256):

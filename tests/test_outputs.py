@@ -40,6 +40,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     (target.parent / f".x_seg.nii.gz.{dead}-0a1b2c3d.edgeseg-tmp.nii.gz").write_bytes(b"half")  # killed
+    (target.parent / ".x_seg.nii.gz.edgeseg-tmp.nii.gz").write_bytes(b"half")  # by an older edgeseg
     alive = target.parent / f".x_seg.nii.gz.{os.getppid()}-0a1b2c3d.edgeseg-tmp.nii.gz"
     alive.write_bytes(b"being written")  # by a live process: not ours to remove
 
