@@ -218,11 +218,11 @@ class _Runner:
     def warned(self, message: Any, category: type, *args: Any, **kwargs: Any) -> None:
         """``warnings.showwarning`` for the run: a reader's warning is kept for its scan."""
         caught = getattr(self._local, "caught", None)
-        if caught is None:
+        if caught is None:  # not while reading a scan: as Python would show it
             self._showwarning(message, category, *args, **kwargs)
-        else:
-            caught.append(str(message).strip().splitlines()[0][:200] if str(message).strip() else
-                          category.__name__)
+            return
+        text = str(message).strip()
+        caught.append(text.splitlines()[0][:200] if text else category.__name__)
 
     def run(self, scans: list[Scan], problems: list[tuple[Path, str]]) -> InferReport:
         rows = previous_rows(self.out / SUMMARY)
@@ -293,7 +293,7 @@ class _Runner:
         """Decode ``scan`` and stamp its input files; warnings while reading become notes."""
         model_mm = self.info.pixel_spacing_mm if self.config.resample else None
         stamps = stamp_inputs(_files(scan))  # before reading: a change meanwhile shows next run
-        self._local.caught = caught = []
+        self._local.caught = caught = []  # filled by warned() from this thread only
         try:
             dec = read_scan(scan.path, scan.kind, scan.files, self.config.axis,
                             self.info.min_size, model_mm)
