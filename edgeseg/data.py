@@ -138,6 +138,9 @@ def find_pairs(root: Path) -> list[SlicePair]:
 
 def _load_npy(path: Path) -> np.ndarray:
     """np.load without unpickling; unreadable files become an EdgesegError naming them."""
+    from edgeseg.scans import check_npy_header
+
+    check_npy_header(path)  # a header claiming more than the file holds, before allocating it
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

@@ -95,7 +95,11 @@ def _dcmread(path: Path) -> Any:
 
     try:
         return pydicom.dcmread(path)
-    except Exception as exc:  # InvalidDicomError, truncated header, not a file
+    except pydicom.errors.InvalidDicomError:
+        raise EdgesegError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128); if it is"
+                           " DICOM without its file header, re-export it as a standard DICOM file"
+                           ) from None
+    except Exception as exc:  # truncated header, not a file
         raise EdgesegError(f"{path}: not a readable DICOM file ({_why(exc)})") from exc
 
 
@@ -104,13 +108,43 @@ def _frames(ds: Any, path: Path) -> list[Frame]:
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise EdgesegError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}); "
                            "expected a grayscale MR image")
+    _check_pixel_size(ds, path)
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # no PixelData, truncated, compressed without a decoder plugin
-        raise EdgesegError(f"{path}: cannot decode pixel data ({_why(exc)})") from exc
+        raise EdgesegError(f"{path}: cannot decode pixel data ({_decode_why(ds, exc)})") from exc
     count = int(ds.get("NumberOfFrames", 1) or 1)
     stack = pixels.reshape((count, *pixels.shape[-2:]))
     return [_frame(ds, stack[i], i, count) for i in range(count)]
+
+
+def _check_pixel_size(ds: Any, path: Path) -> None:
+    """Rows x Columns x frames x BitsAllocated against the PixelData really there (uncompressed)."""
+    from edgeseg.scans import check_claimed_size, check_decoded_size
+
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or bits not in (8, 16, 32, 64) or syntax is None:
+        return
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    shape = (int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("Rows", 0) or 0),
+             int(ds.get("Columns", 0) or 0), *((samples,) if samples > 1 else ()))
+    dtype = f"u{bits // 8}"
+    check_decoded_size(path, shape, dtype)
+    if not syntax.is_compressed:  # compressed data has no size to compare before decoding
+        check_claimed_size(path, "DICOM file", shape, dtype, holds=len(ds.PixelData))
+
+
+def _decode_why(ds: Any, exc: BaseException) -> str:
+    """Why pixel data did not decode, naming the packages to install for a missing decoder."""
+    text = str(exc)
+    if "missing dependencies" in text:
+        syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+        options = [line.split(" - requires ", 1)[-1].strip() for line in text.splitlines()[1:]]
+        name = syntax.name if syntax is not None else "this compression"
+        return (f"compressed as {name} and no decoder for it is installed; install one of:"
+                f" {'; '.join(o for o in options if o)}")
+    return _why(exc)
 
 
 def _frame(ds: Any, pixels: np.ndarray, index: int, count: int) -> Frame:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write, sha256_file  # noqa: F401  (sha256_file re-exported)
+from edgeseg.outputs import atomic_write, check_writable_dir, sha256_file  # noqa: F401  (sha256_file re-exported)
 
 if TYPE_CHECKING:
     import onnx
@@ -270,6 +270,7 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint()
     profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
     paths = output_paths(checkpoint, config.out)
+    check_writable_dir(paths["fp32"].parent, "--out" if config.out else "the checkpoint's folder")
     report = ExportReport(checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"],
                                                            config.opset, config.simplify,
                                                            config.fuse)})

@@ -10,8 +10,12 @@ or stacks, PNG/JPEG/TIFF images, NIfTI volumes, DICOM files or series folders (s
 gets ``summary.csv``. Reading the next scans overlaps with inference on the current one
 (a small thread pool, bounded prefetch); slices go through the model in batches and only
 the uint8 ``labels`` output is fetched, so memory stays bounded by a few raw scans.
-A bad scan is one line and the run goes on; finished outputs are skipped on a rerun;
-every write is atomic. Everything the model needs comes from its ONNX metadata.
+A bad scan is one line and the run goes on; every write is atomic. ``--out`` is checked
+writable and locked (one run at a time) before any scan is read; ``records.jsonl`` there
+keeps, per output, its input's size, mtime and SHA-256 and its own SHA-256, so a rerun
+skips what is intact and up to date and redoes, saying why, what is damaged or stale.
+Ctrl-C finishes the writes in flight, writes ``summary.csv`` and says how to resume.
+Everything the model needs comes from its ONNX metadata.
 
 Resolution: the network only knows the pixel size it was trained at (the demo's 0.5 mm,
 metadata ``edgeseg.pixel_spacing_mm``). Slices of scans whose pixel size is known
@@ -27,7 +31,9 @@ slice on a CPU, small beside the U-Net. Labels keep the input's shape and affine
 from __future__ import annotations
 
 import os
+import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,18 +43,21 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.outputs import (
     RESAMPLE_COLUMNS,
     SUMMARY,
+    check_writable_dir,
     overlay_rel,
     previous_rows,
     read_labels,
     safe_output_path,
+    sha256_file,
     write_labels,
     write_overlay,
     write_summary,
 )
+from edgeseg.records import InputStamp, OutLock, Record, Records, stamp_inputs
 from edgeseg.runtime import ModelInfo, create_session, default_trt_options, read_model_info
 from edgeseg.scans import SUPPORTED, Decoded, Scan, discover_scans, read_scan, resample
 
@@ -79,8 +88,10 @@ class InferReport:
     rows: list[dict[str, Any]] = field(default_factory=list)
     done: int = 0
     failed: int = 0
-    skipped: int = 0  # outputs already there (resume)
+    skipped: int = 0  # outputs already there, intact and up to date (resume)
+    redone: int = 0  # outputs already there but damaged or stale, made again (within done)
     ignored: int = 0  # files of unsupported types met while walking folders
+    ignored_files: list[Path] = field(default_factory=list)
     slices: int = 0
     resampled: int = 0  # scans whose slices went to the model at its pixel spacing
     seconds: float = 0.0  # wall time of the scan loop
@@ -107,8 +118,10 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
         The :class:`InferReport` (also written as ``summary.csv`` in ``config.out``).
 
     Raises:
-        EdgesegError: missing or non-edgeseg model, unusable provider, bad --out, or no
-            scans at all. Bad scans do not raise: they are counted in ``report.failed``.
+        EdgesegError: missing or non-edgeseg model, unusable provider, an --out that is not
+            writable or is in use by another run, or no scans at all. Bad scans do not
+            raise: they are counted in ``report.failed``.
+        Interrupted: on Ctrl-C, after finishing the writes in flight and writing summary.csv.
     """
     config = config or InferConfig()
     model = _model_path(config.model)
@@ -119,12 +132,20 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
     trt = default_trt_options(info, batch_size=config.batch_size)
     session, provider = create_session(model, config.provider, config.threads, trt)
-    runner = _Runner(session, provider, info, config, out)
-    runner.say(f"model {model} ({info.precision}, classes {', '.join(info.class_names)});"
-               f" running on {provider}")
-    runner.say(_resample_line(info, config.resample))
-    report = runner.run(scans, problems)
-    report.ignored = ignored
+    check_writable_dir(out)
+    with OutLock(out), warnings.catch_warnings():
+        runner = _Runner(session, provider, info, config, out)
+        warnings.showwarning = runner.warned  # library warnings become notes of their scan
+        runner.say(f"model {model} ({info.precision}, classes {', '.join(info.class_names)});"
+                   f" running on {provider}")
+        runner.say(_resample_line(info, config.resample))
+        if ignored:
+            runner.say(_ignored_line(ignored))
+        try:
+            report = runner.run(scans, problems)
+        except KeyboardInterrupt:
+            raise Interrupted(_interrupted_line(runner.report, len(scans))) from None
+    report.ignored, report.ignored_files = len(ignored), ignored
     runner.say(_final_line(report))
     return report
 
@@ -151,8 +172,21 @@ def _resample_line(info: ModelInfo, enabled: bool) -> str:
             f" {mm:g} mm (linear) and labels come back on each scan's own grid; see summary.csv")
 
 
+def _ignored_line(ignored: list[Path], show: int = 5) -> str:
+    more = f" and {len(ignored) - show} more" if len(ignored) > show else ""
+    return (f"ignored {len(ignored)} file(s) of other types ({SUPPORTED} are read):"
+            f" {', '.join(map(str, ignored[:show]))}{more}")
+
+
+def _interrupted_line(r: InferReport, total: int) -> str:
+    return (f"{r.done} scan(s) finished in this run, {r.skipped} were already done,"
+            f" {r.failed} failed, of {total}; finished outputs are complete and summary.csv is"
+            " written; rerun the same command to do the rest")
+
+
 def _final_line(r: InferReport) -> str:
-    return (f"{r.done} done, {r.failed} failed, {r.skipped} skipped (already done),"
+    redone = f" ({r.redone} redone)" if r.redone else ""
+    return (f"{r.done} done{redone}, {r.failed} failed, {r.skipped} skipped (already done),"
             f" {r.ignored} ignored, {r.resampled} resampled; {r.slices} slices in {r.seconds:.1f} s ="
             f" {r.slices_per_s:.1f} slices/s (model alone {r.model_slices_per_s:.1f}/s)"
             f" on {r.provider}; summary: {r.summary}")
@@ -169,6 +203,9 @@ class _Runner:
         self.report = InferReport(provider)
         self.stdout, self.stderr = Console(), Console(stderr=True)
         self.progress: Any = None
+        self.records = Records(out)
+        self._local = threading.local()  # .caught: warnings of the scan this thread reads
+        self._showwarning = warnings.showwarning
 
     def say(self, text: str, error: bool = False) -> None:
         """One unwrapped line: errors always, the rest unless quiet."""
@@ -176,6 +213,15 @@ class _Runner:
             console = self.progress.console if self.progress else (
                 self.stderr if error else self.stdout)
             console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def warned(self, message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        """``warnings.showwarning`` for the run: a reader's warning is kept for its scan."""
+        caught = getattr(self._local, "caught", None)
+        if caught is None:  # not while reading a scan: as Python would show it
+            self._showwarning(message, category, *args, **kwargs)
+            return
+        text = str(message).strip()
+        caught.append(text.splitlines()[0][:200] if text else category.__name__)
 
     def run(self, scans: list[Scan], problems: list[tuple[Path, str]]) -> InferReport:
         rows = previous_rows(self.out / SUMMARY)
@@ -190,6 +236,7 @@ class _Runner:
             self.report.seconds = time.perf_counter() - start
             self.report.rows = list(rows.values())
             self.report.summary = write_summary(self.out, self.report.rows, self.info)
+            self.records.compact()
         return self.report
 
     def _progress(self, total: int) -> Any:
@@ -206,7 +253,8 @@ class _Runner:
         todo = iter(scans)
         reads: deque[tuple[Scan, Future | None]] = deque()
         writes: deque[tuple[Scan, Future]] = deque()
-        with ThreadPoolExecutor(max(1, self.config.workers)) as pool:
+        pool = ThreadPoolExecutor(max(1, self.config.workers))
+        try:
             while True:
                 while len(reads) <= self.config.prefetch and (scan := next(todo, None)):
                     reads.append((scan, None if self._finished(scan) else
@@ -221,23 +269,42 @@ class _Runner:
                 if job is not None:
                     writes.append((scan, job))
                 self._drain(writes, rows, keep=self.config.prefetch)
+        except BaseException:  # Ctrl-C: drop the reads unwaited, finish (and record) the writes
+            pool.shutdown(wait=False, cancel_futures=True)
             self._drain(writes, rows, keep=0)
+            raise
+        self._drain(writes, rows, keep=0)
+        pool.shutdown()
 
     def _finished(self, scan: Scan) -> bool:
-        if self.config.overwrite:
+        """True to skip ``scan``: its outputs exist, match their record and its input is unchanged."""
+        overlay = str(overlay_rel(scan.rel)) if self.config.overlay else None
+        targets = [scan.rel] + ([Path(overlay)] if overlay else [])
+        if self.config.overwrite or not all((self.out / t).is_file() for t in targets):
             return False
-        targets = [scan.rel] + ([overlay_rel(scan.rel)] if self.config.overlay else [])
-        return all((self.out / t).is_file() for t in targets)
+        why = self.records.verdict(self.out, str(scan.rel), _files(scan), overlay)
+        if why:
+            self.say(f"redoing {scan.path}: {why} (output {scan.rel})")
+            self.report.redone += 1
+        return why is None
 
-    def _read(self, scan: Scan) -> Decoded:
+    def _read(self, scan: Scan) -> tuple[Decoded, tuple[InputStamp, ...]]:
+        """Decode ``scan`` and stamp its input files; warnings while reading become notes."""
         model_mm = self.info.pixel_spacing_mm if self.config.resample else None
-        return read_scan(scan.path, scan.kind, scan.files, self.config.axis, self.info.min_size,
-                         model_mm)
+        stamps = stamp_inputs(_files(scan))  # before reading: a change meanwhile shows next run
+        self._local.caught = caught = []  # filled by warned() from this thread only
+        try:
+            dec = read_scan(scan.path, scan.kind, scan.files, self.config.axis,
+                            self.info.min_size, model_mm)
+        finally:
+            self._local.caught = None
+        dec.notes += [f"{scan.path}: the reader warned: {w}" for w in dict.fromkeys(caught)]
+        return dec, stamps
 
     def _infer(self, scan: Scan, future: Future, rows: dict, pool: ThreadPoolExecutor) -> Any:
         """Decode result -> labels -> submit the write; a failure becomes a row."""
         try:
-            dec = future.result()
+            dec, stamps = future.result()
             labels, seconds = self._segment(scan, dec)
         except Exception as exc:  # any bad scan: one line, and the run goes on
             rows[str(scan.rel)] = self._failed(scan, _reason(exc))
@@ -250,7 +317,7 @@ class _Runner:
         rows[str(scan.rel)] = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
         self.report.done += 1
         self.progress.advance(self.scan_task)
-        return pool.submit(self._write, scan, dec, labels)
+        return pool.submit(self._write, scan, dec, labels, stamps)
 
     def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float]:
         """Run the stack through the model in batches: ``labels``, or ``logits`` to resample back."""
@@ -270,12 +337,21 @@ class _Runner:
             self.progress.advance(self.slice_task, len(batch))
         return labels, seconds
 
-    def _write(self, scan: Scan, dec: Decoded, labels: np.ndarray) -> None:
+    def _write(self, scan: Scan, dec: Decoded, labels: np.ndarray,
+               stamps: tuple[InputStamp, ...]) -> None:
+        """Overlay (or remove a stale one), then labels; the record goes in before their rename."""
         target = safe_output_path(self.out, scan.rel)
+        overlay, overlay_sha = safe_output_path(self.out, overlay_rel(scan.rel)), [""]
         if self.config.overlay:
-            write_overlay(safe_output_path(self.out, overlay_rel(scan.rel)), dec, labels,
-                          scan.path)
-        write_labels(target, scan.kind, dec.restore(labels), dec, self.info.class_names)
+            write_overlay(overlay, dec, labels, scan.path,
+                          lambda tmp: overlay_sha.__setitem__(0, sha256_file(tmp)))
+        else:
+            overlay.unlink(missing_ok=True)  # from an earlier run: it would show old labels
+
+        def record(tmp: Path) -> None:
+            self.records.add(Record(str(scan.rel), stamps, sha256_file(tmp), overlay_sha[0]))
+
+        write_labels(target, scan.kind, dec.restore(labels), dec, self.info.class_names, record)
 
     def _drain(self, writes: deque, rows: dict, keep: int) -> None:
         """Wait for writes until at most ``keep`` are pending; a failed write fails its scan."""
@@ -316,7 +392,7 @@ class _Runner:
             self.progress.advance(self.scan_task)
         short = reason.removeprefix(f"{scan.path}: ")  # messages name their file already
         self.say(f"FAILED {scan.path}: {short}", error=True)
-        return {**self._row(scan, "failed", None, None, None), "message": reason}
+        return {**self._row(scan, "failed", None, None, None), "output": "", "message": reason}
 
     def _skipped(self, scan: Scan, previous: dict[str, Any] | None) -> dict[str, Any]:
         """Row of a scan finished by an earlier run, from its output (and old row)."""
@@ -331,6 +407,11 @@ class _Runner:
             row.update({k: previous[k] for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS)
                         if previous.get(k)})
         return row
+
+
+def _files(scan: Scan) -> tuple[Path, ...]:
+    """The input files of ``scan`` (a DICOM folder's files, else the file itself)."""
+    return scan.files or (scan.path,)
 
 
 def _reason(exc: BaseException) -> str:

@@ -3,17 +3,21 @@
 Torch-free. Labels keep the input's layout: ``.npy`` uint8 of the input's shape, a
 palette PNG whose pixel values are the class indices, or a uint8 NIfTI carrying the
 input's header, affine, qform and sform (with their codes). Every file is written to a
-hidden temp file in the target folder and renamed over the target, so a killed run
-leaves either the finished file or nothing (a stale temp is removed by the next write).
-Output paths are checked to stay inside ``--out``.
+hidden temp file in the target folder (unique per process and call) and renamed over
+the target, so a killed run leaves either the finished file or nothing (a stale temp of a
+dead process is removed by the next write). Output paths are checked to stay inside
+``--out``, and ``--out`` is checked writable before any work (:func:`check_writable_dir`).
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import os
-from collections.abc import Callable
+import secrets
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -54,32 +58,92 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+TMP_MARK = ".edgeseg-tmp"  # in every temp name: ``.x_seg.npy.<pid>-<hex>.edgeseg-tmp.npy``
+
+
+def atomic_write(target: Path, write: Callable[[Path], None],
+                 before_replace: Callable[[Path], None] | None = None) -> None:
     """Run ``write(tmp)`` on a hidden temp file beside ``target``, then rename it over.
 
-    The temp name is fixed per target (``.x_seg.npy.edgeseg-tmp.npy``), so a file left by
-    a killed run is simply overwritten, and it is created like any file (umask applies).
+    The temp name holds the writer's pid and a random part, so two processes (or two
+    threads) writing the same target never share a temp file; it keeps the target's
+    extension because writers such as nibabel pick the format from it. Temps of this
+    target left by dead processes (a ``kill -9``) are removed here. ``before_replace(tmp)``
+    runs on the finished temp file just before the rename (e.g. to record its hash).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     ext = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-    tmp = target.parent / f".{target.name}.edgeseg-tmp{ext}"
+    remove_stale_temps(target.parent.glob(f".{glob.escape(target.name)}.*edgeseg-tmp*"))
+    tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_MARK}{ext}"
     try:
         write(tmp)
+        if before_replace is not None:
+            before_replace(tmp)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def remove_stale_temps(paths: Iterable[Path]) -> None:
+    """Delete temp files (named as by :func:`atomic_write`) whose writing process is gone.
+
+    A temp without a pid comes from an edgeseg before pids were in the name: also stale.
+    """
+    for path in paths:
+        pid = path.name.rsplit(TMP_MARK, 1)[0].rsplit(".", 1)[-1].split("-")[0]
+        if not pid.isdigit() or not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """True if a process ``pid`` exists (on this machine)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def check_writable_dir(folder: Path, option: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove it writable by writing a file there; returns it.
+
+    Done before any work starts, so that a read-only mount, a file where the folder
+    should be, or a path under a file is one line up front, not a failure after the work.
+    Root passes permission bits, so a real write is the only honest test.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".edgeseg-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise EdgesegError(f"{option} {folder}: is a file, not a folder; choose another {option}") from None
+    except NotADirectoryError:
+        raise EdgesegError(f"{option} {folder}: a part of this path is a file, not a folder;"
+                           f" choose another {option}") from None
+    except OSError as exc:  # PermissionError, EROFS (read-only mount), ENOSPC, ...
+        raise EdgesegError(f"{option} {folder}: cannot write there ({exc.strerror or exc});"
+                           f" choose a writable {option} or fix its permissions") from None
+    return folder
+
+
 def write_labels(target: Path, kind: str, labels: np.ndarray, dec: Decoded,
-                 class_names: tuple[str, ...]) -> None:
-    """Write labels in the input's layout: .npy, palette PNG, or NIfTI beside the input."""
+                 class_names: tuple[str, ...],
+                 before_replace: Callable[[Path], None] | None = None) -> None:
+    """Write labels in the input's layout: .npy, palette PNG, or NIfTI beside the input.
+
+    ``before_replace``: as in :func:`atomic_write`.
+    """
     if kind == "npy":
-        atomic_write(target, lambda tmp: _save_npy(tmp, labels))
+        atomic_write(target, lambda tmp: _save_npy(tmp, labels), before_replace)
     elif kind == "image":
-        atomic_write(target, lambda tmp: label_png(labels).save(tmp, format="PNG"))
+        atomic_write(target, lambda tmp: label_png(labels).save(tmp, format="PNG"), before_replace)
     else:
         img = label_nifti(labels, dec.template, len(class_names), size_known=dec.voxel_ml is not None)
-        atomic_write(target, lambda tmp: img.to_filename(str(tmp)))
+        atomic_write(target, lambda tmp: img.to_filename(str(tmp)), before_replace)
 
 
 def _save_npy(tmp: Path, labels: np.ndarray) -> None:
@@ -119,7 +183,8 @@ def label_nifti(labels: np.ndarray, template: Any, num_classes: int, size_known:
     return img
 
 
-def write_overlay(target: Path, dec: Decoded, labels: np.ndarray, source: Path) -> None:
+def write_overlay(target: Path, dec: Decoded, labels: np.ndarray, source: Path,
+                  before_replace: Callable[[Path], None] | None = None) -> None:
     """PNG of the middle slice in grey with the classes coloured over it."""
     from PIL import Image
 
@@ -132,7 +197,7 @@ def write_overlay(target: Path, dec: Decoded, labels: np.ndarray, source: Path) 
     fg = labels[mid] > 0
     rgb[fg] = 0.55 * rgb[fg] + 0.45 * colours[fg]
     overlay = Image.fromarray(rgb.astype(np.uint8), mode="RGB")
-    atomic_write(target, lambda tmp: overlay.save(tmp, format="PNG"))
+    atomic_write(target, lambda tmp: overlay.save(tmp, format="PNG"), before_replace)
 
 
 def read_labels(path: Path) -> tuple[np.ndarray, float | None]:

@@ -38,6 +38,9 @@ DICOM_EXTS = (".dcm", ".ima")
 THICK_RATIO = 1.2  # a voxel this much thicker than the others marks the acquisition axis
 SPACING_MATCH = 0.01  # relative pixel-size difference within which slices are not resampled
 SUPPORTED = ".npy, .png, .jpg, .tif, .nii, .nii.gz, .dcm (or a DICOM series folder)"
+# Headers are checked against the file before anything is allocated (see check_claimed_size).
+GZIP_MAX_RATIO = 1032  # deflate cannot compress better than about 1032:1
+MAX_SCAN_BYTES = 8 << 30  # a decoded scan held in memory at once: 1024^3 float64 fits
 
 
 @dataclass(frozen=True)
@@ -153,26 +156,32 @@ def output_name(path: Path, kind: str) -> str:
 
 def discover_scans(
     inputs: Sequence[Path], out: Path
-) -> tuple[list[Scan], list[tuple[Path, str]], int]:
+) -> tuple[list[Scan], list[tuple[Path, str]], list[Path]]:
     """Scans under ``inputs`` (recursively), never inside ``out``.
 
     Returns:
         ``(scans, problems, ignored)``: problems are (path, reason) for inputs that are
-        missing, unsupported or collide on an output name; ignored counts files of
-        other types met inside folders.
+        missing, unsupported, symbolic-link loops or collide on an output name; ignored
+        are the files of other types met inside folders.
     """
-    out_root, scans, problems, ignored = out.resolve(), [], [], 0
+    out_root = _resolve(Path(out), "--out")
+    scans, problems, ignored = [], [], []
     for given in inputs:
         path = Path(given)
-        resolved = path.resolve()
+        try:
+            resolved = _resolve(path)
+        except EdgesegError as exc:
+            problems.append((path, str(exc).removeprefix(f"{path}: ")))
+            continue
         if resolved == out_root:
             raise EdgesegError(f"{path}: --out is the input folder itself; choose another --out")
         if resolved.is_relative_to(out_root):
             raise EdgesegError(f"{path} is inside --out {out}; choose an --out outside the inputs")
         if path.is_dir():
-            found, skipped = _walk(path, out_root)
+            found, loops, skipped = _walk(path, out_root)
             scans.extend(found)
-            ignored += skipped
+            problems.extend(loops)
+            ignored.extend(skipped)
         elif path.is_file() and (kind_of(path) or is_dicom_file(path)):
             kind = kind_of(path) or "dicom"
             scans.append(Scan(path, kind, Path(output_name(path, kind)), (path,)))
@@ -183,9 +192,24 @@ def discover_scans(
     return kept, problems + collisions, ignored
 
 
-def _walk(root: Path, out_root: Path) -> tuple[list[Scan], int]:
-    """Files by extension and DICOM folders under ``root``; hidden names and out pruned."""
-    scans, ignored = [], 0
+LOOP = "a symbolic link that loops back on itself; fix or remove the link"
+
+
+def _resolve(path: Path, option: str = "") -> Path:
+    """``path.resolve()``, with a symbolic-link loop as one EdgesegError line."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # "Symlink loop" (3.11/3.12), ELOOP (3.13+)
+        raise EdgesegError(f"{option + ' ' if option else ''}{path}: {LOOP}") from None
+
+
+def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]], list[Path]]:
+    """Files by extension and DICOM folders under ``root``; hidden names and out pruned.
+
+    Returns ``(scans, loops, ignored)``: symbolic-link loops among the files, and files of
+    other types.
+    """
+    scans, loops, ignored = [], [], []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
@@ -193,17 +217,27 @@ def _walk(root: Path, out_root: Path) -> tuple[list[Scan], int]:
         dicom = []
         for name in sorted(f for f in files if not f.startswith(".")):
             path, kind = here / name, kind_of(here / name)
-            if kind == "dicom" or (kind is None and name != "DICOMDIR" and is_dicom_file(path)):
+            if os.path.islink(path) and not os.path.exists(path) and _is_loop(path):
+                loops.append((path, LOOP))
+            elif kind == "dicom" or (kind is None and name != "DICOMDIR" and is_dicom_file(path)):
                 dicom.append(path)
             elif kind:
                 scans.append(Scan(path, kind, path.relative_to(root).parent / output_name(path, kind)))
             else:
-                ignored += 1
+                ignored.append(path)
         if dicom:
             rel = here.relative_to(root)
             name = output_name(here.resolve() if rel == Path(".") else here, "dicom")
             scans.append(Scan(here, "dicom", rel.parent / name, tuple(dicom)))
-    return scans, ignored
+    return scans, loops, ignored
+
+
+def _is_loop(path: Path) -> bool:
+    try:
+        path.resolve()
+    except (RuntimeError, OSError):
+        return True
+    return False
 
 
 def _dedupe(scans: list[Scan]) -> tuple[list[Scan], list[tuple[Path, str]]]:
@@ -267,7 +301,103 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
     return dec
 
 
+def check_claimed_size(path: Path, what: str, shape: tuple[int, ...], dtype: Any, offset: int = 0,
+                       gzipped: bool = False, holds: int | None = None) -> None:
+    """Refuse a header whose ``shape`` x ``dtype`` the file cannot hold, before any read.
+
+    A header that lies (a 1.5 kB file claiming 60000x60000 voxels) would otherwise make a
+    reader allocate the claimed size first. ``offset``: where the data starts in the file;
+    ``holds``: the bytes the data really has, when known (DICOM PixelData), instead of the
+    file. A gzipped file is bounded by deflate's best ratio, by :data:`MAX_SCAN_BYTES`, and
+    then by its trailer's size, or failing that by decompressing it once without keeping
+    the bytes, stopping at the claimed end.
+    """
+    need = _claimed(shape, dtype)
+    size = os.path.getsize(path) if holds is None else holds
+    room = size * GZIP_MAX_RATIO if gzipped else size - offset
+    holder = f"the file of {_bytes(size)}" if holds is None else f"its pixel data of {_bytes(size)}"
+    if need > room:
+        raise EdgesegError(f"{path}: {_claim(shape, dtype)}, but {holder} cannot hold that; the"
+                           f" {what} is truncated or its header is damaged; re-export it")
+    if gzipped:
+        check_decoded_size(path, shape, dtype)
+        if (got := _gunzipped_size(path, offset + need)) < offset + need:
+            raise EdgesegError(f"{path}: {_claim(shape, dtype)}, but it decompresses to only"
+                               f" {_bytes(got)} with the header; the {what} is truncated or its"
+                               " header is damaged; re-export it")
+
+
+def check_decoded_size(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+    """Refuse a scan that would be decoded into memory whole beyond :data:`MAX_SCAN_BYTES`."""
+    if _claimed(shape, dtype) > MAX_SCAN_BYTES:
+        raise EdgesegError(f"{path}: {_claim(shape, dtype)}, more than edgeseg decodes at once"
+                           f" ({_bytes(MAX_SCAN_BYTES)}); crop or split the scan")
+
+
+def _claimed(shape: tuple[int, ...], dtype: Any) -> int:
+    return int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+
+
+def _claim(shape: tuple[int, ...], dtype: Any) -> str:
+    return (f"its header claims {'x'.join(map(str, shape))} {np.dtype(dtype)}"
+            f" ({_bytes(_claimed(shape, dtype))})")
+
+
+def _gunzipped_size(path: Path, limit: int) -> int:
+    """Decompressed size of a gzip file, counting up to ``limit`` bytes; nothing is kept.
+
+    When the gzip trailer's size field (the size mod 2**32) says exactly ``limit``, the
+    file is taken as whole without decompressing it (a truncated file has no trailer).
+    Otherwise it is decompressed in 64 KiB reads; a truncated stream counts what came out
+    before the read that failed.
+    """
+    import gzip
+    import struct
+    import zlib
+
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 4))
+        trailer = f.read(4)
+    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == limit % 2**32:
+        return limit
+    count = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while count < limit and (chunk := f.read(min(1 << 16, limit - count))):
+                count += len(chunk)
+    except (OSError, EOFError, zlib.error):  # truncated stream: what came out is what counts
+        pass
+    return count
+
+
+def check_npy_header(path: Path) -> None:
+    """Refuse an .npy whose header claims more data than the file holds (before np.load).
+
+    Also used by :mod:`edgeseg.data` for ``--data``. Files whose header cannot be parsed
+    are left to ``np.load``, which names the problem.
+    """
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read is None:
+                return
+            shape, _, dtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError, EOFError, SyntaxError):
+        return
+    if not dtype.hasobject:
+        check_claimed_size(path, ".npy file", shape, dtype, offset)
+
+
+def _bytes(n: float) -> str:
+    """``1,544 bytes``, ``7.2 GB``."""
+    return f"{n:,.0f} bytes" if n < 1e6 else f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
+
+
 def _read_npy(path: Path) -> Decoded:
+    check_npy_header(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # pickled objects, truncated, not .npy
@@ -287,6 +417,8 @@ def _read_image(path: Path) -> Decoded:
 
     try:
         with Image.open(path) as img:
+            if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise Image.DecompressionBombError(f"{img.width}x{img.height}")
             if getattr(img, "n_frames", 1) > 1:
                 raise EdgesegError(f"{path}: {img.n_frames} pages; save a volume as .npy or .nii")
             img.load()
@@ -295,6 +427,11 @@ def _read_image(path: Path) -> Decoded:
                 notes.append(f"{path.name}: {mode} image converted to grayscale (luma)")
                 img = img.convert("L")
             arr = np.array(img)
+    except Image.DecompressionBombError:
+        raise EdgesegError(
+            f"{path}: the image header claims more than {Image.MAX_IMAGE_PIXELS:,} pixels, Pillow's"
+            " decompression-bomb limit; a damaged or malicious file, or save such a scan as .npy"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise EdgesegError(f"{path}: not a readable image ({_why(exc)})") from exc
     return Decoded(arr[None], lambda lab: lab[0], arr.shape, notes=notes)
@@ -305,6 +442,17 @@ def _read_nifti(path: Path, axis: int | None, min_size: int) -> Decoded:
 
     try:
         img = nib.load(path)
+    except Exception as exc:  # ImageFileError, bad header
+        raise EdgesegError(f"{path}: not a readable NIfTI file ({_why(exc)})") from exc
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):  # e.g. a CIFTI-2 surface file
+        kind = type(img).__name__.removesuffix("Image").replace("Cifti2", "CIFTI-2")
+        raise EdgesegError(f"{path}: not a NIfTI-1/2 image volume ({kind} data, not voxels);"
+                           " give a 3-D NIfTI volume")
+    header = img.header
+    check_claimed_size(path, "NIfTI file", header.get_data_shape(), header.get_data_dtype(),
+                       max(int(header.get_data_offset()), header.sizeof_hdr),
+                       gzipped=path.name.lower().endswith(".gz"))
+    try:
         proxy = img.dataobj
         raw = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
     except Exception as exc:  # ImageFileError, EOFError/zlib.error (truncated), bad header

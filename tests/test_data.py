@@ -128,7 +128,7 @@ BAD_CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
         "brain_5.npy", "NaN/Inf"),
     "truncated file": (
         lambda r: (r / "MRIs" / "brain_1.npy").write_bytes(
-            (r / "MRIs" / "brain_1.npy").read_bytes()[:300]), "brain_1.npy", "cannot read"),
+            (r / "MRIs" / "brain_1.npy").read_bytes()[:300]), "brain_1.npy", "truncated"),
     "not an npy file": (
         lambda r: (r / "Segmentations" / "segm_1.npy").write_text("hello"), "segm_1.npy",
         "cannot read"),

@@ -101,11 +101,11 @@ def test_bad_series(tmp_path: Path, dicom_series_factory, kwargs: dict, words: s
 @pytest.mark.parametrize("name", ["MR_truncated.dcm"])
 def test_broken_pydicom_files(name: str) -> None:
     path = Path(get_testdata_file(name))
-    with pytest.raises(EdgesegError, match="cannot decode pixel data"):
+    with pytest.raises(EdgesegError, match="pixel data of 8,130 bytes cannot hold that"):
         read_dicom_series(path, (path,))
 
 
 def test_not_dicom(tmp_path: Path) -> None:
     (tmp_path / "x.dcm").write_bytes(b"hello")
-    with pytest.raises(EdgesegError, match="not a readable DICOM"):
+    with pytest.raises(EdgesegError, match="not a DICOM file"):
         read_dicom_series(tmp_path / "x.dcm", (tmp_path / "x.dcm",))

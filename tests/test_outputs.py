@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -35,7 +37,12 @@ def test_output_paths_cannot_escape(tmp_path: Path, rel: str) -> None:
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "x_seg.nii.gz"
     target.parent.mkdir()
-    (target.parent / ".x_seg.nii.gz.edgeseg-tmp.nii.gz").write_bytes(b"half")  # a killed run
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (target.parent / f".x_seg.nii.gz.{dead}-0a1b2c3d.edgeseg-tmp.nii.gz").write_bytes(b"half")  # killed
+    (target.parent / ".x_seg.nii.gz.edgeseg-tmp.nii.gz").write_bytes(b"half")  # by an older edgeseg
+    alive = target.parent / f".x_seg.nii.gz.{os.getppid()}-0a1b2c3d.edgeseg-tmp.nii.gz"
+    alive.write_bytes(b"being written")  # by a live process: not ours to remove
 
     def explode(tmp: Path) -> None:
         tmp.write_bytes(b"partial")
@@ -43,7 +50,8 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError):
         atomic_write(target, explode)
-    assert list(target.parent.iterdir()) == []
+    assert list(target.parent.iterdir()) == [alive]
+    alive.unlink()
     atomic_write(target, lambda tmp: tmp.write_bytes(b"ok"))
     assert [p.name for p in target.parent.iterdir()] == ["x_seg.nii.gz"]
     assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # readable like any new file

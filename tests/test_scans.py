@@ -153,7 +153,7 @@ BAD = [  # file name, how to make it, words in the error
     ("zero.npy", lambda p: _write(p, array=np.zeros((0, 20, 20), np.float32)), "empty scan"),
     ("empty.png", lambda p: _write(p), "not a readable image"),
     ("cut.png", lambda p: _write(p, _png_bytes()[:60]), "not a readable image"),
-    ("cut.nii.gz", _truncated_nifti, "not a readable NIfTI"),
+    ("cut.nii.gz", _truncated_nifti, "is truncated or its header is damaged"),
     ("t4.nii", lambda p: nib.save(nib.Nifti1Image(np.zeros((20, 20, 20, 2)), np.eye(4)), p),
      "expected a 3-D volume"),
 ]
