@@ -128,7 +128,10 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
     info = read_model_info(model)
     out = Path(os.path.abspath(config.out))
     scans, problems, ignored = discover_scans(inputs, out)
-    if not scans and not problems:
+    if not scans:  # nothing to run: one line, and no --out folder or summary.csv left behind
+        if problems:
+            raise EdgesegError("; ".join(f"{path}: {reason}" for path, reason in problems[:3])
+                               + ("; ..." if len(problems) > 3 else "") + "; nothing to segment")
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
     trt = default_trt_options(info, batch_size=config.batch_size)
     session, provider = create_session(model, config.provider, config.threads, trt)

@@ -579,3 +579,12 @@ def test_kill_9_mid_export_then_rerun_equals_an_uninterrupted_export(tiny_checkp
     assert (killed / "parity.json").is_file()
     assert not leftovers(killed)
     assert file_sums(ckpt, tiny_checkpoint) == before
+
+
+def test_nothing_to_segment_is_one_line_and_leaves_no_out_folder(tmp_path: Path, threshold_onnx: Path) -> None:
+    """The old quickstart command, `edgeseg infer path/to/scans/`, on a fresh machine (item 3)."""
+    r = subprocess.run([str(EDGESEG), "infer", "path/to/scans/", "--model", str(threshold_onnx)], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert stderr_lines(r) == ["error: path/to/scans: does not exist; nothing to segment"]
+    assert list(tmp_path.iterdir()) == []  # no ./segmentations/summary.csv left behind
