@@ -206,13 +206,14 @@ def _check_folder(folder: Path) -> None:
 def _replace_folder(folder: Path, files: dict[str, bytes | Path]) -> None:
     """Write ``files`` (relative path -> bytes or a file to copy) as ``folder``, swapped in by rename.
 
-    The new folder is built as ``.<name>.edgeseg-tmp`` beside the target, so a killed run
-    never leaves a half-written model under its real name; leftovers are cleared next time.
+    The new folder is built as ``.<name>.edgeseg-tmp`` beside the target (a fixed name, so what
+    a killed run left is cleared next time) and swapped in by :func:`edgeseg.outputs.replace_dir`,
+    so a half-written model never stands under its real name.
     """
+    from edgeseg.outputs import replace_dir
+
     tmp = folder.parent / f".{folder.name}.edgeseg-tmp"
-    old = folder.parent / f".{folder.name}.edgeseg-old"
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     for rel, content in files.items():
         target = tmp / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -220,10 +221,7 @@ def _replace_folder(folder: Path, files: dict[str, bytes | Path]) -> None:
             shutil.copyfile(content, target)
         else:
             target.write_bytes(content)
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, folder)
 
 
 def _header(onnx_path: Path, info: Any, extra: list[str]) -> list[str]:
