@@ -116,10 +116,12 @@ class Recorder:
 
 
 def _torch(cfg: CheckConfig) -> Any:
+    """torch, after checking the device; cuDNN may pick its fastest algorithm per (fixed) shape."""
     import torch
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise Skip(f"PyTorch {torch.__version__} sees no CUDA device (torch.version.cuda={torch.version.cuda})")
+    torch.backends.cudnn.benchmark = True
     return torch
 
 
@@ -308,7 +310,7 @@ def section_infer_eager(rec: Recorder, cfg: CheckConfig) -> None:
             if precision == "fp16" and cfg.device != "cuda":
                 rec.skip(f"eager fp16 b{batch}", "fp16 autocast is timed on CUDA only")
                 continue
-            with torch.inference_mode(), _autocast(precision == "fp16"):
+            with torch.inference_mode(), _autocast(precision == "fp16"):  # fp32: TF32 allowed (the default)
                 timed(rec, cfg, f"eager {precision}", batch, lambda m=model, x=x: m(x))
         if cfg.device != "cuda":
             rec.skip(f"CUDA graph b{batch}", "CUDA graphs need a CUDA device")
@@ -328,14 +330,18 @@ def _input(cfg: CheckConfig, batch: int) -> Any:
 
 def _cuda_graph(torch: Any, model: Any, x: Any) -> Callable[[], None]:
     """Capture one fp16-autocast forward on the static input ``x``; returns its replay."""
+
+    def autocast() -> Any:  # cast cache off, as torch.cuda.make_graphed_callables requires
+        return torch.autocast("cuda", dtype=torch.float16, cache_enabled=False)
+
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(stream), torch.autocast("cuda", dtype=torch.float16):
+    with torch.inference_mode(), torch.cuda.stream(stream), autocast():
         for _ in range(3):  # warm-up on a side stream, as capture requires
             model(x)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph), torch.autocast("cuda", dtype=torch.float16):
+    with torch.inference_mode(), torch.cuda.graph(graph), autocast():
         model(x)
     return graph.replay
 
