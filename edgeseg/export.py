@@ -306,11 +306,12 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         report.parity.extra.update(export=_config_json(config), int8=report.int8)
         report.parity.write(paths["parity"])
     if config.triton is not None and (report.parity is None or report.parity.passed):
-        from edgeseg.triton import write_model_repository
+        from edgeseg.triton import TritonConfig, write_model_repository
 
-        for key in ("fp32", "fp16", "int8"):  # X.engine beside X.onnx is served with fp32
+        for key in ("fp32", "fp16", "int8"):  # X.engine beside X.onnx is served with fp32 if built now
             if key in report.files:
-                report.triton += write_model_repository(report.files[key], config.triton)
+                report.triton += write_model_repository(report.files[key], config.triton,
+                                                        TritonConfig(engine=config.trt))
     report.next_commands = next_commands(report)
     return report
 

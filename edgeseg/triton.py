@@ -126,6 +126,19 @@ def onnx_config(onnx_path: Path, name: str, config: TritonConfig) -> Any:
     return model
 
 
+def check_engine_source(engine: Path, info: Any) -> None:
+    """Refuse an engine whose sidecar names another checkpoint than the ONNX file beside it (a stale build)."""
+    from edgeseg.tensorrt import read_sidecar
+
+    built_from = (read_sidecar(engine).get("metadata") or {}).get("edgeseg.checkpoint_sha256")
+    if built_from != info.checkpoint_sha256:
+        raise EdgesegError(
+            f"{engine}: built from checkpoint {str(built_from)[:12]}..., but {info.path.name} comes from"
+            f" {info.checkpoint_sha256[:12]}...; rebuild it with `edgeseg export --trt`, or remove it to serve"
+            " the ONNX model alone"
+        )
+
+
 def engine_profile(engine: Path) -> dict[str, list[int]]:
     """The ``min``/``opt``/``max`` ``[N, H, W]`` of an engine's sidecar; EdgesegError if unusable."""
     from edgeseg.tensorrt import read_sidecar
@@ -276,6 +289,7 @@ def write_model_repository(onnx_path: Path, repo: Path, config: TritonConfig | N
         if platform == "tensorrt_plan":
             from edgeseg.tensorrt import read_sidecar
 
+            check_engine_source(engine, info)
             sidecar, profile = read_sidecar(engine), engine_profile(engine)
             limits = " ".join(f"{k} {'x'.join(map(str, v))}" for k, v in profile.items())
             message = plan_config(onnx_path, engine, model_name, config)

@@ -22,6 +22,7 @@ from tritonclient.grpc import model_config_pb2 as pb2
 import edgeseg
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
+from edgeseg.runtime import read_model_info
 from edgeseg.tensorrt import SIDECAR_FORMAT
 from edgeseg.triton import MARKER, TritonConfig, write_model_repository
 
@@ -94,8 +95,13 @@ def test_a_folder_edgeseg_did_not_write_is_never_replaced(tiny_onnx: Path, tmp_p
     assert sorted(p.name for p in theirs.iterdir()) == ["1", "config.pbtxt"]
 
 
-def with_engine(tiny_onnx: Path, folder: Path, profile: dict[str, list[int]] | None) -> Path:
-    """tiny.onnx beside a dummy tiny.engine (bytes only: no TensorRT here) and, if given, its sidecar."""
+def with_engine(tiny_onnx: Path, folder: Path, profile: dict[str, list[int]] | None,
+                checkpoint_sha256: str | None = None) -> Path:
+    """tiny.onnx beside a dummy tiny.engine (bytes only: no TensorRT here) and, if given, its sidecar.
+
+    The sidecar is what ``build_engine`` writes; its metadata names the ONNX file's checkpoint
+    unless ``checkpoint_sha256`` says otherwise.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     onnx_path = Path(shutil.copy(tiny_onnx, folder / "tiny.onnx"))
     (folder / "tiny.engine").write_bytes(b"dummy engine bytes: a config-generation test, not an engine")
@@ -103,7 +109,9 @@ def with_engine(tiny_onnx: Path, folder: Path, profile: dict[str, list[int]] | N
         (folder / "tiny.engine.json").write_text(json.dumps({
             "format": SIDECAR_FORMAT, "tensorrt": "10.8.0", "cuda": "12.8", "gpu": "NVIDIA H100 80GB HBM3",
             "compute_capability": "9.0", "driver": "570.1", "precision": "fp32", "onnx": "tiny.onnx",
-            "profile": profile, "metadata": {}}))
+            "profile": profile, "metadata": {**read_model_info(onnx_path).metadata,
+                                             **({"edgeseg.checkpoint_sha256": checkpoint_sha256}
+                                                if checkpoint_sha256 else {})}}))
     return onnx_path
 
 
@@ -142,6 +150,14 @@ def test_engine_without_sidecar_is_refused_before_anything_is_written(tiny_onnx:
     assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
     models = write_model_repository(onnx_path, tmp_path / "repo", TritonConfig(engine=False))
     assert [m.name for m in models] == ["tiny"]
+
+
+def test_engine_from_another_checkpoint_is_refused(tiny_onnx: Path, tmp_path: Path) -> None:
+    """A stale X.engine left beside a re-exported X.onnx (config generation only, dummy engine)."""
+    onnx_path = with_engine(tiny_onnx, tmp_path / "export", PROFILE, checkpoint_sha256="f" * 64)
+    with pytest.raises(EdgesegError, match=r"tiny.engine: built from checkpoint ffffffffffff\.\.\., but tiny.onnx"):
+        write_model_repository(onnx_path, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
 
 
 def test_export_triton_writes_the_repository(tiny_checkpoint: Path, tmp_path: Path) -> None:
