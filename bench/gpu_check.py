@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # run as `python bench/gpu_check.py` from a bare checkout
+if (REPO / "edgeseg").is_dir() and str(REPO) not in sys.path:  # `python bench/gpu_check.py`, not installed
     sys.path.insert(0, str(REPO))
 
 FORMAT = "edgeseg-gpu-check-v1"
