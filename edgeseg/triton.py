@@ -179,7 +179,7 @@ def render(model: Any, header: list[str]) -> str:
     body = text_format.MessageToString(model, use_short_repeated_primitives=True)
     text = "\n".join([MARKER, *(f"# {line}" for line in header), body])
     if parse_config(text) != model:  # the schema's own parser must read back what we meant
-        raise EdgesegError(f"model {model.name}: config.pbtxt does not round-trip through the Triton schema")
+        raise RuntimeError(f"model {model.name}: config.pbtxt does not round-trip through the Triton schema")
     return text
 
 
@@ -278,6 +278,8 @@ def write_model_repository(onnx_path: Path, repo: Path, config: TritonConfig | N
     onnx_path, repo = Path(onnx_path), Path(repo)
     info = read_model_info(onnx_path)
     name = config.name or onnx_path.stem
+    if Path(name).name != name or name.startswith("."):
+        raise EdgesegError(f"--name {name!r}: a Triton model name is a plain folder name (no '/', not hidden)")
     engine = output_paths(onnx_path)["trt"]
     serve_engine = config.engine and engine.is_file()
     jobs = [(name, "onnxruntime_onnx", "model.onnx", onnx_path)]

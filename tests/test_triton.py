@@ -95,6 +95,13 @@ def test_a_folder_edgeseg_did_not_write_is_never_replaced(tiny_onnx: Path, tmp_p
     assert sorted(p.name for p in theirs.iterdir()) == ["1", "config.pbtxt"]
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ".."])
+def test_model_name_must_be_a_plain_folder_name(tiny_onnx: Path, tmp_path: Path, name: str) -> None:
+    with pytest.raises(EdgesegError, match="plain folder name"):
+        write_model_repository(tiny_onnx, tmp_path / "repo", TritonConfig(name=name))
+    assert not any(tmp_path.rglob("config.pbtxt"))
+
+
 def with_engine(tiny_onnx: Path, folder: Path, profile: dict[str, list[int]] | None,
                 checkpoint_sha256: str | None = None) -> Path:
     """tiny.onnx beside a dummy tiny.engine (bytes only: no TensorRT here) and, if given, its sidecar.
