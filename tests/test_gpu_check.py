@@ -109,3 +109,27 @@ def test_raw_nifti_reader_equals_nibabel() -> None:
 def test_unknown_section_is_a_usage_error(tmp_path: Path) -> None:
     r = run_check(tmp_path, "--sections", "environment,warp_drive")
     assert r.returncode == 2 and "warp_drive" in r.stderr
+
+
+def _no_cuda() -> str | None:
+    import torch
+
+    return None if torch.cuda.is_available() else f"PyTorch {torch.__version__} sees no CUDA device"
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(_no_cuda() is not None, reason=f"the GPU check needs CUDA: {_no_cuda()}")
+def test_gpu_check_on_cuda(tmp_path: Path) -> None:
+    """The real check (under 8 minutes): every CUDA section measures, and CUDA agrees with the CPU."""
+    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
+                       cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    sections = report["sections"]
+    assert sections["environment"]["info"]["gpu"] and report["total_seconds"] < 480
+    parity = {m["precision"]: m for m in sections["parity"]["measurements"]}
+    assert set(parity) == {"fp32", "fp16"} and all(not m["failures"] for m in parity.values()), parity
+    names = {m["name"] for m in sections["infer_eager"]["measurements"]}
+    assert {"eager fp32", "eager fp16", "CUDA graph fp16"} <= names
+    assert all(g["best"] is not None for g in report["goals"].values())
