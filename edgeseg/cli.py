@@ -252,6 +252,8 @@ def export_cmd(
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Parity gate after export.")] = True,
     slices: Annotated[int, typer.Option(min=1, help="Held-out slices compared at 394x394.")] = 8,
     size_slices: Annotated[int, typer.Option("--size-slices", min=1, help="Slices at each other size.")] = 4,
+    triton: Annotated[Path | None, typer.Option(
+        "--triton", help="Also write a Triton model repository here (edgeseg[triton]).")] = None,
 ) -> None:
     """Export a checkpoint to ONNX (fp32; fp16/int8/TensorRT by flag) and gate on parity."""
     from edgeseg.export import ExportConfig, run_export
@@ -259,9 +261,32 @@ def export_cmd(
     config = ExportConfig(
         out=out, fp16=fp16, int8=int8, trt=trt, opset=opset, simplify=simplify, fuse=fuse, calib=calib,
         calib_method=calib_method.value, trt_min=trt_min, trt_opt=trt_opt, trt_max=trt_max,
-        data=data, validate=validate, slices=slices, size_slices=size_slices,
+        data=data, validate=validate, slices=slices, size_slices=size_slices, triton=triton,
     )
     run_export(checkpoint, config)
+
+
+class Kind(str, Enum):
+    auto = "auto"
+    gpu = "gpu"
+    cpu = "cpu"
+
+
+@app.command("triton")
+def triton_cmd(
+    model: Annotated[Path, typer.Argument(help="Exported ONNX model; X.engine + sidecar beside it is served too.")],
+    out: Annotated[Path, typer.Option("--out", help="Triton model repository folder.")] = Path("triton-models"),
+    name: Annotated[str | None, typer.Option(help="Model name; default: the file's stem.")] = None,
+    max_batch_size: Annotated[int, typer.Option(
+        "--max-batch-size", min=1, help="ONNX Runtime model's max batch (the plan's is its profile's).")] = 32,
+    instances: Annotated[int, typer.Option(min=1, help="Model instances per GPU (or on the CPU).")] = 1,
+    kind: Annotated[Kind, typer.Option(help="auto: the GPU where there is one, else CPU.")] = Kind.auto,
+) -> None:
+    """Write a Triton Inference Server model repository for an exported model (edgeseg[triton])."""
+    from edgeseg.triton import TritonConfig, run_triton
+
+    config = TritonConfig(name=name, max_batch_size=max_batch_size, instances=instances, kind=kind.value)
+    run_triton(model, out, config)
 
 
 @app.command("validate")

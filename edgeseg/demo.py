@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import sha256_file
+from edgeseg.outputs import replace_dir, sha256_file
 
 DEMO_FORMAT = "edgeseg-demo"
 DEMO_FORMAT_VERSION = 1  # bump when the files written change for the same parameters
@@ -256,17 +256,6 @@ def _check_target(out: Path) -> None:
         ) from None
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished build into place; out never holds a partial set."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "set")
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def build_demo(
     out: Path | None = None, force: bool = False, config: DemoConfig | None = None
 ) -> Path:
@@ -309,7 +298,7 @@ def build_demo(
             json.dumps(_provenance(identity, kept), indent=2) + "\n"
         )
         try:
-            _replace_dir(tmp, out)
+            replace_dir(tmp, out)
         except OSError:
             if not _cache_hit(out, identity):  # else a concurrent build finished first: use it
                 raise

@@ -13,6 +13,9 @@
 * ``X_int8.onnx`` (``--int8``): ORT static QDQ, per-channel weights, calibrated on real
   training slices; the calibration method is chosen by the resulting ΔmIoU (edgeseg.quantize).
 * ``X.engine`` + ``X.engine.json`` (``--trt``): a TensorRT engine (edgeseg.tensorrt).
+* ``DIR/X/config.pbtxt`` + ``DIR/X/1/model.onnx`` (``--triton DIR``): a Triton model
+  repository for every ONNX file written (and ``DIR/X_trt`` for the engine), after the
+  parity gate passes (edgeseg.triton).
 
 then runs :func:`edgeseg.parity.validate` on every file and writes ``parity.json``; a failed
 gate raises EdgesegError naming the check (the files stay for inspection).
@@ -66,6 +69,7 @@ class ExportConfig:
     slices: int = 8  # held-out slices compared at 394x394
     size_slices: int = 4  # held-out slices compared at each other size of the table
     providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")  # parity candidates, if they work
+    triton: Path | None = None  # also write a Triton model repository here (edgeseg[triton])
 
 
 @dataclass
@@ -77,6 +81,7 @@ class ExportReport:
     int8: dict[str, Any] = field(default_factory=dict)  # calibration choice, ΔmIoU, latencies
     parity: ParityReport | None = None
     next_commands: list[str] = field(default_factory=list)
+    triton: list[Any] = field(default_factory=list)  # edgeseg.triton.TritonModel, one per served model
 
 
 # ----------------------------------------------------------------------------- fp32
@@ -271,6 +276,12 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
     paths = output_paths(checkpoint, config.out)
     check_writable_dir(paths["fp32"].parent, "--out" if config.out else "the checkpoint's folder")
+    if config.triton is not None:  # fail fast: tritonclient missing, or a folder that is not ours
+        from edgeseg.triton import check_repository
+
+        served = [k for k in ("fp32", "fp16", "int8") if k == "fp32" or getattr(config, k)]
+        check_repository(config.triton, [paths[k].stem for k in served]
+                         + ([f"{paths['fp32'].stem}_trt"] if config.trt else []))
     report = ExportReport(checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"],
                                                            config.opset, config.simplify,
                                                            config.fuse)})
@@ -295,6 +306,13 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
                                  eval_data=data)
         report.parity.extra.update(export=_config_json(config), int8=report.int8)
         report.parity.write(paths["parity"])
+    if config.triton is not None and (report.parity is None or report.parity.passed):
+        from edgeseg.triton import TritonConfig, write_model_repository
+
+        for key in ("fp32", "fp16", "int8"):  # X.engine beside X.onnx is served with fp32 if built now
+            if key in report.files:
+                report.triton += write_model_repository(report.files[key], config.triton,
+                                                        TritonConfig(engine=config.trt))
     report.next_commands = next_commands(report)
     return report
 
@@ -350,6 +368,8 @@ def run_export(checkpoint: Path | None, config: ExportConfig) -> ExportReport:
         console.print(f"{precision:>5}  {path}  ({path.stat().st_size / 1e6:.2f} MB)")
     if report.int8:
         _print_int8(console, report.int8)
+    for model in report.triton:
+        console.print(f"triton  {model.platform}  {model.config}")
     if report.parity is not None:
         print_report(console, report.parity)
         if not report.parity.passed:

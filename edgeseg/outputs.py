@@ -130,6 +130,23 @@ def check_writable_dir(folder: Path, option: str = "--out") -> Path:
     return folder
 
 
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` into place as ``out``; ``out`` never holds a partial one.
+
+    A non-empty folder cannot be renamed over another, so an existing ``out`` is first moved
+    into a fresh hidden folder beside it and removed once the new one is in place.
+    """
+    import shutil
+
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def write_labels(target: Path, kind: str, labels: np.ndarray, dec: Decoded,
                  class_names: tuple[str, ...],
                  before_replace: Callable[[Path], None] | None = None) -> None:

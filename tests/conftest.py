@@ -205,3 +205,22 @@ def tiny_onnx(tiny_checkpoint: Path) -> Path:
 
     return export_onnx(tiny_checkpoint)
 # --- end export / parity ------------------------------------------------------------------
+
+
+def make_env_without(shim: Path, module: str, error: str = "ImportError") -> dict[str, str]:
+    """The environment with a PYTHONPATH package ``module`` whose import raises ``error``.
+
+    For running the real CLI in a subprocess as on an install that lacks an optional extra.
+    """
+    import os
+
+    (shim / module).mkdir(parents=True, exist_ok=True)
+    (shim / module / "__init__.py").write_text(
+        f"raise {error}('{module} is not installed (test shim)', name='{module}')\n")
+    return {**os.environ, "PYTHONPATH": str(shim), "COLUMNS": "200"}
+
+
+@pytest.fixture
+def env_without():  # noqa: ANN201
+    """:func:`make_env_without` itself."""
+    return make_env_without
