@@ -275,13 +275,13 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint()
     profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
     paths = output_paths(checkpoint, config.out)
-    check_writable_dir(paths["fp32"].parent, "--out" if config.out else "the checkpoint's folder")
     if config.triton is not None:  # fail fast: tritonclient missing, or a folder that is not ours
         from edgeseg.triton import check_repository
 
         served = [k for k in ("fp32", "fp16", "int8") if k == "fp32" or getattr(config, k)]
         check_repository(config.triton, [paths[k].stem for k in served]
                          + ([f"{paths['fp32'].stem}_trt"] if config.trt else []))
+    check_writable_dir(paths["fp32"].parent, "--out" if config.out else "the checkpoint's folder")
     report = ExportReport(checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"],
                                                            config.opset, config.simplify,
                                                            config.fuse)})
