@@ -105,9 +105,10 @@ def build_c(build_dir: Path | None = None, sanitize: bool = False, werror: bool 
             log(f"cmake {step}: {build_dir}")
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
-            tail = " | ".join((proc.stdout + proc.stderr).strip().splitlines()[-6:])
-            raise EdgesegError(f"{build_dir}: cmake {step} failed ({tail}); fix the error above"
-                               " and rerun `edgeseg build-c`")
+            lines = (proc.stdout + proc.stderr).strip().splitlines()
+            first = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
+            raise EdgesegError(f"{build_dir}: cmake {step} failed: {first[:300]}; fix it and rerun"
+                               " `edgeseg build-c` (run the cmake command by hand for the full log)")
     return CBuild(build_dir, build_dir / LIBRARY_NAME, build_dir / PROGRAM_NAME, sanitize)
 
 
