@@ -330,7 +330,14 @@ BAD_INPUTS = {  # case -> (make the input in a folder, text the one-line error m
     "too-small": (lambda d: np.save(d / "x.npy", np.zeros((2, 8, 40), np.float32)), "at least 16x16"),
     "missing-input": (lambda d: None, "No such file or directory"),
     "missing-model": (lambda d: np.save(d / "x.npy", SLICE), "model not found"),
+    "model-openvino-cannot-read": (lambda d: _unknown_op_model(d), "OpenVINO cannot read this model"),
 }
+
+
+def _unknown_op_model(folder: Path) -> None:
+    """The shipped model with its ConvTranspose ops renamed: edgeseg metadata intact, graph unreadable."""
+    np.save(folder / "x.npy", SLICE)
+    (folder / "model.onnx").write_bytes(SHIPPED_MODEL.read_bytes().replace(b"ConvTranspose", b"ConvTransXose"))
 
 
 def _save_bytes(folder: Path, array: np.ndarray) -> bytes:
@@ -341,12 +348,13 @@ def _save_bytes(folder: Path, array: np.ndarray) -> bytes:
 def _run_bad_input(program: Path, case: str, folder: Path, env: dict[str, str] | None = None) -> None:
     make, message = BAD_INPUTS[case]
     make(folder)
-    model = folder / "missing.onnx" if case == "missing-model" else SHIPPED_MODEL
+    model = folder / "model.onnx" if (folder / "model.onnx").is_file() else SHIPPED_MODEL
+    model = folder / "missing.onnx" if case == "missing-model" else model
     proc = run_program(program, model, folder / "x.npy", folder / "out.npy", env=env)
     lines = proc.stderr.splitlines()
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert str(model if case == "missing-model" else folder / "x.npy") in lines[0]
+    assert str(model if "model" in case else folder / "x.npy") in lines[0]
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("out")) == []  # nothing partial
 
 

@@ -124,7 +124,11 @@ EDGESEG_API const char *edgeseg_format(const edgeseg_model *model);
  */
 EDGESEG_API const char *edgeseg_backend(const edgeseg_model *model);
 
-/** The reason the last failed call on `model` failed ("" if none failed yet). */
+/**
+ * The reason the last failed call on `model` failed ("" if none failed yet). Where OpenVINO failed,
+ * its own message is appended; OpenVINO's C API keeps one such message per process, so two
+ * handles failing at the same instant in two threads may see each other's OpenVINO detail.
+ */
 EDGESEG_API const char *edgeseg_last_error(const edgeseg_model *model);
 
 /** Free the handle and everything OpenVINO holds for it. NULL is allowed. */

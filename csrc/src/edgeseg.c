@@ -47,10 +47,13 @@ static edgeseg_status fail(edgeseg_model *m, edgeseg_status status, const char *
     return status;
 }
 
-/* OpenVINO's own message for the call that just failed on this thread, first line only. */
-static const char *ov_reason(ov_status_e status) {
+/* OpenVINO's reason for the call that just failed, copied into buf. Its C API keeps one last
+ * message per process (not per thread) and hands out a copy that must be freed. */
+static const char *ov_reason(ov_status_e status, char *buf, size_t size) {
     const char *msg = ov_get_last_err_msg();
-    return msg && *msg ? msg : ov_get_error_info(status);
+    snprintf(buf, size, "%s", msg && *msg ? msg : ov_get_error_info(status));
+    if (msg) ov_free(msg);
+    return buf;
 }
 
 static int read_file(const char *path, unsigned char **data, size_t *size) {
@@ -160,9 +163,11 @@ static edgeseg_status check_metadata(edgeseg_model *m, const char *path, edgeseg
 
 /* Refuse bf16 with the reason where the CPU plugin does not list it. */
 static edgeseg_status check_bf16(edgeseg_model *m) {
-    char *caps = NULL;
+    char *caps = NULL, why[EDGESEG_ERROR_SIZE];
     ov_status_e st = ov_core_get_property(m->core, "CPU", "OPTIMIZATION_CAPABILITIES", &caps);
-    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot list the CPU's capabilities: %s", ov_reason(st));
+    if (st != OK)
+        return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot list the CPU's capabilities: %s",
+                    ov_reason(st, why, sizeof why));
     int has = 0;
     for (const char *p = caps; (p = strstr(p, "BF16")) != NULL; p += 4)
         has |= (p == caps || p[-1] == ' ') && (p[4] == ' ' || p[4] == '\0');
@@ -212,9 +217,11 @@ static void describe_backend(edgeseg_model *m) {
 
 static edgeseg_status compile(edgeseg_model *m, const char *path, int threads, edgeseg_precision precision) {
     ov_model_t *model = NULL;
+    char why[EDGESEG_ERROR_SIZE];
     ov_status_e st = ov_core_read_model(m->core, path, NULL, &model);
     if (st != OK)
-        return fail(m, EDGESEG_E_MODEL, "%s: OpenVINO cannot read this model: %s", path, ov_reason(st));
+        return fail(m, EDGESEG_E_MODEL, "%s: OpenVINO cannot read this model: %s", path,
+                    ov_reason(st, why, sizeof why));
     char nthreads[16];
     snprintf(nthreads, sizeof nthreads, "%d", threads);
     /* Explicit precision: OpenVINO's CPU default is bf16 wherever the CPU has it. The int8 file's
@@ -227,11 +234,14 @@ static edgeseg_status compile(edgeseg_model *m, const char *path, int threads, e
     st = ov_core_compile_model_props(m->core, model, "CPU", threads > 0 ? 3 : 2, props, &m->compiled);
     ov_model_free(model);
     if (st != OK)
-        return fail(m, EDGESEG_E_RUNTIME, "%s: OpenVINO cannot compile this model for CPU: %s", path, ov_reason(st));
+        return fail(m, EDGESEG_E_RUNTIME, "%s: OpenVINO cannot compile this model for CPU: %s", path,
+                    ov_reason(st, why, sizeof why));
     edgeseg_status rc = check_io(m, path);
     if (rc != EDGESEG_OK) return rc;
     st = ov_compiled_model_create_infer_request(m->compiled, &m->request);
-    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot create an infer request: %s", ov_reason(st));
+    if (st != OK)
+        return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot create an infer request: %s",
+                    ov_reason(st, why, sizeof why));
     describe_backend(m);
     return EDGESEG_OK;
 }
@@ -242,14 +252,14 @@ static edgeseg_status open_model(edgeseg_model *m, const char *path, int threads
     if (read_file(path, &bytes, &size))
         return fail(m, EDGESEG_E_FILE, "%s: model not found or unreadable (%s); pass an .onnx from `edgeseg export`",
                     path, strerror(errno));
-    char why[128];
+    char why[EDGESEG_ERROR_SIZE];
     int bad = onnx_meta_parse(bytes, size, &m->meta, why, sizeof why);
     free(bytes);
     if (bad) return fail(m, EDGESEG_E_MODEL, "%s: %s; pass an .onnx from `edgeseg export`", path, why);
     edgeseg_status rc = check_metadata(m, path, precision);
     if (rc != EDGESEG_OK) return rc;
     ov_status_e st = ov_core_create(&m->core);
-    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot start: %s", ov_reason(st));
+    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot start: %s", ov_reason(st, why, sizeof why));
     if (precision == EDGESEG_BF16 && (rc = check_bf16(m)) != EDGESEG_OK) return rc;
     return compile(m, path, threads, precision);
 }
@@ -295,13 +305,14 @@ edgeseg_status edgeseg_segment(edgeseg_model *m, const float *images, size_t n, 
     int64_t dims[4] = {(int64_t)n, 1, (int64_t)h, (int64_t)w};
     ov_shape_t shape = {4, dims}; /* on the stack: OpenVINO copies the dims */
     ov_tensor_t *input = NULL, *output = NULL;
+    char why[EDGESEG_ERROR_SIZE];
     /* OpenVINO's C API takes a non-const pointer; it only reads an input tensor. */
     void *host = (void *)(uintptr_t)images;
     ov_status_e st = ov_tensor_create_from_host_ptr(F32, shape, host, &input);
     if (st == OK) st = ov_infer_request_set_tensor(m->request, "image", input);
     if (st == OK) st = ov_infer_request_infer(m->request);
     ov_tensor_free(input);
-    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO inference failed: %s", ov_reason(st));
+    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO inference failed: %s", ov_reason(st, why, sizeof why));
     st = ov_infer_request_get_tensor(m->request, "labels", &output);
     size_t count = 0;
     void *data = NULL;
@@ -309,7 +320,7 @@ edgeseg_status edgeseg_segment(edgeseg_model *m, const float *images, size_t n, 
     if (st == OK) st = ov_tensor_data(output, &data);
     if (st == OK && count == n * h * w) memcpy(labels, data, count);
     ov_tensor_free(output);
-    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO has no labels output: %s", ov_reason(st));
+    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO has no labels output: %s", ov_reason(st, why, sizeof why));
     if (count != n * h * w)
         return fail(m, EDGESEG_E_RUNTIME, "OpenVINO returned %zu labels for %zux%zux%zu", count, n, h, w);
     return EDGESEG_OK;
