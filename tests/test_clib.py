@@ -395,6 +395,30 @@ def test_sanitizers_report_nothing(clib_asan: CBuild, clib: CBuild, slices: list
     assert info.returncode == 0 and not any(mark in info.stderr for mark in SANITIZER_MARKS), info.stderr
 
 
+def test_mutated_headers_fail_cleanly_under_sanitizers(clib_asan: CBuild, tmp_path: Path) -> None:
+    """150 seeded mutations of a real NPY header (flipped, cut, inserted bytes): one printable line, exit 1."""
+    np.save(tmp_path / "good.npy", np.zeros((2, 20, 20), np.float32))
+    base = (tmp_path / "good.npy").read_bytes()
+    header_end = base.index(b"\n") + 1
+    rng = np.random.default_rng(0)
+    for i in range(150):
+        data = bytearray(base)
+        kind = i % 3
+        if kind == 0:
+            data[rng.integers(0, header_end)] = rng.integers(0, 256)
+        elif kind == 1:
+            data = data[:rng.integers(0, len(data))]
+        else:
+            at = int(rng.integers(10, header_end - 1))
+            data[at:at] = bytes(rng.choice(list(b"(),:'\" 0123456789{}TrueFals\n"), rng.integers(1, 6)))
+        (tmp_path / "x.npy").write_bytes(bytes(data))
+        proc = subprocess.run([str(clib_asan.program), str(tmp_path / "missing.onnx"), str(tmp_path / "x.npy"),
+                               str(tmp_path / "out.npy")], capture_output=True, env={**os.environ, **SANITIZER_ENV})
+        err = proc.stderr.decode()  # ASCII only: strict decoding fails on anything else
+        assert proc.returncode == 1 and len(err.splitlines()) == 1 and err[:-1].isprintable(), (i, err)
+    assert not (tmp_path / "out.npy").exists()
+
+
 # ----------------------------------------------------------------------------- the bench backend
 
 

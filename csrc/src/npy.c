@@ -7,11 +7,14 @@
 
 #define MAX_HEADER (1u << 20) /* numpy writes < 64 KiB; anything near this is not an array header */
 
+/* A one-line, printable reason: it may quote bytes of a damaged header. */
 static int reason(char *why, size_t size, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(why, size, fmt, ap);
     va_end(ap);
+    for (char *p = why; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f) *p = '?';
     return -1;
 }
 
