@@ -320,7 +320,8 @@ edgeseg_status edgeseg_segment(edgeseg_model *m, const float *images, size_t n, 
     if (st == OK) st = ov_tensor_data(output, &data);
     if (st == OK && count == n * h * w) memcpy(labels, data, count);
     ov_tensor_free(output);
-    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO has no labels output: %s", ov_reason(st, why, sizeof why));
+    if (st != OK)
+        return fail(m, EDGESEG_E_RUNTIME, "OpenVINO has no labels output: %s", ov_reason(st, why, sizeof why));
     if (count != n * h * w)
         return fail(m, EDGESEG_E_RUNTIME, "OpenVINO returned %zu labels for %zux%zux%zu", count, n, h, w);
     return EDGESEG_OK;

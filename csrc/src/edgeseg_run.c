@@ -133,6 +133,13 @@ static int fail(run_state *s, const char *path, const char *what) {
     return 1;
 }
 
+/* A failed open, read or write of `path`, with the system's reason and what to check. */
+static int fail_io(run_state *s, const char *path, const char *action, const char *fix) {
+    char what[256];
+    snprintf(what, sizeof what, "cannot %s (%s); %s", action, strerror(errno), fix);
+    return fail(s, path, what);
+}
+
 /* Slices, rows, columns of an (H, W) or (N, H, W) header; -1 if it is neither. */
 static int stack_shape(const npy_header *h, size_t dims[3]) {
     if (h->rank != 2 && h->rank != 3) return -1;
@@ -150,7 +157,8 @@ static int segment_file(const options *o) {
     size_t dims[3];
     s.in = fopen(o->input, "rb");
     if (!s.in || fstat(fileno(s.in), &st) != 0 || !S_ISREG(st.st_mode))
-        return fail(&s, o->input, s.in ? "not a regular file; pass an .npy file" : strerror(errno));
+        return s.in ? fail(&s, o->input, "not a regular file; pass an .npy file")
+                    : fail_io(&s, o->input, "open it", "pass an existing, readable .npy file");
     if (npy_read_header(s.in, (uint64_t)st.st_size, &h, why, sizeof why)) return fail(&s, o->input, why);
     if (stack_shape(&h, dims)) {
         snprintf(why, sizeof why, "array of rank %d with shape (%llu, ...); expected a non-empty slice (H, W) or"
@@ -172,7 +180,8 @@ static int segment_file(const options *o) {
     s.images = malloc(batch * hw * sizeof(float));
     s.labels = malloc(batch * hw);
     s.raw = h.dtype == NPY_F4 ? NULL : malloc(batch * hw * h.itemsize);
-    if (!s.images || !s.labels || (h.dtype != NPY_F4 && !s.raw)) return fail(&s, o->input, "out of memory");
+    if (!s.images || !s.labels || (h.dtype != NPY_F4 && !s.raw))
+        return fail(&s, o->input, "out of memory for one batch; use a smaller --batch");
     size_t tmp_size = strlen(o->output) + 32;
     s.tmp_path = malloc(tmp_size);
     if (!s.tmp_path) return fail(&s, o->output, "out of memory");
@@ -180,20 +189,22 @@ static int segment_file(const options *o) {
     s.out = fopen(s.tmp_path, "wb");
     uint64_t out_shape[3] = {dims[0], dims[1], dims[2]};
     if (!s.out || npy_write_u8_header(s.out, h.rank == 3 ? out_shape : out_shape + 1, h.rank))
-        return fail(&s, o->output, strerror(errno));
+        return fail_io(&s, o->output, "write it", "check that its folder exists and is writable");
     for (size_t done = 0; done < dims[0]; done += batch) {
         size_t n = dims[0] - done < batch ? dims[0] - done : batch;
         void *dest = s.raw ? s.raw : (void *)s.images;
         if (fread(dest, h.itemsize, n * hw, s.in) != n * hw)
-            return fail(&s, o->input, "read failed (the file shrank while being read?)");
+            return fail(&s, o->input, "read failed (the file shrank while being read?); rerun on a stable copy");
         if (s.raw) npy_to_float(h.dtype, s.raw, s.images, n * hw);
         if (edgeseg_segment(s.model, s.images, n, dims[1], dims[2], s.labels) != EDGESEG_OK)
             return fail(&s, o->input, edgeseg_last_error(s.model));
-        if (fwrite(s.labels, 1, n * hw, s.out) != n * hw) return fail(&s, o->output, strerror(errno));
+        if (fwrite(s.labels, 1, n * hw, s.out) != n * hw)
+            return fail_io(&s, o->output, "write it", "check the free space");
     }
     int closed = fclose(s.out);
     s.out = NULL;
-    if (closed != 0 || rename(s.tmp_path, o->output) != 0) return fail(&s, o->output, strerror(errno));
+    if (closed != 0 || rename(s.tmp_path, o->output) != 0)
+        return fail_io(&s, o->output, "write it", "check the free space and that the folder is writable");
     free(s.tmp_path);
     s.tmp_path = NULL;
     release(&s);

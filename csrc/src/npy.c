@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define RESAVE "; re-save it with numpy.save"
 #define MAX_HEADER (1u << 20) /* numpy writes < 64 KiB; anything near this is not an array header */
 
 /* A one-line, printable reason: it may quote bytes of a damaged header. */
@@ -84,7 +85,8 @@ static int parse_descr(const char *descr, npy_header *h, char *why, size_t size)
         return 0;
     }
     return reason(why, size,
-                  "dtype '%s' is not supported; save float32 (or float64, int16, uint8, uint16) raw intensities", descr);
+                  "dtype '%s' is not supported; save float32 (or float64, int16, uint8, uint16) raw"
+                  " intensities", descr);
 }
 
 /* The header dict: {'descr': '<f4', 'fortran_order': False, 'shape': (3, 394, 394), } */
@@ -92,12 +94,12 @@ static int parse_dict(const char *text, npy_header *h, char *why, size_t size) {
     lexer x = {text};
     char key[32], descr[32] = "";
     int seen = 0, fortran = -1;
-    if (lex_char(&x, '{')) return reason(why, size, "malformed NPY header (no dict)");
+    if (lex_char(&x, '{')) return reason(why, size, "malformed NPY header (no dict)" RESAVE);
     for (;;) {
         skip_space(&x);
         if (*x.p == '}') break;
         if (lex_string(&x, key, sizeof key) || lex_char(&x, ':'))
-            return reason(why, size, "malformed NPY header near '%.20s'", x.p);
+            return reason(why, size, "malformed NPY header near '%.20s'" RESAVE, x.p);
         skip_space(&x);
         if (strcmp(key, "descr") == 0 && !lex_string(&x, descr, sizeof descr)) seen |= 1;
         else if (strcmp(key, "fortran_order") == 0 && (!strncmp(x.p, "False", 5) || !strncmp(x.p, "True", 4))) {
@@ -105,12 +107,12 @@ static int parse_dict(const char *text, npy_header *h, char *why, size_t size) {
             x.p += fortran ? 4 : 5;
             seen |= 2;
         } else if (strcmp(key, "shape") == 0 && !parse_shape(&x, h)) seen |= 4;
-        else return reason(why, size, "malformed NPY header: unexpected entry '%s'", key);
+        else return reason(why, size, "malformed NPY header: unexpected entry '%s'" RESAVE, key);
         skip_space(&x);
         if (*x.p == ',') x.p++;
-        else if (*x.p != '}') return reason(why, size, "malformed NPY header near '%.20s'", x.p);
+        else if (*x.p != '}') return reason(why, size, "malformed NPY header near '%.20s'" RESAVE, x.p);
     }
-    if (seen != 7) return reason(why, size, "NPY header lacks descr, fortran_order or shape");
+    if (seen != 7) return reason(why, size, "NPY header lacks descr, fortran_order or shape" RESAVE);
     if (fortran) return reason(why, size, "Fortran-order array; save it C-ordered (numpy.ascontiguousarray)");
     return parse_descr(descr, h, why, size);
 }
@@ -120,19 +122,24 @@ int npy_read_header(FILE *f, uint64_t file_size, npy_header *h, char *why, size_
     if (fread(pre, 1, 8, f) != 8 || memcmp(pre, "\x93NUMPY", 6) != 0)
         return reason(why, size, "not an NPY file (no \\x93NUMPY magic); save it with numpy.save");
     unsigned major = pre[6];
-    if (major < 1 || major > 3) return reason(why, size, "NPY format version %u.%u is not supported (1-3 are)", major, pre[7]);
+    if (major < 1 || major > 3)
+        return reason(why, size, "NPY format version %u.%u is not supported (1-3 are)" RESAVE, major, pre[7]);
     uint64_t header_len, prefix = major == 1 ? 10 : 12;
-    if (fread(pre + 8, 1, (size_t)prefix - 8, f) != prefix - 8) return reason(why, size, "truncated NPY header");
-    header_len = major == 1 ? (uint64_t)pre[8] | (uint64_t)pre[9] << 8
-                            : (uint64_t)pre[8] | (uint64_t)pre[9] << 8 | (uint64_t)pre[10] << 16 | (uint64_t)pre[11] << 24;
+    if (fread(pre + 8, 1, (size_t)prefix - 8, f) != prefix - 8)
+        return reason(why, size, "truncated NPY header; copy the file again");
+    header_len = (uint64_t)pre[8] | (uint64_t)pre[9] << 8;
+    if (major > 1) header_len |= (uint64_t)pre[10] << 16 | (uint64_t)pre[11] << 24;
     if (header_len > MAX_HEADER || prefix + header_len > file_size)
-        return reason(why, size, "truncated or corrupt NPY header (it claims %llu bytes, the file has %llu)",
+        return reason(why, size,
+                      "truncated or corrupt NPY header (it claims %llu bytes, the file has %llu); copy the file again",
                       (unsigned long long)header_len, (unsigned long long)file_size);
     char *text = malloc((size_t)header_len + 1);
     if (!text) return reason(why, size, "out of memory reading the NPY header");
-    int rc = fread(text, 1, (size_t)header_len, f) == header_len ? 0 : reason(why, size, "truncated NPY header");
+    int rc = fread(text, 1, (size_t)header_len, f) == header_len
+                 ? 0
+                 : reason(why, size, "truncated NPY header; copy the file again");
     text[header_len] = '\0';
-    if (!rc && strlen(text) != header_len) rc = reason(why, size, "NPY header contains a NUL byte");
+    if (!rc && strlen(text) != header_len) rc = reason(why, size, "NPY header contains a NUL byte" RESAVE);
     if (!rc) rc = parse_dict(text, h, why, size);
     free(text);
     if (rc) return rc;
@@ -148,7 +155,8 @@ int npy_read_header(FILE *f, uint64_t file_size, npy_header *h, char *why, size_
     h->data_bytes = items * h->itemsize;
     uint64_t have = file_size - h->data_offset;
     if (have < h->data_bytes)
-        return reason(why, size, "truncated: the header promises %llu bytes of data, the file holds %llu; copy it again",
+        return reason(why, size,
+                      "truncated: the header promises %llu bytes of data, the file holds %llu; copy it again",
                       (unsigned long long)h->data_bytes, (unsigned long long)have);
     if (have > h->data_bytes)
         return reason(why, size, "%llu bytes beyond the data the header describes (a lying header); re-save the array",
