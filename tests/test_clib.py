@@ -57,7 +57,15 @@ def clib(tmp_path_factory: pytest.TempPathFactory) -> CBuild:
 
 @pytest.fixture(scope="session")
 def clib_asan(tmp_path_factory: pytest.TempPathFactory) -> CBuild:
-    built = build_c(tmp_path_factory.mktemp("clib_asan"), sanitize=True)
+    folder = tmp_path_factory.mktemp("clib_asan")
+    probe = folder / "probe.c"
+    probe.write_text("int main(void) { return 0; }\n")
+    cc = os.environ.get("CC", "cc")
+    linked = subprocess.run([cc, "-fsanitize=address,undefined", str(probe), "-o", str(folder / "probe")],
+                            capture_output=True, text=True)
+    if linked.returncode != 0:
+        pytest.skip(f"{cc} cannot link ASan/UBSan here ({linked.stderr.strip()[:120]}); install libasan and libubsan")
+    built = build_c(folder / "build", sanitize=True)
     linked = subprocess.run(["ldd", str(built.program)], capture_output=True, text=True).stdout
     assert "libasan" in linked and "libubsan" in linked, linked  # really instrumented
     return built
