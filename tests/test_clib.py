@@ -222,6 +222,28 @@ def test_one_handle_per_thread_in_parallel(clib: CBuild, reference, model: Path,
         np.testing.assert_array_equal(got, want)
 
 
+def test_readme_c_example_compiles_and_segments(clib: CBuild, tmp_path: Path) -> None:
+    """The README's ten lines, inside a main(), built with -Werror against the library and run."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    body = re.search(r"```c\n(.*?)```", readme, re.S).group(1)
+    assert len(body.strip().splitlines()) <= 12
+    source = tmp_path / "example.c"
+    source.write_text("#include <stdio.h>\n#include <stdlib.h>\n#include \"edgeseg.h\"\n"
+                      f"int main(void) {{\n{body}    return 0;\n}}\n")
+    include = Path(__file__).resolve().parent.parent / "csrc" / "include"
+    cc = os.environ.get("CC", "cc")
+    built = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", str(source), f"-I{include}",
+                            f"-L{clib.build_dir}", "-ledgeseg", f"-Wl,-rpath,{clib.build_dir}",
+                            "-o", str(tmp_path / "example")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(tmp_path / "example")], capture_output=True, text=True,
+                         cwd=SHIPPED_MODEL_DIR.parent, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert re.fullmatch(r"centre pixel: (background|gray_matter|white_matter)\n", ran.stdout), ran.stdout
+
+
 # ----------------------------------------------------------------------------- metadata and refusals
 
 
