@@ -1,4 +1,4 @@
-"""Backends for benchmarking one model file: ONNX Runtime CPU (tuned), CUDA/TensorRT, OpenVINO, eager.
+"""Backends for benchmarking one model file: ONNX Runtime CPU (tuned), CUDA/TensorRT, OpenVINO (Python and C), eager.
 
 Every backend becomes a :class:`Runner` whose ``predict`` maps float32 raw intensities
 ``(N, 1, H, W)`` to uint8 labels ``(N, H, W)`` and which reports what really runs it.
@@ -95,7 +95,7 @@ def open_runner(
     Args:
         path: an edgeseg ONNX file; for ``torch`` a ``.pt`` checkpoint, for ``tensorrt``
             also a native ``.engine`` (edgeseg.tensorrt).
-        provider: ``cpu`` | ``cuda`` | ``tensorrt`` | ``openvino`` | ``torch``.
+        provider: ``cpu`` | ``cuda`` | ``tensorrt`` | ``openvino`` | ``c-openvino`` | ``torch``.
         threads: intra-op threads; 0 = the backend's default (all physical cores).
         precision: the precision asked for (TensorRT: fp16 turns on fp16 kernels).
         batch: largest batch that will be run (sizes the TensorRT profile).
@@ -120,6 +120,11 @@ def open_runner(
         predict, backend = _gpu_runner(path, provider, threads, precision, batch)
     elif provider == "openvino":
         predict, backend = _openvino_runner(path, threads)
+    elif provider == "c-openvino":
+        from edgeseg.cbackend import FILE_PRECISION, CModel
+
+        model = CModel(path, threads, FILE_PRECISION[precision])
+        predict, backend = model.segment, f"libedgeseg ({model.backend})"
     else:
         predict, backend = _torch_runner(path, threads)
     return Runner(predict, backend, time.perf_counter() - start)
@@ -137,10 +142,14 @@ def _gpu_runner(path: Path, provider: str, threads: int, precision: str,
 
 
 def _openvino_runner(path: Path, threads: int) -> tuple[Predict, str]:
-    """OpenVINO's CPU plugin on the same ONNX file: latency hint, synchronous requests."""
+    """OpenVINO's CPU plugin on the same ONNX file: latency hint, f32, synchronous requests.
+
+    The precision is explicit because OpenVINO's CPU default is bf16 wherever the CPU has it;
+    libedgeseg (``c-openvino``) compiles with the same three settings.
+    """
     import openvino as ov
 
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
     compiled = ov.Core().compile_model(str(path), "CPU", config)

@@ -3,8 +3,9 @@
     edgeseg bench [MODEL] [--target NAME|all] [--json F] [--markdown F]
 
 A target (``bench/targets.toml``) is a deployment profile: provider (cpu, cuda, tensorrt,
-openvino, torch), precision, batch, threads, the CPU architecture it is meant for, and a
-budget taken from clinical use. For every target this machine can run, :func:`run_bench`
+openvino, c-openvino = libedgeseg through ctypes, torch), precision, batch, threads, the CPU
+architecture it is meant for, and a budget taken from clinical use. For every target this
+machine can run, :func:`run_bench`
 measures what trtexec, onnxruntime_perf_test and Ultralytics' benchmark show between them:
 session-creation and first-inference time, latency min/mean/p50/p90/p95/p99/max after
 warm-up, throughput, achieved GFLOP/s against this machine's matmul peak (measured in the
@@ -44,7 +45,7 @@ from edgeseg.measure import (
 )
 
 DEFAULT_TARGETS = SHIPPED_TARGETS
-PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "torch")
+PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "c-openvino", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
 SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}  # X.onnx, X_fp16.onnx, X_int8.onnx
 VOLUME_SLICES = 200  # a clinical volume, as in the issue's budgets
@@ -55,7 +56,7 @@ class Target:
     """One deployment profile from ``targets.toml``."""
 
     name: str
-    provider: str  # cpu | cuda | tensorrt | openvino | torch
+    provider: str  # cpu | cuda | tensorrt | openvino | c-openvino | torch
     precision: str = "fp32"  # which file: X.onnx, X_fp16.onnx or X_int8.onnx
     batch: int = 1  # slices per inference
     threads: int = 0  # intra-op threads; 0 = the runtime's default (all physical cores)
@@ -89,7 +90,7 @@ class Result:
     """One row of the table: a target, measured or skipped."""
 
     target: str
-    provider: str  # asked for: cpu | cuda | tensorrt | openvino | torch
+    provider: str  # asked for: cpu | cuda | tensorrt | openvino | c-openvino | torch
     precision: str
     batch: int
     threads: str  # "2", or "all (16)"
@@ -219,6 +220,10 @@ def why_not_here(target: Target, path: Path) -> str | None:
         except EdgesegError as exc:  # keep the reason, drop edgeseg infer's --provider advice
             return str(exc).split("; use --provider")[0]
         return None
+    if target.provider == "c-openvino":
+        from edgeseg.cbackend import why_unavailable
+
+        return why_unavailable()
     module = {"openvino": "openvino", "torch": "torch"}.get(target.provider)
     if module:
         import importlib.util

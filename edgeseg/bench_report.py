@@ -66,7 +66,7 @@ def report_notes(report: BenchReport) -> list[str]:
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")
     q = report.ratios
-    if q:
+    if "best_cpu" in q:
         parts = [f"best CPU target {q['best_cpu']}: p50 {q['best_p50_ms']:.1f} ms"]
         parts += [f"{q[k]:.2f}x {label}" for k, label in (("vs_eager", "PyTorch eager"),
                                                          ("vs_openvino", "OpenVINO fp32"))
@@ -78,6 +78,9 @@ def report_notes(report: BenchReport) -> list[str]:
         if "fp32_peak_pct" in q:
             parts.append(f"ORT fp32 at {q['fp32_peak_pct']:.0f}% of the matmul peak")
         notes.append("; ".join(parts))
+    if "c_vs_python_openvino" in q:
+        notes.append(f"OpenVINO fp32 p50: C (libedgeseg) {q['c_p50_ms']:.1f} ms, Python"
+                     f" {q['python_openvino_p50_ms']:.1f} ms: C at {q['c_vs_python_openvino']:.2f}x")
     return notes + [f"WARNING: {w}" for w in report.warnings]
 
 
@@ -139,11 +142,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]:
-    """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO at batch 1."""
+    """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO, C vs Python OpenVINO, at batch 1."""
     ok = [r for r in results if r.status == "ok" and r.batch == 1]
     ours = [r for r in ok if r.provider == "cpu" and not targets[r.target].reference]
+    c_vs_python = _c_vs_python(ok)
     if not ours:
-        return {}
+        return c_vs_python
     best = min(ours, key=lambda r: r.latency_ms["p50"])
     out: dict[str, Any] = {"best_cpu": best.target, "best_p50_ms": best.latency_ms["p50"]}
     for key, provider in (("vs_eager", "torch"), ("vs_openvino", "openvino")):
@@ -156,7 +160,17 @@ def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]
     if fp32 and fp32.peak_pct is not None:
         out["fp32_peak_pct"] = fp32.peak_pct
     out["best_rss_mb"] = best.rss_mb
-    return out
+    return {**out, **c_vs_python}
+
+
+def _c_vs_python(ok: list[Result]) -> dict[str, Any]:
+    """p50 of libedgeseg (c-openvino) over that of OpenVINO's Python API, both fp32, if both ran."""
+    c, py = (next((r for r in ok if r.provider == p and r.precision == "fp32"), None)
+             for p in ("c-openvino", "openvino"))
+    if not (c and py):
+        return {}
+    return {"c_p50_ms": c.latency_ms["p50"], "python_openvino_p50_ms": py.latency_ms["p50"],
+            "c_vs_python_openvino": c.latency_ms["p50"] / py.latency_ms["p50"]}
 
 
 def noise_warnings(results: list[Result], cv_warn: float, machine: dict[str, Any]) -> list[str]:

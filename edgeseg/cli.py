@@ -224,6 +224,18 @@ def bench_cmd(
     bench(model, target, config, json_path, markdown)
 
 
+@app.command("build-c")
+def build_c_cmd(
+    build_dir: Annotated[Path | None, typer.Option("--build-dir", help="CMake build folder; default build/c.")] = None,
+    sanitize: Annotated[bool, typer.Option(help="Build with AddressSanitizer + UBSan (for testing).")] = False,
+) -> None:
+    """Build libedgeseg and edgeseg-run (csrc/) against the installed openvino wheel, warnings as errors."""
+    from edgeseg.cbuild import build_c
+
+    built = build_c(build_dir, sanitize, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"{built.library}\n{built.program}")
+
+
 class CalibMethod(str, Enum):
     auto = "auto"
     minmax = "minmax"

@@ -306,6 +306,16 @@ def test_compare_and_noise_warnings() -> None:
     assert len(warnings) == 1 and warnings[0].startswith("e: latency CV 20%")
 
 
+@pytest.mark.parametrize("with_ort", [True, False])
+def test_compare_c_with_python_openvino(with_ort: bool) -> None:
+    rows = [_row("ov", "openvino", "fp32", 100, 0.90), _row("c", "c-openvino", "fp32", 90, 0.90)]
+    rows += [_row("fp32", "cpu", "fp32", 80, 0.90)] if with_ort else []
+    targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu") for r in rows}
+    ratios = compare(rows, targets)
+    assert ratios["c_vs_python_openvino"] == pytest.approx(0.9) and ratios["c_p50_ms"] == 90
+    assert ("best_cpu" in ratios) is with_ort  # the C ratio does not need an ORT row
+
+
 def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path,
                               tiny_dataset: tuple[Path, list[str]]) -> None:
     targets = write_targets(tmp_path / "t.toml", """

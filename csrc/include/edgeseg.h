@@ -1,0 +1,141 @@
+/*
+ * libedgeseg: segment MRI slices with an edgeseg ONNX model through OpenVINO's C API.
+ *
+ * Raw float32 intensities in (the model normalises them itself), uint8 class labels out,
+ * any H x W >= the model's minimum size, buffers owned by the caller. The library keeps no
+ * global state: every handle owns its OpenVINO core, compiled model and infer request, so
+ * several threads may each use their own handle at the same time. A handle must not be
+ * used by two threads at once. segment calls allocate nothing themselves (OpenVINO may).
+ *
+ *     char err[EDGESEG_ERROR_SIZE];
+ *     edgeseg_model *m = NULL;
+ *     if (edgeseg_open("model.onnx", 2, EDGESEG_F32, &m, err, sizeof err) != EDGESEG_OK)
+ *         return fprintf(stderr, "%s\n", err), 1;
+ *     if (edgeseg_segment(m, image, 1, 394, 394, labels) != EDGESEG_OK)
+ *         fprintf(stderr, "%s\n", edgeseg_last_error(m));
+ *     edgeseg_close(m);
+ */
+#ifndef EDGESEG_H
+#define EDGESEG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define EDGESEG_API __declspec(dllexport)
+#else
+#define EDGESEG_API __attribute__((visibility("default")))
+#endif
+
+/** Room for any message this library writes, terminator included. */
+#define EDGESEG_ERROR_SIZE 512
+
+/** An open model. Opaque; create with edgeseg_open, free with edgeseg_close. */
+typedef struct edgeseg_model edgeseg_model;
+
+/** How the network computes. */
+typedef enum {
+    EDGESEG_F32 = 0,  /**< float32 everywhere: equal to ONNX Runtime within 1e-4 in the logits. */
+    EDGESEG_BF16 = 1, /**< bfloat16 where the CPU has it (AVX512-BF16/AMX); refused elsewhere. */
+    EDGESEG_INT8 = 2  /**< the int8 QDQ file (X_int8.onnx); its float layers run in float32. */
+} edgeseg_precision;
+
+/** Result of every call that can fail. */
+typedef enum {
+    EDGESEG_OK = 0,
+    EDGESEG_E_ARGUMENT = 1,    /**< a NULL pointer, a size below the minimum, an overflow */
+    EDGESEG_E_FILE = 2,        /**< the model file is missing or unreadable */
+    EDGESEG_E_MODEL = 3,       /**< not an edgeseg-onnx-v1 model, or the wrong precision's file */
+    EDGESEG_E_UNSUPPORTED = 4, /**< the precision cannot run on this CPU */
+    EDGESEG_E_RUNTIME = 5,     /**< OpenVINO failed; the message carries its reason */
+    EDGESEG_E_MEMORY = 6       /**< out of memory while opening */
+} edgeseg_status;
+
+/**
+ * Open an edgeseg ONNX model on OpenVINO's CPU plugin.
+ *
+ * Reads the file's edgeseg.* metadata, checks it is an edgeseg-onnx-v1 model whose precision
+ * matches `precision`, and compiles it with INFERENCE_PRECISION_HINT set explicitly (OpenVINO's
+ * own default is bf16 on CPUs that have it), PERFORMANCE_HINT LATENCY and `threads`.
+ *
+ * @param path      the .onnx file (edgeseg export's X.onnx, or X_int8.onnx for EDGESEG_INT8)
+ * @param threads   inference threads; 0 = OpenVINO's default (one per physical core)
+ * @param precision EDGESEG_F32, EDGESEG_BF16 or EDGESEG_INT8
+ * @param out       receives the handle on success, NULL on failure
+ * @param err       receives a one-line reason on failure (may be NULL)
+ * @param err_size  size of `err` in bytes; EDGESEG_ERROR_SIZE always suffices
+ * @return EDGESEG_OK, or the kind of failure
+ */
+EDGESEG_API edgeseg_status edgeseg_open(const char *path, int threads, edgeseg_precision precision,
+                                        edgeseg_model **out, char *err, size_t err_size);
+
+/**
+ * Segment `n` slices of `h` x `w` raw intensities in one inference.
+ *
+ * @param model  an open handle
+ * @param images n*h*w float32, C order (slice, row, column); not modified
+ * @param n      slices in the batch, >= 1
+ * @param h      rows, >= edgeseg_min_size
+ * @param w      columns, >= edgeseg_min_size
+ * @param labels receives n*h*w class indices (0 .. edgeseg_num_classes-1)
+ * @return EDGESEG_OK; on failure `labels` is unspecified and edgeseg_last_error says why
+ */
+EDGESEG_API edgeseg_status edgeseg_segment(edgeseg_model *model, const float *images, size_t n, size_t h,
+                                           size_t w, uint8_t *labels);
+
+/**
+ * A metadata value the model file carries (its ONNX metadata_props), e.g.
+ * "edgeseg.pixel_spacing_mm" or "edgeseg.normalization".
+ *
+ * @return the value as stored (possibly empty), valid until edgeseg_close; NULL when the file
+ *         lacks the key (never invented)
+ */
+EDGESEG_API const char *edgeseg_metadata(const edgeseg_model *model, const char *key);
+
+/** Number of classes, from edgeseg.num_classes; labels are 0 .. n-1. */
+EDGESEG_API int edgeseg_num_classes(const edgeseg_model *model);
+
+/** Name of class `index` from edgeseg.class_names, or NULL when out of range. */
+EDGESEG_API const char *edgeseg_class_name(const edgeseg_model *model, int index);
+
+/** Smallest H and W the network accepts, from edgeseg.min_size. */
+EDGESEG_API int edgeseg_min_size(const edgeseg_model *model);
+
+/**
+ * In-plane pixel spacing the model was trained at, from edgeseg.pixel_spacing_mm.
+ *
+ * @return millimetres per pixel, or 0.0 when the file lacks the key or leaves it empty (unknown)
+ */
+EDGESEG_API double edgeseg_pixel_spacing_mm(const edgeseg_model *model);
+
+/**
+ * The contract the model follows, from edgeseg.format: "edgeseg-onnx-v1" means one float32
+ * input of raw intensities, normalised inside the graph (see edgeseg.normalization).
+ */
+EDGESEG_API const char *edgeseg_format(const edgeseg_model *model);
+
+/**
+ * What really runs the model, e.g. "OpenVINO 2026.4.1 CPU, f32, 2 threads": the precision and
+ * thread count are read back from the compiled model, not repeated from the request.
+ */
+EDGESEG_API const char *edgeseg_backend(const edgeseg_model *model);
+
+/**
+ * The reason the last failed call on `model` failed ("" if none failed yet). Where OpenVINO failed,
+ * its own message is appended; OpenVINO's C API keeps one such message per process, so two
+ * handles failing at the same instant in two threads may see each other's OpenVINO detail.
+ */
+EDGESEG_API const char *edgeseg_last_error(const edgeseg_model *model);
+
+/** Free the handle and everything OpenVINO holds for it. NULL is allowed. */
+EDGESEG_API void edgeseg_close(edgeseg_model *model);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGESEG_H */

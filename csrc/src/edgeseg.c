@@ -1,0 +1,358 @@
+/* libedgeseg: an edgeseg ONNX model on OpenVINO's CPU plugin, through its C API (see edgeseg.h). */
+#define _POSIX_C_SOURCE 200809L
+
+#include "edgeseg.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openvino/c/openvino.h>
+
+#include "onnx_meta.h"
+
+#define FORMAT "edgeseg-onnx-v1"
+#define MAX_CLASSES 256 /* labels are uint8 */
+#define REEXPORT "re-export it with `edgeseg export`"
+
+struct edgeseg_model {
+    ov_core_t *core;
+    ov_compiled_model_t *compiled;
+    ov_infer_request_t *request;
+    onnx_meta meta;
+    char *class_names[MAX_CLASSES]; /* parsed from edgeseg.class_names */
+    int num_classes, min_size;
+    double pixel_spacing_mm;
+    char backend[128];
+    char error[EDGESEG_ERROR_SIZE];
+};
+
+/* Write a one-line message into buf (newlines from OpenVINO become spaces). */
+static void vformat(char *buf, size_t size, const char *fmt, va_list ap) {
+    if (!buf || !size) return;
+    vsnprintf(buf, size, fmt, ap);
+    for (char *p = buf; *p; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
+}
+
+static edgeseg_status fail(edgeseg_model *m, edgeseg_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vformat(m->error, sizeof m->error, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+/* OpenVINO's reason for the call that just failed, copied into buf. Its C API keeps one last
+ * message per process (not per thread) and hands out a copy that must be freed. */
+static const char *ov_reason(ov_status_e status, char *buf, size_t size) {
+    const char *msg = ov_get_last_err_msg();
+    snprintf(buf, size, "%s", msg && *msg ? msg : ov_get_error_info(status));
+    if (msg) ov_free(msg);
+    return buf;
+}
+
+static int read_file(const char *path, unsigned char **data, size_t *size) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    long end = -1;
+    if (fseek(f, 0, SEEK_END) == 0) end = ftell(f);
+    if (end < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return -1;
+    }
+    *size = (size_t)end;
+    *data = malloc(*size ? *size : 1);
+    if (!*data || fread(*data, 1, *size, f) != *size) {
+        free(*data);
+        *data = NULL;
+        fclose(f);
+        return -1;
+    }
+    fclose(f);
+    return 0;
+}
+
+/* Parse a JSON array of strings (edgeseg.class_names) into m->class_names. */
+static int parse_class_names(edgeseg_model *m, const char *json) {
+    const char *p = json;
+    int n = 0;
+    while (*p == ' ') p++;
+    if (*p++ != '[') return -1;
+    for (;;) {
+        while (*p == ' ') p++;
+        if (*p == ']' && n == 0) return 0;
+        if (*p++ != '"' || n == MAX_CLASSES) return -1;
+        size_t len = 0;
+        char *name = malloc(strlen(p) + 1);
+        if (!name) return -1;
+        m->class_names[n++] = name;
+        while (*p != '"') {
+            if (*p == '\0' || (unsigned char)*p < 0x20) return -1;
+            if (*p == '\\') { /* names are ASCII identifiers; keep simple escapes only */
+                p++;
+                if (*p != '"' && *p != '\\' && *p != '/') return -1;
+            }
+            name[len++] = *p++;
+        }
+        name[len] = '\0';
+        p++;
+        while (*p == ' ') p++;
+        if (*p == ']') break;
+        if (*p++ != ',') return -1;
+    }
+    p++;
+    while (*p == ' ') p++;
+    m->num_classes = n;
+    return *p == '\0' ? 0 : -1;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (!s || end == s || *end || errno || v < lo || v > hi) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+/* Check the edgeseg.* metadata the way edgeseg.runtime.read_model_info does. */
+static edgeseg_status check_metadata(edgeseg_model *m, const char *path, edgeseg_precision precision) {
+    static const char *required[] = {"edgeseg.format", "edgeseg.class_names", "edgeseg.num_classes",
+                                     "edgeseg.in_channels", "edgeseg.min_size"};
+    for (size_t i = 0; i < sizeof required / sizeof *required; i++)
+        if (!onnx_meta_get(&m->meta, required[i]))
+            return fail(m, EDGESEG_E_MODEL, "%s: not an edgeseg model: metadata lacks %s; " REEXPORT, path,
+                        required[i]);
+    const char *format = onnx_meta_get(&m->meta, "edgeseg.format");
+    if (strcmp(format, FORMAT) != 0)
+        return fail(m, EDGESEG_E_MODEL, "%s: model format is '%s', libedgeseg reads '" FORMAT "'; " REEXPORT,
+                    path, format);
+    int declared, in_channels;
+    if (parse_class_names(m, onnx_meta_get(&m->meta, "edgeseg.class_names")) ||
+        parse_int(onnx_meta_get(&m->meta, "edgeseg.num_classes"), 2, MAX_CLASSES, &declared) ||
+        parse_int(onnx_meta_get(&m->meta, "edgeseg.in_channels"), 1, 1, &in_channels) ||
+        parse_int(onnx_meta_get(&m->meta, "edgeseg.min_size"), 1, 1 << 20, &m->min_size) ||
+        declared != m->num_classes)
+        return fail(m, EDGESEG_E_MODEL,
+                    "%s: malformed or inconsistent edgeseg metadata (class_names, num_classes, in_channels 1,"
+                    " min_size); " REEXPORT, path);
+    const char *spacing = onnx_meta_get(&m->meta, "edgeseg.pixel_spacing_mm");
+    if (spacing && *spacing) {
+        char *end;
+        m->pixel_spacing_mm = strtod(spacing, &end);
+        if (end == spacing || *end || !(m->pixel_spacing_mm > 0) || m->pixel_spacing_mm > 1e6)
+            return fail(m, EDGESEG_E_MODEL,
+                        "%s: metadata edgeseg.pixel_spacing_mm is '%s', expected a positive number of mm; " REEXPORT,
+                        path, spacing);
+    }
+    const char *stored = onnx_meta_get(&m->meta, "edgeseg.precision");
+    int is_int8 = stored && strcmp(stored, "int8") == 0;
+    if (precision == EDGESEG_INT8 && !is_int8)
+        return fail(m, EDGESEG_E_MODEL,
+                    "%s: precision int8 needs the int8 QDQ file (X_int8.onnx from `edgeseg export --int8`), this"
+                    " one is %s", path, stored ? stored : "of unknown precision");
+    if (precision != EDGESEG_INT8 && is_int8)
+        return fail(m, EDGESEG_E_MODEL, "%s: this is an int8 QDQ file; open it with precision int8", path);
+    return EDGESEG_OK;
+}
+
+/* Refuse bf16 with the reason where the CPU plugin does not list it. */
+static edgeseg_status check_bf16(edgeseg_model *m) {
+    char *caps = NULL, why[EDGESEG_ERROR_SIZE];
+    ov_status_e st = ov_core_get_property(m->core, "CPU", "OPTIMIZATION_CAPABILITIES", &caps);
+    if (st != OK)
+        return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot list the CPU's capabilities: %s",
+                    ov_reason(st, why, sizeof why));
+    int has = 0;
+    for (const char *p = caps; (p = strstr(p, "BF16")) != NULL; p += 4)
+        has |= (p == caps || p[-1] == ' ') && (p[4] == ' ' || p[4] == '\0');
+    edgeseg_status rc = has ? EDGESEG_OK
+                            : fail(m, EDGESEG_E_UNSUPPORTED,
+                                   "precision bf16: this CPU has no bf16 support (OpenVINO lists: %s); use f32", caps);
+    ov_free(caps);
+    return rc;
+}
+
+/* The model's I/O must be the contract's: float32 `image`, uint8 `labels`. */
+static edgeseg_status check_io(edgeseg_model *m, const char *path) {
+    static const struct {
+        const char *name;
+        ov_element_type_e type;
+        int input;
+    } ports[] = {{"image", F32, 1}, {"labels", U8, 0}};
+    for (size_t i = 0; i < 2; i++) {
+        ov_output_const_port_t *port = NULL;
+        ov_element_type_e type = DYNAMIC;
+        ov_status_e st = ports[i].input ? ov_compiled_model_input_by_name(m->compiled, ports[i].name, &port)
+                                        : ov_compiled_model_output_by_name(m->compiled, ports[i].name, &port);
+        if (st == OK) st = ov_port_get_element_type(port, &type);
+        ov_output_const_port_free(port);
+        if (st != OK || type != ports[i].type)
+            return fail(m, EDGESEG_E_MODEL, "%s: not an edgeseg model: no %s %s '%s'; " REEXPORT, path,
+                        ports[i].type == F32 ? "float32" : "uint8", ports[i].input ? "input" : "output",
+                        ports[i].name);
+    }
+    return EDGESEG_OK;
+}
+
+static void describe_backend(edgeseg_model *m) {
+    char *precision = NULL, *threads = NULL;
+    ov_version_t version = {0};
+    ov_compiled_model_get_property(m->compiled, "INFERENCE_PRECISION_HINT", &precision);
+    ov_compiled_model_get_property(m->compiled, "INFERENCE_NUM_THREADS", &threads);
+    ov_get_openvino_version(&version);
+    char number[32] = "?";
+    if (version.buildNumber) sscanf(version.buildNumber, "%31[0-9.]", number);
+    snprintf(m->backend, sizeof m->backend, "OpenVINO %s CPU, %s, %s threads", number,
+             precision ? precision : "?", threads ? threads : "?");
+    ov_free(precision);
+    ov_free(threads);
+    ov_version_free(&version);
+}
+
+static edgeseg_status compile(edgeseg_model *m, const char *path, int threads, edgeseg_precision precision) {
+    ov_model_t *model = NULL;
+    char why[EDGESEG_ERROR_SIZE];
+    ov_status_e st = ov_core_read_model(m->core, path, NULL, &model);
+    if (st != OK)
+        return fail(m, EDGESEG_E_MODEL, "%s: OpenVINO cannot read this model: %s", path,
+                    ov_reason(st, why, sizeof why));
+    char nthreads[16];
+    snprintf(nthreads, sizeof nthreads, "%d", threads);
+    /* Explicit precision: OpenVINO's CPU default is bf16 wherever the CPU has it. The int8 file's
+     * float layers (ConvTranspose, the normalisation) stay float32. */
+    ov_property_t props[] = {
+        {"INFERENCE_PRECISION_HINT", precision == EDGESEG_BF16 ? "bf16" : "f32"},
+        {"PERFORMANCE_HINT", "LATENCY"},
+        {"INFERENCE_NUM_THREADS", nthreads},
+    };
+    st = ov_core_compile_model_props(m->core, model, "CPU", threads > 0 ? 3 : 2, props, &m->compiled);
+    ov_model_free(model);
+    if (st != OK)
+        return fail(m, EDGESEG_E_RUNTIME, "%s: OpenVINO cannot compile this model for CPU: %s", path,
+                    ov_reason(st, why, sizeof why));
+    edgeseg_status rc = check_io(m, path);
+    if (rc != EDGESEG_OK) return rc;
+    st = ov_compiled_model_create_infer_request(m->compiled, &m->request);
+    if (st != OK)
+        return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot create an infer request: %s",
+                    ov_reason(st, why, sizeof why));
+    describe_backend(m);
+    return EDGESEG_OK;
+}
+
+static edgeseg_status open_model(edgeseg_model *m, const char *path, int threads, edgeseg_precision precision) {
+    unsigned char *bytes = NULL;
+    size_t size = 0;
+    if (read_file(path, &bytes, &size))
+        return fail(m, EDGESEG_E_FILE, "%s: model not found or unreadable (%s); pass an .onnx from `edgeseg export`",
+                    path, strerror(errno));
+    char why[EDGESEG_ERROR_SIZE];
+    int bad = onnx_meta_parse(bytes, size, &m->meta, why, sizeof why);
+    free(bytes);
+    if (bad) return fail(m, EDGESEG_E_MODEL, "%s: %s; pass an .onnx from `edgeseg export`", path, why);
+    edgeseg_status rc = check_metadata(m, path, precision);
+    if (rc != EDGESEG_OK) return rc;
+    ov_status_e st = ov_core_create(&m->core);
+    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO cannot start: %s", ov_reason(st, why, sizeof why));
+    if (precision == EDGESEG_BF16 && (rc = check_bf16(m)) != EDGESEG_OK) return rc;
+    return compile(m, path, threads, precision);
+}
+
+edgeseg_status edgeseg_open(const char *path, int threads, edgeseg_precision precision, edgeseg_model **out,
+                            char *err, size_t err_size) {
+    if (err && err_size) err[0] = '\0';
+    if (!out) return EDGESEG_E_ARGUMENT;
+    *out = NULL;
+    edgeseg_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        if (err) snprintf(err, err_size, "out of memory opening a model");
+        return EDGESEG_E_MEMORY;
+    }
+    edgeseg_status rc;
+    if (!path)
+        rc = fail(m, EDGESEG_E_ARGUMENT, "edgeseg_open: path is NULL; pass the .onnx file");
+    else if (threads < 0)
+        rc = fail(m, EDGESEG_E_ARGUMENT, "%s: threads is %d; pass 0 (OpenVINO's default) or more", path, threads);
+    else if (precision != EDGESEG_F32 && precision != EDGESEG_BF16 && precision != EDGESEG_INT8)
+        rc = fail(m, EDGESEG_E_ARGUMENT, "%s: unknown precision %d; use EDGESEG_F32, EDGESEG_BF16 or EDGESEG_INT8",
+                  path, (int)precision);
+    else
+        rc = open_model(m, path, threads, precision);
+    if (rc != EDGESEG_OK) {
+        if (err && err_size) snprintf(err, err_size, "%s", m->error);
+        edgeseg_close(m);
+        return rc;
+    }
+    *out = m;
+    return EDGESEG_OK;
+}
+
+edgeseg_status edgeseg_segment(edgeseg_model *m, const float *images, size_t n, size_t h, size_t w,
+                               uint8_t *labels) {
+    if (!m) return EDGESEG_E_ARGUMENT;
+    if (!images || !labels) return fail(m, EDGESEG_E_ARGUMENT, "edgeseg_segment: images or labels is NULL");
+    if (n < 1 || h < (size_t)m->min_size || w < (size_t)m->min_size)
+        return fail(m, EDGESEG_E_ARGUMENT, "edgeseg_segment: %zu slices of %zux%zu; need >= 1 slice of at least %dx%d",
+                    n, h, w, m->min_size, m->min_size);
+    if (h > INT64_MAX / w || n > INT64_MAX / (h * w) || n * h * w > SIZE_MAX / sizeof(float))
+        return fail(m, EDGESEG_E_ARGUMENT, "edgeseg_segment: %zux%zux%zu is too large", n, h, w);
+    int64_t dims[4] = {(int64_t)n, 1, (int64_t)h, (int64_t)w};
+    ov_shape_t shape = {4, dims}; /* on the stack: OpenVINO copies the dims */
+    ov_tensor_t *input = NULL, *output = NULL;
+    char why[EDGESEG_ERROR_SIZE];
+    /* OpenVINO's C API takes a non-const pointer; it only reads an input tensor. */
+    void *host = (void *)(uintptr_t)images;
+    ov_status_e st = ov_tensor_create_from_host_ptr(F32, shape, host, &input);
+    if (st == OK) st = ov_infer_request_set_tensor(m->request, "image", input);
+    if (st == OK) st = ov_infer_request_infer(m->request);
+    ov_tensor_free(input);
+    if (st != OK) return fail(m, EDGESEG_E_RUNTIME, "OpenVINO inference failed: %s", ov_reason(st, why, sizeof why));
+    st = ov_infer_request_get_tensor(m->request, "labels", &output);
+    size_t count = 0;
+    void *data = NULL;
+    if (st == OK) st = ov_tensor_get_size(output, &count);
+    if (st == OK) st = ov_tensor_data(output, &data);
+    if (st == OK && count == n * h * w) memcpy(labels, data, count);
+    ov_tensor_free(output);
+    if (st != OK)
+        return fail(m, EDGESEG_E_RUNTIME, "OpenVINO has no labels output: %s", ov_reason(st, why, sizeof why));
+    if (count != n * h * w)
+        return fail(m, EDGESEG_E_RUNTIME, "OpenVINO returned %zu labels for %zux%zux%zu", count, n, h, w);
+    return EDGESEG_OK;
+}
+
+const char *edgeseg_metadata(const edgeseg_model *m, const char *key) {
+    return m && key ? onnx_meta_get(&m->meta, key) : NULL;
+}
+
+int edgeseg_num_classes(const edgeseg_model *m) { return m ? m->num_classes : 0; }
+
+const char *edgeseg_class_name(const edgeseg_model *m, int index) {
+    return m && index >= 0 && index < m->num_classes ? m->class_names[index] : NULL;
+}
+
+int edgeseg_min_size(const edgeseg_model *m) { return m ? m->min_size : 0; }
+
+double edgeseg_pixel_spacing_mm(const edgeseg_model *m) { return m ? m->pixel_spacing_mm : 0.0; }
+
+const char *edgeseg_format(const edgeseg_model *m) { return edgeseg_metadata(m, "edgeseg.format"); }
+
+const char *edgeseg_backend(const edgeseg_model *m) { return m ? m->backend : ""; }
+
+const char *edgeseg_last_error(const edgeseg_model *m) { return m ? m->error : "no model handle (NULL)"; }
+
+void edgeseg_close(edgeseg_model *m) {
+    if (!m) return;
+    if (m->request) ov_infer_request_free(m->request);
+    if (m->compiled) ov_compiled_model_free(m->compiled);
+    if (m->core) ov_core_free(m->core);
+    for (int i = 0; i < MAX_CLASSES; i++) free(m->class_names[i]);
+    onnx_meta_free(&m->meta);
+    free(m);
+}

@@ -1,0 +1,474 @@
+"""libedgeseg and edgeseg-run (csrc/), built once per session by `edgeseg build-c` with -Werror.
+
+On real MRI slices at 394x394, 393x395, 300x394 and 64x64, batch 1 and 3, the program and the
+ctypes backend give labels equal byte for byte to OpenVINO's Python API (same file, f32, same
+threads) and within the fp32 gate of ONNX Runtime. A second build with AddressSanitizer and
+UBSan runs the same sizes and every bad input. Bad inputs go through the real program in a
+subprocess: non-zero exit, one line on stderr, no output file left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg import SHIPPED_MODEL, SHIPPED_MODEL_DIR
+from edgeseg.cbuild import CBuild, build_c, why_cannot_build
+from edgeseg.parity import GATES, fit_to_size
+
+pytestmark = pytest.mark.skipif(why_cannot_build() is not None,
+                                reason=f"libedgeseg cannot be built here: {why_cannot_build()}")
+
+SIZES = [(394, 394), (393, 395), (300, 394), (64, 64)]
+BATCHES = [1, 3]
+THREADS = 2
+EDGESEG = shutil.which("edgeseg", path=str(Path(sys.executable).parent))
+SANITIZER_ENV = {  # a report exits 99, never the program's own 1 or 2
+    "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:exitcode=99",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=99",
+}
+SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def clib(tmp_path_factory: pytest.TempPathFactory) -> CBuild:
+    """The plain build, through the real `edgeseg build-c` command."""
+    build_dir = tmp_path_factory.mktemp("clib")
+    assert EDGESEG, "the edgeseg console script is not installed beside this python"
+    proc = subprocess.run([EDGESEG, "build-c", "--build-dir", str(build_dir)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    library, program = (Path(line) for line in proc.stdout.split())
+    assert library.is_file() and os.access(program, os.X_OK)
+    return CBuild(build_dir, library, program, sanitize=False)
+
+
+@pytest.fixture(scope="session")
+def clib_asan(tmp_path_factory: pytest.TempPathFactory) -> CBuild:
+    folder = tmp_path_factory.mktemp("clib_asan")
+    probe = folder / "probe.c"
+    probe.write_text("int main(void) { return 0; }\n")
+    cc = os.environ.get("CC", "cc")
+    linked = subprocess.run([cc, "-fsanitize=address,undefined", str(probe), "-o", str(folder / "probe")],
+                            capture_output=True, text=True)
+    if linked.returncode != 0:
+        pytest.skip(f"{cc} cannot link ASan/UBSan here ({linked.stderr.strip()[:120]}); install libasan and libubsan")
+    built = build_c(folder / "build", sanitize=True)
+    linked = subprocess.run(["ldd", str(built.program)], capture_output=True, text=True).stdout
+    assert "libasan" in linked and "libubsan" in linked, linked  # really instrumented
+    return built
+
+
+@pytest.fixture(scope="session")
+def slices(tiny_dataset: tuple[Path, list[str]]) -> list[np.ndarray]:
+    """Three real 394x394 MRI slices, one per plane of the demo set."""
+    images = sorted((tiny_dataset[0] / "MRIs").glob("*.npy"))
+    return [np.load(images[i]).astype(np.float32) for i in (2, 10, 18)]
+
+
+def make_stack(slices: list[np.ndarray], h: int, w: int, n: int) -> np.ndarray:
+    """``n`` real slices centre-cropped or edge-padded to ``h`` x ``w``: (n, h, w) float32."""
+    return np.stack([fit_to_size(s, np.zeros(s.shape, np.uint8), h, w)[0] for s in slices[:n]])
+
+
+@pytest.fixture(scope="session", params=["shipped", "tiny"])
+def model(request: pytest.FixtureRequest) -> Path:
+    """The shipped export/model.onnx and a freshly exported tiny U-Net."""
+    return SHIPPED_MODEL if request.param == "shipped" else request.getfixturevalue("tiny_onnx")
+
+
+def python_openvino(path: Path, threads: int = THREADS):  # noqa: ANN201
+    """OpenVINO's Python API with the settings libedgeseg uses: labels of (N, H, W) float32."""
+    ov = pytest.importorskip("openvino")
+    compiled = ov.Core().compile_model(str(path), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+    request, labels = compiled.create_infer_request(), compiled.output("labels")
+    return lambda x: np.array(request.infer({"image": x[:, None]})[labels])
+
+
+@pytest.fixture(scope="session")
+def reference(model: Path):  # noqa: ANN201
+    return python_openvino(model)
+
+
+@pytest.fixture(scope="session")
+def cmodel(clib: CBuild, model: Path):  # noqa: ANN201
+    from edgeseg.cbackend import CModel
+
+    with CModel(model, THREADS, library=clib.library) as opened:
+        yield opened
+
+
+def run_program(program: Path, *args: str | Path, env: dict[str, str] | None = None,
+                timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def segment_file(program: Path, model: Path, x: np.ndarray, tmp: Path, *options: str,
+                 env: dict[str, str] | None = None) -> np.ndarray:
+    """Labels from `edgeseg-run` on ``x`` saved as .npy."""
+    np.save(tmp / "in.npy", x)
+    proc = run_program(program, "--threads", THREADS, *options, model, tmp / "in.npy", tmp / "out.npy",
+                       env=env)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    return np.load(tmp / "out.npy")
+
+
+def ort_labels(model: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return session.run(["labels"], {"image": x[:, None]})[0]
+
+
+# ----------------------------------------------------------------------------- equality
+
+
+def test_every_compile_had_warnings_as_errors(clib: CBuild) -> None:
+    commands = json.loads((clib.build_dir / "compile_commands.json").read_text())
+    sources = {Path(c["file"]).name for c in commands}
+    assert {"edgeseg.c", "onnx_meta.c", "edgeseg_run.c", "npy.c"} <= sources
+    for c in commands:
+        assert {"-Wall", "-Wextra", "-Werror", "-std=c11"} <= set(c["command"].split()), c["command"]
+
+
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("h,w", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_equal_to_python_openvino_and_ort(clib: CBuild, cmodel, reference, model: Path,  # noqa: ANN001
+                                          slices: list[np.ndarray], tmp_path: Path, h: int, w: int,
+                                          batch: int) -> None:
+    x = make_stack(slices, h, w, batch)
+    expected = reference(x)
+    assert expected.shape == (batch, h, w) and len(np.unique(expected)) > 1  # a real segmentation
+    program = segment_file(clib.program, model, x, tmp_path, "--batch", str(batch))
+    np.testing.assert_array_equal(program, expected)
+    assert program.dtype == np.uint8 and program.shape == (batch, h, w)
+    np.testing.assert_array_equal(cmodel.segment(x), expected)
+    agreement = float(np.mean(expected == ort_labels(model, x)))
+    assert agreement >= GATES["fp32"].min_agreement, f"{agreement:.6f} of labels agree with ORT"
+
+
+def test_program_streams_batches_and_keeps_a_2d_slice_2d(clib: CBuild, cmodel, slices: list[np.ndarray],  # noqa: ANN001
+                                                          model: Path, tmp_path: Path) -> None:
+    x = make_stack(slices, 97, 131, 3)
+    streamed = segment_file(clib.program, model, x, tmp_path, "--batch", "2")  # 2 slices, then 1
+    np.testing.assert_array_equal(streamed, np.concatenate([cmodel.segment(x[:2]), cmodel.segment(x[2:])]))
+    one = segment_file(clib.program, model, x[1], tmp_path)
+    assert one.shape == (97, 131)
+    np.testing.assert_array_equal(one, cmodel.segment(x[1]))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int16", "uint8", "uint16"])
+def test_program_converts_other_dtypes_like_numpy(clib: CBuild, reference, model: Path,  # noqa: ANN001
+                                                  slices: list[np.ndarray], tmp_path: Path, dtype: str) -> None:
+    x = make_stack(slices, 394, 394, 2)
+    typed = (x * 1.37 + 0.3).astype(dtype) if dtype == "float64" else np.clip(x, 0, 255).astype(dtype)
+    labels = segment_file(clib.program, model, typed, tmp_path, "--batch", "2")
+    np.testing.assert_array_equal(labels, reference(typed.astype(np.float32)))
+
+
+def test_known_answers_through_the_threshold_model(clib: CBuild, threshold_onnx: Path, tmp_path: Path) -> None:
+    """labels = clip(round(x), 0, 2): class indices fed as intensities come back, in place."""
+    from edgeseg.cbackend import CModel
+
+    x = np.random.default_rng(0).integers(0, 3, (2, 17, 23)).astype(np.float32)
+    np.testing.assert_array_equal(segment_file(clib.program, threshold_onnx, x, tmp_path), x)
+    with CModel(threshold_onnx, 1, library=clib.library) as m:
+        np.testing.assert_array_equal(m.segment(x), x)
+
+
+def test_int8_file_equals_python_openvino(clib: CBuild, slices: list[np.ndarray]) -> None:
+    from edgeseg.cbackend import CModel
+
+    int8 = SHIPPED_MODEL_DIR / "model_int8.onnx"
+    x = make_stack(slices, 393, 395, 3)
+    with CModel(int8, THREADS, "int8", library=clib.library) as m:
+        assert ", f32, " in m.backend  # its float layers: f32, never OpenVINO's bf16 default
+        np.testing.assert_array_equal(m.segment(x), python_openvino(int8)(x))
+
+
+def test_one_handle_per_thread_in_parallel(clib: CBuild, reference, model: Path,  # noqa: ANN001
+                                           slices: list[np.ndarray]) -> None:
+    from edgeseg.cbackend import CModel
+
+    inputs = [make_stack(slices, h, w, 1) for h, w in SIZES]
+    expected = [reference(x) for x in inputs]
+    results: dict[int, list[np.ndarray]] = {}
+
+    def work(k: int) -> None:
+        with CModel(model, 1, library=clib.library) as m:
+            results[k] = [m.segment(x) for x in (inputs if k == 0 else inputs[::-1])]
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert sorted(results) == [0, 1]
+    for got, want in zip(results[0] + results[1][::-1], expected + expected, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_readme_c_example_compiles_and_segments(clib: CBuild, tmp_path: Path) -> None:
+    """The README's ten lines, inside a main(), built with -Werror against the library and run."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    body = re.search(r"```c\n(.*?)```", readme, re.S).group(1)
+    assert len(body.strip().splitlines()) == 10  # the README says ten lines
+    source = tmp_path / "example.c"
+    source.write_text("#include <stdio.h>\n#include <stdlib.h>\n#include \"edgeseg.h\"\n"
+                      f"int main(void) {{\n{body}    return 0;\n}}\n")
+    include = Path(__file__).resolve().parent.parent / "csrc" / "include"
+    cc = os.environ.get("CC", "cc")
+    built = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", str(source), f"-I{include}",
+                            f"-L{clib.build_dir}", "-ledgeseg", f"-Wl,-rpath,{clib.build_dir}",
+                            "-o", str(tmp_path / "example")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(tmp_path / "example")], capture_output=True, text=True,
+                         cwd=SHIPPED_MODEL_DIR.parent, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert re.fullmatch(r"centre pixel: (background|gray_matter|white_matter)\n", ran.stdout), ran.stdout
+
+
+# ----------------------------------------------------------------------------- metadata and refusals
+
+
+def test_metadata_is_the_files_own(clib: CBuild, model: Path) -> None:
+    """Every edgeseg.* entry as onnx reads it and as OpenVINO's rt_info holds it; nothing invented."""
+    import openvino as ov
+
+    from edgeseg.cbackend import CModel
+    from edgeseg.runtime import read_model_info
+
+    info = read_model_info(model)
+    framework = ov.Core().read_model(str(model)).get_rt_info()["framework"]
+    with CModel(model, THREADS, library=clib.library) as m:
+        for key, value in info.metadata.items():
+            assert m.metadata(key) == value == framework[key].astype(str), key
+        assert m.class_names == info.class_names and m.min_size == info.min_size
+        assert m.pixel_spacing_mm == info.pixel_spacing_mm and m.format == "edgeseg-onnx-v1"
+        assert m.metadata("edgeseg.no_such_key") is None
+        assert m.backend.startswith("OpenVINO ") and m.backend.endswith(", f32, 2 threads")
+
+
+def test_absent_metadata_is_reported_absent(clib: CBuild, threshold_onnx: Path) -> None:
+    from edgeseg.cbackend import CModel
+
+    with CModel(threshold_onnx, 1, library=clib.library) as m:  # the file has no pixel spacing
+        assert m.metadata("edgeseg.pixel_spacing_mm") is None and m.pixel_spacing_mm is None
+        assert m.metadata("edgeseg.normalization").startswith("none (test model")
+
+
+def _bf16_on_this_cpu() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_bf16_runs_where_the_cpu_has_it_else_is_refused(clib: CBuild) -> None:
+    from edgeseg.cbackend import CModel
+    from edgeseg.errors import EdgesegError
+
+    if _bf16_on_this_cpu():
+        with CModel(SHIPPED_MODEL, THREADS, "bf16", library=clib.library) as m:
+            assert ", bf16, " in m.backend
+    else:
+        with pytest.raises(EdgesegError, match="no bf16 support.*use f32"):
+            CModel(SHIPPED_MODEL, THREADS, "bf16", library=clib.library)
+
+
+@pytest.mark.parametrize("name,precision,message", [
+    ("missing.onnx", "f32", "model not found"),
+    ("model.onnx", "int8", "int8 needs the int8 QDQ file"),
+    ("model_int8.onnx", "f32", "open it with precision int8"),
+    ("garbage.onnx", "f32", "not an ONNX protobuf"),
+    ("foreign.onnx", "f32", "metadata lacks edgeseg.format"),
+])
+def test_open_refuses_with_the_reason(clib: CBuild, tmp_path: Path, threshold_onnx_factory,  # noqa: ANN001
+                                      name: str, precision: str, message: str) -> None:
+    from edgeseg.cbackend import CModel
+    from edgeseg.errors import EdgesegError
+
+    path = SHIPPED_MODEL_DIR / name if name.startswith("model") else tmp_path / name
+    if name == "garbage.onnx":
+        path.write_bytes(b"\xff" * 64)
+    if name == "foreign.onnx":
+        threshold_onnx_factory(path, metadata={"edgeseg.format": None})
+    with pytest.raises(EdgesegError, match=message) as caught:
+        CModel(path, 1, precision, library=clib.library)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_segment_refuses_slices_below_the_minimum(cmodel) -> None:  # noqa: ANN001
+    from edgeseg.errors import EdgesegError
+
+    with pytest.raises(EdgesegError, match="at least 16x16"):
+        cmodel.segment(np.zeros((1, 15, 40), np.float32))
+
+
+# ----------------------------------------------------------------------------- bad input, sanitizers
+
+
+def _npy(path: Path, header: str, data: bytes, version: int = 1) -> Path:
+    """An NPY file with a hand-written header dict (padded like numpy's) and raw data."""
+    size = 10 if version == 1 else 12
+    text = header + " " * ((64 - (size + len(header) + 1) % 64) % 64) + "\n"
+    length = len(text).to_bytes(2 if version == 1 else 4, "little")
+    path.write_bytes(b"\x93NUMPY" + bytes([version, 0]) + length + text.encode() + data)
+    return path
+
+
+def _header(descr: str, shape: tuple[int, ...], fortran: bool = False) -> str:
+    return f"{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': {shape}, }}"
+
+
+SLICE = np.zeros((1, 32, 32), np.float32)
+BAD_INPUTS = {  # case -> (make the input in a folder, text the one-line error must contain)
+    "wrong-dtype": (lambda d: np.save(d / "x.npy", SLICE.astype(np.int32)), "dtype '<i4' is not supported"),
+    "complex-dtype": (lambda d: np.save(d / "x.npy", SLICE.astype(np.complex64)), "is not supported"),
+    "big-endian": (lambda d: np.save(d / "x.npy", SLICE.astype(">f4")), "big-endian"),
+    "fortran-order": (lambda d: np.save(d / "x.npy", np.asfortranarray(np.zeros((32, 40), np.float32))),
+                      "Fortran-order"),
+    "lying-header-huge": (lambda d: _npy(d / "x.npy", _header("<f4", (100000, 100000, 100000)), b"\0" * 4096),
+                          "the header promises 4000000000000000 bytes of data, the file holds 4096"),
+    "lying-header-overflow": (lambda d: _npy(d / "x.npy", _header("<f4", (2**40, 2**40, 2**40)), b""),
+                              "overflows"),
+    "lying-header-small": (lambda d: _npy(d / "x.npy", _header("<f4", (1, 16, 16)), b"\0" * 4 * 32 * 32, 2),
+                           "bytes beyond the data the header describes"),
+    "truncated-data": (lambda d: (d / "x.npy").write_bytes(_save_bytes(d, SLICE)[:-100]), "truncated"),
+    "truncated-header": (lambda d: (d / "x.npy").write_bytes(_save_bytes(d, SLICE)[:40]),
+                         "truncated or corrupt NPY header"),
+    "not-npy": (lambda d: (d / "x.npy").write_bytes(b"PK\x03\x04" + b"\0" * 200), "not an NPY file"),
+    "bad-version": (lambda d: _npy(d / "x.npy", _header("<f4", (1, 32, 32)), SLICE.tobytes(), 9),
+                    "version 9.0 is not supported"),
+    "rank-1": (lambda d: np.save(d / "x.npy", np.zeros(64, np.float32)), "expected a non-empty slice"),
+    "empty-stack": (lambda d: np.save(d / "x.npy", np.zeros((0, 32, 32), np.float32)), "expected a non-empty"),
+    "too-small": (lambda d: np.save(d / "x.npy", np.zeros((2, 8, 40), np.float32)), "at least 16x16"),
+    "missing-input": (lambda d: None, "No such file or directory"),
+    "missing-model": (lambda d: np.save(d / "x.npy", SLICE), "model not found"),
+    "model-openvino-cannot-read": (lambda d: _unknown_op_model(d), "OpenVINO cannot read this model"),
+}
+
+
+def _unknown_op_model(folder: Path) -> None:
+    """The shipped model with its ConvTranspose ops renamed: edgeseg metadata intact, graph unreadable."""
+    np.save(folder / "x.npy", SLICE)
+    (folder / "model.onnx").write_bytes(SHIPPED_MODEL.read_bytes().replace(b"ConvTranspose", b"ConvTransXose"))
+
+
+def _save_bytes(folder: Path, array: np.ndarray) -> bytes:
+    np.save(folder / "whole.npy", array)
+    return (folder / "whole.npy").read_bytes()
+
+
+def _run_bad_input(program: Path, case: str, folder: Path, env: dict[str, str] | None = None) -> None:
+    make, message = BAD_INPUTS[case]
+    make(folder)
+    model = folder / "model.onnx" if (folder / "model.onnx").is_file() else SHIPPED_MODEL
+    model = folder / "missing.onnx" if case == "missing-model" else model
+    proc = run_program(program, model, folder / "x.npy", folder / "out.npy", env=env)
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert str(model if "model" in case else folder / "x.npy") in lines[0]
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("out")) == []  # nothing partial
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_input_is_one_line_and_exit_1(clib: CBuild, tmp_path: Path, case: str) -> None:
+    _run_bad_input(clib.program, case, tmp_path)
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "give MODEL INPUT.npy OUTPUT.npy"),
+    (["--threads", "-1", "m", "i", "o"], "--threads needs a whole number >= 0"),
+    (["--precision", "fp64", "m", "i", "o"], "--precision needs f32, bf16 or int8"),
+    (["--bogus", "m", "i", "o"], "unknown option '--bogus'"),
+])
+def test_usage_errors_exit_2(clib: CBuild, args: list[str], message: str) -> None:
+    proc = run_program(clib.program, *args)
+    assert proc.returncode == 2 and proc.stderr.splitlines() == [proc.stderr.strip()]
+    assert message in proc.stderr
+
+
+def test_sanitizers_report_nothing(clib_asan: CBuild, clib: CBuild, slices: list[np.ndarray],
+                                   tmp_path: Path) -> None:
+    """ASan + UBSan (leaks included) over every size and batch and every bad input."""
+    for h, w in SIZES:
+        for batch in BATCHES:
+            x = make_stack(slices, h, w, batch)
+            folder = tmp_path / f"{h}x{w}x{batch}"
+            folder.mkdir()
+            sanitized = segment_file(clib_asan.program, SHIPPED_MODEL, x, folder, "--batch", str(batch),
+                                     env=SANITIZER_ENV)
+            np.testing.assert_array_equal(sanitized, segment_file(clib.program, SHIPPED_MODEL, x, folder,
+                                                                  "--batch", str(batch)))
+    for case in BAD_INPUTS:
+        folder = tmp_path / case
+        folder.mkdir()
+        _run_bad_input(clib_asan.program, case, folder, env=SANITIZER_ENV)  # exit 1, one line: no report
+    info = run_program(clib_asan.program, "--info", SHIPPED_MODEL, env=SANITIZER_ENV)
+    assert info.returncode == 0 and not any(mark in info.stderr for mark in SANITIZER_MARKS), info.stderr
+
+
+def test_mutated_headers_fail_cleanly_under_sanitizers(clib_asan: CBuild, tmp_path: Path) -> None:
+    """150 seeded mutations of a real NPY header (flipped, cut, inserted bytes): one printable line, exit 1."""
+    np.save(tmp_path / "good.npy", np.zeros((2, 20, 20), np.float32))
+    base = (tmp_path / "good.npy").read_bytes()
+    header_end = base.index(b"\n") + 1
+    rng = np.random.default_rng(0)
+    for i in range(150):
+        data = bytearray(base)
+        kind = i % 3
+        if kind == 0:
+            data[rng.integers(0, header_end)] = rng.integers(0, 256)
+        elif kind == 1:
+            data = data[:rng.integers(0, len(data))]
+        else:
+            at = int(rng.integers(10, header_end - 1))
+            data[at:at] = bytes(rng.choice(list(b"(),:'\" 0123456789{}TrueFals\n"), rng.integers(1, 6)))
+        (tmp_path / "x.npy").write_bytes(bytes(data))
+        proc = subprocess.run([str(clib_asan.program), str(tmp_path / "missing.onnx"), str(tmp_path / "x.npy"),
+                               str(tmp_path / "out.npy")], capture_output=True, env={**os.environ, **SANITIZER_ENV})
+        err = proc.stderr.decode()  # ASCII only: strict decoding fails on anything else
+        assert proc.returncode == 1 and len(err.splitlines()) == 1 and err[:-1].isprintable(), (i, err)
+    assert not (tmp_path / "out.npy").exists()
+
+
+# ----------------------------------------------------------------------------- the bench backend
+
+
+def test_bench_row_runs_libedgeseg_torch_free(clib: CBuild, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                              slices: list[np.ndarray]) -> None:
+    from edgeseg.backends import open_runner
+    from edgeseg.bench import Target, load_targets, why_not_here
+    from edgeseg.measure import run_child
+
+    target = load_targets()["c-openvino"]
+    assert target.provider == "c-openvino" and target.precision == "fp32"
+    monkeypatch.setenv("EDGESEG_CLIB", str(tmp_path / "libedgeseg.so"))
+    assert "not built" in why_not_here(target, SHIPPED_MODEL) and "edgeseg build-c" in why_not_here(
+        target, SHIPPED_MODEL)
+    monkeypatch.setenv("EDGESEG_CLIB", str(clib.library))
+    assert why_not_here(target, SHIPPED_MODEL) is None
+    runner = open_runner(SHIPPED_MODEL, "c-openvino", THREADS, "fp32")
+    x = make_stack(slices, 394, 394, 1)
+    assert runner.backend.startswith("libedgeseg (OpenVINO")
+    np.testing.assert_array_equal(runner.predict(x[:, None]), python_openvino(SHIPPED_MODEL)(x))
+    child = run_child({"mode": "rss", "path": str(SHIPPED_MODEL), "target": asdict(Target(
+        "c", "c-openvino", threads=THREADS)), "size": 64, "runs": 1, "levers": {}}, THREADS)
+    assert child["rss_mb"] > 0 and child["torch_loaded"] is False
