@@ -78,8 +78,8 @@ def test_version(no_click) -> None:
     assert r.stdout.strip() == f"edgeseg {edgeseg.__version__}"
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "export", "validate", "infer", "bench", "data demo",
-                                     "data example"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "export", "validate", "infer", "bench", "triton",
+                                     "build-c", "data demo", "data example"])
 def test_help_has_no_bool_metavar(command: str, no_click) -> None:
     r = run(*command.split(), "--help", env=no_click)
     assert r.returncode == 0, r.stderr
