@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import uuid
 import warnings
@@ -90,9 +91,21 @@ def local_cluster(workers: int) -> Any:
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-        return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                            dashboard_address=None, silence_logs=logging.ERROR)
+    # A Ctrl-C in a terminal reaches the whole process group, and only this process should
+    # act on it (stop, write summary.csv, close the cluster): workers started while SIGINT is
+    # ignored inherit that (a handler would not survive their exec). A Ctrl-C in this second
+    # of start-up is lost.
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            # Any free port for the scheduler's HTTP server: 8787 may be another cluster's.
+            # Its logs stay quiet: what matters to the user comes back through the tasks.
+            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                dashboard_address=":0", silence_logs=logging.CRITICAL)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -174,6 +187,12 @@ class ClusterRunner(_Runner):
             for future, result in done:
                 scan = pending.pop(future.key)[1]
                 got[str(scan.rel)] = self._outcome(scan, future, result)
+        except KeyboardInterrupt:  # keep the scans whose answers are already here
+            for future, result in done.next_batch(block=False):
+                if future.status == "finished":
+                    scan = pending.pop(future.key)[1]
+                    got[str(scan.rel)] = self._outcome(scan, future, result)
+            raise
         finally:
             client.cancel([f for f, _ in pending.values()])
             for scan in scans:  # a local run's row order

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -205,6 +206,47 @@ def test_killed_client_then_rerun_resumes(tmp_path: Path, threshold_onnx: Path, 
     local = run_inference([src], InferConfig(model=threshold_onnx, out=tmp_path / "local", quiet=True))
     assert local.done == 10
     assert_same_run(out, tmp_path / "local", rows=False)  # the killed run wrote no timings to keep
+
+
+def test_ctrl_c_in_the_terminal_is_one_line_and_leaves_nothing(tmp_path: Path, threshold_onnx: Path) -> None:
+    """SIGINT to the whole process group (what a terminal's Ctrl-C does) while a worker is
+    stalled: the client alone reports, exit 130, summary.csv has what it says, no worker is
+    left, and the rerun does the rest."""
+    import psutil
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    npy_slices(src, [f"a{i}" for i in range(3)])
+    os.mkfifo(src / "m_stall.npy")
+    proc = subprocess.Popen([str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out),
+                             "--cluster", "local:2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        writer = hold_fifo(src / "m_stall.npy", time.time() + 120)
+        deadline = time.time() + 60
+        while len(list(out.glob("a*_seg.npy"))) < 3 and time.time() < deadline:
+            time.sleep(0.05)
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    os.close(writer)
+    assert proc.returncode == 130, stderr
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    finished = re.fullmatch(r"interrupted: (\d) scan\(s\) finished in this run, 0 were already done, 0 failed,"
+                            r" of 4; finished outputs are complete and summary\.csv is written; rerun the same"
+                            r" command to do the rest", lines[0])
+    assert finished, stderr
+    rows = {r["output"] for r in csv.DictReader(open(out / "summary.csv"))}
+    assert len(rows) == int(finished[1]) and rows <= {f"a{i}_seg.npy" for i in range(3)}
+    assert not [p for p in out.rglob(".*")], "a temp or lock file was left"
+    assert not psutil.wait_procs(workers, timeout=30)[1], "worker processes outlived their client"
+    (src / "m_stall.npy").unlink()
+    npy_slices(src, ["m_stall"])
+    rerun = subprocess.run([str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out),
+                            "--cluster", "local:2"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0 and "1 done, 0 failed, 3 skipped" in rerun.stdout, rerun.stderr
 
 
 def closed_port() -> int:
