@@ -229,9 +229,9 @@ class ClusterRunner(_Runner):
                                 " while segmenting it (out of memory?); try it alone without --cluster")
         if os.environ.get("EDGESEG_DEBUG") and exc is not None:
             raise exc
-        why = here(_first_line(exc)) if exc is not None else f"the task was {future.status}"
-        raise EdgesegError(f"a Dask worker could not segment {scan.path}: {why}; finished outputs"
-                           " are kept, rerun the same command to do the rest")
+        why = here(_first_line(exc)) if exc is not None else f"its task was {future.status}"
+        raise EdgesegError(f"a Dask worker could not take {scan.path} ({why}); fix that on the workers"
+                           " and rerun the same command: finished outputs are kept")
 
 
 class _Relabel:

@@ -15,7 +15,8 @@ writable and locked (one run at a time) before any scan is read; ``records.jsonl
 keeps, per output, its input's size, mtime and SHA-256 and its own SHA-256, so a rerun
 skips what is intact and up to date and redoes, saying why, what is damaged or stale.
 Ctrl-C finishes the writes in flight, writes ``summary.csv`` and says how to resume.
-Everything the model needs comes from its ONNX metadata.
+Everything the model needs comes from its ONNX metadata. ``--cluster`` sends the scans to
+Dask workers instead, the rest unchanged (:mod:`edgeseg.cluster`).
 
 Resolution: the network only knows the pixel size it was trained at (the demo's 0.5 mm,
 metadata ``edgeseg.pixel_spacing_mm``). Slices of scans whose pixel size is known

@@ -249,6 +249,24 @@ def test_ctrl_c_in_the_terminal_is_one_line_and_leaves_nothing(tmp_path: Path, t
     assert rerun.returncode == 0 and "1 done, 0 failed, 3 skipped" in rerun.stdout, rerun.stderr
 
 
+def test_a_worker_that_cannot_run_the_job_stops_the_run_in_one_line(tmp_path: Path, threshold_onnx: Path,
+                                                                    cluster) -> None:
+    """--provider cuda on CPU-only workers: the workers' session fails, one line, exit 1, nothing written."""
+    from edgeseg.runtime import PROVIDERS, provider_works
+
+    if provider_works(PROVIDERS["cuda"]):
+        pytest.skip("CUDA works here; the no-GPU error path cannot be shown")
+    npy_slices(tmp_path / "in", ["a", "b"])
+    proc = subprocess.run([str(EDGESEG), "infer", str(tmp_path / "in"), "--model", str(threshold_onnx),
+                           "--out", str(tmp_path / "out"), "--provider", "cuda", "--cluster", cluster[0]],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: a Dask worker could not take "), proc.stderr
+    assert "CUDAExecutionProvider cannot run here" in lines[0] and "rerun the same command" in lines[0]
+    assert not list((tmp_path / "out").glob("*_seg.npy"))
+
+
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
