@@ -182,13 +182,16 @@ def infer_cmd(
         "--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")] = False,
     resample: Annotated[bool, typer.Option(
         "--resample/--no-resample", help="Resample slices to the model's pixel spacing (NIfTI, DICOM).")] = True,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", help="Spread scans over Dask workers: a scheduler address (tcp://host:8786)"
+        " or local:N (N worker processes here). Needs edgeseg[cluster].")] = None,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
 
     config = InferConfig(
         model=model, out=out, provider=provider.value, threads=threads, batch_size=batch_size,
-        axis=axis, overlay=overlay, overwrite=overwrite, resample=resample,
+        axis=axis, overlay=overlay, overwrite=overwrite, resample=resample, cluster=cluster,
     )
     report = run_inference(scans, config)
     if report.failed:

@@ -15,7 +15,8 @@ writable and locked (one run at a time) before any scan is read; ``records.jsonl
 keeps, per output, its input's size, mtime and SHA-256 and its own SHA-256, so a rerun
 skips what is intact and up to date and redoes, saying why, what is damaged or stale.
 Ctrl-C finishes the writes in flight, writes ``summary.csv`` and says how to resume.
-Everything the model needs comes from its ONNX metadata.
+Everything the model needs comes from its ONNX metadata. ``--cluster`` sends the scans to
+Dask workers instead, the rest unchanged (:mod:`edgeseg.cluster`).
 
 Resolution: the network only knows the pixel size it was trained at (the demo's 0.5 mm,
 metadata ``edgeseg.pixel_spacing_mm``). Slices of scans whose pixel size is known
@@ -37,6 +38,7 @@ import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,7 @@ class InferConfig:
     workers: int = 2  # threads that read and write scans
     quiet: bool = False  # no progress bar or report lines (failures still reported)
     resample: bool = True  # resample slices in-plane to the model's pixel spacing when both are known
+    cluster: str | None = None  # Dask scheduler address or local:N (edgeseg.cluster); None: this process
 
 
 @dataclass
@@ -134,10 +137,18 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
                                + ("; ..." if len(problems) > 3 else "") + "; nothing to segment")
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
     trt = default_trt_options(info, batch_size=config.batch_size)
-    session, provider = create_session(model, config.provider, config.threads, trt)
-    check_writable_dir(out)
-    with OutLock(out), warnings.catch_warnings():
-        runner = _Runner(session, provider, info, config, out)
+    with ExitStack() as stack:
+        if config.cluster:  # scans go to Dask workers, which build their own sessions
+            from edgeseg.cluster import ClusterRunner, connect
+
+            runner_type, (session, provider) = ClusterRunner, stack.enter_context(connect(config))
+        else:
+            runner_type, (session, provider) = _Runner, create_session(
+                model, config.provider, config.threads, trt)
+        check_writable_dir(out)
+        stack.enter_context(OutLock(out))
+        stack.enter_context(warnings.catch_warnings())
+        runner = runner_type(session, provider, info, config, out)
         warnings.showwarning = runner.warned  # library warnings become notes of their scan
         runner.say(f"model {model} ({info.precision}, classes {', '.join(info.class_names)});"
                    f" running on {provider}")
@@ -193,6 +204,17 @@ def _final_line(r: InferReport) -> str:
             f" {r.ignored} ignored, {r.resampled} resampled; {r.slices} slices in {r.seconds:.1f} s ="
             f" {r.slices_per_s:.1f} slices/s (model alone {r.model_slices_per_s:.1f}/s)"
             f" on {r.provider}; summary: {r.summary}")
+
+
+@dataclass
+class Segmented:
+    """What the report keeps of one segmented scan (built where it was segmented)."""
+
+    row: dict[str, Any]  # its summary.csv row
+    slices: int
+    seconds: float  # inside session.run
+    resampled: bool  # went to the model at its pixel spacing
+    notes: list[str]  # lines to show about it
 
 
 class _Runner:
@@ -312,15 +334,31 @@ class _Runner:
         except Exception as exc:  # any bad scan: one line, and the run goes on
             rows[str(scan.rel)] = self._failed(scan, _reason(exc))
             return None
-        self.report.model_seconds += seconds
-        self.report.slices += len(labels)
-        self.report.resampled += dec.model_size is not None
-        for note in dec.notes:
+        rows[str(scan.rel)] = self._count(self._segmented(scan, dec, labels, seconds))
+        return pool.submit(self._write, scan, dec, labels, stamps)
+
+    def process(self, scan: Scan) -> Segmented:
+        """Read, segment and write one scan in this thread: a cluster worker's unit of work."""
+        dec, stamps = self._read(scan)
+        labels, seconds = self._segment(scan, dec)
+        done = self._segmented(scan, dec, labels, seconds)
+        self._write(scan, dec, labels, stamps)
+        return done
+
+    def _segmented(self, scan: Scan, dec: Decoded, labels: np.ndarray, seconds: float) -> Segmented:
+        return Segmented(self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec),
+                         len(labels), seconds, dec.model_size is not None, dec.notes)
+
+    def _count(self, done: Segmented) -> dict[str, Any]:
+        """Count a segmented scan in the report, show its notes, advance the bar; its row."""
+        self.report.model_seconds += done.seconds
+        self.report.slices += done.slices
+        self.report.resampled += done.resampled
+        for note in done.notes:
             self.say(f"note: {note}")
-        rows[str(scan.rel)] = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
         self.report.done += 1
         self.progress.advance(self.scan_task)
-        return pool.submit(self._write, scan, dec, labels, stamps)
+        return done.row
 
     def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float]:
         """Run the stack through the model in batches: ``labels``, or ``logits`` to resample back."""
