@@ -182,13 +182,17 @@ def infer_cmd(
         "--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")] = False,
     resample: Annotated[bool, typer.Option(
         "--resample/--no-resample", help="Resample slices to the model's pixel spacing (NIfTI, DICOM).")] = True,
+    series: Annotated[str | None, typer.Option(
+        "--series", help="DICOM: only this SeriesInstanceUID, or SeriesDescription pattern (e.g. '*T1*').")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="DICOM: segment series whose Modality is not MR too (the model knows brain MR only).")] = False,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
 
     config = InferConfig(
         model=model, out=out, provider=provider.value, threads=threads, batch_size=batch_size,
-        axis=axis, overlay=overlay, overwrite=overwrite, resample=resample,
+        axis=axis, overlay=overlay, overwrite=overwrite, resample=resample, series=series, force=force,
     )
     report = run_inference(scans, config)
     if report.failed:

@@ -78,6 +78,8 @@ class InferConfig:
     workers: int = 2  # threads that read and write scans
     quiet: bool = False  # no progress bar or report lines (failures still reported)
     resample: bool = True  # resample slices in-plane to the model's pixel spacing when both are known
+    series: str | None = None  # DICOM: only series with this UID or SeriesDescription pattern
+    force: bool = False  # DICOM: also segment series whose Modality is not MR
 
 
 @dataclass
@@ -92,6 +94,7 @@ class InferReport:
     redone: int = 0  # outputs already there but damaged or stale, made again (within done)
     ignored: int = 0  # files of unsupported types met while walking folders
     ignored_files: list[Path] = field(default_factory=list)
+    set_aside: list[tuple[Path, str]] = field(default_factory=list)  # DICOM that is no image, or not selected
     slices: int = 0
     resampled: int = 0  # scans whose slices went to the model at its pixel spacing
     seconds: float = 0.0  # wall time of the scan loop
@@ -127,11 +130,12 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
     model = _model_path(config.model)
     info = read_model_info(model)
     out = Path(os.path.abspath(config.out))
-    scans, problems, ignored = discover_scans(inputs, out)
+    scans, problems, ignored, set_aside = discover_scans(inputs, out, config.series, config.force)
     if not scans:  # nothing to run: one line, and no --out folder or summary.csv left behind
-        if problems:
-            raise EdgesegError("; ".join(f"{path}: {reason}" for path, reason in problems[:3])
-                               + ("; ..." if len(problems) > 3 else "") + "; nothing to segment")
+        if problems or set_aside:
+            told = problems + set_aside
+            raise EdgesegError("; ".join(f"{path}: {reason}" for path, reason in told[:3])
+                               + ("; ..." if len(told) > 3 else "") + "; nothing to segment")
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
     trt = default_trt_options(info, batch_size=config.batch_size)
     session, provider = create_session(model, config.provider, config.threads, trt)
@@ -144,11 +148,13 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
         runner.say(_resample_line(info, config.resample))
         if ignored:
             runner.say(_ignored_line(ignored))
+        for path, reason in set_aside:
+            runner.say(f"skipped {path}: {reason}")
         try:
             report = runner.run(scans, problems)
         except KeyboardInterrupt:
             raise Interrupted(_interrupted_line(runner.report, len(scans))) from None
-    report.ignored, report.ignored_files = len(ignored), ignored
+    report.ignored, report.ignored_files, report.set_aside = len(ignored), ignored, set_aside
     runner.say(_final_line(report))
     return report
 
@@ -190,7 +196,8 @@ def _interrupted_line(r: InferReport, total: int) -> str:
 def _final_line(r: InferReport) -> str:
     redone = f" ({r.redone} redone)" if r.redone else ""
     return (f"{r.done} done{redone}, {r.failed} failed, {r.skipped} skipped (already done),"
-            f" {r.ignored} ignored, {r.resampled} resampled; {r.slices} slices in {r.seconds:.1f} s ="
+            f" {r.ignored} ignored, {len(r.set_aside)} DICOM set aside, {r.resampled} resampled;"
+            f" {r.slices} slices in {r.seconds:.1f} s ="
             f" {r.slices_per_s:.1f} slices/s (model alone {r.model_slices_per_s:.1f}/s)"
             f" on {r.provider}; summary: {r.summary}")
 
@@ -369,7 +376,7 @@ class _Runner:
     def _row(self, scan: Scan, status: str, labels: np.ndarray | None, voxel_ml: float | None,
              ms: float | None, dec: Decoded | None = None) -> dict[str, Any]:
         names = self.info.class_names
-        row: dict[str, Any] = {"input": str(scan.path), "status": status,
+        row: dict[str, Any] = {"input": str(scan.path), "series": scan.series, "status": status,
                                "output": str(scan.rel) if scan.rel.parts else "",
                                "provider": self.report.provider if ms is not None else "",
                                "ms": f"{ms:.1f}" if ms is not None else ""}
@@ -394,7 +401,8 @@ class _Runner:
         if not counted:
             self.progress.advance(self.scan_task)
         short = reason.removeprefix(f"{scan.path}: ")  # messages name their file already
-        self.say(f"FAILED {scan.path}: {short}", error=True)
+        where = f"{scan.path} ({scan.series})" if scan.series else scan.path
+        self.say(f"FAILED {where}: {short}", error=True)
         return {**self._row(scan, "failed", None, None, None), "output": "", "message": reason}
 
     def _skipped(self, scan: Scan, previous: dict[str, Any] | None) -> dict[str, Any]:

@@ -243,7 +243,7 @@ def overlay_rel(rel: Path) -> Path:
 def summary_columns(info: ModelInfo) -> list[str]:
     """summary.csv header: where, status, shape, per-class voxels and mL, resolution, provider, time."""
     names = info.class_names
-    return ["input", "status", "output", "shape", "voxel_ml", *[f"{n}_voxels" for n in names],
+    return ["input", "series", "status", "output", "shape", "voxel_ml", *[f"{n}_voxels" for n in names],
             *[f"{n}_ml" for n in names], *RESAMPLE_COLUMNS, "provider", "ms", "message"]
 
 

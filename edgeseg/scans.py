@@ -51,6 +51,7 @@ class Scan:
     kind: str  # npy | image | nifti | dicom
     rel: Path  # labels file, relative to the output root
     files: tuple[Path, ...] = ()
+    series: str = ""  # DICOM: which series of its folder (``series 3 'T1' echo 2``), for messages
 
 
 @dataclass
@@ -155,17 +156,23 @@ def output_name(path: Path, kind: str) -> str:
 
 
 def discover_scans(
-    inputs: Sequence[Path], out: Path
-) -> tuple[list[Scan], list[tuple[Path, str]], list[Path]]:
+    inputs: Sequence[Path], out: Path, series: str | None = None, force: bool = False
+) -> tuple[list[Scan], list[tuple[Path, str]], list[Path], list[tuple[Path, str]]]:
     """Scans under ``inputs`` (recursively), never inside ``out``.
 
+    Args:
+        inputs, out: files and folders; the output root.
+        series, force: DICOM selection, see :func:`edgeseg.dicom.group_series`.
+
     Returns:
-        ``(scans, problems, ignored)``: problems are (path, reason) for inputs that are
-        missing, unsupported, symbolic-link loops or collide on an output name; ignored
-        are the files of other types met inside folders.
+        ``(scans, problems, ignored, skipped)``: problems are (path, reason) for inputs that
+        are missing, unsupported, symbolic-link loops, collide on an output name or are
+        refused DICOM (not MR); ignored are the files of other types met inside folders;
+        skipped are (path, reason) for DICOM files that hold no image to segment (a
+        DICOMDIR, reports, SEG, ...) and series not selected: no failure.
     """
     out_root = _resolve(Path(out), "--out")
-    scans, problems, ignored = [], [], []
+    scans, problems, ignored, skipped = [], [], [], []
     for given in inputs:
         path = Path(given)
         try:
@@ -178,18 +185,44 @@ def discover_scans(
         if resolved.is_relative_to(out_root):
             raise EdgesegError(f"{path} is inside --out {out}; choose an --out outside the inputs")
         if path.is_dir():
-            found, loops, skipped = _walk(path, out_root)
+            found, loops, other, dicom = _walk(path, out_root)
             scans.extend(found)
             problems.extend(loops)
-            ignored.extend(skipped)
-        elif path.is_file() and (kind_of(path) or is_dicom_file(path)):
-            kind = kind_of(path) or "dicom"
+            ignored.extend(other)
+            for folder, rel, files in dicom:
+                _dicom_scans(folder, rel, files, series, force, scans, problems, skipped)
+        elif path.is_file() and kind_of(path) not in (None, "dicom"):
+            kind = kind_of(path)
             scans.append(Scan(path, kind, Path(output_name(path, kind)), (path,)))
+        elif path.is_file() and (kind_of(path) or is_dicom_file(path)):
+            _dicom_scans(path, Path(output_name(path, "dicom")), (path,), series, force, scans,
+                         problems, skipped)
         else:
             problems.append((path, "does not exist" if not path.exists() else
                              f"unsupported file type; expected {SUPPORTED}"))
     kept, collisions = _dedupe(scans)
-    return kept, problems + collisions, ignored
+    return kept, problems + collisions, ignored, skipped
+
+
+def _dicom_scans(where: Path, rel: Path, files: tuple[Path, ...], series: str | None, force: bool,
+                 scans: list[Scan], problems: list, skipped: list) -> None:
+    """One Scan per image volume among ``files`` (a folder's, or one file); ``rel`` names the first."""
+    from edgeseg.dicom import group_series
+
+    grouping = group_series(files, series, force)
+    skipped.extend(grouping.skipped)
+    problems.extend(grouping.failed)
+    several = len(grouping.groups) > 1
+    numbers = [g.number for g in grouping.groups]
+    for group in grouping.groups:
+        name = rel.name
+        if several:  # <folder>_S3_E2_seg.nii.gz; the UID's tail where SeriesNumbers do not tell apart
+            tag = f"S{group.number}" if group.number and numbers.count(group.number) == 1 else (
+                "S" + group.uid.replace(".", "")[-8:])
+            tag += "".join(f"_{k}{v}" for k, v in group.split)
+            name = name.replace("_seg.nii.gz", f"_{tag}_seg.nii.gz")
+        scans.append(Scan(where, "dicom", rel.parent / name, group.files,
+                          group.describe() if several or series else ""))
 
 
 LOOP = "a symbolic link that loops back on itself; fix or remove the link"
@@ -203,13 +236,14 @@ def _resolve(path: Path, option: str = "") -> Path:
         raise EdgesegError(f"{option + ' ' if option else ''}{path}: {LOOP}") from None
 
 
-def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]], list[Path]]:
+def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]], list[Path], list]:
     """Files by extension and DICOM folders under ``root``; hidden names and out pruned.
 
-    Returns ``(scans, loops, ignored)``: symbolic-link loops among the files, and files of
-    other types.
+    Returns ``(scans, loops, ignored, dicom)``: symbolic-link loops among the files, files
+    of other types, and ``(folder, rel, files)`` for each folder holding DICOM files (a
+    DICOMDIR among them, to be skipped with its reason).
     """
-    scans, loops, ignored = [], [], []
+    scans, loops, ignored, dicom_folders = [], [], [], []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
@@ -219,7 +253,7 @@ def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]
             path, kind = here / name, kind_of(here / name)
             if os.path.islink(path) and not os.path.exists(path) and _is_loop(path):
                 loops.append((path, LOOP))
-            elif kind == "dicom" or (kind is None and name != "DICOMDIR" and is_dicom_file(path)):
+            elif kind == "dicom" or (kind is None and (name == "DICOMDIR" or is_dicom_file(path))):
                 dicom.append(path)
             elif kind:
                 scans.append(Scan(path, kind, path.relative_to(root).parent / output_name(path, kind)))
@@ -228,8 +262,8 @@ def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]
         if dicom:
             rel = here.relative_to(root)
             name = output_name(here.resolve() if rel == Path(".") else here, "dicom")
-            scans.append(Scan(here, "dicom", rel.parent / name, tuple(dicom)))
-    return scans, loops, ignored
+            dicom_folders.append((here, rel.parent / name, tuple(dicom)))
+    return scans, loops, ignored, dicom_folders
 
 
 def _is_loop(path: Path) -> bool:
