@@ -162,6 +162,12 @@ class Provider(str, Enum):
     tensorrt = "tensorrt"
 
 
+class SegFormat(str, Enum):
+    nifti = "nifti"
+    dicom_seg = "dicom-seg"
+    both = "both"
+
+
 @app.command("infer")
 def infer_cmd(
     scans: Annotated[list[Path], typer.Argument(
@@ -186,6 +192,8 @@ def infer_cmd(
         "--series", help="DICOM: only this SeriesInstanceUID, or SeriesDescription pattern (e.g. '*T1*').")] = None,
     force: Annotated[bool, typer.Option(
         "--force", help="DICOM: segment series whose Modality is not MR too (the model knows brain MR only).")] = False,
+    seg_format: Annotated[SegFormat, typer.Option(
+        "--format", help="Output of a DICOM series: NIfTI, DICOM SEG (for PACS), or both.")] = SegFormat.both,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
@@ -193,6 +201,7 @@ def infer_cmd(
     config = InferConfig(
         model=model, out=out, provider=provider.value, threads=threads, batch_size=batch_size,
         axis=axis, overlay=overlay, overwrite=overwrite, resample=resample, series=series, force=force,
+        format=seg_format.value,
     )
     report = run_inference(scans, config)
     if report.failed:

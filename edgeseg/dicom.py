@@ -67,6 +67,7 @@ class Frame:
     instance: int
     spacing_known: bool = True  # False: PixelSpacing missing, ``spacing`` is a 1 mm stand-in
     path: Path | None = None  # the file it came from
+    frame: int = 0  # its index among the file's frames
 
 
 @dataclass
@@ -80,7 +81,8 @@ class Series:
     inter: float = 0.0
     notes: list[str] = field(default_factory=list)
     spacing_known: bool = True  # False: no PixelSpacing; the affine then assumes 1 mm pixels
-    sources: tuple[Path, ...] = ()  # the file of each slice, in slice order (for DICOM SEG references)
+    sources: tuple[tuple[Path, int], ...] = ()  # (file, frame) of each slice, in slice order (DICOM SEG)
+    positioned: bool = True  # False: no ImagePositionPatient/ImageOrientationPatient, sorted by number
 
 
 def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
@@ -318,7 +320,7 @@ def _frame(ds: Any, pixels: np.ndarray, index: int, count: int, path: Path | Non
                  float(gap), float(1.0 if slope is None else slope),
                  float(0.0 if inter is None else inter),
                  int(ds.get("InstanceNumber", 0) or 0) * 100000 + index, spacing_known=bool(spacing),
-                 path=path)
+                 path=path, frame=index)
 
 
 def _has_geometry(frames: list[Frame]) -> bool:
@@ -363,6 +365,7 @@ def _by_instance(source: Path, frames: list[Frame]) -> Series:
     rows_mm, cols_mm = frames[0].spacing
     affine = np.diag([cols_mm, rows_mm, frames[0].thickness, 1.0])
     series = _stack(frames, affine, rows_mm * cols_mm * frames[0].thickness / 1000.0)
+    series.positioned = False
     series.notes.append(
         f"{source}: no ImagePositionPatient/ImageOrientationPatient; slices sorted by"
         " InstanceNumber and the NIfTI affine holds the voxel size only"
@@ -380,7 +383,7 @@ def _stack(frames: list[Frame], affine: np.ndarray, voxel_ml: float) -> Series:
         slope, inter = 1.0, 0.0
         stack = np.stack([fr.pixels.astype(np.float32) * fr.slope + fr.inter for fr in frames])
     return Series(stack.transpose(2, 1, 0), affine, voxel_ml, slope, inter,
-                  sources=tuple(fr.path for fr in frames if fr.path is not None))
+                  sources=tuple((fr.path, fr.frame) for fr in frames if fr.path is not None))
 
 
 def _why(exc: BaseException) -> str:

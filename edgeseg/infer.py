@@ -37,12 +37,13 @@ import warnings
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeseg.dicom_seg import seg_rel, write_dicom_seg
 from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.outputs import (
     RESAMPLE_COLUMNS,
@@ -57,9 +58,12 @@ from edgeseg.outputs import (
     write_overlay,
     write_summary,
 )
+from edgeseg.qc import FIGURES, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
 from edgeseg.records import InputStamp, OutLock, Record, Records, stamp_inputs
 from edgeseg.runtime import ModelInfo, create_session, default_trt_options, read_model_info
 from edgeseg.scans import SUPPORTED, Decoded, Scan, discover_scans, read_scan, resample
+
+FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
 
 
 @dataclass
@@ -80,6 +84,7 @@ class InferConfig:
     resample: bool = True  # resample slices in-plane to the model's pixel spacing when both are known
     series: str | None = None  # DICOM: only series with this UID or SeriesDescription pattern
     force: bool = False  # DICOM: also segment series whose Modality is not MR
+    format: str = "both"  # DICOM inputs: nifti | dicom-seg | both (SEG for PACS, NIfTI for research)
 
 
 @dataclass
@@ -95,6 +100,7 @@ class InferReport:
     ignored: int = 0  # files of unsupported types met while walking folders
     ignored_files: list[Path] = field(default_factory=list)
     set_aside: list[tuple[Path, str]] = field(default_factory=list)  # DICOM that is no image, or not selected
+    flagged: list[tuple[Path, str]] = field(default_factory=list)  # QC figures outside the model's ranges
     slices: int = 0
     resampled: int = 0  # scans whose slices went to the model at its pixel spacing
     seconds: float = 0.0  # wall time of the scan loop
@@ -130,7 +136,11 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
     model = _model_path(config.model)
     info = read_model_info(model)
     out = Path(os.path.abspath(config.out))
+    if config.format not in FORMATS:
+        raise EdgesegError(f"--format {config.format}: unknown; choose one of {', '.join(FORMATS)}")
     scans, problems, ignored, set_aside = discover_scans(inputs, out, config.series, config.force)
+    if config.format == "dicom-seg":  # the SEG is then the output that resume and summary.csv track
+        scans = [replace(s, rel=seg_rel(s.rel)) if s.kind == "dicom" else s for s in scans]
     if not scans:  # nothing to run: one line, and no --out folder or summary.csv left behind
         if problems or set_aside:
             told = problems + set_aside
@@ -155,6 +165,8 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
         except KeyboardInterrupt:
             raise Interrupted(_interrupted_line(runner.report, len(scans))) from None
     report.ignored, report.ignored_files, report.set_aside = len(ignored), ignored, set_aside
+    if report.flagged:
+        runner.say(_flagged_line(report.flagged), error=True)
     runner.say(_final_line(report))
     return report
 
@@ -193,6 +205,13 @@ def _interrupted_line(r: InferReport, total: int) -> str:
             " written; rerun the same command to do the rest")
 
 
+def _flagged_line(flagged: list[tuple[Path, str]], show: int = 5) -> str:
+    names = "; ".join(f"{path} ({why})" for path, why in flagged[:show])
+    more = f" and {len(flagged) - show} more" if len(flagged) > show else ""
+    return (f"warning: {len(flagged)} scan(s) outside what the model saw in training, check them before"
+            f" trusting their volumes: {names}{more}; see the qc column of summary.csv")
+
+
 def _final_line(r: InferReport) -> str:
     redone = f" ({r.redone} redone)" if r.redone else ""
     return (f"{r.done} done{redone}, {r.failed} failed, {r.skipped} skipped (already done),"
@@ -214,6 +233,7 @@ class _Runner:
         self.stdout, self.stderr = Console(), Console(stderr=True)
         self.progress: Any = None
         self.records = Records(out)
+        self.model_sha256 = sha256_file(info.path)  # identifies the algorithm in DICOM SEG outputs
         self._local = threading.local()  # .caught: warnings of the scan this thread reads
         self._showwarning = warnings.showwarning
 
@@ -289,14 +309,23 @@ class _Runner:
     def _finished(self, scan: Scan) -> bool:
         """True to skip ``scan``: its outputs exist, match their record and its input is unchanged."""
         overlay = str(overlay_rel(scan.rel)) if self.config.overlay else None
-        targets = [scan.rel] + ([Path(overlay)] if overlay else [])
+        extra = self._seg_beside(scan)
+        if extra is not None and str(extra) not in self.records.latest:
+            extra = None  # none was made (a series without geometry, or a run before SEG outputs)
+        targets = [scan.rel] + ([Path(overlay)] if overlay else []) + ([extra] if extra else [])
         if self.config.overwrite or not all((self.out / t).is_file() for t in targets):
             return False
-        why = self.records.verdict(self.out, str(scan.rel), _files(scan), overlay)
+        why, rel = self.records.verdict(self.out, str(scan.rel), _files(scan), overlay), scan.rel
+        if extra and not why:
+            why, rel = self.records.verdict(self.out, str(extra), _files(scan), None), extra
         if why:
-            self.say(f"redoing {scan.path}: {why} (output {scan.rel})")
+            self.say(f"redoing {scan.path}: {why} (output {rel})")
             self.report.redone += 1
         return why is None
+
+    def _seg_beside(self, scan: Scan) -> Path | None:
+        """Where the DICOM SEG written beside the NIfTI goes (``--format both``), else None."""
+        return seg_rel(scan.rel) if scan.kind == "dicom" and self.config.format == "both" else None
 
     def _read(self, scan: Scan) -> tuple[Decoded, tuple[InputStamp, ...]]:
         """Decode ``scan`` and stamp its input files; warnings while reading become notes."""
@@ -315,7 +344,7 @@ class _Runner:
         """Decode result -> labels -> submit the write; a failure becomes a row."""
         try:
             dec, stamps = future.result()
-            labels, seconds = self._segment(scan, dec)
+            labels, seconds, figures = self._segment(scan, dec)
         except Exception as exc:  # any bad scan: one line, and the run goes on
             rows[str(scan.rel)] = self._failed(scan, _reason(exc))
             return None
@@ -325,6 +354,7 @@ class _Runner:
         for note in dec.notes:
             self.say(f"note: {note}")
         rows[str(scan.rel)] = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
+        rows[str(scan.rel)].update(self._qc(scan, figures))
         self.report.done += 1
         self.progress.advance(self.scan_task)
         return pool.submit(self._write, scan, dec, labels, stamps)
@@ -334,18 +364,27 @@ class _Runner:
         count, (h, w) = len(dec.stack), dec.stack.shape[1:]
         labels = np.empty((count, h, w), dtype=np.uint8)
         self.progress.reset(self.slice_task, total=count, description=f"slices {scan.path.name}")
-        seconds = 0.0
+        seconds, counter = 0.0, QCCounter.for_classes(self.info.class_names)
         for start in range(0, count, max(1, self.config.batch_size)):
             batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
             tick = time.perf_counter()
-            (out,) = self.session.run(["logits" if dec.model_size else "labels"], {"image": batch})
+            (logits,) = self.session.run(["logits"], {"image": batch})  # logits: for QC, and to resample
             seconds += time.perf_counter() - tick
+            out = logits.argmax(1)  # the graph's own ``labels``: ArgMax of these logits
+            counter.add(logits, out)  # on the model's grid, as export measured the ranges
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
-                out = resample(out, (h, w), order=1).argmax(1)
+                out = resample(logits, (h, w), order=1).argmax(1)
             labels[start : start + len(batch)] = out
             self.progress.advance(self.slice_task, len(batch))
-        return labels, seconds
+        return labels, seconds, counter.figures()
+
+    def _qc(self, scan: Scan, figures: dict[str, float]) -> dict[str, str]:
+        """The QC columns of ``scan``'s row; a scan outside the model's ranges is remembered."""
+        verdict = judge(figures, parse_ranges(self.info.metadata.get(METADATA_KEY)))
+        if verdict not in ("ok", NO_RANGES):
+            self.report.flagged.append((scan.path, verdict))
+        return {**{k: f"{figures[k]:.4g}" for k in FIGURES if k in figures}, "qc": verdict}
 
     def _write(self, scan: Scan, dec: Decoded, labels: np.ndarray,
                stamps: tuple[InputStamp, ...]) -> None:
@@ -358,10 +397,32 @@ class _Runner:
         else:
             overlay.unlink(missing_ok=True)  # from an earlier run: it would show old labels
 
-        def record(tmp: Path) -> None:
-            self.records.add(Record(str(scan.rel), stamps, sha256_file(tmp), overlay_sha[0]))
+        def record(tmp: Path, rel: Path = scan.rel, overlay_sha256: str = "") -> None:
+            self.records.add(Record(str(rel), stamps, sha256_file(tmp), overlay_sha256))
 
-        write_labels(target, scan.kind, dec.restore(labels), dec, self.info.class_names, record)
+        restored = dec.restore(labels)
+        if (extra := self._seg_beside(scan)) is not None:  # beside the NIfTI: a SEG that cannot be is a note
+            try:
+                self._seg(scan, dec, safe_output_path(self.out, extra), restored, lambda tmp: record(tmp, extra))
+            except EdgesegError as exc:
+                self.say(f"note: {scan.path}: no DICOM SEG beside {scan.rel}: {str(exc).split(': ', 1)[-1]}")
+        if scan.kind == "dicom" and self.config.format == "dicom-seg":
+            self._seg(scan, dec, target, restored, lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]))
+        else:
+            write_labels(target, scan.kind, restored, dec, self.info.class_names,
+                         lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]))
+
+    def _seg(self, scan: Scan, dec: Decoded, target: Path, labels: np.ndarray, record: Any) -> None:
+        """Write the DICOM SEG; what pydicom/highdicom warn that the reader did not is a note."""
+        self._local.caught = caught = []  # see warned(): this thread's warnings
+        try:
+            write_dicom_seg(target, labels, dec.sources, self.info.class_names, self.info.path,
+                            self.model_sha256, record)
+        finally:
+            self._local.caught = None
+        for text in dict.fromkeys(caught):
+            if not any(note.endswith(f"the reader warned: {text}") for note in dec.notes):
+                self.say(f"note: {scan.path}: the DICOM SEG writer warned: {text}")
 
     def _drain(self, writes: deque, rows: dict, keep: int) -> None:
         """Wait for writes until at most ``keep`` are pending; a failed write fails its scan."""
@@ -415,7 +476,7 @@ class _Runner:
             return {**self._row(scan, "done", None, None, None), "message": _reason(exc)}
         row = self._row(scan, "done", labels, voxel_ml, None)
         if previous:  # the input's own shape, provider and time from the run that made it
-            row.update({k: previous[k] for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS)
+            row.update({k: previous[k] for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS, *FIGURES, "qc")
                         if previous.get(k)})
         return row
 

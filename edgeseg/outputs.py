@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.qc import FIGURES
 from edgeseg.runtime import ModelInfo
 from edgeseg.scans import Decoded, nifti_zooms_mm
 
@@ -32,6 +33,7 @@ SUMMARY = "summary.csv"
 # (H, W) slices the model saw, and whether they were resampled to get there.
 RESAMPLE_COLUMNS = ("spacing_mm", "model_spacing_mm", "model_shape", "resampled")
 # Okabe-Ito colour-blind-safe colours for classes 1.. (background is black/transparent).
+QC_COLUMNS = (*FIGURES, "qc")  # quality figures of each scan and their verdict (edgeseg.qc)
 PALETTE = [(0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
            (0, 114, 178), (213, 94, 0), (204, 121, 167)]
 
@@ -226,6 +228,10 @@ def read_labels(path: Path) -> tuple[np.ndarray, float | None]:
 
         with Image.open(path) as img:
             return np.array(img), None
+    if path.name.endswith(".dcm"):
+        from edgeseg.dicom_seg import read_dicom_seg
+
+        return read_dicom_seg(path)
     import nibabel as nib
 
     img = nib.load(path)
@@ -244,7 +250,7 @@ def summary_columns(info: ModelInfo) -> list[str]:
     """summary.csv header: where, status, shape, per-class voxels and mL, resolution, provider, time."""
     names = info.class_names
     return ["input", "series", "status", "output", "shape", "voxel_ml", *[f"{n}_voxels" for n in names],
-            *[f"{n}_ml" for n in names], *RESAMPLE_COLUMNS, "provider", "ms", "message"]
+            *[f"{n}_ml" for n in names], *RESAMPLE_COLUMNS, *QC_COLUMNS, "provider", "ms", "message"]
 
 
 def previous_rows(path: Path) -> dict[str, dict[str, Any]]:

@@ -68,6 +68,7 @@ class Decoded:
     notes: list[str] = field(default_factory=list)
     spacing: tuple[float, float] | None = None  # mm per stack row and column; None: unknown
     model_size: tuple[int, int] | None = None  # (H, W) the model sees; None: slices as they are
+    sources: tuple[tuple[Path, int], ...] = ()  # DICOM with full geometry: (file, frame) of each slice
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -194,9 +195,9 @@ def discover_scans(
         elif path.is_file() and kind_of(path) not in (None, "dicom"):
             kind = kind_of(path)
             scans.append(Scan(path, kind, Path(output_name(path, kind)), (path,)))
-        elif path.is_file() and (kind_of(path) or is_dicom_file(path)):
+        elif path.is_file() and (kind_of(path) or is_dicom_file(path)):  # named: no image is a failure
             _dicom_scans(path, Path(output_name(path, "dicom")), (path,), series, force, scans,
-                         problems, skipped)
+                         problems, problems)
         else:
             problems.append((path, "does not exist" if not path.exists() else
                              f"unsupported file type; expected {SUPPORTED}"))
@@ -315,6 +316,8 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
         if not series.spacing_known:
             dec.spacing = None  # never resample on a guessed pixel size
         dec.slope, dec.inter = series.slope, series.inter
+        if series.positioned and series.spacing_known:  # a DICOM SEG can place its frames
+            dec.sources = series.sources
     if dec.stack.size == 0:
         raise EdgesegError(f"{path}: empty scan (shape {dec.shape}); nothing to segment")
     h, w = dec.stack.shape[1:]

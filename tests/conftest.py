@@ -104,6 +104,7 @@ def make_dicom_series(folder: Path, iop=AXIAL_IOP, gap: float = 2.0, n: int = 4,
         ds.ImagePositionPatient = [float(v) for v in pos]
         ds.ImageOrientationPatient = [float(v) for v in iop]
         ds.InstanceNumber = instances[k] if instances else n - k
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{base.SOPInstanceUID}.{k + 1}"
         ds.RescaleSlope, ds.RescaleIntercept = slopes[k] if slopes else (1.0, 0.0)
         if uid and k == 0:
             ds.SeriesInstanceUID = uid

@@ -199,7 +199,7 @@ def test_interleaved_series_are_split_and_agree_with_simpleitk(tmp_path: Path, m
         assert np.allclose(series.raw * series.slope + series.inter, values, atol=1e-3)
         assert np.allclose(series.affine, affine, atol=1e-4)
     # the first series' slice k is file k: order along the normal, not by name or instance
-    assert list(read_dicom_series(folder, grouping.groups[0].files).sources) == first
+    assert list(read_dicom_series(folder, grouping.groups[0].files).sources) == [(f, 0) for f in first]
 
 
 def test_echoes_of_one_series_are_separate_volumes(tmp_path: Path, mni_dicom_factory) -> None:
