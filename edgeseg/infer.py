@@ -8,8 +8,10 @@ Inputs are files or folders (walked recursively, chosen by extension): ``.npy`` 
 or stacks, PNG/JPEG/TIFF images, NIfTI volumes, DICOM files or series folders (see
 :mod:`edgeseg.scans` and :mod:`edgeseg.dicom`). ``--out`` mirrors the input tree and
 gets ``summary.csv``. Reading the next scans overlaps with inference on the current one
-(a small thread pool, bounded prefetch); slices go through the model in batches and only
-the uint8 ``labels`` output is fetched, so memory stays bounded by a few raw scans.
+(a small thread pool, bounded prefetch); slices go through the model in batches, and the
+float32 ``logits`` of one batch at a time are fetched (for the QC confidence figures of
+:mod:`edgeseg.qc`, and for resampling), so memory stays bounded by a few raw scans.
+DICOM series also get a DICOM SEG (:mod:`edgeseg.dicom_seg`; ``--format``).
 A bad scan is one line and the run goes on; every write is atomic. ``--out`` is checked
 writable and locked (one run at a time) before any scan is read; ``records.jsonl`` there
 keeps, per output, its input's size, mtime and SHA-256 and its own SHA-256, so a rerun
@@ -23,9 +25,8 @@ metadata ``edgeseg.pixel_spacing_mm``). Slices of scans whose pixel size is know
 MONAI do; ``--no-resample`` turns this off, and .npy/images (no pixel size) never are.
 Their logits, not labels, are then resampled linearly back to the scan's own grid and
 argmax'ed there: smoother boundaries than nearest-neighbour labels, and unbiased where
-a native pixel falls between two model pixels. That fetches float32 logits instead of
-uint8 labels, but per batch only (``--batch-size`` bounds it); it costs a few ms per
-slice on a CPU, small beside the U-Net. Labels keep the input's shape and affine.
+a native pixel falls between two model pixels; it costs a few ms per slice on a CPU,
+small beside the U-Net. Labels keep the input's shape and affine.
 """
 
 from __future__ import annotations
@@ -48,20 +49,25 @@ from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.outputs import (
     RESAMPLE_COLUMNS,
     SUMMARY,
+    atomic_write,
     check_writable_dir,
+    label_nifti,
     overlay_rel,
     previous_rows,
     read_labels,
     safe_output_path,
     sha256_file,
+    stats_rel,
     write_labels,
     write_overlay,
+    write_stats,
     write_summary,
 )
-from edgeseg.qc import FIGURES, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
+from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
 from edgeseg.records import InputStamp, OutLock, Record, Records, stamp_inputs
 from edgeseg.runtime import ModelInfo, create_session, default_trt_options, read_model_info
 from edgeseg.scans import SUPPORTED, Decoded, Scan, discover_scans, read_scan, resample
+from edgeseg.skullstrip import mask_rel
 
 FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
 
@@ -76,7 +82,7 @@ class InferConfig:
     threads: int | None = None  # onnxruntime intra-op threads; None: one per physical core
     batch_size: int = 8  # slices per session.run; also the TensorRT profile's batch
     axis: int | None = None  # volume axis to slice along; None: acquisition axis, else axial
-    overlay: bool = False  # also write <name>_overlay.png (middle slice, classes coloured)
+    overlay: bool = False  # also write <name>_overlay.png (QC mosaic: up to 16 slices, classes coloured)
     overwrite: bool = False  # redo scans whose outputs exist (default: skip them, i.e. resume)
     prefetch: int = 2  # scans decoded ahead of the one on the model
     workers: int = 2  # threads that read and write scans
@@ -85,6 +91,7 @@ class InferConfig:
     series: str | None = None  # DICOM: only series with this UID or SeriesDescription pattern
     force: bool = False  # DICOM: also segment series whose Modality is not MR
     format: str = "both"  # DICOM inputs: nifti | dicom-seg | both (SEG for PACS, NIfTI for research)
+    skull_strip: bool = False  # ROBEX brain mask first (NIfTI/DICOM); labels outside it are 0
 
 
 @dataclass
@@ -312,12 +319,15 @@ class _Runner:
         extra = self._seg_beside(scan)
         if extra is not None and str(extra) not in self.records.latest:
             extra = None  # none was made (a series without geometry, or a run before SEG outputs)
-        targets = [scan.rel] + ([Path(overlay)] if overlay else []) + ([extra] if extra else [])
+        mask = mask_rel(scan.rel) if self.config.skull_strip else None
+        stats = stats_rel(scan.rel)
+        targets = [scan.rel] + ([Path(overlay)] if overlay else []) + [t for t in (extra, mask, stats) if t]
         if self.config.overwrite or not all((self.out / t).is_file() for t in targets):
             return False
         why, rel = self.records.verdict(self.out, str(scan.rel), _files(scan), overlay), scan.rel
-        if extra and not why:
-            why, rel = self.records.verdict(self.out, str(extra), _files(scan), None), extra
+        for also in (extra, mask, stats):
+            if also and not why:
+                why, rel = self.records.verdict(self.out, str(also), _files(scan), None), also
         if why:
             self.say(f"redoing {scan.path}: {why} (output {rel})")
             self.report.redone += 1
@@ -334,7 +344,7 @@ class _Runner:
         self._local.caught = caught = []  # filled by warned() from this thread only
         try:
             dec = read_scan(scan.path, scan.kind, scan.files, self.config.axis,
-                            self.info.min_size, model_mm)
+                            self.info.min_size, model_mm, self.config.skull_strip)
         finally:
             self._local.caught = None
         dec.notes += [f"{scan.path}: the reader warned: {w}" for w in dict.fromkeys(caught)]
@@ -354,10 +364,11 @@ class _Runner:
         for note in dec.notes:
             self.say(f"note: {note}")
         rows[str(scan.rel)] = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
-        rows[str(scan.rel)].update(self._qc(scan, figures))
+        rows[str(scan.rel)].update({**self._qc(scan, figures), **{k: f"{v:.6g}" for k, v in figures.items()
+                                                                 if k.endswith(MEAN_SUFFIX)}})
         self.report.done += 1
         self.progress.advance(self.scan_task)
-        return pool.submit(self._write, scan, dec, labels, stamps)
+        return pool.submit(self._write, scan, dec, labels, stamps, rows[str(scan.rel)])
 
     def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float]:
         """Run the stack through the model in batches: ``labels``, or ``logits`` to resample back."""
@@ -365,6 +376,8 @@ class _Runner:
         labels = np.empty((count, h, w), dtype=np.uint8)
         self.progress.reset(self.slice_task, total=count, description=f"slices {scan.path.name}")
         seconds, counter = 0.0, QCCounter.for_classes(self.info.class_names)
+        names = self.info.class_names
+        sums = np.zeros(len(names))  # intensity per class on the scan's own grid, for the means
         for start in range(0, count, max(1, self.config.batch_size)):
             batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
@@ -376,8 +389,14 @@ class _Runner:
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
                 out = resample(logits, (h, w), order=1).argmax(1)
             labels[start : start + len(batch)] = out
+            if dec.brain is not None:  # --skull-strip: nothing outside the brain mask
+                labels[start : start + len(batch)][~dec.brain[start : start + len(batch)]] = 0
+            native = np.asarray(dec.stack[start : start + len(batch)], np.float64) * dec.slope + dec.inter
+            sums += np.bincount(labels[start : start + len(batch)].ravel(), native.ravel(), len(names))[: len(names)]
             self.progress.advance(self.slice_task, len(batch))
-        return labels, seconds, counter.figures()
+        counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
+        means = {f"{n}{MEAN_SUFFIX}": sums[i] / counts[i] for i, n in enumerate(names) if counts[i]}
+        return labels, seconds, {**counter.figures(), **means}
 
     def _qc(self, scan: Scan, figures: dict[str, float]) -> dict[str, str]:
         """The QC columns of ``scan``'s row; a scan outside the model's ranges is remembered."""
@@ -387,12 +406,12 @@ class _Runner:
         return {**{k: f"{figures[k]:.4g}" for k in FIGURES if k in figures}, "qc": verdict}
 
     def _write(self, scan: Scan, dec: Decoded, labels: np.ndarray,
-               stamps: tuple[InputStamp, ...]) -> None:
+               stamps: tuple[InputStamp, ...], row: dict[str, Any]) -> None:
         """Overlay (or remove a stale one), then labels; the record goes in before their rename."""
         target = safe_output_path(self.out, scan.rel)
         overlay, overlay_sha = safe_output_path(self.out, overlay_rel(scan.rel)), [""]
         if self.config.overlay:
-            write_overlay(overlay, dec, labels, scan.path,
+            write_overlay(overlay, dec, labels, scan.path, self.info.class_names,
                           lambda tmp: overlay_sha.__setitem__(0, sha256_file(tmp)))
         else:
             overlay.unlink(missing_ok=True)  # from an earlier run: it would show old labels
@@ -401,6 +420,14 @@ class _Runner:
             self.records.add(Record(str(rel), stamps, sha256_file(tmp), overlay_sha256))
 
         restored = dec.restore(labels)
+        stats = stats_rel(scan.rel)
+        write_stats(safe_output_path(self.out, stats), row, self.info, self.model_sha256,
+                    lambda tmp: record(tmp, stats))
+        if dec.brain_raw is not None:
+            brain = label_nifti(dec.brain_raw.astype(np.uint8), dec.template, 2)
+            rel = mask_rel(scan.rel)
+            atomic_write(safe_output_path(self.out, rel), lambda tmp: brain.to_filename(str(tmp)),
+                         lambda tmp: record(tmp, rel))
         if (extra := self._seg_beside(scan)) is not None:  # beside the NIfTI: a SEG that cannot be is a note
             try:
                 self._seg(scan, dec, safe_output_path(self.out, extra), restored, lambda tmp: record(tmp, extra))

@@ -34,6 +34,7 @@ FIGURES = ("brain_fraction", "gm_wm_ratio", "conf_mean", "conf_p5")
 BINS = 1000  # max-softmax histogram resolution for the 5th percentile
 METADATA_KEY = "edgeseg.qc_ranges"
 NO_RANGES = "no ranges in model"
+MEAN_SUFFIX = "_mean_intensity"  # summary.csv: mean input intensity of the voxels of each class
 
 
 def max_softmax(logits: np.ndarray) -> np.ndarray:

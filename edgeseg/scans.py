@@ -69,6 +69,8 @@ class Decoded:
     spacing: tuple[float, float] | None = None  # mm per stack row and column; None: unknown
     model_size: tuple[int, int] | None = None  # (H, W) the model sees; None: slices as they are
     sources: tuple[tuple[Path, int], ...] = ()  # DICOM with full geometry: (file, frame) of each slice
+    brain: np.ndarray | None = None  # --skull-strip: (S, H, W) bool brain mask, model orientation
+    brain_raw: np.ndarray | None = None  # the same mask in the input's voxel order, to write
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -290,7 +292,7 @@ def _dedupe(scans: list[Scan]) -> tuple[list[Scan], list[tuple[Path, str]]]:
 
 
 def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | None = None,
-              min_size: int = 16, model_mm: float | None = None) -> Decoded:
+              min_size: int = 16, model_mm: float | None = None, skull_strip: bool = False) -> Decoded:
     """Decode one scan; EdgesegError (naming ``path``) for anything unusable.
 
     Args:
@@ -299,6 +301,7 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
         min_size: smallest H and W the model accepts, checked on the slices it will see.
         model_mm: the model's training pixel spacing; when given and the scan's is known,
             ``model_size`` is set for slices more than 1 % off it.
+       skull_strip: strip the skull first (:mod:`edgeseg.skullstrip`): NIfTI and DICOM only.
     """
     if kind == "npy":
         dec = _read_npy(path)
@@ -320,6 +323,8 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
             dec.sources = series.sources
     if dec.stack.size == 0:
         raise EdgesegError(f"{path}: empty scan (shape {dec.shape}); nothing to segment")
+    if skull_strip:
+        _skull_strip(path, dec, axis, min_size)
     h, w = dec.stack.shape[1:]
     dec.model_size = model_grid(dec.spacing, (h, w), model_mm)
     if dec.model_size and min(dec.model_size) < min_size:
@@ -336,6 +341,21 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
             f" {min_size}); pad or resample the scan"
         )
     return dec
+
+
+def _skull_strip(path: Path, dec: Decoded, axis: int | None, min_size: int) -> None:
+    """Replace ``dec``'s slices by the skull-stripped volume's and keep the brain mask."""
+    from edgeseg.skullstrip import brain_mask
+
+    if dec.template is None:
+        raise EdgesegError(f"{path}: --skull-strip needs a volume (NIfTI or DICOM), not a single image")
+    volume = dec.restore(np.asarray(dec.stack, np.float32) * np.float32(dec.slope) + np.float32(dec.inter))
+    affine, zooms = dec.template.affine, nifti_zooms_mm(dec.template)
+    mask = brain_mask(path, volume, affine)
+    stripped = _volume(path, np.where(mask, volume, np.float32(0)), affine, zooms, axis, min_size)
+    dec.stack, dec.slope, dec.inter = stripped.stack, 1.0, 0.0  # same slicing: same call, same shape
+    dec.brain = np.ascontiguousarray(_volume(path, mask, affine, zooms, axis, min_size).stack)
+    dec.brain_raw = mask
 
 
 def check_claimed_size(path: Path, what: str, shape: tuple[int, ...], dtype: Any, offset: int = 0,

@@ -111,7 +111,8 @@ def test_seg_is_recorded_and_resumed(seg_run, tmp_path: Path) -> None:
     hd.seg.segread(out / "t1_seg.dcm")  # whole again
 
 
-@pytest.mark.parametrize(("fmt", "written"), [("nifti", {"t1_seg.nii.gz"}), ("dicom-seg", {"t1_seg.dcm"})])
+@pytest.mark.parametrize(("fmt", "written"), [("nifti", {"t1_seg.nii.gz", "t1_stats.json"}),
+                                              ("dicom-seg", {"t1_seg.dcm", "t1_stats.json"})])
 def test_format_option(seg_run, tmp_path: Path, fmt: str, written: set[str]) -> None:
     root, _, _, _ = seg_run
     from conftest import make_env_without
