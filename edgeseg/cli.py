@@ -183,7 +183,8 @@ def infer_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model call.")] = 8,
     axis: Annotated[int | None, typer.Option(
         min=0, max=2, help="Volume axis to slice along; default: acquisition axis, else axial.")] = None,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write <name>_overlay.png (QC mosaic of slices).")] = False,
+    overlay: Annotated[bool, typer.Option(
+        "--overlay", help="Also write <name>_overlay.png (QC mosaic of slices).")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")] = False,
     resample: Annotated[bool, typer.Option(
