@@ -216,17 +216,19 @@ def test_echoes_of_one_series_are_separate_volumes(tmp_path: Path, mni_dicom_fac
 
 
 def test_export_folder_skips_non_images_and_runs_each_series(tmp_path: Path, mni_dicom_factory) -> None:
-    """A DICOMDIR, an SR, an RT structure set, an RT plan and a SEG beside two series: exit 0."""
+    """A DICOMDIR, an SR, an RT plan, a SEG and a header-less file beside three series (one
+    JPEG 2000-compressed): one output per series, each skipped file named, exit 0."""
     src = tmp_path / "export"
     mni_dicom_factory(src, range(86, 92), 3, "T1 mid", names="IM{:04d}.dcm")
     mni_dicom_factory(src, range(100, 103), 4, "T1 upper", names="IM{:04d}b.dcm")
+    shutil.copy(get_testdata_file("MR_small_jp2klossless.dcm"), src / "MR_small_jp2klossless.dcm")  # series 1
     shutil.copy(get_testdata_file("DICOMDIR"), src / "DICOMDIR")
     for name in ("test-SR.dcm", "rtplan.dcm", "liver_1frame.dcm", "no_meta.dcm"):
         shutil.copy(get_testdata_file(name), src / name)
     before = checksums(src)
     proc = edgeseg("infer", src, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
-    assert "2 done, 0 failed" in proc.stdout and "5 DICOM set aside" in proc.stdout
+    assert "3 done, 0 failed" in proc.stdout and "5 DICOM set aside" in proc.stdout
     skipped = {line.split(": ", 1)[0].removeprefix("skipped "): line.split(": ", 1)[1]
                for line in proc.stdout.splitlines() if line.startswith("skipped ")}
     assert set(skipped) == {str(src / n) for n in ("DICOMDIR", "test-SR.dcm", "rtplan.dcm",
@@ -235,8 +237,9 @@ def test_export_folder_skips_non_images_and_runs_each_series(tmp_path: Path, mni
     assert "structured report" in skipped[str(src / "test-SR.dcm")]
     assert "segmentation" in skipped[str(src / "liver_1frame.dcm")]
     assert "not a DICOM file" in skipped[str(src / "no_meta.dcm")]
-    assert {p.name for p in (tmp_path / "out").glob("*.nii.gz")} == {"export_S3_seg.nii.gz",
-                                                                    "export_S4_seg.nii.gz"}
+    assert {p.name for p in (tmp_path / "out").glob("*.nii.gz")} == {
+        "export_S1_seg.nii.gz", "export_S3_seg.nii.gz", "export_S4_seg.nii.gz"}
+    assert nib.load(tmp_path / "out" / "export_S1_seg.nii.gz").shape == (64, 64, 1)
     assert nib.load(tmp_path / "out" / "export_S4_seg.nii.gz").shape == (197, 233, 3)
     assert checksums(src) == before
 
