@@ -370,8 +370,9 @@ class _Runner:
         self.progress.advance(self.scan_task)
         return pool.submit(self._write, scan, dec, labels, stamps, rows[str(scan.rel)])
 
-    def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float]:
-        """Run the stack through the model in batches: ``labels``, or ``logits`` to resample back."""
+    def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float, dict[str, float]]:
+        """Run the stack through the model in batches: labels, seconds in the model, and the QC
+        figures (:mod:`edgeseg.qc`) with each class's mean intensity (``<class>_mean_intensity``)."""
         count, (h, w) = len(dec.stack), dec.stack.shape[1:]
         labels = np.empty((count, h, w), dtype=np.uint8)
         self.progress.reset(self.slice_task, total=count, description=f"slices {scan.path.name}")

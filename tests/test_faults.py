@@ -336,8 +336,9 @@ def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path: Path, threshold_onnx: 
     (out / f".s00_seg.npy.{dead}-0a1b2c3d.edgeseg-tmp.npy").write_bytes(b"half")  # its temp
     proc = infer(src, out, threshold_onnx)
     assert proc.returncode == 0 and "4 done" in proc.stdout, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == [
-        "records.jsonl", *[f"s{i:02d}_seg.npy" for i in range(4)], "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["records.jsonl", *[f"s{i:02d}_{kind}" for i in range(4) for kind in ("seg.npy", "stats.json")],
+         "summary.csv"])
 
 
 def test_concurrent_writes_of_one_target_never_collide(tmp_path: Path) -> None:

@@ -196,7 +196,8 @@ def test_out_inside_input_is_never_ingested(tmp_path: Path, threshold_onnx: Path
     assert run_inference([tmp_path], config).done == 1
     again = run_inference([tmp_path], config)
     assert (again.done, again.skipped, again.failed) == (0, 1, 0)
-    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["a_seg.npy", "records.jsonl", "summary.csv"]
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["a_seg.npy", "a_stats.json", "records.jsonl",
+                                                                    "summary.csv"]
 
 
 @pytest.mark.parametrize("bad_out", ["same", "parent"])
