@@ -290,6 +290,8 @@ def _decode_why(ds: Any, exc: BaseException) -> str:
         syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
         name = syntax.name if syntax is not None else "this compression"
         return f"compressed as {name} and no decoder for it is installed; {EXTRA}"
+    if "raised by all available plugins" in str(exc):  # each plugin's reason is on its own line
+        return " ".join(line.strip() for line in str(exc).splitlines())[:300]
     return _why(exc)
 
 

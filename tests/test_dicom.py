@@ -160,6 +160,13 @@ def test_compressed_twins_give_the_same_labels(tmp_path: Path) -> None:
     assert checksums(src) == before
 
 
+def test_a_syntax_no_installed_decoder_handles_says_why() -> None:
+    """12-bit JPEG Extended: GDCM declines it (only the GPL libjpeg plugin would decode it)."""
+    path = Path(get_testdata_file("JPGExtended.dcm"))
+    with pytest.raises(EdgesegError, match="cannot decode pixel data .*GDCM does not support 'JPEG Extended'"):
+        read_dicom_series(path, (path,))
+
+
 def test_missing_decoder_names_the_extra(tmp_path: Path, env_without) -> None:
     """JPEG-LS without its decoders (pyjpegls, gdcm): one line that names the extra."""
     shim = tmp_path / "shim"
