@@ -162,6 +162,12 @@ class Provider(str, Enum):
     tensorrt = "tensorrt"
 
 
+class SegFormat(str, Enum):
+    nifti = "nifti"
+    dicom_seg = "dicom-seg"
+    both = "both"
+
+
 @app.command("infer")
 def infer_cmd(
     scans: Annotated[list[Path], typer.Argument(
@@ -177,7 +183,8 @@ def infer_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model call.")] = 8,
     axis: Annotated[int | None, typer.Option(
         min=0, max=2, help="Volume axis to slice along; default: acquisition axis, else axial.")] = None,
-    overlay: Annotated[bool, typer.Option("--overlay", help="Also write <name>_overlay.png (middle slice).")] = False,
+    overlay: Annotated[bool, typer.Option(
+        "--overlay", help="Also write <name>_overlay.png (QC mosaic of slices).")] = False,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")] = False,
     resample: Annotated[bool, typer.Option(
@@ -185,13 +192,22 @@ def infer_cmd(
     cluster: Annotated[str | None, typer.Option(
         "--cluster", help="Spread scans over Dask workers: a scheduler address (tcp://host:8786)"
         " or local:N (N worker processes here). Needs edgeseg[cluster].")] = None,
+    series: Annotated[str | None, typer.Option(
+        "--series", help="DICOM: only this SeriesInstanceUID, or SeriesDescription pattern (e.g. '*T1*').")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="DICOM: segment series whose Modality is not MR too (the model knows brain MR only).")] = False,
+    seg_format: Annotated[SegFormat, typer.Option(
+        "--format", help="Output of a DICOM series: NIfTI, DICOM SEG (for PACS), or both.")] = SegFormat.both,
+    skull_strip: Annotated[bool, typer.Option(
+        "--skull-strip", help="Strip the skull first (ROBEX, for heads): writes <name>_brainmask.nii.gz.")] = False,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
 
     config = InferConfig(
         model=model, out=out, provider=provider.value, threads=threads, batch_size=batch_size,
-        axis=axis, overlay=overlay, overwrite=overwrite, resample=resample, cluster=cluster,
+        axis=axis, overlay=overlay, overwrite=overwrite, resample=resample, series=series, force=force,
+        format=seg_format.value, skull_strip=skull_strip, cluster=cluster,
     )
     report = run_inference(scans, config)
     if report.failed:

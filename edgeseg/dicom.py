@@ -17,10 +17,20 @@ world space is RAS, so the affine is ``diag(-1, -1, 1, 1) @ A_LPS``. ``slice_ste
 SliceThickness) for a single slice. Duplicate positions (several echoes or time points
 in one folder) and uneven spacing (missing slices, gantry tilt) are errors, because no
 single affine can place such slices.
+
+A folder as exported from a scanner or PACS is sorted first (:func:`group_series`): one
+group per SeriesInstanceUID, split further by EchoNumbers and TemporalPositionIdentifier
+where those differ, so each group is one volume. Objects that are not images (a DICOMDIR,
+structured reports, SEG, RTSTRUCT, presentation states, files without pixel data) are
+skipped with their reason, and image series whose Modality is not MR are refused unless
+forced: this model has only ever seen brain MR. Compressed pixel data is decoded by
+pydicom's plugins (RLE natively; JPEG 2000, JPEG-LS and JPEG with the ``dicom`` extra).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +42,15 @@ from edgeseg.errors import EdgesegError
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING_TOLERANCE = 0.01  # relative spread of slice gaps still treated as uniform
 SAME_POSITION_MM = 1e-3  # two slices closer than this are at the same position
+EXTRA = "pip install 'edgeseg[dicom]'"  # the decoders of compressed transfer syntaxes
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+NOT_IMAGES = {  # Modality of objects that carry no image to segment -> what they are
+    "SR": "a structured report", "SEG": "a segmentation object", "RTSTRUCT": "an RT structure set",
+    "PR": "a presentation state", "KO": "a key object selection", "RTPLAN": "an RT plan",
+    "RTRECORD": "an RT treatment record", "REG": "a registration", "DOC": "an encapsulated document",
+    "PLAN": "a plan", "FID": "fiducials", "ECG": "a waveform", "AU": "an audio waveform",
+}
+PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 @dataclass
@@ -47,6 +66,8 @@ class Frame:
     inter: float
     instance: int
     spacing_known: bool = True  # False: PixelSpacing missing, ``spacing`` is a 1 mm stand-in
+    path: Path | None = None  # the file it came from
+    frame: int = 0  # its index among the file's frames
 
 
 @dataclass
@@ -60,6 +81,8 @@ class Series:
     inter: float = 0.0
     notes: list[str] = field(default_factory=list)
     spacing_known: bool = True  # False: no PixelSpacing; the affine then assumes 1 mm pixels
+    sources: tuple[tuple[Path, int], ...] = ()  # (file, frame) of each slice, in slice order (DICOM SEG)
+    positioned: bool = True  # False: no ImagePositionPatient/ImageOrientationPatient, sorted by number
 
 
 def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
@@ -90,6 +113,132 @@ def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
     return series
 
 
+@dataclass(frozen=True)
+class SeriesGroup:
+    """The files of one image volume: a series, or one echo/time point of it."""
+
+    files: tuple[Path, ...]
+    uid: str  # SeriesInstanceUID
+    number: str  # SeriesNumber, "" if missing
+    description: str  # SeriesDescription
+    modality: str
+    split: tuple[tuple[str, str], ...] = ()  # (("E", echo), ("T", time point)) where they differ
+
+    def describe(self) -> str:
+        """``series 3 'T1 MPRAGE' echo 2`` for messages and summary.csv."""
+        parts = [f"series {self.number or self.uid or '(no SeriesInstanceUID)'}"]
+        parts += [repr(self.description)] if self.description else []
+        words = {"E": "echo", "T": "time point"}
+        return " ".join(parts + [f"{words[k]} {v}" for k, v in self.split])
+
+
+@dataclass
+class Grouping:
+    """What :func:`group_series` made of a folder's DICOM files."""
+
+    groups: list[SeriesGroup] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # not images, not selected: no failure
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # damaged, or images the model must not see
+
+
+def group_series(files: tuple[Path, ...], select: str | None = None, force: bool = False) -> Grouping:
+    """Sort DICOM files into image volumes; headers only, pixel data is not read.
+
+    Args:
+        files: DICOM files of one folder (or one file).
+        select: ``--series``: a SeriesInstanceUID, or a pattern (``fnmatch``, case-blind) for
+            SeriesDescription; other series are skipped.
+        force: segment image series whose Modality is not MR too.
+
+    Returns:
+        A :class:`Grouping`: the groups in SeriesNumber order, and the files skipped or
+        failed (damaged, or refused as not MR), each with its reason.
+    """
+    with warnings.catch_warnings():  # pydicom warns again when the scan is read: its note then
+        warnings.simplefilter("ignore")
+        return _group(files, select, force)
+
+
+def _group(files: tuple[Path, ...], select: str | None, force: bool) -> Grouping:
+    """:func:`group_series` without the warnings."""
+    result, members = Grouping(), {}
+    for path in sorted(files):
+        try:
+            ds, why = _header(path)
+        except EdgesegError as exc:  # damaged: this file fails, the rest of its folder goes on
+            result.failed.append((path, str(exc).removeprefix(f"{path}: ")))
+            continue
+        if why:
+            result.skipped.append((path, why))
+            continue
+        key = (str(ds.get("SeriesInstanceUID", "")), _tag(ds, "EchoNumbers"),
+               _tag(ds, "TemporalPositionIdentifier"))
+        members.setdefault(key, []).append((path, ds))
+    for uid in dict.fromkeys(k[0] for k in members):
+        keys = [k for k in members if k[0] == uid]
+        differs = [i for i in (1, 2) if len({k[i] for k in keys}) > 1]  # echo, time point
+        for key in keys:
+            ds = members[key][0][1]
+            group = SeriesGroup(tuple(p for p, _ in members[key]), uid, _tag(ds, "SeriesNumber"),
+                                str(ds.get("SeriesDescription", "") or ""), _tag(ds, "Modality"),
+                                tuple((("E", "T")[i - 1], key[i]) for i in differs))
+            _place(result, group, select, force)
+    result.groups.sort(key=lambda g: (_number(g.number), g.uid, g.split))
+    return result
+
+
+def _place(result: Grouping, group: SeriesGroup, select: str | None, force: bool) -> None:
+    """Put ``group`` among the volumes, or the skipped or refused with the reason."""
+    where = group.files[0].parent if len(group.files) > 1 else group.files[0]
+    if select and not (select == group.uid or fnmatch.fnmatchcase(group.description.lower(), select.lower())):
+        result.skipped.append((where, f"{group.describe()} ({len(group.files)} files): not selected by"
+                                      f" --series {select}"))
+    elif group.modality != "MR" and not force:
+        result.failed.append((where, f"{group.describe()}: Modality is {group.modality or 'missing'}, not"
+                                      " MR; this model segments brain MR only (pass --force to run it anyway)"))
+    else:
+        result.groups.append(group)
+
+
+def _header(path: Path) -> tuple[Any, str]:
+    """The dataset without loading pixel data, or why this file is no image to segment."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, defer_size=1024)  # large values (pixel data) stay on disk
+    except pydicom.errors.InvalidDicomError:
+        return None, "not a DICOM file (no 'DICM' marker at byte 128 and no file meta header)"
+    except Exception as exc:  # a DICM marker, then a damaged header
+        raise EdgesegError(f"{path}: not a readable DICOM file ({_why(exc)})") from exc
+    meta = ds.get("file_meta")
+    media = str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    if media == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
+        return None, "a DICOMDIR (an index of the files on a medium, no image)"
+    modality = _tag(ds, "Modality")
+    if modality in NOT_IMAGES:
+        return None, f"{NOT_IMAGES[modality]} (Modality {modality}), not an image"
+    if not any(tag in ds for tag in PIXEL_TAGS):
+        if "SOPClassUID" not in ds:  # not even an object: what pydicom made of a damaged file
+            raise EdgesegError(f"{path}: not a readable DICOM file (no SOPClassUID and no pixel data;"
+                               " damaged or truncated); re-export it")
+        sop = ds.get("SOPClassUID")
+        kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
+        return None, f"holds no pixel data{kind}, not an image"
+    return ds, ""
+
+
+def _tag(ds: Any, name: str) -> str:
+    value = ds.get(name)
+    return "" if value is None else str(value).strip()
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("inf")
+
+
 def _dcmread(path: Path) -> Any:
     import pydicom
 
@@ -115,7 +264,7 @@ def _frames(ds: Any, path: Path) -> list[Frame]:
         raise EdgesegError(f"{path}: cannot decode pixel data ({_decode_why(ds, exc)})") from exc
     count = int(ds.get("NumberOfFrames", 1) or 1)
     stack = pixels.reshape((count, *pixels.shape[-2:]))
-    return [_frame(ds, stack[i], i, count) for i in range(count)]
+    return [_frame(ds, stack[i], i, count, path) for i in range(count)]
 
 
 def _check_pixel_size(ds: Any, path: Path) -> None:
@@ -136,18 +285,17 @@ def _check_pixel_size(ds: Any, path: Path) -> None:
 
 
 def _decode_why(ds: Any, exc: BaseException) -> str:
-    """Why pixel data did not decode, naming the packages to install for a missing decoder."""
-    text = str(exc)
-    if "missing dependencies" in text:
+    """Why pixel data did not decode, naming the extra to install for a missing decoder."""
+    if "missing dependencies" in str(exc) or "no pixel data handlers" in str(exc).lower():
         syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
-        options = [line.split(" - requires ", 1)[-1].strip() for line in text.splitlines()[1:]]
         name = syntax.name if syntax is not None else "this compression"
-        return (f"compressed as {name} and no decoder for it is installed; install one of:"
-                f" {'; '.join(o for o in options if o)}")
+        return f"compressed as {name} and no decoder for it is installed; {EXTRA}"
+    if "raised by all available plugins" in str(exc):  # each plugin's reason is on its own line
+        return " ".join(line.strip() for line in str(exc).splitlines())[:300]
     return _why(exc)
 
 
-def _frame(ds: Any, pixels: np.ndarray, index: int, count: int) -> Frame:
+def _frame(ds: Any, pixels: np.ndarray, index: int, count: int, path: Path | None = None) -> Frame:
     """Geometry and scaling of frame ``index``: per-frame groups, shared groups, top level."""
     def attr(seq: str, name: str) -> Any:
         for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
@@ -173,7 +321,8 @@ def _frame(ds: Any, pixels: np.ndarray, index: int, count: int) -> Frame:
                  (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0),
                  float(gap), float(1.0 if slope is None else slope),
                  float(0.0 if inter is None else inter),
-                 int(ds.get("InstanceNumber", 0) or 0) * 100000 + index, spacing_known=bool(spacing))
+                 int(ds.get("InstanceNumber", 0) or 0) * 100000 + index, spacing_known=bool(spacing),
+                 path=path, frame=index)
 
 
 def _has_geometry(frames: list[Frame]) -> bool:
@@ -218,6 +367,7 @@ def _by_instance(source: Path, frames: list[Frame]) -> Series:
     rows_mm, cols_mm = frames[0].spacing
     affine = np.diag([cols_mm, rows_mm, frames[0].thickness, 1.0])
     series = _stack(frames, affine, rows_mm * cols_mm * frames[0].thickness / 1000.0)
+    series.positioned = False
     series.notes.append(
         f"{source}: no ImagePositionPatient/ImageOrientationPatient; slices sorted by"
         " InstanceNumber and the NIfTI affine holds the voxel size only"
@@ -234,7 +384,8 @@ def _stack(frames: list[Frame], affine: np.ndarray, voxel_ml: float) -> Series:
     else:  # per-slice scaling: apply it now, float32
         slope, inter = 1.0, 0.0
         stack = np.stack([fr.pixels.astype(np.float32) * fr.slope + fr.inter for fr in frames])
-    return Series(stack.transpose(2, 1, 0), affine, voxel_ml, slope, inter)
+    return Series(stack.transpose(2, 1, 0), affine, voxel_ml, slope, inter,
+                  sources=tuple((fr.path, fr.frame) for fr in frames if fr.path is not None))
 
 
 def _why(exc: BaseException) -> str:

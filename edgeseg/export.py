@@ -249,8 +249,25 @@ def export_onnx(
     proto = _to_onnx(inference_form(model) if fuse else model, opset, model.config.min_size)
     if simplify:
         proto = _simplify(proto)
-    set_metadata(proto, model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)))
+    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)),
+                         **_qc_ranges(proto, ckpt)})
     return save_onnx(proto, out_path)
+
+
+def _qc_ranges(proto: onnx.ModelProto, ckpt: dict[str, Any]) -> dict[str, str]:
+    """``edgeseg.qc_ranges`` (see :mod:`edgeseg.qc`) on every slice of the checkpoint's data
+    (training and held-out); none when that data is not on this machine."""
+    from edgeseg.data import load_slices
+    from edgeseg.model import ModelConfig
+    from edgeseg.qc import METADATA_KEY, MIN_BRAIN, ranges_on_slices
+
+    names = ModelConfig(**ckpt["model_config"]).class_names
+    try:
+        images = load_slices(Path((ckpt.get("data") or {})["root"]), len(names)).images
+    except (EdgesegError, KeyError, TypeError, OSError):
+        return {}
+    ranges = ranges_on_slices(proto.SerializeToString(), images, names)
+    return {METADATA_KEY: json.dumps({**ranges, "slices": len(images), "min_brain": MIN_BRAIN})}
 
 
 # ----------------------------------------------------------------------------- the whole export

@@ -8,8 +8,10 @@ Inputs are files or folders (walked recursively, chosen by extension): ``.npy`` 
 or stacks, PNG/JPEG/TIFF images, NIfTI volumes, DICOM files or series folders (see
 :mod:`edgeseg.scans` and :mod:`edgeseg.dicom`). ``--out`` mirrors the input tree and
 gets ``summary.csv``. Reading the next scans overlaps with inference on the current one
-(a small thread pool, bounded prefetch); slices go through the model in batches and only
-the uint8 ``labels`` output is fetched, so memory stays bounded by a few raw scans.
+(a small thread pool, bounded prefetch); slices go through the model in batches, and the
+float32 ``logits`` of one batch at a time are fetched (for the QC confidence figures of
+:mod:`edgeseg.qc`, and for resampling), so memory stays bounded by a few raw scans.
+DICOM series also get a DICOM SEG (:mod:`edgeseg.dicom_seg`; ``--format``).
 A bad scan is one line and the run goes on; every write is atomic. ``--out`` is checked
 writable and locked (one run at a time) before any scan is read; ``records.jsonl`` there
 keeps, per output, its input's size, mtime and SHA-256 and its own SHA-256, so a rerun
@@ -24,9 +26,8 @@ metadata ``edgeseg.pixel_spacing_mm``). Slices of scans whose pixel size is know
 MONAI do; ``--no-resample`` turns this off, and .npy/images (no pixel size) never are.
 Their logits, not labels, are then resampled linearly back to the scan's own grid and
 argmax'ed there: smoother boundaries than nearest-neighbour labels, and unbiased where
-a native pixel falls between two model pixels. That fetches float32 logits instead of
-uint8 labels, but per batch only (``--batch-size`` bounds it); it costs a few ms per
-slice on a CPU, small beside the U-Net. Labels keep the input's shape and affine.
+a native pixel falls between two model pixels; it costs a few ms per slice on a CPU,
+small beside the U-Net. Labels keep the input's shape and affine.
 """
 
 from __future__ import annotations
@@ -39,29 +40,38 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeseg.dicom_seg import seg_rel, write_dicom_seg
 from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.outputs import (
     RESAMPLE_COLUMNS,
     SUMMARY,
+    atomic_write,
     check_writable_dir,
+    label_nifti,
     overlay_rel,
     previous_rows,
     read_labels,
     safe_output_path,
     sha256_file,
+    stats_rel,
     write_labels,
     write_overlay,
+    write_stats,
     write_summary,
 )
+from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
 from edgeseg.records import InputStamp, OutLock, Record, Records, stamp_inputs
 from edgeseg.runtime import ModelInfo, create_session, default_trt_options, read_model_info
 from edgeseg.scans import SUPPORTED, Decoded, Scan, discover_scans, read_scan, resample
+from edgeseg.skullstrip import mask_rel
+
+FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
 
 
 @dataclass
@@ -74,13 +84,17 @@ class InferConfig:
     threads: int | None = None  # onnxruntime intra-op threads; None: one per physical core
     batch_size: int = 8  # slices per session.run; also the TensorRT profile's batch
     axis: int | None = None  # volume axis to slice along; None: acquisition axis, else axial
-    overlay: bool = False  # also write <name>_overlay.png (middle slice, classes coloured)
+    overlay: bool = False  # also write <name>_overlay.png (QC mosaic: up to 16 slices, classes coloured)
     overwrite: bool = False  # redo scans whose outputs exist (default: skip them, i.e. resume)
     prefetch: int = 2  # scans decoded ahead of the one on the model
     workers: int = 2  # threads that read and write scans
     quiet: bool = False  # no progress bar or report lines (failures still reported)
     resample: bool = True  # resample slices in-plane to the model's pixel spacing when both are known
     cluster: str | None = None  # Dask scheduler address or local:N (edgeseg.cluster); None: this process
+    series: str | None = None  # DICOM: only series with this UID or SeriesDescription pattern
+    force: bool = False  # DICOM: also segment series whose Modality is not MR
+    format: str = "both"  # DICOM inputs: nifti | dicom-seg | both (SEG for PACS, NIfTI for research)
+    skull_strip: bool = False  # ROBEX brain mask first (NIfTI/DICOM); labels outside it are 0
 
 
 @dataclass
@@ -95,6 +109,8 @@ class InferReport:
     redone: int = 0  # outputs already there but damaged or stale, made again (within done)
     ignored: int = 0  # files of unsupported types met while walking folders
     ignored_files: list[Path] = field(default_factory=list)
+    set_aside: list[tuple[Path, str]] = field(default_factory=list)  # DICOM that is no image, or not selected
+    flagged: list[tuple[Path, str]] = field(default_factory=list)  # QC figures outside the model's ranges
     slices: int = 0
     resampled: int = 0  # scans whose slices went to the model at its pixel spacing
     seconds: float = 0.0  # wall time of the scan loop
@@ -130,11 +146,16 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
     model = _model_path(config.model)
     info = read_model_info(model)
     out = Path(os.path.abspath(config.out))
-    scans, problems, ignored = discover_scans(inputs, out)
+    if config.format not in FORMATS:
+        raise EdgesegError(f"--format {config.format}: unknown; choose one of {', '.join(FORMATS)}")
+    scans, problems, ignored, set_aside = discover_scans(inputs, out, config.series, config.force)
+    if config.format == "dicom-seg":  # the SEG is then the output that resume and summary.csv track
+        scans = [replace(s, rel=seg_rel(s.rel)) if s.kind == "dicom" else s for s in scans]
     if not scans:  # nothing to run: one line, and no --out folder or summary.csv left behind
-        if problems:
-            raise EdgesegError("; ".join(f"{path}: {reason}" for path, reason in problems[:3])
-                               + ("; ..." if len(problems) > 3 else "") + "; nothing to segment")
+        if problems or set_aside:
+            told = problems + set_aside
+            raise EdgesegError("; ".join(f"{path}: {reason}" for path, reason in told[:3])
+                               + ("; ..." if len(told) > 3 else "") + "; nothing to segment")
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
     trt = default_trt_options(info, batch_size=config.batch_size)
     with ExitStack() as stack:
@@ -155,11 +176,15 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
         runner.say(_resample_line(info, config.resample))
         if ignored:
             runner.say(_ignored_line(ignored))
+        for path, reason in set_aside:
+            runner.say(f"skipped {path}: {reason}")
         try:
             report = runner.run(scans, problems)
         except KeyboardInterrupt:
             raise Interrupted(_interrupted_line(runner.report, len(scans))) from None
-    report.ignored, report.ignored_files = len(ignored), ignored
+    report.ignored, report.ignored_files, report.set_aside = len(ignored), ignored, set_aside
+    if report.flagged:
+        runner.say(_flagged_line(report.flagged), error=True)
     runner.say(_final_line(report))
     return report
 
@@ -198,10 +223,18 @@ def _interrupted_line(r: InferReport, total: int) -> str:
             " written; rerun the same command to do the rest")
 
 
+def _flagged_line(flagged: list[tuple[Path, str]], show: int = 5) -> str:
+    names = "; ".join(f"{path} ({why})" for path, why in flagged[:show])
+    more = f" and {len(flagged) - show} more" if len(flagged) > show else ""
+    return (f"warning: {len(flagged)} scan(s) outside what the model saw in training, check them before"
+            f" trusting their volumes: {names}{more}; see the qc column of summary.csv")
+
+
 def _final_line(r: InferReport) -> str:
     redone = f" ({r.redone} redone)" if r.redone else ""
     return (f"{r.done} done{redone}, {r.failed} failed, {r.skipped} skipped (already done),"
-            f" {r.ignored} ignored, {r.resampled} resampled; {r.slices} slices in {r.seconds:.1f} s ="
+            f" {r.ignored} ignored, {len(r.set_aside)} DICOM set aside, {r.resampled} resampled;"
+            f" {r.slices} slices in {r.seconds:.1f} s ="
             f" {r.slices_per_s:.1f} slices/s (model alone {r.model_slices_per_s:.1f}/s)"
             f" on {r.provider}; summary: {r.summary}")
 
@@ -229,6 +262,7 @@ class _Runner:
         self.stdout, self.stderr = Console(), Console(stderr=True)
         self.progress: Any = None
         self.records = Records(out)
+        self.model_sha256 = sha256_file(info.path)  # identifies the algorithm in DICOM SEG outputs
         self._local = threading.local()  # .caught: warnings of the scan this thread reads
         self._showwarning = warnings.showwarning
 
@@ -304,14 +338,26 @@ class _Runner:
     def _finished(self, scan: Scan) -> bool:
         """True to skip ``scan``: its outputs exist, match their record and its input is unchanged."""
         overlay = str(overlay_rel(scan.rel)) if self.config.overlay else None
-        targets = [scan.rel] + ([Path(overlay)] if overlay else [])
+        extra = self._seg_beside(scan)
+        if extra is not None and str(extra) not in self.records.latest:
+            extra = None  # none was made (a series without geometry, or a run before SEG outputs)
+        mask = mask_rel(scan.rel) if self.config.skull_strip else None
+        stats = stats_rel(scan.rel)
+        targets = [scan.rel] + ([Path(overlay)] if overlay else []) + [t for t in (extra, mask, stats) if t]
         if self.config.overwrite or not all((self.out / t).is_file() for t in targets):
             return False
-        why = self.records.verdict(self.out, str(scan.rel), _files(scan), overlay)
+        why, rel = self.records.verdict(self.out, str(scan.rel), _files(scan), overlay), scan.rel
+        for also in (extra, mask, stats):
+            if also and not why:
+                why, rel = self.records.verdict(self.out, str(also), _files(scan), None), also
         if why:
-            self.say(f"redoing {scan.path}: {why} (output {scan.rel})")
+            self.say(f"redoing {scan.path}: {why} (output {rel})")
             self.report.redone += 1
         return why is None
+
+    def _seg_beside(self, scan: Scan) -> Path | None:
+        """Where the DICOM SEG written beside the NIfTI goes (``--format both``), else None."""
+        return seg_rel(scan.rel) if scan.kind == "dicom" and self.config.format == "both" else None
 
     def _read(self, scan: Scan) -> tuple[Decoded, tuple[InputStamp, ...]]:
         """Decode ``scan`` and stamp its input files; warnings while reading become notes."""
@@ -320,7 +366,7 @@ class _Runner:
         self._local.caught = caught = []  # filled by warned() from this thread only
         try:
             dec = read_scan(scan.path, scan.kind, scan.files, self.config.axis,
-                            self.info.min_size, model_mm)
+                            self.info.min_size, model_mm, self.config.skull_strip)
         finally:
             self._local.caught = None
         dec.notes += [f"{scan.path}: the reader warned: {w}" for w in dict.fromkeys(caught)]
@@ -330,24 +376,27 @@ class _Runner:
         """Decode result -> labels -> submit the write; a failure becomes a row."""
         try:
             dec, stamps = future.result()
-            labels, seconds = self._segment(scan, dec)
+            labels, seconds, figures = self._segment(scan, dec)
         except Exception as exc:  # any bad scan: one line, and the run goes on
             rows[str(scan.rel)] = self._failed(scan, _reason(exc))
             return None
-        rows[str(scan.rel)] = self._count(self._segmented(scan, dec, labels, seconds))
-        return pool.submit(self._write, scan, dec, labels, stamps)
+        done = self._segmented(scan, dec, labels, seconds, figures)
+        rows[str(scan.rel)] = self._count(done)
+        return pool.submit(self._write, scan, dec, labels, stamps, done.row)
 
     def process(self, scan: Scan) -> Segmented:
         """Read, segment and write one scan in this thread: a cluster worker's unit of work."""
         dec, stamps = self._read(scan)
-        labels, seconds = self._segment(scan, dec)
-        done = self._segmented(scan, dec, labels, seconds)
-        self._write(scan, dec, labels, stamps)
+        labels, seconds, figures = self._segment(scan, dec)
+        done = self._segmented(scan, dec, labels, seconds, figures)
+        self._write(scan, dec, labels, stamps, done.row)
         return done
 
-    def _segmented(self, scan: Scan, dec: Decoded, labels: np.ndarray, seconds: float) -> Segmented:
-        return Segmented(self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec),
-                         len(labels), seconds, dec.model_size is not None, dec.notes)
+    def _segmented(self, scan: Scan, dec: Decoded, labels: np.ndarray, seconds: float,
+                   figures: dict[str, float]) -> Segmented:
+        row = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
+        row.update({**self._qc(figures), **{k: f"{v:.6g}" for k, v in figures.items() if k.endswith(MEAN_SUFFIX)}})
+        return Segmented(row, len(labels), seconds, dec.model_size is not None, dec.notes)
 
     def _count(self, done: Segmented) -> dict[str, Any]:
         """Count a segmented scan in the report, show its notes, advance the bar; its row."""
@@ -356,43 +405,91 @@ class _Runner:
         self.report.resampled += done.resampled
         for note in done.notes:
             self.say(f"note: {note}")
+        if done.row["qc"] not in ("ok", NO_RANGES):  # outside the model's ranges: named at the end
+            self.report.flagged.append((Path(done.row["input"]), done.row["qc"]))
         self.report.done += 1
         self.progress.advance(self.scan_task)
         return done.row
 
-    def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float]:
-        """Run the stack through the model in batches: ``labels``, or ``logits`` to resample back."""
+    def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float, dict[str, float]]:
+        """Run the stack through the model in batches: labels, seconds in the model, and the QC
+        figures (:mod:`edgeseg.qc`) with each class's mean intensity (``<class>_mean_intensity``)."""
         count, (h, w) = len(dec.stack), dec.stack.shape[1:]
         labels = np.empty((count, h, w), dtype=np.uint8)
         self.progress.reset(self.slice_task, total=count, description=f"slices {scan.path.name}")
-        seconds = 0.0
+        seconds, counter = 0.0, QCCounter.for_classes(self.info.class_names)
+        names = self.info.class_names
+        sums = np.zeros(len(names))  # intensity per class on the scan's own grid, for the means
         for start in range(0, count, max(1, self.config.batch_size)):
             batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
             tick = time.perf_counter()
-            (out,) = self.session.run(["logits" if dec.model_size else "labels"], {"image": batch})
+            (logits,) = self.session.run(["logits"], {"image": batch})  # logits: for QC, and to resample
             seconds += time.perf_counter() - tick
+            out = logits.argmax(1)  # the graph's own ``labels``: ArgMax of these logits
+            counter.add(logits, out)  # on the model's grid, as export measured the ranges
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
-                out = resample(out, (h, w), order=1).argmax(1)
+                out = resample(logits, (h, w), order=1).argmax(1)
             labels[start : start + len(batch)] = out
+            if dec.brain is not None:  # --skull-strip: nothing outside the brain mask
+                labels[start : start + len(batch)][~dec.brain[start : start + len(batch)]] = 0
+            native = np.asarray(dec.stack[start : start + len(batch)], np.float64) * dec.slope + dec.inter
+            sums += np.bincount(labels[start : start + len(batch)].ravel(), native.ravel(), len(names))[: len(names)]
             self.progress.advance(self.slice_task, len(batch))
-        return labels, seconds
+        counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
+        means = {f"{n}{MEAN_SUFFIX}": sums[i] / counts[i] for i, n in enumerate(names) if counts[i]}
+        return labels, seconds, {**counter.figures(), **means}
+
+    def _qc(self, figures: dict[str, float]) -> dict[str, str]:
+        """The QC columns of a row: the figures, and the verdict against the model's ranges."""
+        verdict = judge(figures, parse_ranges(self.info.metadata.get(METADATA_KEY)))
+        return {**{k: f"{figures[k]:.4g}" for k in FIGURES if k in figures}, "qc": verdict}
 
     def _write(self, scan: Scan, dec: Decoded, labels: np.ndarray,
-               stamps: tuple[InputStamp, ...]) -> None:
+               stamps: tuple[InputStamp, ...], row: dict[str, Any]) -> None:
         """Overlay (or remove a stale one), then labels; the record goes in before their rename."""
         target = safe_output_path(self.out, scan.rel)
         overlay, overlay_sha = safe_output_path(self.out, overlay_rel(scan.rel)), [""]
         if self.config.overlay:
-            write_overlay(overlay, dec, labels, scan.path,
+            write_overlay(overlay, dec, labels, scan.path, self.info.class_names,
                           lambda tmp: overlay_sha.__setitem__(0, sha256_file(tmp)))
         else:
             overlay.unlink(missing_ok=True)  # from an earlier run: it would show old labels
 
-        def record(tmp: Path) -> None:
-            self.records.add(Record(str(scan.rel), stamps, sha256_file(tmp), overlay_sha[0]))
+        def record(tmp: Path, rel: Path = scan.rel, overlay_sha256: str = "") -> None:
+            self.records.add(Record(str(rel), stamps, sha256_file(tmp), overlay_sha256))
 
-        write_labels(target, scan.kind, dec.restore(labels), dec, self.info.class_names, record)
+        restored = dec.restore(labels)
+        stats = stats_rel(scan.rel)
+        write_stats(safe_output_path(self.out, stats), row, self.info, self.model_sha256,
+                    lambda tmp: record(tmp, stats))
+        if dec.brain_raw is not None:
+            brain = label_nifti(dec.brain_raw.astype(np.uint8), dec.template, 2)
+            rel = mask_rel(scan.rel)
+            atomic_write(safe_output_path(self.out, rel), lambda tmp: brain.to_filename(str(tmp)),
+                         lambda tmp: record(tmp, rel))
+        if (extra := self._seg_beside(scan)) is not None:  # beside the NIfTI: a SEG that cannot be is a note
+            try:
+                self._seg(scan, dec, safe_output_path(self.out, extra), restored, lambda tmp: record(tmp, extra))
+            except EdgesegError as exc:
+                self.say(f"note: {scan.path}: no DICOM SEG beside {scan.rel}: {str(exc).split(': ', 1)[-1]}")
+        if scan.kind == "dicom" and self.config.format == "dicom-seg":
+            self._seg(scan, dec, target, restored, lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]))
+        else:
+            write_labels(target, scan.kind, restored, dec, self.info.class_names,
+                         lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]))
+
+    def _seg(self, scan: Scan, dec: Decoded, target: Path, labels: np.ndarray, record: Any) -> None:
+        """Write the DICOM SEG; what pydicom/highdicom warn that the reader did not is a note."""
+        self._local.caught = caught = []  # see warned(): this thread's warnings
+        try:
+            write_dicom_seg(target, labels, dec.sources, self.info.class_names, self.info.path,
+                            self.model_sha256, record)
+        finally:
+            self._local.caught = None
+        for text in dict.fromkeys(caught):
+            if not any(note.endswith(f"the reader warned: {text}") for note in dec.notes):
+                self.say(f"note: {scan.path}: the DICOM SEG writer warned: {text}")
 
     def _drain(self, writes: deque, rows: dict, keep: int) -> None:
         """Wait for writes until at most ``keep`` are pending; a failed write fails its scan."""
@@ -407,7 +504,7 @@ class _Runner:
     def _row(self, scan: Scan, status: str, labels: np.ndarray | None, voxel_ml: float | None,
              ms: float | None, dec: Decoded | None = None) -> dict[str, Any]:
         names = self.info.class_names
-        row: dict[str, Any] = {"input": str(scan.path), "status": status,
+        row: dict[str, Any] = {"input": str(scan.path), "series": scan.series, "status": status,
                                "output": str(scan.rel) if scan.rel.parts else "",
                                "provider": self.report.provider if ms is not None else "",
                                "ms": f"{ms:.1f}" if ms is not None else ""}
@@ -432,7 +529,8 @@ class _Runner:
         if not counted:
             self.progress.advance(self.scan_task)
         short = reason.removeprefix(f"{scan.path}: ")  # messages name their file already
-        self.say(f"FAILED {scan.path}: {short}", error=True)
+        where = f"{scan.path} ({scan.series})" if scan.series else scan.path
+        self.say(f"FAILED {where}: {short}", error=True)
         return {**self._row(scan, "failed", None, None, None), "output": "", "message": reason}
 
     def _skipped(self, scan: Scan, previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -445,7 +543,7 @@ class _Runner:
             return {**self._row(scan, "done", None, None, None), "message": _reason(exc)}
         row = self._row(scan, "done", labels, voxel_ml, None)
         if previous:  # the input's own shape, provider and time from the run that made it
-            row.update({k: previous[k] for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS)
+            row.update({k: previous[k] for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS, *FIGURES, "qc")
                         if previous.get(k)})
         return row
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.qc import FIGURES, MEAN_SUFFIX
 from edgeseg.runtime import ModelInfo
 from edgeseg.scans import Decoded, nifti_zooms_mm
 
@@ -32,6 +33,7 @@ SUMMARY = "summary.csv"
 # (H, W) slices the model saw, and whether they were resampled to get there.
 RESAMPLE_COLUMNS = ("spacing_mm", "model_spacing_mm", "model_shape", "resampled")
 # Okabe-Ito colour-blind-safe colours for classes 1.. (background is black/transparent).
+QC_COLUMNS = (*FIGURES, "qc")  # quality figures of each scan and their verdict (edgeseg.qc)
 PALETTE = [(0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
            (0, 114, 178), (213, 94, 0), (204, 121, 167)]
 
@@ -200,21 +202,39 @@ def label_nifti(labels: np.ndarray, template: Any, num_classes: int, size_known:
     return img
 
 
-def write_overlay(target: Path, dec: Decoded, labels: np.ndarray, source: Path,
-                  before_replace: Callable[[Path], None] | None = None) -> None:
-    """PNG of the middle slice in grey with the classes coloured over it."""
-    from PIL import Image
+MOSAIC_TILES = 16  # slices shown at most in an overlay mosaic
 
-    mid = len(dec.stack) // 2
-    image = dec.batch(mid, mid + 1, source)[0, 0]
-    lo, hi = np.percentile(image, (1, 99))
-    grey = np.clip((image - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
-    rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    colours = np.array(PALETTE * 32, np.float32)[labels[mid]]
-    fg = labels[mid] > 0
+
+def write_overlay(target: Path, dec: Decoded, labels: np.ndarray, source: Path, class_names: tuple[str, ...],
+                  before_replace: Callable[[Path], None] | None = None) -> None:
+    """A QC mosaic PNG: up to 16 slices (evenly spaced through those with labels) in the plane
+    the model saw, in grey with the classes coloured over them, and a legend of the classes."""
+    from PIL import Image, ImageDraw
+
+    with_labels = np.flatnonzero(labels.reshape(len(labels), -1).any(1))
+    pool = with_labels if len(with_labels) else np.arange(len(labels))
+    picks = pool[np.unique(np.linspace(0, len(pool) - 1, min(MOSAIC_TILES, len(pool))).round().astype(int))]
+    images = np.concatenate([dec.batch(k, k + 1, source)[0] for k in picks])  # (n, H, W)
+    lo, hi = np.percentile(images, (1, 99))
+    grey = np.clip((images - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    colours = np.array(PALETTE * 32, np.float32)[labels[picks]]
+    fg = labels[picks] > 0
     rgb[fg] = 0.55 * rgb[fg] + 0.45 * colours[fg]
-    overlay = Image.fromarray(rgb.astype(np.uint8), mode="RGB")
-    atomic_write(target, lambda tmp: overlay.save(tmp, format="PNG"), before_replace)
+    n, (h, w) = len(picks), labels.shape[1:]
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    legend = 18 * (len(class_names) - 1) + 8
+    canvas = np.zeros((rows * h + legend, cols * w, 3), np.uint8)
+    for i, tile in enumerate(rgb.astype(np.uint8)):
+        canvas[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = tile
+    mosaic = Image.fromarray(canvas, mode="RGB")
+    draw = ImageDraw.Draw(mosaic)
+    for c, name in enumerate(class_names[1:], start=1):
+        y = rows * h + 4 + 18 * (c - 1)
+        draw.rectangle([4, y, 16, y + 12], fill=PALETTE[c % len(PALETTE)])
+        draw.text((22, y), name, fill=(255, 255, 255))
+    atomic_write(target, lambda tmp: mosaic.save(tmp, format="PNG"), before_replace)
 
 
 def read_labels(path: Path) -> tuple[np.ndarray, float | None]:
@@ -226,12 +246,41 @@ def read_labels(path: Path) -> tuple[np.ndarray, float | None]:
 
         with Image.open(path) as img:
             return np.array(img), None
+    if path.name.endswith(".dcm"):
+        from edgeseg.dicom_seg import read_dicom_seg
+
+        return read_dicom_seg(path)
     import nibabel as nib
 
     img = nib.load(path)
     if bytes(img.header["descrip"]).rstrip(b"\0") == UNKNOWN_SIZE:
         return np.asarray(img.dataobj), None
     return np.asarray(img.dataobj), float(np.prod(nifti_zooms_mm(img))) / 1000.0
+
+
+def stats_rel(rel: Path) -> Path:
+    """``dir/x_stats.json`` for the labels file ``dir/x_seg.<ext>``."""
+    return rel.parent / f"{rel.name.split('_seg.')[0]}_stats.json"
+
+
+def write_stats(target: Path, row: dict[str, Any], info: ModelInfo, model_sha256: str,
+                before_replace: Callable[[Path], None] | None = None) -> None:
+    """``<name>_stats.json``: per-class voxels, mL and mean intensity, and the QC figures, from the
+    summary row of the scan (the same numbers as summary.csv), plus the model that made them."""
+    import json
+
+    def number(key: str) -> float | None:
+        return float(row[key]) if row.get(key) not in (None, "") else None
+
+    stats = {
+        "input": row["input"], "series": row.get("series") or None, "output": row["output"],
+        "model": str(info.path), "model_sha256": model_sha256,
+        "voxel_ml": number("voxel_ml"),
+        "classes": {name: {"voxels": int(row[f"{name}_voxels"]), "ml": number(f"{name}_ml"),
+                           "mean_intensity": number(f"{name}{MEAN_SUFFIX}")} for name in info.class_names},
+        "qc": {**{k: number(k) for k in FIGURES}, "verdict": row.get("qc", "")},
+    }
+    atomic_write(target, lambda tmp: tmp.write_text(json.dumps(stats, indent=2) + "\n"), before_replace)
 
 
 def overlay_rel(rel: Path) -> Path:
@@ -243,8 +292,9 @@ def overlay_rel(rel: Path) -> Path:
 def summary_columns(info: ModelInfo) -> list[str]:
     """summary.csv header: where, status, shape, per-class voxels and mL, resolution, provider, time."""
     names = info.class_names
-    return ["input", "status", "output", "shape", "voxel_ml", *[f"{n}_voxels" for n in names],
-            *[f"{n}_ml" for n in names], *RESAMPLE_COLUMNS, "provider", "ms", "message"]
+    return ["input", "series", "status", "output", "shape", "voxel_ml", *[f"{n}_voxels" for n in names],
+            *[f"{n}_ml" for n in names], *[f"{n}{MEAN_SUFFIX}" for n in names], *RESAMPLE_COLUMNS,
+            *QC_COLUMNS, "provider", "ms", "message"]
 
 
 def previous_rows(path: Path) -> dict[str, dict[str, Any]]:

@@ -51,6 +51,7 @@ class Scan:
     kind: str  # npy | image | nifti | dicom
     rel: Path  # labels file, relative to the output root
     files: tuple[Path, ...] = ()
+    series: str = ""  # DICOM: which series of its folder (``series 3 'T1' echo 2``), for messages
 
 
 @dataclass
@@ -67,6 +68,9 @@ class Decoded:
     notes: list[str] = field(default_factory=list)
     spacing: tuple[float, float] | None = None  # mm per stack row and column; None: unknown
     model_size: tuple[int, int] | None = None  # (H, W) the model sees; None: slices as they are
+    sources: tuple[tuple[Path, int], ...] = ()  # DICOM with full geometry: (file, frame) of each slice
+    brain: np.ndarray | None = None  # --skull-strip: (S, H, W) bool brain mask, model orientation
+    brain_raw: np.ndarray | None = None  # the same mask in the input's voxel order, to write
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -155,17 +159,23 @@ def output_name(path: Path, kind: str) -> str:
 
 
 def discover_scans(
-    inputs: Sequence[Path], out: Path
-) -> tuple[list[Scan], list[tuple[Path, str]], list[Path]]:
+    inputs: Sequence[Path], out: Path, series: str | None = None, force: bool = False
+) -> tuple[list[Scan], list[tuple[Path, str]], list[Path], list[tuple[Path, str]]]:
     """Scans under ``inputs`` (recursively), never inside ``out``.
 
+    Args:
+        inputs, out: files and folders; the output root.
+        series, force: DICOM selection, see :func:`edgeseg.dicom.group_series`.
+
     Returns:
-        ``(scans, problems, ignored)``: problems are (path, reason) for inputs that are
-        missing, unsupported, symbolic-link loops or collide on an output name; ignored
-        are the files of other types met inside folders.
+        ``(scans, problems, ignored, skipped)``: problems are (path, reason) for inputs that
+        are missing, unsupported, symbolic-link loops, collide on an output name or are
+        refused DICOM (not MR); ignored are the files of other types met inside folders;
+        skipped are (path, reason) for DICOM files that hold no image to segment (a
+        DICOMDIR, reports, SEG, ...) and series not selected: no failure.
     """
     out_root = _resolve(Path(out), "--out")
-    scans, problems, ignored = [], [], []
+    scans, problems, ignored, skipped = [], [], [], []
     for given in inputs:
         path = Path(given)
         try:
@@ -178,18 +188,44 @@ def discover_scans(
         if resolved.is_relative_to(out_root):
             raise EdgesegError(f"{path} is inside --out {out}; choose an --out outside the inputs")
         if path.is_dir():
-            found, loops, skipped = _walk(path, out_root)
+            found, loops, other, dicom = _walk(path, out_root)
             scans.extend(found)
             problems.extend(loops)
-            ignored.extend(skipped)
-        elif path.is_file() and (kind_of(path) or is_dicom_file(path)):
-            kind = kind_of(path) or "dicom"
+            ignored.extend(other)
+            for folder, rel, files in dicom:
+                _dicom_scans(folder, rel, files, series, force, scans, problems, skipped)
+        elif path.is_file() and kind_of(path) not in (None, "dicom"):
+            kind = kind_of(path)
             scans.append(Scan(path, kind, Path(output_name(path, kind)), (path,)))
+        elif path.is_file() and (kind_of(path) or is_dicom_file(path)):  # named: no image is a failure
+            _dicom_scans(path, Path(output_name(path, "dicom")), (path,), series, force, scans,
+                         problems, problems)
         else:
             problems.append((path, "does not exist" if not path.exists() else
                              f"unsupported file type; expected {SUPPORTED}"))
     kept, collisions = _dedupe(scans)
-    return kept, problems + collisions, ignored
+    return kept, problems + collisions, ignored, skipped
+
+
+def _dicom_scans(where: Path, rel: Path, files: tuple[Path, ...], series: str | None, force: bool,
+                 scans: list[Scan], problems: list, skipped: list) -> None:
+    """One Scan per image volume among ``files`` (a folder's, or one file); ``rel`` names the first."""
+    from edgeseg.dicom import group_series
+
+    grouping = group_series(files, series, force)
+    skipped.extend(grouping.skipped)
+    problems.extend(grouping.failed)
+    several = len(grouping.groups) > 1
+    numbers = [g.number for g in grouping.groups]
+    for group in grouping.groups:
+        name = rel.name
+        if several:  # <folder>_S3_E2_seg.nii.gz; the UID's tail where SeriesNumbers do not tell apart
+            tag = f"S{group.number}" if group.number and numbers.count(group.number) == 1 else (
+                "S" + group.uid.replace(".", "")[-8:])
+            tag += "".join(f"_{k}{v}" for k, v in group.split)
+            name = name.replace("_seg.nii.gz", f"_{tag}_seg.nii.gz")
+        scans.append(Scan(where, "dicom", rel.parent / name, group.files,
+                          group.describe() if several or series else ""))
 
 
 LOOP = "a symbolic link that loops back on itself; fix or remove the link"
@@ -203,13 +239,14 @@ def _resolve(path: Path, option: str = "") -> Path:
         raise EdgesegError(f"{option + ' ' if option else ''}{path}: {LOOP}") from None
 
 
-def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]], list[Path]]:
+def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]], list[Path], list]:
     """Files by extension and DICOM folders under ``root``; hidden names and out pruned.
 
-    Returns ``(scans, loops, ignored)``: symbolic-link loops among the files, and files of
-    other types.
+    Returns ``(scans, loops, ignored, dicom)``: symbolic-link loops among the files, files
+    of other types, and ``(folder, rel, files)`` for each folder holding DICOM files (a
+    DICOMDIR among them, to be skipped with its reason).
     """
-    scans, loops, ignored = [], [], []
+    scans, loops, ignored, dicom_folders = [], [], [], []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")
@@ -219,7 +256,7 @@ def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]
             path, kind = here / name, kind_of(here / name)
             if os.path.islink(path) and not os.path.exists(path) and _is_loop(path):
                 loops.append((path, LOOP))
-            elif kind == "dicom" or (kind is None and name != "DICOMDIR" and is_dicom_file(path)):
+            elif kind == "dicom" or (kind is None and (name == "DICOMDIR" or is_dicom_file(path))):
                 dicom.append(path)
             elif kind:
                 scans.append(Scan(path, kind, path.relative_to(root).parent / output_name(path, kind)))
@@ -228,8 +265,8 @@ def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]
         if dicom:
             rel = here.relative_to(root)
             name = output_name(here.resolve() if rel == Path(".") else here, "dicom")
-            scans.append(Scan(here, "dicom", rel.parent / name, tuple(dicom)))
-    return scans, loops, ignored
+            dicom_folders.append((here, rel.parent / name, tuple(dicom)))
+    return scans, loops, ignored, dicom_folders
 
 
 def _is_loop(path: Path) -> bool:
@@ -255,7 +292,7 @@ def _dedupe(scans: list[Scan]) -> tuple[list[Scan], list[tuple[Path, str]]]:
 
 
 def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | None = None,
-              min_size: int = 16, model_mm: float | None = None) -> Decoded:
+              min_size: int = 16, model_mm: float | None = None, skull_strip: bool = False) -> Decoded:
     """Decode one scan; EdgesegError (naming ``path``) for anything unusable.
 
     Args:
@@ -264,6 +301,7 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
         min_size: smallest H and W the model accepts, checked on the slices it will see.
         model_mm: the model's training pixel spacing; when given and the scan's is known,
             ``model_size`` is set for slices more than 1 % off it.
+       skull_strip: strip the skull first (:mod:`edgeseg.skullstrip`): NIfTI and DICOM only.
     """
     if kind == "npy":
         dec = _read_npy(path)
@@ -281,8 +319,12 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
         if not series.spacing_known:
             dec.spacing = None  # never resample on a guessed pixel size
         dec.slope, dec.inter = series.slope, series.inter
+        if series.positioned and series.spacing_known:  # a DICOM SEG can place its frames
+            dec.sources = series.sources
     if dec.stack.size == 0:
         raise EdgesegError(f"{path}: empty scan (shape {dec.shape}); nothing to segment")
+    if skull_strip:
+        _skull_strip(path, dec, axis, min_size)
     h, w = dec.stack.shape[1:]
     dec.model_size = model_grid(dec.spacing, (h, w), model_mm)
     if dec.model_size and min(dec.model_size) < min_size:
@@ -299,6 +341,21 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
             f" {min_size}); pad or resample the scan"
         )
     return dec
+
+
+def _skull_strip(path: Path, dec: Decoded, axis: int | None, min_size: int) -> None:
+    """Replace ``dec``'s slices by the skull-stripped volume's and keep the brain mask."""
+    from edgeseg.skullstrip import brain_mask
+
+    if dec.template is None:
+        raise EdgesegError(f"{path}: --skull-strip needs a volume (NIfTI or DICOM), not a single image")
+    volume = dec.restore(np.asarray(dec.stack, np.float32) * np.float32(dec.slope) + np.float32(dec.inter))
+    affine, zooms = dec.template.affine, nifti_zooms_mm(dec.template)
+    mask = brain_mask(path, volume, affine)
+    stripped = _volume(path, np.where(mask, volume, np.float32(0)), affine, zooms, axis, min_size)
+    dec.stack, dec.slope, dec.inter = stripped.stack, 1.0, 0.0  # same slicing: same call, same shape
+    dec.brain = np.ascontiguousarray(_volume(path, mask, affine, zooms, axis, min_size).stack)
+    dec.brain_raw = mask
 
 
 def check_claimed_size(path: Path, what: str, shape: tuple[int, ...], dtype: Any, offset: int = 0,

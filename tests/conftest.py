@@ -104,6 +104,7 @@ def make_dicom_series(folder: Path, iop=AXIAL_IOP, gap: float = 2.0, n: int = 4,
         ds.ImagePositionPatient = [float(v) for v in pos]
         ds.ImageOrientationPatient = [float(v) for v in iop]
         ds.InstanceNumber = instances[k] if instances else n - k
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{base.SOPInstanceUID}.{k + 1}"
         ds.RescaleSlope, ds.RescaleIntercept = slopes[k] if slopes else (1.0, 0.0)
         if uid and k == 0:
             ds.SeriesInstanceUID = uid
@@ -116,6 +117,59 @@ def make_dicom_series(folder: Path, iop=AXIAL_IOP, gap: float = 2.0, n: int = 4,
 def dicom_series_factory():  # noqa: ANN201
     """:func:`make_dicom_series` itself."""
     return make_dicom_series
+def make_mni_dicom(folder: Path, z: range = range(86, 92), series_number: int = 1,
+                   description: str = "T1 MNI152", uid: str | None = None, names: str = "IM{:03d}.dcm",
+                   modality: str = "MR", study_uid: str = "1.2.826.0.1.3680043.8.498.1") -> list[Path]:
+    """Axial slices ``z`` of nilearn's MNI152 T1 (1 mm) as a real single-frame MR series.
+
+    IOP (1,0,0,0,1,0) as scanners write axial slices, so columns run to the patient's left
+    and rows to posterior: the slice is the template's RAS plane flipped on both axes.
+    Stored as int16 with RescaleSlope 0.01; ``names`` formats each file's write index
+    (two series written with disjoint indices interleave in one folder). Returns the files.
+    """
+    import copy
+
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    from edgeseg.demo import _demo_sources
+
+    img = nib.load(_demo_sources()["t1"])
+    t1, affine = np.asarray(img.dataobj, dtype=np.float64), img.affine
+    base = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    uid = uid or generate_uid()
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, k in enumerate(z):
+        ds = copy.deepcopy(base)
+        plane = t1[::-1, ::-1, k].T  # (rows: posterior, cols: left)
+        corner = affine @ np.array([t1.shape[0] - 1, t1.shape[1] - 1, k, 1.0])  # RAS of pixel (0, 0)
+        ds.Rows, ds.Columns = plane.shape
+        ds.PixelData = np.round(plane * 100).astype(np.int16).tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept = 0.01, 0.0
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.SliceThickness = 1.0
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.ImagePositionPatient = [float(-corner[0]), float(-corner[1]), float(corner[2])]
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.SeriesDescription = uid, series_number, description
+        ds.StudyInstanceUID, ds.Modality = study_uid, modality
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = n + 1
+        for tag in ("WindowCenter", "WindowWidth", "SmallestImagePixelValue", "LargestImagePixelValue"):
+            if tag in ds:
+                delattr(ds, tag)
+        paths.append(folder / names.format(n))
+        ds.save_as(paths[-1])
+    return paths
+
+
+@pytest.fixture
+def mni_dicom_factory():  # noqa: ANN201
+    """:func:`make_mni_dicom` itself."""
+    return make_mni_dicom
 # --- end runtime / infer ------------------------------------------------------------------
 
 

@@ -109,3 +109,157 @@ def test_not_dicom(tmp_path: Path) -> None:
     (tmp_path / "x.dcm").write_bytes(b"hello")
     with pytest.raises(EdgesegError, match="not a DICOM file"):
         read_dicom_series(tmp_path / "x.dcm", (tmp_path / "x.dcm",))
+
+
+# --- real exports: several series, compressed files, DICOMDIR and non-image objects -------
+import hashlib  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import nibabel as nib  # noqa: E402
+
+from edgeseg.dicom import group_series  # noqa: E402
+
+EDGESEG = Path(sys.executable).parent / "edgeseg"
+TWINS = ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm"]
+
+
+def edgeseg(*args: str | Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(EDGESEG), *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("name", TWINS)
+def test_compressed_twins_decode_to_the_same_array(name: str) -> None:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    assert ds.file_meta.TransferSyntaxUID.is_compressed  # really a compressed file
+    plain = read_dicom_series(MR_SMALL, (MR_SMALL,))
+    twin = read_dicom_series(Path(get_testdata_file(name)), (Path(get_testdata_file(name)),))
+    assert np.array_equal(twin.raw, plain.raw) and np.allclose(twin.affine, plain.affine)
+
+
+def test_compressed_twins_give_the_same_labels(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    for name in ["MR_small.dcm", *TWINS]:  # they share one SeriesInstanceUID: one folder each
+        (src / name[:-4]).mkdir(parents=True)
+        shutil.copy(get_testdata_file(name), src / name[:-4] / name)
+    before = checksums(src)
+    proc = edgeseg("infer", src, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "4 done, 0 failed" in proc.stdout
+    labels = [np.asarray(nib.load(tmp_path / "out" / f"{name[:-4]}_seg.nii.gz").dataobj)
+              for name in ["MR_small.dcm", *TWINS]]
+    assert labels[0].shape == (64, 64, 1) and len(np.unique(labels[0])) > 1  # a real segmentation
+    assert all(np.array_equal(labels[0], other) for other in labels[1:])
+    assert checksums(src) == before
+
+
+def test_a_syntax_no_installed_decoder_handles_says_why() -> None:
+    """12-bit JPEG Extended: GDCM declines it (only the GPL libjpeg plugin would decode it)."""
+    path = Path(get_testdata_file("JPGExtended.dcm"))
+    with pytest.raises(EdgesegError, match="cannot decode pixel data .*GDCM does not support 'JPEG Extended'"):
+        read_dicom_series(path, (path,))
+
+
+def test_missing_decoder_names_the_extra(tmp_path: Path, env_without) -> None:
+    """JPEG-LS without its decoders (pyjpegls, gdcm): one line that names the extra."""
+    shim = tmp_path / "shim"
+    env_without(shim, "gdcm")
+    env = env_without(shim, "jpeg_ls")
+    proc = edgeseg("infer", get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), "--out", tmp_path / "out",
+                   env=env)
+    assert proc.returncode == 1
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1 and "JPEG-LS" in failed[0] and "pip install 'edgeseg[dicom]'" in failed[0]
+
+
+def sitk_series(folder: Path, uid: str) -> tuple[np.ndarray, np.ndarray]:
+    """SimpleITK's own reading of one series: (column, row, slice) values and its RAS affine."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), uid))
+    img = reader.Execute()
+    lps = np.eye(4)
+    lps[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
+    lps[:3, 3] = img.GetOrigin()
+    return sitk.GetArrayFromImage(img).transpose(2, 1, 0), np.diag([-1.0, -1, 1, 1]) @ lps
+
+
+def test_interleaved_series_are_split_and_agree_with_simpleitk(tmp_path: Path, mni_dicom_factory) -> None:
+    folder = tmp_path / "exam"
+    first = mni_dicom_factory(folder, range(86, 92), 1, "T1 mid", names="IM{:04d}.dcm")
+    mni_dicom_factory(folder, range(100, 104), 2, "T1 upper", names="IM{:04d}b.dcm")
+    grouping = group_series(tuple(folder.iterdir()))
+    assert [(g.number, g.description, len(g.files)) for g in grouping.groups] == [
+        ("1", "T1 mid", 6), ("2", "T1 upper", 4)]
+    assert not grouping.skipped and not grouping.failed
+    for group in grouping.groups:
+        series = read_dicom_series(folder, group.files)
+        values, affine = sitk_series(folder, group.uid)
+        assert np.allclose(series.raw * series.slope + series.inter, values, atol=1e-3)
+        assert np.allclose(series.affine, affine, atol=1e-4)
+    # the first series' slice k is file k: order along the normal, not by name or instance
+    assert list(read_dicom_series(folder, grouping.groups[0].files).sources) == [(f, 0) for f in first]
+
+
+def test_echoes_of_one_series_are_separate_volumes(tmp_path: Path, mni_dicom_factory) -> None:
+    folder = tmp_path / "me"
+    for echo in (1, 2):
+        for path in mni_dicom_factory(folder, range(86, 89), 5, "ME", uid="1.2.3.4.5",
+                                      names=f"E{echo}_{{:02d}}.dcm"):
+            ds = pydicom.dcmread(path)
+            ds.EchoNumbers = echo
+            ds.save_as(path)
+    groups = group_series(tuple(folder.iterdir())).groups
+    assert [g.split for g in groups] == [(("E", "1"),), (("E", "2"),)]
+    assert [g.describe() for g in groups] == ["series 5 'ME' echo 1", "series 5 'ME' echo 2"]
+
+
+def test_export_folder_skips_non_images_and_runs_each_series(tmp_path: Path, mni_dicom_factory) -> None:
+    """A DICOMDIR, an SR, an RT plan, a SEG and a header-less file beside three series (one
+    JPEG 2000-compressed): one output per series, each skipped file named, exit 0."""
+    src = tmp_path / "export"
+    mni_dicom_factory(src, range(86, 92), 3, "T1 mid", names="IM{:04d}.dcm")
+    mni_dicom_factory(src, range(100, 103), 4, "T1 upper", names="IM{:04d}b.dcm")
+    shutil.copy(get_testdata_file("MR_small_jp2klossless.dcm"), src / "MR_small_jp2klossless.dcm")  # series 1
+    shutil.copy(get_testdata_file("DICOMDIR"), src / "DICOMDIR")
+    for name in ("test-SR.dcm", "rtplan.dcm", "liver_1frame.dcm", "no_meta.dcm"):
+        shutil.copy(get_testdata_file(name), src / name)
+    before = checksums(src)
+    proc = edgeseg("infer", src, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert "3 done, 0 failed" in proc.stdout and "5 DICOM set aside" in proc.stdout
+    skipped = {line.split(": ", 1)[0].removeprefix("skipped "): line.split(": ", 1)[1]
+               for line in proc.stdout.splitlines() if line.startswith("skipped ")}
+    assert set(skipped) == {str(src / n) for n in ("DICOMDIR", "test-SR.dcm", "rtplan.dcm",
+                                                    "liver_1frame.dcm", "no_meta.dcm")}
+    assert "DICOMDIR" in skipped[str(src / "DICOMDIR")]
+    assert "structured report" in skipped[str(src / "test-SR.dcm")]
+    assert "segmentation" in skipped[str(src / "liver_1frame.dcm")]
+    assert "not a DICOM file" in skipped[str(src / "no_meta.dcm")]
+    assert {p.name for p in (tmp_path / "out").glob("*.nii.gz")} == {
+        "export_S1_seg.nii.gz", "export_S3_seg.nii.gz", "export_S4_seg.nii.gz"}
+    assert nib.load(tmp_path / "out" / "export_S1_seg.nii.gz").shape == (64, 64, 1)
+    assert nib.load(tmp_path / "out" / "export_S4_seg.nii.gz").shape == (197, 233, 3)
+    assert checksums(src) == before
+
+
+@pytest.mark.parametrize("select", ["*upper*", "T1 UPPER", "uid"])
+def test_series_option_selects(tmp_path: Path, mni_dicom_factory, select: str) -> None:
+    src = tmp_path / "exam"
+    mni_dicom_factory(src, range(86, 89), 1, "T1 mid", names="IM{:04d}.dcm")
+    upper = mni_dicom_factory(src, range(100, 103), 2, "T1 upper", names="IM{:04d}b.dcm")
+    if select == "uid":
+        select = str(pydicom.dcmread(upper[0]).SeriesInstanceUID)
+    proc = edgeseg("infer", src, "--out", tmp_path / "out", "--series", select)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 done, 0 failed" in proc.stdout and "not selected by --series" in proc.stdout
+    assert [p.name for p in (tmp_path / "out").glob("*.nii.gz")] == ["exam_seg.nii.gz"]
+    assert nib.load(tmp_path / "out" / "exam_seg.nii.gz").shape[2] == 3

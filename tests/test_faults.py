@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edgeseg.dicom_seg import read_dicom_seg
+
 EDGESEG = Path(sys.executable).parent / "edgeseg"  # the console script of this environment
 BIG = 60000  # a claimed side: 60000^2 int16 is 7.2 GB
 
@@ -334,8 +336,9 @@ def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path: Path, threshold_onnx: 
     (out / f".s00_seg.npy.{dead}-0a1b2c3d.edgeseg-tmp.npy").write_bytes(b"half")  # its temp
     proc = infer(src, out, threshold_onnx)
     assert proc.returncode == 0 and "4 done" in proc.stdout, proc.stderr
-    assert sorted(p.name for p in out.iterdir()) == [
-        "records.jsonl", *[f"s{i:02d}_seg.npy" for i in range(4)], "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["records.jsonl", *[f"s{i:02d}_{kind}" for i in range(4) for kind in ("seg.npy", "stats.json")],
+         "summary.csv"])
 
 
 def test_concurrent_writes_of_one_target_never_collide(tmp_path: Path) -> None:
@@ -413,6 +416,12 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, threshold
     outputs = {k: v for k, v in checksums(tmp_path / "out").items() if k != "summary.csv"}
     expected = {k: v for k, v in checksums(tmp_path / "clean").items() if k != "summary.csv"}
     outputs.pop("records.jsonl", None), expected.pop("records.jsonl", None)
+    # A DICOM SEG gets new UIDs and a content time on every write: equal in labels, not bytes.
+    segs = [k for k in expected if k.endswith("_seg.dcm")]
+    assert segs and segs == [k for k in outputs if k.endswith("_seg.dcm")]
+    for key in segs:
+        outputs.pop(key), expected.pop(key)
+        assert np.array_equal(read_dicom_seg(tmp_path / "out" / key)[0], read_dicom_seg(tmp_path / "clean" / key)[0])
     assert outputs == expected
     assert not [p for p in (tmp_path / "out").rglob(".*")]
 
@@ -472,11 +481,13 @@ def test_library_text_does_not_leak(tmp_path: Path, threshold_onnx: Path, inputs
     make(tmp_path / "in" / name)
     inputs_untouched()
     proc = infer(tmp_path / "in" / name, tmp_path / "out", threshold_onnx)
-    failed = [line for line in stderr_lines(proc) if line.startswith("FAILED")]
+    # FAILED in the run, or (a DICOM file refused before any scan ran) the one error line
+    failed = [line for line in stderr_lines(proc) if line.startswith("FAILED")] or [
+        line for line in stderr_lines(proc) if line.startswith("error:")]
     assert proc.returncode == 1 and len(failed) == 1, proc.stderr
     assert words in failed[0] and leak not in proc.stderr
     if name == "jls.dcm":
-        assert "pylibjpeg" in failed[0] and "JPEG-LS" in failed[0]
+        assert "pip install 'edgeseg[dicom]'" in failed[0] and "JPEG-LS" in failed[0]
 
 
 def _importable(module: str) -> bool:

@@ -196,7 +196,8 @@ def test_out_inside_input_is_never_ingested(tmp_path: Path, threshold_onnx: Path
     assert run_inference([tmp_path], config).done == 1
     again = run_inference([tmp_path], config)
     assert (again.done, again.skipped, again.failed) == (0, 1, 0)
-    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["a_seg.npy", "records.jsonl", "summary.csv"]
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["a_seg.npy", "a_stats.json", "records.jsonl",
+                                                                    "summary.csv"]
 
 
 @pytest.mark.parametrize("bad_out", ["same", "parent"])
@@ -248,8 +249,9 @@ def test_provider_report_and_explicit_gpu(tmp_path: Path, threshold_onnx: Path) 
     assert "Traceback" not in proc.stderr and not (tmp_path / "o2").exists()
 
 
-def test_real_model_runs_with_torch_unimportable(tmp_path: Path, tiny_onnx: Path) -> None:
-    """The exported U-Net on a 394x394 slice and a NIfTI, in a process where torch cannot load."""
+def test_real_model_runs_with_torch_unimportable(tmp_path: Path, tiny_onnx: Path, mni_dicom_factory) -> None:
+    """The exported U-Net on a 394x394 slice, a NIfTI and a DICOM series (NIfTI + DICOM SEG, QC
+    against the ranges its export stored), in a process where torch cannot load."""
     blocker = tmp_path / "blocker" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
@@ -261,9 +263,14 @@ def test_real_model_runs_with_torch_unimportable(tmp_path: Path, tiny_onnx: Path
     env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
     assert probe.returncode != 0  # the blocker really blocks
+    mni_dicom_factory(src / "dicom", range(86, 89), 4, "T1")
     proc = cli(src, "--model", tiny_onnx, "--out", tmp_path / "out", "--overlay", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "2 done, 0 failed" in proc.stdout
+    assert "3 done, 0 failed" in proc.stdout
+    assert (tmp_path / "out" / "dicom_seg.dcm").is_file() and (tmp_path / "out" / "dicom_seg.nii.gz").is_file()
+    with open(tmp_path / "out" / "summary.csv", newline="") as f:
+        qc = {Path(r["input"]).name: r["qc"] for r in csv.DictReader(f)}
+    assert "no ranges" not in qc["dicom"] and qc["dicom"]  # the export stored ranges, infer judged
     labels = np.load(tmp_path / "out" / "slice_seg.npy")
     assert labels.shape == (394, 394) and labels.dtype == np.uint8 and labels.max() <= 2
     assert nib.load(tmp_path / "out" / "vol_seg.nii.gz").shape == (40, 48, 3)

@@ -73,3 +73,53 @@ def test_label_nifti_keeps_template_geometry(tmp_path: Path) -> None:
     nib.save(img, tmp_path / "l.nii.gz")
     labels, voxel_ml = read_labels(tmp_path / "l.nii.gz")
     assert labels.sum() == 120 and voxel_ml == pytest.approx(0.008)  # pixdim follows the qform
+
+
+# --- what a reader looks at: per-class statistics and the QC mosaic -------------------------
+EXAMPLE = Path(__file__).parents[1] / "export" / "example" / "mni152_t1_axial_slab.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped model on the example MNI152 slab (197x233x5, 1 mm), with --overlay."""
+    out = tmp_path_factory.mktemp("example") / "out"
+    proc = subprocess.run([str(Path(sys.executable).parent / "edgeseg"), "infer", str(EXAMPLE), "--overlay",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def test_stats_json_has_class_volumes_and_mean_intensities(example_run: Path) -> None:
+    import csv
+    import json
+
+    stats = json.loads((example_run / "mni152_t1_axial_slab_stats.json").read_text())
+    labels = np.asarray(nib.load(example_run / "mni152_t1_axial_slab_seg.nii.gz").dataobj)
+    image = nib.load(EXAMPLE).get_fdata()
+    with open(example_run / "summary.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    for c, name in enumerate(["background", "gray_matter", "white_matter"]):
+        entry = stats["classes"][name]
+        assert entry["voxels"] == int((labels == c).sum()) == int(row[f"{name}_voxels"])
+        assert entry["ml"] == pytest.approx((labels == c).sum() * 1e-3)  # 1 mm voxels
+        assert entry["mean_intensity"] == pytest.approx(image[labels == c].mean(), rel=1e-4)
+        assert float(row[f"{name}_mean_intensity"]) == pytest.approx(entry["mean_intensity"], rel=1e-4)
+    assert stats["classes"]["white_matter"]["mean_intensity"] > stats["classes"]["gray_matter"]["mean_intensity"]
+    assert stats["qc"]["conf_mean"] == float(row["conf_mean"]) and stats["qc"]["verdict"] == row["qc"]
+    records = (example_run / "records.jsonl").read_text()
+    assert '"output":"mni152_t1_axial_slab_stats.json"' in records
+
+
+def test_overlay_is_a_mosaic_of_every_slice_with_a_legend(example_run: Path) -> None:
+    from PIL import Image
+
+    from edgeseg.outputs import PALETTE
+
+    mosaic = np.array(Image.open(example_run / "mni152_t1_axial_slab_overlay.png"))
+    # 5 axial slices of 233 rows (anterior at the top) x 197 columns: 3 x 2 tiles, legend below
+    assert mosaic.shape == (2 * 233 + 2 * 18 + 8, 3 * 197, 3)
+    tiles = [mosaic[r * 233:(r + 1) * 233, c * 197:(c + 1) * 197] for r in range(2) for c in range(3)]
+    assert all(t.any() for t in tiles[:5]) and not tiles[5].any()  # five slices, the sixth tile empty
+    legend = mosaic[2 * 233:]
+    for colour in PALETTE[1:3]:
+        assert (legend.reshape(-1, 3) == colour).all(1).sum() >= 100  # each class's swatch

@@ -1,0 +1,167 @@
+"""DICOM Segmentation (SEG) output of `edgeseg infer` for DICOM inputs, with highdicom. Torch-free.
+
+PACS and viewers (OHIF, Weasis, 3D Slicer) take a DICOM SEG; NIfTI is for research. For a
+DICOM series, `edgeseg infer --format both` (the default) writes ``<name>_seg.dcm`` beside
+``<name>_seg.nii.gz``, and ``--format dicom-seg`` the SEG alone. The SEG:
+
+* holds one binary segment per foreground class, labelled with the model's class names and
+  coded with SNOMED CT (gray matter 389081007, white matter 389080008; other names are coded
+  as "Tissue"), each identified as made by the algorithm edgeseg, its version and the
+  SHA-256 of the ONNX model;
+* references every source SOP instance (per frame, via highdicom), keeps the source's
+  StudyInstanceUID and patient/study attributes, and gets new Series and SOP Instance UIDs;
+* is written atomically like every other output.
+
+Its labels are exactly the NIfTI's: both are written from the one label array, the SEG
+frame of source slice ``k`` being the NIfTI's ``labels[:, :, k]`` transposed to (rows, cols).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+
+SEG_SUFFIX = "_seg.dcm"
+SNOMED = {  # class name -> (SNOMED CT code, meaning), from DICOM PS3.16 (pydicom's codes.SCT)
+    "gray_matter": ("389081007", "Gray Matter"),
+    "white_matter": ("389080008", "White Matter"),
+}
+ANATOMICAL_STRUCTURE = ("91723000", "Anatomical Structure")  # category of both (CID 7150)
+TISSUE = ("85756007", "Tissue")  # type and category of a class we have no concept for
+
+
+def seg_rel(rel: Path) -> Path:
+    """``x_seg.nii.gz`` -> ``x_seg.dcm``: where the SEG of a DICOM scan goes."""
+    return rel.with_name(rel.name.removesuffix("_seg.nii.gz") + SEG_SUFFIX)
+
+
+def write_dicom_seg(target: Path, labels: np.ndarray, sources: tuple[tuple[Path, int], ...],
+                    class_names: tuple[str, ...], model: Path, model_sha256: str,
+                    before_replace: Callable[[Path], None] | None = None) -> None:
+    """Write ``labels`` of one DICOM series as a DICOM SEG at ``target``, atomically.
+
+    Args:
+        target: the ``.dcm`` file to write.
+        labels: ``(columns, rows, slices)`` uint8 class indices, the layout of
+            :class:`edgeseg.dicom.Series` ``raw`` (and of the NIfTI written for it).
+        sources: ``(file, frame)`` of each slice, in slice order (``Series.sources``).
+        class_names: the model's classes; index 0 is background and gets no segment.
+        model, model_sha256: the ONNX file, for the algorithm identification.
+        before_replace: as in :func:`edgeseg.outputs.atomic_write`.
+
+    Raises:
+        EdgesegError: highdicom missing, or the sources cannot carry a SEG.
+    """
+    from edgeseg.outputs import atomic_write
+
+    if not sources:
+        raise EdgesegError(f"{target}: the series lacks PixelSpacing or ImagePositionPatient/Orientation,"
+                           " which a DICOM SEG needs to place its frames; use --format nifti")
+    hd = _highdicom(target)
+    images, frames = _source_frames(sources, labels)
+    segments = [_segment(hd, i, name, model, model_sha256) for i, name in enumerate(class_names) if i]
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=images, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=_series_number(images[0]),
+            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="edgeseg",
+            manufacturer_model_name=model.name[:64], software_versions=_version(),
+            device_serial_number=model_sha256[:16], content_label="EDGESEG",
+            content_description=f"edgeseg {', '.join(class_names[1:])}"[:64],
+            series_description=f"edgeseg seg of {images[0].get('SeriesDescription', '') or 'series'}"[:64],
+        )
+    except (ValueError, TypeError, AttributeError) as exc:  # geometry or attributes highdicom refuses
+        raise EdgesegError(f"{target}: cannot make a DICOM SEG of this series ({exc}); use --format nifti"
+                           ) from exc
+    atomic_write(target, lambda tmp: seg.save_as(tmp), before_replace)
+
+
+def _highdicom(target: Path) -> Any:
+    try:
+        import highdicom
+    except ImportError:
+        raise EdgesegError(f"{target}: writing DICOM SEG needs highdicom: pip install 'edgeseg[dicom]',"
+                           " or pass --format nifti") from None
+    return highdicom
+
+
+def _source_frames(sources: tuple[tuple[Path, int], ...], labels: np.ndarray) -> tuple[list, np.ndarray]:
+    """Source datasets (headers) and ``(frames, rows, cols)`` labels in the sources' own order.
+
+    Single-frame sources: one dataset per slice, frames in slice order. A multi-frame source:
+    one dataset, frames in its own frame order (which slice order may have permuted).
+    """
+    import pydicom
+
+    assert len(sources) == labels.shape[2], (len(sources), labels.shape)
+    per_slice = np.ascontiguousarray(labels.transpose(2, 1, 0))  # (slices, rows, cols)
+    files = list(dict.fromkeys(path for path, _ in sources))
+    images = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    if len(files) == len(sources):
+        uids = [str(ds.get("SOPInstanceUID", "")) for ds in images]
+        if len(set(uids)) < len(uids) or not all(uids):
+            raise EdgesegError(f"{files[0].parent}: its files do not each have their own SOPInstanceUID,"
+                               " so a DICOM SEG cannot reference them; use --format nifti")
+        return images, per_slice
+    if len(files) == 1:
+        frames = np.empty_like(per_slice)
+        for k, (_, frame) in enumerate(sources):
+            frames[frame] = per_slice[k]
+        return images, frames
+    raise EdgesegError(f"{files[0].parent}: several multi-frame files in one series; DICOM SEG needs"
+                       " one; use --format nifti")
+
+
+def _segment(hd: Any, index: int, name: str, model: Path, model_sha256: str) -> Any:
+    """Segment ``index`` (class ``name``): label, SNOMED CT codes, the algorithm that made it."""
+    from pydicom.sr.coding import Code
+
+    code = SNOMED.get(name)
+    category = Code(ANATOMICAL_STRUCTURE[0], "SCT", ANATOMICAL_STRUCTURE[1]) if code else Code(
+        TISSUE[0], "SCT", TISSUE[1])
+    kind = Code(code[0], "SCT", code[1]) if code else Code(TISSUE[0], "SCT", TISSUE[1])
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="edgeseg", family=_ai_family(), version=_version(), source=model.name[:64],
+        parameters={"model": model.name, "model_sha256": model_sha256})
+    return hd.seg.SegmentDescription(
+        segment_number=index, segment_label=name[:64], segmented_property_category=category,
+        segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=name)
+
+
+def _ai_family() -> Any:
+    from pydicom.sr.codedict import codes
+
+    return codes.DCM.ArtificialIntelligence
+
+
+def _version() -> str:
+    from edgeseg import __version__
+
+    return f"edgeseg {__version__}"
+
+
+def _series_number(source: Any) -> int:
+    """The source's SeriesNumber + 1000: beside it in a PACS list, never equal to it."""
+    try:
+        return int(source.get("SeriesNumber", 0) or 0) + 1000
+    except (TypeError, ValueError):
+        return 1000
+
+
+def read_dicom_seg(path: Path) -> tuple[np.ndarray, float | None]:
+    """Labels ``(frames, rows, cols)`` (segment number per pixel) of a SEG and its voxel volume in mL."""
+    import highdicom as hd
+
+    seg = hd.seg.segread(path)
+    uids = [uid for _, _, uid in seg.get_source_image_uids()]
+    labels = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    thickness = measures.get("SpacingBetweenSlices") or measures.get("SliceThickness")
+    rows_mm, cols_mm = (float(v) for v in measures.PixelSpacing)
+    return np.asarray(labels), rows_mm * cols_mm * float(thickness) / 1000 if thickness else None

@@ -1,0 +1,132 @@
+"""Quality figures of a segmentation, and the ranges the model saw: a guard against scans it was
+never meant for. Torch-free (numpy only).
+
+A CT, an ultrasound frame or a head with its skull still on goes through the network as
+readily as a skull-stripped brain MR, and comes out with gray/white-matter volumes. What
+gives it away are a few figures of the model's own output, per scan:
+
+* ``brain_fraction``: pixels labelled gray or white matter / all pixels, on the model's grid;
+* ``gm_wm_ratio``: gray-matter / white-matter pixels;
+* ``conf_mean`` and ``conf_p5``: mean and 5th percentile of the max-softmax probability
+  over the pixels labelled brain: how sure the model was where it claimed brain.
+
+They are counted over the slices with at least :data:`MIN_BRAIN` of brain, as the demo
+set's training slices were chosen, so empty slices at the ends of a volume do not drag a
+volume's figures outside what any training slice showed. ``edgeseg export`` computes the
+same figures on every training and held-out slice and stores their ranges in the model's
+metadata (``edgeseg.qc_ranges``); ``edgeseg infer`` writes a scan's figures to
+``summary.csv`` with a ``qc`` column: ``ok``, the figures outside those ranges, or
+``no ranges in model`` for models exported before this.
+
+A volume's figure is a pooled ratio over its slices, so it lies between its slices' own
+values: a volume of slices like the training slices stays inside the training ranges.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+MIN_BRAIN = 0.02  # slices with less brain than this are left out (the demo set's selection rule)
+FIGURES = ("brain_fraction", "gm_wm_ratio", "conf_mean", "conf_p5")
+BINS = 1000  # max-softmax histogram resolution for the 5th percentile
+METADATA_KEY = "edgeseg.qc_ranges"
+NO_RANGES = "no ranges in model"
+MEAN_SUFFIX = "_mean_intensity"  # summary.csv: mean input intensity of the voxels of each class
+
+
+def max_softmax(logits: np.ndarray) -> np.ndarray:
+    """``(n, C, H, W)`` logits -> ``(n, H, W)`` probability of the winning class."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return 1.0 / np.exp(shifted).sum(axis=1)
+
+
+@dataclass
+class QCCounter:
+    """Accumulates the figures of one scan, batch by batch, on the model's grid."""
+
+    gray: int | None  # class index of gray matter (None: the model has no such class)
+    white: int | None
+    pixels: int = 0
+    gm: int = 0
+    wm: int = 0
+    conf_sum: float = 0.0
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
+
+    @classmethod
+    def for_classes(cls, class_names: tuple[str, ...]) -> QCCounter:
+        """A counter for a model with these classes."""
+        def index(name: str) -> int | None:
+            return class_names.index(name) if name in class_names else None
+        return cls(index("gray_matter"), index("white_matter"))
+
+    def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        """Count ``(n, C, H, W)`` logits and their ``(n, H, W)`` argmax labels."""
+        brain = (labels > 0)
+        kept = brain.reshape(len(brain), -1).mean(1) >= MIN_BRAIN
+        if not kept.any():
+            return
+        brain, labels = brain[kept], labels[kept]
+        conf = max_softmax(logits[kept])[brain]
+        self.pixels += labels.size
+        self.gm += int((labels == self.gray).sum()) if self.gray is not None else 0
+        self.wm += int((labels == self.white).sum()) if self.white is not None else 0
+        self.conf_sum += float(conf.sum(dtype=np.float64))
+        self.hist += np.histogram(conf, bins=BINS, range=(0.0, 1.0))[0]
+
+    def figures(self) -> dict[str, float]:
+        """The four figures; empty when no slice held enough brain."""
+        brain = int(self.hist.sum())
+        if not brain:
+            return {}
+        cdf = np.cumsum(self.hist)
+        out = {"brain_fraction": brain / self.pixels, "conf_mean": self.conf_sum / brain,
+               "conf_p5": float(np.searchsorted(cdf, 0.05 * brain) + 0.5) / BINS}
+        if self.gray is not None and self.white is not None and self.wm:
+            out["gm_wm_ratio"] = self.gm / self.wm
+        return out
+
+
+def slice_ranges(figures: list[dict[str, float]]) -> dict[str, list[float]]:
+    """``[min, max]`` of each figure over per-slice figures (export: training and held-out slices)."""
+    return {k: [min(f[k] for f in figures if k in f), max(f[k] for f in figures if k in f)]
+            for k in FIGURES if any(k in f for f in figures)}
+
+
+def parse_ranges(text: str | None) -> dict[str, list[float]] | None:
+    """The ranges stored in the model's metadata, or None when it has none (or unreadable ones)."""
+    if not text:
+        return None
+    try:
+        ranges = json.loads(text)
+        return {k: [float(ranges[k][0]), float(ranges[k][1])] for k in FIGURES if k in ranges}
+    except (ValueError, TypeError, KeyError, IndexError):
+        return None
+
+
+def judge(figures: dict[str, float], ranges: dict[str, list[float]] | None) -> str:
+    """``ok``, ``no ranges in model``, ``no brain found``, or each figure outside its range."""
+    if ranges is None:
+        return NO_RANGES
+    if not figures:
+        return f"no brain found (no slice with >= {MIN_BRAIN:.0%} brain)"
+    out = [f"{k} {figures[k]:.3g} outside {lo:.3g}-{hi:.3g}" for k, (lo, hi) in ranges.items()
+           if k in figures and not lo <= figures[k] <= hi]
+    return "; ".join(out) if out else "ok"
+
+
+def ranges_on_slices(model: bytes, images: list[np.ndarray], class_names: tuple[str, ...]) -> dict:
+    """Per-slice figures of ``model`` (an ONNX file's bytes, run on ORT CPU) over ``images``,
+    as :func:`slice_ranges`; slices with too little brain count as in inference: not at all."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    figures = []
+    for image in images:
+        (logits,) = session.run(["logits"], {"image": np.asarray(image, np.float32)[None, None]})
+        counter = QCCounter.for_classes(class_names)
+        counter.add(logits, logits.argmax(1))
+        figures.append(counter.figures())
+    return slice_ranges([f for f in figures if f])
