@@ -130,9 +130,9 @@ def score_formats(files: dict[str, Path], data: EvalData, threads: int | None = 
 
 def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: list[str]) -> str:
     """Markdown model card from a checkpoint dict and a parity.json that holds ``formats``."""
-    from edgeseg.model import ModelConfig, UNet, count_parameters
+    from edgeseg.model import ModelConfig, UNet, checkpoint_model_config, count_parameters
 
-    config = ModelConfig(**ckpt["model_config"])
+    config = ModelConfig(**checkpoint_model_config(ckpt))
     formats, train = parity["formats"], ckpt.get("train_config") or {}
     lines = [
         "# edgeseg default model", "",
