@@ -39,6 +39,7 @@ class Preset(str, Enum):
 
 
 class Split(str, Enum):
+    regions = "regions"
     slabs = "slabs"
     tutorial = "tutorial"
 
@@ -54,7 +55,8 @@ def train_cmd(
     patches_per_slice: Annotated[
         int | None, typer.Option("--patches-per-slice", min=1, help="Crops per training slice per epoch.")
     ] = None,
-    split: Annotated[Split | None, typer.Option(help="Held-out slabs, or the tutorial's last 100.")] = None,
+    split: Annotated[Split | None, typer.Option(
+        help="Held-out 3-D regions (default, demo set), slabs, or the tutorial's last 100.")] = None,
     augment: Annotated[bool | None, typer.Option("--augment/--no-augment", help="Training augmentation.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights, shuffling, augmentation.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
@@ -85,10 +87,22 @@ def evaluate_cmd(
     split: Annotated[Split | None, typer.Option(help="Split to evaluate when --data is given.")] = None,
     per_slice: Annotated[Path | None, typer.Option(
         "--per-slice", help="Also write one CSV row per held-out slice here.")] = None,
+    robustness: Annotated[bool, typer.Option(
+        "--robustness", help="mIoU per perturbation family on the held-out 3-D regions (.pt or .onnx).")] = False,
+    robustness_slices: Annotated[int, typer.Option("--robustness-slices", min=1, help="Slices scored.")] = 32,
 ) -> None:
-    """Per-class IoU and Dice of a checkpoint on held-out slices."""
+    """Per-class IoU and Dice of a checkpoint on held-out slices (or its robustness table)."""
     from edgeseg.evaluate import run_evaluation
 
+    if robustness:  # torch-free for an .onnx file
+        from edgeseg.robustness import run_robustness
+
+        if checkpoint is None:
+            from edgeseg.train import find_latest_checkpoint
+
+            checkpoint = find_latest_checkpoint()
+        run_robustness(checkpoint, data, robustness_slices)
+        return
     run_evaluation(checkpoint, data, split.value if split else None, per_slice)
 
 
