@@ -246,9 +246,8 @@ def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None,
     parity["formats"] = score_formats({p: f for p, f in files.items() if f.is_file()}, data)
     parity["checkpoint_bytes"] = Path(checkpoint).stat().st_size
     parity["splits"] = split_scores(checkpoint)
-    parity["robustness"] = [{"file": path.name, **asdict(row)}
-                            for path in (checkpoint, files["fp32"]) if path.is_file()
-                            for row in run_robustness(path)]
+    if files["fp32"].is_file():  # the file users run; `evaluate --robustness` gives any other's
+        parity["robustness"] = [{"file": files["fp32"].name, **asdict(row)} for row in run_robustness(files["fp32"])]
     write_json(parity_path, parity)
     text = render_model_card(load_checkpoint(checkpoint)[1], parity,
                              SHIPPED_RECIPE if commands is None else commands)

@@ -48,7 +48,8 @@ def test_held_out_voxels_supervise_no_training_pixel_in_any_plane(demo) -> None:
     oblique = [oblique_plane(template, rng, 30.0) for _ in range(6)]
     oblique_masks = [sample_plane(template, p)[1] for p in oblique]
     train_obl, _ = region_masks(oblique_masks, oblique, regions)
-    pairs = [(planes[i], split.train_masks[i]) for i in range(0, len(slices), 5)] + list(zip(oblique, train_obl))
+    pairs = [(planes[i], split.train_masks[i]) for i in range(0, len(slices), 5)]
+    pairs += list(zip(oblique, train_obl, strict=True))
     near_total = 0
     for plane, train_mask in pairs:
         near = _ball_distance(plane, regions.centres) <= regions.radius_mm + regions.gap_mm - 1e-3
@@ -65,6 +66,6 @@ def test_regions_split_holds_out_a_real_share_of_the_brain(demo) -> None:  # noq
     _, slices, _ = demo
     split = make_split(slices, "regions")
     brain = sum(int((m > 0).sum()) for m in slices.masks)
-    ignored = sum(int(((m > 0) & (t == IGNORE)).sum()) for m, t in zip(slices.masks, split.train_masks))
+    ignored = sum(int(((m > 0) & (t == IGNORE)).sum()) for m, t in zip(slices.masks, split.train_masks, strict=True))
     assert 0.08 < ignored / brain < 0.5  # held-out balls and their gap shells, as brain pixels
     assert len(split.test) >= 32 and split.train == list(range(len(slices)))
