@@ -361,6 +361,7 @@ class HeldOut:
     train: list[int]
     test: list[int]
     source: str  # where they came from, for reports
+    labels: list[np.ndarray] | None = None  # every pixel's label when slices.masks hold IGNORE
 
 
 def checkpoint_split(ckpt: dict[str, Any], data: Path | None = None, split: str | None = None) -> HeldOut:
@@ -379,7 +380,7 @@ def checkpoint_split(ckpt: dict[str, Any], data: Path | None = None, split: str 
     if rule == "regions":
         made = make_split(slices, rule, seed=cfg.get("seed", 0))
         scored = Slices(slices.root, slices.keys, slices.images, made.test_masks)
-        return HeldOut(scored, made.train, made.test, f"{slices.root} ({made.note})")
+        return HeldOut(scored, made.train, made.test, f"{slices.root} ({made.note})", slices.masks)
     keys = set(info.get("test_keys") or []) if data is None and split is None else set()
     if keys and keys <= set(slices.keys):
         test = [i for i, k in enumerate(slices.keys) if k in keys]

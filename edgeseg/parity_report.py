@@ -212,7 +212,8 @@ SHIPPED_RECIPE = [  # how export/ is made; the last line is what regenerates thi
     "edgeseg train --name default            # 8 epochs on the demo set, 3-D regions split; runs/default/best.pt",
     "cp runs/default/curves.png runs/default/predictions.png runs/default/history.json export/",
     "cp runs/default/best.pt export/model.pt",
-    "edgeseg export export/model.pt --out export --fp16 --int8 --calib 16  # 32 slices: OOM (>21 GB) on 23 GB",
+    "edgeseg export export/model.pt --out export --fp16 --int8 --calib 8"
+    "  # 32 or 16 slices: OOM (>21 GB) on this 23 GB box",
     "python -c 'from pathlib import Path; from edgeseg.model import load_checkpoint;"
     " from edgeseg.parity import load_eval_data; from edgeseg.parity_report import write_model_card;"
     " c = load_checkpoint(Path(\"export/model.pt\"))[1];"
