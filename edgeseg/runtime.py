@@ -154,7 +154,7 @@ def _info_from_metadata(path: Path, meta: dict[str, str], opset: int) -> ModelIn
     if contract not in KNOWN_CONTRACTS:
         raise EdgesegError(
             f"{path}: normalisation contract {contract!r} is unknown to this edgeseg (knows"
-            f" {', '.join(KNOWN_CONTRACTS)}); upgrade edgeseg to run this model"
+            f" {', '.join(KNOWN_CONTRACTS)}); upgrade edgeseg, or run a file this version's `edgeseg export` wrote"
         )
     if len(names) != num or num < 2 or in_ch < 1 or min_size < 1:
         raise EdgesegError(
