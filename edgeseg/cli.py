@@ -92,8 +92,6 @@ def evaluate_cmd(
     robustness_slices: Annotated[int, typer.Option("--robustness-slices", min=1, help="Slices scored.")] = 32,
 ) -> None:
     """Per-class IoU and Dice of a checkpoint on held-out slices (or its robustness table)."""
-    from edgeseg.evaluate import run_evaluation
-
     if robustness:  # torch-free for an .onnx file
         from edgeseg.robustness import run_robustness
 
@@ -103,6 +101,8 @@ def evaluate_cmd(
             checkpoint = find_latest_checkpoint()
         run_robustness(checkpoint, data, robustness_slices)
         return
+    from edgeseg.evaluate import run_evaluation
+
     run_evaluation(checkpoint, data, split.value if split else None, per_slice)
 
 

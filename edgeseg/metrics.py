@@ -88,7 +88,7 @@ class ConfusionMatrix:
                     f"{what} has dtype {arr.dtype}; class labels must be integers "
                     "(use logits.argmax(axis=1), or .astype(np.int64) on a label map)."
                 )
-        if pred.size and (target == IGNORE).any():
+        if self.num_classes <= IGNORE and pred.size and (target == IGNORE).any():  # else 255 is a class
             keep = target != IGNORE
             pred, target = pred[keep], target[keep]
         if pred.size == 0:
