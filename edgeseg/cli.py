@@ -59,6 +59,7 @@ class Preset(str, Enum):
 
 
 class Split(str, Enum):
+    regions = "regions"
     slabs = "slabs"
     tutorial = "tutorial"
 
@@ -82,10 +83,11 @@ def train_cmd(
     patch: Annotated[int | None, typer.Option(
         min=0, show_default="default 128, tutorial 0", help="Random-crop size; 0 trains on whole slices.")] = None,
     patches_per_slice: Annotated[int | None, typer.Option(
-        "--patches-per-slice", min=1, show_default="default 4, tutorial 1",
+        "--patches-per-slice", min=1, show_default="default 2, tutorial 1",
         help="Crops per training slice per epoch.")] = None,
     split: Annotated[Split | None, typer.Option(
-        show_default="default slabs, tutorial tutorial", help="Held-out slabs, or the tutorial's last 100.")] = None,
+        show_default="default regions, tutorial tutorial",
+        help="Held-out 3-D regions (demo set; other data: slabs), slabs, or the tutorial's last 100.")] = None,
     augment: Annotated[bool | None, typer.Option(
         "--augment/--no-augment", show_default="default on, tutorial off", help="Training augmentation.")] = None,
     seed: Annotated[int | None, typer.Option(
@@ -120,8 +122,20 @@ def evaluate_cmd(
     split: Annotated[Split | None, typer.Option(help="Split to evaluate when --data is given.")] = None,
     per_slice: Annotated[Path | None, typer.Option(
         "--per-slice", help="Also write one CSV row per held-out slice here.")] = None,
+    robustness: Annotated[bool, typer.Option(
+        "--robustness", help="mIoU per perturbation family on the held-out 3-D regions (.pt or .onnx).")] = False,
+    robustness_slices: Annotated[int, typer.Option("--robustness-slices", min=1, help="Slices scored.")] = 32,
 ) -> None:
-    """Per-class IoU and Dice of a checkpoint on held-out slices."""
+    """Per-class IoU and Dice of a checkpoint on held-out slices (or its robustness table)."""
+    if robustness:  # torch-free for an .onnx file
+        from edgeseg.robustness import run_robustness
+
+        if checkpoint is None:
+            from edgeseg.train import find_latest_checkpoint
+
+            checkpoint = find_latest_checkpoint()
+        run_robustness(checkpoint, data, robustness_slices)
+        return
     from edgeseg.evaluate import run_evaluation
 
     run_evaluation(checkpoint, data, split.value if split else None, per_slice)

@@ -280,7 +280,7 @@ def split_indices(
             )
         return list(range(n - TUTORIAL_TEST)), list(range(n - TUTORIAL_TEST, n))
     if mode != "slabs":
-        raise EdgesegError(f"split mode {mode!r} unknown; choose 'slabs' or 'tutorial'")
+        raise EdgesegError(f"split mode {mode!r} unknown; choose one of {', '.join(SPLITS)}")
     if not 0.0 < test_fraction < 1.0:
         raise EdgesegError(f"test_fraction={test_fraction}: must be between 0 and 1 (exclusive)")
     n_test = max(1, round(test_fraction * n))
@@ -307,6 +307,55 @@ def split_indices(
     return train, sorted(set(test))
 
 
+SPLITS = ("regions", "slabs", "tutorial")  # the first is the default
+
+
+@dataclass
+class Split:
+    """Which slices train and which are scored, and which of their pixels count for each."""
+
+    train: list[int]
+    test: list[int]
+    train_masks: list[np.ndarray]  # per slice of the set; IGNORE (255) pixels never supervise
+    test_masks: list[np.ndarray]  # per slice of the set; IGNORE (255) pixels are not scored
+    note: str  # how it was made, for reports
+
+
+def is_demo_set(root: Path) -> bool:
+    """True when ``root`` is a demo set (so its slices can be placed in the 3-D template)."""
+    try:
+        read_demo_provenance(root)
+    except EdgesegError:
+        return False
+    return True
+
+
+def make_split(slices: Slices, mode: str = "regions", test_fraction: float = 0.2, seed: int = 0) -> Split:
+    """Split a dataset for training and scoring.
+
+    ``"regions"`` (the default, demo set only) holds out balls of the 3-D template: their
+    voxels supervise training in no plane and no orientation (masked out of every training
+    slice, with a gap shell around them), and only their pixels are scored, on the demo
+    slices that cut through them (:func:`edgeseg.volume.region_split`). ``"slabs"`` and
+    ``"tutorial"`` are :func:`split_indices`: whole slices held out in their own plane only,
+    so the other planes' training slices cross the held-out anatomy.
+    """
+    if mode == "regions":
+        from edgeseg.volume import REGION_COUNT, REGION_RADIUS_MM, region_split
+
+        if not is_demo_set(slices.root):
+            raise EdgesegError(
+                f"{slices.root}: split 'regions' holds out 3-D regions of the demo template and needs"
+                " the demo set; use --split slabs for other data"
+            )
+        train_masks, test_masks, test = region_split(slices.root, slices.masks, seed)
+        return Split(list(range(len(slices))), test, train_masks, test_masks,
+                     f"regions split: {REGION_COUNT} held-out balls of {REGION_RADIUS_MM:g} mm,"
+                     f" their pixels on {len(test)} slices")
+    train, test = split_indices(len(slices), mode, test_fraction, seed)
+    return Split(train, test, slices.masks, slices.masks, f"{mode} split: {len(test)} held-out slices")
+
+
 @dataclass
 class HeldOut:
     """The slices a checkpoint is scored on, and the rest (for int8 calibration)."""
@@ -315,6 +364,7 @@ class HeldOut:
     train: list[int]
     test: list[int]
     source: str  # where they came from, for reports
+    labels: list[np.ndarray] | None = None  # every pixel's label when slices.masks hold IGNORE
 
 
 def checkpoint_split(ckpt: dict[str, Any], data: Path | None = None, split: str | None = None) -> HeldOut:
@@ -329,12 +379,16 @@ def checkpoint_split(ckpt: dict[str, Any], data: Path | None = None, split: str 
     if data is None and not (info.get("root") and root.is_dir()):
         root = build_demo()
     slices = load_slices(root, int(ckpt["model_config"]["num_classes"]))
+    rule = split or cfg.get("split", "slabs")
+    if rule == "regions":
+        made = make_split(slices, rule, seed=cfg.get("seed", 0))
+        scored = Slices(slices.root, slices.keys, slices.images, made.test_masks)
+        return HeldOut(scored, made.train, made.test, f"{slices.root} ({made.note})", slices.masks)
     keys = set(info.get("test_keys") or []) if data is None and split is None else set()
     if keys and keys <= set(slices.keys):
         test = [i for i, k in enumerate(slices.keys) if k in keys]
         train = [i for i, k in enumerate(slices.keys) if k not in keys]
         return HeldOut(slices, train, test, f"{slices.root} (the checkpoint's {len(test)} held-out slices)")
-    rule = split or cfg.get("split", "slabs")
     train, test = split_indices(len(slices), rule, cfg.get("test_fraction", 0.2), cfg.get("seed", 0))
     return HeldOut(slices, train, test, f"{slices.root} ({rule} split: {len(test)} held-out slices)")
 

@@ -42,10 +42,12 @@ if TYPE_CHECKING:
 FORMAT = "edgeseg-onnx-v1"
 DEFAULT_OPSET = 20  # torch's default; onnx.reference runs the int8 QDQ graph only from opset 19
 IR_VERSION = 10  # onnx 1.23 would write IR 11+; onnxruntime 1.31 and TensorRT 10 read 10
-NORMALIZATION = (
-    "per-image z-score over H and W inside the graph: (x - mean) / sqrt(var + 1e-6);"
-    " feed raw scanner intensities"
-)
+NORMALIZATION = {  # edgeseg.normalization of each contract (edgeseg.normalization_contract)
+    1: "per-image z-score over H and W inside the graph: (x - mean) / sqrt(var + 1e-6);"
+    " feed raw scanner intensities",
+    2: "per-image tissue mean inside the graph: x / mean(x | x > 0.4 sum(x^4)/sum(x^3)),"
+    " independent of padding, cropping and intensity scale; feed raw scanner intensities",
+}
 
 
 @dataclass
@@ -171,9 +173,10 @@ def model_metadata(
 ) -> dict[str, str]:
     """The ``edgeseg.*`` metadata_props of an exported file (all values strings)."""
     from edgeseg import __version__
-    from edgeseg.model import ModelConfig
+    from edgeseg.model import NORMALIZATIONS, ModelConfig, checkpoint_model_config
 
-    config = ModelConfig(**ckpt["model_config"])
+    config = ModelConfig(**checkpoint_model_config(ckpt))
+    contract = NORMALIZATIONS[config.normalization]
     miou = (ckpt.get("metrics") or {}).get("miou_fg")
     spacing = (ckpt.get("data") or {}).get("pixel_spacing_mm")
     return {
@@ -188,7 +191,8 @@ def model_metadata(
             "name": "image", "dtype": "float32", "shape": ["N", config.in_channels, "H", "W"],
             "units": "raw intensities",
         }),
-        "edgeseg.normalization": NORMALIZATION,
+        "edgeseg.normalization": NORMALIZATION[contract],
+        "edgeseg.normalization_contract": str(contract),
         "edgeseg.train_miou_fg": "" if miou is None else repr(float(miou)),
         "edgeseg.checkpoint_sha256": checkpoint_sha256,
         "edgeseg.opset": str(opset),

@@ -31,6 +31,8 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 
+IGNORE = 255  # truth label of pixels that are not scored (outside a held-out 3-D region)
+
 
 class ConfusionMatrix:
     """Running ``(C, C)`` pixel confusion matrix; rows are truth, columns prediction."""
@@ -66,7 +68,8 @@ class ConfusionMatrix:
 
         Args:
             pred: integer class labels (take the argmax of logits first).
-            target: integer class labels, same shape as ``pred``.
+            target: integer class labels, same shape as ``pred``; pixels labelled
+                IGNORE (255) are left out.
 
         Raises:
             EdgesegError: shapes differ, labels are not integers, or a label is outside
@@ -85,6 +88,9 @@ class ConfusionMatrix:
                     f"{what} has dtype {arr.dtype}; class labels must be integers "
                     "(use logits.argmax(axis=1), or .astype(np.int64) on a label map)."
                 )
+        if self.num_classes <= IGNORE and pred.size and (target == IGNORE).any():  # else 255 is a class
+            keep = target != IGNORE
+            pred, target = pred[keep], target[keep]
         if pred.size == 0:
             return
         c = self.num_classes

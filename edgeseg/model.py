@@ -9,7 +9,11 @@ for 1 input channel and 3 classes). Two things differ:
   axis, computed from run-time sizes, so odd and non-square inputs work and an
   exported ONNX graph keeps the pad dynamic (the tutorial swaps H and W);
 * per-image intensity normalisation happens inside the model, so raw scanner
-  intensities go in and an exported model needs no hidden pre-processing.
+  intensities go in and an exported model needs no hidden pre-processing. Since
+  contract 2 (:class:`TissueNormalize`) it does not depend on the field of view
+  (padding or a tight crop) nor on a global intensity scale; checkpoints record their
+  contract, and one of contract 1 (:class:`Normalize`, whole-frame z-score) is rebuilt
+  with its own normalisation, so it still runs as it was trained.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ from edgeseg.outputs import atomic_write
 
 MIN_SIZE = 16  # three 2x poolings need at least 2 pixels at the bottom level
 NORM_EPS = 1e-6  # keeps a constant (all-zero) slice finite after normalisation
+TISSUE_THRESHOLD = 0.4  # tissue = pixels above this x the bright-tissue level (drops CSF, noise)
+TINY = 1e-30  # floor of divisors: an all-zero slice normalises to zeros, not NaN
+# Normalisation contracts: what the in-graph normalisation computes. Checkpoints and ONNX
+# metadata carry the number; files without one are contract 1.
+NORMALIZATIONS = {"zscore": 1, "tissue-mean": 2}
+NORM_CONTRACT = 2  # the contract new models are trained with
 DEFAULT_CLASSES = ("background", "gray_matter", "white_matter")
 
 
@@ -39,8 +49,14 @@ class ModelConfig:
     num_classes: int = 3  # background, gray matter, white matter
     widths: tuple[int, ...] = (16, 32, 64, 128)  # the tutorial's channel widths, top to bottom
     class_names: tuple[str, ...] = field(default=DEFAULT_CLASSES)
+    normalization: str = "tissue-mean"  # in-graph normalisation (contract 2); "zscore" = contract 1
 
     def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise EdgesegError(
+                f"model config: normalisation {self.normalization!r} is unknown to this edgeseg;"
+                f" known: {', '.join(NORMALIZATIONS)} (upgrade edgeseg to load newer models)"
+            )
         self.widths = tuple(int(w) for w in self.widths)
         self.class_names = tuple(self.class_names)
         if len(self.class_names) != self.num_classes:
@@ -70,6 +86,48 @@ class Normalize(nn.Module):
         mean = x.mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
         var = (x - mean).square().mean(dim=3, keepdim=True).mean(dim=2, keepdim=True)
         return (x - mean) / torch.sqrt(var + NORM_EPS)
+
+
+def _sum_hw(x: torch.Tensor) -> torch.Tensor:
+    """Sum over W, then over H, keeping dims: two float32 sums of ~400 values, not one of 155k."""
+    return x.sum(dim=3, keepdim=True).sum(dim=2, keepdim=True)
+
+
+def tissue_scale(x: torch.Tensor) -> torch.Tensor:
+    """The mean intensity of tissue in each image: ``(N, C, H, W) -> (N, C, 1, 1)``.
+
+    Tissue is every pixel above TISSUE_THRESHOLD x the bright-tissue level
+    ``t = sum(x^4) / sum(x^3)``. Zero padding adds nothing to either sum, so ``t``, the mask
+    and the mean are the same whether a slice is padded wide or cropped to its brain; noise
+    padding adds little (its x^3 and x^4 are tiny next to tissue's), and pixels of it are
+    below the threshold. Everything is computed on ``x / max(x)``: homogeneous of degree 1,
+    so a global intensity scale cancels, and the powers never overflow (fp16 models keep
+    this part float32). A single pixel far brighter than all tissue would dominate ``t``;
+    skull-stripped MRI has none.
+    """
+    peak = x.amax(dim=(2, 3), keepdim=True).clamp_min(TINY)
+    y = x / peak
+    cube = y * y * y
+    level = _sum_hw(cube * y) / _sum_hw(cube).clamp_min(TINY)
+    tissue = (y > TISSUE_THRESHOLD * level).to(x.dtype)
+    mean = _sum_hw(y * tissue) / _sum_hw(tissue).clamp_min(1.0)
+    return (peak * mean).clamp_min(TINY)
+
+
+class TissueNormalize(nn.Module):
+    """Contract 2: divide each image by its tissue mean (:func:`tissue_scale`): ``(N, C, H, W)``.
+
+    Background stays exactly 0, which is also what the convolutions pad with, so the
+    normalised slice is the same at any field of view and any intensity scale.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x / tissue_scale(x)
+
+
+def make_normalize(name: str) -> nn.Module:
+    """The normalisation module of a contract name (see NORMALIZATIONS)."""
+    return Normalize() if name == "zscore" else TissueNormalize()
 
 
 class DoubleConv(nn.Module):
@@ -168,7 +226,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config or ModelConfig()
         w = self.config.widths
-        self.normalize = Normalize()
+        self.normalize = make_normalize(self.config.normalization)
         self.stem = DoubleConv(self.config.in_channels, w[0])
         self.downs = nn.ModuleList(Down(a, b) for a, b in zip(w[:-1], w[1:], strict=True))
         self.ups = nn.ModuleList(Up(b, a) for a, b in zip(reversed(w[:-1]), reversed(w[1:]), strict=True))
@@ -180,10 +238,10 @@ class UNet(nn.Module):
         return self.segment(self.normalize(x))
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
-        """The network after normalisation: z-scored ``(N, Cin, H, W)`` -> logits.
+        """The network after normalisation: normalised ``(N, Cin, H, W)`` -> logits.
 
-        Training on patches feeds patches z-scored with their whole slice's statistics here,
-        so that they match what ``forward`` computes on whole slices at inference.
+        Training on patches feeds patches normalised with their whole frame's statistics
+        here, so that they match what ``forward`` computes on whole frames at inference.
         """
         x = self.stem(x)
         skips = [x]
@@ -232,6 +290,7 @@ def save_checkpoint(path: Path, model: UNet, **extra: Any) -> None:
     """
     payload = {
         "format": "edgeseg-checkpoint-v1",
+        "normalization_contract": NORMALIZATIONS[model.config.normalization],
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model_config": _config_to_dict(model.config),
         **extra,
@@ -258,12 +317,30 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[UNe
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt:
         raise EdgesegError(f"{path}: not an edgeseg checkpoint (no state_dict/model_config)")
-    model = UNet(ModelConfig(**ckpt["model_config"]))
+    model = UNet(ModelConfig(**checkpoint_model_config(ckpt, path)))
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         raise EdgesegError(f"{path}: weights do not fit the stored model config: {exc}") from exc
     return model.to(device).eval(), ckpt
+
+
+def checkpoint_model_config(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> dict[str, Any]:
+    """The stored model config, with the normalisation of the checkpoint's contract.
+
+    A checkpoint written before contracts were recorded is contract 1 (whole-frame z-score);
+    a contract this edgeseg does not know is refused, never run with another normalisation.
+    """
+    config = dict(ckpt["model_config"])
+    contract = int(ckpt.get("normalization_contract", 1))
+    names = {v: k for k, v in NORMALIZATIONS.items()}
+    if contract not in names or NORMALIZATIONS.get(config.get("normalization", names.get(contract))) != contract:
+        raise EdgesegError(
+            f"{path}: normalisation contract {contract} ({config.get('normalization', '?')}) is unknown"
+            f" to this edgeseg (knows {sorted(names)}); upgrade edgeseg or retrain with `edgeseg train`"
+        )
+    config["normalization"] = names[contract]
+    return config
 
 
 def _config_to_dict(config: ModelConfig) -> dict[str, Any]:

@@ -86,8 +86,11 @@ class EvalData:
 
     source: str  # where they came from, for the report
     images: list[np.ndarray]  # held-out float32 (H, W)
-    masks: list[np.ndarray]  # their uint8 labels
+    masks: list[np.ndarray]  # their uint8 labels (IGNORE where not held out)
     train_images: list[np.ndarray]  # training-split float32 (H, W), for int8 calibration
+    # Every pixel's label, for the parity sizes: parity compares two models, so held-out-ness
+    # does not matter there, and a 64x64 crop holds too few held-out pixels for a stable ΔmIoU.
+    labels: list[np.ndarray] | None = None
 
 
 @dataclass
@@ -193,8 +196,9 @@ def load_eval_data(ckpt: dict[str, Any], data: Path | None = None) -> EvalData:
 
     held = checkpoint_split(ckpt, data)
     images, masks = held.slices.images, held.slices.masks
+    labels = None if held.labels is None else [held.labels[i] for i in held.test]
     return EvalData(held.source, [images[i] for i in held.test], [masks[i] for i in held.test],
-                    [images[i] for i in held.train])
+                    [images[i] for i in held.train], labels)
 
 
 def fit_to_size(image: np.ndarray, mask: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -225,7 +229,7 @@ def size_batches(data: EvalData, sizes: tuple[tuple[int, int, int, int], ...]) -
     rows = []
     for h, w, n, batch in sizes:
         pairs = [fit_to_size(im, m, h, w)
-                 for im, m in pick(list(zip(data.images, data.masks, strict=True)), n)]
+                 for im, m in pick(list(zip(data.images, data.labels or data.masks, strict=True)), n)]
         starts = range(0, len(pairs), batch)
         rows.append({
             "size": f"{h}x{w}", "batch": batch,

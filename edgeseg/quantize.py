@@ -334,7 +334,7 @@ def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, An
     import torch
 
     half = copy.deepcopy(model).float().eval().half()
-    half.normalize = _fp32_normalize()
+    half.normalize = _fp32_normalize(model.normalize)
     peak = {"value": 0.0, "layer": ""}
 
     def hook(module: torch.nn.Module, _: Any, out: torch.Tensor) -> None:
@@ -364,12 +364,16 @@ def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, An
     }
 
 
-def _fp32_normalize() -> torch.nn.Module:
-    """Normalize in float32 (its sums of raw intensities overflow float16), hand on float16."""
-    from edgeseg.model import Normalize
+def _fp32_normalize(normalize: torch.nn.Module) -> torch.nn.Module:
+    """The model's own normalisation in float32 (its sums overflow float16), handing on float16."""
+    import copy
 
-    class Fp32Normalize(Normalize):
+    import torch
+
+    inner = copy.deepcopy(normalize).float()
+
+    class Fp32Normalize(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return super().forward(x.float()).half()
+            return inner(x.float()).half()
 
     return Fp32Normalize()

@@ -37,6 +37,9 @@ FORMAT = "edgeseg-onnx-v1"
 INPUT_NAME = "image"
 OUTPUTS = {"logits": ("float", 4), "labels": ("uint8", 3)}  # name -> (element type, rank)
 REQUIRED_KEYS = ("format", "class_names", "num_classes", "in_channels", "min_size")
+# The normalisation is inside the graph, so a file of any of these contracts runs as exported;
+# a newer contract may change what the input must be, so it is refused.
+KNOWN_CONTRACTS = ("1", "2")
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -60,6 +63,7 @@ class ModelInfo:
     opset: int
     version: str = ""  # edgeseg version that exported it
     normalization: str = ""  # how the graph normalises raw intensities
+    normalization_contract: int = 1  # its version; files written before it was recorded are 1
     train_miou_fg: float | None = None  # held-out foreground mIoU of the checkpoint
     checkpoint_sha256: str = ""  # the checkpoint this model was exported from
     pixel_spacing_mm: float | None = None  # in-plane mm per pixel of the training data; None: unknown
@@ -146,6 +150,12 @@ def _info_from_metadata(path: Path, meta: dict[str, str], opset: int) -> ModelIn
         miou_value = float(miou) if miou not in (None, "", "null", "None") else None
     except (ValueError, TypeError) as exc:
         raise EdgesegError(f"{path}: malformed edgeseg metadata ({exc}); {fix}") from exc
+    contract = meta.get("edgeseg.normalization_contract", "1")
+    if contract not in KNOWN_CONTRACTS:
+        raise EdgesegError(
+            f"{path}: normalisation contract {contract!r} is unknown to this edgeseg (knows"
+            f" {', '.join(KNOWN_CONTRACTS)}); upgrade edgeseg, or run a file this version's `edgeseg export` wrote"
+        )
     if len(names) != num or num < 2 or in_ch < 1 or min_size < 1:
         raise EdgesegError(
             f"{path}: inconsistent edgeseg metadata ({len(names)} class names, num_classes"
@@ -156,6 +166,7 @@ def _info_from_metadata(path: Path, meta: dict[str, str], opset: int) -> ModelIn
         in_channels=in_ch, min_size=min_size, opset=opset,
         version=meta.get("edgeseg.version", ""),
         normalization=meta.get("edgeseg.normalization", ""), train_miou_fg=miou_value,
+        normalization_contract=int(contract),
         checkpoint_sha256=meta.get("edgeseg.checkpoint_sha256", ""),
         pixel_spacing_mm=_pixel_spacing(path, meta.get("edgeseg.pixel_spacing_mm")),
         metadata=dict(meta),

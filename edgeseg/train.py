@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from edgeseg import __version__
-from edgeseg.data import Slices, build_demo, load_slices, make_train_dataset, read_demo_provenance, split_indices
+from edgeseg.augment import RobustPatches
+from edgeseg.data import Slices, Split, build_demo, is_demo_set, load_slices, make_split, read_demo_provenance
 from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.evaluate import evaluate, format_metrics_table
-from edgeseg.metrics import ConfusionMatrix
-from edgeseg.model import ModelConfig, UNet, load_checkpoint, save_checkpoint
+from edgeseg.metrics import IGNORE, ConfusionMatrix
+from edgeseg.model import NORM_CONTRACT, ModelConfig, UNet, load_checkpoint, save_checkpoint
 from edgeseg.outputs import atomic_write, write_csv
 
 
@@ -43,9 +43,13 @@ class TrainConfig:
     schedule: str = "onecycle"  # "onecycle" (warm-up then cosine decay) or "constant"
     loss: str = "ce_dice"  # "ce_dice" (cross-entropy + soft Dice) or "bce" (the tutorial's)
     patch: int | None = 128  # random crops of patch x patch; None trains on whole slices
-    patches_per_slice: int = 4  # crops drawn from each training slice per epoch
-    augment: bool = True  # flips, small affine, intensity scale/gamma, noise
-    split: str = "slabs"  # "slabs" (held-out slabs of adjacent slices) or "tutorial" (last 100)
+    patches_per_slice: int = 2  # crops drawn from each source plane per epoch (553 planes by default)
+    augment: bool = True  # field of view, oblique planes, bias, gamma, noise, scale, resolution
+    oblique_planes: int = 96  # planes resampled from the 3-D template at random tilts (regions split)
+    oblique_tilt_deg: float = 30.0  # their tilt from axial/coronal/sagittal, about both in-plane axes
+    # "regions" (held-out 3-D balls of the demo template; other data fall back to slabs),
+    # "slabs" (held-out slabs of adjacent slices, one plane each) or "tutorial" (last 100)
+    split: str = "regions"
     test_fraction: float = 0.2  # share of slices held out by the slab split
     channels_last: bool = True  # NHWC convolutions: ~1.7x faster on this CPU
     eval_batch_size: int = 8  # slices per evaluation forward pass
@@ -115,19 +119,22 @@ class TrainResult:
 def segmentation_loss(kind: str, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Loss over logits ``(N, C, H, W)`` and integer masks ``(N, H, W)``."""
     if kind == "bce":
-        bce = nn.BCEWithLogitsLoss()
-
         def tutorial_bce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            target = F.one_hot(mask, num_classes).permute(0, 3, 1, 2).to(logits.dtype)
-            return bce(logits, target)
+            valid = (mask != IGNORE).unsqueeze(1).to(logits.dtype)
+            target = F.one_hot(mask.clamp_max(num_classes - 1), num_classes).permute(0, 3, 1, 2)
+            per_pixel = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
+            return (per_pixel * valid).sum() / (valid.sum() * num_classes).clamp_min(1)
 
         return tutorial_bce
     if kind == "ce_dice":
 
         def ce_dice(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            ce = F.cross_entropy(logits, mask)
-            prob = logits.float().softmax(dim=1)[:, 1:]  # foreground classes only
-            target = F.one_hot(mask, num_classes).permute(0, 3, 1, 2)[:, 1:].to(prob.dtype)
+            # all-IGNORE batches (a patch inside a held-out ball) would make the mean NaN
+            ce = F.cross_entropy(logits, mask, ignore_index=IGNORE) if (mask != IGNORE).any() else logits.sum() * 0
+            valid = (mask != IGNORE).unsqueeze(1)
+            prob = logits.float().softmax(dim=1)[:, 1:] * valid  # foreground classes only
+            target = F.one_hot(mask.clamp_max(num_classes - 1), num_classes).permute(0, 3, 1, 2)[:, 1:]
+            target = (target * valid).to(prob.dtype)
             inter = (prob * target).sum(dim=(0, 2, 3))
             denom = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
             dice = (2 * inter + 1.0) / (denom + 1.0)
@@ -216,18 +223,21 @@ def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     slices = _load_data(config)
-    train_idx, test_idx = split_indices(len(slices), config.split, config.test_fraction, config.seed)
+    if config.split == "regions" and not is_demo_set(slices.root):
+        log(f"{slices.root} is not the demo set: no 3-D volume to hold regions out of; using --split slabs")
+        config.split = "slabs"
+    split = make_split(slices, config.split, config.test_fraction, config.seed)
+    test_idx = split.test
+    scored = Slices(slices.root, slices.keys, slices.images, split.test_masks)
     model_config = ModelConfig(1, config.num_classes, config.widths, config.class_names)
     model = UNet(model_config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    # Repeated indices draw different crops: the dataset seeds each item by its position.
-    # Items come z-scored with their whole slice's statistics (model.segment skips the
-    # model's own per-input normalisation), so patches look like inference on whole slices.
-    dataset = make_train_dataset(
-        slices, train_idx * config.patches_per_slice, patch=config.patch,
-        augment=config.augment, seed=config.seed, normalize=True,
-    )
+    # Items come normalised with their whole frame's statistics (model.segment skips the
+    # model's own normalisation), so patches look like inference on whole frames.
+    images, masks = _sources(slices, split, config, log)
+    dataset = RobustPatches(images, masks, len(images) * config.patches_per_slice,
+                            patch=config.patch, augment=config.augment, seed=config.seed)
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
@@ -247,7 +257,7 @@ def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
         log(f"resuming {run_dir} after epoch {first_epoch}/{config.epochs}")
     _write_json(run_dir / "config.json", _config_dict(config))
     data_info = {
-        "root": str(slices.root), "split": config.split,
+        "root": str(slices.root), "split": config.split, "split_note": split.note,
         "test_keys": [slices.keys[i] for i in test_idx],
         # Inference resamples scans of known voxel size to this before the model sees them.
         "pixel_spacing_mm": config.pixel_spacing_mm or _demo_pixel_mm(slices.root),
@@ -262,7 +272,7 @@ def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
         loss, iou = _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, config,
                                  device, epoch, progress)
         metrics, test_loss = evaluate(
-            model, slices, test_idx, batch_size=config.eval_batch_size, device=device,
+            model, scored, test_idx, batch_size=config.eval_batch_size, device=device,
             loss_fn=loss_fn, class_names=config.class_names, num_classes=config.num_classes,
         )
         test_iou = metrics["miou_fg"] if metrics["miou_fg"] is not None else float("nan")
@@ -285,7 +295,7 @@ def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
             f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  iou {iou:.4f}  "
             f"test_loss {test_loss:.4f}  test_iou {test_iou:.4f}  ({record.seconds:.0f}s)"
         )
-    _write_reports(run_dir, history, slices, test_idx, config, device)
+    _write_reports(run_dir, history, scored, test_idx, config, device)
     return TrainResult(run_dir, run_dir / "best.pt", best["miou_fg"], best["epoch"],
                        best["metrics"], history, time.perf_counter() - start)
 
@@ -348,7 +358,39 @@ def _prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[s
     _, state = load_checkpoint(last)
     if "optimizer" not in state or "train_config" not in state:
         raise EdgesegError(f"{last}: not a resumable last.pt (no optimizer state)")
+    if int(state.get("normalization_contract", 1)) != NORM_CONTRACT:
+        raise EdgesegError(
+            f"{last}: trained under normalisation contract {state.get('normalization_contract', 1)},"
+            f" this edgeseg trains contract {NORM_CONTRACT}; start a new run instead of --resume"
+        )
     return last.parent, state
+
+
+def _sources(slices: Slices, split: Split, config: TrainConfig,
+             log: Callable[[str], None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Training planes: the split's training slices, plus oblique planes under the regions split.
+
+    Oblique planes are resampled from the template once per run (about 0.1 s each) and
+    augmented anew every epoch; their held-out-region pixels are masked like the slices'.
+    """
+    images = [slices.images[i] for i in split.train]
+    masks = [split.train_masks[i] for i in split.train]
+    if config.split != "regions" or not config.augment or config.oblique_planes <= 0:
+        return images, masks
+    from edgeseg.volume import brain_voxels, held_out_regions, load_template, oblique_plane, region_masks, sample_plane
+
+    template, rng = load_template(), np.random.default_rng([config.seed, 7])
+    brain, regions = brain_voxels(template), held_out_regions(config.seed)
+    size = slices.images[0].shape[0]
+    while len(images) < len(split.train) + config.oblique_planes:
+        plane = oblique_plane(template, rng, config.oblique_tilt_deg, size, brain)
+        image, labels = sample_plane(template, plane)
+        if (labels > 0).mean() >= 0.02:  # the demo set's own rule for a slice with brain
+            images.append(image)
+            masks.append(region_masks([labels], [plane], regions)[0][0])
+    log(f"{config.oblique_planes} oblique planes (tilt up to {config.oblique_tilt_deg:g} deg)"
+        f" added to {len(split.train)} slices")
+    return images, masks
 
 
 def _load_data(config: TrainConfig) -> Slices:
@@ -395,11 +437,12 @@ def _write_reports(run_dir: Path, history: list[EpochRecord], slices: Slices, te
     if history:
         epochs = [r.epoch for r in history]
         fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4))
-        ax_loss.plot(epochs, [r.loss for r in history], label="train")
-        ax_loss.plot(epochs, [r.test_loss for r in history], label="test")
+        # markers: a run of one epoch is one point per line, which a line alone does not draw
+        ax_loss.plot(epochs, [r.loss for r in history], marker="o", label="train")
+        ax_loss.plot(epochs, [r.test_loss for r in history], marker="o", label="test")
         ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-        ax_iou.plot(epochs, [r.iou for r in history], label="train")
-        ax_iou.plot(epochs, [r.test_iou for r in history], label="test")
+        ax_iou.plot(epochs, [r.iou for r in history], marker="o", label="train")
+        ax_iou.plot(epochs, [r.test_iou for r in history], marker="o", label="test")
         ax_iou.set(xlabel="epoch", ylabel="mean foreground IoU", title="IoU")
         for ax in (ax_loss, ax_iou):
             ax.legend()
@@ -417,7 +460,8 @@ def _write_reports(run_dir: Path, history: list[EpochRecord], slices: Slices, te
         for row, i in zip(axes, picks, strict=True):
             x = torch.from_numpy(slices.images[i][None, None]).to(device)
             pred = model(x).argmax(dim=1)[0].cpu().numpy()
-            for ax, img, title in zip(row, (slices.images[i], slices.masks[i], pred),
+            truth = np.ma.masked_equal(slices.masks[i], IGNORE)  # unscored pixels left blank
+            for ax, img, title in zip(row, (slices.images[i], truth, pred),
                                       (slices.keys[i], "ground truth", "prediction"), strict=True):
                 ax.imshow(img, cmap="gray" if img is slices.images[i] else "viridis",
                           vmin=None if img is slices.images[i] else 0,

@@ -299,3 +299,16 @@ def test_accumulated_batches_match_stateful_torchmetrics(batch: int) -> None:
     assert cm.iou() == pytest.approx(metric.compute().tolist(), abs=1e-6)
     # Averaging per-batch scores is a different number from the pooled one.
     assert abs(np.mean(per_batch) - cm.miou_fg()) > 1e-3
+
+
+def test_ignored_pixels_are_not_scored() -> None:
+    """IGNORE (255) truth pixels drop out: the same matrix as without those pixels."""
+    from edgeseg.metrics import IGNORE
+
+    pred = np.array([[0, 1, 2, 2], [1, 1, 0, 2]])
+    truth = np.array([[0, 1, IGNORE, 2], [IGNORE, 1, 1, 2]])
+    keep = truth != IGNORE
+    with_ignore, without = ConfusionMatrix(3), ConfusionMatrix(3)
+    with_ignore.update(pred, truth)
+    without.update(pred[keep], truth[keep])
+    assert np.array_equal(with_ignore.matrix, without.matrix) and with_ignore.matrix.sum() == 6

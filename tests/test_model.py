@@ -102,10 +102,12 @@ def test_inference_form_leaves_the_model_alone(trained_like: UNet) -> None:
 
 
 def test_normalisation_makes_raw_intensity_scale_irrelevant(model: UNet) -> None:
+    # Contract 2 divides by the tissue mean: a global scale cancels; an added offset does not
+    # (it would lift the zero background, which contract 1's z-score subtracted away).
     model.eval()
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
-        a, b = model(x), model(x * 3000 + 1000)
+        a, b = model(x), model(x * 3000)
     assert torch.allclose(a, b, atol=1e-3)
 
 
@@ -155,3 +157,91 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, content: bytes) -> None:
     path.write_bytes(content)
     with pytest.raises(EdgesegError, match="bad.pt"):
         load_checkpoint(path)
+
+
+# ----------------------------------------------------------------------------- normalisation contract
+
+
+@pytest.fixture(scope="module")
+def demo_images() -> list:
+    from edgeseg.data import build_demo, load_slices
+
+    slices = load_slices(build_demo())
+    return [slices.images[i] for i in range(0, len(slices), 23)]  # all three planes, top to bottom
+
+
+def _brain_box(image):  # noqa: ANN001, ANN202
+    import numpy as np
+
+    rows, cols = np.flatnonzero((image > 0).any(1)), np.flatnonzero((image > 0).any(0))
+    return slice(max(rows[0] - 4, 0), rows[-1] + 5), slice(max(cols[0] - 4, 0), cols[-1] + 5)
+
+
+@pytest.mark.parametrize("change", ["pad200", "pad_uneven", "crop", "x0.01", "x100"])
+def test_tissue_normalisation_ignores_field_of_view_and_scale(demo_images: list, change: str) -> None:
+    """The same brain normalises to the same numbers, padded, cropped or rescaled (real MNI slices)."""
+    import numpy as np
+
+    from edgeseg.model import TissueNormalize
+
+    norm = TissueNormalize()
+    for image in demo_images:
+        x = torch.from_numpy(image)[None, None]
+        ref = norm(x)
+        assert np.isclose(float(ref[x > 0].mean()), 1.0, atol=0.35)  # tissue lands near 1
+        if change.startswith("pad"):
+            pads = (200, 200, 200, 200) if change == "pad200" else (3, 170, 61, 0)
+            out = norm(torch.nn.functional.pad(x, pads))
+            out = out[..., pads[2]: out.shape[2] - pads[3], pads[0]: out.shape[3] - pads[1]]
+        elif change == "crop":
+            box = _brain_box(image)
+            out, ref = norm(x[..., box[0], box[1]]), ref[..., box[0], box[1]]
+        else:
+            out = norm(x * float(change[1:]))
+        assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5), (change, float((out - ref).abs().max()))
+
+
+def test_tissue_normalisation_of_a_blank_slice_is_zero() -> None:
+    from edgeseg.model import TissueNormalize
+
+    out = TissueNormalize()(torch.zeros(2, 1, 20, 24))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_new_checkpoints_record_the_contract(tmp_path) -> None:  # noqa: ANN001
+    from edgeseg.model import NORM_CONTRACT, TissueNormalize
+
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, UNet(ModelConfig(widths=(4, 8))))
+    model, ckpt = load_checkpoint(path)
+    assert ckpt["normalization_contract"] == NORM_CONTRACT == 2
+    assert isinstance(model.normalize, TissueNormalize)
+
+
+def test_an_old_checkpoint_runs_with_its_own_zscore(tmp_path) -> None:  # noqa: ANN001
+    """A checkpoint from before the contract existed is contract 1 and keeps its z-score."""
+    from edgeseg.model import Normalize
+
+    torch.manual_seed(0)
+    old = UNet(ModelConfig(widths=(4, 8), normalization="zscore")).eval()
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, old)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["normalization_contract"], ckpt["model_config"]["normalization"]  # as written before
+    torch.save(ckpt, path)
+    model, _ = load_checkpoint(path)
+    assert isinstance(model.normalize, Normalize)
+    x = torch.rand(1, 1, 40, 40) * 500
+    with torch.no_grad():
+        assert torch.equal(model(x), old(x))
+
+
+def test_an_unknown_contract_is_refused_in_one_line(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "future.pt"
+    save_checkpoint(path, UNet(ModelConfig(widths=(4, 8))))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["normalization_contract"] = 3
+    torch.save(ckpt, path)
+    with pytest.raises(EdgesegError, match="normalisation contract 3") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)

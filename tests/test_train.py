@@ -180,3 +180,15 @@ def test_cli_tutorial_preset_runs_the_tutorial_recipe(tmp_path: Path) -> None:
     assert config["patch"] is None and not config["augment"]
     ckpt = torch.load(run / "best.pt", weights_only=True)
     assert ckpt["data"]["test_keys"] == [f"{i:03d}" for i in range(8, 108)]  # the last 100 in sorted order
+
+
+def test_one_epoch_curves_show_their_points(tiny_data: Path, tmp_path: Path) -> None:
+    """After one epoch each curve is a single point: it must be drawn (a marker), not empty axes."""
+    from PIL import Image
+
+    result = train(tiny_config(tiny_data, tmp_path / "runs", epochs=1), log=lambda s: None)
+    pixels = np.asarray(Image.open(result.run_dir / "curves.png").convert("RGB")).astype(int)
+    train_blue = np.abs(pixels - [31, 119, 180]).sum(-1) < 30  # matplotlib's C0, the "train" line
+    test_orange = np.abs(pixels - [255, 127, 14]).sum(-1) < 30  # C1, "test"
+    legend_px = 2 * 60  # both legends hold a short line sample of each colour
+    assert train_blue.sum() > legend_px and test_orange.sum() > legend_px
