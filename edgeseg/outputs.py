@@ -273,7 +273,8 @@ def write_stats(target: Path, row: dict[str, Any], info: ModelInfo, model_sha256
         return float(row[key]) if row.get(key) not in (None, "") else None
 
     stats = {
-        "input": row["input"], "series": row.get("series") or None, "output": row["output"],
+        # absolute, so a sidecar is the same whichever process (a cluster worker) wrote it
+        "input": os.path.abspath(row["input"]), "series": row.get("series") or None, "output": row["output"],
         "model": str(info.path), "model_sha256": model_sha256,
         "voxel_ml": number("voxel_ml"),
         "classes": {name: {"voxels": int(row[f"{name}_voxels"]), "ml": number(f"{name}_ml"),

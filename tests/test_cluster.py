@@ -30,6 +30,7 @@ from PIL import Image
 pytest.importorskip("distributed", reason="the cluster extra is not installed: pip install 'edgeseg[cluster]'")
 
 from edgeseg.cluster import local_cluster, sessions_built  # noqa: E402
+from edgeseg.dicom_seg import read_dicom_seg  # noqa: E402
 from edgeseg.errors import EdgesegError  # noqa: E402
 from edgeseg.infer import InferConfig, run_inference  # noqa: E402
 
@@ -68,16 +69,28 @@ def every_format(root: Path, dicom_series_factory) -> None:  # noqa: ANN001
 
 
 def outputs(out: Path) -> dict[str, str]:
-    """SHA-256 of every output file (summary.csv and records.jsonl compared apart)."""
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(out.rglob("*")) if p.is_file()
+    """SHA-256 of every output file (summary.csv and records.jsonl compared apart).
+
+    A DICOM SEG gets new UIDs and a content time on every write, by design: it is compared by
+    the SHA-256 of its decoded labels instead of its bytes.
+    """
+    from edgeseg.dicom_seg import SEG_SUFFIX
+
+    def digest(p: Path) -> str:
+        data = read_dicom_seg(p)[0].tobytes() if p.name.endswith(SEG_SUFFIX) else p.read_bytes()
+        return hashlib.sha256(data).hexdigest()
+
+    return {str(p.relative_to(out)): digest(p) for p in sorted(out.rglob("*")) if p.is_file()
             and p.name not in ("summary.csv", "records.jsonl")}
 
 
 def records(out: Path) -> list[dict]:
-    """records.jsonl, sorted by output (a cluster finishes in its own order)."""
-    return sorted((json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()),
-                  key=lambda r: r["output"])
+    """records.jsonl, sorted by output (a cluster finishes in its own order); SEG hashes left out."""
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["output"].endswith("_seg.dcm"):
+            row.pop("sha256", None)
+    return sorted(rows, key=lambda r: r["output"])
 
 
 def summary(out: Path) -> list[dict]:
