@@ -166,7 +166,7 @@ def make_mni_dicom(folder: Path, z: range = range(86, 92), series_number: int = 
     return paths
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def mni_dicom_factory():  # noqa: ANN201
     """:func:`make_mni_dicom` itself."""
     return make_mni_dicom
@@ -274,7 +274,7 @@ def make_env_without(shim: Path, module: str, error: str = "ImportError") -> dic
     return {**os.environ, "PYTHONPATH": str(shim), "COLUMNS": "200"}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def env_without():  # noqa: ANN201
     """:func:`make_env_without` itself."""
     return make_env_without

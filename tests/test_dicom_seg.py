@@ -35,10 +35,10 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[Path], subprocess.CompletedProcess]:
+def seg_run(tmp_path_factory: pytest.TempPathFactory, env_without, mni_dicom_factory,  # noqa: ANN001
+            ) -> tuple[Path, Path, list[Path], subprocess.CompletedProcess]:
     """One run on a 6-slice MNI series (file k = slice k, inferior to superior), torch blocked."""
-    from conftest import make_env_without, make_mni_dicom
-
+    make_env_without, make_mni_dicom = env_without, mni_dicom_factory
     root = tmp_path_factory.mktemp("seg")
     files = make_mni_dicom(root / "t1", range(84, 90), 7, "T1 MNI", names="IM{:03d}.dcm")
     env = make_env_without(root / "shim", "torch")
@@ -93,14 +93,12 @@ def test_seg_segments_are_coded_and_identify_the_algorithm(seg_run) -> None:
         assert f"model_sha256={model_sha}" in algorithm.AlgorithmParameters.split(",")
 
 
-def test_seg_is_recorded_and_resumed(seg_run, tmp_path: Path) -> None:
+def test_seg_is_recorded_and_resumed(seg_run, tmp_path: Path, env_without) -> None:  # noqa: ANN001
     root, out, _, _ = seg_run
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     by_output = {r["output"]: r for r in records}
     assert by_output["t1_seg.dcm"]["sha256"] == sha256(out / "t1_seg.dcm")
-    from conftest import make_env_without
-
-    env = make_env_without(root / "shim", "torch")
+    env = env_without(root / "shim", "torch")
     again = infer(root / "t1", out, env)
     assert again.returncode == 0 and "0 done" in again.stdout and "1 skipped" in again.stdout
     damaged = (out / "t1_seg.dcm").read_bytes()
@@ -113,11 +111,9 @@ def test_seg_is_recorded_and_resumed(seg_run, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("fmt", "written"), [("nifti", {"t1_seg.nii.gz", "t1_stats.json"}),
                                               ("dicom-seg", {"t1_seg.dcm", "t1_stats.json"})])
-def test_format_option(seg_run, tmp_path: Path, fmt: str, written: set[str]) -> None:
+def test_format_option(seg_run, tmp_path: Path, fmt: str, written: set[str], env_without) -> None:  # noqa: ANN001
     root, _, _, _ = seg_run
-    from conftest import make_env_without
-
-    env = make_env_without(root / "shim", "torch")
+    env = env_without(root / "shim", "torch")
     proc = infer(root / "t1", tmp_path / "out", env, "--format", fmt)
     assert proc.returncode == 0, proc.stderr
     assert {p.name for p in (tmp_path / "out").iterdir() if p.name.startswith("t1")} == written
