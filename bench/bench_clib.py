@@ -41,10 +41,16 @@ def runners() -> dict:
 def test_c_vs_python_openvino(benchmark, paired, runners: dict, provider: str) -> None:  # noqa: ANN001
     x = synthetic_batch(1, SIZE)
     benchmark.group = "c-vs-python-openvino"
-    benchmark.extra_info.update(items=1, unit="slices", baseline=provider == "openvino",
-                                backend=runners[provider].backend, threads=THREADS)
+    benchmark.extra_info.update(
+        items=1, unit="slices", baseline=provider == "openvino", backend=runners[provider].backend, threads=THREADS
+    )
     if provider == "openvino":
-        benchmark.pedantic(runners[provider].predict, args=(x,), rounds=1 if benchmark.disabled else ROUNDS,
-                           warmup_rounds=0 if benchmark.disabled else 2, iterations=1)
+        benchmark.pedantic(
+            runners[provider].predict,
+            args=(x,),
+            rounds=1 if benchmark.disabled else ROUNDS,
+            warmup_rounds=0 if benchmark.disabled else 2,
+            iterations=1,
+        )
     else:
         paired(benchmark, runners[provider].predict, runners["openvino"].predict, (x,), ROUNDS)

@@ -51,8 +51,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     root = tmp_path_factory.mktemp("cluster_scans")
     for i in range(count):
         stack = np.stack([images[(i * SLICES + k) % len(images)][:size, :size] for k in range(SLICES)], -1)
-        nib.save(nib.Nifti1Image(stack.astype(np.int16), np.diag([0.5, 0.5, 1.0, 1.0])),
-                 root / f"scan{i:03d}.nii.gz")
+        nib.save(nib.Nifti1Image(stack.astype(np.int16), np.diag([0.5, 0.5, 1.0, 1.0])), root / f"scan{i:03d}.nii.gz")
     return root, count
 
 
@@ -68,8 +67,7 @@ def cluster() -> tuple[str, float]:
 
 
 def _run(src: Path, out: Path, cluster: str | None = None) -> None:
-    report = run_inference([src], InferConfig(model=MODEL, out=out, overwrite=True, quiet=True,
-                                              cluster=cluster))
+    report = run_inference([src], InferConfig(model=MODEL, out=out, overwrite=True, quiet=True, cluster=cluster))
     assert report.failed == 0 and report.done > 0
 
 
@@ -77,16 +75,18 @@ def test_single_process(benchmark, scans: tuple[Path, int], tmp_path: Path) -> N
     src, count = scans
     benchmark.group = "cluster-scans"
     benchmark.extra_info.update(items=count, unit="scans", baseline=True, slices_per_scan=SLICES)
-    benchmark.pedantic(_run, args=(src, tmp_path / "out"), rounds=1 if benchmark.disabled else ROUNDS,
-                       warmup_rounds=0 if benchmark.disabled else 1, iterations=1)
+    benchmark.pedantic(
+        _run,
+        args=(src, tmp_path / "out"),
+        rounds=1 if benchmark.disabled else ROUNDS,
+        warmup_rounds=0 if benchmark.disabled else 1,
+        iterations=1,
+    )
 
 
-def test_dask_local_2(benchmark, paired, scans: tuple[Path, int], cluster: tuple[str, float],
-                      tmp_path: Path) -> None:
+def test_dask_local_2(benchmark, paired, scans: tuple[Path, int], cluster: tuple[str, float], tmp_path: Path) -> None:
     (src, count), (address, startup) = scans, cluster
     benchmark.group = "cluster-scans"
-    benchmark.extra_info.update(items=count, unit="scans", slices_per_scan=SLICES,
-                                cluster_startup_s=round(startup, 2))
-    paired(benchmark, lambda: _run(src, tmp_path / "out", address),
-           lambda: _run(src, tmp_path / "single"), (), ROUNDS)
+    benchmark.extra_info.update(items=count, unit="scans", slices_per_scan=SLICES, cluster_startup_s=round(startup, 2))
+    paired(benchmark, lambda: _run(src, tmp_path / "out", address), lambda: _run(src, tmp_path / "single"), (), ROUNDS)
     assert len(list((tmp_path / "out").glob("*_seg.nii.gz"))) == count

@@ -79,19 +79,23 @@ def runner_for(name: str, provider: str, precision: str) -> Runner:
 
 
 @pytest.mark.parametrize("group,batch,rounds", WORKLOADS, ids=[w[0] for w in WORKLOADS])
-@pytest.mark.parametrize("name,provider,precision", [
-    pytest.param(n, p, q, marks=m, id=n) for n, p, q, m in BACKENDS])
-def test_inference(benchmark, name: str, provider: str, precision: str, group: str, batch: int,
-                   rounds: int) -> None:
+@pytest.mark.parametrize("name,provider,precision", [pytest.param(n, p, q, marks=m, id=n) for n, p, q, m in BACKENDS])
+def test_inference(benchmark, name: str, provider: str, precision: str, group: str, batch: int, rounds: int) -> None:
     runner = runner_for(name, provider, precision)
     size = SMOKE if benchmark.disabled else FULL
     x = synthetic_batch(batch if not benchmark.disabled else 1, size)
     runner.predict(x)  # warm-up at this shape: ORT/OpenVINO plan memory per shape
     benchmark.group = group
-    benchmark.extra_info.update(items=x.shape[0], unit="slices", baseline=provider == "torch",
-                                backend=runner.backend, threads=THREADS)
-    benchmark.pedantic(runner.predict, args=(x,), rounds=1 if benchmark.disabled else rounds,
-                       warmup_rounds=0 if benchmark.disabled else 2, iterations=1)
+    benchmark.extra_info.update(
+        items=x.shape[0], unit="slices", baseline=provider == "torch", backend=runner.backend, threads=THREADS
+    )
+    benchmark.pedantic(
+        runner.predict,
+        args=(x,),
+        rounds=1 if benchmark.disabled else rounds,
+        warmup_rounds=0 if benchmark.disabled else 2,
+        iterations=1,
+    )
 
 
 # ----------------------------------------------------------------------------- a whole volume
@@ -136,9 +140,24 @@ def _eager_loop(model_pt: Path, volume: Path, out: Path) -> None:
 
 def _edgeseg_infer(model: Path, volume: Path, out: Path) -> None:
     """The real CLI in a fresh process (torch-free), as a user runs it."""
-    cmd = [sys.executable, "-c", "from edgeseg.cli import main; main()", "infer", str(volume),
-           "--model", str(model), "--out", str(out), "--overwrite", "--axis", "2",
-           "--provider", "cpu", "--threads", str(THREADS)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from edgeseg.cli import main; main()",
+        "infer",
+        str(volume),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--overwrite",
+        "--axis",
+        "2",
+        "--provider",
+        "cpu",
+        "--threads",
+        str(THREADS),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
@@ -151,10 +170,8 @@ VOLUME_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name,how,precision,baseline", VOLUME_CASES,
-                         ids=[c[0] for c in VOLUME_CASES])
-def test_volume(benchmark, volume: Path, tmp_path: Path, name: str, how: str, precision: str,
-                baseline: bool) -> None:
+@pytest.mark.parametrize("name,how,precision,baseline", VOLUME_CASES, ids=[c[0] for c in VOLUME_CASES])
+def test_volume(benchmark, volume: Path, tmp_path: Path, name: str, how: str, precision: str, baseline: bool) -> None:
     provider = "torch" if how == "eager" else "cpu"
     path = model_file(MODEL, Target(name, provider, precision))
     if not MODEL.is_file() or not path.is_file():
@@ -163,9 +180,11 @@ def test_volume(benchmark, volume: Path, tmp_path: Path, name: str, how: str, pr
     benchmark.group = "volume-200-nifti"
     slices = 3 if benchmark.disabled else VOLUME_SLICES
     benchmark.extra_info.update(items=slices, unit="slices", baseline=baseline, threads=THREADS)
-    benchmark.pedantic(run, args=(path, volume, tmp_path / "out.nii.gz" if how == "eager"
-                                  else tmp_path / "out"), rounds=1 if benchmark.disabled else 2,
-                       iterations=1)
+    benchmark.pedantic(
+        run,
+        args=(path, volume, tmp_path / "out.nii.gz" if how == "eager" else tmp_path / "out"),
+        rounds=1 if benchmark.disabled else 2,
+        iterations=1,
+    )
     produced = list(tmp_path.rglob("*.nii.gz"))
     assert produced, f"{name} wrote no segmentation"
-

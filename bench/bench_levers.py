@@ -80,8 +80,7 @@ INT8_CASES = [
     ("u8s8 per-channel, Conv only", Int8Recipe(ops=("Conv",)), True),
     ("u8s8 per-channel, no ConvTranspose", Int8Recipe(ops=("Conv", "Concat", "MaxPool")), True),
     ("u8s8 per-channel, upsample as Conv+DepthToSpace", Int8Recipe(upsample_as_conv=True), True),
-    ("u8s8 per-channel, upsample as Conv+DepthToSpace, spinning off",
-     Int8Recipe(upsample_as_conv=True), False),
+    ("u8s8 per-channel, upsample as Conv+DepthToSpace, spinning off", Int8Recipe(upsample_as_conv=True), False),
     ("u8s8 per-channel, unfused export (--no-fuse)", Int8Recipe(unfused=True), True),
 ]
 
@@ -89,8 +88,7 @@ INT8_CASES = [
 @pytest.fixture(autouse=True, scope="module")
 def _study_only(request: pytest.FixtureRequest) -> None:
     if request.config.getoption("benchmark_disable", False):
-        pytest.skip("a lever study, not a smoke test: run pytest bench/bench_levers.py"
-                    " --benchmark-only")
+        pytest.skip("a lever study, not a smoke test: run pytest bench/bench_levers.py --benchmark-only")
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} not found: export the shipped model, or set EDGESEG_BENCH_MODEL")
 
@@ -108,8 +106,7 @@ def _time(benchmark, paired, predict, baseline, group: str, **info) -> None:  # 
     """Time ``predict`` at batch 1, the baseline interleaved with every round (see conftest)."""
     x = synthetic_batch(1, SIZE)
     benchmark.group = group
-    benchmark.extra_info.update(items=1, unit="slices", baseline=predict is baseline,
-                                threads=THREADS, **info)
+    benchmark.extra_info.update(items=1, unit="slices", baseline=predict is baseline, threads=THREADS, **info)
     if predict is baseline:
         predict(x)
         benchmark.pedantic(predict, args=(x,), rounds=ROUNDS, warmup_rounds=1, iterations=1)
@@ -122,11 +119,16 @@ def test_runtime_default_session(benchmark, paired, runtime_default) -> None:  #
 
 
 @pytest.mark.parametrize("name,levers,threads", SESSION_CASES, ids=[c[0] for c in SESSION_CASES])
-def test_session_lever(benchmark, paired, runtime_default, name: str, levers: CpuLevers,  # noqa: ANN001
-                       threads: int | None) -> None:
+def test_session_lever(
+    benchmark,
+    paired,
+    runtime_default,
+    name: str,
+    levers: CpuLevers,  # noqa: ANN001
+    threads: int | None,
+) -> None:
     predict = ort_predict(cpu_session(MODEL, threads or 0, levers), levers)
-    _time(benchmark, paired, predict, runtime_default, "levers-session-fp32",
-          levers=asdict(levers))
+    _time(benchmark, paired, predict, runtime_default, "levers-session-fp32", levers=asdict(levers))
 
 
 def unfused_model(folder: Path) -> Path:
@@ -168,9 +170,14 @@ def quantize_recipe(src: Path, dst: Path, recipe: Int8Recipe, calib: list[np.nda
         src = rewritten
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(
-        str(pre), str(dst), SliceReader(calib), quant_format=QuantFormat.QDQ,
-        activation_type=types[recipe.activations], weight_type=types[recipe.weights],
-        per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+        str(pre),
+        str(dst),
+        SliceReader(calib),
+        quant_format=QuantFormat.QDQ,
+        activation_type=types[recipe.activations],
+        weight_type=types[recipe.weights],
+        per_channel=recipe.per_channel,
+        reduce_range=recipe.reduce_range,
         op_types_to_quantize=list(recipe.ops) or None,
         nodes_to_exclude=normalization_nodes(onnx.load(str(pre))),
         calibrate_method=CalibrationMethod.MinMax,
@@ -205,10 +212,15 @@ def upsample_as_conv(proto):  # noqa: ANN001, ANN201  (onnx.ModelProto, imported
     nodes = []
     for node in graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if not (node.op_type == "ConvTranspose" and node.input[1] in inits
-                and list(attrs.get("kernel_shape", [])) == [2, 2]
-                and list(attrs.get("strides", [])) == [2, 2] and not any(attrs.get("pads", []))
-                and attrs.get("group", 1) == 1 and not any(attrs.get("output_padding", []))):
+        if not (
+            node.op_type == "ConvTranspose"
+            and node.input[1] in inits
+            and list(attrs.get("kernel_shape", [])) == [2, 2]
+            and list(attrs.get("strides", [])) == [2, 2]
+            and not any(attrs.get("pads", []))
+            and attrs.get("group", 1) == 1
+            and not any(attrs.get("output_padding", []))
+        ):
             nodes.append(node)
             continue
         weight = numpy_helper.to_array(inits[node.input[1]])  # (Cin, Cout, 2, 2)
@@ -222,8 +234,9 @@ def upsample_as_conv(proto):  # noqa: ANN001, ANN201  (onnx.ModelProto, imported
             graph.initializer.append(numpy_helper.from_array(bias, names[2]))
         mid = f"{node.output[0]}_depth"
         nodes.append(helper.make_node("Conv", names, [mid], f"{node.name}_1x1", kernel_shape=[1, 1]))
-        nodes.append(helper.make_node("DepthToSpace", [mid], list(node.output), f"{node.name}_d2s",
-                                      blocksize=2, mode="CRD"))
+        nodes.append(
+            helper.make_node("DepthToSpace", [mid], list(node.output), f"{node.name}_d2s", blocksize=2, mode="CRD")
+        )
     del graph.node[:]
     graph.node.extend(nodes)
     used = {i for n in graph.node for i in n.input}
@@ -278,21 +291,43 @@ def study() -> _Int8Study:
 
 
 def test_int8_baseline_fp32(benchmark, paired, runtime_default, study: _Int8Study) -> None:  # noqa: ANN001
-    _time(benchmark, paired, runtime_default, runtime_default, "levers-int8",
-          miou_fg=study.reference_miou, delta_miou_pt=0.0, disagree_pct=0.0)
+    _time(
+        benchmark,
+        paired,
+        runtime_default,
+        runtime_default,
+        "levers-int8",
+        miou_fg=study.reference_miou,
+        delta_miou_pt=0.0,
+        disagree_pct=0.0,
+    )
 
 
 @pytest.mark.parametrize("name,recipe,spinning", INT8_CASES, ids=[c[0] for c in INT8_CASES])
-def test_int8_recipe(benchmark, paired, runtime_default, study: _Int8Study, name: str,  # noqa: ANN001
-                     recipe: Int8Recipe | None, spinning: bool) -> None:
+def test_int8_recipe(
+    benchmark,
+    paired,
+    runtime_default,
+    study: _Int8Study,
+    name: str,  # noqa: ANN001
+    recipe: Int8Recipe | None,
+    spinning: bool,
+) -> None:
     path = study.model(recipe)
     if not path.is_file():
         pytest.skip(f"{path} not found: run `edgeseg export --int8`")
     labels = study.labels(path)
     miou = study.miou(labels)
-    disagree = float(np.mean([np.mean(a != b) for a, b in zip(labels, study.reference,
-                                                               strict=True)]))
+    disagree = float(np.mean([np.mean(a != b) for a, b in zip(labels, study.reference, strict=True)]))
     levers = replace(CpuLevers(), spinning=spinning)
-    _time(benchmark, paired, ort_predict(cpu_session(path, 0, levers), levers), runtime_default,
-          "levers-int8", miou_fg=miou, delta_miou_pt=100 * (miou - study.reference_miou),
-          disagree_pct=100 * disagree, recipe=asdict(recipe) if recipe else "shipped")
+    _time(
+        benchmark,
+        paired,
+        ort_predict(cpu_session(path, 0, levers), levers),
+        runtime_default,
+        "levers-int8",
+        miou_fg=miou,
+        delta_miou_pt=100 * (miou - study.reference_miou),
+        disagree_pct=100 * disagree,
+        recipe=asdict(recipe) if recipe else "shipped",
+    )

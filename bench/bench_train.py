@@ -56,6 +56,5 @@ def test_train_step(benchmark, name: str, preset: str, batch: int, size: int, ba
         batch, size = 2, 32
     step = _step_fn(preset, batch, size)
     step()  # warm-up: allocator and oneDNN primitive caches
-    benchmark.extra_info.update(items=batch * size * size / FULL**2, unit="394²-slices",
-                                baseline=baseline)
+    benchmark.extra_info.update(items=batch * size * size / FULL**2, unit="394²-slices", baseline=baseline)
     benchmark.pedantic(step, rounds=3 if not benchmark.disabled else 1, iterations=1)

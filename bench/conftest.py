@@ -31,8 +31,7 @@ def paired() -> Callable[..., None]:
     under the same load (printed as "paired" in the summary).
     """
 
-    def run(benchmark, target: Callable, baseline: Callable, args: tuple, rounds: int,
-            warmup_rounds: int = 1) -> None:  # noqa: ANN001
+    def run(benchmark, target: Callable, baseline: Callable, args: tuple, rounds: int, warmup_rounds: int = 1) -> None:  # noqa: ANN001
         seconds: list[float] = []
 
         def setup() -> tuple[tuple, dict]:
@@ -44,8 +43,7 @@ def paired() -> Callable[..., None]:
         for _ in range(0 if benchmark.disabled else warmup_rounds):
             baseline(*args)
             target(*args)
-        benchmark.pedantic(target, setup=setup, rounds=1 if benchmark.disabled else rounds,
-                           iterations=1)
+        benchmark.pedantic(target, setup=setup, rounds=1 if benchmark.disabled else rounds, iterations=1)
         benchmark.extra_info["paired_baseline_median_s"] = median(seconds)
 
     return run
@@ -73,8 +71,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             if "paired_baseline_median_s" in b.extra_info:  # interleaved with the baseline
                 tag += f"  paired {b.extra_info['paired_baseline_median_s'] / b.stats.median:5.2f}x"
             if "delta_miou_pt" in b.extra_info:  # accuracy cost of a lever, same run
-                tag += (f"  ΔmIoU {b.extra_info['delta_miou_pt']:+.2f} pt,"
-                        f" {b.extra_info['disagree_pct']:.2f}% pixels differ")
-            terminalreporter.write_line(
-                f"{group:24s} {b.name:48s} {rate:9.2f} {unit}/s  {ratio}{tag}"
-            )
+                tag += (
+                    f"  ΔmIoU {b.extra_info['delta_miou_pt']:+.2f} pt,"
+                    f" {b.extra_info['disagree_pct']:.2f}% pixels differ"
+                )
+            terminalreporter.write_line(f"{group:24s} {b.name:48s} {rate:9.2f} {unit}/s  {ratio}{tag}")

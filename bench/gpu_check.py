@@ -71,9 +71,17 @@ class CheckConfig:
     runs: int = 200  # timed calls per measurement at most
     seconds: float = 4.0  # ... or until this many seconds (after 5 calls)
     data: str = "auto"  # parity slices: auto (demo if nilearn, else example) | demo | example
-    budgets: dict[str, float] = field(default_factory=lambda: {  # hard seconds per section process
-        "environment": 30, "parity": 60, "infer_eager": 60, "infer_compiled": 110,
-        "train_eager": 45, "train_compiled": 100, "ort_cuda": 40})
+    budgets: dict[str, float] = field(
+        default_factory=lambda: {  # hard seconds per section process
+            "environment": 30,
+            "parity": 60,
+            "infer_eager": 60,
+            "infer_compiled": 110,
+            "train_eager": 45,
+            "train_compiled": 100,
+            "ort_cuda": 40,
+        }
+    )
     max_total: float = 470.0  # a section that would end past this is not started
 
 
@@ -81,10 +89,28 @@ def make_config(device: str, data: str = "auto") -> CheckConfig:
     """The GPU check (``cuda``), or its small CPU rehearsal (``cpu``)."""
     if device == "cuda":
         return CheckConfig(data=data)
-    budgets = {"environment": 60, "parity": 90, "infer_eager": 60, "infer_compiled": 5,
-               "train_eager": 60, "train_compiled": 5, "ort_cuda": 60}
-    return CheckConfig(device="cpu", size=32, infer_batch=2, train_batch=2, parity_slices=2, warmup=3,
-                       runs=3, seconds=0.5, data=data, budgets=budgets, max_total=600.0)
+    budgets = {
+        "environment": 60,
+        "parity": 90,
+        "infer_eager": 60,
+        "infer_compiled": 5,
+        "train_eager": 60,
+        "train_compiled": 5,
+        "ort_cuda": 60,
+    }
+    return CheckConfig(
+        device="cpu",
+        size=32,
+        infer_batch=2,
+        train_batch=2,
+        parity_slices=2,
+        warmup=3,
+        runs=3,
+        seconds=0.5,
+        data=data,
+        budgets=budgets,
+        max_total=600.0,
+    )
 
 
 class Skip(Exception):
@@ -141,11 +167,21 @@ def timed(rec: Recorder, cfg: CheckConfig, name: str, batch: int, fn: Callable[[
         fn()
         sync()
 
-    seconds = time_runs(call, None, warmup=cfg.warmup, runs=cfg.runs, min_runs=min(5, cfg.runs),
-                       max_seconds=cfg.seconds)
+    seconds = time_runs(
+        call, None, warmup=cfg.warmup, runs=cfg.runs, min_runs=min(5, cfg.runs), max_seconds=cfg.seconds
+    )
     stats = latency_stats(seconds)
-    rec.add({"name": name, "batch": batch, "size": cfg.size, "runs": len(seconds), "latency_ms": stats,
-             "items_per_s": batch * 1e3 / stats["p50"], **extra})
+    rec.add(
+        {
+            "name": name,
+            "batch": batch,
+            "size": cfg.size,
+            "runs": len(seconds),
+            "latency_ms": stats,
+            "items_per_s": batch * 1e3 / stats["p50"],
+            **extra,
+        }
+    )
 
 
 def _autocast(fp16: bool) -> Any:
@@ -168,13 +204,22 @@ def _shipped_model(cfg: CheckConfig, fused: bool) -> tuple[Any, dict[str, Any]]:
 def section_environment(rec: Recorder, cfg: CheckConfig) -> None:
     import torch
 
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-                            "cudnn": torch.backends.cudnn.version(), "cpu_count": os.cpu_count()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "cudnn": torch.backends.cudnn.version(),
+        "cpu_count": os.cpu_count(),
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, capability=f"{props.major}.{props.minor}",
-                    gpu_memory_gib=round(props.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count())
+        info.update(
+            gpu=props.name,
+            capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            gpu_count=torch.cuda.device_count(),
+        )
     rec.data["info"].update(info)
     rec.save()
     _absent(rec)
@@ -218,7 +263,7 @@ def read_nifti_raw(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
     kind = int(np.frombuffer(raw, "<i2", 1, 70)[0])
     pixdim = np.frombuffer(raw, "<f4", 8, 76)
     offset, slope, inter = np.frombuffer(raw, "<f4", 3, 108)
-    shape = tuple(int(d) for d in dims[1:1 + int(dims[0])])
+    shape = tuple(int(d) for d in dims[1 : 1 + int(dims[0])])
     data = np.frombuffer(raw, np.dtype(dtype[kind]).newbyteorder("<"), int(np.prod(shape)), int(offset))
     volume = data.reshape(shape, order="F").astype(np.float32)
     if slope not in (0.0, 1.0) or inter != 0.0:
@@ -252,7 +297,7 @@ def real_slices(cfg: CheckConfig, model_mm: float | None) -> tuple[list[np.ndarr
         how = "read with nibabel, resampled to the model's pixel spacing as edgeseg infer does"
     except ImportError as exc:
         x, how = _example_without_nibabel(path, model_mm), f"read from its raw header ({exc}); RAS assumed"
-    x = x[:cfg.parity_slices]
+    x = x[: cfg.parity_slices]
     return list(x), None, f"shipped example {path.name}: {len(x)} slices {x.shape[1]}x{x.shape[2]}, {how}{why}"
 
 
@@ -265,8 +310,9 @@ def _example_without_nibabel(path: Path, model_mm: float | None) -> np.ndarray:
     stack = np.ascontiguousarray(volume.transpose(2, 1, 0)[:, ::-1, :])  # (S, rows: anterior down, cols)
     if model_mm:
         size = (round(stack.shape[1] * zooms[1] / model_mm), round(stack.shape[2] * zooms[0] / model_mm))
-        stack = F.interpolate(torch.from_numpy(stack)[:, None], size=size, mode="bilinear",
-                              align_corners=False)[:, 0].numpy()
+        stack = F.interpolate(torch.from_numpy(stack)[:, None], size=size, mode="bilinear", align_corners=False)[
+            :, 0
+        ].numpy()
     return stack.astype(np.float32)
 
 
@@ -279,7 +325,7 @@ def section_parity(rec: Recorder, cfg: CheckConfig) -> None:
     images, masks, source = real_slices(cfg, model_mm)
     rec.data["info"].update(data=source, slices=len(images), compared=f"{cfg.device} vs cpu, PyTorch")
     rec.save()
-    batches = [np.stack(images[i:i + 4])[:, None] for i in range(0, len(images), 4)]
+    batches = [np.stack(images[i : i + 4])[:, None] for i in range(0, len(images), 4)]
     with torch.inference_mode():
         ref = [model(torch.from_numpy(x)).numpy() for x in batches]
     device_model = copy.deepcopy(model).to(cfg.device)
@@ -294,11 +340,17 @@ def section_parity(rec: Recorder, cfg: CheckConfig) -> None:
             logits = [device_model(torch.from_numpy(x).to(cfg.device)).float().cpu().numpy() for x in batches]
         labels = [lg.argmax(axis=1).astype(np.uint8) for lg in logits]
         truth = masks if masks is not None else [lab for r in ref for lab in r.argmax(axis=1)]
-        row = compare(ref, logits, labels, [np.stack(truth[i:i + 4]) for i in range(0, len(truth), 4)], names)
+        row = compare(ref, logits, labels, [np.stack(truth[i : i + 4]) for i in range(0, len(truth), 4)], names)
         if masks is None:  # no ground truth: only logits and labels are compared
             row.update(miou_ref=None, miou_cand=None, d_miou=None)
-        rec.add({"name": f"parity {precision}", "precision": precision, **row,
-                 "failures": gate_failures(row, GATES[precision])})
+        rec.add(
+            {
+                "name": f"parity {precision}",
+                "precision": precision,
+                **row,
+                "failures": gate_failures(row, GATES[precision]),
+            }
+        )
 
 
 def section_infer_eager(rec: Recorder, cfg: CheckConfig) -> None:
@@ -362,8 +414,14 @@ def section_infer_compiled(rec: Recorder, cfg: CheckConfig) -> None:
                 compiled(x)
                 _sync(cfg)()
                 compile_s = time.perf_counter() - start
-                timed(rec, cfg, f"compiled {mode} {'fp16' if fp16 else 'fp32'}", batch,
-                      lambda c=compiled, x=x: c(x), compile_s=round(compile_s, 1))
+                timed(
+                    rec,
+                    cfg,
+                    f"compiled {mode} {'fp16' if fp16 else 'fp32'}",
+                    batch,
+                    lambda c=compiled, x=x: c(x),
+                    compile_s=round(compile_s, 1),
+                )
 
 
 def _train_step(cfg: CheckConfig, compiled: bool) -> Callable[[], None]:
@@ -403,8 +461,14 @@ def _section_train(rec: Recorder, cfg: CheckConfig, compiled: bool) -> None:
     _sync(cfg)()
     first_s = round(time.perf_counter() - start, 1)
     amp = "AMP fp16" if cfg.device == "cuda" else "fp32"
-    timed(rec, cfg, f"train {'compiled' if compiled else 'eager'} {amp} channels_last", cfg.train_batch, step,
-          first_step_s=first_s)
+    timed(
+        rec,
+        cfg,
+        f"train {'compiled' if compiled else 'eager'} {amp} channels_last",
+        cfg.train_batch,
+        step,
+        first_step_s=first_s,
+    )
 
 
 def section_train_eager(rec: Recorder, cfg: CheckConfig) -> None:
@@ -449,12 +513,23 @@ def run_section(name: str, cfg: CheckConfig, out: Path) -> dict[str, Any]:
     """Run a section in a child process group, killed at its budget; returns its record."""
     result = out / f".{name}.json"
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--section", name, "--device", cfg.device,
-           "--data", cfg.data, "--result", str(result)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--section",
+        name,
+        "--device",
+        cfg.device,
+        "--data",
+        cfg.data,
+        "--result",
+        str(result),
+    ]
     budget = cfg.budgets[name]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own group: inductor's compile workers die with it
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )  # its own group: inductor's compile workers die with it
     try:
         log, _ = proc.communicate(timeout=budget)
         timed_out = False
@@ -479,8 +554,12 @@ def run_section(name: str, cfg: CheckConfig, out: Path) -> dict[str, Any]:
 
 def judge_goals(sections: dict[str, dict[str, Any]], cfg: CheckConfig) -> dict[str, dict[str, Any]]:
     """Each goal against the best measurement that speaks to it."""
-    infer = [r for n, sec in sections.items() if n.startswith("infer") or n == "ort_cuda"
-             for r in sec.get("measurements", [])]
+    infer = [
+        r
+        for n, sec in sections.items()
+        if n.startswith("infer") or n == "ort_cuda"
+        for r in sec.get("measurements", [])
+    ]
     train = [r for n, sec in sections.items() if n.startswith("train") for r in sec.get("measurements", [])]
     candidates = {
         "latency_b1_ms": [(r["latency_ms"]["p50"], r["name"]) for r in infer if r["batch"] == 1],
@@ -492,8 +571,13 @@ def judge_goals(sections: dict[str, dict[str, Any]], cfg: CheckConfig) -> dict[s
         found = candidates[goal]
         best = (min if better == "lower" else max)(found) if found else None
         met = None if best is None else (best[0] <= target if better == "lower" else best[0] >= target)
-        goals[goal] = {"target": target, "unit": unit, "best": None if best is None else best[0],
-                       "by": None if best is None else best[1], "met": met}
+        goals[goal] = {
+            "target": target,
+            "unit": unit,
+            "best": None if best is None else best[0],
+            "by": None if best is None else best[1],
+            "met": met,
+        }
     return goals
 
 
@@ -501,20 +585,28 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The Markdown report: environment line, measurements, goals, parity, skips, sections."""
     cfg, sections = report["config"], report["sections"]
     env = sections.get("environment", {}).get("info", {})
-    lines = [f"# edgeseg GPU check: {env.get('gpu', 'no GPU')} ({cfg['device']} mode)", "",
-             f"torch {env.get('torch', '?')}, CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')},"
-             f" onnxruntime {env.get('onnxruntime', '?')}; inputs {cfg['size']}x{cfg['size']};"
-             f" {report['started']}; {report['total_seconds']:.0f} s in all.", ""]
+    lines = [
+        f"# edgeseg GPU check: {env.get('gpu', 'no GPU')} ({cfg['device']} mode)",
+        "",
+        f"torch {env.get('torch', '?')}, CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')},"
+        f" onnxruntime {env.get('onnxruntime', '?')}; inputs {cfg['size']}x{cfg['size']};"
+        f" {report['started']}; {report['total_seconds']:.0f} s in all.",
+        "",
+    ]
     if cfg["device"] != "cuda":
         lines += ["CPU rehearsal of the script: small sizes and budgets, the figures say nothing about a GPU.", ""]
-    lines += ["| section | measurement | batch | p50 ms | mean ms | items/s | first call / compile s |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "| section | measurement | batch | p50 ms | mean ms | items/s | first call / compile s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, sec in sections.items():
         for r in sec.get("measurements", []):
             if "latency_ms" in r:
                 first = r.get("compile_s", r.get("first_step_s", ""))
-                lines.append(f"| {name} | {r['name']} | {r['batch']} | {r['latency_ms']['p50']:.3f} |"
-                             f" {r['latency_ms']['mean']:.3f} | {r['items_per_s']:,.0f} | {first} |")
+                lines.append(
+                    f"| {name} | {r['name']} | {r['batch']} | {r['latency_ms']['p50']:.3f} |"
+                    f" {r['latency_ms']['mean']:.3f} | {r['items_per_s']:,.0f} | {first} |"
+                )
     lines += ["", "| goal | target | best measured | by | met |", "|---|---|---|---|---|"]
     for goal, g in report["goals"].items():
         best = "not measured" if g["best"] is None else f"{g['best']:,.3f}"
@@ -522,25 +614,34 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {goal} | {g['target']:,g} {g['unit']} | {best} | {g['by'] or '—'} | {met} |")
     parity = sections.get("parity", {})
     what = parity.get("info", {})
-    lines += ["", f"Parity ({what.get('compared', '?')}) on {what.get('data', '?')}:",
-              "", "| precision | max abs Δlogit | mean abs Δlogit | label agreement | ΔmIoU | gate |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Parity ({what.get('compared', '?')}) on {what.get('data', '?')}:",
+        "",
+        "| precision | max abs Δlogit | mean abs Δlogit | label agreement | ΔmIoU | gate |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in parity.get("measurements", []):
         d = "n/a (no ground truth)" if r["d_miou"] is None else f"{r['d_miou']:+.5f}"
         gate = "pass" if not r["failures"] else "FAIL: " + "; ".join(r["failures"])
-        lines.append(f"| {r['precision']} | {r['max_abs']:.2e} | {r['mean_abs']:.2e} |"
-                     f" {100 * r['agreement']:.4f} % | {d} | {gate} |")
+        lines.append(
+            f"| {r['precision']} | {r['max_abs']:.2e} | {r['mean_abs']:.2e} |"
+            f" {100 * r['agreement']:.4f} % | {d} | {gate} |"
+        )
     lines += ["", "Skipped:", ""]
     lines += [f"- {what}: {why}" for sec in sections.values() for what, why in sec.get("skipped", {}).items()]
     lines += ["", "| section | status | seconds | budget s | reason |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {s['status']} | {s['seconds']} | {s['budget_s']:g} | {s['reason']} |"
-              for n, s in sections.items()]
+    lines += [
+        f"| {n} | {s['status']} | {s['seconds']} | {s['budget_s']:g} | {s['reason']} |" for n, s in sections.items()
+    ]
     return "\n".join(lines) + "\n"
 
 
 def write_report(out: Path, report: dict[str, Any]) -> None:
-    for name, text in (("gpu_check.json", json.dumps(report, indent=2, default=str) + "\n"),
-                       ("gpu_check.md", render_markdown(report))):
+    for name, text in (
+        ("gpu_check.json", json.dumps(report, indent=2, default=str) + "\n"),
+        ("gpu_check.md", render_markdown(report)),
+    ):
         tmp = out / f".{name}.tmp"
         tmp.write_text(text)
         tmp.replace(out / name)
@@ -550,31 +651,54 @@ def run_check(cfg: CheckConfig, out: Path, sections: tuple[str, ...] = SECTIONS)
     """Every section in turn, within the total budget; the report is rewritten after each."""
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    report: dict[str, Any] = {"format": FORMAT, "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                              "config": asdict(cfg), "sections": {}, "goals": {}, "total_seconds": 0.0}
+    report: dict[str, Any] = {
+        "format": FORMAT,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "config": asdict(cfg),
+        "sections": {},
+        "goals": {},
+        "total_seconds": 0.0,
+    }
     for name in sections:
         elapsed = time.perf_counter() - start
         if elapsed + cfg.budgets[name] > cfg.max_total:
-            report["sections"][name] = {"status": "skipped", "seconds": 0, "budget_s": cfg.budgets[name],
-                                        "reason": f"not started: {elapsed:.0f} s used of {cfg.max_total:g} s",
-                                        "info": {}, "measurements": [], "skipped": {}}
+            report["sections"][name] = {
+                "status": "skipped",
+                "seconds": 0,
+                "budget_s": cfg.budgets[name],
+                "reason": f"not started: {elapsed:.0f} s used of {cfg.max_total:g} s",
+                "info": {},
+                "measurements": [],
+                "skipped": {},
+            }
         else:
             report["sections"][name] = run_section(name, cfg, out)
         report["goals"] = judge_goals(report["sections"], cfg)
         report["total_seconds"] = round(time.perf_counter() - start, 1)
         write_report(out, report)
-        print(f"{name}: {report['sections'][name]['status']} ({report['sections'][name]['seconds']} s)"
-              f" {report['sections'][name]['reason']}", flush=True)
+        print(
+            f"{name}: {report['sections'][name]['status']} ({report['sections'][name]['seconds']} s)"
+            f" {report['sections'][name]['reason']}",
+            flush=True,
+        )
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-check"), help="folder for gpu_check.json/.md")
-    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
-                        help="cpu: the same sections, small sizes and budgets (tests the script)")
-    parser.add_argument("--data", choices=("auto", "demo", "example"), default="auto",
-                        help="parity slices: demo test slices (nilearn), the shipped example NIfTI, or auto")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default="cuda",
+        help="cpu: the same sections, small sizes and budgets (tests the script)",
+    )
+    parser.add_argument(
+        "--data",
+        choices=("auto", "demo", "example"),
+        default="auto",
+        help="parity slices: demo test slices (nilearn), the shipped example NIfTI, or auto",
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset, in order")
     parser.add_argument("--section", help=argparse.SUPPRESS)  # child mode: run one section
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)

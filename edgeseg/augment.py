@@ -65,9 +65,16 @@ class RobustPatches(torch.utils.data.Dataset):
         recipe: the augmentation; default :class:`RobustAugment`.
     """
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], count: int,
-                 patch: int | None = 128, augment: bool = True, seed: int = 0,
-                 recipe: RobustAugment | None = None) -> None:
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        masks: list[np.ndarray],
+        count: int,
+        patch: int | None = 128,
+        augment: bool = True,
+        seed: int = 0,
+        recipe: RobustAugment | None = None,
+    ) -> None:
         if not images or len(images) != len(masks):
             raise EdgesegError(
                 f"training set: {len(images)} images for {len(masks)} masks; need matching, non-empty lists"
@@ -107,8 +114,9 @@ class RobustPatches(torch.utils.data.Dataset):
         x = torch.from_numpy(image[top : top + h, left : left + w] / scale)[None]
         return x.float().contiguous(), torch.from_numpy(mask[top : top + h, left : left + w].astype(np.int64))
 
-    def _brain_centre(self, rng: np.random.Generator, i: int, shape: tuple[int, int],
-                      window: tuple[int, int], bias: float) -> tuple[float, float]:
+    def _brain_centre(
+        self, rng: np.random.Generator, i: int, shape: tuple[int, int], window: tuple[int, int], bias: float
+    ) -> tuple[float, float]:
         """A window centre inside ``shape``, on a random brain pixel with probability ``bias``."""
         (h, w), (wh, ww) = shape, window
         brain = self.brain[i]
@@ -116,8 +124,10 @@ class RobustPatches(torch.utils.data.Dataset):
             cy, cx = brain[rng.integers(len(brain))]
         else:
             cy, cx = rng.uniform(0, h - 1), rng.uniform(0, w - 1)
-        return (float(np.clip(cy, (wh - 1) / 2, h - 1 - (wh - 1) / 2)),
-                float(np.clip(cx, (ww - 1) / 2, w - 1 - (ww - 1) / 2)))
+        return (
+            float(np.clip(cy, (wh - 1) / 2, h - 1 - (wh - 1) / 2)),
+            float(np.clip(cx, (ww - 1) / 2, w - 1 - (ww - 1) / 2)),
+        )
 
     # ------------------------------------------------------------------ augmented draws
 
@@ -142,8 +152,8 @@ class RobustPatches(torch.utils.data.Dataset):
         ox = float(np.clip(ox, -(frame[1] - p) / 2, (frame[1] - p) / 2))
         ys = oy + np.arange(p) - (p - 1) / 2
         xs = ox + np.arange(p) - (p - 1) / 2
-        fy = (np.arange(0, frame[0], STAT_STRIDE) - (frame[0] - 1) / 2)
-        fx = (np.arange(0, frame[1], STAT_STRIDE) - (frame[1] - 1) / 2)
+        fy = np.arange(0, frame[0], STAT_STRIDE) - (frame[0] - 1) / 2
+        fx = np.arange(0, frame[1], STAT_STRIDE) - (frame[1] - 1) / 2
         draw = self._intensity_draw(rng, i)
         x_patch, m_patch = self._render(rng, i, a, centre, ys, xs, draw, with_mask=True)
         x_stat, _ = self._render(rng, i, a, centre, fy, fx, draw, with_mask=False)
@@ -179,8 +189,17 @@ class RobustPatches(torch.utils.data.Dataset):
             "scale": math.exp(rng.uniform(*np.log(r.scale))),
         }
 
-    def _render(self, rng: np.random.Generator, i: int, a: np.ndarray, centre: np.ndarray, ys: np.ndarray,
-                xs: np.ndarray, draw: dict, with_mask: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _render(
+        self,
+        rng: np.random.Generator,
+        i: int,
+        a: np.ndarray,
+        centre: np.ndarray,
+        ys: np.ndarray,
+        xs: np.ndarray,
+        draw: dict,
+        with_mask: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The augmented frame at frame offsets ``ys`` x ``xs``: image (1, h, w), mask (h, w)."""
         image, peak = self.images[i], self.peaks[i]
         h0, w0 = image.shape

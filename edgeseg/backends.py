@@ -30,6 +30,8 @@ class Runner:
     predict: Predict
     backend: str  # what actually runs, e.g. "CPUExecutionProvider"
     create_s: float  # seconds to load, optimise and compile
+
+
 @dataclass(frozen=True)
 class CpuLevers:
     """ONNX Runtime CPU session settings; defaults = what measured best (README, Performance).
@@ -59,8 +61,7 @@ def cpu_session(path: Path, threads: int, levers: CpuLevers = CpuLevers()) -> An
     options.enable_cpu_mem_arena = levers.arena
     options.enable_mem_pattern = levers.mem_pattern
     disabled = [] if levers.nchwc else ["NchwcTransformer"]
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=disabled)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
 
 
 def ort_predict(session: Any, levers: CpuLevers = CpuLevers()) -> Callable[[np.ndarray], Any]:
@@ -87,7 +88,11 @@ def ort_predict(session: Any, levers: CpuLevers = CpuLevers()) -> Callable[[np.n
 
 
 def open_runner(
-    path: Path, provider: str, threads: int = 0, precision: str = "fp32", batch: int = 1,
+    path: Path,
+    provider: str,
+    threads: int = 0,
+    precision: str = "fp32",
+    batch: int = 1,
     levers: CpuLevers = CpuLevers(),
 ) -> Runner:
     """Load ``path`` on a backend and time the loading.
@@ -130,8 +135,7 @@ def open_runner(
     return Runner(predict, backend, time.perf_counter() - start)
 
 
-def _gpu_runner(path: Path, provider: str, threads: int, precision: str,
-                batch: int) -> tuple[Predict, str]:
+def _gpu_runner(path: Path, provider: str, threads: int, precision: str, batch: int) -> tuple[Predict, str]:
     """ORT CUDA/TensorRT through edgeseg.runtime, the TensorRT profile sized to ``batch``."""
     from edgeseg.runtime import create_session, default_trt_options, read_model_info
 

@@ -154,8 +154,7 @@ def _check_target(where: str, t: Target) -> None:
         raise EdgesegError(f"{where}: provider {t.provider!r}; choose one of {PROVIDERS}")
     if t.precision not in PRECISIONS:
         raise EdgesegError(f"{where}: precision {t.precision!r}; choose one of {PRECISIONS}")
-    if not (isinstance(t.batch, int) and t.batch >= 1 and isinstance(t.threads, int)
-            and t.threads >= 0):
+    if not (isinstance(t.batch, int) and t.batch >= 1 and isinstance(t.threads, int) and t.threads >= 0):
         raise EdgesegError(f"{where}: batch must be >= 1 and threads >= 0 (0 = all cores)")
 
 
@@ -204,9 +203,10 @@ def why_not_here(target: Target, path: Path) -> str | None:
     if target.arch and target.arch.lower() not in (machine, {"arm64": "aarch64"}.get(machine)):
         return f"profile for {target.arch}; this machine is {machine} (run it on the device)"
     if not path.is_file():
-        hint = {".pt": "train and export the checkpoint",
-                ".engine": f"run `edgeseg export --trt --{target.precision}` on the GPU"}.get(
-            path.suffix, f"run `edgeseg export --{target.precision}`")
+        hint = {
+            ".pt": "train and export the checkpoint",
+            ".engine": f"run `edgeseg export --trt --{target.precision}` on the GPU",
+        }.get(path.suffix, f"run `edgeseg export --{target.precision}`")
         return f"{path.name} not found ({hint})"
     if target.provider == "tensorrt" and path.suffix == ".engine":
         from edgeseg.tensorrt import gpu_problem
@@ -276,8 +276,7 @@ def bench_target(model: Path, target: Target, config: BenchConfig, ctx: _Context
     threads = str(target.threads) if target.threads else f"all ({os.cpu_count()})"
     if target.provider in ("cuda", "tensorrt"):
         threads = "—"  # the GPU does the work
-    result = Result(target.name, target.provider, target.precision, target.batch, threads,
-                    "skip", model=str(path))
+    result = Result(target.name, target.provider, target.precision, target.batch, threads, "skip", model=str(path))
     reason = why_not_here(target, path)
     if reason:
         result.reason = reason
@@ -290,13 +289,11 @@ def bench_target(model: Path, target: Target, config: BenchConfig, ctx: _Context
     return result
 
 
-def _measure(result: Result, path: Path, target: Target, config: BenchConfig,
-             ctx: _Context) -> None:
+def _measure(result: Result, path: Path, target: Target, config: BenchConfig, ctx: _Context) -> None:
     """Fill ``result`` with timings, throughput, GFLOP/s, mIoU, RSS and the budget."""
     from edgeseg.backends import open_runner
 
-    runner = open_runner(path, target.provider, target.threads, target.precision, target.batch,
-                         ctx.levers)
+    runner = open_runner(path, target.provider, target.threads, target.precision, target.batch, ctx.levers)
     result.backend, result.create_s = runner.backend, runner.create_s
     if target.provider in ("cuda", "tensorrt") and runner.backend == "CPUExecutionProvider":
         raise RuntimeError(f"{target.provider} fell back to CPU; fix the GPU install")
@@ -305,8 +302,7 @@ def _measure(result: Result, path: Path, target: Target, config: BenchConfig,
     start = time.perf_counter()
     runner.predict(x)
     result.first_ms = (time.perf_counter() - start) * 1e3
-    times = time_runs(runner.predict, x, config.warmup, config.runs, config.min_runs,
-                      config.max_seconds)
+    times = time_runs(runner.predict, x, config.warmup, config.runs, config.min_runs, config.max_seconds)
     result.latency_ms, result.runs = latency_stats(times), len(times)
     mean_s = result.latency_ms["mean"] / 1e3
     result.cv = float(np.std(times) / np.mean(times))
@@ -315,8 +311,14 @@ def _measure(result: Result, path: Path, target: Target, config: BenchConfig,
     if config.miou:
         result.miou_fg = ctx.miou(path, target.provider, runner.predict)
     if config.rss:
-        spec = {"mode": "rss", "path": str(path), "target": asdict(target), "size": config.size,
-                "runs": 3, "levers": asdict(ctx.levers)}
+        spec = {
+            "mode": "rss",
+            "path": str(path),
+            "target": asdict(target),
+            "size": config.size,
+            "runs": 3,
+            "levers": asdict(ctx.levers),
+        }
         child = run_child(spec, target.threads)
         result.rss_mb, result.torch_free = child["rss_mb"], not child["torch_loaded"]
     result.budget_ok, result.budget = check_budget(target, result.latency_ms)
@@ -342,8 +344,7 @@ def check_budget(target: Target, latency_ms: dict[str, float]) -> tuple[bool | N
         checks.append((p99 <= target.p99_ms, f"p99 {p99:.0f}/{target.p99_ms:.0f} ms"))
     if target.volume_s is not None:
         volume = math.ceil(VOLUME_SLICES / target.batch) * latency_ms["mean"] / 1e3
-        checks.append((volume <= target.volume_s,
-                       f"{VOLUME_SLICES} slices {volume:.1f}/{target.volume_s:.0f} s"))
+        checks.append((volume <= target.volume_s, f"{VOLUME_SLICES} slices {volume:.1f}/{target.volume_s:.0f} s"))
     if not checks:
         return None, "no budget"
     return all(ok for ok, _ in checks), ", ".join(text for _, text in checks)
@@ -364,8 +365,9 @@ class BenchReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def run_bench(model: Path, target: str = "all", config: BenchConfig | None = None,
-              log: Callable[[str], None] | None = None) -> BenchReport:
+def run_bench(
+    model: Path, target: str = "all", config: BenchConfig | None = None, log: Callable[[str], None] | None = None
+) -> BenchReport:
     """Benchmark ``model`` (and its fp16/int8/.pt siblings) on one target or all.
 
     Args:
@@ -400,8 +402,13 @@ def run_bench(model: Path, target: str = "all", config: BenchConfig | None = Non
     return report
 
 
-def bench(model: Path | None = None, target: str = "all", config: BenchConfig | None = None,
-          json_path: Path | None = None, markdown_path: Path | None = None) -> BenchReport:
+def bench(
+    model: Path | None = None,
+    target: str = "all",
+    config: BenchConfig | None = None,
+    json_path: Path | None = None,
+    markdown_path: Path | None = None,
+) -> BenchReport:
     """What ``edgeseg bench`` does: run, print the table, write the JSON/markdown reports.
 
     Args:
@@ -416,8 +423,9 @@ def bench(model: Path | None = None, target: str = "all", config: BenchConfig | 
     from edgeseg import SHIPPED_MODEL
 
     if model is None and not SHIPPED_MODEL.is_file():
-        raise EdgesegError(f"{SHIPPED_MODEL}: the shipped model is not there; pass MODEL (an"
-                           " fp32 .onnx from `edgeseg export`)")
+        raise EdgesegError(
+            f"{SHIPPED_MODEL}: the shipped model is not there; pass MODEL (an fp32 .onnx from `edgeseg export`)"
+        )
     model = Path(model) if model is not None else SHIPPED_MODEL
 
     from edgeseg.bench_report import print_report, to_markdown, write_text_atomic

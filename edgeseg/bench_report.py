@@ -19,9 +19,24 @@ if TYPE_CHECKING:
 
 
 STATUS = {"ok": "✅", "fail": "❌", "skip": "skip"}
-HEADER = ("target", "backend", "prec", "batch", "threads", "status", "MB", "mIoU fg",
-          "create s", "first ms", "latency ms min/mean/p50/p90/p95/p99/max", "slices/s",
-          "GFLOP/s", "% peak", "RSS MB", "budget")
+HEADER = (
+    "target",
+    "backend",
+    "prec",
+    "batch",
+    "threads",
+    "status",
+    "MB",
+    "mIoU fg",
+    "create s",
+    "first ms",
+    "latency ms min/mean/p50/p90/p95/p99/max",
+    "slices/s",
+    "GFLOP/s",
+    "% peak",
+    "RSS MB",
+    "budget",
+)
 
 
 def _num(value: float | None, fmt: str = "") -> str:
@@ -37,40 +52,65 @@ def table_rows(report: BenchReport) -> list[list[str]]:
     """The table as strings, one row per target, in :data:`HEADER` order."""
     rows = []
     for r in report.results:
-        lat = "/".join(_num(r.latency_ms[k]) for k in ("min", "mean", "p50", "p90", "p95",
-                                                           "p99", "max")) if r.latency_ms else "—"
+        lat = (
+            "/".join(_num(r.latency_ms[k]) for k in ("min", "mean", "p50", "p90", "p95", "p99", "max"))
+            if r.latency_ms
+            else "—"
+        )
         budget = "—" if r.budget_ok is None else f"{'✅' if r.budget_ok else '❌'} {r.budget}"
-        rows.append([
-            r.target, r.backend or r.provider, r.precision, str(r.batch), r.threads,
-            STATUS[r.status], _num(r.size_mb), _num(r.miou_fg, ".4f"), _num(r.create_s),
-            _num(r.first_ms), lat, _num(r.slices_per_s), _num(r.gflops), _num(r.peak_pct, ".0f"),
-            _num(r.rss_mb, ".0f"), budget,
-        ])
+        rows.append(
+            [
+                r.target,
+                r.backend or r.provider,
+                r.precision,
+                str(r.batch),
+                r.threads,
+                STATUS[r.status],
+                _num(r.size_mb),
+                _num(r.miou_fg, ".4f"),
+                _num(r.create_s),
+                _num(r.first_ms),
+                lat,
+                _num(r.slices_per_s),
+                _num(r.gflops),
+                _num(r.peak_pct, ".0f"),
+                _num(r.rss_mb, ".0f"),
+                budget,
+            ]
+        )
     return rows
 
 
 def report_notes(report: BenchReport) -> list[str]:
     """Lines under the table: skipped/failed targets, the machine, ratios, noise warnings."""
     m = report.machine
-    notes = [f"{r.target}: {'skipped' if r.status == 'skip' else 'FAILED'}: {r.reason}"
-             for r in report.results if r.status != "ok"]
-    peaks = ", ".join(f"{k} threads {v['gflops']:.0f} GFLOP/s ({v['lib']})"
-                      for k, v in m.get("matmul_peak", {}).items())
+    notes = [
+        f"{r.target}: {'skipped' if r.status == 'skip' else 'FAILED'}: {r.reason}"
+        for r in report.results
+        if r.status != "ok"
+    ]
+    peaks = ", ".join(
+        f"{k} threads {v['gflops']:.0f} GFLOP/s ({v['lib']})" for k, v in m.get("matmul_peak", {}).items()
+    )
     macs = m.get("macs_per_slice")
     notes.append(
         f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}; load average"
         f" {m['load_avg_start'][0]:.1f} -> {m.get('load_avg_end', [0])[0]:.1f};"
         f" matmul peak {peaks or 'not measured'};"
-        f" model {macs / 1e9:.3g} GMAC per {report.config['size']}² slice" if macs else
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}")
+        f" model {macs / 1e9:.3g} GMAC per {report.config['size']}² slice"
+        if macs
+        else f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}"
+    )
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")
     q = report.ratios
     if "best_cpu" in q:
         parts = [f"best CPU target {q['best_cpu']}: p50 {q['best_p50_ms']:.1f} ms"]
-        parts += [f"{q[k]:.2f}x {label}" for k, label in (("vs_eager", "PyTorch eager"),
-                                                         ("vs_openvino", "OpenVINO fp32"))
-                  if k in q]
+        parts += [
+            f"{q[k]:.2f}x {label}"
+            for k, label in (("vs_eager", "PyTorch eager"), ("vs_openvino", "OpenVINO fp32"))
+            if k in q
+        ]
         if "delta_miou_pt" in q:
             parts.append(f"ΔmIoU {q['delta_miou_pt']:+.2f} pt vs fp32")
         if q.get("best_rss_mb") is not None:
@@ -79,8 +119,10 @@ def report_notes(report: BenchReport) -> list[str]:
             parts.append(f"ORT fp32 at {q['fp32_peak_pct']:.0f}% of the matmul peak")
         notes.append("; ".join(parts))
     if "c_vs_python_openvino" in q:
-        notes.append(f"OpenVINO fp32 p50: C (libedgeseg) {q['c_p50_ms']:.1f} ms, Python"
-                     f" {q['python_openvino_p50_ms']:.1f} ms: C at {q['c_vs_python_openvino']:.2f}x")
+        notes.append(
+            f"OpenVINO fp32 p50: C (libedgeseg) {q['c_p50_ms']:.1f} ms, Python"
+            f" {q['python_openvino_p50_ms']:.1f} ms: C at {q['c_vs_python_openvino']:.2f}x"
+        )
     return notes + [f"WARNING: {w}" for w in report.warnings]
 
 
@@ -126,8 +168,7 @@ def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                       cpu)
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
     versions = {}
@@ -137,8 +178,13 @@ def machine_info() -> dict[str, Any]:
         except PackageNotFoundError:
             continue
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
-    return {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(),
-            "load_avg_start": [round(v, 2) for v in load], "versions": versions}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "arch": platform.machine(),
+        "load_avg_start": [round(v, 2) for v in load],
+        "versions": versions,
+    }
 
 
 def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]:
@@ -165,12 +211,16 @@ def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]
 
 def _c_vs_python(ok: list[Result]) -> dict[str, Any]:
     """p50 of libedgeseg (c-openvino) over that of OpenVINO's Python API, both fp32, if both ran."""
-    c, py = (next((r for r in ok if r.provider == p and r.precision == "fp32"), None)
-             for p in ("c-openvino", "openvino"))
+    c, py = (
+        next((r for r in ok if r.provider == p and r.precision == "fp32"), None) for p in ("c-openvino", "openvino")
+    )
     if not (c and py):
         return {}
-    return {"c_p50_ms": c.latency_ms["p50"], "python_openvino_p50_ms": py.latency_ms["p50"],
-            "c_vs_python_openvino": c.latency_ms["p50"] / py.latency_ms["p50"]}
+    return {
+        "c_p50_ms": c.latency_ms["p50"],
+        "python_openvino_p50_ms": py.latency_ms["p50"],
+        "c_vs_python_openvino": c.latency_ms["p50"] / py.latency_ms["p50"],
+    }
 
 
 def noise_warnings(results: list[Result], cv_warn: float, machine: dict[str, Any]) -> list[str]:
@@ -179,7 +229,8 @@ def noise_warnings(results: list[Result], cv_warn: float, machine: dict[str, Any
     return [
         f"{r.target}: latency CV {100 * r.cv:.0f}% (load average {load:.1f} on"
         f" {machine['cores']} cores): the machine is noisy; rerun when idle before quoting it"
-        for r in results if r.cv is not None and r.cv > cv_warn
+        for r in results
+        if r.cv is not None and r.cv > cv_warn
     ]
 
 

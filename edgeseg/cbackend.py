@@ -32,12 +32,16 @@ def load_library(path: Path) -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
-        raise EdgesegError(f"{path}: cannot load libedgeseg ({exc}); run `edgeseg build-c` or set"
-                           " EDGESEG_CLIB to a built libedgeseg.so") from None
+        raise EdgesegError(
+            f"{path}: cannot load libedgeseg ({exc}); run `edgeseg build-c` or set"
+            " EDGESEG_CLIB to a built libedgeseg.so"
+        ) from None
     handle, size, text = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
     signatures = {
-        "edgeseg_open": (ctypes.c_int, [text, ctypes.c_int, ctypes.c_int, ctypes.POINTER(handle),
-                                        ctypes.c_char_p, size]),
+        "edgeseg_open": (
+            ctypes.c_int,
+            [text, ctypes.c_int, ctypes.c_int, ctypes.POINTER(handle), ctypes.c_char_p, size],
+        ),
         "edgeseg_segment": (ctypes.c_int, [handle, ctypes.c_void_p, size, size, size, ctypes.c_void_p]),
         "edgeseg_metadata": (text, [handle, text]),
         "edgeseg_num_classes": (ctypes.c_int, [handle]),
@@ -82,15 +86,15 @@ class CModel:
         EdgesegError: the library cannot load, or libedgeseg refuses the model (its message).
     """
 
-    def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32",
-                 library: Path | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32", library: Path | None = None) -> None:
         if precision not in PRECISIONS:
             raise EdgesegError(f"precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
         self._lib = load_library(Path(library) if library else default_library())
         self._handle = ctypes.c_void_p()
         error = ctypes.create_string_buffer(ERROR_SIZE)
-        status = self._lib.edgeseg_open(str(path).encode(), int(threads), PRECISIONS[precision],
-                                        ctypes.byref(self._handle), error, ERROR_SIZE)
+        status = self._lib.edgeseg_open(
+            str(path).encode(), int(threads), PRECISIONS[precision], ctypes.byref(self._handle), error, ERROR_SIZE
+        )
         if status != 0:
             raise EdgesegError(error.value.decode(errors="replace"))
 
@@ -107,8 +111,7 @@ class CModel:
             raise EdgesegError(f"images of shape {images.shape}; pass (H, W), (N, H, W) or (N, 1, H, W)")
         stack = x[None] if x.ndim == 2 else x
         labels = np.empty(stack.shape, np.uint8)
-        status = self._lib.edgeseg_segment(self._live(), stack.ctypes.data, *stack.shape,
-                                           labels.ctypes.data)
+        status = self._lib.edgeseg_segment(self._live(), stack.ctypes.data, *stack.shape, labels.ctypes.data)
         if status != 0:
             raise EdgesegError(self._lib.edgeseg_last_error(self._handle).decode(errors="replace"))
         return labels[0] if x.ndim == 2 else labels
@@ -156,8 +159,7 @@ class CModel:
     def __enter__(self) -> CModel:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
     def __del__(self) -> None:

@@ -49,12 +49,16 @@ def openvino_cmake_dir() -> Path:
     """
     spec = importlib.util.find_spec("openvino")
     if spec is None or not spec.origin:
-        raise EdgesegError("openvino is not installed; `pip install openvino` (or the dev extra:"
-                           " pip install -e '.[dev]') to build libedgeseg")
+        raise EdgesegError(
+            "openvino is not installed; `pip install openvino` (or the dev extra:"
+            " pip install -e '.[dev]') to build libedgeseg"
+        )
     config = Path(spec.origin).parent / "cmake" / "OpenVINOConfig.cmake"
     if not config.is_file():
-        raise EdgesegError(f"{config.parent}: this openvino wheel has no CMake config"
-                           " (OpenVINOConfig.cmake); install openvino >= 2024.0 from PyPI")
+        raise EdgesegError(
+            f"{config.parent}: this openvino wheel has no CMake config"
+            " (OpenVINOConfig.cmake); install openvino >= 2024.0 from PyPI"
+        )
     return config.parent
 
 
@@ -73,8 +77,9 @@ def why_cannot_build() -> str | None:
     return None
 
 
-def build_c(build_dir: Path | None = None, sanitize: bool = False, werror: bool = True,
-            log: Callable[[str], None] | None = None) -> CBuild:
+def build_c(
+    build_dir: Path | None = None, sanitize: bool = False, werror: bool = True, log: Callable[[str], None] | None = None
+) -> CBuild:
     """Configure and build ``libedgeseg`` and ``edgeseg-run``.
 
     Args:
@@ -94,21 +99,32 @@ def build_c(build_dir: Path | None = None, sanitize: bool = False, werror: bool 
     if reason:
         raise EdgesegError(reason)
     build_dir = Path(build_dir) if build_dir else DEFAULT_BUILD_DIR
-    configure = ["cmake", "-S", str(SOURCE_DIR), "-B", str(build_dir),
-                 f"-DOpenVINO_DIR={openvino_cmake_dir()}", "-DCMAKE_BUILD_TYPE=Release",
-                 f"-DEDGESEG_WERROR={'ON' if werror else 'OFF'}",
-                 f"-DEDGESEG_SANITIZE={'ON' if sanitize else 'OFF'}"]
+    configure = [
+        "cmake",
+        "-S",
+        str(SOURCE_DIR),
+        "-B",
+        str(build_dir),
+        f"-DOpenVINO_DIR={openvino_cmake_dir()}",
+        "-DCMAKE_BUILD_TYPE=Release",
+        f"-DEDGESEG_WERROR={'ON' if werror else 'OFF'}",
+        f"-DEDGESEG_SANITIZE={'ON' if sanitize else 'OFF'}",
+    ]
     jobs = str(max(1, min(os.cpu_count() or 1, 4)))
-    for step, command in (("configure", configure),
-                          ("build", ["cmake", "--build", str(build_dir), "--parallel", jobs])):
+    for step, command in (
+        ("configure", configure),
+        ("build", ["cmake", "--build", str(build_dir), "--parallel", jobs]),
+    ):
         if log:
             log(f"cmake {step}: {build_dir}")
         proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
             lines = (proc.stdout + proc.stderr).strip().splitlines()
             first = next((ln.strip() for ln in lines if "error" in ln.lower()), lines[-1] if lines else "")
-            raise EdgesegError(f"{build_dir}: cmake {step} failed: {first[:300]}; fix it and rerun"
-                               " `edgeseg build-c` (run the cmake command by hand for the full log)")
+            raise EdgesegError(
+                f"{build_dir}: cmake {step} failed: {first[:300]}; fix it and rerun"
+                " `edgeseg build-c` (run the cmake command by hand for the full log)"
+            )
     return CBuild(build_dir, build_dir / LIBRARY_NAME, build_dir / PROGRAM_NAME, sanitize)
 
 

@@ -31,7 +31,6 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 
-
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"edgeseg {__version__}")
@@ -40,8 +39,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     """Train, export, validate, run and benchmark the edgeseg MRI segmentation U-Net."""
 
@@ -74,42 +74,77 @@ def _positive(value: float | None) -> float | None:
 def train_cmd(
     data: DataOpt = None,
     preset: Annotated[Preset, typer.Option(help="default: fast on 2 CPU cores; tutorial: exact.")] = Preset.default,
-    epochs: Annotated[int | None, typer.Option(
-        min=1, show_default="default 8, tutorial 30", help="Passes over the training slices.")] = None,
-    batch_size: Annotated[int | None, typer.Option(
-        "--batch-size", min=1, show_default="16", help="Samples per step.")] = None,
-    lr: Annotated[float | None, typer.Option(
-        callback=_positive, show_default="default 0.002, tutorial 0.0003", help="(Peak) learning rate.")] = None,
-    patch: Annotated[int | None, typer.Option(
-        min=0, show_default="default 128, tutorial 0", help="Random-crop size; 0 trains on whole slices.")] = None,
-    patches_per_slice: Annotated[int | None, typer.Option(
-        "--patches-per-slice", min=1, show_default="default 2, tutorial 1",
-        help="Crops per training slice per epoch.")] = None,
-    split: Annotated[Split | None, typer.Option(
-        show_default="default regions, tutorial tutorial",
-        help="Held-out 3-D regions (demo set; other data: slabs), slabs, or the tutorial's last 100.")] = None,
-    augment: Annotated[bool | None, typer.Option(
-        "--augment/--no-augment", show_default="default on, tutorial off", help="Training augmentation.")] = None,
-    seed: Annotated[int | None, typer.Option(
-        show_default="0", help="Seed for weights, shuffling, augmentation.")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, show_default="default 8, tutorial 30", help="Passes over the training slices.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, show_default="16", help="Samples per step.")
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(callback=_positive, show_default="default 0.002, tutorial 0.0003", help="(Peak) learning rate."),
+    ] = None,
+    patch: Annotated[
+        int | None,
+        typer.Option(min=0, show_default="default 128, tutorial 0", help="Random-crop size; 0 trains on whole slices."),
+    ] = None,
+    patches_per_slice: Annotated[
+        int | None,
+        typer.Option(
+            "--patches-per-slice",
+            min=1,
+            show_default="default 2, tutorial 1",
+            help="Crops per training slice per epoch.",
+        ),
+    ] = None,
+    split: Annotated[
+        Split | None,
+        typer.Option(
+            show_default="default regions, tutorial tutorial",
+            help="Held-out 3-D regions (demo set; other data: slabs), slabs, or the tutorial's last 100.",
+        ),
+    ] = None,
+    augment: Annotated[
+        bool | None,
+        typer.Option("--augment/--no-augment", show_default="default on, tutorial off", help="Training augmentation."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(show_default="0", help="Seed for weights, shuffling, augmentation.")
+    ] = None,
     device: Annotated[str | None, typer.Option(show_default="auto", help="auto, cpu or cuda.")] = None,
-    name: Annotated[str | None, typer.Option(
-        show_default="train, train2, ...", help="Run folder name under --runs-dir.")] = None,
-    runs_dir: Annotated[Path | None, typer.Option(
-        "--runs-dir", show_default="runs", help="Parent of run folders.")] = None,
+    name: Annotated[
+        str | None, typer.Option(show_default="train, train2, ...", help="Run folder name under --runs-dir.")
+    ] = None,
+    runs_dir: Annotated[
+        Path | None, typer.Option("--runs-dir", show_default="runs", help="Parent of run folders.")
+    ] = None,
     resume: Annotated[Path | None, typer.Option(help="Run folder (or last.pt) to continue after a kill.")] = None,
-    pixel_spacing: Annotated[float | None, typer.Option(
-        "--pixel-spacing", callback=_positive, show_default="demo 0.5, else unknown",
-        help="In-plane mm per pixel of --data.")] = None,
+    pixel_spacing: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-spacing",
+            callback=_positive,
+            show_default="demo 0.5, else unknown",
+            help="In-plane mm per pixel of --data.",
+        ),
+    ] = None,
 ) -> None:
     """Train the U-Net (the demo MRI set when --data is not given)."""
     from edgeseg.train import run_training
 
     overrides = dict(
-        data=str(data) if data else None, epochs=epochs, batch_size=batch_size, lr=lr,
-        patch=patch, patches_per_slice=patches_per_slice, split=split.value if split else None,
-        augment=augment, seed=seed,
-        device=device, name=name, runs_dir=str(runs_dir) if runs_dir else None,
+        data=str(data) if data else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        patch=patch,
+        patches_per_slice=patches_per_slice,
+        split=split.value if split else None,
+        augment=augment,
+        seed=seed,
+        device=device,
+        name=name,
+        runs_dir=str(runs_dir) if runs_dir else None,
         pixel_spacing_mm=pixel_spacing,
     )
     run_training(preset.value, overrides, resume)
@@ -120,10 +155,13 @@ def evaluate_cmd(
     checkpoint: Annotated[Path | None, typer.Argument(help="Checkpoint; default: newest run's best.pt.")] = None,
     data: DataOpt = None,
     split: Annotated[Split | None, typer.Option(help="Split to evaluate when --data is given.")] = None,
-    per_slice: Annotated[Path | None, typer.Option(
-        "--per-slice", help="Also write one CSV row per held-out slice here.")] = None,
-    robustness: Annotated[bool, typer.Option(
-        "--robustness", help="mIoU per perturbation family on the held-out 3-D regions (.pt or .onnx).")] = False,
+    per_slice: Annotated[
+        Path | None, typer.Option("--per-slice", help="Also write one CSV row per held-out slice here.")
+    ] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option("--robustness", help="mIoU per perturbation family on the held-out 3-D regions (.pt or .onnx)."),
+    ] = False,
     robustness_slices: Annotated[int, typer.Option("--robustness-slices", min=1, help="Slices scored.")] = 32,
 ) -> None:
     """Per-class IoU and Dice of a checkpoint on held-out slices (or its robustness table)."""
@@ -184,67 +222,110 @@ class SegFormat(str, Enum):
 
 @app.command("infer")
 def infer_cmd(
-    scans: Annotated[list[Path], typer.Argument(
-        help="Files or folders: .npy, .png/.jpg/.tif, .nii(.gz), .dcm or DICOM series folders.")],
-    model: Annotated[Path | None, typer.Option(
-        "--model", help="Exported ONNX model; default: the shipped export/model.onnx.")] = None,
-    out: Annotated[Path, typer.Option(
-        "--out", help="Output folder; mirrors the input tree, gets summary.csv.")] = Path("segmentations"),
-    provider: Annotated[Provider, typer.Option(
-        help="auto: TensorRT > CUDA > CPU, whichever really works.")] = Provider.auto,
-    threads: Annotated[int | None, typer.Option(
-        min=1, help="onnxruntime intra-op threads; default one per core.")] = None,
+    scans: Annotated[
+        list[Path],
+        typer.Argument(help="Files or folders: .npy, .png/.jpg/.tif, .nii(.gz), .dcm or DICOM series folders."),
+    ],
+    model: Annotated[
+        Path | None, typer.Option("--model", help="Exported ONNX model; default: the shipped export/model.onnx.")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output folder; mirrors the input tree, gets summary.csv.")] = Path(
+        "segmentations"
+    ),
+    provider: Annotated[
+        Provider, typer.Option(help="auto: TensorRT > CUDA > CPU, whichever really works.")
+    ] = Provider.auto,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="onnxruntime intra-op threads; default one per core.")
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model call.")] = 8,
-    axis: Annotated[int | None, typer.Option(
-        min=0, max=2, help="Volume axis to slice along; default: acquisition axis, else axial.")] = None,
-    overlay: Annotated[bool, typer.Option(
-        "--overlay", help="Also write <name>_overlay.png (QC mosaic of slices).")] = False,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")] = False,
-    resample: Annotated[bool, typer.Option(
-        "--resample/--no-resample", help="Resample slices to the model's pixel spacing (NIfTI, DICOM).")] = True,
-    cluster: Annotated[str | None, typer.Option(
-        "--cluster", help="Spread scans over Dask workers: a scheduler address (tcp://host:8786)"
-        " or local:N (N worker processes here). Needs edgeseg[cluster].")] = None,
-    series: Annotated[str | None, typer.Option(
-        "--series", help="DICOM: only this SeriesInstanceUID, or SeriesDescription pattern (e.g. '*T1*').")] = None,
-    force: Annotated[bool, typer.Option(
-        "--force", help="DICOM: segment series whose Modality is not MR too (the model knows brain MR only).")] = False,
-    seg_format: Annotated[SegFormat, typer.Option(
-        "--format", help="Output of a DICOM series: NIfTI, DICOM SEG (for PACS), or both.")] = SegFormat.both,
-    skull_strip: Annotated[bool, typer.Option(
-        "--skull-strip", help="Strip the skull first (ROBEX, for heads): writes <name>_brainmask.nii.gz.")] = False,
+    axis: Annotated[
+        int | None,
+        typer.Option(min=0, max=2, help="Volume axis to slice along; default: acquisition axis, else axial."),
+    ] = None,
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Also write <name>_overlay.png (QC mosaic of slices).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")
+    ] = False,
+    resample: Annotated[
+        bool,
+        typer.Option("--resample/--no-resample", help="Resample slices to the model's pixel spacing (NIfTI, DICOM)."),
+    ] = True,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Spread scans over Dask workers: a scheduler address (tcp://host:8786)"
+            " or local:N (N worker processes here). Needs edgeseg[cluster].",
+        ),
+    ] = None,
+    series: Annotated[
+        str | None,
+        typer.Option(
+            "--series", help="DICOM: only this SeriesInstanceUID, or SeriesDescription pattern (e.g. '*T1*')."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="DICOM: segment series whose Modality is not MR too (the model knows brain MR only)."
+        ),
+    ] = False,
+    seg_format: Annotated[
+        SegFormat, typer.Option("--format", help="Output of a DICOM series: NIfTI, DICOM SEG (for PACS), or both.")
+    ] = SegFormat.both,
+    skull_strip: Annotated[
+        bool,
+        typer.Option("--skull-strip", help="Strip the skull first (ROBEX, for heads): writes <name>_brainmask.nii.gz."),
+    ] = False,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
 
     config = InferConfig(
-        model=model, out=out, provider=provider.value, threads=threads, batch_size=batch_size,
-        axis=axis, overlay=overlay, overwrite=overwrite, resample=resample, series=series, force=force,
-        format=seg_format.value, skull_strip=skull_strip, cluster=cluster,
+        model=model,
+        out=out,
+        provider=provider.value,
+        threads=threads,
+        batch_size=batch_size,
+        axis=axis,
+        overlay=overlay,
+        overwrite=overwrite,
+        resample=resample,
+        series=series,
+        force=force,
+        format=seg_format.value,
+        skull_strip=skull_strip,
+        cluster=cluster,
     )
     report = run_inference(scans, config)
     if report.failed:
         total = report.failed + report.done + report.skipped
-        raise EdgesegError(
-            f"{report.failed} of {total} scans failed; see the lines above and {report.summary}"
-        )
+        raise EdgesegError(f"{report.failed} of {total} scans failed; see the lines above and {report.summary}")
 
 
 @app.command("bench")
 def bench_cmd(
-    model: Annotated[Path | None, typer.Argument(
-        help="fp32 ONNX model; its _fp16/_int8/.pt siblings are found next to it."
-             " Default: the shipped export/model.onnx.")] = None,
-    target: Annotated[str, typer.Option(
-        help="A target from the targets file, or all.")] = "all",
+    model: Annotated[
+        Path | None,
+        typer.Argument(
+            help="fp32 ONNX model; its _fp16/_int8/.pt siblings are found next to it."
+            " Default: the shipped export/model.onnx."
+        ),
+    ] = None,
+    target: Annotated[str, typer.Option(help="A target from the targets file, or all.")] = "all",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table as markdown.")] = None,
-    targets: Annotated[Path | None, typer.Option(
-        "--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml.")] = None,
+    targets: Annotated[
+        Path | None,
+        typer.Option("--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml."),
+    ] = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed inferences per target at most.")] = 50,
-    max_seconds: Annotated[float, typer.Option(
-        "--max-seconds", min=0.0, help="Stop timing a target after this long (>= 5 runs).")] = 10.0,
+    max_seconds: Annotated[
+        float, typer.Option("--max-seconds", min=0.0, help="Stop timing a target after this long (>= 5 runs).")
+    ] = 10.0,
     miou: Annotated[bool, typer.Option("--miou/--no-miou", help="Score mIoU on the demo test slices.")] = True,
     rss: Annotated[bool, typer.Option("--rss/--no-rss", help="Peak RSS of a fresh inference process.")] = True,
 ) -> None:
@@ -284,29 +365,47 @@ def export_cmd(
     int8: Annotated[bool, typer.Option("--int8", help="Also write X_int8.onnx (static QDQ, per-channel).")] = False,
     trt: Annotated[bool, typer.Option("--trt", help="Also build a TensorRT engine (NVIDIA GPU only).")] = False,
     calib: Annotated[int, typer.Option(min=1, help="Training slices that calibrate int8.")] = 32,
-    calib_method: Annotated[CalibMethod, typer.Option(
-        "--calib-method", help="auto: try all, keep the best ΔmIoU.")] = CalibMethod.auto,
+    calib_method: Annotated[
+        CalibMethod, typer.Option("--calib-method", help="auto: try all, keep the best ΔmIoU.")
+    ] = CalibMethod.auto,
     trt_min: Annotated[str, typer.Option("--trt-min", help="TensorRT profile minimum NxHxW.")] = "1x16x16",
     trt_opt: Annotated[str, typer.Option("--trt-opt", help="TensorRT profile optimum NxHxW.")] = "4x394x394",
     trt_max: Annotated[str, typer.Option("--trt-max", help="TensorRT profile maximum NxHxW.")] = "8x1024x1024",
     data: DataOpt = None,
     opset: Annotated[int, typer.Option(min=17, help="ONNX opset.")] = 20,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="onnxslim, if dims stay dynamic.")] = True,
-    fuse: Annotated[bool, typer.Option(
-        "--fuse/--no-fuse", help="Fold BatchNorm and split the decoder concat (same function, faster).")] = True,
+    fuse: Annotated[
+        bool,
+        typer.Option("--fuse/--no-fuse", help="Fold BatchNorm and split the decoder concat (same function, faster)."),
+    ] = True,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="Parity gate after export.")] = True,
     slices: Annotated[int, typer.Option(min=1, help="Held-out slices compared at 394x394.")] = 8,
     size_slices: Annotated[int, typer.Option("--size-slices", min=1, help="Slices at each other size.")] = 4,
-    triton: Annotated[Path | None, typer.Option(
-        "--triton", help="Also write a Triton model repository here (edgeseg[triton]).")] = None,
+    triton: Annotated[
+        Path | None, typer.Option("--triton", help="Also write a Triton model repository here (edgeseg[triton]).")
+    ] = None,
 ) -> None:
     """Export a checkpoint to ONNX (fp32; fp16/int8/TensorRT by flag) and gate on parity."""
     from edgeseg.export import ExportConfig, run_export
 
     config = ExportConfig(
-        out=out, fp16=fp16, int8=int8, trt=trt, opset=opset, simplify=simplify, fuse=fuse, calib=calib,
-        calib_method=calib_method.value, trt_min=trt_min, trt_opt=trt_opt, trt_max=trt_max,
-        data=data, validate=validate, slices=slices, size_slices=size_slices, triton=triton,
+        out=out,
+        fp16=fp16,
+        int8=int8,
+        trt=trt,
+        opset=opset,
+        simplify=simplify,
+        fuse=fuse,
+        calib=calib,
+        calib_method=calib_method.value,
+        trt_min=trt_min,
+        trt_opt=trt_opt,
+        trt_max=trt_max,
+        data=data,
+        validate=validate,
+        slices=slices,
+        size_slices=size_slices,
+        triton=triton,
     )
     run_export(checkpoint, config)
 
@@ -322,8 +421,10 @@ def triton_cmd(
     model: Annotated[Path, typer.Argument(help="Exported ONNX model; X.engine + sidecar beside it is served too.")],
     out: Annotated[Path, typer.Option("--out", help="Triton model repository folder.")] = Path("triton-models"),
     name: Annotated[str | None, typer.Option(help="Model name; default: the file's stem.")] = None,
-    max_batch_size: Annotated[int, typer.Option(
-        "--max-batch-size", min=1, help="ONNX Runtime model's max batch (the plan's is its profile's).")] = 32,
+    max_batch_size: Annotated[
+        int,
+        typer.Option("--max-batch-size", min=1, help="ONNX Runtime model's max batch (the plan's is its profile's)."),
+    ] = 32,
     instances: Annotated[int, typer.Option(min=1, help="Model instances per GPU (or on the CPU).")] = 1,
     kind: Annotated[Kind, typer.Option(help="auto: the GPU where there is one, else CPU.")] = Kind.auto,
 ) -> None:
@@ -337,15 +438,18 @@ def triton_cmd(
 @app.command("validate")
 def validate_cmd(
     models: Annotated[list[Path], typer.Argument(help="Exported ONNX (or .engine) files of one checkpoint.")],
-    ckpt: Annotated[Path | None, typer.Option(
-        "--ckpt", help="Reference checkpoint; default X.pt beside X.onnx.")] = None,
+    ckpt: Annotated[
+        Path | None, typer.Option("--ckpt", help="Reference checkpoint; default X.pt beside X.onnx.")
+    ] = None,
     data: DataOpt = None,
-    providers: Annotated[str, typer.Option(
-        help="Comma-separated cpu, cuda, tensorrt (where they work).")] = "cpu,cuda,tensorrt",
+    providers: Annotated[
+        str, typer.Option(help="Comma-separated cpu, cuda, tensorrt (where they work).")
+    ] = "cpu,cuda,tensorrt",
     slices: Annotated[int, typer.Option(min=1, help="Held-out slices at 394x394.")] = 8,
     size_slices: Annotated[int, typer.Option("--size-slices", min=1, help="Slices at each other size.")] = 4,
-    json_path: Annotated[Path | None, typer.Option(
-        "--json", help="Report; default parity.json beside the model.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Report; default parity.json beside the model.")
+    ] = None,
 ) -> None:
     """Parity of exported models against their PyTorch checkpoint on real slices; exit 1 on a failed gate."""
     from edgeseg.parity import ParityConfig, size_table
@@ -353,6 +457,7 @@ def validate_cmd(
 
     config = ParityConfig(sizes=size_table(slices, size_slices), providers=parse_providers(providers))
     run_validate(models, ckpt, data, config, json_path)
+
 
 # Modules of the `train` extra (pyproject.toml): train, evaluate, export and validate need them.
 TRAIN_EXTRA = {"torch", "onnxscript", "onnxconverter_common", "onnxslim", "matplotlib"}
@@ -404,7 +509,8 @@ def main(argv: list[str] | None = None) -> None:
         typer.secho(
             f"error: `edgeseg {command}` needs {root}, which the core install leaves out: "
             "pip install 'edgeseg[train]' (install PyTorch first from pytorch.org for your CPU or GPU)",
-            fg=typer.colors.RED, err=True,
+            fg=typer.colors.RED,
+            err=True,
         )
         sys.exit(1)
     except Exception as exc:

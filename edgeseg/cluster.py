@@ -76,8 +76,10 @@ def local_workers(spec: str) -> int | None:
         return None
     count = spec.partition(":")[2] or str(_cores())
     if not count.isdigit() or int(count) < 1:
-        raise EdgesegError(f"--cluster {spec}: expected local:N with N >= 1 worker processes,"
-                           " or a Dask scheduler address such as tcp://host:8786")
+        raise EdgesegError(
+            f"--cluster {spec}: expected local:N with N >= 1 worker processes,"
+            " or a Dask scheduler address such as tcp://host:8786"
+        )
     return int(count)
 
 
@@ -101,8 +103,13 @@ def local_cluster(workers: int) -> Any:
         with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
             # Any free port for the scheduler's HTTP server: 8787 may be another cluster's.
             # Its logs stay quiet: what matters to the user comes back through the tasks.
-            return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                dashboard_address=":0", silence_logs=logging.CRITICAL)
+            return LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.CRITICAL,
+            )
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
@@ -123,8 +130,7 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
     try:
         import distributed
     except ImportError:
-        raise EdgesegError(f"--cluster needs Dask distributed, which the core install leaves out:"
-                           f" {EXTRA}") from None
+        raise EdgesegError(f"--cluster needs Dask distributed, which the core install leaves out: {EXTRA}") from None
     spec = str(config.cluster)
     workers = local_workers(spec)
     with ExitStack() as stack:
@@ -134,12 +140,15 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
         except (OSError, ValueError) as exc:  # refused/timed out, or an unknown scheme
             raise EdgesegError(
                 f"--cluster {spec}: no Dask scheduler answered ({_first_line(exc)}); check the"
-                " address and that `dask scheduler` runs there, or use --cluster local:N") from None
+                " address and that `dask scheduler` runs there, or use --cluster local:N"
+            ) from None
         try:
             client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
         except TimeoutError:
-            raise EdgesegError(f"--cluster {spec}: the scheduler has no workers after"
-                               f" {CONNECT_TIMEOUT_S} s; start some with `dask worker {address}`") from None
+            raise EdgesegError(
+                f"--cluster {spec}: the scheduler has no workers after"
+                f" {CONNECT_TIMEOUT_S} s; start some with `dask worker {address}`"
+            ) from None
         yield client, f"Dask cluster {spec} ({len(client.nthreads())} workers)"
 
 
@@ -177,8 +186,7 @@ class ClusterRunner(_Runner):
                 todo.append(scan)
         token = uuid.uuid4().hex[:12]
         keys = [f"edgeseg-scan-{token}-{i}" for i in range(len(todo))]
-        futures = client.map(_process, [_absolute(s) for s in todo], job=self._job(client),
-                             key=keys, pure=False)
+        futures = client.map(_process, [_absolute(s) for s in todo], job=self._job(client), key=keys, pure=False)
         # Only unfinished tasks are held: a released result is not recomputed if its worker dies.
         pending = {f.key: (f, scan) for f, scan in zip(futures, todo, strict=True)}
         done = as_completed(futures, with_results=True, raise_errors=False)
@@ -225,13 +233,18 @@ class ClusterRunner(_Runner):
             return self._count(result.done)
         exc = future.exception() if future.status == "error" else None
         if isinstance(exc, KilledWorker):
-            return self._failed(scan, f"{scan.path}: {exc.allowed_failures + 1} Dask workers died"
-                                " while segmenting it (out of memory?); try it alone without --cluster")
+            return self._failed(
+                scan,
+                f"{scan.path}: {exc.allowed_failures + 1} Dask workers died"
+                " while segmenting it (out of memory?); try it alone without --cluster",
+            )
         if os.environ.get("EDGESEG_DEBUG") and exc is not None:
             raise exc
         why = here(_first_line(exc)) if exc is not None else f"its task was {future.status}"
-        raise EdgesegError(f"a Dask worker could not take {scan.path} ({why}); fix that on the workers"
-                           " and rerun the same command: finished outputs are kept")
+        raise EdgesegError(
+            f"a Dask worker could not take {scan.path} ({why}); fix that on the workers"
+            " and rerun the same command: finished outputs are kept"
+        )
 
 
 class _Relabel:
@@ -246,8 +259,9 @@ class _Relabel:
 
 def _absolute(scan: Scan) -> Scan:
     """``scan`` with absolute paths: a worker's working directory is not the client's."""
-    return Scan(Path(os.path.abspath(scan.path)), scan.kind, scan.rel,
-                tuple(Path(os.path.abspath(f)) for f in scan.files))
+    return Scan(
+        Path(os.path.abspath(scan.path)), scan.kind, scan.rel, tuple(Path(os.path.abspath(f)) for f in scan.files)
+    )
 
 
 # --- the worker side ------------------------------------------------------------------------
@@ -274,14 +288,22 @@ def _process(scan: Scan, job: Job) -> Outcome:
 def _worker_runner(job: Job) -> _Runner:
     """This worker's runner for ``job``, built on its first scan (one ORT session per worker)."""
     config = job.config
-    session_key = (job.model, job.model_stamp, config.provider, config.threads, config.batch_size,
-                   tuple(sorted(job.host_threads.items())))
+    session_key = (
+        job.model,
+        job.model_stamp,
+        config.provider,
+        config.threads,
+        config.batch_size,
+        tuple(sorted(job.host_threads.items())),
+    )
     key = (session_key, repr(config), job.out)
     with _LOCK:
         if key not in _RUNNERS:
             if not job.out.is_dir():
-                raise EdgesegError(f"--out {job.out}: not found on this Dask worker; the workers must"
-                                   " see the scans, the model and --out at the same paths")
+                raise EdgesegError(
+                    f"--out {job.out}: not found on this Dask worker; the workers must"
+                    " see the scans, the model and --out at the same paths"
+                )
             if session_key not in _SESSIONS:
                 _SESSIONS.clear()  # one model at a time: free the last one's memory
                 _SESSIONS[session_key] = _build_session(job)

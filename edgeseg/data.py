@@ -162,10 +162,7 @@ def _load_npy(path: Path) -> np.ndarray:
 def _check_image(path: Path, arr: np.ndarray) -> np.ndarray:
     """Raw intensities: real numbers, all finite; returned as float32."""
     if arr.dtype.kind not in "iuf":
-        raise EdgesegError(
-            f"{path}: image dtype {arr.dtype} is not a real number type; "
-            "save intensities as float32"
-        )
+        raise EdgesegError(f"{path}: image dtype {arr.dtype} is not a real number type; save intensities as float32")
     image = arr.astype(np.float32)
     if not np.isfinite(image).all():
         raise EdgesegError(
@@ -175,9 +172,7 @@ def _check_image(path: Path, arr: np.ndarray) -> np.ndarray:
     return image
 
 
-def _check_mask(
-    path: Path, arr: np.ndarray, shape: tuple[int, ...], num_classes: int
-) -> np.ndarray:
+def _check_mask(path: Path, arr: np.ndarray, shape: tuple[int, ...], num_classes: int) -> np.ndarray:
     """Integer labels 0..num_classes-1 with the image's shape; returned as uint8."""
     if arr.shape != shape:
         raise EdgesegError(
@@ -349,9 +344,14 @@ def make_split(slices: Slices, mode: str = "regions", test_fraction: float = 0.2
                 " the demo set; use --split slabs for other data"
             )
         train_masks, test_masks, test = region_split(slices.root, slices.masks, seed)
-        return Split(list(range(len(slices))), test, train_masks, test_masks,
-                     f"regions split: {REGION_COUNT} held-out balls of {REGION_RADIUS_MM:g} mm,"
-                     f" their pixels on {len(test)} slices")
+        return Split(
+            list(range(len(slices))),
+            test,
+            train_masks,
+            test_masks,
+            f"regions split: {REGION_COUNT} held-out balls of {REGION_RADIUS_MM:g} mm,"
+            f" their pixels on {len(test)} slices",
+        )
     train, test = split_indices(len(slices), mode, test_fraction, seed)
     return Split(train, test, slices.masks, slices.masks, f"{mode} split: {len(test)} held-out slices")
 
@@ -477,13 +477,9 @@ def _train_slices_class() -> type:
             self.epoch = 0
             bad = [i for i in self.indices if not 0 <= i < len(slices)]
             if bad:
-                raise EdgesegError(
-                    f"{slices.root}: slice indices {bad[:MAX_LISTED]} out of 0..{len(slices) - 1}"
-                )
+                raise EdgesegError(f"{slices.root}: slice indices {bad[:MAX_LISTED]} out of 0..{len(slices) - 1}")
             if patch is not None:
-                small = [
-                    slices.keys[i] for i in self.indices if min(slices.images[i].shape) < patch
-                ]
+                small = [slices.keys[i] for i in self.indices if min(slices.images[i].shape) < patch]
                 if patch < 1 or small:
                     raise EdgesegError(
                         f"{slices.root}: patch={patch} does not fit slices {small[:MAX_LISTED]}; "
@@ -503,9 +499,7 @@ def _train_slices_class() -> type:
         def __len__(self) -> int:
             return len(self.indices)
 
-        def _centre(
-            self, rng: np.random.Generator, i: int, shape: tuple[int, int]
-        ) -> tuple[float, float]:
+        def _centre(self, rng: np.random.Generator, i: int, shape: tuple[int, int]) -> tuple[float, float]:
             h, w = shape
             if self.patch is None:
                 return (h - 1) / 2, (w - 1) / 2
@@ -554,9 +548,7 @@ def _train_slices_class() -> type:
             theta = np.zeros((2, 3))
             theta[:, :2] = np.diag([1 / w_in, 1 / h_in]) @ a @ np.diag([w, h])
             theta[:, 2] = [(2 * centre[1] + 1) / w_in - 1, (2 * centre[0] + 1) / h_in - 1]
-            grid = F.affine_grid(
-                torch.tensor(theta, dtype=torch.float32)[None], [1, 1, h, w], align_corners=False
-            )
+            grid = F.affine_grid(torch.tensor(theta, dtype=torch.float32)[None], [1, 1, h, w], align_corners=False)
             lo, span = float(image.min()), float(image.max() - image.min())
             x = torch.from_numpy(image - lo)[None, None]
             m = torch.from_numpy(mask.astype(np.float32))[None, None]

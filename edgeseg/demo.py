@@ -58,9 +58,7 @@ class DemoConfig:
     """How the MNI152 demo set is cut; saved in provenance.json and part of the cache key."""
 
     step_mm: int = 1  # every 1 mm slice: ~457 slices over 3 planes, trainable on 2 CPU cores
-    min_brain_fraction: float = (
-        0.02  # keep slices whose brain (labels > 0) covers >= 2 % of the image
-    )
+    min_brain_fraction: float = 0.02  # keep slices whose brain (labels > 0) covers >= 2 % of the image
     size: int = 394  # output side in pixels, the tutorial's slice size
     prob_threshold: float = 0.5  # a tissue label needs probability above this and above the other
 
@@ -89,7 +87,6 @@ def _demo_sources() -> dict[str, Path]:
         if not path.is_file():
             raise EdgesegError(f"{path}: MNI152 template missing from nilearn; reinstall nilearn")
     return paths
-
 
 
 def _upsample2(a: np.ndarray, axis: int) -> np.ndarray:
@@ -142,9 +139,7 @@ def _write_demo(dest: Path, sources: dict[str, Path], config: DemoConfig) -> dic
         stacks = {k: _plane_stack(v, plane)[:: config.step_mm] for k, v in vols.items()}
         # Cheap 1 mm pre-filter (a slice loses at most a thin rim when upsampled), exact test below.
         coarse = (_labels(stacks["gm"], stacks["wm"], config.prob_threshold) > 0).sum((1, 2))
-        candidates = np.flatnonzero(
-            coarse * DEMO_ZOOM**2 >= 0.5 * config.min_brain_fraction * pixels
-        )
+        candidates = np.flatnonzero(coarse * DEMO_ZOOM**2 >= 0.5 * config.min_brain_fraction * pixels)
         kept[plane] = []
         for s in candidates:
             t1, gm, wm = (_upsample2(_upsample2(stacks[k][s], 0), 1) for k in ("t1", "gm", "wm"))
@@ -193,9 +188,7 @@ def read_demo_provenance(root: Path) -> dict[str, Any]:
             f"{path}: cannot read demo provenance ({exc}); build the set with edgeseg data demo"
         ) from None
     if not isinstance(record, dict) or record.get("format") != DEMO_FORMAT:
-        raise EdgesegError(
-            f"{path}: not an edgeseg demo provenance file; build the set with edgeseg data demo"
-        )
+        raise EdgesegError(f"{path}: not an edgeseg demo provenance file; build the set with edgeseg data demo")
     return record
 
 
@@ -221,9 +214,7 @@ def _provenance(identity: dict[str, Any], kept: dict[str, list[int]]) -> dict[st
         "description": "2-D slices in the PyTorch MRI-segmentation tutorial layout, cut from the "
         "MNI ICBM152 2009 nonlinear symmetric template, release a, as nilearn ships it "
         "(*_tal_nlin_sym_09a_converted.nii.gz: 1 mm, uint8, brain-extracted T1)",
-        "sources": {
-            k: {"file": DEMO_SOURCES[k], "sha256": v} for k, v in identity["source_sha256"].items()
-        },
+        "sources": {k: {"file": DEMO_SOURCES[k], "sha256": v} for k, v in identity["source_sha256"].items()},
         "nilearn_version": nilearn.__version__,
         "license": {
             "notice": MNI152_NOTICE,
@@ -256,9 +247,7 @@ def _check_target(out: Path) -> None:
         ) from None
 
 
-def build_demo(
-    out: Path | None = None, force: bool = False, config: DemoConfig | None = None
-) -> Path:
+def build_demo(out: Path | None = None, force: bool = False, config: DemoConfig | None = None) -> Path:
     """Build (or reuse) the real-MRI demo set from nilearn's MNI152 2009 template, offline.
 
     Slices from the axial, coronal and sagittal planes with enough brain are
@@ -289,28 +278,20 @@ def build_demo(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     except OSError as exc:
-        raise EdgesegError(
-            f"{out}: cannot write the demo set here ({exc}); choose another --out"
-        ) from None
+        raise EdgesegError(f"{out}: cannot write the demo set here ({exc}); choose another --out") from None
     try:
         kept = _write_demo(tmp, sources, config)
-        (tmp / "provenance.json").write_text(
-            json.dumps(_provenance(identity, kept), indent=2) + "\n"
-        )
+        (tmp / "provenance.json").write_text(json.dumps(_provenance(identity, kept), indent=2) + "\n")
         try:
             replace_dir(tmp, out)
         except OSError:
             if not _cache_hit(out, identity):  # else a concurrent build finished first: use it
                 raise
     except OSError as exc:
-        raise EdgesegError(
-            f"{out}: writing the demo set failed ({exc}); check free space"
-        ) from None
+        raise EdgesegError(f"{out}: writing the demo set failed ({exc}); check free space") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
 
 
 EXAMPLE_FILE = "mni152_t1_axial_slab.nii.gz"

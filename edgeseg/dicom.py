@@ -45,10 +45,19 @@ SAME_POSITION_MM = 1e-3  # two slices closer than this are at the same position
 EXTRA = "pip install 'edgeseg[dicom]'"  # the decoders of compressed transfer syntaxes
 DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 NOT_IMAGES = {  # Modality of objects that carry no image to segment -> what they are
-    "SR": "a structured report", "SEG": "a segmentation object", "RTSTRUCT": "an RT structure set",
-    "PR": "a presentation state", "KO": "a key object selection", "RTPLAN": "an RT plan",
-    "RTRECORD": "an RT treatment record", "REG": "a registration", "DOC": "an encapsulated document",
-    "PLAN": "a plan", "FID": "fiducials", "ECG": "a waveform", "AU": "an audio waveform",
+    "SR": "a structured report",
+    "SEG": "a segmentation object",
+    "RTSTRUCT": "an RT structure set",
+    "PR": "a presentation state",
+    "KO": "a key object selection",
+    "RTPLAN": "an RT plan",
+    "RTRECORD": "an RT treatment record",
+    "REG": "a registration",
+    "DOC": "an encapsulated document",
+    "PLAN": "a plan",
+    "FID": "fiducials",
+    "ECG": "a waveform",
+    "AU": "an audio waveform",
 }
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
@@ -96,9 +105,7 @@ def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
     datasets = [_dcmread(f) for f in files]
     uids = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(uids) > 1:
-        raise EdgesegError(
-            f"{source}: holds {len(uids)} DICOM series; put each series in its own folder"
-        )
+        raise EdgesegError(f"{source}: holds {len(uids)} DICOM series; put each series in its own folder")
     frames = [fr for ds, f in zip(datasets, files, strict=True) for fr in _frames(ds, f)]
     shapes = {fr.pixels.shape for fr in frames}
     if len(shapes) > 1:
@@ -171,17 +178,21 @@ def _group(files: tuple[Path, ...], select: str | None, force: bool) -> Grouping
         if why:
             result.skipped.append((path, why))
             continue
-        key = (str(ds.get("SeriesInstanceUID", "")), _tag(ds, "EchoNumbers"),
-               _tag(ds, "TemporalPositionIdentifier"))
+        key = (str(ds.get("SeriesInstanceUID", "")), _tag(ds, "EchoNumbers"), _tag(ds, "TemporalPositionIdentifier"))
         members.setdefault(key, []).append((path, ds))
     for uid in dict.fromkeys(k[0] for k in members):
         keys = [k for k in members if k[0] == uid]
         differs = [i for i in (1, 2) if len({k[i] for k in keys}) > 1]  # echo, time point
         for key in keys:
             ds = members[key][0][1]
-            group = SeriesGroup(tuple(p for p, _ in members[key]), uid, _tag(ds, "SeriesNumber"),
-                                str(ds.get("SeriesDescription", "") or ""), _tag(ds, "Modality"),
-                                tuple((("E", "T")[i - 1], key[i]) for i in differs))
+            group = SeriesGroup(
+                tuple(p for p, _ in members[key]),
+                uid,
+                _tag(ds, "SeriesNumber"),
+                str(ds.get("SeriesDescription", "") or ""),
+                _tag(ds, "Modality"),
+                tuple((("E", "T")[i - 1], key[i]) for i in differs),
+            )
             _place(result, group, select, force)
     result.groups.sort(key=lambda g: (_number(g.number), g.uid, g.split))
     return result
@@ -191,11 +202,17 @@ def _place(result: Grouping, group: SeriesGroup, select: str | None, force: bool
     """Put ``group`` among the volumes, or the skipped or refused with the reason."""
     where = group.files[0].parent if len(group.files) > 1 else group.files[0]
     if select and not (select == group.uid or fnmatch.fnmatchcase(group.description.lower(), select.lower())):
-        result.skipped.append((where, f"{group.describe()} ({len(group.files)} files): not selected by"
-                                      f" --series {select}"))
+        result.skipped.append(
+            (where, f"{group.describe()} ({len(group.files)} files): not selected by --series {select}")
+        )
     elif group.modality != "MR" and not force:
-        result.failed.append((where, f"{group.describe()}: Modality is {group.modality or 'missing'}, not"
-                                      " MR; this model segments brain MR only (pass --force to run it anyway)"))
+        result.failed.append(
+            (
+                where,
+                f"{group.describe()}: Modality is {group.modality or 'missing'}, not"
+                " MR; this model segments brain MR only (pass --force to run it anyway)",
+            )
+        )
     else:
         result.groups.append(group)
 
@@ -219,8 +236,10 @@ def _header(path: Path) -> tuple[Any, str]:
         return None, f"{NOT_IMAGES[modality]} (Modality {modality}), not an image"
     if not any(tag in ds for tag in PIXEL_TAGS):
         if "SOPClassUID" not in ds:  # not even an object: what pydicom made of a damaged file
-            raise EdgesegError(f"{path}: not a readable DICOM file (no SOPClassUID and no pixel data;"
-                               " damaged or truncated); re-export it")
+            raise EdgesegError(
+                f"{path}: not a readable DICOM file (no SOPClassUID and no pixel data;"
+                " damaged or truncated); re-export it"
+            )
         sop = ds.get("SOPClassUID")
         kind = f" ({sop.name})" if sop is not None and hasattr(sop, "name") else ""
         return None, f"holds no pixel data{kind}, not an image"
@@ -245,9 +264,10 @@ def _dcmread(path: Path) -> Any:
     try:
         return pydicom.dcmread(path)
     except pydicom.errors.InvalidDicomError:
-        raise EdgesegError(f"{path}: not a DICOM file (no 'DICM' marker at byte 128); if it is"
-                           " DICOM without its file header, re-export it as a standard DICOM file"
-                           ) from None
+        raise EdgesegError(
+            f"{path}: not a DICOM file (no 'DICM' marker at byte 128); if it is"
+            " DICOM without its file header, re-export it as a standard DICOM file"
+        ) from None
     except Exception as exc:  # truncated header, not a file
         raise EdgesegError(f"{path}: not a readable DICOM file ({_why(exc)})") from exc
 
@@ -255,8 +275,9 @@ def _dcmread(path: Path) -> Any:
 def _frames(ds: Any, path: Path) -> list[Frame]:
     """The 2-D frames of one dataset (one, or NumberOfFrames of a multi-frame file)."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise EdgesegError(f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}); "
-                           "expected a grayscale MR image")
+        raise EdgesegError(
+            f"{path}: colour DICOM ({ds.get('PhotometricInterpretation')}); expected a grayscale MR image"
+        )
     _check_pixel_size(ds, path)
     try:
         pixels = ds.pixel_array
@@ -276,8 +297,12 @@ def _check_pixel_size(ds: Any, path: Path) -> None:
     if "PixelData" not in ds or bits not in (8, 16, 32, 64) or syntax is None:
         return
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    shape = (int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("Rows", 0) or 0),
-             int(ds.get("Columns", 0) or 0), *((samples,) if samples > 1 else ()))
+    shape = (
+        int(ds.get("NumberOfFrames", 1) or 1),
+        int(ds.get("Rows", 0) or 0),
+        int(ds.get("Columns", 0) or 0),
+        *((samples,) if samples > 1 else ()),
+    )
     dtype = f"u{bits // 8}"
     check_decoded_size(path, shape, dtype)
     if not syntax.is_compressed:  # compressed data has no size to compare before decoding
@@ -297,6 +322,7 @@ def _decode_why(ds: Any, exc: BaseException) -> str:
 
 def _frame(ds: Any, pixels: np.ndarray, index: int, count: int, path: Path | None = None) -> Frame:
     """Geometry and scaling of frame ``index``: per-frame groups, shared groups, top level."""
+
     def attr(seq: str, name: str) -> Any:
         for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
             items = ds.get(groups)
@@ -305,11 +331,14 @@ def _frame(ds: Any, pixels: np.ndarray, index: int, count: int, path: Path | Non
                 return item[seq][0][name].value
         return ds.get(name)
 
-    ipp, iop = attr("PlanePositionSequence", "ImagePositionPatient"), attr(
-        "PlaneOrientationSequence", "ImageOrientationPatient")
+    ipp, iop = (
+        attr("PlanePositionSequence", "ImagePositionPatient"),
+        attr("PlaneOrientationSequence", "ImageOrientationPatient"),
+    )
     spacing = attr("PixelMeasuresSequence", "PixelSpacing")
-    gap = (attr("PixelMeasuresSequence", "SpacingBetweenSlices")
-           or attr("PixelMeasuresSequence", "SliceThickness") or 1.0)
+    gap = (
+        attr("PixelMeasuresSequence", "SpacingBetweenSlices") or attr("PixelMeasuresSequence", "SliceThickness") or 1.0
+    )
     position = np.array(ipp, float) if ipp is not None else None
     orientation = np.array(iop, float) if iop is not None else None
     legacy = count > 1 and "PerFrameFunctionalGroupsSequence" not in ds  # one IPP for all
@@ -317,12 +346,19 @@ def _frame(ds: Any, pixels: np.ndarray, index: int, count: int, path: Path | Non
         position = position + index * float(gap) * np.cross(orientation[:3], orientation[3:])
     slope = attr("PixelValueTransformationSequence", "RescaleSlope")
     inter = attr("PixelValueTransformationSequence", "RescaleIntercept")
-    return Frame(pixels, position, orientation,
-                 (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0),
-                 float(gap), float(1.0 if slope is None else slope),
-                 float(0.0 if inter is None else inter),
-                 int(ds.get("InstanceNumber", 0) or 0) * 100000 + index, spacing_known=bool(spacing),
-                 path=path, frame=index)
+    return Frame(
+        pixels,
+        position,
+        orientation,
+        (float(spacing[0]), float(spacing[1])) if spacing else (1.0, 1.0),
+        float(gap),
+        float(1.0 if slope is None else slope),
+        float(0.0 if inter is None else inter),
+        int(ds.get("InstanceNumber", 0) or 0) * 100000 + index,
+        spacing_known=bool(spacing),
+        path=path,
+        frame=index,
+    )
 
 
 def _has_geometry(frames: list[Frame]) -> bool:
@@ -384,8 +420,14 @@ def _stack(frames: list[Frame], affine: np.ndarray, voxel_ml: float) -> Series:
     else:  # per-slice scaling: apply it now, float32
         slope, inter = 1.0, 0.0
         stack = np.stack([fr.pixels.astype(np.float32) * fr.slope + fr.inter for fr in frames])
-    return Series(stack.transpose(2, 1, 0), affine, voxel_ml, slope, inter,
-                  sources=tuple((fr.path, fr.frame) for fr in frames if fr.path is not None))
+    return Series(
+        stack.transpose(2, 1, 0),
+        affine,
+        voxel_ml,
+        slope,
+        inter,
+        sources=tuple((fr.path, fr.frame) for fr in frames if fr.path is not None),
+    )
 
 
 def _why(exc: BaseException) -> str:

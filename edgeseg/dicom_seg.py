@@ -40,9 +40,15 @@ def seg_rel(rel: Path) -> Path:
     return rel.with_name(rel.name.removesuffix("_seg.nii.gz") + SEG_SUFFIX)
 
 
-def write_dicom_seg(target: Path, labels: np.ndarray, sources: tuple[tuple[Path, int], ...],
-                    class_names: tuple[str, ...], model: Path, model_sha256: str,
-                    before_replace: Callable[[Path], None] | None = None) -> None:
+def write_dicom_seg(
+    target: Path,
+    labels: np.ndarray,
+    sources: tuple[tuple[Path, int], ...],
+    class_names: tuple[str, ...],
+    model: Path,
+    model_sha256: str,
+    before_replace: Callable[[Path], None] | None = None,
+) -> None:
     """Write ``labels`` of one DICOM series as a DICOM SEG at ``target``, atomically.
 
     Args:
@@ -60,24 +66,33 @@ def write_dicom_seg(target: Path, labels: np.ndarray, sources: tuple[tuple[Path,
     from edgeseg.outputs import atomic_write
 
     if not sources:
-        raise EdgesegError(f"{target}: the series lacks PixelSpacing or ImagePositionPatient/Orientation,"
-                           " which a DICOM SEG needs to place its frames; use --format nifti")
+        raise EdgesegError(
+            f"{target}: the series lacks PixelSpacing or ImagePositionPatient/Orientation,"
+            " which a DICOM SEG needs to place its frames; use --format nifti"
+        )
     hd = _highdicom(target)
     images, frames = _source_frames(sources, labels)
     segments = [_segment(hd, i, name, model, model_sha256) for i, name in enumerate(class_names) if i]
     try:
         seg = hd.seg.Segmentation(
-            source_images=images, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=segments, series_instance_uid=hd.UID(), series_number=_series_number(images[0]),
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer="edgeseg",
-            manufacturer_model_name=model.name[:64], software_versions=_version(),
-            device_serial_number=model_sha256[:16], content_label="EDGESEG",
+            source_images=images,
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=segments,
+            series_instance_uid=hd.UID(),
+            series_number=_series_number(images[0]),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="edgeseg",
+            manufacturer_model_name=model.name[:64],
+            software_versions=_version(),
+            device_serial_number=model_sha256[:16],
+            content_label="EDGESEG",
             content_description=f"edgeseg {', '.join(class_names[1:])}"[:64],
             series_description=f"edgeseg seg of {images[0].get('SeriesDescription', '') or 'series'}"[:64],
         )
     except (ValueError, TypeError, AttributeError) as exc:  # geometry or attributes highdicom refuses
-        raise EdgesegError(f"{target}: cannot make a DICOM SEG of this series ({exc}); use --format nifti"
-                           ) from exc
+        raise EdgesegError(f"{target}: cannot make a DICOM SEG of this series ({exc}); use --format nifti") from exc
     atomic_write(target, lambda tmp: seg.save_as(tmp), before_replace)
 
 
@@ -85,8 +100,9 @@ def _highdicom(target: Path) -> Any:
     try:
         import highdicom
     except ImportError:
-        raise EdgesegError(f"{target}: writing DICOM SEG needs highdicom: pip install 'edgeseg[dicom]',"
-                           " or pass --format nifti") from None
+        raise EdgesegError(
+            f"{target}: writing DICOM SEG needs highdicom: pip install 'edgeseg[dicom]', or pass --format nifti"
+        ) from None
     return highdicom
 
 
@@ -105,16 +121,19 @@ def _source_frames(sources: tuple[tuple[Path, int], ...], labels: np.ndarray) ->
     if len(files) == len(sources):
         uids = [str(ds.get("SOPInstanceUID", "")) for ds in images]
         if len(set(uids)) < len(uids) or not all(uids):
-            raise EdgesegError(f"{files[0].parent}: its files do not each have their own SOPInstanceUID,"
-                               " so a DICOM SEG cannot reference them; use --format nifti")
+            raise EdgesegError(
+                f"{files[0].parent}: its files do not each have their own SOPInstanceUID,"
+                " so a DICOM SEG cannot reference them; use --format nifti"
+            )
         return images, per_slice
     if len(files) == 1:
         frames = np.empty_like(per_slice)
         for k, (_, frame) in enumerate(sources):
             frames[frame] = per_slice[k]
         return images, frames
-    raise EdgesegError(f"{files[0].parent}: several multi-frame files in one series; DICOM SEG needs"
-                       " one; use --format nifti")
+    raise EdgesegError(
+        f"{files[0].parent}: several multi-frame files in one series; DICOM SEG needs one; use --format nifti"
+    )
 
 
 def _segment(hd: Any, index: int, name: str, model: Path, model_sha256: str) -> Any:
@@ -122,16 +141,27 @@ def _segment(hd: Any, index: int, name: str, model: Path, model_sha256: str) -> 
     from pydicom.sr.coding import Code
 
     code = SNOMED.get(name)
-    category = Code(ANATOMICAL_STRUCTURE[0], "SCT", ANATOMICAL_STRUCTURE[1]) if code else Code(
-        TISSUE[0], "SCT", TISSUE[1])
+    category = (
+        Code(ANATOMICAL_STRUCTURE[0], "SCT", ANATOMICAL_STRUCTURE[1]) if code else Code(TISSUE[0], "SCT", TISSUE[1])
+    )
     kind = Code(code[0], "SCT", code[1]) if code else Code(TISSUE[0], "SCT", TISSUE[1])
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="edgeseg", family=_ai_family(), version=_version(), source=model.name[:64],
-        parameters={"model": model.name, "model_sha256": model_sha256})
+        name="edgeseg",
+        family=_ai_family(),
+        version=_version(),
+        source=model.name[:64],
+        parameters={"model": model.name, "model_sha256": model_sha256},
+    )
     return hd.seg.SegmentDescription(
-        segment_number=index, segment_label=name[:64], segmented_property_category=category,
-        segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=name)
+        segment_number=index,
+        segment_label=name[:64],
+        segmented_property_category=category,
+        segmented_property_type=kind,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_uid=hd.UID(),
+        tracking_id=name,
+    )
 
 
 def _ai_family() -> Any:

@@ -63,21 +63,30 @@ def evaluate(
         pred, truth = logits.argmax(dim=1).cpu().numpy(), y.cpu().numpy()
         cm.update(pred, truth)
         if per_slice is not None:
-            rows.update({i: _slice_row(slices.keys[i], p, t, num_classes, class_names)
-                         for i, p, t in zip(batch, pred, truth, strict=True)})
+            rows.update(
+                {
+                    i: _slice_row(slices.keys[i], p, t, num_classes, class_names)
+                    for i, p, t in zip(batch, pred, truth, strict=True)
+                }
+            )
     if per_slice is not None:
         per_slice.extend(rows[i] for i in indices)
     mean_loss = sum(losses) / max(len(indices), 1) if losses else float("nan")
     return cm.summary(), mean_loss
 
 
-def _slice_row(key: str, pred: np.ndarray, truth: np.ndarray, num_classes: int,
-               class_names: tuple[str, ...] | None) -> dict[str, Any]:
+def _slice_row(
+    key: str, pred: np.ndarray, truth: np.ndarray, num_classes: int, class_names: tuple[str, ...] | None
+) -> dict[str, Any]:
     cm = ConfusionMatrix(num_classes, class_names)
     cm.update(pred, truth)
     summary = cm.summary()
-    return {"key": key, "foreground_px": int((truth > 0).sum()), "miou_fg": summary["miou_fg"],
-            **{f"iou_{name}": iou for name, iou in summary["iou"].items()}}
+    return {
+        "key": key,
+        "foreground_px": int((truth > 0).sum()),
+        "miou_fg": summary["miou_fg"],
+        **{f"iou_{name}": iou for name, iou in summary["iou"].items()},
+    }
 
 
 def _shape_batches(slices: Slices, indices: list[int], batch_size: int) -> Iterator[list[int]]:
@@ -94,8 +103,9 @@ def _is_channels_last(model: nn.Module) -> bool:
     return weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
-def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str | None = None,
-                        batch_size: int = 8, per_slice: bool = False) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: Path, data: Path | None = None, split: str | None = None, batch_size: int = 8, per_slice: bool = False
+) -> dict[str, Any]:
     """Per-class metrics of a checkpoint on its held-out slices (or all of ``data``'s test split).
 
     With ``per_slice`` the report also holds ``per_slice``: one row per held-out slice.
@@ -104,15 +114,22 @@ def evaluate_checkpoint(checkpoint: Path, data: Path | None = None, split: str |
     held = checkpoint_split(ckpt, data, split)
     slices, test_idx, root = held.slices, held.test, held.slices.root
     rows: list[dict[str, Any]] | None = [] if per_slice else None
-    metrics, _ = evaluate(model, slices, test_idx, batch_size=batch_size,
-                          class_names=tuple(model.config.class_names),
-                          num_classes=model.config.num_classes, per_slice=rows)
+    metrics, _ = evaluate(
+        model,
+        slices,
+        test_idx,
+        batch_size=batch_size,
+        class_names=tuple(model.config.class_names),
+        num_classes=model.config.num_classes,
+        per_slice=rows,
+    )
     report = {"checkpoint": str(checkpoint), "data": str(root), "slices": len(test_idx), **metrics}
     return report if rows is None else {**report, "per_slice": rows}
 
 
-def run_evaluation(checkpoint: Path | None, data: Path | None, split: str | None,
-                   per_slice_csv: Path | None = None) -> dict[str, Any]:
+def run_evaluation(
+    checkpoint: Path | None, data: Path | None, split: str | None, per_slice_csv: Path | None = None
+) -> dict[str, Any]:
     """``edgeseg evaluate``: prints the per-class table of a checkpoint.
 
     With ``per_slice_csv`` it also writes one row per held-out slice there (atomically) and

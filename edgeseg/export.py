@@ -43,8 +43,7 @@ FORMAT = "edgeseg-onnx-v1"
 DEFAULT_OPSET = 20  # torch's default; onnx.reference runs the int8 QDQ graph only from opset 19
 IR_VERSION = 10  # onnx 1.23 would write IR 11+; onnxruntime 1.31 and TensorRT 10 read 10
 NORMALIZATION = {  # edgeseg.normalization of each contract (edgeseg.normalization_contract)
-    1: "per-image z-score over H and W inside the graph: (x - mean) / sqrt(var + 1e-6);"
-    " feed raw scanner intensities",
+    1: "per-image z-score over H and W inside the graph: (x - mean) / sqrt(var + 1e-6); feed raw scanner intensities",
     2: "per-image tissue mean inside the graph: x / mean(x | x > 0.4 sum(x^4)/sum(x^3)),"
     " independent of padding, cropping and intensity scale; feed raw scanner intensities",
 }
@@ -87,8 +86,6 @@ class ExportReport:
 
 
 # ----------------------------------------------------------------------------- fp32
-
-
 
 
 def output_paths(checkpoint: Path, out: Path | None = None) -> dict[str, Path]:
@@ -135,9 +132,15 @@ def _to_onnx(model: torch.nn.Module, opset: int, min_size: int) -> onnx.ModelPro
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            _export_module(model), (example,), input_names=["image"],
-            output_names=["logits", "labels"], dynamic_shapes={"image": dims},
-            opset_version=opset, dynamo=True, external_data=False, verbose=False,
+            _export_module(model),
+            (example,),
+            input_names=["image"],
+            output_names=["logits", "labels"],
+            dynamic_shapes={"image": dims},
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
     proto = program.model_proto
     proto.ir_version = min(proto.ir_version, IR_VERSION)
@@ -152,9 +155,7 @@ def _simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
         slim = onnxslim.slim(proto)
     except Exception:  # a simplifier bug must not block the export: keep the checked graph
         return proto
-    if symbolic_dims(slim) == symbolic_dims(proto) and any(
-        n.op_type == "Pad" for n in slim.graph.node
-    ):
+    if symbolic_dims(slim) == symbolic_dims(proto) and any(n.op_type == "Pad" for n in slim.graph.node):
         slim.ir_version = proto.ir_version
         return slim
     return proto
@@ -168,9 +169,7 @@ def symbolic_dims(proto: onnx.ModelProto) -> dict[str, list[str | int]]:
     }
 
 
-def model_metadata(
-    ckpt: dict[str, Any], precision: str, opset: int, checkpoint_sha256: str
-) -> dict[str, str]:
+def model_metadata(ckpt: dict[str, Any], precision: str, opset: int, checkpoint_sha256: str) -> dict[str, str]:
     """The ``edgeseg.*`` metadata_props of an exported file (all values strings)."""
     from edgeseg import __version__
     from edgeseg.model import NORMALIZATIONS, ModelConfig, checkpoint_model_config
@@ -187,10 +186,14 @@ def model_metadata(
         "edgeseg.num_classes": str(config.num_classes),
         "edgeseg.in_channels": str(config.in_channels),
         "edgeseg.min_size": str(config.min_size),
-        "edgeseg.input": json.dumps({
-            "name": "image", "dtype": "float32", "shape": ["N", config.in_channels, "H", "W"],
-            "units": "raw intensities",
-        }),
+        "edgeseg.input": json.dumps(
+            {
+                "name": "image",
+                "dtype": "float32",
+                "shape": ["N", config.in_channels, "H", "W"],
+                "units": "raw intensities",
+            }
+        ),
         "edgeseg.normalization": NORMALIZATION[contract],
         "edgeseg.normalization_contract": str(contract),
         "edgeseg.train_miou_fg": "" if miou is None else repr(float(miou)),
@@ -226,8 +229,11 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
 
 
 def export_onnx(
-    checkpoint: Path, out_path: Path | None = None, opset: int = DEFAULT_OPSET,
-    simplify: bool = True, fuse: bool = True,
+    checkpoint: Path,
+    out_path: Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    simplify: bool = True,
+    fuse: bool = True,
 ) -> Path:
     """Export a checkpoint to the fp32 ``edgeseg-onnx-v1`` file.
 
@@ -253,8 +259,7 @@ def export_onnx(
     proto = _to_onnx(inference_form(model) if fuse else model, opset, model.config.min_size)
     if simplify:
         proto = _simplify(proto)
-    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)),
-                         **_qc_ranges(proto, ckpt)})
+    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)), **_qc_ranges(proto, ckpt)})
     return save_onnx(proto, out_path)
 
 
@@ -300,12 +305,13 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         from edgeseg.triton import check_repository
 
         served = [k for k in ("fp32", "fp16", "int8") if k == "fp32" or getattr(config, k)]
-        check_repository(config.triton, [paths[k].stem for k in served]
-                         + ([f"{paths['fp32'].stem}_trt"] if config.trt else []))
+        check_repository(
+            config.triton, [paths[k].stem for k in served] + ([f"{paths['fp32'].stem}_trt"] if config.trt else [])
+        )
     check_writable_dir(paths["fp32"].parent, "--out" if config.out else "the checkpoint's folder")
-    report = ExportReport(checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"],
-                                                           config.opset, config.simplify,
-                                                           config.fuse)})
+    report = ExportReport(
+        checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"], config.opset, config.simplify, config.fuse)}
+    )
     model, ckpt = load_checkpoint(checkpoint)
     data = load_eval_data(ckpt, config.data) if (config.int8 or config.validate) else None
     if config.fp16:
@@ -315,16 +321,13 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     if config.int8:
         from edgeseg.quantize import choose_int8
 
-        report.int8 = choose_int8(paths["fp32"], paths["int8"], data, model, config.calib,
-                                  config.calib_method)
+        report.int8 = choose_int8(paths["fp32"], paths["int8"], data, model, config.calib, config.calib_method)
         report.files["int8"] = paths["int8"]
     if profile is not None:
         report.files["trt"] = _build_trt(report, paths, profile, data)
     if config.validate:
-        parity = ParityConfig(sizes=size_table(config.slices, config.size_slices),
-                              providers=config.providers)
-        report.parity = validate(list(report.files.values()), checkpoint, config=parity,
-                                 eval_data=data)
+        parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
+        report.parity = validate(list(report.files.values()), checkpoint, config=parity, eval_data=data)
         report.parity.extra.update(export=_config_json(config), int8=report.int8)
         report.parity.write(paths["parity"])
     if config.triton is not None and (report.parity is None or report.parity.passed):
@@ -332,8 +335,9 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
 
         for key in ("fp32", "fp16", "int8"):  # X.engine beside X.onnx is served with fp32 if built now
             if key in report.files:
-                report.triton += write_model_repository(report.files[key], config.triton,
-                                                        TritonConfig(engine=config.trt))
+                report.triton += write_model_repository(
+                    report.files[key], config.triton, TritonConfig(engine=config.trt)
+                )
     report.next_commands = next_commands(report)
     return report
 
@@ -357,9 +361,13 @@ def _build_trt(report: ExportReport, paths: dict[str, Path], profile: Any, data:
     from edgeseg.quantize import calibration_set, quantize_int8
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-trt-") as tmp:  # S8S8, zero-point 0
-        sym = quantize_int8(paths["fp32"], Path(tmp) / f"{paths['int8'].stem}_trt.onnx",
-                            calibration_set(data.train_images, report.int8["calib_slices"]),
-                            report.int8["method"], symmetric=True)
+        sym = quantize_int8(
+            paths["fp32"],
+            Path(tmp) / f"{paths['int8'].stem}_trt.onnx",
+            calibration_set(data.train_images, report.int8["calib_slices"]),
+            report.int8["method"],
+            symmetric=True,
+        )
         return build_engine(sym, paths["trt"], profile)
 
 

@@ -154,8 +154,11 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
     if not scans:  # nothing to run: one line, and no --out folder or summary.csv left behind
         if problems or set_aside:
             told = problems + set_aside
-            raise EdgesegError("; ".join(f"{path}: {reason}" for path, reason in told[:3])
-                               + ("; ..." if len(told) > 3 else "") + "; nothing to segment")
+            raise EdgesegError(
+                "; ".join(f"{path}: {reason}" for path, reason in told[:3])
+                + ("; ..." if len(told) > 3 else "")
+                + "; nothing to segment"
+            )
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
     trt = default_trt_options(info, batch_size=config.batch_size)
     with ExitStack() as stack:
@@ -164,15 +167,13 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
 
             runner_type, (session, provider) = ClusterRunner, stack.enter_context(connect(config))
         else:
-            runner_type, (session, provider) = _Runner, create_session(
-                model, config.provider, config.threads, trt)
+            runner_type, (session, provider) = _Runner, create_session(model, config.provider, config.threads, trt)
         check_writable_dir(out)
         stack.enter_context(OutLock(out))
         stack.enter_context(warnings.catch_warnings())
         runner = runner_type(session, provider, info, config, out)
         warnings.showwarning = runner.warned  # library warnings become notes of their scan
-        runner.say(f"model {model} ({info.precision}, classes {', '.join(info.class_names)});"
-                   f" running on {provider}")
+        runner.say(f"model {model} ({info.precision}, classes {', '.join(info.class_names)}); running on {provider}")
         runner.say(_resample_line(info, config.resample))
         if ignored:
             runner.say(_ignored_line(ignored))
@@ -202,41 +203,55 @@ def _model_path(model: Path | None) -> Path:
 def _resample_line(info: ModelInfo, enabled: bool) -> str:
     mm = info.pixel_spacing_mm
     if mm is None:
-        return ("resolution: the model does not record its training pixel spacing, so slices go"
-                " in at their own pixel size; re-export it with a current `edgeseg export`")
+        return (
+            "resolution: the model does not record its training pixel spacing, so slices go"
+            " in at their own pixel size; re-export it with a current `edgeseg export`"
+        )
     if not enabled:
-        return (f"resolution: --no-resample, slices go in at their own pixel size although the"
-                f" model was trained at {mm:g} mm")
-    return (f"resolution: slices of known pixel size (NIfTI, DICOM) are resampled to the model's"
-            f" {mm:g} mm (linear) and labels come back on each scan's own grid; see summary.csv")
+        return (
+            f"resolution: --no-resample, slices go in at their own pixel size although the"
+            f" model was trained at {mm:g} mm"
+        )
+    return (
+        f"resolution: slices of known pixel size (NIfTI, DICOM) are resampled to the model's"
+        f" {mm:g} mm (linear) and labels come back on each scan's own grid; see summary.csv"
+    )
 
 
 def _ignored_line(ignored: list[Path], show: int = 5) -> str:
     more = f" and {len(ignored) - show} more" if len(ignored) > show else ""
-    return (f"ignored {len(ignored)} file(s) of other types ({SUPPORTED} are read):"
-            f" {', '.join(map(str, ignored[:show]))}{more}")
+    return (
+        f"ignored {len(ignored)} file(s) of other types ({SUPPORTED} are read):"
+        f" {', '.join(map(str, ignored[:show]))}{more}"
+    )
 
 
 def _interrupted_line(r: InferReport, total: int) -> str:
-    return (f"{r.done} scan(s) finished in this run, {r.skipped} were already done,"
-            f" {r.failed} failed, of {total}; finished outputs are complete and summary.csv is"
-            " written; rerun the same command to do the rest")
+    return (
+        f"{r.done} scan(s) finished in this run, {r.skipped} were already done,"
+        f" {r.failed} failed, of {total}; finished outputs are complete and summary.csv is"
+        " written; rerun the same command to do the rest"
+    )
 
 
 def _flagged_line(flagged: list[tuple[Path, str]], show: int = 5) -> str:
     names = "; ".join(f"{path} ({why})" for path, why in flagged[:show])
     more = f" and {len(flagged) - show} more" if len(flagged) > show else ""
-    return (f"warning: {len(flagged)} scan(s) outside what the model saw in training, check them before"
-            f" trusting their volumes: {names}{more}; see the qc column of summary.csv")
+    return (
+        f"warning: {len(flagged)} scan(s) outside what the model saw in training, check them before"
+        f" trusting their volumes: {names}{more}; see the qc column of summary.csv"
+    )
 
 
 def _final_line(r: InferReport) -> str:
     redone = f" ({r.redone} redone)" if r.redone else ""
-    return (f"{r.done} done{redone}, {r.failed} failed, {r.skipped} skipped (already done),"
-            f" {r.ignored} ignored, {len(r.set_aside)} DICOM set aside, {r.resampled} resampled;"
-            f" {r.slices} slices in {r.seconds:.1f} s ="
-            f" {r.slices_per_s:.1f} slices/s (model alone {r.model_slices_per_s:.1f}/s)"
-            f" on {r.provider}; summary: {r.summary}")
+    return (
+        f"{r.done} done{redone}, {r.failed} failed, {r.skipped} skipped (already done),"
+        f" {r.ignored} ignored, {len(r.set_aside)} DICOM set aside, {r.resampled} resampled;"
+        f" {r.slices} slices in {r.seconds:.1f} s ="
+        f" {r.slices_per_s:.1f} slices/s (model alone {r.model_slices_per_s:.1f}/s)"
+        f" on {r.provider}; summary: {r.summary}"
+    )
 
 
 @dataclass
@@ -253,8 +268,7 @@ class Segmented:
 class _Runner:
     """The scan loop: prefetching reads, batched inference, background atomic writes."""
 
-    def __init__(self, session: Any, provider: str, info: ModelInfo, config: InferConfig,
-                 out: Path) -> None:
+    def __init__(self, session: Any, provider: str, info: ModelInfo, config: InferConfig, out: Path) -> None:
         from rich.console import Console
 
         self.session, self.info, self.config, self.out = session, info, config, out
@@ -269,8 +283,7 @@ class _Runner:
     def say(self, text: str, error: bool = False) -> None:
         """One unwrapped line: errors always, the rest unless quiet."""
         if error or not self.config.quiet:
-            console = self.progress.console if self.progress else (
-                self.stderr if error else self.stdout)
+            console = self.progress.console if self.progress else (self.stderr if error else self.stdout)
             console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def warned(self, message: Any, category: type, *args: Any, **kwargs: Any) -> None:
@@ -301,9 +314,14 @@ class _Runner:
     def _progress(self, total: int) -> Any:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            console=self.stderr, transient=True,
-                            disable=self.config.quiet or not self.stderr.is_terminal)
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=self.stderr,
+            transient=True,
+            disable=self.config.quiet or not self.stderr.is_terminal,
+        )
         self.scan_task = progress.add_task("scans", total=total)
         self.slice_task = progress.add_task("slices", total=0)
         return progress
@@ -316,8 +334,7 @@ class _Runner:
         try:
             while True:
                 while len(reads) <= self.config.prefetch and (scan := next(todo, None)):
-                    reads.append((scan, None if self._finished(scan) else
-                                  pool.submit(self._read, scan)))
+                    reads.append((scan, None if self._finished(scan) else pool.submit(self._read, scan)))
                 if not reads:
                     break
                 scan, future = reads.popleft()
@@ -365,8 +382,15 @@ class _Runner:
         stamps = stamp_inputs(_files(scan))  # before reading: a change meanwhile shows next run
         self._local.caught = caught = []  # filled by warned() from this thread only
         try:
-            dec = read_scan(scan.path, scan.kind, scan.files, self.config.axis,
-                            self.info.min_size, model_mm, self.config.skull_strip)
+            dec = read_scan(
+                scan.path,
+                scan.kind,
+                scan.files,
+                self.config.axis,
+                self.info.min_size,
+                model_mm,
+                self.config.skull_strip,
+            )
         finally:
             self._local.caught = None
         dec.notes += [f"{scan.path}: the reader warned: {w}" for w in dict.fromkeys(caught)]
@@ -392,8 +416,9 @@ class _Runner:
         self._write(scan, dec, labels, stamps, done.row)
         return done
 
-    def _segmented(self, scan: Scan, dec: Decoded, labels: np.ndarray, seconds: float,
-                   figures: dict[str, float]) -> Segmented:
+    def _segmented(
+        self, scan: Scan, dec: Decoded, labels: np.ndarray, seconds: float, figures: dict[str, float]
+    ) -> Segmented:
         row = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
         row.update({**self._qc(figures), **{k: f"{v:.6g}" for k, v in figures.items() if k.endswith(MEAN_SUFFIX)}})
         return Segmented(row, len(labels), seconds, dec.model_size is not None, dec.notes)
@@ -445,14 +470,21 @@ class _Runner:
         verdict = judge(figures, parse_ranges(self.info.metadata.get(METADATA_KEY)))
         return {**{k: f"{figures[k]:.4g}" for k in FIGURES if k in figures}, "qc": verdict}
 
-    def _write(self, scan: Scan, dec: Decoded, labels: np.ndarray,
-               stamps: tuple[InputStamp, ...], row: dict[str, Any]) -> None:
+    def _write(
+        self, scan: Scan, dec: Decoded, labels: np.ndarray, stamps: tuple[InputStamp, ...], row: dict[str, Any]
+    ) -> None:
         """Overlay (or remove a stale one), then labels; the record goes in before their rename."""
         target = safe_output_path(self.out, scan.rel)
         overlay, overlay_sha = safe_output_path(self.out, overlay_rel(scan.rel)), [""]
         if self.config.overlay:
-            write_overlay(overlay, dec, labels, scan.path, self.info.class_names,
-                          lambda tmp: overlay_sha.__setitem__(0, sha256_file(tmp)))
+            write_overlay(
+                overlay,
+                dec,
+                labels,
+                scan.path,
+                self.info.class_names,
+                lambda tmp: overlay_sha.__setitem__(0, sha256_file(tmp)),
+            )
         else:
             overlay.unlink(missing_ok=True)  # from an earlier run: it would show old labels
 
@@ -461,13 +493,15 @@ class _Runner:
 
         restored = dec.restore(labels)
         stats = stats_rel(scan.rel)
-        write_stats(safe_output_path(self.out, stats), row, self.info, self.model_sha256,
-                    lambda tmp: record(tmp, stats))
+        write_stats(
+            safe_output_path(self.out, stats), row, self.info, self.model_sha256, lambda tmp: record(tmp, stats)
+        )
         if dec.brain_raw is not None:
             brain = label_nifti(dec.brain_raw.astype(np.uint8), dec.template, 2)
             rel = mask_rel(scan.rel)
-            atomic_write(safe_output_path(self.out, rel), lambda tmp: brain.to_filename(str(tmp)),
-                         lambda tmp: record(tmp, rel))
+            atomic_write(
+                safe_output_path(self.out, rel), lambda tmp: brain.to_filename(str(tmp)), lambda tmp: record(tmp, rel)
+            )
         if (extra := self._seg_beside(scan)) is not None:  # beside the NIfTI: a SEG that cannot be is a note
             try:
                 self._seg(scan, dec, safe_output_path(self.out, extra), restored, lambda tmp: record(tmp, extra))
@@ -476,15 +510,22 @@ class _Runner:
         if scan.kind == "dicom" and self.config.format == "dicom-seg":
             self._seg(scan, dec, target, restored, lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]))
         else:
-            write_labels(target, scan.kind, restored, dec, self.info.class_names,
-                         lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]))
+            write_labels(
+                target,
+                scan.kind,
+                restored,
+                dec,
+                self.info.class_names,
+                lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]),
+            )
 
     def _seg(self, scan: Scan, dec: Decoded, target: Path, labels: np.ndarray, record: Any) -> None:
         """Write the DICOM SEG; what pydicom/highdicom warn that the reader did not is a note."""
         self._local.caught = caught = []  # see warned(): this thread's warnings
         try:
-            write_dicom_seg(target, labels, dec.sources, self.info.class_names, self.info.path,
-                            self.model_sha256, record)
+            write_dicom_seg(
+                target, labels, dec.sources, self.info.class_names, self.info.path, self.model_sha256, record
+            )
         finally:
             self._local.caught = None
         for text in dict.fromkeys(caught):
@@ -501,13 +542,24 @@ class _Runner:
                 self.report.done -= 1
                 rows[str(scan.rel)] = self._failed(scan, _reason(exc), counted=True)
 
-    def _row(self, scan: Scan, status: str, labels: np.ndarray | None, voxel_ml: float | None,
-             ms: float | None, dec: Decoded | None = None) -> dict[str, Any]:
+    def _row(
+        self,
+        scan: Scan,
+        status: str,
+        labels: np.ndarray | None,
+        voxel_ml: float | None,
+        ms: float | None,
+        dec: Decoded | None = None,
+    ) -> dict[str, Any]:
         names = self.info.class_names
-        row: dict[str, Any] = {"input": str(scan.path), "series": scan.series, "status": status,
-                               "output": str(scan.rel) if scan.rel.parts else "",
-                               "provider": self.report.provider if ms is not None else "",
-                               "ms": f"{ms:.1f}" if ms is not None else ""}
+        row: dict[str, Any] = {
+            "input": str(scan.path),
+            "series": scan.series,
+            "status": status,
+            "output": str(scan.rel) if scan.rel.parts else "",
+            "provider": self.report.provider if ms is not None else "",
+            "ms": f"{ms:.1f}" if ms is not None else "",
+        }
         if dec is not None:
             mm = self.info.pixel_spacing_mm
             row["spacing_mm"] = "x".join(f"{v:g}" for v in dec.spacing) if dec.spacing else ""
@@ -543,8 +595,13 @@ class _Runner:
             return {**self._row(scan, "done", None, None, None), "message": _reason(exc)}
         row = self._row(scan, "done", labels, voxel_ml, None)
         if previous:  # the input's own shape, provider and time from the run that made it
-            row.update({k: previous[k] for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS, *FIGURES, "qc")
-                        if previous.get(k)})
+            row.update(
+                {
+                    k: previous[k]
+                    for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS, *FIGURES, "qc")
+                    if previous.get(k)
+                }
+            )
         return row
 
 

@@ -37,8 +37,14 @@ def latency_stats(seconds: list[float]) -> dict[str, float]:
     return {k: float(v) for k, v in stats.items()}
 
 
-def time_runs(predict: Callable[[np.ndarray], Any], x: np.ndarray, warmup: int = 3,
-              runs: int = 50, min_runs: int = 5, max_seconds: float = 10.0) -> list[float]:
+def time_runs(
+    predict: Callable[[np.ndarray], Any],
+    x: np.ndarray,
+    warmup: int = 3,
+    runs: int = 50,
+    min_runs: int = 5,
+    max_seconds: float = 10.0,
+) -> list[float]:
     """Seconds per inference of ``predict(x)`` after ``warmup`` untimed calls.
 
     Stops after ``runs`` calls, or after ``max_seconds`` once ``min_runs`` are in.
@@ -72,8 +78,7 @@ def count_macs(path: Path, size: int = 394) -> int:
     graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted - outputs)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     values = session.run(None, {"image": np.zeros((1, 1, size, size), np.float32)})
     shapes.update({n: v.shape for n, v in zip(names, values, strict=True)})
@@ -96,11 +101,11 @@ def run_child(spec: dict[str, Any], threads: int, timeout: float = 300) -> dict[
     """Run :func:`child_main` in a fresh interpreter, BLAS/OpenMP pools sized to ``threads``."""
     env = dict(os.environ)
     if threads:
-        env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                              "MKL_NUM_THREADS")})
+        env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     code = "import sys; from edgeseg.measure import child_main; child_main(sys.argv[1])"
-    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout
+    )
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
         raise RuntimeError(f"{spec['mode']} helper failed: {tail}")
@@ -140,8 +145,9 @@ def _rss_child(spec: dict[str, Any]) -> dict[str, Any]:
     from edgeseg.backends import CpuLevers, open_runner
 
     t = spec["target"]
-    runner = open_runner(Path(spec["path"]), t["provider"], t["threads"], t["precision"],
-                         t["batch"], CpuLevers(**spec["levers"]))
+    runner = open_runner(
+        Path(spec["path"]), t["provider"], t["threads"], t["precision"], t["batch"], CpuLevers(**spec["levers"])
+    )
     x = synthetic_batch(t["batch"], spec["size"])
     for _ in range(spec["runs"]):
         runner.predict(x)
@@ -161,7 +167,6 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
 
 
 @dataclass
@@ -192,13 +197,10 @@ def demo_test_set(data: Path | None = None, limit: int | None = None) -> EvalSet
     return EvalSet(images, masks, f"{root}: {len(test)} test slices of the slab split")
 
 
-def score_miou(predict: Callable[[np.ndarray], Any], evalset: EvalSet,
-               class_names: tuple[str, ...]) -> float:
+def score_miou(predict: Callable[[np.ndarray], Any], evalset: EvalSet, class_names: tuple[str, ...]) -> float:
     """Foreground mIoU of ``predict`` over ``evalset``, one slice per inference."""
     from edgeseg.metrics import evaluate_arrays
 
     preds = (np.asarray(predict(img[None, None]))[0] for img in evalset.images)
     summary = evaluate_arrays(preds, evalset.masks, len(class_names), class_names)
     return float(summary["miou_fg"])
-
-

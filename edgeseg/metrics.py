@@ -131,10 +131,7 @@ class ConfusionMatrix:
         sizes = self._matrix.sum(axis=0) + self._matrix.sum(axis=1)
         union = sizes - tp
         denom = sizes - overlap * tp
-        return [
-            None if u == 0 else float(numerator_scale * t / d)
-            for t, u, d in zip(tp, union, denom, strict=True)
-        ]
+        return [None if u == 0 else float(numerator_scale * t / d) for t, u, d in zip(tp, union, denom, strict=True)]
 
     def iou(self) -> list[float | None]:
         """Per-class IoU = TP / (TP + FP + FN).
@@ -251,9 +248,7 @@ def format_table(summary: dict[str, Any]) -> str:
     keys = ("iou", "dice", "miou_fg", "miou_all", "pixel_accuracy", "pixels")
     lacking = [k for k in keys if k not in summary]
     if lacking:
-        raise EdgesegError(
-            f"summary lacks {lacking}: pass the dict returned by ConfusionMatrix.summary()."
-        )
+        raise EdgesegError(f"summary lacks {lacking}: pass the dict returned by ConfusionMatrix.summary().")
     names = list(summary["iou"])
     width = max([len("mean IoU (foreground)"), *(len(n) for n in names)])
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'Dice':>6}", "-" * (width + 16)]

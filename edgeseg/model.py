@@ -264,9 +264,7 @@ def inference_form(model: UNet) -> UNet:
 def check_input_shape(shape: tuple[int, ...], config: ModelConfig) -> None:
     """Raise EdgesegError unless ``shape`` is ``(N, in_channels, H, W)`` with H, W >= min_size."""
     if len(shape) != 4 or shape[1] != config.in_channels:
-        raise EdgesegError(
-            f"model input has shape {shape}; expected (N, {config.in_channels}, H, W)"
-        )
+        raise EdgesegError(f"model input has shape {shape}; expected (N, {config.in_channels}, H, W)")
     if min(shape[2:]) < config.min_size:
         raise EdgesegError(
             f"input of {shape[2]}x{shape[3]} is too small for this U-Net: H and W must be"

@@ -34,8 +34,16 @@ SUMMARY = "summary.csv"
 RESAMPLE_COLUMNS = ("spacing_mm", "model_spacing_mm", "model_shape", "resampled")
 # Okabe-Ito colour-blind-safe colours for classes 1.. (background is black/transparent).
 QC_COLUMNS = (*FIGURES, "qc")  # quality figures of each scan and their verdict (edgeseg.qc)
-PALETTE = [(0, 0, 0), (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
-           (0, 114, 178), (213, 94, 0), (204, 121, 167)]
+PALETTE = [
+    (0, 0, 0),
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+]
 
 
 def safe_output_path(out: Path, rel: Path) -> Path:
@@ -45,9 +53,7 @@ def safe_output_path(out: Path, rel: Path) -> Path:
     target = out / rel
     root = out.resolve()
     if not target.resolve().is_relative_to(root):
-        raise EdgesegError(
-            f"{target}: resolves to {target.resolve()}, outside --out {root}; refusing to write"
-        )
+        raise EdgesegError(f"{target}: resolves to {target.resolve()}, outside --out {root}; refusing to write")
     return target
 
 
@@ -63,8 +69,9 @@ def sha256_file(path: Path) -> str:
 TMP_MARK = ".edgeseg-tmp"  # in every temp name: ``.x_seg.npy.<pid>-<hex>.edgeseg-tmp.npy``
 
 
-def atomic_write(target: Path, write: Callable[[Path], None],
-                 before_replace: Callable[[Path], None] | None = None) -> None:
+def atomic_write(
+    target: Path, write: Callable[[Path], None], before_replace: Callable[[Path], None] | None = None
+) -> None:
     """Run ``write(tmp)`` on a hidden temp file beside ``target``, then rename it over.
 
     The temp name holds the writer's pid and a random part, so two processes (or two
@@ -124,11 +131,14 @@ def check_writable_dir(folder: Path, option: str = "--out") -> Path:
     except FileExistsError:
         raise EdgesegError(f"{option} {folder}: is a file, not a folder; choose another {option}") from None
     except NotADirectoryError:
-        raise EdgesegError(f"{option} {folder}: a part of this path is a file, not a folder;"
-                           f" choose another {option}") from None
+        raise EdgesegError(
+            f"{option} {folder}: a part of this path is a file, not a folder; choose another {option}"
+        ) from None
     except OSError as exc:  # PermissionError, EROFS (read-only mount), ENOSPC, ...
-        raise EdgesegError(f"{option} {folder}: cannot write there ({exc.strerror or exc});"
-                           f" choose a writable {option} or fix its permissions") from None
+        raise EdgesegError(
+            f"{option} {folder}: cannot write there ({exc.strerror or exc});"
+            f" choose a writable {option} or fix its permissions"
+        ) from None
     return folder
 
 
@@ -149,9 +159,14 @@ def replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_labels(target: Path, kind: str, labels: np.ndarray, dec: Decoded,
-                 class_names: tuple[str, ...],
-                 before_replace: Callable[[Path], None] | None = None) -> None:
+def write_labels(
+    target: Path,
+    kind: str,
+    labels: np.ndarray,
+    dec: Decoded,
+    class_names: tuple[str, ...],
+    before_replace: Callable[[Path], None] | None = None,
+) -> None:
     """Write labels in the input's layout: .npy, palette PNG, or NIfTI beside the input.
 
     ``before_replace``: as in :func:`atomic_write`.
@@ -205,8 +220,14 @@ def label_nifti(labels: np.ndarray, template: Any, num_classes: int, size_known:
 MOSAIC_TILES = 16  # slices shown at most in an overlay mosaic
 
 
-def write_overlay(target: Path, dec: Decoded, labels: np.ndarray, source: Path, class_names: tuple[str, ...],
-                  before_replace: Callable[[Path], None] | None = None) -> None:
+def write_overlay(
+    target: Path,
+    dec: Decoded,
+    labels: np.ndarray,
+    source: Path,
+    class_names: tuple[str, ...],
+    before_replace: Callable[[Path], None] | None = None,
+) -> None:
     """A QC mosaic PNG: up to 16 slices (evenly spaced through those with labels) in the plane
     the model saw, in grey with the classes coloured over them, and a legend of the classes."""
     from PIL import Image, ImageDraw
@@ -227,7 +248,7 @@ def write_overlay(target: Path, dec: Decoded, labels: np.ndarray, source: Path, 
     legend = 18 * (len(class_names) - 1) + 8
     canvas = np.zeros((rows * h + legend, cols * w, 3), np.uint8)
     for i, tile in enumerate(rgb.astype(np.uint8)):
-        canvas[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = tile
+        canvas[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = tile
     mosaic = Image.fromarray(canvas, mode="RGB")
     draw = ImageDraw.Draw(mosaic)
     for c, name in enumerate(class_names[1:], start=1):
@@ -263,8 +284,13 @@ def stats_rel(rel: Path) -> Path:
     return rel.parent / f"{rel.name.split('_seg.')[0]}_stats.json"
 
 
-def write_stats(target: Path, row: dict[str, Any], info: ModelInfo, model_sha256: str,
-                before_replace: Callable[[Path], None] | None = None) -> None:
+def write_stats(
+    target: Path,
+    row: dict[str, Any],
+    info: ModelInfo,
+    model_sha256: str,
+    before_replace: Callable[[Path], None] | None = None,
+) -> None:
     """``<name>_stats.json``: per-class voxels, mL and mean intensity, and the QC figures, from the
     summary row of the scan (the same numbers as summary.csv), plus the model that made them."""
     import json
@@ -274,11 +300,20 @@ def write_stats(target: Path, row: dict[str, Any], info: ModelInfo, model_sha256
 
     stats = {
         # absolute, so a sidecar is the same whichever process (a cluster worker) wrote it
-        "input": os.path.abspath(row["input"]), "series": row.get("series") or None, "output": row["output"],
-        "model": str(info.path), "model_sha256": model_sha256,
+        "input": os.path.abspath(row["input"]),
+        "series": row.get("series") or None,
+        "output": row["output"],
+        "model": str(info.path),
+        "model_sha256": model_sha256,
         "voxel_ml": number("voxel_ml"),
-        "classes": {name: {"voxels": int(row[f"{name}_voxels"]), "ml": number(f"{name}_ml"),
-                           "mean_intensity": number(f"{name}{MEAN_SUFFIX}")} for name in info.class_names},
+        "classes": {
+            name: {
+                "voxels": int(row[f"{name}_voxels"]),
+                "ml": number(f"{name}_ml"),
+                "mean_intensity": number(f"{name}{MEAN_SUFFIX}"),
+            }
+            for name in info.class_names
+        },
         "qc": {**{k: number(k) for k in FIGURES}, "verdict": row.get("qc", "")},
     }
     atomic_write(target, lambda tmp: tmp.write_text(json.dumps(stats, indent=2) + "\n"), before_replace)
@@ -293,9 +328,22 @@ def overlay_rel(rel: Path) -> Path:
 def summary_columns(info: ModelInfo) -> list[str]:
     """summary.csv header: where, status, shape, per-class voxels and mL, resolution, provider, time."""
     names = info.class_names
-    return ["input", "series", "status", "output", "shape", "voxel_ml", *[f"{n}_voxels" for n in names],
-            *[f"{n}_ml" for n in names], *[f"{n}{MEAN_SUFFIX}" for n in names], *RESAMPLE_COLUMNS,
-            *QC_COLUMNS, "provider", "ms", "message"]
+    return [
+        "input",
+        "series",
+        "status",
+        "output",
+        "shape",
+        "voxel_ml",
+        *[f"{n}_voxels" for n in names],
+        *[f"{n}_ml" for n in names],
+        *[f"{n}{MEAN_SUFFIX}" for n in names],
+        *RESAMPLE_COLUMNS,
+        *QC_COLUMNS,
+        "provider",
+        "ms",
+        "message",
+    ]
 
 
 def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
@@ -308,8 +356,9 @@ def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
     except (OSError, csv.Error, UnicodeDecodeError):
         return {}
     root = path.parent
-    return {r["output"]: r for r in rows
-            if r.get("output") and r.get("status") == "done" and (root / r["output"]).is_file()}
+    return {
+        r["output"]: r for r in rows if r.get("output") and r.get("status") == "done" and (root / r["output"]).is_file()
+    }
 
 
 def write_csv(target: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:

@@ -32,13 +32,17 @@ from edgeseg.errors import EdgesegError
 from edgeseg.outputs import atomic_write
 
 if TYPE_CHECKING:
-
     from edgeseg.model import UNet
 
 FORMAT = "edgeseg-parity-v1"
 RTOL = 1e-3  # rtol at which "min atol" is reported
 SIZES_HWN = (  # (H, W, batch): the training size, odd, non-square, small
-    (394, 394, 4), (393, 395, 1), (394, 300, 2), (300, 394, 2), (256, 257, 1), (64, 64, 2),
+    (394, 394, 4),
+    (393, 395, 1),
+    (394, 300, 2),
+    (300, 394, 2),
+    (256, 257, 1),
+    (64, 64, 2),
 )
 
 
@@ -131,8 +135,7 @@ class ParityReport:
     @property
     def failures(self) -> list[str]:
         rows = [f"{r.model} {r.provider} {r.size}: {f}" for r in self.rows for f in r.failures]
-        refs = [f"{m}: {v['failure']}" for m, v in self.reference_evaluator.items()
-                if v.get("failure")]
+        refs = [f"{m}: {v['failure']}" for m, v in self.reference_evaluator.items() if v.get("failure")]
         return rows + refs
 
     @property
@@ -142,12 +145,17 @@ class ParityReport:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (the parity.json content)."""
         return {
-            "format": FORMAT, "passed": self.passed, "failures": self.failures,
-            "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256,
-            "data": self.data, "config": self.config,
+            "format": FORMAT,
+            "passed": self.passed,
+            "failures": self.failures,
+            "checkpoint": self.checkpoint,
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "data": self.data,
+            "config": self.config,
             "rows": [asdict(r) for r in self.rows],
             "reference_evaluator": self.reference_evaluator,
-            "fp16_activations": self.fp16_activations, "skipped_providers": self.skipped,
+            "fp16_activations": self.fp16_activations,
+            "skipped_providers": self.skipped,
             **self.extra,
         }
 
@@ -167,8 +175,14 @@ class ParityReport:
             failures = [f"{r['model']} {r['provider']} {r['size']}: {f}" for r in rows for f in r["failures"]]
             failures += [f"{m}: {v['failure']}" for m, v in refs.items() if v.get("failure")]
             fresh = {k: v for k, v in record.items() if v not in ({}, [], None, "")}
-            record = {**old, **fresh, "rows": rows, "reference_evaluator": refs,
-                      "failures": failures, "passed": bool(rows) and not failures}
+            record = {
+                **old,
+                **fresh,
+                "rows": rows,
+                "reference_evaluator": refs,
+                "failures": failures,
+                "passed": bool(rows) and not failures,
+            }
         return write_json(path, record)
 
 
@@ -197,8 +211,13 @@ def load_eval_data(ckpt: dict[str, Any], data: Path | None = None) -> EvalData:
     held = checkpoint_split(ckpt, data)
     images, masks = held.slices.images, held.slices.masks
     labels = None if held.labels is None else [held.labels[i] for i in held.test]
-    return EvalData(held.source, [images[i] for i in held.test], [masks[i] for i in held.test],
-                    [images[i] for i in held.train], labels)
+    return EvalData(
+        held.source,
+        [images[i] for i in held.test],
+        [masks[i] for i in held.test],
+        [images[i] for i in held.train],
+        labels,
+    )
 
 
 def fit_to_size(image: np.ndarray, mask: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -228,14 +247,19 @@ def size_batches(data: EvalData, sizes: tuple[tuple[int, int, int, int], ...]) -
     """Per size row: ``{"size", "batch", "inputs": [(N,1,H,W) float32], "masks": [...]}``."""
     rows = []
     for h, w, n, batch in sizes:
-        pairs = [fit_to_size(im, m, h, w)
-                 for im, m in pick(list(zip(data.images, data.labels or data.masks, strict=True)), n)]
+        pairs = [
+            fit_to_size(im, m, h, w)
+            for im, m in pick(list(zip(data.images, data.labels or data.masks, strict=True)), n)
+        ]
         starts = range(0, len(pairs), batch)
-        rows.append({
-            "size": f"{h}x{w}", "batch": batch,
-            "inputs": [np.stack([p[0] for p in pairs[s:s + batch]])[:, None] for s in starts],
-            "masks": [np.stack([p[1] for p in pairs[s:s + batch]]) for s in starts],
-        })
+        rows.append(
+            {
+                "size": f"{h}x{w}",
+                "batch": batch,
+                "inputs": [np.stack([p[0] for p in pairs[s : s + batch]])[:, None] for s in starts],
+                "masks": [np.stack([p[1] for p in pairs[s : s + batch]]) for s in starts],
+            }
+        )
     return rows
 
 
@@ -251,15 +275,17 @@ def reference_logits(model: UNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def compare(
-    ref: list[np.ndarray], logits: list[np.ndarray], labels: list[np.ndarray],
-    masks: list[np.ndarray], class_names: tuple[str, ...],
+    ref: list[np.ndarray],
+    logits: list[np.ndarray],
+    labels: list[np.ndarray],
+    masks: list[np.ndarray],
+    class_names: tuple[str, ...],
 ) -> dict[str, Any]:
     """The numbers of one row: |Δlogit| stats, min atol, agreement, mIoU of both vs truth."""
     from edgeseg.metrics import evaluate_arrays
 
     diff = np.concatenate([np.abs(c - r).ravel() for c, r in zip(logits, ref, strict=True)])
-    slack = np.concatenate([(np.abs(c - r) - RTOL * np.abs(r)).ravel()
-                            for c, r in zip(logits, ref, strict=True)])
+    slack = np.concatenate([(np.abs(c - r) - RTOL * np.abs(r)).ravel() for c, r in zip(logits, ref, strict=True)])
     ref_labels = [r.argmax(axis=1) for r in ref]
     agree = sum(int((a == b).sum()) for a, b in zip(labels, ref_labels, strict=True))
     n = len(class_names)
@@ -267,10 +293,14 @@ def compare(
     miou_cand = evaluate_arrays(labels, masks, n, class_names)["miou_fg"]
     d = None if miou_ref is None or miou_cand is None else miou_cand - miou_ref
     return {
-        "max_abs": float(diff.max()), "mean_abs": float(diff.mean()),
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
         "ref_max": float(max(np.abs(r).max() for r in ref)),
-        "min_atol": float(max(slack.max(), 0.0)), "agreement": agree / diff.size * n,
-        "miou_ref": miou_ref, "miou_cand": miou_cand, "d_miou": d,
+        "min_atol": float(max(slack.max(), 0.0)),
+        "agreement": agree / diff.size * n,
+        "miou_ref": miou_ref,
+        "miou_cand": miou_cand,
+        "d_miou": d,
     }
 
 
@@ -313,8 +343,7 @@ def reference_evaluator_check(
     logits, labels = session.run(["logits", "labels"], {"image": x})
     diff = float(np.abs(ref_logits.astype(np.float32) - logits).max())
     scale = max(1.0, float(np.abs(ref_logits).max()))
-    result = {"shape": list(shape), "max_abs": diff,
-              "labels_equal": float((ref_labels == labels).mean())}
+    result = {"shape": list(shape), "max_abs": diff, "labels_equal": float((ref_labels == labels).mean())}
     if gate and diff > 1e-3 * scale:
         result["failure"] = f"ReferenceEvaluator and ORT differ by {diff:.2e} (> 1e-3 x {scale:.1f})"
     return result
@@ -341,8 +370,11 @@ def find_checkpoint(model_path: Path, sha256: str) -> Path:
 
 
 def validate(
-    models: Path | list[Path], ckpt: Path | None = None, data: Path | None = None,
-    config: ParityConfig | None = None, eval_data: EvalData | None = None,
+    models: Path | list[Path],
+    ckpt: Path | None = None,
+    data: Path | None = None,
+    config: ParityConfig | None = None,
+    eval_data: EvalData | None = None,
 ) -> ParityReport:
     """Compare exported ONNX files with their PyTorch checkpoint on real slices.
 
@@ -399,36 +431,57 @@ def _model_info(path: Path) -> Any:
     return _info_from_metadata(path, meta, int(meta.get("edgeseg.opset", 0)))
 
 
-def _validate_engine(report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]],
-                     config: ParityConfig) -> None:
+def _validate_engine(
+    report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]], config: ParityConfig
+) -> None:
     """Rows for a native TensorRT engine, for the sizes inside its profile."""
     from edgeseg.tensorrt import EngineSession
 
     session = EngineSession(path)
     lo, hi = session.sidecar["profile"]["min"], session.sidecar["profile"]["max"]
-    inside = [r for r in rows if all(
-        lo[0] <= x.shape[0] <= hi[0] and lo[1] <= x.shape[2] <= hi[1] and lo[2] <= x.shape[3] <= hi[2]
-        for x in r["inputs"])]
+    inside = [
+        r
+        for r in rows
+        if all(
+            lo[0] <= x.shape[0] <= hi[0] and lo[1] <= x.shape[2] <= hi[1] and lo[2] <= x.shape[3] <= hi[2]
+            for x in r["inputs"]
+        )
+    ]
     if len(inside) < len(rows):
         report.skipped[path.name] = f"{len(rows) - len(inside)} sizes outside the engine's profile"
     _append_rows(report, path, info, inside, session, session.get_providers()[0], config)
 
 
-def _append_rows(report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]],
-                 session: Any, actual: str, config: ParityConfig) -> None:
+def _append_rows(
+    report: ParityReport,
+    path: Path,
+    info: Any,
+    rows: list[dict[str, Any]],
+    session: Any,
+    actual: str,
+    config: ParityConfig,
+) -> None:
     gate = config.gates.get(info.precision, Gate())
     for row in rows:
         logits, labels = run_session(session, row["inputs"])
         numbers = compare(row["ref"], logits, labels, row["masks"], info.class_names)
-        report.rows.append(ParityRow(
-            model=path.name, precision=info.precision, provider=actual, size=row["size"],
-            batch=row["batch"], slices=sum(len(x) for x in row["inputs"]), **numbers,
-            failures=gate_failures(numbers, gate),
-        ))
+        report.rows.append(
+            ParityRow(
+                model=path.name,
+                precision=info.precision,
+                provider=actual,
+                size=row["size"],
+                batch=row["batch"],
+                slices=sum(len(x) for x in row["inputs"]),
+                **numbers,
+                failures=gate_failures(numbers, gate),
+            )
+        )
 
 
-def _validate_file(report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]],
-                   config: ParityConfig) -> None:
+def _validate_file(
+    report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]], config: ParityConfig
+) -> None:
     """Append one row per working provider x size for one ONNX file (or engine)."""
     from edgeseg.runtime import PROVIDERS, _probe, create_session
 
@@ -443,7 +496,8 @@ def _validate_file(report: ParityReport, path: Path, info: Any, rows: list[dict[
         session, actual = create_session(path, provider=provider, threads=config.threads)
         if provider == "cpu" and config.reference_check:
             report.reference_evaluator[path.name] = reference_evaluator_check(
-                path, session, gate=info.precision == "fp32")
+                path, session, gate=info.precision == "fp32"
+            )
         _append_rows(report, path, info, rows, session, actual, config)
 
 

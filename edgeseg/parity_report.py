@@ -37,17 +37,36 @@ def parity_table(report: ParityReport) -> Any:
     from rich import box
     from rich.table import Table
 
-    table = Table(title=f"parity vs PyTorch fp32 ({Path(report.checkpoint).name})",
-                  box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("model", "EP", "size", "N", "max|Δ|", "mean|Δ|", "min atol", "agree %",
-                "mIoU ref", "mIoU", "ΔmIoU", "gate"):
+    table = Table(title=f"parity vs PyTorch fp32 ({Path(report.checkpoint).name})", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in (
+        "model",
+        "EP",
+        "size",
+        "N",
+        "max|Δ|",
+        "mean|Δ|",
+        "min atol",
+        "agree %",
+        "mIoU ref",
+        "mIoU",
+        "ΔmIoU",
+        "gate",
+    ):
         table.add_column(col, justify="left" if col in ("model", "EP") else "right", no_wrap=True)
     for r in report.rows:
         table.add_row(
-            r.model, r.provider.replace("ExecutionProvider", ""), r.size, str(r.batch),
-            f"{r.max_abs:.1e}", f"{r.mean_abs:.1e}", f"{r.min_atol:.1e}",
-            f"{100 * r.agreement:.3f}", _fmt(r.miou_ref), _fmt(r.miou_cand),
-            _fmt(r.d_miou, signed=True), "[green]pass[/]" if not r.failures else "[red]FAIL[/]",
+            r.model,
+            r.provider.replace("ExecutionProvider", ""),
+            r.size,
+            str(r.batch),
+            f"{r.max_abs:.1e}",
+            f"{r.mean_abs:.1e}",
+            f"{r.min_atol:.1e}",
+            f"{100 * r.agreement:.3f}",
+            _fmt(r.miou_ref),
+            _fmt(r.miou_cand),
+            _fmt(r.d_miou, signed=True),
+            "[green]pass[/]" if not r.failures else "[red]FAIL[/]",
         )
     return table
 
@@ -77,8 +96,11 @@ def print_report(console: Any, report: ParityReport) -> None:
 
 
 def run_validate(
-    models: list[Path], ckpt: Path | None = None, data: Path | None = None,
-    config: ParityConfig | None = None, json_path: Path | None = None,
+    models: list[Path],
+    ckpt: Path | None = None,
+    data: Path | None = None,
+    config: ParityConfig | None = None,
+    json_path: Path | None = None,
 ) -> ParityReport:
     """``edgeseg validate``: print the parity table, write parity.json, raise on a failed gate."""
     console = wide_console()
@@ -124,8 +146,13 @@ def score_formats(files: dict[str, Path], data: EvalData, threads: int | None = 
         cm = ConfusionMatrix(info.num_classes, info.class_names)
         for image, mask in zip(data.images, data.masks, strict=True):
             cm.update(session.run(["labels"], {"image": image[None, None].astype(np.float32)})[0][0], mask)
-        scores[precision] = {"file": path.name, "bytes": path.stat().st_size,
-                             "sha256": sha256_file(path), "slices": len(data.images), **cm.summary()}
+        scores[precision] = {
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "sha256": sha256_file(path),
+            "slices": len(data.images),
+            **cm.summary(),
+        }
     return scores
 
 
@@ -136,12 +163,15 @@ def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: li
     config = ModelConfig(**checkpoint_model_config(ckpt))
     formats, train = parity["formats"], ckpt.get("train_config") or {}
     lines = [
-        "# edgeseg default model", "",
+        "# edgeseg default model",
+        "",
         f"U-Net {list(config.widths)} ({count_parameters(UNet(config)):,} parameters): raw MRI"
         f" intensities `image` float32 (N, 1, H, W), any H, W >= {config.min_size} ->"
         " `logits` float32 (N, C, H, W) and `labels` uint8 (N, H, W).",
-        f"Classes: {', '.join(f'{i} {n}' for i, n in enumerate(config.class_names))}.", "",
-        "## Data and provenance", "",
+        f"Classes: {', '.join(f'{i} {n}' for i, n in enumerate(config.class_names))}.",
+        "",
+        "## Data and provenance",
+        "",
         "Trained on the edgeseg demo set: the MNI152 ICBM 2009a template shipped with nilearn"
         " (`edgeseg data demo`), sliced in three planes, gray/white matter labels from its"
         " tissue probability maps (see its provenance.json for the licence notice and"
@@ -150,29 +180,51 @@ def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: li
         f" ({next(iter(formats.values()))['slices']} slices scored); held-out voxels supervise"
         " no training pixel in any plane or orientation.",
         f"Checkpoint SHA-256 `{parity['checkpoint_sha256']}`, best of"
-        f" {len(ckpt.get('history') or []) or '?'} epochs: epoch {int(ckpt.get('epoch', -2)) + 1}.", "",
-        "## Recipe", "", "| setting | value |", "|---|---|",
-        *[f"| {k} | {v} |" for k, v in train.items() if k not in ("data", "runs_dir", "name")], "",
-        "## Reproduce every file", "", "```", *commands, "```", "",
-        "## Held-out accuracy per file (all held-out slices, 394x394, ONNX Runtime CPU)", "",
+        f" {len(ckpt.get('history') or []) or '?'} epochs: epoch {int(ckpt.get('epoch', -2)) + 1}.",
+        "",
+        "## Recipe",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in train.items() if k not in ("data", "runs_dir", "name")],
+        "",
+        "## Reproduce every file",
+        "",
+        "```",
+        *commands,
+        "```",
+        "",
+        "## Held-out accuracy per file (all held-out slices, 394x394, ONNX Runtime CPU)",
+        "",
         f"| file | MB | {' | '.join(f'IoU {n}' for n in config.class_names)} | mIoU (fg) |",
         "|---|---|" + "---|" * (len(config.class_names) + 1),
-        *[f"| {f['file']} | {f['bytes'] / 1e6:.2f} | "
-          + " | ".join(_fmt(f["iou"][n]) for n in config.class_names) + f" | {_fmt(f['miou_fg'])} |"
-          for f in formats.values()],
+        *[
+            f"| {f['file']} | {f['bytes'] / 1e6:.2f} | "
+            + " | ".join(_fmt(f["iou"][n]) for n in config.class_names)
+            + f" | {_fmt(f['miou_fg'])} |"
+            for f in formats.values()
+        ],
         f"| model.pt (PyTorch, from training) | {parity.get('checkpoint_bytes', 0) / 1e6:.2f} | "
         + " | ".join(_fmt((ckpt.get("metrics") or {}).get("iou", {}).get(n)) for n in config.class_names)
-        + f" | {_fmt((ckpt.get('metrics') or {}).get('miou_fg'))} |", "",
-        "## Parity with the PyTorch checkpoint (`edgeseg validate`)", "",
+        + f" | {_fmt((ckpt.get('metrics') or {}).get('miou_fg'))} |",
+        "",
+        "## Parity with the PyTorch checkpoint (`edgeseg validate`)",
+        "",
         f"Gates passed: **{'yes' if parity['passed'] else 'NO'}**. Each row: real held-out"
-        " slices cropped or edge-padded to the size.", "",
+        " slices cropped or edge-padded to the size.",
+        "",
         "| file | EP | size | N | max abs Δlogit | agree % | mIoU ref | mIoU | ΔmIoU | gate |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *[f"| {r['model']} | {r['provider'].replace('ExecutionProvider', '')} | {r['size']} |"
-          f" {r['batch']} | {r['max_abs']:.1e} | {100 * r['agreement']:.3f} | {_fmt(r['miou_ref'])}"
-          f" | {_fmt(r['miou_cand'])} | {_fmt(r['d_miou'], True)} |"
-          f" {'pass' if not r['failures'] else 'FAIL'} |" for r in parity["rows"]], "",
-        *_split_section(parity.get("splits")), *_robustness_section(parity.get("robustness")),
+        *[
+            f"| {r['model']} | {r['provider'].replace('ExecutionProvider', '')} | {r['size']} |"
+            f" {r['batch']} | {r['max_abs']:.1e} | {100 * r['agreement']:.3f} | {_fmt(r['miou_ref'])}"
+            f" | {_fmt(r['miou_cand'])} | {_fmt(r['d_miou'], True)} |"
+            f" {'pass' if not r['failures'] else 'FAIL'} |"
+            for r in parity["rows"]
+        ],
+        "",
+        *_split_section(parity.get("splits")),
+        *_robustness_section(parity.get("robustness")),
     ]
     return "\n".join(lines)
 
@@ -182,14 +234,21 @@ def _split_section(splits: dict[str, Any] | None) -> list[str]:
     if not splits:
         return []
     return [
-        "## Held-out accuracy under each split (PyTorch, `edgeseg evaluate export/model.pt --split S`)", "",
+        "## Held-out accuracy under each split (PyTorch, `edgeseg evaluate export/model.pt --split S`)",
+        "",
         "Only the regions split is held out from this model in every plane; the slabs and tutorial"
         " slices are held out from training runs *with those splits*, and this model trained on"
         " most of their pixels (through other planes, or directly), so its figures there are not"
-        " held-out figures.", "",
-        "| split | scored | mIoU (GM, WM) | IoU GM | IoU WM |", "|---|---|---|---|---|",
-        *[f"| {name} | {s['slices']} slices | {_fmt(s['miou_fg'])} | {_fmt(s['iou'].get('gray_matter'))}"
-          f" | {_fmt(s['iou'].get('white_matter'))} |" for name, s in splits.items()], "",
+        " held-out figures.",
+        "",
+        "| split | scored | mIoU (GM, WM) | IoU GM | IoU WM |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {name} | {s['slices']} slices | {_fmt(s['miou_fg'])} | {_fmt(s['iou'].get('gray_matter'))}"
+            f" | {_fmt(s['iou'].get('white_matter'))} |"
+            for name, s in splits.items()
+        ],
+        "",
     ]
 
 
@@ -216,8 +275,8 @@ SHIPPED_RECIPE = [  # how export/ is made; the last line is what regenerates thi
     "  # 32 or 16 slices: OOM (>21 GB) on this 23 GB box",
     "python -c 'from pathlib import Path; from edgeseg.model import load_checkpoint;"
     " from edgeseg.parity import load_eval_data; from edgeseg.parity_report import write_model_card;"
-    " c = load_checkpoint(Path(\"export/model.pt\"))[1];"
-    " write_model_card(Path(\"export\"), Path(\"export/model.pt\"), None, load_eval_data(c))'",
+    ' c = load_checkpoint(Path("export/model.pt"))[1];'
+    ' write_model_card(Path("export"), Path("export/model.pt"), None, load_eval_data(c))\'',
 ]
 
 
@@ -226,8 +285,12 @@ def split_scores(checkpoint: Path) -> dict[str, Any]:
     from edgeseg.data import SPLITS
     from edgeseg.evaluate import evaluate_checkpoint
 
-    return {name: {k: v for k, v in evaluate_checkpoint(checkpoint, split=name).items()
-                   if k in ("slices", "miou_fg", "iou")} for name in SPLITS}
+    return {
+        name: {
+            k: v for k, v in evaluate_checkpoint(checkpoint, split=name).items() if k in ("slices", "miou_fg", "iou")
+        }
+        for name in SPLITS
+    }
 
 
 def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None, data: EvalData) -> Path:
@@ -243,16 +306,14 @@ def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None,
         raise EdgesegError(f"{parity_path}: missing; run `edgeseg export` into {folder} first")
     parity = json.loads(parity_path.read_text())
     stem = Path(checkpoint).stem
-    files = {p: Path(folder) / f"{stem}{s}.onnx" for p, s in (("fp32", ""), ("fp16", "_fp16"),
-                                                                ("int8", "_int8"))}
+    files = {p: Path(folder) / f"{stem}{s}.onnx" for p, s in (("fp32", ""), ("fp16", "_fp16"), ("int8", "_int8"))}
     parity["formats"] = score_formats({p: f for p, f in files.items() if f.is_file()}, data)
     parity["checkpoint_bytes"] = Path(checkpoint).stat().st_size
     parity["splits"] = split_scores(checkpoint)
     if files["fp32"].is_file():  # the file users run; `evaluate --robustness` gives any other's
         parity["robustness"] = [{"file": files["fp32"].name, **asdict(row)} for row in run_robustness(files["fp32"])]
     write_json(parity_path, parity)
-    text = render_model_card(load_checkpoint(checkpoint)[1], parity,
-                             SHIPPED_RECIPE if commands is None else commands)
+    text = render_model_card(load_checkpoint(checkpoint)[1], parity, SHIPPED_RECIPE if commands is None else commands)
     readme = Path(folder) / "README.md"
     tmp = readme.with_name(".README.md.tmp")
     tmp.write_text(text + "\n")

@@ -58,13 +58,15 @@ class QCCounter:
     @classmethod
     def for_classes(cls, class_names: tuple[str, ...]) -> QCCounter:
         """A counter for a model with these classes."""
+
         def index(name: str) -> int | None:
             return class_names.index(name) if name in class_names else None
+
         return cls(index("gray_matter"), index("white_matter"))
 
     def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
         """Count ``(n, C, H, W)`` logits and their ``(n, H, W)`` argmax labels."""
-        brain = (labels > 0)
+        brain = labels > 0
         kept = brain.reshape(len(brain), -1).mean(1) >= MIN_BRAIN
         if not kept.any():
             return
@@ -82,8 +84,11 @@ class QCCounter:
         if not brain:
             return {}
         cdf = np.cumsum(self.hist)
-        out = {"brain_fraction": brain / self.pixels, "conf_mean": self.conf_sum / brain,
-               "conf_p5": float(np.searchsorted(cdf, 0.05 * brain) + 0.5) / BINS}
+        out = {
+            "brain_fraction": brain / self.pixels,
+            "conf_mean": self.conf_sum / brain,
+            "conf_p5": float(np.searchsorted(cdf, 0.05 * brain) + 0.5) / BINS,
+        }
         if self.gray is not None and self.white is not None and self.wm:
             out["gm_wm_ratio"] = self.gm / self.wm
         return out
@@ -91,8 +96,11 @@ class QCCounter:
 
 def slice_ranges(figures: list[dict[str, float]]) -> dict[str, list[float]]:
     """``[min, max]`` of each figure over per-slice figures (export: training and held-out slices)."""
-    return {k: [min(f[k] for f in figures if k in f), max(f[k] for f in figures if k in f)]
-            for k in FIGURES if any(k in f for f in figures)}
+    return {
+        k: [min(f[k] for f in figures if k in f), max(f[k] for f in figures if k in f)]
+        for k in FIGURES
+        if any(k in f for f in figures)
+    }
 
 
 def parse_ranges(text: str | None) -> dict[str, list[float]] | None:
@@ -112,8 +120,11 @@ def judge(figures: dict[str, float], ranges: dict[str, list[float]] | None) -> s
         return NO_RANGES
     if not figures:
         return f"no brain found (no slice with >= {MIN_BRAIN:.0%} brain)"
-    out = [f"{k} {figures[k]:.3g} outside {lo:.3g}-{hi:.3g}" for k, (lo, hi) in ranges.items()
-           if k in figures and not lo <= figures[k] <= hi]
+    out = [
+        f"{k} {figures[k]:.3g} outside {lo:.3g}-{hi:.3g}"
+        for k, (lo, hi) in ranges.items()
+        if k in figures and not lo <= figures[k] <= hi
+    ]
     return "; ".join(out) if out else "ok"
 
 

@@ -100,7 +100,8 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     meta = {p.key: p.value for p in proto.metadata_props}
     blocked = set(normalization_nodes(proto)) | {  # Shape reads only the size: no Cast
-        n.name for n in proto.graph.node if n.op_type == "Shape" and "image" in n.input}
+        n.name for n in proto.graph.node if n.op_type == "Shape" and "image" in n.input
+    }
     inside = _internal_tensors(proto, blocked)
     kept = [vi for vi in proto.graph.value_info if vi.name not in inside]
     del proto.graph.value_info[:]
@@ -123,7 +124,10 @@ def _internal_tensors(proto: onnx.ModelProto, nodes: set[str]) -> set[str]:
             consumers.setdefault(name, []).append(node.name)
     outputs = {o.name for o in proto.graph.output}
     return {
-        out for node in proto.graph.node if node.name in nodes for out in node.output
+        out
+        for node in proto.graph.node
+        if node.name in nodes
+        for out in node.output
         if out not in outputs and all(c in nodes for c in consumers.get(out, []))
     }
 
@@ -161,14 +165,23 @@ def calibration_set(slices: list[np.ndarray], n: int) -> list[np.ndarray]:
     from edgeseg.parity import fit_to_size, pick
 
     full = pick(slices, n)
-    crops = [fit_to_size(im, np.zeros(im.shape, np.uint8), s, s)[0]
-             for im in full[::2] for s in CALIB_CROPS if min(im.shape) > s]
+    crops = [
+        fit_to_size(im, np.zeros(im.shape, np.uint8), s, s)[0]
+        for im in full[::2]
+        for s in CALIB_CROPS
+        if min(im.shape) > s
+    ]
     return full + crops
 
 
 def quantize_int8(
-    src: Path, dst: Path, calib_images: list[np.ndarray], method: str = "minmax",
-    reduce_range: bool = True, symmetric: bool = False, cache: Path | None = None,
+    src: Path,
+    dst: Path,
+    calib_images: list[np.ndarray],
+    method: str = "minmax",
+    reduce_range: bool = True,
+    symmetric: bool = False,
+    cache: Path | None = None,
 ) -> Path:
     """Static QDQ int8 model from an fp32 edgeseg ONNX, calibrated on ``calib_images``.
 
@@ -199,16 +212,25 @@ def quantize_int8(
     with tempfile.TemporaryDirectory(prefix="edgeseg-int8-") as tmp:
         pre, out = Path(tmp) / "pre.onnx", Path(tmp) / "int8.onnx"
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress
-            _quantize(src, pre, out, SliceReader(calib_images), method,
-                      reduce_range and not symmetric, symmetric, cache)
+            _quantize(
+                src, pre, out, SliceReader(calib_images), method, reduce_range and not symmetric, symmetric, cache
+            )
         int8 = onnx.load(str(out))
     int8.ir_version = min(int8.ir_version, proto.ir_version)
     set_metadata(int8, {**meta, "edgeseg.precision": "int8"})
     return save_onnx(int8, dst)
 
 
-def _quantize(src: Path, pre: Path, out: Path, reader: SliceReader, method: str,
-              reduce_range: bool, symmetric: bool, cache: Path | None) -> None:
+def _quantize(
+    src: Path,
+    pre: Path,
+    out: Path,
+    reader: SliceReader,
+    method: str,
+    reduce_range: bool,
+    symmetric: bool,
+    cache: Path | None,
+) -> None:
     """quant_pre_process + quantize_static with edgeseg's settings (see quantize_int8)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -216,19 +238,28 @@ def _quantize(src: Path, pre: Path, out: Path, reader: SliceReader, method: str,
 
     quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(
-        str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-        reduce_range=reduce_range, weight_type=QuantType.QInt8,
+        str(pre),
+        str(out),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        reduce_range=reduce_range,
+        weight_type=QuantType.QInt8,
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         nodes_to_exclude=float_nodes(onnx.load(str(pre))),
         calibrate_method=getattr(CalibrationMethod, CALIB_ENUM[method]),
-        extra_options={"CalibStridedMinMax": 1, "ActivationSymmetric": symmetric,
-                       "WeightSymmetric": True},
+        extra_options={"CalibStridedMinMax": 1, "ActivationSymmetric": symmetric, "WeightSymmetric": True},
         calibration_cache_path=None if cache is None else str(cache),
     )
 
 
 def choose_int8(
-    src: Path, dst: Path, data: EvalData, model: Any, calib: int = 32, method: str = "auto",
+    src: Path,
+    dst: Path,
+    data: EvalData,
+    model: Any,
+    calib: int = 32,
+    method: str = "auto",
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Quantise with each calibration method (x reduce_range) and keep the best by ΔmIoU.
@@ -259,17 +290,29 @@ def choose_int8(
         for name in methods:
             for rr in (True, False):
                 key, start = f"{name}/{'7bit' if rr else '8bit'}", time.perf_counter()
-                path = quantize_int8(src, Path(tmp) / f"{name}-{rr}.onnx", calib_images, name,
-                                     reduce_range=rr, cache=Path(tmp) / f"{name}.json")
-                results[key] = {**_score(path, rows, threads), "file": path.name,
-                                "seconds": round(time.perf_counter() - start, 1)}
+                path = quantize_int8(
+                    src,
+                    Path(tmp) / f"{name}-{rr}.onnx",
+                    calib_images,
+                    name,
+                    reduce_range=rr,
+                    cache=Path(tmp) / f"{name}.json",
+                )
+                results[key] = {
+                    **_score(path, rows, threads),
+                    "file": path.name,
+                    "seconds": round(time.perf_counter() - start, 1),
+                }
         best = min(results, key=lambda k: (results[k]["worst_d_miou"], -results[k]["agreement"]))
         os.replace(Path(tmp) / results[best].pop("file"), dst)  # same folder: atomic rename
     for r in results.values():
         r.pop("file", None)
     return {
-        "method": best.split("/")[0], "reduce_range": best.endswith("7bit"),
-        "calib_slices": calib, "calib_inputs": len(calib_images), "candidates": results,
+        "method": best.split("/")[0],
+        "reduce_range": best.endswith("7bit"),
+        "calib_slices": calib,
+        "calib_inputs": len(calib_images),
+        "candidates": results,
         "latency_ms": {"fp32": cpu_latency_ms(src, threads), "int8": cpu_latency_ms(dst, threads)},
     }
 
@@ -297,8 +340,7 @@ def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[
         numbers = compare(row["ref"], logits, labels, row["masks"], names)
         d_miou[row["size"]] = numbers["d_miou"] or 0.0
         agree.append(numbers["agreement"])
-    return {"d_miou": d_miou, "worst_d_miou": max(abs(v) for v in d_miou.values()),
-            "agreement": float(np.mean(agree))}
+    return {"d_miou": d_miou, "worst_d_miou": max(abs(v) for v in d_miou.values()), "agreement": float(np.mean(agree))}
 
 
 def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...] = (1, 1, 394, 394)) -> float:
@@ -354,13 +396,15 @@ def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, An
 
     ref = reference_logits(model, inputs)
     finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])
-    agree = np.mean(np.concatenate([(a.argmax(1) == b.argmax(1)).ravel()
-                                    for a, b in zip(logits16, ref, strict=True)]))
+    agree = np.mean(np.concatenate([(a.argmax(1) == b.argmax(1)).ravel() for a, b in zip(logits16, ref, strict=True)]))
     return {
-        "slices": int(sum(len(x) for x in inputs)), "max_activation": peak["value"],
-        "max_activation_layer": peak["layer"], "headroom": FP16_MAX / max(peak["value"], 1e-30),
+        "slices": int(sum(len(x) for x in inputs)),
+        "max_activation": peak["value"],
+        "max_activation_layer": peak["layer"],
+        "headroom": FP16_MAX / max(peak["value"], 1e-30),
         "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
-        "agreement": float(agree), "finite": bool(finite),
+        "agreement": float(agree),
+        "finite": bool(finite),
     }
 
 

@@ -51,7 +51,8 @@ class OutLock:
                 os.close(fd)
                 raise EdgesegError(
                     f"--out {self.path.parent}: another edgeseg infer (pid {holder}) is writing"
-                    " there; wait for it to finish, or choose another --out") from None
+                    " there; wait for it to finish, or choose another --out"
+                ) from None
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                 break
             os.close(fd)
@@ -141,21 +142,20 @@ class Records:
     def _compare(record: Record, out: Path, files: tuple[Path, ...], overlay: str | None) -> str | None:
         if sha256_file(out / record.output) != record.sha256:
             return "output damaged"
-        if overlay is not None and (not record.overlay_sha256
-                                    or sha256_file(out / overlay) != record.overlay_sha256):
+        if overlay is not None and (not record.overlay_sha256 or sha256_file(out / overlay) != record.overlay_sha256):
             return "overlay damaged"
         if [i.path for i in record.inputs] != [os.path.abspath(f) for f in files]:
             return "input changed"
         for stamp, f in zip(record.inputs, files, strict=True):
             st = os.stat(f)
             if (st.st_size, st.st_mtime_ns) != (stamp.size, stamp.mtime_ns) and (
-                    st.st_size != stamp.size or sha256_file(f) != stamp.sha256):
+                st.st_size != stamp.size or sha256_file(f) != stamp.sha256
+            ):
                 return "input changed"
         return None
 
     def compact(self) -> None:
         """Rewrite the file atomically with only the newest record per output."""
         with self._lock:
-            lines = "".join(json.dumps(asdict(r), separators=(",", ":")) + "\n"
-                            for r in self.latest.values())
+            lines = "".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in self.latest.values())
             atomic_write(self.path, lambda tmp: tmp.write_text(lines))

@@ -56,8 +56,10 @@ def tight_crop(image: np.ndarray, mask: np.ndarray, margin: int = CROP_MARGIN) -
     rows, cols = np.flatnonzero((image > 0).any(1)), np.flatnonzero((image > 0).any(0))
     if rows.size == 0:
         return image, mask
-    window = (slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
-              slice(max(cols[0] - margin, 0), cols[-1] + margin + 1))
+    window = (
+        slice(max(rows[0] - margin, 0), rows[-1] + margin + 1),
+        slice(max(cols[0] - margin, 0), cols[-1] + margin + 1),
+    )
     return image[window], mask[window]
 
 
@@ -67,10 +69,12 @@ def zero_pad(px: int) -> Perturb:
 
 def bias_field(strength: float) -> Perturb:
     """A smooth multiplicative field: exp(strength x a diagonal ramp from -1 to 1 over the slice)."""
+
     def apply(im: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = im.shape
         ramp = (np.linspace(-1, 1, h)[:, None] + np.linspace(-1, 1, w)[None, :]) / 2
         return (im * np.exp(strength * ramp)).astype(np.float32), m
+
     return apply
 
 
@@ -80,11 +84,13 @@ def gamma(g: float) -> Perturb:
 
 def rician(sigma: float, seed: int = 0) -> Perturb:
     """Rician noise on every pixel (the background becomes Rayleigh noise), sigma x the peak."""
+
     def apply(im: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([seed, im.shape[0], im.shape[1]])
         s = sigma * float(im.max())
         n1, n2 = rng.standard_normal(im.shape), rng.standard_normal(im.shape)
         return np.sqrt((im + s * n1) ** 2 + (s * n2) ** 2).astype(np.float32), m
+
     return apply
 
 
@@ -107,6 +113,7 @@ def resolution(mm: float) -> Perturb:
         low = im[:hh, :ww].reshape(hh // k, k, ww // k, k).mean((1, 3))
         up = zoom(low, (h / low.shape[0], w / low.shape[1]), order=1, grid_mode=True, mode="nearest")
         return up[:h, :w].astype(np.float32), m
+
     return apply
 
 
@@ -138,8 +145,11 @@ def held_out_planes(root: Path | None = None, seed: int = 0, count: int = 32) ->
     root = Path(root) if root else build_demo()
     slices = load_slices(root)
     split = make_split(slices, "regions", seed=seed)
-    test = split.test if count >= len(split.test) else [
-        split.test[round(k * (len(split.test) - 1) / max(count - 1, 1))] for k in range(count)]
+    test = (
+        split.test
+        if count >= len(split.test)
+        else [split.test[round(k * (len(split.test) - 1) / max(count - 1, 1))] for k in range(count)]
+    )
     planes, template, regions = demo_planes(root), load_template(), held_out_regions(seed)
     oblique: dict[float, list[tuple[np.ndarray, np.ndarray]]] = {}
     for k, deg in enumerate(OBLIQUE_DEG):
@@ -187,8 +197,9 @@ def robustness_report(predict: Predict, data: HeldOutPlanes, num_classes: int = 
         if family == "oblique":
             scored = [(f"{deg:+g} deg", data.oblique[deg]) for deg in OBLIQUE_DEG]
         else:
-            scored = [(name, [fn(im, m) for im, m in zip(data.images, data.masks, strict=True)])
-                      for name, fn in variants]
+            scored = [
+                (name, [fn(im, m) for im, m in zip(data.images, data.masks, strict=True)]) for name, fn in variants
+            ]
         pooled, worst, n = ConfusionMatrix(num_classes), None, 0
         for _, pairs in scored:
             cm = ConfusionMatrix(num_classes)
@@ -207,13 +218,18 @@ def robustness_report(predict: Predict, data: HeldOutPlanes, num_classes: int = 
 
 def format_robustness(rows: list[RobustnessRow]) -> str:
     """A markdown table of the report."""
+
     def fmt(v: float | None, sign: bool = False) -> str:
         return "—" if v is None else (f"{-v:+.4f}" if sign else f"{v:.4f}")
 
-    lines = ["| perturbation | strengths | mIoU (GM, WM) | vs clean | worst strength | slices |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r.family} | {r.strengths} | {fmt(r.miou_fg)} | {fmt(r.drop, True)} | {fmt(r.worst)} | {r.slices} |"
-              for r in rows]
+    lines = [
+        "| perturbation | strengths | mIoU (GM, WM) | vs clean | worst strength | slices |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.family} | {r.strengths} | {fmt(r.miou_fg)} | {fmt(r.drop, True)} | {fmt(r.worst)} | {r.slices} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -250,8 +266,9 @@ def checkpoint_predictor(path: Path) -> tuple[Predict, int]:
     return predict, model.config.num_classes
 
 
-def run_robustness(model: Path, data: Path | None = None, slices: int = 32,
-                   json_out: Path | None = None) -> list[RobustnessRow]:
+def run_robustness(
+    model: Path, data: Path | None = None, slices: int = 32, json_out: Path | None = None
+) -> list[RobustnessRow]:
     """``edgeseg evaluate --robustness``: print the table for a checkpoint or an ONNX file."""
     model = Path(model)
     if not model.is_file():

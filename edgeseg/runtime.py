@@ -96,8 +96,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError, truncated or empty file
         raise EdgesegError(
-            f"{path}: not a readable ONNX file ({_first_line(exc)}); pass a model written by"
-            " `edgeseg export`"
+            f"{path}: not a readable ONNX file ({_first_line(exc)}); pass a model written by `edgeseg export`"
         ) from exc
     _check_io(path, model.graph)
     meta = {p.key: p.value for p in model.metadata_props}
@@ -139,10 +138,7 @@ def _info_from_metadata(path: Path, meta: dict[str, str], opset: int) -> ModelIn
         keys = ", ".join(f"edgeseg.{k}" for k in missing)
         raise EdgesegError(f"{path}: not an edgeseg model: metadata lacks {keys}; {fix}")
     if meta["edgeseg.format"] != FORMAT:
-        raise EdgesegError(
-            f"{path}: model format is {meta['edgeseg.format']!r}, this edgeseg reads"
-            f" {FORMAT!r}; {fix}"
-        )
+        raise EdgesegError(f"{path}: model format is {meta['edgeseg.format']!r}, this edgeseg reads {FORMAT!r}; {fix}")
     try:
         names = tuple(str(n) for n in json.loads(meta["edgeseg.class_names"]))
         num, in_ch, min_size = (int(meta[f"edgeseg.{k}"]) for k in REQUIRED_KEYS[2:])
@@ -162,10 +158,15 @@ def _info_from_metadata(path: Path, meta: dict[str, str], opset: int) -> ModelIn
             f" {num}, in_channels {in_ch}, min_size {min_size}); {fix}"
         )
     return ModelInfo(
-        path=path, precision=meta.get("edgeseg.precision", "fp32"), class_names=names,
-        in_channels=in_ch, min_size=min_size, opset=opset,
+        path=path,
+        precision=meta.get("edgeseg.precision", "fp32"),
+        class_names=names,
+        in_channels=in_ch,
+        min_size=min_size,
+        opset=opset,
         version=meta.get("edgeseg.version", ""),
-        normalization=meta.get("edgeseg.normalization", ""), train_miou_fg=miou_value,
+        normalization=meta.get("edgeseg.normalization", ""),
+        train_miou_fg=miou_value,
         normalization_contract=int(contract),
         checkpoint_sha256=meta.get("edgeseg.checkpoint_sha256", ""),
         pixel_spacing_mm=_pixel_spacing(path, meta.get("edgeseg.pixel_spacing_mm")),
@@ -274,9 +275,7 @@ def resolve_providers(
     """
     choice = provider.lower()
     if choice not in (*PROVIDERS, "auto"):
-        raise EdgesegError(
-            f"unknown provider {provider!r}; choose auto, cpu, cuda or tensorrt"
-        )
+        raise EdgesegError(f"unknown provider {provider!r}; choose auto, cpu, cuda or tensorrt")
     if choice in ("cuda", "tensorrt") and not provider_works(PROVIDERS[choice]):
         raise EdgesegError(
             f"provider {choice}: {PROVIDERS[choice]} cannot run here"
@@ -294,7 +293,9 @@ def resolve_providers(
 
 
 def default_trt_options(
-    info: ModelInfo, batch_size: int = 8, opt_hw: tuple[int, int] = (394, 394),
+    info: ModelInfo,
+    batch_size: int = 8,
+    opt_hw: tuple[int, int] = (394, 394),
     max_hw: tuple[int, int] = (1024, 1024),
 ) -> dict[str, Any]:
     """TensorRT provider options for an edgeseg model: one shape profile, cached engines.
@@ -330,7 +331,9 @@ def _cache_dir() -> Path:
 
 
 def create_session(
-    path: str | Path, provider: str = "auto", threads: int | None = None,
+    path: str | Path,
+    provider: str = "auto",
+    threads: int | None = None,
     trt_options: dict[str, Any] | None = None,
 ) -> tuple[Any, str]:
     """An ``onnxruntime.InferenceSession`` for an edgeseg model, and who really runs it.
@@ -361,9 +364,7 @@ def create_session(
     if threads:
         options.intra_op_num_threads = int(threads)
     try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=chain, enable_fallback=0
-        )
+        session = ort.InferenceSession(str(path), sess_options=options, providers=chain, enable_fallback=0)
     except Exception as exc:  # IR version too new, unsupported op, TensorRT build failure
         raise EdgesegError(
             f"{path}: onnxruntime {ort.__version__} cannot load this model"

@@ -77,8 +77,7 @@ class Decoded:
         """(H, W) of the slices the model sees."""
         return self.model_size or self.stack.shape[1:]
 
-    def batch(self, start: int, stop: int, source: Path,
-              size: tuple[int, int] | None = None) -> np.ndarray:
+    def batch(self, start: int, stop: int, source: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         """Slices ``start:stop`` as float32 ``(n, 1, H, W)``; NaN/Inf is an error.
 
         ``size``: resample the slices linearly to this ``(H, W)`` (e.g. ``model_size``).
@@ -116,13 +115,16 @@ def resample(x: np.ndarray, size: tuple[int, int], order: int = 1) -> np.ndarray
     return out.reshape(*x.shape[:-2], *size)
 
 
-def model_grid(spacing: tuple[float, float] | None, shape: tuple[int, int],
-               model_mm: float | None) -> tuple[int, int] | None:
+def model_grid(
+    spacing: tuple[float, float] | None, shape: tuple[int, int], model_mm: float | None
+) -> tuple[int, int] | None:
     """Slice size at the model's pixel spacing; None when unknown or within SPACING_MATCH."""
     if spacing is None or model_mm is None:
         return None
-    size = tuple(n if abs(mm / model_mm - 1) <= SPACING_MATCH else max(1, round(n * mm / model_mm))
-                 for n, mm in zip(shape, spacing, strict=True))
+    size = tuple(
+        n if abs(mm / model_mm - 1) <= SPACING_MATCH else max(1, round(n * mm / model_mm))
+        for n, mm in zip(shape, spacing, strict=True)
+    )
     return size if size != tuple(shape) else None  # type: ignore[return-value]
 
 
@@ -198,17 +200,25 @@ def discover_scans(
             kind = kind_of(path)
             scans.append(Scan(path, kind, Path(output_name(path, kind)), (path,)))
         elif path.is_file() and (kind_of(path) or is_dicom_file(path)):  # named: no image is a failure
-            _dicom_scans(path, Path(output_name(path, "dicom")), (path,), series, force, scans,
-                         problems, problems)
+            _dicom_scans(path, Path(output_name(path, "dicom")), (path,), series, force, scans, problems, problems)
         else:
-            problems.append((path, "does not exist" if not path.exists() else
-                             f"unsupported file type; expected {SUPPORTED}"))
+            problems.append(
+                (path, "does not exist" if not path.exists() else f"unsupported file type; expected {SUPPORTED}")
+            )
     kept, collisions = _dedupe(scans)
     return kept, problems + collisions, ignored, skipped
 
 
-def _dicom_scans(where: Path, rel: Path, files: tuple[Path, ...], series: str | None, force: bool,
-                 scans: list[Scan], problems: list, skipped: list) -> None:
+def _dicom_scans(
+    where: Path,
+    rel: Path,
+    files: tuple[Path, ...],
+    series: str | None,
+    force: bool,
+    scans: list[Scan],
+    problems: list,
+    skipped: list,
+) -> None:
     """One Scan per image volume among ``files`` (a folder's, or one file); ``rel`` names the first."""
     from edgeseg.dicom import group_series
 
@@ -220,12 +230,16 @@ def _dicom_scans(where: Path, rel: Path, files: tuple[Path, ...], series: str | 
     for group in grouping.groups:
         name = rel.name
         if several:  # <folder>_S3_E2_seg.nii.gz; the UID's tail where SeriesNumbers do not tell apart
-            tag = f"S{group.number}" if group.number and numbers.count(group.number) == 1 else (
-                "S" + group.uid.replace(".", "")[-8:])
+            tag = (
+                f"S{group.number}"
+                if group.number and numbers.count(group.number) == 1
+                else ("S" + group.uid.replace(".", "")[-8:])
+            )
             tag += "".join(f"_{k}{v}" for k, v in group.split)
             name = name.replace("_seg.nii.gz", f"_{tag}_seg.nii.gz")
-        scans.append(Scan(where, "dicom", rel.parent / name, group.files,
-                          group.describe() if several or series else ""))
+        scans.append(
+            Scan(where, "dicom", rel.parent / name, group.files, group.describe() if several or series else "")
+        )
 
 
 LOOP = "a symbolic link that loops back on itself; fix or remove the link"
@@ -249,8 +263,7 @@ def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]
     scans, loops, ignored, dicom_folders = [], [], [], []
     for folder, dirs, files in os.walk(root):
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and (here / d).resolve() != out_root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() != out_root)
         dicom = []
         for name in sorted(f for f in files if not f.startswith(".")):
             path, kind = here / name, kind_of(here / name)
@@ -283,16 +296,24 @@ def _dedupe(scans: list[Scan]) -> tuple[list[Scan], list[tuple[Path, str]]]:
     kept, problems = [], []
     for scan in scans:
         if scan.rel in seen:
-            problems.append((scan.path, f"its output {scan.rel} is already written for"
-                             f" {seen[scan.rel].path}; rename one of them"))
+            problems.append(
+                (scan.path, f"its output {scan.rel} is already written for {seen[scan.rel].path}; rename one of them")
+            )
         else:
             seen[scan.rel] = scan
             kept.append(scan)
     return kept, problems
 
 
-def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | None = None,
-              min_size: int = 16, model_mm: float | None = None, skull_strip: bool = False) -> Decoded:
+def read_scan(
+    path: Path,
+    kind: str,
+    files: tuple[Path, ...] = (),
+    axis: int | None = None,
+    min_size: int = 16,
+    model_mm: float | None = None,
+    skull_strip: bool = False,
+) -> Decoded:
     """Decode one scan; EdgesegError (naming ``path``) for anything unusable.
 
     Args:
@@ -314,8 +335,7 @@ def read_scan(path: Path, kind: str, files: tuple[Path, ...] = (), axis: int | N
 
         series = read_dicom_series(path, files or (path,))
         dec = _volume(path, series.raw, series.affine, _zooms(series.affine), axis, min_size)
-        dec.template, dec.voxel_ml, dec.notes = (
-            _nifti_template(series.affine), series.voxel_ml, series.notes)
+        dec.template, dec.voxel_ml, dec.notes = (_nifti_template(series.affine), series.voxel_ml, series.notes)
         if not series.spacing_known:
             dec.spacing = None  # never resample on a guessed pixel size
         dec.slope, dec.inter = series.slope, series.inter
@@ -358,8 +378,15 @@ def _skull_strip(path: Path, dec: Decoded, axis: int | None, min_size: int) -> N
     dec.brain_raw = mask
 
 
-def check_claimed_size(path: Path, what: str, shape: tuple[int, ...], dtype: Any, offset: int = 0,
-                       gzipped: bool = False, holds: int | None = None) -> None:
+def check_claimed_size(
+    path: Path,
+    what: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    offset: int = 0,
+    gzipped: bool = False,
+    holds: int | None = None,
+) -> None:
     """Refuse a header whose ``shape`` x ``dtype`` the file cannot hold, before any read.
 
     A header that lies (a 1.5 kB file claiming 60000x60000 voxels) would otherwise make a
@@ -374,21 +401,27 @@ def check_claimed_size(path: Path, what: str, shape: tuple[int, ...], dtype: Any
     room = size * GZIP_MAX_RATIO if gzipped else size - offset
     holder = f"the file of {_bytes(size)}" if holds is None else f"its pixel data of {_bytes(size)}"
     if need > room:
-        raise EdgesegError(f"{path}: {_claim(shape, dtype)}, but {holder} cannot hold that; the"
-                           f" {what} is truncated or its header is damaged; re-export it")
+        raise EdgesegError(
+            f"{path}: {_claim(shape, dtype)}, but {holder} cannot hold that; the"
+            f" {what} is truncated or its header is damaged; re-export it"
+        )
     if gzipped:
         check_decoded_size(path, shape, dtype)
         if (got := _gunzipped_size(path, offset + need)) < offset + need:
-            raise EdgesegError(f"{path}: {_claim(shape, dtype)}, but it decompresses to only"
-                               f" {_bytes(got)} with the header; the {what} is truncated or its"
-                               " header is damaged; re-export it")
+            raise EdgesegError(
+                f"{path}: {_claim(shape, dtype)}, but it decompresses to only"
+                f" {_bytes(got)} with the header; the {what} is truncated or its"
+                " header is damaged; re-export it"
+            )
 
 
 def check_decoded_size(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
     """Refuse a scan that would be decoded into memory whole beyond :data:`MAX_SCAN_BYTES`."""
     if _claimed(shape, dtype) > MAX_SCAN_BYTES:
-        raise EdgesegError(f"{path}: {_claim(shape, dtype)}, more than edgeseg decodes at once"
-                           f" ({_bytes(MAX_SCAN_BYTES)}); crop or split the scan")
+        raise EdgesegError(
+            f"{path}: {_claim(shape, dtype)}, more than edgeseg decodes at once"
+            f" ({_bytes(MAX_SCAN_BYTES)}); crop or split the scan"
+        )
 
 
 def _claimed(shape: tuple[int, ...], dtype: Any) -> int:
@@ -396,8 +429,7 @@ def _claimed(shape: tuple[int, ...], dtype: Any) -> int:
 
 
 def _claim(shape: tuple[int, ...], dtype: Any) -> str:
-    return (f"its header claims {'x'.join(map(str, shape))} {np.dtype(dtype)}"
-            f" ({_bytes(_claimed(shape, dtype))})")
+    return f"its header claims {'x'.join(map(str, shape))} {np.dtype(dtype)} ({_bytes(_claimed(shape, dtype))})"
 
 
 def _gunzipped_size(path: Path, limit: int) -> int:
@@ -503,12 +535,16 @@ def _read_nifti(path: Path, axis: int | None, min_size: int) -> Decoded:
         raise EdgesegError(f"{path}: not a readable NIfTI file ({_why(exc)})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):  # e.g. a CIFTI-2 surface file
         kind = type(img).__name__.removesuffix("Image").replace("Cifti2", "CIFTI-2")
-        raise EdgesegError(f"{path}: not a NIfTI-1/2 image volume ({kind} data, not voxels);"
-                           " give a 3-D NIfTI volume")
+        raise EdgesegError(f"{path}: not a NIfTI-1/2 image volume ({kind} data, not voxels); give a 3-D NIfTI volume")
     header = img.header
-    check_claimed_size(path, "NIfTI file", header.get_data_shape(), header.get_data_dtype(),
-                       max(int(header.get_data_offset()), header.sizeof_hdr),
-                       gzipped=path.name.lower().endswith(".gz"))
+    check_claimed_size(
+        path,
+        "NIfTI file",
+        header.get_data_shape(),
+        header.get_data_dtype(),
+        max(int(header.get_data_offset()), header.sizeof_hdr),
+        gzipped=path.name.lower().endswith(".gz"),
+    )
     try:
         proxy = img.dataobj
         raw = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
@@ -542,17 +578,14 @@ def nifti_zooms_mm(img: Any) -> tuple[float, float, float]:
 
 def _check_dtype(path: Path, dtype: np.dtype) -> None:
     if dtype.kind not in "biuf":
-        raise EdgesegError(
-            f"{path}: unsupported data type {dtype}; expected a real-valued (int or float) image"
-        )
+        raise EdgesegError(f"{path}: unsupported data type {dtype}; expected a real-valued (int or float) image")
 
 
 def _zooms(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in np.sqrt((affine[:3, :3] ** 2).sum(0)))  # type: ignore
 
 
-def default_axis(shape: tuple[int, ...], zooms: tuple[float, ...], affine: np.ndarray,
-                 min_size: int) -> int:
+def default_axis(shape: tuple[int, ...], zooms: tuple[float, ...], affine: np.ndarray, min_size: int) -> int:
     """The slicing axis: acquisition axis if voxels are clearly thickest there, else axial."""
     import nibabel as nib
 
@@ -567,8 +600,9 @@ def default_axis(shape: tuple[int, ...], zooms: tuple[float, ...], affine: np.nd
     return axial[0] if axial else fits[-1]
 
 
-def _volume(path: Path, raw: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...],
-            axis: int | None, min_size: int) -> Decoded:
+def _volume(
+    path: Path, raw: np.ndarray, affine: np.ndarray, zooms: tuple[float, ...], axis: int | None, min_size: int
+) -> Decoded:
     """Slice a 3-D array along ``axis`` into model orientation, with the exact inverse."""
     from nibabel.orientations import apply_orientation, io_orientation, ornt_transform
 

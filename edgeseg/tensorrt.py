@@ -62,8 +62,7 @@ def parse_nhw(text: str, option: str = "--trt-opt") -> tuple[int, int, int]:
 
 def make_profile(min_: str, opt: str, max_: str, min_size: int) -> Profile:
     """Parse and check a profile: min <= opt <= max elementwise, H and W >= min_size."""
-    profile = Profile(parse_nhw(min_, "--trt-min"), parse_nhw(opt, "--trt-opt"),
-                      parse_nhw(max_, "--trt-max"))
+    profile = Profile(parse_nhw(min_, "--trt-min"), parse_nhw(opt, "--trt-opt"), parse_nhw(max_, "--trt-max"))
     ordered = all(a <= b <= c for a, b, c in zip(profile.min, profile.opt, profile.max, strict=True))
     if not ordered or profile.min[0] < 1 or min(profile.min[1:]) < min_size:
         raise EdgesegError(
@@ -111,13 +110,18 @@ def current_environment() -> dict[str, str]:
     version = ctypes.c_int(0)
     cuda.cuDriverGetVersion(ctypes.byref(version))
     query = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader",
-         "--id=0"], capture_output=True, text=True, check=False,
+        ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader", "--id=0"],
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.strip()
     name, cap, driver = ([s.strip() for s in query.split(",")] + ["?", "?", "?"])[:3]
     return {
-        "tensorrt": trt.__version__, "cuda": f"{version.value // 1000}.{version.value % 1000 // 10}",
-        "gpu": name, "compute_capability": cap, "driver": driver,
+        "tensorrt": trt.__version__,
+        "cuda": f"{version.value // 1000}.{version.value % 1000 // 10}",
+        "gpu": name,
+        "compute_capability": cap,
+        "driver": driver,
     }
 
 
@@ -125,7 +129,8 @@ def sidecar_mismatch(sidecar: dict[str, Any], here: dict[str, str]) -> list[str]
     """``["tensorrt 10.3.0 (engine) != 10.8.0 (here)", ...]`` for every MUST_MATCH key."""
     return [
         f"{key} {sidecar.get(key, '?')} (engine) != {here.get(key, '?')} (here)"
-        for key in MUST_MATCH if str(sidecar.get(key)) != str(here.get(key))
+        for key in MUST_MATCH
+        if str(sidecar.get(key)) != str(here.get(key))
     ]
 
 
@@ -186,12 +191,17 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile) -> Path:
     if serialized is None:
         raise EdgesegError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
     _write_bytes(engine_path, bytes(serialized))
-    write_json(Path(f"{engine_path}.json"), {
-        "format": SIDECAR_FORMAT, **current_environment(), "precision": info.precision,
-        "onnx": Path(onnx_path).name, "profile": {"min": profile.min, "opt": profile.opt,
-                                                  "max": profile.max},
-        "metadata": info.metadata,
-    })
+    write_json(
+        Path(f"{engine_path}.json"),
+        {
+            "format": SIDECAR_FORMAT,
+            **current_environment(),
+            "precision": info.precision,
+            "onnx": Path(onnx_path).name,
+            "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max},
+            "metadata": info.metadata,
+        },
+    )
     return Path(engine_path)
 
 
@@ -227,8 +237,7 @@ def load_engine(engine_path: Path) -> tuple[Any, dict[str, Any]]:
         )
     import tensorrt as trt
 
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(
-        engine_path.read_bytes())
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise EdgesegError(f"{engine_path}: TensorRT could not deserialise it; rebuild it")
     return engine, sidecar

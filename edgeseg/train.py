@@ -69,8 +69,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The tutorial: 394x394 whole slices, Adam 3e-4, BCEWithLogits on one-hot masks, batch 16,
     # 30 epochs, the last 100 slices in sorted order as test, no augmentation, eager NCHW.
     "tutorial": dict(
-        epochs=30, batch_size=16, lr=3e-4, weight_decay=0.0, schedule="constant", loss="bce",
-        patch=None, patches_per_slice=1, augment=False, split="tutorial", channels_last=False,
+        epochs=30,
+        batch_size=16,
+        lr=3e-4,
+        weight_decay=0.0,
+        schedule="constant",
+        loss="bce",
+        patch=None,
+        patches_per_slice=1,
+        augment=False,
+        split="tutorial",
+        channels_last=False,
     ),
 }
 
@@ -119,6 +128,7 @@ class TrainResult:
 def segmentation_loss(kind: str, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Loss over logits ``(N, C, H, W)`` and integer masks ``(N, H, W)``."""
     if kind == "bce":
+
         def tutorial_bce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             valid = (mask != IGNORE).unsqueeze(1).to(logits.dtype)
             target = F.one_hot(mask.clamp_max(num_classes - 1), num_classes).permute(0, 3, 1, 2)
@@ -175,14 +185,16 @@ def find_latest_checkpoint(runs_dir: Path = Path("runs")) -> Path:
     """The newest run's ``best.pt`` under ``runs_dir``."""
     candidates = sorted(Path(runs_dir).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise EdgesegError(
-            f"{runs_dir}: no run with a best.pt; train one with `edgeseg train` or pass a checkpoint"
-        )
+        raise EdgesegError(f"{runs_dir}: no run with a best.pt; train one with `edgeseg train` or pass a checkpoint")
     return candidates[-1]
 
 
-def train(config: TrainConfig, resume: Path | None = None, log: Callable[[str], None] = print,
-          progress: Callable[..., Any] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig,
+    resume: Path | None = None,
+    log: Callable[[str], None] = print,
+    progress: Callable[..., Any] | None = None,
+) -> TrainResult:
     """Train a U-Net; returns the best checkpoint and its held-out metrics.
 
     Args:
@@ -213,13 +225,23 @@ def _resume_note(run_dir: Path) -> str:
     return f"{finished} epoch(s) finished and saved in {run_dir}; continue with: edgeseg train --resume {run_dir}"
 
 
-def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None, log: Callable[[str], None],
-               progress: Callable[..., Any] | None) -> TrainResult:
+def _train_run(
+    config: TrainConfig,
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    log: Callable[[str], None],
+    progress: Callable[..., Any] | None,
+) -> TrainResult:
     """The body of :func:`train` once the run folder is chosen."""
     start = time.perf_counter()
     if state is not None:
-        config = TrainConfig(**{**state["train_config"], "widths": tuple(state["train_config"]["widths"]),
-                                "class_names": tuple(state["train_config"]["class_names"])})
+        config = TrainConfig(
+            **{
+                **state["train_config"],
+                "widths": tuple(state["train_config"]["widths"]),
+                "class_names": tuple(state["train_config"]["class_names"]),
+            }
+        )
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     slices = _load_data(config)
@@ -236,8 +258,14 @@ def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
     # Items come normalised with their whole frame's statistics (model.segment skips the
     # model's own normalisation), so patches look like inference on whole frames.
     images, masks = _sources(slices, split, config, log)
-    dataset = RobustPatches(images, masks, len(images) * config.patches_per_slice,
-                            patch=config.patch, augment=config.augment, seed=config.seed)
+    dataset = RobustPatches(
+        images,
+        masks,
+        len(images) * config.patches_per_slice,
+        patch=config.patch,
+        augment=config.augment,
+        seed=config.seed,
+    )
     steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
@@ -257,7 +285,9 @@ def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
         log(f"resuming {run_dir} after epoch {first_epoch}/{config.epochs}")
     _write_json(run_dir / "config.json", _config_dict(config))
     data_info = {
-        "root": str(slices.root), "split": config.split, "split_note": split.note,
+        "root": str(slices.root),
+        "split": config.split,
+        "split_note": split.note,
         "test_keys": [slices.keys[i] for i in test_idx],
         # Inference resamples scans of known voxel size to this before the model sees them.
         "pixel_spacing_mm": config.pixel_spacing_mm or _demo_pixel_mm(slices.root),
@@ -266,29 +296,47 @@ def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
         t0 = time.perf_counter()
         dataset.set_epoch(epoch)
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, shuffle=True, num_workers=config.workers,
-            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch), drop_last=False,
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            num_workers=config.workers,
+            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
+            drop_last=False,
         )
-        loss, iou = _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, config,
-                                 device, epoch, progress)
+        loss, iou = _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, config, device, epoch, progress)
         metrics, test_loss = evaluate(
-            model, scored, test_idx, batch_size=config.eval_batch_size, device=device,
-            loss_fn=loss_fn, class_names=config.class_names, num_classes=config.num_classes,
+            model,
+            scored,
+            test_idx,
+            batch_size=config.eval_batch_size,
+            device=device,
+            loss_fn=loss_fn,
+            class_names=config.class_names,
+            num_classes=config.num_classes,
         )
         test_iou = metrics["miou_fg"] if metrics["miou_fg"] is not None else float("nan")
-        record = EpochRecord(epoch + 1, loss, iou, test_loss, test_iou,
-                             optimizer.param_groups[0]["lr"], time.perf_counter() - t0)
+        record = EpochRecord(
+            epoch + 1, loss, iou, test_loss, test_iou, optimizer.param_groups[0]["lr"], time.perf_counter() - t0
+        )
         history.append(record)
         ckpt_extra = dict(
-            train_config=_config_dict(config), metrics=metrics, epoch=epoch, data=data_info,
-            edgeseg_version=__version__, history=[asdict(r) for r in history],
+            train_config=_config_dict(config),
+            metrics=metrics,
+            epoch=epoch,
+            data=data_info,
+            edgeseg_version=__version__,
+            history=[asdict(r) for r in history],
         )
         if test_iou > best["miou_fg"]:
             best = {"miou_fg": test_iou, "epoch": epoch + 1, "metrics": metrics}
             save_checkpoint(run_dir / "best.pt", model, **ckpt_extra)
         save_checkpoint(
-            run_dir / "last.pt", model, optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), best=best, **ckpt_extra,
+            run_dir / "last.pt",
+            model,
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            best=best,
+            **ckpt_extra,
         )
         _write_history(run_dir, history)
         log(
@@ -296,12 +344,20 @@ def _train_run(config: TrainConfig, run_dir: Path, state: dict[str, Any] | None,
             f"test_loss {test_loss:.4f}  test_iou {test_iou:.4f}  ({record.seconds:.0f}s)"
         )
     _write_reports(run_dir, history, scored, test_idx, config, device)
-    return TrainResult(run_dir, run_dir / "best.pt", best["miou_fg"], best["epoch"],
-                       best["metrics"], history, time.perf_counter() - start)
+    return TrainResult(
+        run_dir,
+        run_dir / "best.pt",
+        best["miou_fg"],
+        best["epoch"],
+        best["metrics"],
+        history,
+        time.perf_counter() - start,
+    )
 
 
-def _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, config, device, epoch,
-                 progress) -> tuple[float, float]:
+def _train_epoch(
+    model, loader, optimizer, scheduler, scaler, loss_fn, config, device, epoch, progress
+) -> tuple[float, float]:
     """One pass; returns (mean loss, foreground mIoU of the training predictions)."""
     model.train()
     cm = ConfusionMatrix(config.num_classes)
@@ -335,8 +391,12 @@ def _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, config, d
 def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     if config.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-            pct_start=0.15, div_factor=10.0, final_div_factor=100.0,
+            optimizer,
+            max_lr=config.lr,
+            total_steps=config.epochs * steps_per_epoch,
+            pct_start=0.15,
+            div_factor=10.0,
+            final_div_factor=100.0,
         )
     if config.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -347,9 +407,7 @@ def _prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[s
     if resume is None:
         run_dir = new_run_dir(Path(config.runs_dir), config.name)
         if (run_dir / "last.pt").exists():
-            raise EdgesegError(
-                f"{run_dir}: a run already exists here; pass --resume {run_dir} or another --name"
-            )
+            raise EdgesegError(f"{run_dir}: a run already exists here; pass --resume {run_dir} or another --name")
         run_dir.mkdir(parents=True, exist_ok=True)
         return run_dir, None
     last = Path(resume) / "last.pt" if Path(resume).is_dir() else Path(resume)
@@ -366,8 +424,9 @@ def _prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[s
     return last.parent, state
 
 
-def _sources(slices: Slices, split: Split, config: TrainConfig,
-             log: Callable[[str], None]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def _sources(
+    slices: Slices, split: Split, config: TrainConfig, log: Callable[[str], None]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Training planes: the split's training slices, plus oblique planes under the regions split.
 
     Oblique planes are resampled from the template once per run (about 0.1 s each) and
@@ -388,8 +447,10 @@ def _sources(slices: Slices, split: Split, config: TrainConfig,
         if (labels > 0).mean() >= 0.02:  # the demo set's own rule for a slice with brain
             images.append(image)
             masks.append(region_masks([labels], [plane], regions)[0][0])
-    log(f"{config.oblique_planes} oblique planes (tilt up to {config.oblique_tilt_deg:g} deg)"
-        f" added to {len(split.train)} slices")
+    log(
+        f"{config.oblique_planes} oblique planes (tilt up to {config.oblique_tilt_deg:g} deg)"
+        f" added to {len(split.train)} slices"
+    )
     return images, masks
 
 
@@ -426,8 +487,14 @@ def _write_history(run_dir: Path, history: list[EpochRecord]) -> None:
 # ----------------------------------------------------------------------------- figures
 
 
-def _write_reports(run_dir: Path, history: list[EpochRecord], slices: Slices, test_idx: list[int],
-                   config: TrainConfig, device: torch.device) -> None:
+def _write_reports(
+    run_dir: Path,
+    history: list[EpochRecord],
+    slices: Slices,
+    test_idx: list[int],
+    config: TrainConfig,
+    device: torch.device,
+) -> None:
     """``curves.png`` (loss and IoU per epoch) and ``predictions.png`` (image / truth / prediction)."""
     import matplotlib
 
@@ -461,11 +528,15 @@ def _write_reports(run_dir: Path, history: list[EpochRecord], slices: Slices, te
             x = torch.from_numpy(slices.images[i][None, None]).to(device)
             pred = model(x).argmax(dim=1)[0].cpu().numpy()
             truth = np.ma.masked_equal(slices.masks[i], IGNORE)  # unscored pixels left blank
-            for ax, img, title in zip(row, (slices.images[i], truth, pred),
-                                      (slices.keys[i], "ground truth", "prediction"), strict=True):
-                ax.imshow(img, cmap="gray" if img is slices.images[i] else "viridis",
-                          vmin=None if img is slices.images[i] else 0,
-                          vmax=None if img is slices.images[i] else config.num_classes - 1)
+            for ax, img, title in zip(
+                row, (slices.images[i], truth, pred), (slices.keys[i], "ground truth", "prediction"), strict=True
+            ):
+                ax.imshow(
+                    img,
+                    cmap="gray" if img is slices.images[i] else "viridis",
+                    vmin=None if img is slices.images[i] else 0,
+                    vmax=None if img is slices.images[i] else config.num_classes - 1,
+                )
                 ax.set_title(title, fontsize=9)
                 ax.axis("off")
     fig.tight_layout()
@@ -488,14 +559,24 @@ def run_training(preset: str, overrides: dict[str, Any], resume: Path | None = N
     if config.data is None and resume is None:
         demo = build_demo()
         console.print(f"no --data given: using the demo MRI set (nilearn's MNI152 2009a template) at {demo}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[stats]}"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task("epoch", total=None, stats="")
 
         def on_step(epoch: int, step: int, steps: int, loss: float, iou: float) -> None:
-            bar.update(task, description=f"epoch {epoch + 1}", completed=step, total=steps,
-                       stats=f"loss {loss:.4f} iou {iou:.4f}")
+            bar.update(
+                task,
+                description=f"epoch {epoch + 1}",
+                completed=step,
+                total=steps,
+                stats=f"loss {loss:.4f} iou {iou:.4f}",
+            )
 
         result = train(config, resume, log=bar.console.print, progress=on_step)
     console.print(format_metrics_table(result.metrics))

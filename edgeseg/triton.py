@@ -35,8 +35,14 @@ MARKER = "# edgeseg-triton-v1"  # first line of every config.pbtxt we write; we 
 VERSION = "1"  # the one model version folder we write
 KINDS = {"auto": "KIND_AUTO", "gpu": "KIND_GPU", "cpu": "KIND_CPU"}
 ONNX_TO_TRITON = {  # onnx.TensorProto element type name -> Triton DataType
-    "FLOAT": "TYPE_FP32", "FLOAT16": "TYPE_FP16", "BFLOAT16": "TYPE_BF16", "DOUBLE": "TYPE_FP64",
-    "UINT8": "TYPE_UINT8", "INT8": "TYPE_INT8", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+    "FLOAT": "TYPE_FP32",
+    "FLOAT16": "TYPE_FP16",
+    "BFLOAT16": "TYPE_BF16",
+    "DOUBLE": "TYPE_FP64",
+    "UINT8": "TYPE_UINT8",
+    "INT8": "TYPE_INT8",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
     "BOOL": "TYPE_BOOL",
 }
 EXTRA_HINT = "pip install 'edgeseg[triton]' (tritonclient[grpc])"
@@ -102,8 +108,7 @@ def _tensors(onnx_path: Path) -> tuple[list[tuple[str, str, list[int]]], list[tu
     return inputs, [describe(vi) for vi in graph.output]
 
 
-def _base_config(pb2: Any, name: str, platform: str, onnx_path: Path, max_batch: int,
-                 config: TritonConfig) -> Any:
+def _base_config(pb2: Any, name: str, platform: str, onnx_path: Path, max_batch: int, config: TritonConfig) -> Any:
     """A ModelConfig with the graph's I/O and dynamic batching; instance groups are the caller's."""
     inputs, outputs = _tensors(onnx_path)
     model = pb2.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
@@ -121,8 +126,7 @@ def onnx_config(onnx_path: Path, name: str, config: TritonConfig) -> Any:
     """The ``onnxruntime_onnx`` ModelConfig of an edgeseg ONNX file."""
     pb2 = model_config_pb2()
     model = _base_config(pb2, name, "onnxruntime_onnx", onnx_path, config.max_batch_size, config)
-    model.instance_group.add(count=config.instances,
-                             kind=pb2.ModelInstanceGroup.Kind.Value(KINDS[config.kind]))
+    model.instance_group.add(count=config.instances, kind=pb2.ModelInstanceGroup.Kind.Value(KINDS[config.kind]))
     return model
 
 
@@ -167,8 +171,7 @@ def plan_config(onnx_path: Path, engine: Path, name: str, config: TritonConfig) 
             tensor.dims[len(tensor.dims) - 3 + axis] = size
     if profile["opt"][0] > 1:
         model.dynamic_batching.preferred_batch_size.append(profile["opt"][0])
-    model.instance_group.add(count=config.instances, kind=pb2.ModelInstanceGroup.Kind.Value("KIND_GPU"),
-                             profile=["0"])
+    model.instance_group.add(count=config.instances, kind=pb2.ModelInstanceGroup.Kind.Value("KIND_GPU"), profile=["0"])
     return model
 
 
@@ -295,20 +298,23 @@ def write_model_repository(onnx_path: Path, repo: Path, config: TritonConfig | N
             sidecar, profile = read_sidecar(engine), engine_profile(engine)
             limits = " ".join(f"{k} {'x'.join(map(str, v))}" for k, v in profile.items())
             message = plan_config(onnx_path, engine, model_name, config)
-            extra = [f"TensorRT engine {engine.name}: profile NxHxW {limits}; built with TensorRT"
-                     f" {sidecar.get('tensorrt', '?')} on {sidecar.get('gpu', '?')}: the server must match"]
+            extra = [
+                f"TensorRT engine {engine.name}: profile NxHxW {limits}; built with TensorRT"
+                f" {sidecar.get('tensorrt', '?')} on {sidecar.get('gpu', '?')}: the server must match"
+            ]
         else:
             message, extra = onnx_config(onnx_path, model_name, config), []
             if config.kind == "auto":  # the schema's default, so text_format leaves it out
-                extra = ["instance_group kind KIND_AUTO (not printed: the schema default): GPU where the"
-                         " server has one, else CPU"]
+                extra = [
+                    "instance_group kind KIND_AUTO (not printed: the schema default): GPU where the"
+                    " server has one, else CPU"
+                ]
         prepared.append((model_name, platform, filename, source, render(message, _header(onnx_path, info, extra))))
     models = []
     for model_name, platform, filename, source, text in prepared:
         folder = repo / model_name
         _replace_folder(folder, {"config.pbtxt": text.encode(), f"{VERSION}/{filename}": source})
-        models.append(TritonModel(model_name, platform, folder, folder / "config.pbtxt",
-                                  folder / VERSION / filename))
+        models.append(TritonModel(model_name, platform, folder, folder / "config.pbtxt", folder / VERSION / filename))
     return models
 
 
@@ -320,8 +326,10 @@ def run_triton(onnx_path: Path, repo: Path, config: TritonConfig) -> list[Triton
     models = write_model_repository(onnx_path, repo, config)
     for model in models:
         console.print(f"{model.platform:>16}  {model.config}")
-    console.print("serve (unverified here: no Triton server in this project's CI):\n"
-                  + "\n".join(f"  {c}" for c in serving_commands(repo, models)))
+    console.print(
+        "serve (unverified here: no Triton server in this project's CI):\n"
+        + "\n".join(f"  {c}" for c in serving_commands(repo, models))
+    )
     return models
 
 

@@ -122,16 +122,18 @@ def _stack_plane(plane: str, s: int, top: int, left: int, n_rows: int, size: int
     return Plane(origin, drow, dcol, (size, size))
 
 
-def oblique_plane(template: Template, rng: np.random.Generator, max_tilt_deg: float,
-                  size: int = 394, brain: np.ndarray | None = None) -> Plane:
+def oblique_plane(
+    template: Template, rng: np.random.Generator, max_tilt_deg: float, size: int = 394, brain: np.ndarray | None = None
+) -> Plane:
     """A random plane: an axial, coronal or sagittal one tilted by up to ``max_tilt_deg`` about
     both in-plane axes, through a random point of the brain, ``size`` pixels centred on it."""
     brain = brain_voxels(template) if brain is None else brain
     centre = brain[rng.integers(len(brain))].astype(np.float32)
     base = DEMO_PLANES[rng.integers(3)]
-    col, row, normal = (np.eye(3, dtype=np.float32)[list(a)] for a in
-                        {"axial": ((0,), (1,), (2,)), "coronal": ((0,), (2,), (1,)),
-                         "sagittal": ((1,), (2,), (0,))}[base])
+    col, row, normal = (
+        np.eye(3, dtype=np.float32)[list(a)]
+        for a in {"axial": ((0,), (1,), (2,)), "coronal": ((0,), (2,), (1,)), "sagittal": ((1,), (2,), (0,))}[base]
+    )
     col, row = col[0], -row[0]
     for axis in (col, row):
         angle = np.deg2rad(rng.uniform(-max_tilt_deg, max_tilt_deg))
@@ -149,8 +151,9 @@ def plane_through(centre: np.ndarray, row: np.ndarray, col: np.ndarray, size: in
 def rotate(v: np.ndarray, axis: np.ndarray, angle: float) -> np.ndarray:
     """Rodrigues' rotation of ``v`` about the unit ``axis``."""
     axis = axis / np.linalg.norm(axis)
-    return (v * np.cos(angle) + np.cross(axis, v) * np.sin(angle)
-            + axis * np.dot(axis, v) * (1 - np.cos(angle))).astype(np.float32)
+    return (
+        v * np.cos(angle) + np.cross(axis, v) * np.sin(angle) + axis * np.dot(axis, v) * (1 - np.cos(angle))
+    ).astype(np.float32)
 
 
 def brain_voxels(template: Template) -> np.ndarray:
@@ -177,8 +180,15 @@ class Regions:
         for centre in self.centres:  # |o + r drow + c dcol - centre|^2, expanded: (H, W) work per ball
             o = plane.origin.astype(np.float64) - centre
             dr, dc = plane.drow.astype(np.float64), plane.dcol.astype(np.float64)
-            d2 = np.minimum(d2, o @ o + r * r * (dr @ dr) + c * c * (dc @ dc)
-                            + 2 * r * (o @ dr) + 2 * c * (o @ dc) + 2 * r * c * (dr @ dc))
+            d2 = np.minimum(
+                d2,
+                o @ o
+                + r * r * (dr @ dr)
+                + c * c * (dc @ dc)
+                + 2 * r * (o @ dr)
+                + 2 * c * (o @ dc)
+                + 2 * r * c * (dr @ dc),
+            )
         out = np.zeros(plane.shape, dtype=np.uint8)
         out[d2 <= (self.radius_mm + self.gap_mm) ** 2] = 2
         out[d2 <= self.radius_mm**2] = 1
@@ -191,8 +201,9 @@ MIN_BRAIN_IN_BALL = 0.6  # share of a ball's voxels that must be gray or white m
 REGION_GAP_MM = 4.0  # a 4 mm shell around each ball trains nothing
 
 
-def held_out_regions(seed: int = 0, count: int = REGION_COUNT, radius_mm: float = REGION_RADIUS_MM,
-                     gap_mm: float = REGION_GAP_MM) -> Regions:
+def held_out_regions(
+    seed: int = 0, count: int = REGION_COUNT, radius_mm: float = REGION_RADIUS_MM, gap_mm: float = REGION_GAP_MM
+) -> Regions:
     """``count`` balls centred on seeded random brain voxels, mostly brain, no two touching."""
     brain = brain_voxels(load_template()).astype(np.float32)
     ball = 4 / 3 * np.pi * radius_mm**3
@@ -200,8 +211,10 @@ def held_out_regions(seed: int = 0, count: int = REGION_COUNT, radius_mm: float 
     centres: list[np.ndarray] = []
     for _ in range(10_000):
         c = brain[rng.integers(len(brain))]
-        if all(np.linalg.norm(c - o) > 2 * (radius_mm + gap_mm) for o in centres) and (
-            ((brain - c) ** 2).sum(1) <= radius_mm**2).sum() >= MIN_BRAIN_IN_BALL * ball:
+        if (
+            all(np.linalg.norm(c - o) > 2 * (radius_mm + gap_mm) for o in centres)
+            and (((brain - c) ** 2).sum(1) <= radius_mm**2).sum() >= MIN_BRAIN_IN_BALL * ball
+        ):
             centres.append(c)
             if len(centres) == count:
                 return Regions(np.stack(centres), radius_mm, gap_mm)
@@ -212,13 +225,16 @@ REGION_TEST_SLICES = 64  # demo slices scored on the held-out regions (evenly ov
 MIN_HELD_PIXELS = 2000  # a scored slice shows at least this many held-out brain pixels (500 mm^2)
 
 
-def region_split(root: Path, masks: list[np.ndarray],
-                 seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+def region_split(
+    root: Path, masks: list[np.ndarray], seed: int = 0
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """The default 3-D split of a demo set: (training masks, test masks, test slice indices)."""
     planes = demo_planes(root)
     if len(planes) != len(masks):
-        raise EdgesegError(f"{root}: {len(masks)} slices but provenance.json lists {len(planes)};"
-                           " rebuild it with `edgeseg data demo --force`")
+        raise EdgesegError(
+            f"{root}: {len(masks)} slices but provenance.json lists {len(planes)};"
+            " rebuild it with `edgeseg data demo --force`"
+        )
     train, test = region_masks(masks, planes, held_out_regions(seed))
     held = [int(((m > 0) & (m != IGNORE)).sum()) for m in test]
     candidates = [i for i, n in enumerate(held) if n >= MIN_HELD_PIXELS]
@@ -228,8 +244,9 @@ def region_split(root: Path, masks: list[np.ndarray],
     return train, test, candidates
 
 
-def region_masks(masks: list[np.ndarray], planes: list[Plane],
-                 regions: Regions) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def region_masks(
+    masks: list[np.ndarray], planes: list[Plane], regions: Regions
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per plane: (training mask, test mask), each the labels with IGNORE where not used.
 
     Training masks ignore held-out and gap pixels; test masks keep only held-out pixels.

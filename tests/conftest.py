@@ -9,9 +9,7 @@ import pytest
 
 
 # --- runtime / infer: a hand-built edgeseg-onnx-v1 model with known answers -------------
-def make_threshold_onnx(
-    path: Path, min_size: int = 16, metadata: dict[str, str | None] | None = None
-) -> Path:
+def make_threshold_onnx(path: Path, min_size: int = 16, metadata: dict[str, str | None] | None = None) -> Path:
     """Write a contract-conforming ONNX whose labels are ``clip(round(intensity), 0, 2)``.
 
     A 1x1 Conv gives class c the logit ``c * x + b_c`` with thresholds 0.5 and 1.5, then
@@ -31,10 +29,13 @@ def make_threshold_onnx(
         helper.make_node("Cast", ["argmax"], ["labels"], to=TensorProto.UINT8),
     ]
     graph = helper.make_graph(
-        nodes, "threshold",
+        nodes,
+        "threshold",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"]),
-         helper.make_tensor_value_info("labels", TensorProto.UINT8, ["N", "H", "W"])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+            helper.make_tensor_value_info("labels", TensorProto.UINT8, ["N", "H", "W"]),
+        ],
         [weight, bias],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -48,8 +49,7 @@ def make_threshold_onnx(
         "edgeseg.in_channels": "1",
         "edgeseg.min_size": str(min_size),
         "edgeseg.input": json.dumps(
-            {"name": "image", "dtype": "float32", "shape": ["N", 1, "H", "W"],
-             "units": "raw intensities"}
+            {"name": "image", "dtype": "float32", "shape": ["N", 1, "H", "W"], "units": "raw intensities"}
         ),
         "edgeseg.normalization": "none (test model: thresholds at 0.5 and 1.5)",
         "edgeseg.train_miou_fg": "1.0",
@@ -74,11 +74,20 @@ def threshold_onnx_factory():  # noqa: ANN201
     """:func:`make_threshold_onnx` itself, for tests that need altered metadata."""
     return make_threshold_onnx
 
+
 AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-def make_dicom_series(folder: Path, iop=AXIAL_IOP, gap: float = 2.0, n: int = 4, slopes=None,
-                      positions=None, uid: str | None = None, instances=None) -> list[Path]:
+def make_dicom_series(
+    folder: Path,
+    iop=AXIAL_IOP,
+    gap: float = 2.0,
+    n: int = 4,
+    slopes=None,
+    positions=None,
+    uid: str | None = None,
+    instances=None,
+) -> list[Path]:
     """Copies of pydicom's real MR_small.dcm as an n-slice series, written shuffled.
 
     Slice k (in position order along the IOP normal) stores ``pixels // 100 + 100 * k``,
@@ -117,9 +126,18 @@ def make_dicom_series(folder: Path, iop=AXIAL_IOP, gap: float = 2.0, n: int = 4,
 def dicom_series_factory():  # noqa: ANN201
     """:func:`make_dicom_series` itself."""
     return make_dicom_series
-def make_mni_dicom(folder: Path, z: range = range(86, 92), series_number: int = 1,
-                   description: str = "T1 MNI152", uid: str | None = None, names: str = "IM{:03d}.dcm",
-                   modality: str = "MR", study_uid: str = "1.2.826.0.1.3680043.8.498.1") -> list[Path]:
+
+
+def make_mni_dicom(
+    folder: Path,
+    z: range = range(86, 92),
+    series_number: int = 1,
+    description: str = "T1 MNI152",
+    uid: str | None = None,
+    names: str = "IM{:03d}.dcm",
+    modality: str = "MR",
+    study_uid: str = "1.2.826.0.1.3680043.8.498.1",
+) -> list[Path]:
     """Axial slices ``z`` of nilearn's MNI152 T1 (1 mm) as a real single-frame MR series.
 
     IOP (1,0,0,0,1,0) as scanners write axial slices, so columns run to the patient's left
@@ -170,6 +188,8 @@ def make_mni_dicom(folder: Path, z: range = range(86, 92), series_number: int = 
 def mni_dicom_factory():  # noqa: ANN201
     """:func:`make_mni_dicom` itself."""
     return make_mni_dicom
+
+
 # --- end runtime / infer ------------------------------------------------------------------
 
 
@@ -222,20 +242,24 @@ def make_tiny_checkpoint(path: Path, data_root: Path, test_keys: list[str], step
     for _ in range(steps):
         batch = rng.choice(train, 4)
         y0, x0 = rng.integers(0, 394 - 160 + 1, 2)  # anywhere: background too, as at test time
-        x = torch.from_numpy(np.stack([slices.images[i][y0:y0 + 160, x0:x0 + 160] for i in batch]))
-        y = torch.from_numpy(np.stack([slices.masks[i][y0:y0 + 160, x0:x0 + 160] for i in batch]))
+        x = torch.from_numpy(np.stack([slices.images[i][y0 : y0 + 160, x0 : x0 + 160] for i in batch]))
+        y = torch.from_numpy(np.stack([slices.masks[i][y0 : y0 + 160, x0 : x0 + 160] for i in batch]))
         loss = torch.nn.functional.cross_entropy(model(x[:, None]), y.long())
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
     with torch.inference_mode():
-        preds = [model(torch.from_numpy(slices.images[i][None, None])).argmax(1)[0].numpy()
-                 for i in test]
-    metrics = evaluate_arrays(preds, [slices.masks[i] for i in test], 3,
-                              ModelConfig().class_names)
-    save_checkpoint(path, model, metrics=metrics, epoch=1, train_config={"steps": steps},
-                    data={"root": str(data_root), "split": "slabs", "test_keys": test_keys})
+        preds = [model(torch.from_numpy(slices.images[i][None, None])).argmax(1)[0].numpy() for i in test]
+    metrics = evaluate_arrays(preds, [slices.masks[i] for i in test], 3, ModelConfig().class_names)
+    save_checkpoint(
+        path,
+        model,
+        metrics=metrics,
+        epoch=1,
+        train_config={"steps": steps},
+        data={"root": str(data_root), "split": "slabs", "test_keys": test_keys},
+    )
     return Path(path)
 
 
@@ -258,6 +282,8 @@ def tiny_onnx(tiny_checkpoint: Path) -> Path:
     from edgeseg.export import export_onnx
 
     return export_onnx(tiny_checkpoint)
+
+
 # --- end export / parity ------------------------------------------------------------------
 
 
@@ -270,7 +296,8 @@ def make_env_without(shim: Path, module: str, error: str = "ImportError") -> dic
 
     (shim / module).mkdir(parents=True, exist_ok=True)
     (shim / module / "__init__.py").write_text(
-        f"raise {error}('{module} is not installed (test shim)', name='{module}')\n")
+        f"raise {error}('{module} is not installed (test shim)', name='{module}')\n"
+    )
     return {**os.environ, "PYTHONPATH": str(shim), "COLUMNS": "200"}
 
 

@@ -52,8 +52,7 @@ FAST = dict(size=48, warmup=1, runs=3, min_runs=2, max_seconds=0.2, peak_size=64
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path,
-              tiny_dataset: tuple[Path, list[str]]) -> Path:
+def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path, tiny_dataset: tuple[Path, list[str]]) -> Path:
     """tiny.onnx + tiny.pt + a real int8 sibling, in a folder of our own."""
     from edgeseg.data import load_slices
     from edgeseg.quantize import quantize_int8
@@ -127,8 +126,7 @@ MODEL_FILES = [
 
 
 @pytest.mark.parametrize("given,provider,precision,expected", MODEL_FILES)
-def test_model_file_picks_the_precision_sibling(given: str, provider: str, precision: str,
-                                                expected: str) -> None:
+def test_model_file_picks_the_precision_sibling(given: str, provider: str, precision: str, expected: str) -> None:
     path = model_file(Path("/x") / given, Target("t", provider, precision))
     assert path == Path("/x") / expected
 
@@ -157,8 +155,7 @@ def test_why_not_here(model_dir: Path) -> None:
     assert "riscv64" in why_not_here(Target("t", "cpu", arch="riscv64"), model)
     missing = why_not_here(Target("t", "cpu", "fp16"), model_dir / "tiny_fp16.onnx")
     assert "tiny_fp16.onnx not found" in missing and "edgeseg export --fp16" in missing
-    for provider, ort_name in (("cuda", "CUDAExecutionProvider"),
-                               ("tensorrt", "TensorrtExecutionProvider")):
+    for provider, ort_name in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
         reason = why_not_here(Target("t", provider), model)
         assert (reason is None) == provider_works(ort_name), reason
 
@@ -173,10 +170,13 @@ def test_latency_stats_are_linear_percentiles() -> None:
     assert stats["p90"] == pytest.approx(90.1) and stats["p99"] == pytest.approx(99.01)
 
 
-@pytest.mark.parametrize("runs,min_runs,max_seconds,expected", [
-    (7, 2, 60.0, 7),  # the run cap
-    (50, 3, 0.0, 3),  # time is up at once: only the minimum
-])
+@pytest.mark.parametrize(
+    "runs,min_runs,max_seconds,expected",
+    [
+        (7, 2, 60.0, 7),  # the run cap
+        (50, 3, 0.0, 3),  # time is up at once: only the minimum
+    ],
+)
 def test_time_runs_counts(runs: int, min_runs: int, max_seconds: float, expected: int) -> None:
     calls = []
     times = time_runs(calls.append, np.zeros(1), 2, runs, min_runs, max_seconds)
@@ -214,9 +214,14 @@ def test_count_macs_matches_torch_hooks(model_dir: Path, size: int) -> None:
 
 
 def test_rss_child_is_torch_free(threshold_onnx: Path) -> None:
-    spec = {"mode": "rss", "path": str(threshold_onnx), "size": 32, "runs": 2,
-            "target": {"provider": "cpu", "threads": 1, "precision": "fp32", "batch": 2},
-            "levers": {}}
+    spec = {
+        "mode": "rss",
+        "path": str(threshold_onnx),
+        "size": 32,
+        "runs": 2,
+        "target": {"provider": "cpu", "threads": 1, "precision": "fp32", "batch": 2},
+        "levers": {},
+    }
     out = run_child(spec, threads=1)
     assert out["torch_loaded"] is False
     assert 10 < out["rss_mb"] < 2000
@@ -229,8 +234,7 @@ def test_matmul_peak_child() -> None:
     assert out["gflops"] == max(out["all"].values())
 
 
-def test_score_miou_and_demo_test_set(threshold_onnx: Path,
-                                      tiny_dataset: tuple[Path, list[str]]) -> None:
+def test_score_miou_and_demo_test_set(threshold_onnx: Path, tiny_dataset: tuple[Path, list[str]]) -> None:
     runner = open_runner(threshold_onnx, "cpu", threads=1)
     masks = [np.array([[0, 1], [2, 2]], np.uint8).repeat(8, 0).repeat(8, 1)] * 2
     perfect = EvalSet([m.astype(np.float32) for m in masks], masks, "made up")
@@ -276,28 +280,44 @@ def test_peer_backends_agree_with_onnxruntime(model_dir: Path, provider: str) ->
 # ----------------------------------------------------------------------------- the report
 
 
-@pytest.mark.parametrize("p99,volume,latency,ok", [
-    (100.0, None, {"p99": 90.0, "mean": 80.0}, True),
-    (100.0, None, {"p99": 120.0, "mean": 80.0}, False),
-    (None, 10.0, {"p99": 90.0, "mean": 40.0}, True),  # 200 x 40 ms = 8 s
-    (100.0, 10.0, {"p99": 90.0, "mean": 60.0}, False),  # 12 s
-    (None, None, {"p99": 1.0, "mean": 1.0}, None),
-])
-def test_check_budget(p99: float | None, volume: float | None, latency: dict[str, float],
-                      ok: bool | None) -> None:
+@pytest.mark.parametrize(
+    "p99,volume,latency,ok",
+    [
+        (100.0, None, {"p99": 90.0, "mean": 80.0}, True),
+        (100.0, None, {"p99": 120.0, "mean": 80.0}, False),
+        (None, 10.0, {"p99": 90.0, "mean": 40.0}, True),  # 200 x 40 ms = 8 s
+        (100.0, 10.0, {"p99": 90.0, "mean": 60.0}, False),  # 12 s
+        (None, None, {"p99": 1.0, "mean": 1.0}, None),
+    ],
+)
+def test_check_budget(p99: float | None, volume: float | None, latency: dict[str, float], ok: bool | None) -> None:
     assert check_budget(Target("t", "cpu", p99_ms=p99, volume_s=volume), latency)[0] is ok
 
 
 def _row(name: str, provider: str, precision: str, p50: float, miou: float) -> Result:
-    return Result(name, provider, precision, 1, "2", "ok", latency_ms={"p50": p50},
-                  miou_fg=miou, rss_mb=100.0, peak_pct=50.0, cv=0.2 if name == "e" else 0.01)
+    return Result(
+        name,
+        provider,
+        precision,
+        1,
+        "2",
+        "ok",
+        latency_ms={"p50": p50},
+        miou_fg=miou,
+        rss_mb=100.0,
+        peak_pct=50.0,
+        cv=0.2 if name == "e" else 0.01,
+    )
 
 
 def test_compare_and_noise_warnings() -> None:
-    rows = [_row("fp32", "cpu", "fp32", 80, 0.90), _row("int8", "cpu", "int8", 50, 0.896),
-            _row("e", "torch", "fp32", 200, 0.90), _row("ov", "openvino", "fp32", 100, 0.90)]
-    targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu")
-               for r in rows}
+    rows = [
+        _row("fp32", "cpu", "fp32", 80, 0.90),
+        _row("int8", "cpu", "int8", 50, 0.896),
+        _row("e", "torch", "fp32", 200, 0.90),
+        _row("ov", "openvino", "fp32", 100, 0.90),
+    ]
+    targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu") for r in rows}
     ratios = compare(rows, targets)
     assert ratios["best_cpu"] == "int8"
     assert ratios["vs_eager"] == pytest.approx(0.25) and ratios["vs_openvino"] == 0.5
@@ -316,9 +336,10 @@ def test_compare_c_with_python_openvino(with_ort: bool) -> None:
     assert ("best_cpu" in ratios) is with_ort  # the C ratio does not need an ORT row
 
 
-def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path,
-                              tiny_dataset: tuple[Path, list[str]]) -> None:
-    targets = write_targets(tmp_path / "t.toml", """
+def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path, tiny_dataset: tuple[Path, list[str]]) -> None:
+    targets = write_targets(
+        tmp_path / "t.toml",
+        """
         [fp32]
         provider = "cpu"
         threads = 1
@@ -339,7 +360,8 @@ def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path,
         provider = "tensorrt"
         precision = "fp16"
         batch = 4
-    """)
+    """,
+    )
     config = BenchConfig(targets_file=targets, data=tiny_dataset[0], miou_slices=2, **FAST)
     out_json, out_md = tmp_path / "r" / "bench.json", tmp_path / "bench.md"
     report = bench(model_dir / "tiny.onnx", "all", config, out_json, out_md)
@@ -355,8 +377,7 @@ def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path,
     assert rows["fp32"].slices_per_s == pytest.approx(1e3 / rows["fp32"].latency_ms["mean"])
     assert rows["fp16"].status == "skip" and "edgeseg export --fp16" in rows["fp16"].reason
     assert rows["risc"].status == "skip" and "riscv64" in rows["risc"].reason
-    assert rows["gpu"].status in ("skip", "ok") and (rows["gpu"].status == "ok") == (
-        rows["gpu"].reason == "")
+    assert rows["gpu"].status in ("skip", "ok") and (rows["gpu"].status == "ok") == (rows["gpu"].reason == "")
     saved = json.loads(out_json.read_text())
     assert [r["target"] for r in saved["results"]] == list(rows)
     assert saved["machine"]["macs_per_slice"] == count_macs(model_dir / "tiny.onnx", 48)
@@ -381,12 +402,13 @@ def test_run_bench_rejects_foreign_model(threshold_onnx: Path, tmp_path: Path) -
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "250"}
-    return subprocess.run([*EDGESEG, "bench", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run([*EDGESEG, "bench", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_cli_bench_writes_table_json_markdown(model_dir: Path, tmp_path: Path) -> None:
-    targets = write_targets(tmp_path / "t.toml", """
+    targets = write_targets(
+        tmp_path / "t.toml",
+        """
         [edge]
         provider = "cpu"
         precision = "int8"
@@ -396,11 +418,24 @@ def test_cli_bench_writes_table_json_markdown(model_dir: Path, tmp_path: Path) -
         provider = "tensorrt"
         precision = "fp16"
         arch = "aarch64"
-    """)
+    """,
+    )
     out = tmp_path / "out"
-    proc = run_cli(str(model_dir / "tiny.onnx"), "--targets", str(targets), "--json",
-                   str(out / "b.json"), "--markdown", str(out / "b.md"), "--runs", "3",
-                   "--max-seconds", "0.1", "--no-miou", "--no-rss")
+    proc = run_cli(
+        str(model_dir / "tiny.onnx"),
+        "--targets",
+        str(targets),
+        "--json",
+        str(out / "b.json"),
+        "--markdown",
+        str(out / "b.md"),
+        "--runs",
+        "3",
+        "--max-seconds",
+        "0.1",
+        "--no-miou",
+        "--no-rss",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "edge" in proc.stdout and "✅" in proc.stdout and "p99" in proc.stdout
     assert "jetson: skipped: profile for aarch64" in proc.stdout
@@ -408,10 +443,13 @@ def test_cli_bench_writes_table_json_markdown(model_dir: Path, tmp_path: Path) -
     assert (out / "b.md").read_text().startswith("| target | backend |")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--target", "nope"], "unknown target 'nope'"),
-    (["MISSING"], "MISSING: model not found"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--target", "nope"], "unknown target 'nope'"),
+        (["MISSING"], "MISSING: model not found"),
+    ],
+)
 def test_cli_bench_errors_are_one_line(model_dir: Path, args: list[str], message: str) -> None:
     args = [str(model_dir / "missing.onnx") if a == "MISSING" else a for a in args]
     if args[0].startswith("--"):

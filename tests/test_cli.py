@@ -30,8 +30,9 @@ def no_click(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(shim), "COLUMNS": "100"}
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-        timeout: float = 120) -> subprocess.CompletedProcess:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     assert EDGESEG, "the edgeseg console script is not installed beside this python"
     return subprocess.run([EDGESEG, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
 
@@ -78,8 +79,10 @@ def test_version(no_click) -> None:
     assert r.stdout.strip() == f"edgeseg {edgeseg.__version__}"
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "export", "validate", "infer", "bench", "triton",
-                                     "build-c", "data demo", "data example"])
+@pytest.mark.parametrize(
+    "command",
+    ["train", "evaluate", "export", "validate", "infer", "bench", "triton", "build-c", "data demo", "data example"],
+)
 def test_help_has_no_bool_metavar(command: str, no_click) -> None:
     r = run(*command.split(), "--help", env=no_click)
     assert r.returncode == 0, r.stderr
@@ -92,8 +95,12 @@ def test_train_help_shows_each_presets_defaults(no_click) -> None:
 
     text = " ".join(run("train", "--help", env=no_click).stdout.split())
     default, tutorial = make_config("default"), make_config("tutorial")
-    for name, option in [("epochs", "--epochs"), ("lr", "--lr"), ("patches_per_slice", "--patches-per-slice"),
-                         ("split", "--split")]:
+    for name, option in [
+        ("epochs", "--epochs"),
+        ("lr", "--lr"),
+        ("patches_per_slice", "--patches-per-slice"),
+        ("split", "--split"),
+    ]:
         shown = f"default {getattr(default, name)}, tutorial {getattr(tutorial, name)}"
         assert re.search(re.escape(option) + r" .*?\[default: \(" + re.escape(shown) + r"\)", text), (name, shown)
     assert f"[default: ({default.batch_size})" in text and default.batch_size == tutorial.batch_size
@@ -119,8 +126,9 @@ def test_ctrl_c_during_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_
     data, _ = tiny_dataset
     args = ["train", "--data", str(data), "--epochs", "12", "--patch", "32", "--batch-size", "4", "--name", "c"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([EDGESEG, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [EDGESEG, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     run_dir = tmp_path / "runs" / "c"
     _wait_for((run_dir, "history.json"), proc, timeout=240)
     proc.send_signal(signal.SIGINT)
@@ -145,8 +153,12 @@ def test_ctrl_c_during_infer_exits_130_and_leaves_no_half_file(threshold_onnx: P
         np.save(scans / f"s{i:03d}.npy", rng.random((3, 256, 256), dtype=np.float32))
     before = {p.name: p.read_bytes() for p in scans.iterdir()}
     out = tmp_path / "out"
-    proc = subprocess.Popen([EDGESEG, "infer", str(scans), "--model", str(threshold_onnx), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [EDGESEG, "infer", str(scans), "--model", str(threshold_onnx), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for((out, "*_seg.npy"), proc, timeout=120)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -167,12 +179,14 @@ def no_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     shim = tmp_path_factory.mktemp("no_torch")
     (shim / "torch").mkdir()
     (shim / "torch" / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n")
+        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
+    )
     return {**os.environ, "PYTHONPATH": str(shim)}
 
 
-@pytest.mark.parametrize("args", [["train", "--epochs", "1"], ["evaluate", "x.pt"], ["export", "x.pt"],
-                                  ["validate", "x.onnx"]])
+@pytest.mark.parametrize(
+    "args", [["train", "--epochs", "1"], ["evaluate", "x.pt"], ["export", "x.pt"], ["validate", "x.onnx"]]
+)
 def test_torch_commands_without_torch_name_the_extra(args: list[str], no_torch, tmp_path: Path) -> None:
     r = run(*args, env=no_torch, cwd=tmp_path)
     assert r.returncode == 1

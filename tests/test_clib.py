@@ -25,8 +25,9 @@ from edgeseg import SHIPPED_MODEL, SHIPPED_MODEL_DIR
 from edgeseg.cbuild import CBuild, build_c, why_cannot_build
 from edgeseg.parity import GATES, fit_to_size
 
-pytestmark = pytest.mark.skipif(why_cannot_build() is not None,
-                                reason=f"libedgeseg cannot be built here: {why_cannot_build()}")
+pytestmark = pytest.mark.skipif(
+    why_cannot_build() is not None, reason=f"libedgeseg cannot be built here: {why_cannot_build()}"
+)
 
 SIZES = [(394, 394), (393, 395), (300, 394), (64, 64)]
 BATCHES = [1, 3]
@@ -47,8 +48,9 @@ def clib(tmp_path_factory: pytest.TempPathFactory) -> CBuild:
     """The plain build, through the real `edgeseg build-c` command."""
     build_dir = tmp_path_factory.mktemp("clib")
     assert EDGESEG, "the edgeseg console script is not installed beside this python"
-    proc = subprocess.run([EDGESEG, "build-c", "--build-dir", str(build_dir)], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [EDGESEG, "build-c", "--build-dir", str(build_dir)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     library, program = (Path(line) for line in proc.stdout.split())
     assert library.is_file() and os.access(program, os.X_OK)
@@ -61,8 +63,9 @@ def clib_asan(tmp_path_factory: pytest.TempPathFactory) -> CBuild:
     probe = folder / "probe.c"
     probe.write_text("int main(void) { return 0; }\n")
     cc = os.environ.get("CC", "cc")
-    linked = subprocess.run([cc, "-fsanitize=address,undefined", str(probe), "-o", str(folder / "probe")],
-                            capture_output=True, text=True)
+    linked = subprocess.run(
+        [cc, "-fsanitize=address,undefined", str(probe), "-o", str(folder / "probe")], capture_output=True, text=True
+    )
     if linked.returncode != 0:
         pytest.skip(f"{cc} cannot link ASan/UBSan here ({linked.stderr.strip()[:120]}); install libasan and libubsan")
     built = build_c(folder / "build", sanitize=True)
@@ -92,8 +95,11 @@ def model(request: pytest.FixtureRequest) -> Path:
 def python_openvino(path: Path, threads: int = THREADS):  # noqa: ANN201
     """OpenVINO's Python API with the settings libedgeseg uses: labels of (N, H, W) float32."""
     ov = pytest.importorskip("openvino")
-    compiled = ov.Core().compile_model(str(path), "CPU", {
-        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+    compiled = ov.Core().compile_model(
+        str(path),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads},
+    )
     request, labels = compiled.create_infer_request(), compiled.output("labels")
     return lambda x: np.array(request.infer({"image": x[:, None]})[labels])
 
@@ -111,18 +117,24 @@ def cmodel(clib: CBuild, model: Path):  # noqa: ANN201
         yield opened
 
 
-def run_program(program: Path, *args: str | Path, env: dict[str, str] | None = None,
-                timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([str(program), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+def run_program(
+    program: Path, *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(program), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+    )
 
 
-def segment_file(program: Path, model: Path, x: np.ndarray, tmp: Path, *options: str,
-                 env: dict[str, str] | None = None) -> np.ndarray:
+def segment_file(
+    program: Path, model: Path, x: np.ndarray, tmp: Path, *options: str, env: dict[str, str] | None = None
+) -> np.ndarray:
     """Labels from `edgeseg-run` on ``x`` saved as .npy."""
     np.save(tmp / "in.npy", x)
-    proc = run_program(program, "--threads", THREADS, *options, model, tmp / "in.npy", tmp / "out.npy",
-                       env=env)
+    proc = run_program(program, "--threads", THREADS, *options, model, tmp / "in.npy", tmp / "out.npy", env=env)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
     return np.load(tmp / "out.npy")
 
@@ -147,9 +159,17 @@ def test_every_compile_had_warnings_as_errors(clib: CBuild) -> None:
 
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("h,w", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
-def test_equal_to_python_openvino_and_ort(clib: CBuild, cmodel, reference, model: Path,  # noqa: ANN001
-                                          slices: list[np.ndarray], tmp_path: Path, h: int, w: int,
-                                          batch: int) -> None:
+def test_equal_to_python_openvino_and_ort(
+    clib: CBuild,
+    cmodel,
+    reference,
+    model: Path,  # noqa: ANN001
+    slices: list[np.ndarray],
+    tmp_path: Path,
+    h: int,
+    w: int,
+    batch: int,
+) -> None:
     x = make_stack(slices, h, w, batch)
     expected = reference(x)
     assert expected.shape == (batch, h, w) and len(np.unique(expected)) > 1  # a real segmentation
@@ -161,8 +181,13 @@ def test_equal_to_python_openvino_and_ort(clib: CBuild, cmodel, reference, model
     assert agreement >= GATES["fp32"].min_agreement, f"{agreement:.6f} of labels agree with ORT"
 
 
-def test_program_streams_batches_and_keeps_a_2d_slice_2d(clib: CBuild, cmodel, slices: list[np.ndarray],  # noqa: ANN001
-                                                          model: Path, tmp_path: Path) -> None:
+def test_program_streams_batches_and_keeps_a_2d_slice_2d(
+    clib: CBuild,
+    cmodel,
+    slices: list[np.ndarray],  # noqa: ANN001
+    model: Path,
+    tmp_path: Path,
+) -> None:
     x = make_stack(slices, 97, 131, 3)
     streamed = segment_file(clib.program, model, x, tmp_path, "--batch", "2")  # 2 slices, then 1
     np.testing.assert_array_equal(streamed, np.concatenate([cmodel.segment(x[:2]), cmodel.segment(x[2:])]))
@@ -172,8 +197,14 @@ def test_program_streams_batches_and_keeps_a_2d_slice_2d(clib: CBuild, cmodel, s
 
 
 @pytest.mark.parametrize("dtype", ["float64", "int16", "uint8", "uint16"])
-def test_program_converts_other_dtypes_like_numpy(clib: CBuild, reference, model: Path,  # noqa: ANN001
-                                                  slices: list[np.ndarray], tmp_path: Path, dtype: str) -> None:
+def test_program_converts_other_dtypes_like_numpy(
+    clib: CBuild,
+    reference,
+    model: Path,  # noqa: ANN001
+    slices: list[np.ndarray],
+    tmp_path: Path,
+    dtype: str,
+) -> None:
     x = make_stack(slices, 394, 394, 2)
     typed = (x * 1.37 + 0.3).astype(dtype) if dtype == "float64" else np.clip(x, 0, 255).astype(dtype)
     labels = segment_file(clib.program, model, typed, tmp_path, "--batch", "2")
@@ -200,8 +231,12 @@ def test_int8_file_equals_python_openvino(clib: CBuild, slices: list[np.ndarray]
         np.testing.assert_array_equal(m.segment(x), python_openvino(int8)(x))
 
 
-def test_one_handle_per_thread_in_parallel(clib: CBuild, reference, model: Path,  # noqa: ANN001
-                                           slices: list[np.ndarray]) -> None:
+def test_one_handle_per_thread_in_parallel(
+    clib: CBuild,
+    reference,
+    model: Path,  # noqa: ANN001
+    slices: list[np.ndarray],
+) -> None:
     from edgeseg.cbackend import CModel
 
     inputs = [make_stack(slices, h, w, 1) for h, w in SIZES]
@@ -230,16 +265,33 @@ def test_readme_c_example_compiles_and_segments(clib: CBuild, tmp_path: Path) ->
     body = re.search(r"```c\n(.*?)```", readme, re.S).group(1)
     assert len(body.strip().splitlines()) == 10  # the README says ten lines
     source = tmp_path / "example.c"
-    source.write_text("#include <stdio.h>\n#include <stdlib.h>\n#include \"edgeseg.h\"\n"
-                      f"int main(void) {{\n{body}    return 0;\n}}\n")
+    source.write_text(
+        f'#include <stdio.h>\n#include <stdlib.h>\n#include "edgeseg.h"\nint main(void) {{\n{body}    return 0;\n}}\n'
+    )
     include = Path(__file__).resolve().parent.parent / "csrc" / "include"
     cc = os.environ.get("CC", "cc")
-    built = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror", str(source), f"-I{include}",
-                            f"-L{clib.build_dir}", "-ledgeseg", f"-Wl,-rpath,{clib.build_dir}",
-                            "-o", str(tmp_path / "example")], capture_output=True, text=True)
+    built = subprocess.run(
+        [
+            cc,
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            str(source),
+            f"-I{include}",
+            f"-L{clib.build_dir}",
+            "-ledgeseg",
+            f"-Wl,-rpath,{clib.build_dir}",
+            "-o",
+            str(tmp_path / "example"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stderr
-    ran = subprocess.run([str(tmp_path / "example")], capture_output=True, text=True,
-                         cwd=SHIPPED_MODEL_DIR.parent, timeout=120)
+    ran = subprocess.run(
+        [str(tmp_path / "example")], capture_output=True, text=True, cwd=SHIPPED_MODEL_DIR.parent, timeout=120
+    )
     assert ran.returncode == 0, ran.stderr
     assert re.fullmatch(r"centre pixel: (background|gray_matter|white_matter)\n", ran.stdout), ran.stdout
 
@@ -291,15 +343,24 @@ def test_bf16_runs_where_the_cpu_has_it_else_is_refused(clib: CBuild) -> None:
             CModel(SHIPPED_MODEL, THREADS, "bf16", library=clib.library)
 
 
-@pytest.mark.parametrize("name,precision,message", [
-    ("missing.onnx", "f32", "model not found"),
-    ("model.onnx", "int8", "int8 needs the int8 QDQ file"),
-    ("model_int8.onnx", "f32", "open it with precision int8"),
-    ("garbage.onnx", "f32", "not an ONNX protobuf"),
-    ("foreign.onnx", "f32", "metadata lacks edgeseg.format"),
-])
-def test_open_refuses_with_the_reason(clib: CBuild, tmp_path: Path, threshold_onnx_factory,  # noqa: ANN001
-                                      name: str, precision: str, message: str) -> None:
+@pytest.mark.parametrize(
+    "name,precision,message",
+    [
+        ("missing.onnx", "f32", "model not found"),
+        ("model.onnx", "int8", "int8 needs the int8 QDQ file"),
+        ("model_int8.onnx", "f32", "open it with precision int8"),
+        ("garbage.onnx", "f32", "not an ONNX protobuf"),
+        ("foreign.onnx", "f32", "metadata lacks edgeseg.format"),
+    ],
+)
+def test_open_refuses_with_the_reason(
+    clib: CBuild,
+    tmp_path: Path,
+    threshold_onnx_factory,  # noqa: ANN001
+    name: str,
+    precision: str,
+    message: str,
+) -> None:
     from edgeseg.cbackend import CModel
     from edgeseg.errors import EdgesegError
 
@@ -341,20 +402,29 @@ BAD_INPUTS = {  # case -> (make the input in a folder, text the one-line error m
     "wrong-dtype": (lambda d: np.save(d / "x.npy", SLICE.astype(np.int32)), "dtype '<i4' is not supported"),
     "complex-dtype": (lambda d: np.save(d / "x.npy", SLICE.astype(np.complex64)), "is not supported"),
     "big-endian": (lambda d: np.save(d / "x.npy", SLICE.astype(">f4")), "big-endian"),
-    "fortran-order": (lambda d: np.save(d / "x.npy", np.asfortranarray(np.zeros((32, 40), np.float32))),
-                      "Fortran-order"),
-    "lying-header-huge": (lambda d: _npy(d / "x.npy", _header("<f4", (100000, 100000, 100000)), b"\0" * 4096),
-                          "the header promises 4000000000000000 bytes of data, the file holds 4096"),
-    "lying-header-overflow": (lambda d: _npy(d / "x.npy", _header("<f4", (2**40, 2**40, 2**40)), b""),
-                              "overflows"),
-    "lying-header-small": (lambda d: _npy(d / "x.npy", _header("<f4", (1, 16, 16)), b"\0" * 4 * 32 * 32, 2),
-                           "bytes beyond the data the header describes"),
+    "fortran-order": (
+        lambda d: np.save(d / "x.npy", np.asfortranarray(np.zeros((32, 40), np.float32))),
+        "Fortran-order",
+    ),
+    "lying-header-huge": (
+        lambda d: _npy(d / "x.npy", _header("<f4", (100000, 100000, 100000)), b"\0" * 4096),
+        "the header promises 4000000000000000 bytes of data, the file holds 4096",
+    ),
+    "lying-header-overflow": (lambda d: _npy(d / "x.npy", _header("<f4", (2**40, 2**40, 2**40)), b""), "overflows"),
+    "lying-header-small": (
+        lambda d: _npy(d / "x.npy", _header("<f4", (1, 16, 16)), b"\0" * 4 * 32 * 32, 2),
+        "bytes beyond the data the header describes",
+    ),
     "truncated-data": (lambda d: (d / "x.npy").write_bytes(_save_bytes(d, SLICE)[:-100]), "truncated"),
-    "truncated-header": (lambda d: (d / "x.npy").write_bytes(_save_bytes(d, SLICE)[:40]),
-                         "truncated or corrupt NPY header"),
+    "truncated-header": (
+        lambda d: (d / "x.npy").write_bytes(_save_bytes(d, SLICE)[:40]),
+        "truncated or corrupt NPY header",
+    ),
     "not-npy": (lambda d: (d / "x.npy").write_bytes(b"PK\x03\x04" + b"\0" * 200), "not an NPY file"),
-    "bad-version": (lambda d: _npy(d / "x.npy", _header("<f4", (1, 32, 32)), SLICE.tobytes(), 9),
-                    "version 9.0 is not supported"),
+    "bad-version": (
+        lambda d: _npy(d / "x.npy", _header("<f4", (1, 32, 32)), SLICE.tobytes(), 9),
+        "version 9.0 is not supported",
+    ),
     "rank-1": (lambda d: np.save(d / "x.npy", np.zeros(64, np.float32)), "expected a non-empty slice"),
     "empty-stack": (lambda d: np.save(d / "x.npy", np.zeros((0, 32, 32), np.float32)), "expected a non-empty"),
     "too-small": (lambda d: np.save(d / "x.npy", np.zeros((2, 8, 40), np.float32)), "at least 16x16"),
@@ -393,30 +463,34 @@ def test_bad_input_is_one_line_and_exit_1(clib: CBuild, tmp_path: Path, case: st
     _run_bad_input(clib.program, case, tmp_path)
 
 
-@pytest.mark.parametrize("args,message", [
-    ([], "give MODEL INPUT.npy OUTPUT.npy"),
-    (["--threads", "-1", "m", "i", "o"], "--threads needs a whole number >= 0"),
-    (["--precision", "fp64", "m", "i", "o"], "--precision needs f32, bf16 or int8"),
-    (["--bogus", "m", "i", "o"], "unknown option '--bogus'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "give MODEL INPUT.npy OUTPUT.npy"),
+        (["--threads", "-1", "m", "i", "o"], "--threads needs a whole number >= 0"),
+        (["--precision", "fp64", "m", "i", "o"], "--precision needs f32, bf16 or int8"),
+        (["--bogus", "m", "i", "o"], "unknown option '--bogus'"),
+    ],
+)
 def test_usage_errors_exit_2(clib: CBuild, args: list[str], message: str) -> None:
     proc = run_program(clib.program, *args)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [proc.stderr.strip()]
     assert message in proc.stderr
 
 
-def test_sanitizers_report_nothing(clib_asan: CBuild, clib: CBuild, slices: list[np.ndarray],
-                                   tmp_path: Path) -> None:
+def test_sanitizers_report_nothing(clib_asan: CBuild, clib: CBuild, slices: list[np.ndarray], tmp_path: Path) -> None:
     """ASan + UBSan (leaks included) over every size and batch and every bad input."""
     for h, w in SIZES:
         for batch in BATCHES:
             x = make_stack(slices, h, w, batch)
             folder = tmp_path / f"{h}x{w}x{batch}"
             folder.mkdir()
-            sanitized = segment_file(clib_asan.program, SHIPPED_MODEL, x, folder, "--batch", str(batch),
-                                     env=SANITIZER_ENV)
-            np.testing.assert_array_equal(sanitized, segment_file(clib.program, SHIPPED_MODEL, x, folder,
-                                                                  "--batch", str(batch)))
+            sanitized = segment_file(
+                clib_asan.program, SHIPPED_MODEL, x, folder, "--batch", str(batch), env=SANITIZER_ENV
+            )
+            np.testing.assert_array_equal(
+                sanitized, segment_file(clib.program, SHIPPED_MODEL, x, folder, "--batch", str(batch))
+            )
     for case in BAD_INPUTS:
         folder = tmp_path / case
         folder.mkdir()
@@ -437,13 +511,21 @@ def test_mutated_headers_fail_cleanly_under_sanitizers(clib_asan: CBuild, tmp_pa
         if kind == 0:
             data[rng.integers(0, header_end)] = rng.integers(0, 256)
         elif kind == 1:
-            data = data[:rng.integers(0, len(data))]
+            data = data[: rng.integers(0, len(data))]
         else:
             at = int(rng.integers(10, header_end - 1))
             data[at:at] = bytes(rng.choice(list(b"(),:'\" 0123456789{}TrueFals\n"), rng.integers(1, 6)))
         (tmp_path / "x.npy").write_bytes(bytes(data))
-        proc = subprocess.run([str(clib_asan.program), str(tmp_path / "missing.onnx"), str(tmp_path / "x.npy"),
-                               str(tmp_path / "out.npy")], capture_output=True, env={**os.environ, **SANITIZER_ENV})
+        proc = subprocess.run(
+            [
+                str(clib_asan.program),
+                str(tmp_path / "missing.onnx"),
+                str(tmp_path / "x.npy"),
+                str(tmp_path / "out.npy"),
+            ],
+            capture_output=True,
+            env={**os.environ, **SANITIZER_ENV},
+        )
         err = proc.stderr.decode()  # ASCII only: strict decoding fails on anything else
         assert proc.returncode == 1 and len(err.splitlines()) == 1 and err[:-1].isprintable(), (i, err)
     assert not (tmp_path / "out.npy").exists()
@@ -452,8 +534,9 @@ def test_mutated_headers_fail_cleanly_under_sanitizers(clib_asan: CBuild, tmp_pa
 # ----------------------------------------------------------------------------- the bench backend
 
 
-def test_bench_row_runs_libedgeseg_torch_free(clib: CBuild, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                              slices: list[np.ndarray]) -> None:
+def test_bench_row_runs_libedgeseg_torch_free(
+    clib: CBuild, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, slices: list[np.ndarray]
+) -> None:
     from edgeseg.backends import open_runner
     from edgeseg.bench import Target, load_targets, why_not_here
     from edgeseg.measure import run_child
@@ -462,13 +545,23 @@ def test_bench_row_runs_libedgeseg_torch_free(clib: CBuild, monkeypatch: pytest.
     assert target.provider == "c-openvino" and target.precision == "fp32"
     monkeypatch.setenv("EDGESEG_CLIB", str(tmp_path / "libedgeseg.so"))
     assert "not built" in why_not_here(target, SHIPPED_MODEL) and "edgeseg build-c" in why_not_here(
-        target, SHIPPED_MODEL)
+        target, SHIPPED_MODEL
+    )
     monkeypatch.setenv("EDGESEG_CLIB", str(clib.library))
     assert why_not_here(target, SHIPPED_MODEL) is None
     runner = open_runner(SHIPPED_MODEL, "c-openvino", THREADS, "fp32")
     x = make_stack(slices, 394, 394, 1)
     assert runner.backend.startswith("libedgeseg (OpenVINO")
     np.testing.assert_array_equal(runner.predict(x[:, None]), python_openvino(SHIPPED_MODEL)(x))
-    child = run_child({"mode": "rss", "path": str(SHIPPED_MODEL), "target": asdict(Target(
-        "c", "c-openvino", threads=THREADS)), "size": 64, "runs": 1, "levers": {}}, THREADS)
+    child = run_child(
+        {
+            "mode": "rss",
+            "path": str(SHIPPED_MODEL),
+            "target": asdict(Target("c", "c-openvino", threads=THREADS)),
+            "size": 64,
+            "runs": 1,
+            "levers": {},
+        },
+        THREADS,
+    )
     assert child["rss_mb"] > 0 and child["torch_loaded"] is False

@@ -51,8 +51,7 @@ def npy_slices(root: Path, names: list[str], shape: tuple[int, ...] = (20, 24)) 
     root.mkdir(parents=True, exist_ok=True)
     for i, name in enumerate(names):
         rng = np.random.default_rng(i)
-        np.save(root / f"{name}.npy", (rng.integers(0, 3, shape) + rng.uniform(-0.3, 0.3, shape))
-                .astype(np.float32))
+        np.save(root / f"{name}.npy", (rng.integers(0, 3, shape) + rng.uniform(-0.3, 0.3, shape)).astype(np.float32))
 
 
 def every_format(root: Path, dicom_series_factory) -> None:  # noqa: ANN001
@@ -80,8 +79,11 @@ def outputs(out: Path) -> dict[str, str]:
         data = read_dicom_seg(p)[0].tobytes() if p.name.endswith(SEG_SUFFIX) else p.read_bytes()
         return hashlib.sha256(data).hexdigest()
 
-    return {str(p.relative_to(out)): digest(p) for p in sorted(out.rglob("*")) if p.is_file()
-            and p.name not in ("summary.csv", "records.jsonl")}
+    return {
+        str(p.relative_to(out)): digest(p)
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name not in ("summary.csv", "records.jsonl")
+    }
 
 
 def records(out: Path) -> list[dict]:
@@ -107,8 +109,9 @@ def assert_same_run(out: Path, local: Path, rows: bool = True) -> None:
     assert not [p for p in out.rglob(".*")], "a temp or lock file was left"
 
 
-def test_cluster_run_equals_a_local_run(tmp_path: Path, threshold_onnx: Path, cluster, dicom_series_factory,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cluster_run_equals_a_local_run(
+    tmp_path: Path, threshold_onnx: Path, cluster, dicom_series_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every format, a bad file and relative input paths (workers run elsewhere): byte for byte."""
     address, client = cluster
     every_format(tmp_path / "in", dicom_series_factory)
@@ -194,8 +197,7 @@ def test_killed_client_then_rerun_resumes(tmp_path: Path, threshold_onnx: Path, 
     for fifo in stalls:
         os.mkfifo(fifo)
     env = env_without(tmp_path / "shim", "torch")  # the infer path, workers included, is torch-free
-    cmd = [str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out),
-           "--cluster", "local:2"]
+    cmd = [str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out), "--cluster", "local:2"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         writers = [hold_fifo(fifo, time.time() + 120) for fifo in stalls]  # both workers stuck
@@ -230,9 +232,13 @@ def test_ctrl_c_in_the_terminal_is_one_line_and_leaves_nothing(tmp_path: Path, t
     src, out = tmp_path / "in", tmp_path / "out"
     npy_slices(src, [f"a{i}" for i in range(3)])
     os.mkfifo(src / "m_stall.npy")
-    proc = subprocess.Popen([str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out),
-                             "--cluster", "local:2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out), "--cluster", "local:2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         writer = hold_fifo(src / "m_stall.npy", time.time() + 120)
         deadline = time.time() + 60
@@ -247,9 +253,12 @@ def test_ctrl_c_in_the_terminal_is_one_line_and_leaves_nothing(tmp_path: Path, t
     assert proc.returncode == 130, stderr
     lines = [line for line in stderr.splitlines() if line.strip()]
     assert len(lines) == 1, stderr
-    finished = re.fullmatch(r"interrupted: (\d) scan\(s\) finished in this run, 0 were already done, 0 failed,"
-                            r" of 4; finished outputs are complete and summary\.csv is written; rerun the same"
-                            r" command to do the rest", lines[0])
+    finished = re.fullmatch(
+        r"interrupted: (\d) scan\(s\) finished in this run, 0 were already done, 0 failed,"
+        r" of 4; finished outputs are complete and summary\.csv is written; rerun the same"
+        r" command to do the rest",
+        lines[0],
+    )
     assert finished, stderr
     rows = {r["output"] for r in csv.DictReader(open(out / "summary.csv"))}
     assert len(rows) == int(finished[1]) and rows <= {f"a{i}_seg.npy" for i in range(3)}
@@ -257,22 +266,42 @@ def test_ctrl_c_in_the_terminal_is_one_line_and_leaves_nothing(tmp_path: Path, t
     assert not psutil.wait_procs(workers, timeout=30)[1], "worker processes outlived their client"
     (src / "m_stall.npy").unlink()
     npy_slices(src, ["m_stall"])
-    rerun = subprocess.run([str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out),
-                            "--cluster", "local:2"], capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(
+        [str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out), "--cluster", "local:2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert rerun.returncode == 0 and "1 done, 0 failed, 3 skipped" in rerun.stdout, rerun.stderr
 
 
-def test_a_worker_that_cannot_run_the_job_stops_the_run_in_one_line(tmp_path: Path, threshold_onnx: Path,
-                                                                    cluster) -> None:
+def test_a_worker_that_cannot_run_the_job_stops_the_run_in_one_line(
+    tmp_path: Path, threshold_onnx: Path, cluster
+) -> None:
     """--provider cuda on CPU-only workers: the workers' session fails, one line, exit 1, nothing written."""
     from edgeseg.runtime import PROVIDERS, provider_works
 
     if provider_works(PROVIDERS["cuda"]):
         pytest.skip("CUDA works here; the no-GPU error path cannot be shown")
     npy_slices(tmp_path / "in", ["a", "b"])
-    proc = subprocess.run([str(EDGESEG), "infer", str(tmp_path / "in"), "--model", str(threshold_onnx),
-                           "--out", str(tmp_path / "out"), "--provider", "cuda", "--cluster", cluster[0]],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(EDGESEG),
+            "infer",
+            str(tmp_path / "in"),
+            "--model",
+            str(threshold_onnx),
+            "--out",
+            str(tmp_path / "out"),
+            "--provider",
+            "cuda",
+            "--cluster",
+            cluster[0],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: a Dask worker could not take "), proc.stderr
@@ -289,9 +318,22 @@ def closed_port() -> int:
 def test_unreachable_scheduler_is_one_line(tmp_path: Path, threshold_onnx: Path) -> None:
     npy_slices(tmp_path / "in", ["a"])
     address = f"tcp://127.0.0.1:{closed_port()}"
-    proc = subprocess.run([str(EDGESEG), "infer", str(tmp_path / "in"), "--model", str(threshold_onnx),
-                           "--out", str(tmp_path / "out"), "--cluster", address],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(EDGESEG),
+            "infer",
+            str(tmp_path / "in"),
+            "--model",
+            str(threshold_onnx),
+            "--out",
+            str(tmp_path / "out"),
+            "--cluster",
+            address,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"error: --cluster {address}: no Dask scheduler"), proc.stderr
@@ -300,13 +342,27 @@ def test_unreachable_scheduler_is_one_line(tmp_path: Path, threshold_onnx: Path)
 
 def test_without_the_extra_cluster_is_one_line(tmp_path: Path, threshold_onnx: Path, env_without) -> None:
     npy_slices(tmp_path / "in", ["a"])
-    proc = subprocess.run([str(EDGESEG), "infer", str(tmp_path / "in"), "--model", str(threshold_onnx),
-                           "--out", str(tmp_path / "out"), "--cluster", "local:2"],
-                          env=env_without(tmp_path / "shim", "distributed"),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            str(EDGESEG),
+            "infer",
+            str(tmp_path / "in"),
+            "--model",
+            str(threshold_onnx),
+            "--out",
+            str(tmp_path / "out"),
+            "--cluster",
+            "local:2",
+        ],
+        env=env_without(tmp_path / "shim", "distributed"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.strip() == ("error: --cluster needs Dask distributed, which the core install"
-                                   " leaves out: pip install 'edgeseg[cluster]'")
+    assert proc.stderr.strip() == (
+        "error: --cluster needs Dask distributed, which the core install leaves out: pip install 'edgeseg[cluster]'"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -314,6 +370,5 @@ def test_without_the_extra_cluster_is_one_line(tmp_path: Path, threshold_onnx: P
 def test_bad_local_spec_is_one_error(tmp_path: Path, threshold_onnx: Path, spec: str) -> None:
     npy_slices(tmp_path / "in", ["a"])
     with pytest.raises(EdgesegError, match=rf"^--cluster {spec}: expected local:N with N >= 1"):
-        run_inference([tmp_path / "in"], InferConfig(model=threshold_onnx, out=tmp_path / "out",
-                                                     cluster=spec))
+        run_inference([tmp_path / "in"], InferConfig(model=threshold_onnx, out=tmp_path / "out", cluster=spec))
     assert not (tmp_path / "out").exists()

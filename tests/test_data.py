@@ -30,9 +30,7 @@ from edgeseg.errors import EdgesegError
 SIZE = 32
 
 
-def write_pair(
-    root: Path, key: str, image: np.ndarray, mask: np.ndarray, name: str = "brain"
-) -> None:
+def write_pair(root: Path, key: str, image: np.ndarray, mask: np.ndarray, name: str = "brain") -> None:
     """Write one image/mask pair in the tutorial layout."""
     (root / "MRIs").mkdir(parents=True, exist_ok=True)
     (root / "Segmentations").mkdir(parents=True, exist_ok=True)
@@ -92,52 +90,75 @@ def _save(path: Path, arr: np.ndarray) -> None:
 BAD_CASES: dict[str, tuple[Callable[[Path], None], str, str]] = {
     # name: (break the dataset, file named in the message, what the message says)
     "no MRIs folder": (lambda r: shutil.rmtree(r / "MRIs"), "MRIs", "folder missing"),
-    "no Segmentations folder": (
-        lambda r: shutil.rmtree(r / "Segmentations"), "Segmentations", "folder missing"),
-    "empty dataset": (
-        lambda r: [p.unlink() for p in r.rglob("*.npy")], "MRIs", "no .npy images"),
+    "no Segmentations folder": (lambda r: shutil.rmtree(r / "Segmentations"), "Segmentations", "folder missing"),
+    "empty dataset": (lambda r: [p.unlink() for p in r.rglob("*.npy")], "MRIs", "no .npy images"),
     "images without masks": (
-        lambda r: [(r / "Segmentations" / f"segm_{k}.npy").unlink() for k in range(6)]
-        + [_save(r / "MRIs" / f"brain_{k}.npy", tiny_slice(k)[0]) for k in range(6, 14)],
-        "brain_0.npy", "and 4 more"),
-    "mask without image": (
-        lambda r: (r / "MRIs" / "brain_4.npy").unlink(), "segm_4.npy", "without an image"),
-    "duplicate slice number": (
-        lambda r: _save(r / "MRIs" / "other_2.npy", tiny_slice(2)[0]), "other_2.npy", "unique"),
+        lambda r: (
+            [(r / "Segmentations" / f"segm_{k}.npy").unlink() for k in range(6)]
+            + [_save(r / "MRIs" / f"brain_{k}.npy", tiny_slice(k)[0]) for k in range(6, 14)]
+        ),
+        "brain_0.npy",
+        "and 4 more",
+    ),
+    "mask without image": (lambda r: (r / "MRIs" / "brain_4.npy").unlink(), "segm_4.npy", "without an image"),
+    "duplicate slice number": (lambda r: _save(r / "MRIs" / "other_2.npy", tiny_slice(2)[0]), "other_2.npy", "unique"),
     "shape mismatch": (
         lambda r: _save(r / "Segmentations" / "segm_1.npy", np.zeros((SIZE, SIZE + 1), np.uint8)),
-        "segm_1.npy", "differs"),
+        "segm_1.npy",
+        "differs",
+    ),
     "3-D image": (
-        lambda r: _save(r / "MRIs" / "brain_2.npy", np.zeros((1, SIZE, SIZE))), "brain_2.npy",
-        "expected a 2-D"),
+        lambda r: _save(r / "MRIs" / "brain_2.npy", np.zeros((1, SIZE, SIZE))),
+        "brain_2.npy",
+        "expected a 2-D",
+    ),
     "labels out of range": (
-        lambda r: _save(r / "Segmentations" / "segm_3.npy",
-                        np.pad(np.array([[3, 7]], np.int32), ((0, SIZE - 1), (0, SIZE - 2)))),
-        "segm_3.npy", "labels [3, 7] outside 0..2"),
+        lambda r: _save(
+            r / "Segmentations" / "segm_3.npy", np.pad(np.array([[3, 7]], np.int32), ((0, SIZE - 1), (0, SIZE - 2)))
+        ),
+        "segm_3.npy",
+        "labels [3, 7] outside 0..2",
+    ),
     "negative labels": (
         lambda r: _save(r / "Segmentations" / "segm_3.npy", -np.ones((SIZE, SIZE), np.int8)),
-        "segm_3.npy", "labels [-1]"),
+        "segm_3.npy",
+        "labels [-1]",
+    ),
     "non-integral float mask": (
         lambda r: _save(r / "Segmentations" / "segm_0.npy", np.full((SIZE, SIZE), 0.5)),
-        "segm_0.npy", "non-integral"),
+        "segm_0.npy",
+        "non-integral",
+    ),
     "NaN in image": (
         lambda r: _save(r / "MRIs" / "brain_5.npy", np.where(tiny_slice(5)[1] == 2, np.nan, 1.0)),
-        "brain_5.npy", "NaN/Inf"),
+        "brain_5.npy",
+        "NaN/Inf",
+    ),
     "Inf in image": (
         lambda r: _save(r / "MRIs" / "brain_5.npy", np.full((SIZE, SIZE), np.inf, np.float32)),
-        "brain_5.npy", "NaN/Inf"),
+        "brain_5.npy",
+        "NaN/Inf",
+    ),
     "truncated file": (
-        lambda r: (r / "MRIs" / "brain_1.npy").write_bytes(
-            (r / "MRIs" / "brain_1.npy").read_bytes()[:300]), "brain_1.npy", "truncated"),
+        lambda r: (r / "MRIs" / "brain_1.npy").write_bytes((r / "MRIs" / "brain_1.npy").read_bytes()[:300]),
+        "brain_1.npy",
+        "truncated",
+    ),
     "not an npy file": (
-        lambda r: (r / "Segmentations" / "segm_1.npy").write_text("hello"), "segm_1.npy",
-        "cannot read"),
+        lambda r: (r / "Segmentations" / "segm_1.npy").write_text("hello"),
+        "segm_1.npy",
+        "cannot read",
+    ),
     "pickled objects": (
         lambda r: np.save(r / "MRIs" / "brain_0.npy", np.array([{"a": 1}]), allow_pickle=True),
-        "brain_0.npy", "never loaded"),
+        "brain_0.npy",
+        "never loaded",
+    ),
     "text image": (
-        lambda r: _save(r / "MRIs" / "brain_0.npy", np.full((SIZE, SIZE), "x")), "brain_0.npy",
-        "not a real number type"),
+        lambda r: _save(r / "MRIs" / "brain_0.npy", np.full((SIZE, SIZE), "x")),
+        "brain_0.npy",
+        "not a real number type",
+    ),
 }
 
 
@@ -183,8 +204,9 @@ def test_import_does_not_load_torch() -> None:
 # ----------------------------------------------------------------------------- splits
 
 
-@pytest.mark.parametrize("n, fraction, seed", [(457, 0.2, 0), (457, 0.2, 3), (120, 0.1, 1),
-                                                (60, 0.25, 0), (1000, 0.3, 7)])
+@pytest.mark.parametrize(
+    "n, fraction, seed", [(457, 0.2, 0), (457, 0.2, 3), (120, 0.1, 1), (60, 0.25, 0), (1000, 0.3, 7)]
+)
 def test_slab_split_has_no_neighbour_leakage(n: int, fraction: float, seed: int) -> None:
     train, test = split_indices(n, "slabs", fraction, seed)
     assert (train, test) == split_indices(n, "slabs", fraction, seed)
@@ -223,8 +245,7 @@ def test_augmented_items_shapes_labels_and_determinism(dataset: Path) -> None:
         assert mask.shape == (16, 16) and mask.dtype == torch.int64
         assert set(mask.unique().tolist()) <= {0, 1, 2}
     again = make_train_dataset(slices, [0, 1, 2, 2], patch=16, augment=True, seed=5)
-    assert all(torch.equal(ds[i][0], again[i][0]) and torch.equal(ds[i][1], again[i][1])
-               for i in range(4))
+    assert all(torch.equal(ds[i][0], again[i][0]) and torch.equal(ds[i][1], again[i][1]) for i in range(4))
     assert not torch.equal(ds[2][0], ds[3][0])  # a repeated slice gets fresh draws
     first = ds[0][0]
     ds.set_epoch(1)
@@ -237,8 +258,14 @@ def test_augmented_items_shapes_labels_and_determinism(dataset: Path) -> None:
 
 def test_identity_and_flip_warps_are_exact(dataset: Path) -> None:
     slices = load_slices(dataset)
-    still = AugmentConfig(hflip_p=0.0, max_rotation_deg=0.0, scale_range=(1.0, 1.0),
-                          gamma_range=(1.0, 1.0), gain_range=(1.0, 1.0), noise_std=0.0)
+    still = AugmentConfig(
+        hflip_p=0.0,
+        max_rotation_deg=0.0,
+        scale_range=(1.0, 1.0),
+        gamma_range=(1.0, 1.0),
+        gain_range=(1.0, 1.0),
+        noise_std=0.0,
+    )
     image, mask = make_train_dataset(slices, [2], augment=True, config=still)[0]
     np.testing.assert_allclose(image[0].numpy(), slices.images[2], rtol=1e-5, atol=1e-3)
     np.testing.assert_array_equal(mask.numpy(), slices.masks[2])
@@ -250,16 +277,18 @@ def test_identity_and_flip_warps_are_exact(dataset: Path) -> None:
 
 def test_plain_crops_are_windows_with_brain(dataset: Path) -> None:
     slices = load_slices(dataset)
-    ds = make_train_dataset(slices, list(range(6)) * 3, patch=8, augment=False,
-                            config=AugmentConfig(brain_bias=1.0))
+    ds = make_train_dataset(slices, list(range(6)) * 3, patch=8, augment=False, config=AugmentConfig(brain_bias=1.0))
     for i in range(len(ds)):
         image, mask = ds[i]
         k = i % 6
-        hits = [(r, c) for r in range(SIZE - 7) for c in range(SIZE - 7)
-                if np.array_equal(slices.images[k][r:r + 8, c:c + 8], image[0].numpy())]
+        hits = [
+            (r, c)
+            for r in range(SIZE - 7)
+            for c in range(SIZE - 7)
+            if np.array_equal(slices.images[k][r : r + 8, c : c + 8], image[0].numpy())
+        ]
         assert len(hits) == 1
-        assert (mask.numpy() == slices.masks[k][hits[0][0]:hits[0][0] + 8,
-                                                 hits[0][1]:hits[0][1] + 8]).all()
+        assert (mask.numpy() == slices.masks[k][hits[0][0] : hits[0][0] + 8, hits[0][1] : hits[0][1] + 8]).all()
         assert mask.any()  # centres drawn in the brain's bounding box
 
 
@@ -277,11 +306,15 @@ def test_normalized_patches_use_their_whole_slice_statistics(dataset: Path) -> N
     normed = make_train_dataset(slices, [2], patch=16, augment=False, seed=3, normalize=True)
     (raw, _), (x, _) = plain[0], normed[0]
     whole = Normalize()(torch.from_numpy(slices.images[2])[None, None])[0]
-    top_left = [(r, c) for r in range(17) for c in range(17)
-                if torch.equal(torch.from_numpy(slices.images[2])[r:r + 16, c:c + 16], raw[0])]
+    top_left = [
+        (r, c)
+        for r in range(17)
+        for c in range(17)
+        if torch.equal(torch.from_numpy(slices.images[2])[r : r + 16, c : c + 16], raw[0])
+    ]
     assert top_left, "the plain item is a window of the slice"
     r, c = top_left[0]
-    assert torch.allclose(x, whole[:, r:r + 16, c:c + 16], atol=1e-5)
+    assert torch.allclose(x, whole[:, r : r + 16, c : c + 16], atol=1e-5)
     assert not torch.allclose(x, Normalize()(raw[None])[0], atol=1e-2)  # not the patch's own stats
 
 
@@ -293,8 +326,11 @@ def test_normalized_augmented_items_are_finite_and_scaled(dataset: Path) -> None
     assert abs(stack.mean().item()) < 0.5 and 0.5 < stack.std().item() < 2
 
 
-def test_checkpoint_split_uses_the_recorded_keys_or_the_split_rule(tiny_checkpoint: Path, tiny_dataset,  # noqa: ANN001
-                                                                    tmp_path: Path) -> None:
+def test_checkpoint_split_uses_the_recorded_keys_or_the_split_rule(
+    tiny_checkpoint: Path,
+    tiny_dataset,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
     root, test_keys = tiny_dataset
     ckpt = torch.load(tiny_checkpoint, weights_only=True)
     held = checkpoint_split(ckpt)

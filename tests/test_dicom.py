@@ -27,9 +27,7 @@ def lps_of_voxel(ds: pydicom.Dataset, col: int, row: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("iop", [AXIAL, SAGITTAL, OBLIQUE], ids=["axial", "sagittal", "oblique"])
-def test_series_affine_places_every_slice_like_the_standard(
-    tmp_path: Path, dicom_series_factory, iop
-) -> None:
+def test_series_affine_places_every_slice_like_the_standard(tmp_path: Path, dicom_series_factory, iop) -> None:
     paths = dicom_series_factory(tmp_path / "s", iop=iop)
     series = read_dicom_series(tmp_path / "s", tuple(paths))
     assert series.raw.shape == (64, 64, 4)  # (column, row, slice)
@@ -71,9 +69,7 @@ def test_rescale_is_applied(tmp_path: Path, dicom_series_factory) -> None:
     assert series.raw[0, 0, 1] == 2 * pydicom.dcmread(MR_SMALL).pixel_array[0, 0] // 100 + 200
 
 
-def test_no_geometry_falls_back_to_instance_number(
-    tmp_path: Path, dicom_series_factory
-) -> None:
+def test_no_geometry_falls_back_to_instance_number(tmp_path: Path, dicom_series_factory) -> None:
     paths = dicom_series_factory(tmp_path / "s", instances=[4, 3, 2, 1])
     for path in paths:
         ds = pydicom.dcmread(path)
@@ -126,13 +122,11 @@ TWINS = ["MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_loss
 
 
 def edgeseg(*args: str | Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EDGESEG), *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    return subprocess.run([str(EDGESEG), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
 
 
 def checksums(folder: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("name", TWINS)
@@ -153,8 +147,9 @@ def test_compressed_twins_give_the_same_labels(tmp_path: Path) -> None:
     proc = edgeseg("infer", src, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "4 done, 0 failed" in proc.stdout
-    labels = [np.asarray(nib.load(tmp_path / "out" / f"{name[:-4]}_seg.nii.gz").dataobj)
-              for name in ["MR_small.dcm", *TWINS]]
+    labels = [
+        np.asarray(nib.load(tmp_path / "out" / f"{name[:-4]}_seg.nii.gz").dataobj) for name in ["MR_small.dcm", *TWINS]
+    ]
     assert labels[0].shape == (64, 64, 1) and len(np.unique(labels[0])) > 1  # a real segmentation
     assert all(np.array_equal(labels[0], other) for other in labels[1:])
     assert checksums(src) == before
@@ -172,8 +167,7 @@ def test_missing_decoder_names_the_extra(tmp_path: Path, env_without) -> None:
     shim = tmp_path / "shim"
     env_without(shim, "gdcm")
     env = env_without(shim, "jpeg_ls")
-    proc = edgeseg("infer", get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), "--out", tmp_path / "out",
-                   env=env)
+    proc = edgeseg("infer", get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), "--out", tmp_path / "out", env=env)
     assert proc.returncode == 1
     failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 1 and "JPEG-LS" in failed[0] and "pip install 'edgeseg[dicom]'" in failed[0]
@@ -198,7 +192,9 @@ def test_interleaved_series_are_split_and_agree_with_simpleitk(tmp_path: Path, m
     mni_dicom_factory(folder, range(100, 104), 2, "T1 upper", names="IM{:04d}b.dcm")
     grouping = group_series(tuple(folder.iterdir()))
     assert [(g.number, g.description, len(g.files)) for g in grouping.groups] == [
-        ("1", "T1 mid", 6), ("2", "T1 upper", 4)]
+        ("1", "T1 mid", 6),
+        ("2", "T1 upper", 4),
+    ]
     assert not grouping.skipped and not grouping.failed
     for group in grouping.groups:
         series = read_dicom_series(folder, group.files)
@@ -212,8 +208,7 @@ def test_interleaved_series_are_split_and_agree_with_simpleitk(tmp_path: Path, m
 def test_echoes_of_one_series_are_separate_volumes(tmp_path: Path, mni_dicom_factory) -> None:
     folder = tmp_path / "me"
     for echo in (1, 2):
-        for path in mni_dicom_factory(folder, range(86, 89), 5, "ME", uid="1.2.3.4.5",
-                                      names=f"E{echo}_{{:02d}}.dcm"):
+        for path in mni_dicom_factory(folder, range(86, 89), 5, "ME", uid="1.2.3.4.5", names=f"E{echo}_{{:02d}}.dcm"):
             ds = pydicom.dcmread(path)
             ds.EchoNumbers = echo
             ds.save_as(path)
@@ -236,16 +231,23 @@ def test_export_folder_skips_non_images_and_runs_each_series(tmp_path: Path, mni
     proc = edgeseg("infer", src, "--out", tmp_path / "out")
     assert proc.returncode == 0, proc.stderr
     assert "3 done, 0 failed" in proc.stdout and "5 DICOM set aside" in proc.stdout
-    skipped = {line.split(": ", 1)[0].removeprefix("skipped "): line.split(": ", 1)[1]
-               for line in proc.stdout.splitlines() if line.startswith("skipped ")}
-    assert set(skipped) == {str(src / n) for n in ("DICOMDIR", "test-SR.dcm", "rtplan.dcm",
-                                                    "liver_1frame.dcm", "no_meta.dcm")}
+    skipped = {
+        line.split(": ", 1)[0].removeprefix("skipped "): line.split(": ", 1)[1]
+        for line in proc.stdout.splitlines()
+        if line.startswith("skipped ")
+    }
+    assert set(skipped) == {
+        str(src / n) for n in ("DICOMDIR", "test-SR.dcm", "rtplan.dcm", "liver_1frame.dcm", "no_meta.dcm")
+    }
     assert "DICOMDIR" in skipped[str(src / "DICOMDIR")]
     assert "structured report" in skipped[str(src / "test-SR.dcm")]
     assert "segmentation" in skipped[str(src / "liver_1frame.dcm")]
     assert "not a DICOM file" in skipped[str(src / "no_meta.dcm")]
     assert {p.name for p in (tmp_path / "out").glob("*.nii.gz")} == {
-        "export_S1_seg.nii.gz", "export_S3_seg.nii.gz", "export_S4_seg.nii.gz"}
+        "export_S1_seg.nii.gz",
+        "export_S3_seg.nii.gz",
+        "export_S4_seg.nii.gz",
+    }
     assert nib.load(tmp_path / "out" / "export_S1_seg.nii.gz").shape == (64, 64, 1)
     assert nib.load(tmp_path / "out" / "export_S4_seg.nii.gz").shape == (197, 233, 3)
     assert checksums(src) == before

@@ -26,8 +26,13 @@ SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def infer(src: Path, out: Path, env: dict, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EDGESEG), "infer", str(src), "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        [str(EDGESEG), "infer", str(src), "--out", str(out), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def sha256(path: Path) -> str:
@@ -35,8 +40,11 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory: pytest.TempPathFactory, env_without, mni_dicom_factory,  # noqa: ANN001
-            ) -> tuple[Path, Path, list[Path], subprocess.CompletedProcess]:
+def seg_run(
+    tmp_path_factory: pytest.TempPathFactory,
+    env_without,
+    mni_dicom_factory,  # noqa: ANN001
+) -> tuple[Path, Path, list[Path], subprocess.CompletedProcess]:
     """One run on a 6-slice MNI series (file k = slice k, inferior to superior), torch blocked."""
     make_env_without, make_mni_dicom = env_without, mni_dicom_factory
     root = tmp_path_factory.mktemp("seg")
@@ -82,9 +90,13 @@ def test_seg_segments_are_coded_and_identify_the_algorithm(seg_run) -> None:
     seg = hd.seg.segread(out / "t1_seg.dcm")
     segments = list(seg.SegmentSequence)
     assert [s.SegmentLabel for s in segments] == ["gray_matter", "white_matter"]
-    assert [(s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
-             s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator) for s in segments] == [
-        ("389081007", "SCT"), ("389080008", "SCT")]
+    assert [
+        (
+            s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+            s.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator,
+        )
+        for s in segments
+    ] == [("389081007", "SCT"), ("389080008", "SCT")]
     model_sha = sha256(SHIPPED_MODEL)
     for segment in segments:
         algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
@@ -109,8 +121,9 @@ def test_seg_is_recorded_and_resumed(seg_run, tmp_path: Path, env_without) -> No
     hd.seg.segread(out / "t1_seg.dcm")  # whole again
 
 
-@pytest.mark.parametrize(("fmt", "written"), [("nifti", {"t1_seg.nii.gz", "t1_stats.json"}),
-                                              ("dicom-seg", {"t1_seg.dcm", "t1_stats.json"})])
+@pytest.mark.parametrize(
+    ("fmt", "written"), [("nifti", {"t1_seg.nii.gz", "t1_stats.json"}), ("dicom-seg", {"t1_seg.dcm", "t1_stats.json"})]
+)
 def test_format_option(seg_run, tmp_path: Path, fmt: str, written: set[str], env_without) -> None:  # noqa: ANN001
     root, _, _, _ = seg_run
     env = env_without(root / "shim", "torch")

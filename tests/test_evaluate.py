@@ -23,8 +23,7 @@ def test_checkpoint_report_is_scored_on_its_held_out_slices(tiny_checkpoint: Pat
     slices = load_slices(root)
     held_out = [slices.keys.index(k) for k in test_keys]
     with torch.inference_mode():
-        preds = [model(torch.from_numpy(slices.images[i][None, None])).argmax(1)[0].numpy()
-                 for i in held_out]
+        preds = [model(torch.from_numpy(slices.images[i][None, None])).argmax(1)[0].numpy() for i in held_out]
     expected = evaluate_arrays(preds, [slices.masks[i] for i in held_out], 3)
     assert report["miou_fg"] == pytest.approx(expected["miou_fg"])
 
@@ -37,9 +36,7 @@ def test_per_slice_rows_agree_with_single_slice_evaluation(tiny_checkpoint: Path
     model, _ = load_checkpoint(tiny_checkpoint)
     slices = load_slices(root)
     index = {k: i for i, k in enumerate(slices.keys)}
-    assert sum(r["foreground_px"] for r in rows) == sum(
-        int((slices.masks[index[k]] > 0).sum()) for k in test_keys
-    )
+    assert sum(r["foreground_px"] for r in rows) == sum(int((slices.masks[index[k]] > 0).sum()) for k in test_keys)
     for row in rows[:: max(1, len(rows) // 3)]:  # a few, each alone through the same evaluate
         alone, _ = evaluate(model, slices, [index[row["key"]]], class_names=model.config.class_names)
         assert row["miou_fg"] == pytest.approx(alone["miou_fg"])
@@ -47,6 +44,10 @@ def test_per_slice_rows_agree_with_single_slice_evaluation(tiny_checkpoint: Path
 
 
 def test_cli_per_slice_into_a_folder_is_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "edgeseg.cli", "evaluate", str(tiny_checkpoint),
-                           "--per-slice", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edgeseg.cli", "evaluate", str(tiny_checkpoint), "--per-slice", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -30,8 +30,16 @@ from edgeseg.runtime import read_model_info
 torch.set_num_threads(1)
 
 # (N, H, W): the training size, odd, non-square both ways, small, the minimum, batch > 1
-SIZES = [(1, 394, 394), (2, 393, 395), (2, 394, 300), (1, 300, 394), (1, 256, 257),
-         (3, 64, 64), (1, 16, 16), (2, 17, 41)]
+SIZES = [
+    (1, 394, 394),
+    (2, 393, 395),
+    (2, 394, 300),
+    (1, 300, 394),
+    (1, 256, 257),
+    (3, 64, 64),
+    (1, 16, 16),
+    (2, 17, 41),
+]
 
 
 def session(path: Path) -> ort.InferenceSession:
@@ -58,11 +66,16 @@ def torch_logits(checkpoint: Path, x: np.ndarray) -> np.ndarray:
 def test_io_dims_are_symbolic_and_typed(tiny_onnx: Path) -> None:
     proto = onnx.load(str(tiny_onnx))
     assert symbolic_dims(proto) == {
-        "image": ["N", 1, "H", "W"], "logits": ["N", 3, "H", "W"], "labels": ["N", "H", "W"],
+        "image": ["N", 1, "H", "W"],
+        "logits": ["N", 3, "H", "W"],
+        "labels": ["N", "H", "W"],
     }
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*proto.graph.input, *proto.graph.output]}
-    assert types == {"image": onnx.TensorProto.FLOAT, "logits": onnx.TensorProto.FLOAT,
-                     "labels": onnx.TensorProto.UINT8}
+    assert types == {
+        "image": onnx.TensorProto.FLOAT,
+        "logits": onnx.TensorProto.FLOAT,
+        "labels": onnx.TensorProto.UINT8,
+    }
     assert proto.opset_import[0].version >= 17
     onnx.checker.check_model(proto, full_check=True)
 
@@ -97,13 +110,15 @@ def test_pads_are_computed_at_run_time(tiny_onnx: Path) -> None:
             if node is not None and node.name not in ancestors:
                 ancestors.add(node.name)
                 stack.extend(node.input)
-        assert any(producers_op == "Shape" for producers_op in
-                   (n.op_type for n in proto.graph.node if n.name in ancestors))
+        assert any(
+            producers_op == "Shape" for producers_op in (n.op_type for n in proto.graph.node if n.name in ancestors)
+        )
 
 
 @pytest.mark.parametrize("n,h,w", SIZES)
-def test_matches_pytorch_at_every_size(tiny_onnx: Path, tiny_checkpoint: Path, tiny_dataset, n: int,
-                                       h: int, w: int) -> None:
+def test_matches_pytorch_at_every_size(
+    tiny_onnx: Path, tiny_checkpoint: Path, tiny_dataset, n: int, h: int, w: int
+) -> None:
     x = real_batch(tiny_dataset[0], n, h, w)
     logits, labels = session(tiny_onnx).run(["logits", "labels"], {"image": x})
     ref = torch_logits(tiny_checkpoint, x)
@@ -113,8 +128,9 @@ def test_matches_pytorch_at_every_size(tiny_onnx: Path, tiny_checkpoint: Path, t
     assert np.array_equal(labels, logits.argmax(1))  # the in-graph argmax is the argmax
 
 
-def test_simplified_graph_keeps_dims_and_numbers(tiny_checkpoint: Path, tiny_onnx: Path,
-                                                 tiny_dataset, tmp_path: Path) -> None:
+def test_simplified_graph_keeps_dims_and_numbers(
+    tiny_checkpoint: Path, tiny_onnx: Path, tiny_dataset, tmp_path: Path
+) -> None:
     plain = export_onnx(tiny_checkpoint, tmp_path / "plain.onnx", simplify=False)
     slim, full = onnx.load(str(tiny_onnx)), onnx.load(str(plain))
     assert symbolic_dims(slim) == symbolic_dims(full)
@@ -133,13 +149,15 @@ def _feature_concats(path: Path) -> int:
     proto = onnx.load(str(path))
     producers = {out: node.op_type for node in proto.graph.node for out in node.output}
     return sum(
-        1 for n in proto.graph.node
+        1
+        for n in proto.graph.node
         if n.op_type == "Concat" and any(producers.get(i) in ("Relu", "Pad", "Conv") for i in n.input)
     )
 
 
-def test_fused_export_has_no_decoder_concat_and_same_numbers(tiny_checkpoint: Path, tiny_onnx: Path,
-                                                             tiny_dataset, tmp_path: Path) -> None:
+def test_fused_export_has_no_decoder_concat_and_same_numbers(
+    tiny_checkpoint: Path, tiny_onnx: Path, tiny_dataset, tmp_path: Path
+) -> None:
     unfused = export_onnx(tiny_checkpoint, tmp_path / "unfused.onnx", fuse=False)
     assert _feature_concats(tiny_onnx) == 0
     assert _feature_concats(unfused) == 2  # one per decoder level of the (4, 8, 16) net
@@ -200,8 +218,9 @@ def reference_fp16_logits(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (3000.0, 0.0), (3000.0, 1000.0), (0.001, 5.0)])
-def test_fp16_no_overflow_on_raw_intensities(tiny_fp16: Path, tiny_onnx: Path, tiny_dataset,
-                                             scale: float, offset: float) -> None:
+def test_fp16_no_overflow_on_raw_intensities(
+    tiny_fp16: Path, tiny_onnx: Path, tiny_dataset, scale: float, offset: float
+) -> None:
     """Thousands (x3000, +1000: up to ~7e5) stay finite and match fp32: the normalisation is float32."""
     x = real_batch(tiny_dataset[0], 2, 394, 394, scale, offset)
     logits16, labels16 = session(tiny_fp16).run(["logits", "labels"], {"image": x})
@@ -251,8 +270,7 @@ def tiny_int8(tiny_onnx: Path, tiny_dataset, tmp_path_factory: pytest.TempPathFa
     train = [im for k, im in zip(slices.keys, slices.images, strict=True) if k not in test_keys]
     from edgeseg.quantize import calibration_set
 
-    return quantize_int8(tiny_onnx, tmp_path_factory.mktemp("int8") / "tiny_int8.onnx",
-                         calibration_set(train, 8))
+    return quantize_int8(tiny_onnx, tmp_path_factory.mktemp("int8") / "tiny_int8.onnx", calibration_set(train, 8))
 
 
 def test_int8_is_static_qdq_per_channel(tiny_int8: Path) -> None:
@@ -260,9 +278,14 @@ def test_int8_is_static_qdq_per_channel(tiny_int8: Path) -> None:
     ops = [n.op_type for n in proto.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
     inits = {i.name: i for i in proto.graph.initializer}
-    per_channel = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"
-                   and n.input[0] in inits and len(inits[n.input[1]].dims) == 1
-                   and inits[n.input[1]].dims[0] > 1]
+    per_channel = [
+        n
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and len(inits[n.input[1]].dims) == 1
+        and inits[n.input[1]].dims[0] > 1
+    ]
     assert per_channel  # weight scales with one value per output channel
     consumers = [n for n in proto.graph.node if "image" in n.input]
     assert consumers and all(n.op_type != "QuantizeLinear" for n in consumers)  # raw input stays float
@@ -290,8 +313,7 @@ def test_int8_does_not_collapse(tiny_int8: Path, tiny_checkpoint: Path, tiny_dat
 
 
 @pytest.mark.slow
-def test_choose_int8_keeps_the_best_method(tiny_onnx: Path, tiny_checkpoint: Path,
-                                           tmp_path: Path) -> None:
+def test_choose_int8_keeps_the_best_method(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
     from edgeseg.parity import load_eval_data
     from edgeseg.quantize import CALIB_METHODS, choose_int8
 
@@ -321,14 +343,15 @@ def test_calibration_set_adds_centre_crops(tiny_dataset, n: int, expected: int) 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGESEG_DEBUG": ""}
-    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeseg.cli", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
-def test_cli_export_writes_files_gates_and_prints_next_commands(tiny_checkpoint: Path,
-                                                                 tmp_path: Path) -> None:
-    result = run_cli("export", str(tiny_checkpoint), "--out", str(tmp_path), "--fp16",
-                     "--slices", "2", "--size-slices", "1")
+def test_cli_export_writes_files_gates_and_prints_next_commands(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    result = run_cli(
+        "export", str(tiny_checkpoint), "--out", str(tmp_path), "--fp16", "--slices", "2", "--size-slices", "1"
+    )
     assert result.returncode == 0, result.stderr
     assert {p.name for p in tmp_path.iterdir()} == {"tiny.onnx", "tiny_fp16.onnx", "parity.json"}
     parity = json.loads((tmp_path / "parity.json").read_text())

@@ -38,16 +38,24 @@ def edgeseg(*args: str | Path, wrap_rss: bool = False, timeout: float = 180) -> 
     assert EDGESEG.is_file(), f"{EDGESEG}: console script missing; pip install -e . first"
     cmd = [str(EDGESEG), *map(str, args)]
     if wrap_rss:  # a fresh parent whose only child is edgeseg, so RUSAGE_CHILDREN is its own
-        cmd = [sys.executable, "-c", "import resource, subprocess, sys; rc = subprocess.call("
-               "sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
-               " file=sys.stderr); sys.exit(rc)", *cmd]
+        cmd = [
+            sys.executable,
+            "-c",
+            "import resource, subprocess, sys; rc = subprocess.call("
+            "sys.argv[1:]); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+            " file=sys.stderr); sys.exit(rc)",
+            *cmd,
+        ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def checksums(root: Path) -> dict[str, str]:
     """SHA-256 of every file under ``root`` (FIFOs and links to nowhere left out)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and not p.is_fifo()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.is_fifo()
+    }
 
 
 def stderr_lines(proc: subprocess.CompletedProcess) -> list[str]:
@@ -112,12 +120,17 @@ def lying_nifti(path: Path, shape: tuple[int, ...], size: int = 1544, noise: boo
 
 def lying_png(path: Path, side: int) -> None:
     """A valid PNG signature and IHDR claiming ``side`` x ``side`` grey pixels, with 1 row of data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1))) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * (side + 1)))
+        + chunk(b"IEND", b"")
+    )
 
 
 def lying_dicom(path: Path) -> None:
@@ -133,16 +146,18 @@ def lying_dicom(path: Path) -> None:
 def lying_npy(path: Path, shape: tuple[int, ...]) -> None:
     """A real .npy header claiming ``shape`` float32, followed by 64 bytes of data."""
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": shape})
         f.write(b"\0" * 64)
 
 
 LIARS = [
     ("big.nii", lambda p: lying_nifti(p, (BIG, BIG, 1)), f"claims {BIG}x{BIG}x1 int16"),
     ("big.nii.gz", lambda p: lying_nifti(p, (BIG, BIG, 1)), f"claims {BIG}x{BIG}x1 int16"),
-    ("small_lie.nii.gz", lambda p: lying_nifti(p, (400, 400, 40), 400 * 400 * 2 + 544, noise=True),
-     "decompresses to only"),
+    (
+        "small_lie.nii.gz",
+        lambda p: lying_nifti(p, (400, 400, 40), 400 * 400 * 2 + 544, noise=True),
+        "decompresses to only",
+    ),
     ("big.npy", lambda p: lying_npy(p, (100000, 100000)), "claims 100000x100000 float32"),
     ("bomb.png", lambda p: lying_png(p, BIG), "decompression-bomb limit"),
     ("nearbomb.png", lambda p: lying_png(p, 12000), "decompression-bomb limit"),
@@ -151,8 +166,9 @@ LIARS = [
 
 
 @pytest.mark.parametrize(("name", "make", "words"), LIARS, ids=[x[0] for x in LIARS])
-def test_lying_header_fails_fast_with_one_line(tmp_path: Path, threshold_onnx: Path, inputs_untouched,
-                                               name: str, make, words: str) -> None:
+def test_lying_header_fails_fast_with_one_line(
+    tmp_path: Path, threshold_onnx: Path, inputs_untouched, name: str, make, words: str
+) -> None:
     """The claimed size is checked against the file before anything is allocated."""
     good = slices(tmp_path / "in", 1)
     make(tmp_path / "in" / name)
@@ -168,16 +184,20 @@ def test_lying_header_fails_fast_with_one_line(tmp_path: Path, threshold_onnx: P
 
 
 @pytest.mark.parametrize("command", ["train", "evaluate"])
-def test_lying_npy_in_training_data_is_one_line(tmp_path: Path, tiny_dataset, tiny_checkpoint,
-                                                 inputs_untouched, command: str) -> None:
+def test_lying_npy_in_training_data_is_one_line(
+    tmp_path: Path, tiny_dataset, tiny_checkpoint, inputs_untouched, command: str
+) -> None:
     """`train --data` / `evaluate --data`: the tutorial layout with one lying image."""
     root = tmp_path / "in"
     shutil.copytree(tiny_dataset[0], root)
     liar = next(iter(sorted((root / "MRIs").glob("*.npy"))))
     lying_npy(liar, (100000, 100000))
     inputs_untouched()
-    args = (["train", "--data", root, "--epochs", "1", "--runs-dir", tmp_path / "runs"]
-            if command == "train" else ["evaluate", tiny_checkpoint, "--data", root])
+    args = (
+        ["train", "--data", root, "--epochs", "1", "--runs-dir", tmp_path / "runs"]
+        if command == "train"
+        else ["evaluate", tiny_checkpoint, "--data", root]
+    )
     proc = edgeseg(*args, wrap_rss=True)
     *lines, peak_kb = stderr_lines(proc)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -187,8 +207,7 @@ def test_lying_npy_in_training_data_is_one_line(tmp_path: Path, tiny_dataset, ti
 
 # --- paths (item 5) -------------------------------------------------------------------------
 @pytest.mark.parametrize("where", ["argument", "inside a folder"])
-def test_symlink_loop_is_one_clear_line(tmp_path: Path, threshold_onnx: Path, inputs_untouched,
-                                        where: str) -> None:
+def test_symlink_loop_is_one_clear_line(tmp_path: Path, threshold_onnx: Path, inputs_untouched, where: str) -> None:
     want = slices(tmp_path / "in", 2)
     loop = (tmp_path / "in" if where == "inside a folder" else tmp_path) / "loop.npy"
     loop.symlink_to(loop.name)  # loop.npy -> loop.npy
@@ -219,8 +238,9 @@ def unwritable(tmp_path: Path, how: str) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("how", UNWRITABLE)
-def test_unwritable_out_is_refused_before_any_scan(tmp_path: Path, threshold_onnx: Path, src: Path,
-                                                   inputs_untouched, how: str) -> None:
+def test_unwritable_out_is_refused_before_any_scan(
+    tmp_path: Path, threshold_onnx: Path, src: Path, inputs_untouched, how: str
+) -> None:
     inputs_untouched()
     out, words = unwritable(tmp_path, how)
     proc = infer(src, out, threshold_onnx)
@@ -272,8 +292,9 @@ def test_changed_input_is_redone(tmp_path: Path, threshold_onnx: Path) -> None:
     assert "0 done, 0 failed, 4 skipped (already done)" in again.stdout
 
 
-def test_overwrite_without_overlay_removes_a_stale_overlay(tmp_path: Path, threshold_onnx: Path,
-                                                           src: Path, inputs_untouched) -> None:
+def test_overwrite_without_overlay_removes_a_stale_overlay(
+    tmp_path: Path, threshold_onnx: Path, src: Path, inputs_untouched
+) -> None:
     inputs_untouched()
     out = tmp_path / "out"
     assert infer(src, out, threshold_onnx, "--overlay").returncode == 0
@@ -288,8 +309,12 @@ def stalled_run(src: Path, out: Path, model: Path, finished: int) -> subprocess.
     """Start `edgeseg infer` on ``src``, whose FIFO ``m_stall.npy`` blocks it, and wait
     until ``finished`` outputs are there (the run holds --out while it hangs)."""
     os.mkfifo(src / "m_stall.npy")
-    proc = subprocess.Popen([str(EDGESEG), "infer", str(src), "--model", str(model), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(EDGESEG), "infer", str(src), "--model", str(model), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120  # a bound against hanging, not a timing assertion
     while len(list(out.glob("*_seg.npy"))) < finished and proc.poll() is None:
         assert time.monotonic() < deadline, "the stalled run never got going"
@@ -328,8 +353,9 @@ def test_second_run_on_the_same_out_is_refused(tmp_path: Path, threshold_onnx: P
 
 
 def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path: Path, threshold_onnx: Path, src: Path) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     out = tmp_path / "out"
     out.mkdir()
     (out / ".edgeseg.lock").write_text(f"{dead}\n")
@@ -337,8 +363,8 @@ def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path: Path, threshold_onnx: 
     proc = infer(src, out, threshold_onnx)
     assert proc.returncode == 0 and "4 done" in proc.stdout, proc.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["records.jsonl", *[f"s{i:02d}_{kind}" for i in range(4) for kind in ("seg.npy", "stats.json")],
-         "summary.csv"])
+        ["records.jsonl", *[f"s{i:02d}_{kind}" for i in range(4) for kind in ("seg.npy", "stats.json")], "summary.csv"]
+    )
 
 
 def test_concurrent_writes_of_one_target_never_collide(tmp_path: Path) -> None:
@@ -383,7 +409,10 @@ def test_ctrl_c_finishes_writes_and_says_how_to_resume(tmp_path: Path, threshold
     assert "rerun the same command" in stderr and "Traceback" not in stderr
     assert not [p for p in out.rglob(".*")], "a temp or lock file was left"
     assert {r["output"] for r in csv.DictReader(open(out / "summary.csv"))} == {
-        "a0_seg.npy", "a1_seg.npy", "a2_seg.npy"}
+        "a0_seg.npy",
+        "a1_seg.npy",
+        "a2_seg.npy",
+    }
     rerun = infer(src, out, threshold_onnx)
     assert rerun.returncode == 0 and "1 done, 0 failed, 3 skipped" in rerun.stdout, rerun.stderr
 
@@ -399,8 +428,9 @@ def formats(root: Path, dicom_series_factory) -> None:
     dicom_series_factory(root / "series", slopes=[(0.01, 0.0)] * 4)
 
 
-def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, threshold_onnx: Path,
-                                                        dicom_series_factory, inputs_untouched) -> None:
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(
+    tmp_path: Path, threshold_onnx: Path, dicom_series_factory, inputs_untouched
+) -> None:
     """SIGKILL while stalled mid-run, remove the staller, rerun: every output byte-identical."""
     src = tmp_path / "in"
     formats(src, dicom_series_factory)
@@ -427,8 +457,9 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(tmp_path: Path, threshold
 
 
 # --- messages (item 10) ---------------------------------------------------------------------
-def test_failed_rows_name_no_output_and_ignored_files_are_named(tmp_path: Path, threshold_onnx: Path,
-                                                                 src: Path, inputs_untouched) -> None:
+def test_failed_rows_name_no_output_and_ignored_files_are_named(
+    tmp_path: Path, threshold_onnx: Path, src: Path, inputs_untouched
+) -> None:
     (src / "bad.npy").write_bytes(b"not an array")
     for name in ("README.txt", "notes.doc"):
         (src / name).write_text("x")
@@ -473,8 +504,9 @@ MESSAGES = [
 
 
 @pytest.mark.parametrize(("name", "make", "words", "leak"), MESSAGES, ids=[m[0] for m in MESSAGES])
-def test_library_text_does_not_leak(tmp_path: Path, threshold_onnx: Path, inputs_untouched,
-                                    name: str, make, words: str, leak: str) -> None:
+def test_library_text_does_not_leak(
+    tmp_path: Path, threshold_onnx: Path, inputs_untouched, name: str, make, words: str, leak: str
+) -> None:
     if name == "jls.dcm" and any(shutil.which(x) or _importable(x) for x in ("pylibjpeg", "jpeg_ls", "gdcm")):
         pytest.skip("a JPEG-LS decoder is installed here; the missing-decoder message cannot show")
     (tmp_path / "in").mkdir()
@@ -483,7 +515,8 @@ def test_library_text_does_not_leak(tmp_path: Path, threshold_onnx: Path, inputs
     proc = infer(tmp_path / "in" / name, tmp_path / "out", threshold_onnx)
     # FAILED in the run, or (a DICOM file refused before any scan ran) the one error line
     failed = [line for line in stderr_lines(proc) if line.startswith("FAILED")] or [
-        line for line in stderr_lines(proc) if line.startswith("error:")]
+        line for line in stderr_lines(proc) if line.startswith("error:")
+    ]
     assert proc.returncode == 1 and len(failed) == 1, proc.stderr
     assert words in failed[0] and leak not in proc.stderr
     if name == "jls.dcm":
@@ -496,8 +529,9 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def test_pydicom_warnings_become_notes_not_stderr(tmp_path: Path, threshold_onnx: Path,
-                                                  dicom_series_factory, inputs_untouched) -> None:
+def test_pydicom_warnings_become_notes_not_stderr(
+    tmp_path: Path, threshold_onnx: Path, dicom_series_factory, inputs_untouched
+) -> None:
     import pydicom
 
     paths = dicom_series_factory(tmp_path / "in" / "series", n=2)
@@ -548,8 +582,13 @@ def test_kill_9_mid_train_then_resume_equals_an_uninterrupted_run(tiny_dataset, 
     clean = subprocess.run([str(EDGESEG), *args, "--name", "clean"], **run)
     assert clean.returncode == 0, clean.stderr
 
-    proc = subprocess.Popen([str(EDGESEG), *args, "--name", "killed"], cwd=tmp_path, env=ONE_THREAD,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(EDGESEG), *args, "--name", "killed"],
+        cwd=tmp_path,
+        env=ONE_THREAD,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     kill_when(proc, (tmp_path / "runs" / "killed" / "history.json").exists, timeout=300)
     resumed = subprocess.run([str(EDGESEG), "train", "--resume", str(tmp_path / "runs" / "killed")], **run)
     assert resumed.returncode == 0, resumed.stderr
@@ -561,7 +600,8 @@ def test_kill_9_mid_train_then_resume_equals_an_uninterrupted_run(tiny_dataset, 
         for key, tensor in a["state_dict"].items():
             assert torch.equal(tensor, b["state_dict"][key]), (name, key)  # bit for bit
         assert [{k: v for k, v in r.items() if k != "seconds"} for r in a["history"]] == [
-            {k: v for k, v in r.items() if k != "seconds"} for r in b["history"]]
+            {k: v for k, v in r.items() if k != "seconds"} for r in b["history"]
+        ]
     assert not leftovers(tmp_path / "runs")
     assert file_sums(data) == before
 
@@ -571,15 +611,32 @@ def test_kill_9_mid_export_then_rerun_equals_an_uninterrupted_export(tiny_checkp
     ckpt.parent.mkdir()
     shutil.copy(tiny_checkpoint, ckpt)
     before = file_sums(ckpt, tiny_checkpoint)
-    args = ["export", str(ckpt), "--fp16", "--int8", "--calib", "4", "--calib-method", "minmax",
-            "--slices", "2", "--size-slices", "1"]
+    args = [
+        "export",
+        str(ckpt),
+        "--fp16",
+        "--int8",
+        "--calib",
+        "4",
+        "--calib-method",
+        "minmax",
+        "--slices",
+        "2",
+        "--size-slices",
+        "1",
+    ]
     run = dict(cwd=tmp_path, capture_output=True, text=True, env=ONE_THREAD, timeout=600)
     clean = subprocess.run([str(EDGESEG), *args, "--out", str(tmp_path / "clean")], **run)
     assert clean.returncode == 0, clean.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([str(EDGESEG), *args, "--out", str(killed)], cwd=tmp_path, env=ONE_THREAD,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(EDGESEG), *args, "--out", str(killed)],
+        cwd=tmp_path,
+        env=ONE_THREAD,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     kill_when(proc, (killed / "tiny.onnx").exists, timeout=300)  # fp32 written, fp16/int8 still to come
     assert not (killed / "parity.json").exists()
     rerun = subprocess.run([str(EDGESEG), *args, "--out", str(killed)], **run)
@@ -594,8 +651,13 @@ def test_kill_9_mid_export_then_rerun_equals_an_uninterrupted_export(tiny_checkp
 
 def test_nothing_to_segment_is_one_line_and_leaves_no_out_folder(tmp_path: Path, threshold_onnx: Path) -> None:
     """The old quickstart command, `edgeseg infer path/to/scans/`, on a fresh machine (item 3)."""
-    r = subprocess.run([str(EDGESEG), "infer", "path/to/scans/", "--model", str(threshold_onnx)], cwd=tmp_path,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [str(EDGESEG), "infer", "path/to/scans/", "--model", str(threshold_onnx)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     assert stderr_lines(r) == ["error: path/to/scans: does not exist; nothing to segment"]
     assert list(tmp_path.iterdir()) == []  # no ./segmentations/summary.csv left behind

@@ -22,8 +22,14 @@ SECTIONS = ["environment", "parity", "infer_eager", "infer_compiled", "train_eag
 
 
 def run_check(out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), *args],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_cpu_rehearsal_writes_the_report(tmp_path: Path) -> None:
@@ -122,8 +128,9 @@ def _no_cuda() -> str | None:
 @pytest.mark.skipif(_no_cuda() is not None, reason=f"the GPU check needs CUDA: {_no_cuda()}")
 def test_gpu_check_on_cuda(tmp_path: Path) -> None:
     """The real check (under 8 minutes): every CUDA section measures, and CUDA agrees with the CPU."""
-    r = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
-                       cwd=REPO, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=600
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     sections = report["sections"]

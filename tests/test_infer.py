@@ -38,7 +38,11 @@ def cli(*args: str | Path, env: dict | None = None, cwd: Path | None = None):
     """Run the real `edgeseg infer` in a fresh interpreter."""
     return subprocess.run(
         [sys.executable, "-m", "edgeseg.cli", "infer", *map(str, args)],
-        capture_output=True, text=True, timeout=120, env=env, cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
     )
 
 
@@ -66,8 +70,7 @@ def make_scans(root: Path, dicom_series_factory) -> dict[str, np.ndarray]:
     want["sub/vol_seg.nii.gz"] = expected(vol)
     slopes = [(0.01, 0.0)] * 4  # slice k holds about k: classes 0, 1, 2, 2 by position
     dicom_series_factory(root / "patient" / "series1", slopes=slopes)
-    want["patient/series1_seg.nii.gz"] = np.broadcast_to(
-        np.array([0, 1, 2, 2], np.uint8), (64, 64, 4))
+    want["patient/series1_seg.nii.gz"] = np.broadcast_to(np.array([0, 1, 2, 2], np.uint8), (64, 64, 4))
     return want
 
 
@@ -122,8 +125,7 @@ def make_bad_files(root: Path) -> list[str]:
     broken = root / "broken_series"
     broken.mkdir()
     (broken / "x.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00garbage")
-    return ["empty.npy", "nan.npy", "tiny.npy", "ndim4.npy", "corrupt.png", "cut.nii.gz",
-            "broken_series"]
+    return ["empty.npy", "nan.npy", "tiny.npy", "ndim4.npy", "corrupt.png", "cut.nii.gz", "broken_series"]
 
 
 def test_bad_files_fail_alone_via_cli(tmp_path: Path, threshold_onnx, dicom_series_factory):
@@ -171,8 +173,9 @@ def test_kill_midway_then_rerun_finishes(tmp_path: Path, threshold_onnx: Path) -
     os.mkfifo(src / "m_stall.npy")  # reading it blocks: the run hangs after a0..a4
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeseg.cli", "infer", str(src), "--model", str(threshold_onnx),
-         "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-m", "edgeseg.cli", "infer", str(src), "--model", str(threshold_onnx), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     deadline = time.time() + 60
     while len(list(out.glob("a*_seg.npy"))) < 5 and time.time() < deadline:
@@ -196,8 +199,12 @@ def test_out_inside_input_is_never_ingested(tmp_path: Path, threshold_onnx: Path
     assert run_inference([tmp_path], config).done == 1
     again = run_inference([tmp_path], config)
     assert (again.done, again.skipped, again.failed) == (0, 1, 0)
-    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["a_seg.npy", "a_stats.json", "records.jsonl",
-                                                                    "summary.csv"]
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == [
+        "a_seg.npy",
+        "a_stats.json",
+        "records.jsonl",
+        "summary.csv",
+    ]
 
 
 @pytest.mark.parametrize("bad_out", ["same", "parent"])
@@ -239,12 +246,12 @@ def test_provider_report_and_explicit_gpu(tmp_path: Path, threshold_onnx: Path) 
     proc = cli(tmp_path / "a.npy", "--model", threshold_onnx, "--out", tmp_path / "o")
     first = proc.stdout.splitlines()[0]
     expected_provider = next(
-        p for p in (PROVIDERS["tensorrt"], PROVIDERS["cuda"], PROVIDERS["cpu"]) if provider_works(p))
+        p for p in (PROVIDERS["tensorrt"], PROVIDERS["cuda"], PROVIDERS["cpu"]) if provider_works(p)
+    )
     assert proc.returncode == 0 and first.endswith(f"running on {expected_provider}")
     if provider_works(PROVIDERS["cuda"]):
         pytest.skip("CUDA works here; the no-GPU error path cannot be shown")
-    proc = cli(tmp_path / "a.npy", "--model", threshold_onnx, "--out", tmp_path / "o2",
-               "--provider", "cuda")
+    proc = cli(tmp_path / "a.npy", "--model", threshold_onnx, "--out", tmp_path / "o2", "--provider", "cuda")
     assert proc.returncode == 1 and "CUDAExecutionProvider cannot run here" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o2").exists()
 
@@ -258,8 +265,7 @@ def test_real_model_runs_with_torch_unimportable(tmp_path: Path, tiny_onnx: Path
     src = tmp_path / "in"
     src.mkdir()
     np.save(src / "slice.npy", RNG.normal(100, 20, (394, 394)).astype(np.float32))
-    nib.save(nib.Nifti1Image(RNG.normal(100, 20, (40, 48, 3)).astype(np.float32), np.eye(4)),
-             src / "vol.nii.gz")
+    nib.save(nib.Nifti1Image(RNG.normal(100, 20, (40, 48, 3)).astype(np.float32), np.eye(4)), src / "vol.nii.gz")
     env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
     assert probe.returncode != 0  # the blocker really blocks
@@ -327,8 +333,7 @@ def test_coarse_scans_are_resampled_to_the_model_spacing(
         assert (row["spacing_mm"], row["model_spacing_mm"], row["resampled"]) == ("1x1", "0.5", "yes")
     assert rows["board_seg.nii.gz"]["model_shape"] == "40x48"  # axial 20x24 at 1 mm, doubled
     assert np.all(np.asarray(nib.load(tmp_path / "out" / "board_seg.nii.gz").dataobj) == 1)
-    assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / "blocks_seg.nii.gz").dataobj),
-                          expected(blocks))
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "out" / "blocks_seg.nii.gz").dataobj), expected(blocks))
     assert rows["series_seg.nii.gz"]["model_shape"] == "40x40"  # 64 x 0.3125 mm = 40 x 0.5 mm
     dicom = np.asarray(nib.load(tmp_path / "out" / "series_seg.nii.gz").dataobj)
     assert np.array_equal(dicom, np.broadcast_to(np.array([0, 1, 2, 2], np.uint8), (64, 64, 4)))
@@ -377,7 +382,11 @@ def test_no_resampling_without_pixel_size_or_with_the_flag(tmp_path: Path, thres
     assert ", 1 resampled;" in proc.stdout and "resampled to the model's 0.5 mm" in proc.stdout
     rows = summary_rows(tmp_path / "out2")
     assert {k: r["resampled"] for k, r in rows.items()} == {
-        "board_seg.npy": "no", "board_seg.png": "no", "near_seg.nii.gz": "no", "coarse_seg.nii.gz": "yes"}
+        "board_seg.npy": "no",
+        "board_seg.png": "no",
+        "near_seg.nii.gz": "no",
+        "coarse_seg.nii.gz": "yes",
+    }
     assert np.array_equal(np.array(Image.open(tmp_path / "out2" / "board_seg.png")), expected(board))
 
 

@@ -24,8 +24,10 @@ GUARD_MEAN, GUARD_WORST = 0.97, 0.95  # what a regression must not cross (today:
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not all((SHIPPED_MODEL_DIR / m).is_file() for m in MODELS),
-                       reason="the shipped model files in export/ are not built"),
+    pytest.mark.skipif(
+        not all((SHIPPED_MODEL_DIR / m).is_file() for m in MODELS),
+        reason="the shipped model files in export/ are not built",
+    ),
 ]
 
 
@@ -61,7 +63,7 @@ def test_padding_and_cropping_keep_the_labels(predict, demo) -> None:  # noqa: A
         scores = []
         for t, b, left, r in PADS:
             out = predict(np.pad(image, ((t, b), (left, r))))
-            scores.append(_agreement(out[t: out.shape[0] - b, left: out.shape[1] - r], ref, brain))
+            scores.append(_agreement(out[t : out.shape[0] - b, left : out.shape[1] - r], ref, brain))
         rows, cols = np.flatnonzero((image > 0).any(1)), np.flatnonzero((image > 0).any(0))
         box = slice(max(rows[0] - 4, 0), rows[-1] + 5), slice(max(cols[0] - 4, 0), cols[-1] + 5)
         scores.append(_agreement(predict(image[box]), ref[box], brain[box]))
@@ -73,8 +75,10 @@ def test_padding_and_cropping_keep_the_labels(predict, demo) -> None:  # noqa: A
     if means.min() < MEAN_FLOOR or worst.min() < WORST_FLOOR:
         # Known miss of issue 10's floors: shifts that are not multiples of 8 px (the uneven pad,
         # the crop) move the three 2x2 max-pooling grids, and edge pixels change label.
-        pytest.xfail(f"per variant (pads {PADS}, then the crop): mean {np.round(means, 4)},"
-                     f" worst {np.round(worst, 4)}; floors {MEAN_FLOOR} mean, {WORST_FLOOR} worst")
+        pytest.xfail(
+            f"per variant (pads {PADS}, then the crop): mean {np.round(means, 4)},"
+            f" worst {np.round(worst, 4)}; floors {MEAN_FLOOR} mean, {WORST_FLOOR} worst"
+        )
 
 
 @pytest.mark.parametrize("factor", SCALES)

@@ -23,9 +23,7 @@ def _tm() -> Any:
     return torch, classification
 
 
-def _random_pair(
-    seed: int, shape: tuple[int, ...], pred_high: int, target_high: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _random_pair(seed: int, shape: tuple[int, ...], pred_high: int, target_high: int) -> tuple[np.ndarray, np.ndarray]:
     """Random integer label maps with labels in [0, pred_high) and [0, target_high)."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, pred_high, shape), rng.integers(0, target_high, shape)
@@ -189,9 +187,7 @@ UPDATE_ERRORS = [
     [case[1:] for case in UPDATE_ERRORS],
     ids=[case[0] for case in UPDATE_ERRORS],
 )
-def test_update_rejects_bad_input(
-    pred: np.ndarray, target: np.ndarray, num_classes: int, message: str
-) -> None:
+def test_update_rejects_bad_input(pred: np.ndarray, target: np.ndarray, num_classes: int, message: str) -> None:
     cm = ConfusionMatrix(num_classes)
     with pytest.raises(EdgesegError, match=message.replace("[", r"\[").replace("]", r"\]")):
         cm.update(pred, target)

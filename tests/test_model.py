@@ -124,8 +124,7 @@ def test_bad_input_shape_is_a_clear_error(model: UNet, shape: tuple[int, ...]) -
 
 
 def test_configurable_widths_channels_classes() -> None:
-    cfg = ModelConfig(in_channels=2, num_classes=4, widths=(8, 16, 32),
-                      class_names=("bg", "a", "b", "c"))
+    cfg = ModelConfig(in_channels=2, num_classes=4, widths=(8, 16, 32), class_names=("bg", "a", "b", "c"))
     net = UNet(cfg)
     assert net(torch.randn(2, 2, 37, 45)).shape == (2, 4, 37, 45)
 
@@ -192,7 +191,7 @@ def test_tissue_normalisation_ignores_field_of_view_and_scale(demo_images: list,
         if change.startswith("pad"):
             pads = (200, 200, 200, 200) if change == "pad200" else (3, 170, 61, 0)
             out = norm(torch.nn.functional.pad(x, pads))
-            out = out[..., pads[2]: out.shape[2] - pads[3], pads[0]: out.shape[3] - pads[1]]
+            out = out[..., pads[2] : out.shape[2] - pads[3], pads[0] : out.shape[3] - pads[1]]
         elif change == "crop":
             box = _brain_box(image)
             out, ref = norm(x[..., box[0], box[1]]), ref[..., box[0], box[1]]

@@ -37,8 +37,9 @@ def test_output_paths_cannot_escape(tmp_path: Path, rel: str) -> None:
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "x_seg.nii.gz"
     target.parent.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     (target.parent / f".x_seg.nii.gz.{dead}-0a1b2c3d.edgeseg-tmp.nii.gz").write_bytes(b"half")  # killed
     (target.parent / ".x_seg.nii.gz.edgeseg-tmp.nii.gz").write_bytes(b"half")  # by an older edgeseg
     alive = target.parent / f".x_seg.nii.gz.{os.getppid()}-0a1b2c3d.edgeseg-tmp.nii.gz"
@@ -83,8 +84,12 @@ EXAMPLE = Path(__file__).parents[1] / "export" / "example" / "mni152_t1_axial_sl
 def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped model on the example MNI152 slab (197x233x5, 1 mm), with --overlay."""
     out = tmp_path_factory.mktemp("example") / "out"
-    proc = subprocess.run([str(Path(sys.executable).parent / "edgeseg"), "infer", str(EXAMPLE), "--overlay",
-                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "edgeseg"), "infer", str(EXAMPLE), "--overlay", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -118,8 +123,8 @@ def test_overlay_is_a_mosaic_of_every_slice_with_a_legend(example_run: Path) -> 
     mosaic = np.array(Image.open(example_run / "mni152_t1_axial_slab_overlay.png"))
     # 5 axial slices of 233 rows (anterior at the top) x 197 columns: 3 x 2 tiles, legend below
     assert mosaic.shape == (2 * 233 + 2 * 18 + 8, 3 * 197, 3)
-    tiles = [mosaic[r * 233:(r + 1) * 233, c * 197:(c + 1) * 197] for r in range(2) for c in range(3)]
+    tiles = [mosaic[r * 233 : (r + 1) * 233, c * 197 : (c + 1) * 197] for r in range(2) for c in range(3)]
     assert all(t.any() for t in tiles[:5]) and not tiles[5].any()  # five slices, the sixth tile empty
-    legend = mosaic[2 * 233:]
+    legend = mosaic[2 * 233 :]
     for colour in PALETTE[1:3]:
         assert (legend.reshape(-1, 3) == colour).all(1).sum() >= 100  # each class's swatch

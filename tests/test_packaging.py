@@ -15,12 +15,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_carries_the_shipped_model_example_and_targets(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(REPO)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = tmp_path.glob("edgeseg-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = ["model.onnx", "model_fp16.onnx", "model_int8.onnx", "model.pt", "parity.json", "README.md",
-               "example/mni152_t1_axial_slab.nii.gz"]
+    shipped = [
+        "model.onnx",
+        "model_fp16.onnx",
+        "model_int8.onnx",
+        "model.pt",
+        "parity.json",
+        "README.md",
+        "example/mni152_t1_axial_slab.nii.gz",
+    ]
     for name in shipped:
         assert f"edgeseg/_shipped/{name}" in names, name
         packed = zipfile.ZipFile(wheel).read(f"edgeseg/_shipped/{name}")

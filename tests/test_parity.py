@@ -32,10 +32,17 @@ SMALL = ParityConfig(sizes=size_table(full=2, other=1), fp16_torch_slices=1)  # 
 # ----------------------------------------------------------------------------- fit_to_size
 
 
-@pytest.mark.parametrize("shape,size", [
-    ((394, 394), (393, 395)), ((394, 394), (300, 394)), ((394, 394), (64, 64)),
-    ((394, 394), (394, 394)), ((20, 30), (25, 31)), ((21, 30), (16, 40)),
-])
+@pytest.mark.parametrize(
+    "shape,size",
+    [
+        ((394, 394), (393, 395)),
+        ((394, 394), (300, 394)),
+        ((394, 394), (64, 64)),
+        ((394, 394), (394, 394)),
+        ((20, 30), (25, 31)),
+        ((21, 30), (16, 40)),
+    ],
+)
 def test_fit_to_size_crops_centre_and_pads_edges(shape: tuple[int, int], size: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
     image = rng.uniform(1, 100, shape).astype(np.float32)
@@ -48,11 +55,12 @@ def test_fit_to_size_crops_centre_and_pads_edges(shape: tuple[int, int], size: t
     crop_top, crop_left = max(shape[0] - size[0], 0) // 2, max(shape[1] - size[1], 0) // 2
     inner_h, inner_w = min(shape[0], size[0]), min(shape[1], size[1])
     np.testing.assert_array_equal(
-        out_image[top:top + inner_h, left:left + inner_w],
-        image[crop_top:crop_top + inner_h, crop_left:crop_left + inner_w])
+        out_image[top : top + inner_h, left : left + inner_w],
+        image[crop_top : crop_top + inner_h, crop_left : crop_left + inner_w],
+    )
     assert (out_mask == 0).sum() == size[0] * size[1] - inner_h * inner_w  # padding is background
     if pad_w:
-        np.testing.assert_array_equal(out_image[top:top + inner_h, 0], out_image[top:top + inner_h, left])
+        np.testing.assert_array_equal(out_image[top : top + inner_h, 0], out_image[top : top + inner_h, left])
 
 
 # ----------------------------------------------------------------------------- compare + gates
@@ -72,11 +80,18 @@ def case(kind: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return [ref], [cand]
 
 
-@pytest.mark.parametrize("kind,precision,fails", [
-    ("same", "fp32", []), ("tiny", "fp32", []), ("shifted", "fp32", ["max|Δlogit|"]),
-    ("shifted", "fp16", []), ("flipped", "fp32", ["max|Δlogit|", "agreement", "ΔmIoU"]),
-    ("flipped", "fp16", ["agreement", "ΔmIoU"]), ("flipped", "int8", ["ΔmIoU"]),
-])
+@pytest.mark.parametrize(
+    "kind,precision,fails",
+    [
+        ("same", "fp32", []),
+        ("tiny", "fp32", []),
+        ("shifted", "fp32", ["max|Δlogit|"]),
+        ("shifted", "fp16", []),
+        ("flipped", "fp32", ["max|Δlogit|", "agreement", "ΔmIoU"]),
+        ("flipped", "fp16", ["agreement", "ΔmIoU"]),
+        ("flipped", "int8", ["ΔmIoU"]),
+    ],
+)
 def test_gates_name_the_failed_checks(kind: str, precision: str, fails: list[str]) -> None:
     ref, cand = case(kind)
     masks = [ref[0].argmax(1).astype(np.uint8)]  # truth = the reference: mIoU_ref = 1
@@ -107,8 +122,17 @@ def test_validate_passes_on_the_export(tiny_onnx: Path, tmp_path: Path) -> None:
     assert report.reference_evaluator[tiny_onnx.name]["labels_equal"] == 1.0
     data = json.loads(report.write(tmp_path / "parity.json").read_text())
     assert data["passed"] and data["format"] == "edgeseg-parity-v1" and len(data["rows"]) == 6
-    assert set(data["rows"][0]) >= {"max_abs", "mean_abs", "min_atol", "agreement", "miou_ref",
-                                    "miou_cand", "d_miou", "provider", "batch"}
+    assert set(data["rows"][0]) >= {
+        "max_abs",
+        "mean_abs",
+        "min_atol",
+        "agreement",
+        "miou_ref",
+        "miou_cand",
+        "d_miou",
+        "provider",
+        "batch",
+    }
 
 
 def perturb(src: Path, dst: Path, scale: float) -> Path:
@@ -146,8 +170,9 @@ def test_validate_without_checkpoint_beside_is_clear(tiny_onnx: Path, tmp_path: 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "EDGESEG_DEBUG": ""}
-    return subprocess.run([sys.executable, "-m", "edgeseg.cli", *args], capture_output=True,
-                          text=True, timeout=300, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "edgeseg.cli", *args], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 def test_cli_validate_exit_codes(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:

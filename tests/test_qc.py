@@ -29,8 +29,7 @@ NAMES = ("background", "gray_matter", "white_matter")
 
 
 def infer(*args: str | Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EDGESEG), "infer", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([str(EDGESEG), "infer", *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def rows_of(out: Path) -> dict[str, dict[str, str]]:
@@ -138,8 +137,9 @@ def not_brain_mr(folder: Path) -> None:
     yy, xx = np.mgrid[0:h, 0:w]
     radius = np.hypot(xx - w / 2, yy + 5)
     fan = (np.abs(np.arctan2(xx - w / 2, yy + 5)) < 0.6) & (radius < 0.9 * h)
-    us = np.stack([fan * rng.rayleigh(40, (h, w)) * (1 + 0.5 * np.sin(radius / 7))
-                   for _ in range(t1.shape[2])], axis=-1).astype(np.float32)
+    us = np.stack(
+        [fan * rng.rayleigh(40, (h, w)) * (1 + 0.5 * np.sin(radius / 7)) for _ in range(t1.shape[2])], axis=-1
+    ).astype(np.float32)
     nib.save(nib.Nifti1Image(us, img.affine), folder / "us_like.nii.gz")
 
 
@@ -160,8 +160,9 @@ def test_ct_and_ultrasound_like_are_flagged_and_the_template_is_not(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("name", "modality"), [("CT_small.dcm", "CT"), ("examples_ybr_color.dcm", "US")])
-def test_non_mr_dicom_is_refused_and_force_overrides(tmp_path: Path, unguarded_model: Path, name: str,
-                                                     modality: str) -> None:
+def test_non_mr_dicom_is_refused_and_force_overrides(
+    tmp_path: Path, unguarded_model: Path, name: str, modality: str
+) -> None:
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(get_testdata_file(name), src / name)

@@ -51,5 +51,14 @@ def test_robustness_cli_on_onnx_runs_without_torch(tiny_onnx: Path) -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     families = [line.split("|")[1].strip() for line in result.stdout.splitlines() if line.startswith("| ")][1:]
-    assert families == ["clean", "tight crop", "wide pad", "oblique", "bias field", "gamma", "noise",
-                        "intensity scale", "resolution"]
+    assert families == [
+        "clean",
+        "tight crop",
+        "wide pad",
+        "oblique",
+        "bias field",
+        "gamma",
+        "noise",
+        "intensity scale",
+        "resolution",
+    ]

@@ -58,9 +58,7 @@ BAD_METADATA = [  # (override, words the error must contain)
 
 
 @pytest.mark.parametrize(("override", "words"), BAD_METADATA)
-def test_bad_metadata_is_a_clear_error(
-    tmp_path: Path, threshold_onnx_factory, override: dict, words: str
-) -> None:
+def test_bad_metadata_is_a_clear_error(tmp_path: Path, threshold_onnx_factory, override: dict, words: str) -> None:
     path = threshold_onnx_factory(tmp_path / "bad.onnx", metadata=override)
     with pytest.raises(EdgesegError) as err:
         read_model_info(path)
@@ -149,12 +147,8 @@ TRT_FLAGS = [("fp32", 0, 0), ("fp16", 0, 0), ("int8", 0, 1)]  # precision, fp16 
 
 
 @pytest.mark.parametrize(("precision", "fp16", "int8"), TRT_FLAGS)
-def test_trt_options_follow_model(
-    tmp_path: Path, threshold_onnx_factory, precision: str, fp16: int, int8: int
-) -> None:
-    path = threshold_onnx_factory(
-        tmp_path / "m.onnx", min_size=32, metadata={"edgeseg.precision": precision}
-    )
+def test_trt_options_follow_model(tmp_path: Path, threshold_onnx_factory, precision: str, fp16: int, int8: int) -> None:
+    path = threshold_onnx_factory(tmp_path / "m.onnx", min_size=32, metadata={"edgeseg.precision": precision})
     opts = default_trt_options(read_model_info(path), batch_size=4)
     assert opts["trt_profile_min_shapes"] == "image:1x1x32x32"
     assert opts["trt_profile_max_shapes"] == "image:4x1x1024x1024"
@@ -180,7 +174,10 @@ def test_runtime_imports_without_torch(tmp_path: Path, threshold_onnx: Path) -> 
         "assert 'torch' not in sys.modules; print(p)"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr

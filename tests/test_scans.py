@@ -20,10 +20,15 @@ CLASSES = ("background", "gray_matter", "white_matter")
 
 @pytest.mark.parametrize(
     ("name", "kind", "out"),
-    [("a.npy", "npy", "a_seg.npy"), ("b.PNG", "image", "b_seg.png"),
-     ("c.tiff", "image", "c_seg.png"), ("d.nii.gz", "nifti", "d_seg.nii.gz"),
-     ("e.v2.nii", "nifti", "e.v2_seg.nii.gz"), ("f.dcm", "dicom", "f_seg.nii.gz"),
-     ("g.txt", None, None)],
+    [
+        ("a.npy", "npy", "a_seg.npy"),
+        ("b.PNG", "image", "b_seg.png"),
+        ("c.tiff", "image", "c_seg.png"),
+        ("d.nii.gz", "nifti", "d_seg.nii.gz"),
+        ("e.v2.nii", "nifti", "e.v2_seg.nii.gz"),
+        ("f.dcm", "dicom", "f_seg.nii.gz"),
+        ("g.txt", None, None),
+    ],
 )
 def test_kind_and_output_name(name: str, kind: str | None, out: str | None) -> None:
     assert kind_of(Path(name)) == kind
@@ -69,8 +74,7 @@ def _affine(perm: tuple[int, int, int], flips: tuple[int, int, int], zooms=(1.0,
     return affine
 
 
-ORIENTATIONS = [((0, 1, 2), (1, 1, 1)), ((0, 1, 2), (-1, -1, 1)), ((2, 0, 1), (1, -1, 1)),
-                ((1, 2, 0), (-1, 1, -1))]
+ORIENTATIONS = [((0, 1, 2), (1, 1, 1)), ((0, 1, 2), (-1, -1, 1)), ((2, 0, 1), (1, -1, 1)), ((1, 2, 0), (-1, 1, -1))]
 
 
 @pytest.mark.parametrize(("perm", "flips"), ORIENTATIONS)
@@ -99,9 +103,13 @@ def test_axial_slices_have_anterior_at_the_top(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "zooms", "perm", "axis"),
-    [((40, 40, 40), (1, 1, 1), (0, 1, 2), 2), ((40, 40, 40), (1, 1, 1), (1, 2, 0), 1),
-     ((40, 40, 40), (5, 1, 1), (0, 1, 2), 0), ((64, 64, 1), (0.3, 0.3, 0.8), (0, 1, 2), 2),
-     ((30, 8, 30), (1, 1, 1), (0, 1, 2), 1)],
+    [
+        ((40, 40, 40), (1, 1, 1), (0, 1, 2), 2),
+        ((40, 40, 40), (1, 1, 1), (1, 2, 0), 1),
+        ((40, 40, 40), (5, 1, 1), (0, 1, 2), 0),
+        ((64, 64, 1), (0.3, 0.3, 0.8), (0, 1, 2), 2),
+        ((30, 8, 30), (1, 1, 1), (0, 1, 2), 1),
+    ],
 )
 def test_default_axis(shape, zooms, perm, axis) -> None:
     assert default_axis(shape, zooms, _affine(perm, (1, 1, 1), zooms), 16) == axis
@@ -154,8 +162,7 @@ BAD = [  # file name, how to make it, words in the error
     ("empty.png", lambda p: _write(p), "not a readable image"),
     ("cut.png", lambda p: _write(p, _png_bytes()[:60]), "not a readable image"),
     ("cut.nii.gz", _truncated_nifti, "is truncated or its header is damaged"),
-    ("t4.nii", lambda p: nib.save(nib.Nifti1Image(np.zeros((20, 20, 20, 2)), np.eye(4)), p),
-     "expected a 3-D volume"),
+    ("t4.nii", lambda p: nib.save(nib.Nifti1Image(np.zeros((20, 20, 20, 2)), np.eye(4)), p), "expected a 3-D volume"),
 ]
 
 
@@ -194,26 +201,34 @@ def test_slices_match_the_training_layout(tmp_path: Path, axis: int, plane: str)
 # --- resampling to the model's pixel spacing ----------------------------------------------
 @pytest.mark.parametrize(
     ("perm", "flips", "axis", "spacing"),
-    [((0, 1, 2), (1, 1, 1), 2, (0.5, 1.0)), ((0, 1, 2), (1, 1, 1), 1, (3.0, 1.0)),
-     ((0, 1, 2), (1, 1, 1), 0, (3.0, 0.5)), ((2, 0, 1), (1, -1, 1), None, (0.5, 1.0))],
+    [
+        ((0, 1, 2), (1, 1, 1), 2, (0.5, 1.0)),
+        ((0, 1, 2), (1, 1, 1), 1, (3.0, 1.0)),
+        ((0, 1, 2), (1, 1, 1), 0, (3.0, 0.5)),
+        ((2, 0, 1), (1, -1, 1), None, (0.5, 1.0)),
+    ],
 )
 def test_spacing_follows_the_slice_plane(tmp_path: Path, perm, flips, axis, spacing) -> None:
     """Stack rows/columns get the mm of the world axes they run along, in any voxel order."""
     ras_mm = (1.0, 0.5, 3.0)  # x, y, z; z is thickest, so the default slices are axial
     zooms = tuple(ras_mm[world] for world in perm)
     shape = tuple((20, 22, 18)[world] for world in perm)
-    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), _affine(perm, flips, zooms)),
-             tmp_path / "v.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(shape, np.int16), _affine(perm, flips, zooms)), tmp_path / "v.nii.gz")
     dec = read_scan(tmp_path / "v.nii.gz", "nifti", axis=None if axis is None else perm.index(axis))
     assert dec.spacing == spacing
 
 
 @pytest.mark.parametrize(
     ("spacing", "shape", "model_mm", "size"),
-    [((1.0, 1.0), (20, 24), 0.5, (40, 48)), ((0.5, 1.0), (20, 24), 0.5, (20, 48)),
-     ((0.3125, 0.3125), (64, 64), 0.5, (40, 40)), ((0.504, 0.496), (20, 24), 0.5, None),
-     ((0.506, 0.5), (100, 24), 0.5, (101, 24)), (None, (20, 24), 0.5, None),
-     ((1.0, 1.0), (20, 24), None, None)],
+    [
+        ((1.0, 1.0), (20, 24), 0.5, (40, 48)),
+        ((0.5, 1.0), (20, 24), 0.5, (20, 48)),
+        ((0.3125, 0.3125), (64, 64), 0.5, (40, 40)),
+        ((0.504, 0.496), (20, 24), 0.5, None),
+        ((0.506, 0.5), (100, 24), 0.5, (101, 24)),
+        (None, (20, 24), 0.5, None),
+        ((1.0, 1.0), (20, 24), None, None),
+    ],
 )
 def test_model_grid(spacing, shape, model_mm, size) -> None:
     assert model_grid(spacing, shape, model_mm) == size
@@ -239,8 +254,7 @@ def test_model_size_is_checked_against_min_size(tmp_path: Path) -> None:
     dec = read_scan(tmp_path / "coarse.nii", "nifti", min_size=16, model_mm=0.5)
     assert dec.model_size == dec.model_shape == (48, 48)
     assert dec.batch(0, 3, tmp_path, dec.model_size).shape == (3, 1, 48, 48)
-    nib.save(nib.Nifti1Image(np.zeros((20, 20, 3), np.float32), np.diag([0.5, 0.5, 2.0, 1.0])),
-             tmp_path / "fine.nii")
+    nib.save(nib.Nifti1Image(np.zeros((20, 20, 3), np.float32), np.diag([0.5, 0.5, 2.0, 1.0])), tmp_path / "fine.nii")
     with pytest.raises(EdgesegError) as err:
         read_scan(tmp_path / "fine.nii", "nifti", min_size=16, model_mm=1.0)
     assert str(tmp_path / "fine.nii") in str(err.value)

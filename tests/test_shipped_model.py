@@ -19,7 +19,7 @@ from edgeseg import SHIPPED_MODEL, SHIPPED_MODEL_DIR
 pytestmark = pytest.mark.skipif(
     not SHIPPED_MODEL.is_file() or not (SHIPPED_MODEL_DIR / "parity.json").is_file(),
     reason="export/model.onnx and export/parity.json are not built yet (the lead trains the"
-           " default model and runs `edgeseg export ... --out export --fp16 --int8`)",
+    " default model and runs `edgeseg export ... --out export --fp16 --int8`)",
 )
 TOLERANCE = 0.005  # 0.5 mIoU points between the card and a recomputation
 

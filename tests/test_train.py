@@ -50,8 +50,17 @@ def tiny_data(tmp_path: Path) -> Path:
 
 
 def tiny_config(data: Path, runs: Path, **kw):
-    base = dict(data=str(data), runs_dir=str(runs), epochs=2, batch_size=8, patch=32,
-                patches_per_slice=1, widths=(4, 8, 16), eval_batch_size=8, lr=1e-2)
+    base = dict(
+        data=str(data),
+        runs_dir=str(runs),
+        epochs=2,
+        batch_size=8,
+        patch=32,
+        patches_per_slice=1,
+        widths=(4, 8, 16),
+        eval_batch_size=8,
+        lr=1e-2,
+    )
     return make_config("default", **{**base, **kw})
 
 
@@ -79,8 +88,7 @@ def test_losses_prefer_the_right_answer(kind: str) -> None:
 def test_run_folder_and_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
     result = train(tiny_config(tiny_data, tmp_path / "runs"), log=lambda s: None)
     run = result.run_dir
-    for name in ["best.pt", "last.pt", "config.json", "history.json", "history.csv",
-                 "curves.png", "predictions.png"]:
+    for name in ["best.pt", "last.pt", "config.json", "history.json", "history.csv", "curves.png", "predictions.png"]:
         assert (run / name).is_file(), name
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
@@ -92,8 +100,7 @@ def test_run_folder_and_checkpoints(tiny_data: Path, tmp_path: Path) -> None:
 
 
 def test_training_learns_the_synthetic_task(tiny_data: Path, tmp_path: Path) -> None:
-    result = train(tiny_config(tiny_data, tmp_path / "runs", epochs=6, patches_per_slice=2),
-                   log=lambda s: None)
+    result = train(tiny_config(tiny_data, tmp_path / "runs", epochs=6, patches_per_slice=2), log=lambda s: None)
     assert result.best_miou_fg > 0.6
 
 
@@ -120,13 +127,24 @@ def test_run_names_and_refusing_to_clobber(tmp_path: Path) -> None:
 
 def _cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*EDGESEG, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run([*EDGESEG, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_cli_train_then_evaluate(tiny_data: Path, tmp_path: Path) -> None:
-    r = _cli("train", "--data", str(tiny_data), "--epochs", "1", "--patch", "32", "--batch-size", "8",
-             "--name", "t", cwd=tmp_path)
+    r = _cli(
+        "train",
+        "--data",
+        str(tiny_data),
+        "--epochs",
+        "1",
+        "--patch",
+        "32",
+        "--batch-size",
+        "8",
+        "--name",
+        "t",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "best held-out mean foreground IoU" in r.stdout
     assert (tmp_path / "runs" / "t" / "best.pt").is_file()
@@ -150,10 +168,14 @@ def test_cli_bad_data_is_one_line(tmp_path: Path) -> None:
 
 
 def test_kill_mid_training_then_resume_finishes(tiny_data: Path, tmp_path: Path) -> None:
-    args = ["train", "--data", str(tiny_data), "--epochs", "4", "--patch", "32", "--batch-size", "2",
-            "--name", "k"]
-    proc = subprocess.Popen([*EDGESEG, *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    args = ["train", "--data", str(tiny_data), "--epochs", "4", "--patch", "32", "--batch-size", "2", "--name", "k"]
+    proc = subprocess.Popen(
+        [*EDGESEG, *args],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     last = tmp_path / "runs" / "k" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and time.time() < deadline and proc.poll() is None:

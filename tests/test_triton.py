@@ -102,8 +102,9 @@ def test_model_name_must_be_a_plain_folder_name(tiny_onnx: Path, tmp_path: Path,
     assert not any(tmp_path.rglob("config.pbtxt"))
 
 
-def with_engine(tiny_onnx: Path, folder: Path, profile: dict[str, list[int]] | None,
-                checkpoint_sha256: str | None = None) -> Path:
+def with_engine(
+    tiny_onnx: Path, folder: Path, profile: dict[str, list[int]] | None, checkpoint_sha256: str | None = None
+) -> Path:
     """tiny.onnx beside a dummy tiny.engine (bytes only: no TensorRT here) and, if given, its sidecar.
 
     The sidecar is what ``build_engine`` writes; its metadata names the ONNX file's checkpoint
@@ -113,22 +114,42 @@ def with_engine(tiny_onnx: Path, folder: Path, profile: dict[str, list[int]] | N
     onnx_path = Path(shutil.copy(tiny_onnx, folder / "tiny.onnx"))
     (folder / "tiny.engine").write_bytes(b"dummy engine bytes: a config-generation test, not an engine")
     if profile is not None:
-        (folder / "tiny.engine.json").write_text(json.dumps({
-            "format": SIDECAR_FORMAT, "tensorrt": "10.8.0", "cuda": "12.8", "gpu": "NVIDIA H100 80GB HBM3",
-            "compute_capability": "9.0", "driver": "570.1", "precision": "fp32", "onnx": "tiny.onnx",
-            "profile": profile, "metadata": {**read_model_info(onnx_path).metadata,
-                                             **({"edgeseg.checkpoint_sha256": checkpoint_sha256}
-                                                if checkpoint_sha256 else {})}}))
+        (folder / "tiny.engine.json").write_text(
+            json.dumps(
+                {
+                    "format": SIDECAR_FORMAT,
+                    "tensorrt": "10.8.0",
+                    "cuda": "12.8",
+                    "gpu": "NVIDIA H100 80GB HBM3",
+                    "compute_capability": "9.0",
+                    "driver": "570.1",
+                    "precision": "fp32",
+                    "onnx": "tiny.onnx",
+                    "profile": profile,
+                    "metadata": {
+                        **read_model_info(onnx_path).metadata,
+                        **({"edgeseg.checkpoint_sha256": checkpoint_sha256} if checkpoint_sha256 else {}),
+                    },
+                }
+            )
+        )
     return onnx_path
 
 
-@pytest.mark.parametrize("profile,dims", [
-    (PROFILE, [[1, -1, -1], [3, -1, -1], [-1, -1]]),
-    ({"min": [1, 394, 394], "opt": [1, 394, 394], "max": [16, 394, 394]}, [[1, 394, 394], [3, 394, 394], [394, 394]]),
-    ({"min": [1, 394, 16], "opt": [2, 394, 256], "max": [2, 394, 512]}, [[1, 394, -1], [3, 394, -1], [394, -1]]),
-])
-def test_engine_beside_the_model_is_served_as_a_tensorrt_plan(tiny_onnx: Path, tmp_path: Path,
-                                                              profile: dict, dims: list) -> None:
+@pytest.mark.parametrize(
+    "profile,dims",
+    [
+        (PROFILE, [[1, -1, -1], [3, -1, -1], [-1, -1]]),
+        (
+            {"min": [1, 394, 394], "opt": [1, 394, 394], "max": [16, 394, 394]},
+            [[1, 394, 394], [3, 394, 394], [394, 394]],
+        ),
+        ({"min": [1, 394, 16], "opt": [2, 394, 256], "max": [2, 394, 512]}, [[1, 394, -1], [3, 394, -1], [394, -1]]),
+    ],
+)
+def test_engine_beside_the_model_is_served_as_a_tensorrt_plan(
+    tiny_onnx: Path, tmp_path: Path, profile: dict, dims: list
+) -> None:
     """Config generation only: the .engine is a dummy byte file, nothing runs it."""
     onnx_path = with_engine(tiny_onnx, tmp_path / "export", profile)
     models = write_model_repository(onnx_path, tmp_path / "repo")
@@ -139,8 +160,9 @@ def test_engine_beside_the_model_is_served_as_a_tensorrt_plan(tiny_onnx: Path, t
     assert (config.name, config.platform) == ("tiny_trt", "tensorrt_plan")
     assert config.max_batch_size == profile["max"][0]
     onnx_config = read_config(tmp_path / "repo" / "tiny" / "config.pbtxt")
-    assert [(t.name, t.data_type) for t in [*config.input, *config.output]] == \
-        [(t.name, t.data_type) for t in [*onnx_config.input, *onnx_config.output]]
+    assert [(t.name, t.data_type) for t in [*config.input, *config.output]] == [
+        (t.name, t.data_type) for t in [*onnx_config.input, *onnx_config.output]
+    ]
     assert [list(t.dims) for t in [*config.input, *config.output]] == dims
     (group,) = config.instance_group
     assert pb2.ModelInstanceGroup.Kind.Name(group.kind) == "KIND_GPU" and list(group.profile) == ["0"]
@@ -183,11 +205,14 @@ def no_tritonclient(env_without, tmp_path_factory: pytest.TempPathFactory) -> di
 
 
 @pytest.mark.parametrize("command", ["triton", "export"])
-def test_without_the_extra_it_is_one_line_naming_it(command: str, no_tritonclient: dict[str, str],
-                                                    tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_without_the_extra_it_is_one_line_naming_it(
+    command: str, no_tritonclient: dict[str, str], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     repo, out = tmp_path / "repo", tmp_path / "out"
-    args = {"triton": ["triton", str(edgeseg.SHIPPED_MODEL), "--out", str(repo)],
-            "export": ["export", str(tiny_checkpoint), "--out", str(out), "--triton", str(repo)]}[command]
+    args = {
+        "triton": ["triton", str(edgeseg.SHIPPED_MODEL), "--out", str(repo)],
+        "export": ["export", str(tiny_checkpoint), "--out", str(out), "--triton", str(repo)],
+    }[command]
     assert EDGESEG, "the edgeseg console script is not installed beside this python"
     r = subprocess.run([EDGESEG, *args], capture_output=True, text=True, env=no_tritonclient, timeout=180)
     assert r.returncode == 1, r.stderr
