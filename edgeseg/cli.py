@@ -72,6 +72,7 @@ def _positive(value: float | None) -> float | None:
 
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     data: DataOpt = None,
     preset: Annotated[Preset, typer.Option(help="default: fast on 2 CPU cores; tutorial: exact.")] = Preset.default,
     epochs: Annotated[
@@ -128,6 +129,14 @@ def train_cmd(
             help="In-plane mm per pixel of --data.",
         ),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Training processes (DDP via torchrun: gloo on CPU, one per GPU, NCCL); --batch-size stays global.",
+        ),
+    ] = 1,
 ) -> None:
     """Train the U-Net (the demo MRI set when --data is not given)."""
     from edgeseg.train import run_training
@@ -147,7 +156,22 @@ def train_cmd(
         runs_dir=str(runs_dir) if runs_dir else None,
         pixel_spacing_mm=pixel_spacing,
     )
-    run_training(preset.value, overrides, resume)
+    run_training(preset.value, overrides, resume, nproc, _given_options(ctx, drop={"nproc"}))
+
+
+def _given_options(ctx: typer.Context, drop: set[str]) -> list[str]:
+    """The options the user gave, as command-line words again (what --nproc hands each process)."""
+    words: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        source = ctx.get_parameter_source(param.name)
+        if param.name in drop or value is None or getattr(source, "name", "") == "DEFAULT":
+            continue
+        if getattr(param, "is_flag", False) and getattr(param, "secondary_opts", None):
+            words.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            words += [param.opts[0], str(value.value if isinstance(value, Enum) else value)]
+    return words
 
 
 @app.command("evaluate")

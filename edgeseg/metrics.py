@@ -105,6 +105,13 @@ class ConfusionMatrix:
         flat = target.ravel().astype(np.int64) * c + pred.ravel()
         self._matrix += np.bincount(flat, minlength=c * c).reshape(c, c)
 
+    @classmethod
+    def from_counts(cls, matrix: np.ndarray, class_names: Sequence[str] | None = None) -> ConfusionMatrix:
+        """A matrix holding ``matrix`` (C, C) counts, e.g. the sum of every training process's."""
+        cm = cls(len(matrix), class_names)
+        cm._matrix += np.asarray(matrix, dtype=np.int64)
+        return cm
+
     def merge(self, other: ConfusionMatrix) -> None:
         """Add another matrix's counts into this one (e.g. from another worker or split).
 

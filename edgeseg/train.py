@@ -4,15 +4,17 @@ Run ``edgeseg train`` (the demo MRI set, default preset) or
 ``edgeseg train --preset tutorial --data DIR``. Each run writes ``runs/<name>/``:
 ``best.pt``, ``last.pt``, ``config.json``, ``history.json``/``history.csv``,
 ``curves.png`` and ``predictions.png``. ``--resume runs/<name>`` continues after a kill.
+Under torchrun (or ``--nproc N``) the same run is computed on N processes; see
+:mod:`edgeseg.distributed`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgeseg import __version__
+from edgeseg import __version__, distributed
 from edgeseg.augment import RobustPatches
 from edgeseg.data import Slices, Split, build_demo, is_demo_set, load_slices, make_split, read_demo_provenance
 from edgeseg.errors import EdgesegError, Interrupted
@@ -125,29 +127,39 @@ class TrainResult:
 # ----------------------------------------------------------------------------- losses
 
 
-def segmentation_loss(kind: str, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Loss over logits ``(N, C, H, W)`` and integer masks ``(N, H, W)``."""
+def segmentation_loss(
+    kind: str, num_classes: int, total: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Loss over logits ``(N, C, H, W)`` and integer masks ``(N, H, W)``.
+
+    Every term is a ratio of sums over the batch; ``total`` adds those sums over the training
+    processes (``World.all_sum``), so that under DDP the loss is that of the global batch.
+    """
     if kind == "bce":
 
         def tutorial_bce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             valid = (mask != IGNORE).unsqueeze(1).to(logits.dtype)
             target = F.one_hot(mask.clamp_max(num_classes - 1), num_classes).permute(0, 3, 1, 2)
             per_pixel = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
-            return (per_pixel * valid).sum() / (valid.sum() * num_classes).clamp_min(1)
+            loss_sum, count = total(torch.stack([(per_pixel * valid).sum(), valid.sum() * num_classes]))
+            return loss_sum / count.clamp_min(1)
 
         return tutorial_bce
     if kind == "ce_dice":
 
         def ce_dice(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            # all-IGNORE batches (a patch inside a held-out ball) would make the mean NaN
-            ce = F.cross_entropy(logits, mask, ignore_index=IGNORE) if (mask != IGNORE).any() else logits.sum() * 0
             valid = (mask != IGNORE).unsqueeze(1)
+            ce_sum = F.cross_entropy(logits, mask, ignore_index=IGNORE, reduction="sum")
             prob = logits.float().softmax(dim=1)[:, 1:] * valid  # foreground classes only
             target = F.one_hot(mask.clamp_max(num_classes - 1), num_classes).permute(0, 3, 1, 2)[:, 1:]
             target = (target * valid).to(prob.dtype)
             inter = (prob * target).sum(dim=(0, 2, 3))
             denom = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
-            dice = (2 * inter + 1.0) / (denom + 1.0)
+            sums = total(torch.cat([ce_sum.float()[None], valid.sum().float()[None], inter, denom]))
+            k = num_classes - 1
+            # an all-IGNORE batch (a patch inside a held-out ball) has no CE term rather than a NaN mean
+            ce = sums[0] / sums[1].clamp_min(1)
+            dice = (2 * sums[2 : 2 + k] + 1.0) / (sums[2 + k :] + 1.0)
             return ce + (1 - dice).mean()
 
         return ce_dice
@@ -207,11 +219,22 @@ def train(
     Raises:
         Interrupted: on Ctrl-C, naming the epochs kept in the run folder and the resume command.
     """
-    run_dir, state = _prepare_run(config, resume)
-    try:
-        return _train_run(config, run_dir, state, log, progress)
-    except KeyboardInterrupt:
-        raise Interrupted(_resume_note(run_dir)) from None
+    run_dir, state = _prepare_run(config, resume) if resume is not None else (None, None)
+    if state is not None:
+        config = _saved_config(state)
+    with distributed.joined(resolve_device(config.device)) as (world, device):
+        if run_dir is None:  # rank 0 picks the folder (train, train2, ...) for all
+            run_dir = world.first(lambda: _prepare_run(config, None)[0])
+        try:
+            return _train_run(config, run_dir, state, log, progress, world, device)
+        except KeyboardInterrupt:
+            raise Interrupted(_resume_note(run_dir)) from None
+
+
+def _saved_config(state: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig a resumable checkpoint was trained with."""
+    saved = state["train_config"]
+    return TrainConfig(**{**saved, "widths": tuple(saved["widths"]), "class_names": tuple(saved["class_names"])})
 
 
 def _resume_note(run_dir: Path) -> str:
@@ -231,20 +254,14 @@ def _train_run(
     state: dict[str, Any] | None,
     log: Callable[[str], None],
     progress: Callable[..., Any] | None,
+    world: distributed.World,
+    device: torch.device,
 ) -> TrainResult:
-    """The body of :func:`train` once the run folder is chosen."""
+    """The body of :func:`train` once the run folder is chosen; rank 0 evaluates and writes files."""
     start = time.perf_counter()
-    if state is not None:
-        config = TrainConfig(
-            **{
-                **state["train_config"],
-                "widths": tuple(state["train_config"]["widths"]),
-                "class_names": tuple(state["train_config"]["class_names"]),
-            }
-        )
-    device = resolve_device(config.device)
+    distributed.per_rank_batch(config.batch_size, world.size)
     torch.manual_seed(config.seed)
-    slices = _load_data(config)
+    slices = _load_data(config, world)
     if config.split == "regions" and not is_demo_set(slices.root):
         log(f"{slices.root} is not the demo set: no 3-D volume to hold regions out of; using --split slabs")
         config.split = "slabs"
@@ -255,6 +272,7 @@ def _train_run(
     model = UNet(model_config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    net = distributed.wrap(model, world, device)  # model.segment, under DDP when N > 1
     # Items come normalised with their whole frame's statistics (model.segment skips the
     # model's own normalisation), so patches look like inference on whole frames.
     images, masks = _sources(slices, split, config, log)
@@ -266,12 +284,14 @@ def _train_run(
         augment=config.augment,
         seed=config.seed,
     )
-    steps_per_epoch = math.ceil(len(dataset) / config.batch_size)
+    batches = distributed.ShardedBatches(len(dataset), config.batch_size, world, config.seed)
+    steps_per_epoch = len(batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _make_scheduler(config, optimizer, steps_per_epoch)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = segmentation_loss(config.loss, config.num_classes)
+    loss_fn = segmentation_loss(config.loss, config.num_classes)  # evaluation: rank 0 alone
+    train_loss = segmentation_loss(config.loss, config.num_classes, total=world.all_sum)
     history: list[EpochRecord] = []
     best = {"miou_fg": -1.0, "epoch": -1, "metrics": {}}
     first_epoch = 0
@@ -283,7 +303,8 @@ def _train_run(
         best = dict(state["best"])
         first_epoch = int(state["epoch"]) + 1
         log(f"resuming {run_dir} after epoch {first_epoch}/{config.epochs}")
-    _write_json(run_dir / "config.json", _config_dict(config))
+    if world.is_main:
+        _write_json(run_dir / "config.json", {**_config_dict(config), **world.describe(config.batch_size, config.lr)})
     data_info = {
         "root": str(slices.root),
         "split": config.split,
@@ -292,18 +313,11 @@ def _train_run(
         # Inference resamples scans of known voxel size to this before the model sees them.
         "pixel_spacing_mm": config.pixel_spacing_mm or _demo_pixel_mm(slices.root),
     }
-    for epoch in range(first_epoch, config.epochs):
-        t0 = time.perf_counter()
-        dataset.set_epoch(epoch)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=config.batch_size,
-            shuffle=True,
-            num_workers=config.workers,
-            generator=torch.Generator().manual_seed(config.seed * 1000 + epoch),
-            drop_last=False,
-        )
-        loss, iou = _train_epoch(model, loader, optimizer, scheduler, scaler, loss_fn, config, device, epoch, progress)
+
+    def end_epoch(
+        epoch: int, loss: float, iou: float, t0: float, best: dict[str, Any]
+    ) -> tuple[EpochRecord, dict[str, Any]]:
+        """Rank 0: evaluate, checkpoint and log the epoch; returns its record and the best so far."""
         metrics, test_loss = evaluate(
             model,
             scored,
@@ -318,32 +332,47 @@ def _train_run(
         record = EpochRecord(
             epoch + 1, loss, iou, test_loss, test_iou, optimizer.param_groups[0]["lr"], time.perf_counter() - t0
         )
-        history.append(record)
         ckpt_extra = dict(
             train_config=_config_dict(config),
             metrics=metrics,
             epoch=epoch,
             data=data_info,
             edgeseg_version=__version__,
-            history=[asdict(r) for r in history],
+            history=[asdict(r) for r in [*history, record]],
         )
+        new_best = best
         if test_iou > best["miou_fg"]:
-            best = {"miou_fg": test_iou, "epoch": epoch + 1, "metrics": metrics}
+            new_best = {"miou_fg": test_iou, "epoch": epoch + 1, "metrics": metrics}
             save_checkpoint(run_dir / "best.pt", model, **ckpt_extra)
         save_checkpoint(
             run_dir / "last.pt",
             model,
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
-            best=best,
+            best=new_best,
             **ckpt_extra,
         )
-        _write_history(run_dir, history)
+        _write_history(run_dir, [*history, record])
         log(
             f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  iou {iou:.4f}  "
             f"test_loss {test_loss:.4f}  test_iou {test_iou:.4f}  ({record.seconds:.0f}s)"
         )
-    _write_reports(run_dir, history, scored, test_idx, config, device)
+        return record, new_best
+
+    for epoch in range(first_epoch, config.epochs):
+        t0 = time.perf_counter()
+        dataset.set_epoch(epoch)
+        batches.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=config.workers)
+        loss, iou = _train_epoch(
+            net, loader, optimizer, scheduler, scaler, train_loss, config, device, epoch, progress, world
+        )
+        # rank 0 evaluates and writes; the other ranks wait here for its record
+        record, best = world.first(partial(end_epoch, epoch, loss, iou, t0, best))
+        history.append(record)
+    if world.is_main:
+        _write_reports(run_dir, history, scored, test_idx, config, device)
+    world.barrier()  # every rank returns once the run folder is complete
     return TrainResult(
         run_dir,
         run_dir / "best.pt",
@@ -356,10 +385,10 @@ def _train_run(
 
 
 def _train_epoch(
-    model, loader, optimizer, scheduler, scaler, loss_fn, config, device, epoch, progress
+    net, loader, optimizer, scheduler, scaler, loss_fn, config, device, epoch, progress, world
 ) -> tuple[float, float]:
-    """One pass; returns (mean loss, foreground mIoU of the training predictions)."""
-    model.train()
+    """One pass; returns (mean loss, foreground mIoU of the training predictions) over all ranks."""
+    net.train()
     cm = ConfusionMatrix(config.num_classes)
     total, count = 0.0, 0
     steps = len(loader)
@@ -368,8 +397,8 @@ def _train_epoch(
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, enabled=device.type == "cuda"):
-            logits = model.segment(x)
-            loss = loss_fn(logits.float(), y)
+            logits = net(x)
+            loss = loss_fn(logits.float(), y)  # the global batch's: every rank stops together
         if not torch.isfinite(loss):
             raise EdgesegError(
                 f"training diverged: loss is {loss.item()} at epoch {epoch + 1} step {step + 1};"
@@ -385,7 +414,9 @@ def _train_epoch(
         cm.update(logits.detach().argmax(dim=1).cpu().numpy(), y.cpu().numpy())
         if progress is not None:
             progress(epoch, step + 1, steps, total / count, cm.miou_fg() or 0.0)
-    return total / max(count, 1), cm.miou_fg() or 0.0
+    total, count = world.sum_array(np.array([total, count], dtype=np.float64))
+    cm = ConfusionMatrix.from_counts(world.sum_array(cm.matrix))
+    return float(total / max(count, 1)), cm.miou_fg() or 0.0
 
 
 def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
@@ -454,8 +485,8 @@ def _sources(
     return images, masks
 
 
-def _load_data(config: TrainConfig) -> Slices:
-    root = Path(config.data) if config.data else build_demo()
+def _load_data(config: TrainConfig, world: distributed.World) -> Slices:
+    root = Path(config.data) if config.data else world.first(build_demo)  # one process builds it
     return load_slices(root, config.num_classes)
 
 
@@ -547,15 +578,56 @@ def _write_reports(
 # ----------------------------------------------------------------------------- console front-end
 
 
-def run_training(preset: str, overrides: dict[str, Any], resume: Path | None = None) -> TrainResult:
-    """``edgeseg train``: a rich progress bar per epoch, one summary line per epoch, a final table."""
+def run_training(
+    preset: str, overrides: dict[str, Any], resume: Path | None = None, nproc: int = 1, words: list[str] | None = None
+) -> TrainResult | None:
+    """``edgeseg train``: a rich progress bar per epoch, one summary line per epoch, a final table.
+
+    Args:
+        nproc: above 1, launch torchrun with that many processes running ``edgeseg train WORDS``
+            (the same options without ``--nproc``) and return None once they finish.
+    """
+    config = make_config(preset, **overrides)
+    if config.patch == 0:  # --patch 0: whole slices
+        config.patch = None
+    if nproc > 1:
+        _launch_training(config, resume, nproc, list(words or []))
+        return None
+    world = distributed.torchrun_world()
+    with distributed.one_voice(world):
+        if not world.is_main:  # rank 0 speaks for the run
+            return train(config, resume, log=lambda _: None)
+        return _run_with_progress(config, resume)
+
+
+def _launch_training(config: TrainConfig, resume: Path | None, nproc: int, words: list[str]) -> None:
+    """``edgeseg train --nproc N``: checks what can fail early, picks the run folder, starts torchrun."""
+    if distributed.torchrun_world().size > 1:
+        raise EdgesegError("--nproc inside torchrun: torchrun already started the processes; drop --nproc")
+    if resume is not None:
+        run_dir, state = _prepare_run(config, resume)
+        config = _saved_config(state)
+    else:
+        run_dir = new_run_dir(Path(config.runs_dir), config.name)
+        if (run_dir / "last.pt").exists():
+            raise EdgesegError(f"{run_dir}: a run already exists here; pass --resume {run_dir} or another --name")
+        words += [] if config.name else ["--name", run_dir.name]  # every rank, the same folder
+    distributed.per_rank_batch(config.batch_size, nproc)
+    distributed.check_devices(resolve_device(config.device), nproc)
+    if config.data is None:
+        build_demo()  # once, before the processes that read it start
+    try:
+        distributed.launch(words, nproc, run_dir)
+    except KeyboardInterrupt:
+        raise Interrupted(_resume_note(run_dir)) from None
+
+
+def _run_with_progress(config: TrainConfig, resume: Path | None) -> TrainResult:
+    """One process's (or rank 0's) console: the progress bar, epoch lines and the final table."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    config = make_config(preset, **overrides)
-    if config.patch == 0:  # --patch 0: whole slices
-        config.patch = None
     if config.data is None and resume is None:
         demo = build_demo()
         console.print(f"no --data given: using the demo MRI set (nilearn's MNI152 2009a template) at {demo}")
