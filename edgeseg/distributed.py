@@ -313,7 +313,7 @@ def launch(words: list[str], nproc: int, run_dir: Path) -> None:
             name = signal.Signals(-failure.exitcode).name
             raise EdgesegError(
                 f"training process rank {rank} was killed by {name} (out of memory?); finished epochs are"
-                f" kept in {run_dir}: continue with edgeseg train --resume {run_dir} --nproc {nproc}"
+                f" kept in {run_dir}: continue with: edgeseg train --resume {run_dir} --nproc {nproc}"
             ) from None
         raise SystemExit(failure.exitcode) from None
     finally:

@@ -237,7 +237,7 @@ def _saved_config(state: dict[str, Any]) -> TrainConfig:
     return TrainConfig(**{**saved, "widths": tuple(saved["widths"]), "class_names": tuple(saved["class_names"])})
 
 
-def _resume_note(run_dir: Path) -> str:
+def _resume_note(run_dir: Path, nproc: int = 1) -> str:
     """What an interrupted run kept: epochs finish atomically (last.pt, then history.json)."""
     try:
         finished = len(json.loads((run_dir / "history.json").read_text()))
@@ -245,7 +245,8 @@ def _resume_note(run_dir: Path) -> str:
         finished = 0
     if not finished or not (run_dir / "last.pt").is_file():
         return f"no epoch had finished in {run_dir}; rerun the same command to start over"
-    return f"{finished} epoch(s) finished and saved in {run_dir}; continue with: edgeseg train --resume {run_dir}"
+    command = f"edgeseg train --resume {run_dir}" + (f" --nproc {nproc}" if nproc > 1 else "")
+    return f"{finished} epoch(s) finished and saved in {run_dir}; continue with: {command}"
 
 
 def _train_run(
@@ -619,7 +620,7 @@ def _launch_training(config: TrainConfig, resume: Path | None, nproc: int, words
     try:
         distributed.launch(words, nproc, run_dir)
     except KeyboardInterrupt:
-        raise Interrupted(_resume_note(run_dir)) from None
+        raise Interrupted(_resume_note(run_dir, nproc)) from None
 
 
 def _run_with_progress(config: TrainConfig, resume: Path | None) -> TrainResult:

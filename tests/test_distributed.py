@@ -9,8 +9,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +205,49 @@ def test_torchrun_run_equals_one_process_run(tiny_dataset, tmp_path: Path) -> No
     # rank 0's evaluation is a single-process evaluation of the weights it saved
     ckpt = load_checkpoint(run / "best.pt")[1]
     assert evaluate_checkpoint(run / "best.pt")["miou_fg"] == ckpt["metrics"]["miou_fg"]
+
+
+def _edgeseg(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([EDGESEG, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=ENV)
+
+
+def test_nproc_ctrl_c_then_resume_finishes(tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """``edgeseg train --nproc 2`` (the console script): Ctrl-C is one line and exit 130; --resume finishes."""
+    data, _ = tiny_dataset
+    args = ["train", "--data", str(data), *TINY, "--epochs", "12", "--nproc", "2", "--name", "k"]
+    proc = subprocess.Popen([EDGESEG, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=ENV)
+    last = tmp_path / "runs" / "k" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends the launcher (torchrun forwards it to the ranks)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    done = json.loads((tmp_path / "runs" / "k" / "history.json").read_text())
+    assert 1 <= len(done) < 12
+    note = [line for line in stderr.splitlines() if "interrupted" in line]
+    assert note == [
+        f"interrupted: {len(done)} epoch(s) finished and saved in runs/k;"
+        " continue with: edgeseg train --resume runs/k --nproc 2"
+    ]
+    assert "Traceback" not in stderr and stderr.rstrip().endswith(note[0])
+    r = _edgeseg("train", "--resume", "runs/k", "--nproc", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    history = json.loads((tmp_path / "runs" / "k" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == list(range(1, 13))
+    assert history[: len(done)] == done  # finished epochs are kept, not redone
+    assert torch.load(last, weights_only=True)["epoch"] == 11
+    assert json.loads((tmp_path / "runs" / "k" / "config.json").read_text())["world_size"] == 2
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--nproc", "0"], 2, "Invalid value for '--nproc'"),
+        (["--nproc", "2", "--batch-size", "3"], 1, "--batch-size 3 (the global batch) does not split across 2"),
+    ],
+)
+def test_nproc_mistakes_are_one_line(args: list[str], code: int, message: str, tmp_path: Path) -> None:
+    r = _edgeseg("train", "--data", str(tmp_path), *args, cwd=tmp_path)
+    assert r.returncode == code
+    assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
