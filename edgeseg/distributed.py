@@ -17,6 +17,7 @@ wait for its result.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
@@ -301,6 +302,11 @@ def launch(words: list[str], nproc: int, run_dir: Path) -> None:
     saved_env = {k: os.environ.get(k) for k in (LAUNCHED_ENV, "OMP_NUM_THREADS")}
     saved_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)}
     os.environ.update({LAUNCHED_ENV: "1", "OMP_NUM_THREADS": threads})
+    # torchrun's own log lines (a failed rank, a forwarded signal) would follow the rank's one line
+    elastic = [lg for name, lg in logging.Logger.manager.loggerDict.items() if name.startswith("torch.distributed")]
+    levels = {lg: lg.level for lg in elastic if isinstance(lg, logging.Logger)}
+    for lg in levels:
+        lg.setLevel(logging.CRITICAL)
     try:
         run(args)
     except SignalException:
@@ -317,6 +323,8 @@ def launch(words: list[str], nproc: int, run_dir: Path) -> None:
             ) from None
         raise SystemExit(failure.exitcode) from None
     finally:
+        for lg, level in levels.items():
+            lg.setLevel(level)
         for sig, handler in saved_handlers.items():
             signal.signal(sig, handler)
         for key, value in saved_env.items():

@@ -251,3 +251,13 @@ def test_nproc_mistakes_are_one_line(args: list[str], code: int, message: str, t
     r = _edgeseg("train", "--data", str(tmp_path), *args, cwd=tmp_path)
     assert r.returncode == code
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_nproc_error_in_the_ranks_is_one_line(tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """A mistake found inside the ranks (here: divergence) is rank 0's one line; torchrun adds none."""
+    data, _ = tiny_dataset
+    r = _edgeseg("train", "--data", str(data), *TINY, "--lr", "1e30", "--nproc", "2", cwd=tmp_path)
+    assert r.returncode == 1
+    errors = [line for line in r.stderr.splitlines() if "error" in line.lower() or "exitcode" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: training diverged"), r.stderr
+    assert "Traceback" not in r.stderr
