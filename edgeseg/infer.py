@@ -46,19 +46,19 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.artifacts import ModelInfo, read_model_info
 from edgeseg.dicom_seg import seg_rel, write_dicom_seg
-from edgeseg.errors import EdgesegError, Interrupted
+from edgeseg.errors import EdgesegError, Interrupted, describe
+from edgeseg.files import atomic_write, sha256_file
 from edgeseg.outputs import (
     RESAMPLE_COLUMNS,
     SUMMARY,
-    atomic_write,
     check_writable_dir,
     label_nifti,
     overlay_rel,
     previous_rows,
     read_labels,
     safe_output_path,
-    sha256_file,
     stats_rel,
     write_labels,
     write_overlay,
@@ -67,7 +67,7 @@ from edgeseg.outputs import (
 )
 from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
 from edgeseg.records import InputStamp, OutLock, Record, Records, stamp_inputs
-from edgeseg.runtime import ModelInfo, create_session, default_trt_options, read_model_info
+from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import SUPPORTED, Decoded, Scan, discover_scans, read_scan, resample
 from edgeseg.skullstrip import mask_rel
 
@@ -160,14 +160,16 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
                 + "; nothing to segment"
             )
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
-    trt = default_trt_options(info, batch_size=config.batch_size)
     with ExitStack() as stack:
         if config.cluster:  # scans go to Dask workers, which build their own sessions
             from edgeseg.cluster import ClusterRunner, connect
 
             runner_type, (session, provider) = ClusterRunner, stack.enter_context(connect(config))
         else:
-            runner_type, (session, provider) = _Runner, create_session(model, config.provider, config.threads, trt)
+            net = open_runner(
+                model, RunnerSpec("ort", config.provider, "fp32", config.threads or 0, config.batch_size, ("logits",))
+            )
+            runner_type, (session, provider) = _Runner, (net, net.provider)
         check_writable_dir(out)
         stack.enter_context(OutLock(out))
         stack.enter_context(warnings.catch_warnings())
@@ -269,6 +271,7 @@ class _Runner:
     """The scan loop: prefetching reads, batched inference, background atomic writes."""
 
     def __init__(self, session: Any, provider: str, info: ModelInfo, config: InferConfig, out: Path) -> None:
+        """``session``: the :class:`edgeseg.runtime.Runner` fetching logits (a Dask client for a cluster run)."""
         from rich.console import Console
 
         self.session, self.info, self.config, self.out = session, info, config, out
@@ -449,7 +452,7 @@ class _Runner:
             batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
             tick = time.perf_counter()
-            (logits,) = self.session.run(["logits"], {"image": batch})  # logits: for QC, and to resample
+            logits = self.session.run(batch)["logits"]  # logits: for QC, and to resample
             seconds += time.perf_counter() - tick
             out = logits.argmax(1)  # the graph's own ``labels``: ArgMax of these logits
             counter.add(logits, out)  # on the model's grid, as export measured the ranges
@@ -615,5 +618,4 @@ def _reason(exc: BaseException) -> str:
         raise exc
     if isinstance(exc, EdgesegError):
         return str(exc)
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+    return describe(exc, typed=True)
