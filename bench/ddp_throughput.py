@@ -94,7 +94,7 @@ def main() -> None:
             )
             print(line, flush=True)
             figures.setdefault(f"{k}x{threads}", []).append(json.loads(line)["img_per_s"])
-    medians = {name: statistics.median(values) for name, values in figures.items()}
+    medians = {name: round(statistics.median(values), 2) for name, values in figures.items()}
     base = medians[f"1x{cores}"]
     print(
         json.dumps(

@@ -32,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, Interrupted
 
 # Set by `edgeseg train --nproc N` for its workers: the launcher reports an interrupt itself.
 LAUNCHED_ENV = "EDGESEG_LAUNCHED"
@@ -267,8 +267,6 @@ def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
 @contextmanager
 def one_voice(world: World) -> Iterator[None]:
     """Only rank 0 reports a user mistake or an interrupt (the launcher, when there is one, reports interrupts)."""
-    from edgeseg.errors import Interrupted
-
     try:
         yield
     except Interrupted:
@@ -328,4 +326,7 @@ def launch(words: list[str], nproc: int, run_dir: Path) -> None:
         for sig, handler in saved_handlers.items():
             signal.signal(sig, handler)
         for key, value in saved_env.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
