@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgeseg.artifacts import FORMAT, NORMALIZATION, ArtifactPaths, save_onnx, set_metadata
 from edgeseg.errors import EdgesegError
-from edgeseg.files import sha256_file
-from edgeseg.outputs import check_writable_dir
+from edgeseg.files import check_writable_dir, sha256_file
+from edgeseg.split import SplitRecord
 
 if TYPE_CHECKING:
     import onnx
@@ -184,6 +184,8 @@ def model_metadata(ckpt: dict[str, Any], precision: str, opset: int, checkpoint_
         "edgeseg.opset": str(opset),
         # In-plane mm per pixel of the training slices; infer resamples scans to it ("" = unknown).
         "edgeseg.pixel_spacing_mm": "" if spacing is None else repr(float(spacing)),
+        # How the checkpoint's held-out data was chosen: bench scores the file on it, torch-free.
+        **SplitRecord.from_checkpoint(ckpt).to_metadata(),
     }
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -345,3 +346,9 @@ def _config_to_dict(config: ModelConfig) -> dict[str, Any]:
     d["widths"] = list(d["widths"])
     d["class_names"] = list(d["class_names"])
     return d
+
+
+def reference_logits(model: UNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """PyTorch fp32 eval-mode logits for each ``(N, 1, H, W)`` batch (the parity reference)."""
+    with torch.inference_mode():
+        return [model.float().eval()(torch.from_numpy(x)).numpy() for x in inputs]

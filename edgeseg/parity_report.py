@@ -18,7 +18,8 @@ from typing import Any
 
 from edgeseg.errors import EdgesegError
 from edgeseg.files import write_json
-from edgeseg.parity import EvalData, ParityConfig, ParityReport, validate
+from edgeseg.parity import ParityConfig, ParityReport, validate
+from edgeseg.split import HeldOut
 
 
 def wide_console() -> Any:
@@ -132,7 +133,7 @@ def _describe_fp16(check: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- model card
 
 
-def score_formats(files: dict[str, Path], data: EvalData, threads: int | None = None) -> dict[str, Any]:
+def score_formats(files: dict[str, Path], data: HeldOut, threads: int | None = None) -> dict[str, Any]:
     """Per exported file: size, SHA-256 and per-class IoU on all held-out slices (ORT CPU)."""
     import numpy as np
 
@@ -284,8 +285,8 @@ SHIPPED_RECIPE = [  # how export/ is made; the last line is what regenerates thi
 
 def split_scores(checkpoint: Path) -> dict[str, Any]:
     """The checkpoint's pooled metrics under each split of the demo set."""
-    from edgeseg.data import SPLITS
     from edgeseg.evaluate import evaluate_checkpoint
+    from edgeseg.split import SPLITS
 
     return {
         name: {
@@ -295,7 +296,7 @@ def split_scores(checkpoint: Path) -> dict[str, Any]:
     }
 
 
-def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None, data: EvalData) -> Path:
+def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None, data: HeldOut) -> Path:
     """Score every ONNX file in ``folder``, add the scores to its parity.json, write README.md.
 
     ``commands`` go under "Reproduce every file"; None = :data:`SHIPPED_RECIPE`.

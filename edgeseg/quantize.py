@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeseg.model import UNet
-    from edgeseg.parity import EvalData
+    from edgeseg.split import HeldOut
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIB_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -162,7 +162,7 @@ def calibration_set(slices: list[np.ndarray], n: int) -> list[np.ndarray]:
     calibrated on whole slices alone clipped them (78 % label agreement at 64x64 on the
     demo model instead of 99 %).
     """
-    from edgeseg.parity import fit_to_size, pick
+    from edgeseg.split import fit_to_size, pick
 
     full = pick(slices, n)
     crops = [
@@ -256,7 +256,7 @@ def _quantize(
 def choose_int8(
     src: Path,
     dst: Path,
-    data: EvalData,
+    data: HeldOut,
     model: Any,
     calib: int = 32,
     method: str = "auto",
@@ -317,9 +317,10 @@ def choose_int8(
     }
 
 
-def _score_rows(data: EvalData, model: Any) -> list[dict[str, Any]]:
+def _score_rows(data: HeldOut, model: Any) -> list[dict[str, Any]]:
     """Held-out batches at three sizes and their PyTorch reference logits."""
-    from edgeseg.parity import reference_logits, size_batches
+    from edgeseg.model import reference_logits
+    from edgeseg.split import size_batches
 
     rows = size_batches(data, SCORE_SIZES)
     for row in rows:
@@ -330,8 +331,8 @@ def _score_rows(data: EvalData, model: Any) -> list[dict[str, Any]]:
 def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
     """Per-size ΔmIoU, the worst |ΔmIoU| and pooled label agreement of one int8 candidate."""
     from edgeseg.artifacts import read_model_info
-    from edgeseg.parity import compare, run_batches
-    from edgeseg.runtime import RunnerSpec, open_runner
+    from edgeseg.metrics import compare
+    from edgeseg.runtime import RunnerSpec, open_runner, run_batches
 
     runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     names = read_model_info(path).class_names
@@ -393,7 +394,7 @@ def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, An
     finally:
         for h in handles:
             h.remove()
-    from edgeseg.parity import reference_logits
+    from edgeseg.model import reference_logits
 
     ref = reference_logits(model, inputs)
     finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from edgeseg import EdgesegError
+from edgeseg.artifacts import read_model_info
 from edgeseg.bench import (
     DEFAULT_TARGETS,
     BenchConfig,
@@ -27,7 +28,6 @@ from edgeseg.bench import (
     Target,
     bench,
     check_budget,
-    compare,
     load_targets,
     model_file,
     noise_warnings,
@@ -38,16 +38,15 @@ from edgeseg.bench import (
 )
 from edgeseg.bench_report import table_rows, to_markdown
 from edgeseg.measure import (
-    EvalSet,
     count_macs,
-    demo_test_set,
     latency_stats,
     peak_rss_mb,
     run_child,
-    score_miou,
     time_runs,
 )
+from edgeseg.metrics import compare, score
 from edgeseg.runtime import RunnerSpec, SessionLevers, open_runner
+from edgeseg.split import SplitRecord, held_out
 
 EDGESEG = [sys.executable, "-c", "from edgeseg.cli import main; main()"]
 FAST = dict(size=48, warmup=1, runs=3, min_runs=2, max_seconds=0.2, peak_size=64)
@@ -236,16 +235,24 @@ def test_matmul_peak_child() -> None:
     assert out["gflops"] == max(out["all"].values())
 
 
-def test_score_miou_and_demo_test_set(threshold_onnx: Path, tiny_dataset: tuple[Path, list[str]]) -> None:
+def test_score_and_the_models_own_held_out_data(
+    threshold_onnx: Path, tiny_onnx: Path, tiny_dataset: tuple[Path, list[str]]
+) -> None:
     runner = open_runner(threshold_onnx, RunnerSpec("ort", "cpu", threads=1))
     masks = [np.array([[0, 1], [2, 2]], np.uint8).repeat(8, 0).repeat(8, 1)] * 2
-    perfect = EvalSet([m.astype(np.float32) for m in masks], masks, "made up")
-    assert score_miou(runner.labels, perfect, ("bg", "gm", "wm")) == pytest.approx(1.0)
-    wrong = EvalSet([np.zeros_like(m, np.float32) for m in masks], masks, "all background")
-    assert score_miou(runner.labels, wrong, ("bg", "gm", "wm")) == pytest.approx(0.0)
-    evalset = demo_test_set(tiny_dataset[0], limit=2)
-    assert len(evalset.images) == len(evalset.masks) == 2
-    assert evalset.images[0].dtype == np.float32 and "2 test slices" in evalset.source
+    names = ("bg", "gm", "wm")
+    assert score(runner.labels, [m.astype(np.float32) for m in masks], masks, names)["miou_fg"] == pytest.approx(1.0)
+    assert score(runner.labels, [np.zeros_like(m, np.float32) for m in masks], masks, names)["miou_fg"] == 0.0
+    # An exported file records its held-out slices: bench scores it on those, not on the demo split.
+    root, test_keys = tiny_dataset
+    record = SplitRecord.from_metadata(read_model_info(tiny_onnx).metadata, tiny_onnx)
+    assert record is not None and set(record.test_keys) == set(test_keys) and record.root == str(root)
+    held = held_out(record)
+    assert held.keys == sorted(test_keys) and "the model's" in held.source
+    assert len(held.limited(2).images) == 2 and held.limited(2).images[0].dtype == np.float32
+    # A file from before the record: the demo-style slab split, and the report says it may overlap.
+    old = held_out(None, root)
+    assert "may include its training data" in old.source
 
 
 # ----------------------------------------------------------------------------- backends

@@ -23,7 +23,8 @@ import pytest
 
 from edgeseg import SHIPPED_MODEL, SHIPPED_MODEL_DIR
 from edgeseg.cbuild import CBuild, build_c, why_cannot_build
-from edgeseg.parity import GATES, fit_to_size
+from edgeseg.parity import GATES
+from edgeseg.split import fit_to_size
 
 pytestmark = pytest.mark.skipif(
     why_cannot_build() is not None, reason=f"libedgeseg cannot be built here: {why_cannot_build()}"

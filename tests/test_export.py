@@ -25,8 +25,8 @@ from edgeseg.errors import EdgesegError
 from edgeseg.export import export_onnx, symbolic_dims
 from edgeseg.files import sha256_file
 from edgeseg.model import load_checkpoint
-from edgeseg.parity import fit_to_size
 from edgeseg.quantize import convert_fp16, normalization_nodes, quantize_int8
+from edgeseg.split import fit_to_size
 
 torch.set_num_threads(1)
 
