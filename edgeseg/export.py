@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeseg.artifacts import FORMAT, NORMALIZATION, ArtifactPaths, save_onnx, set_metadata
 from edgeseg.errors import EdgesegError
-from edgeseg.files import check_writable_dir, sha256_file
+from edgeseg.files import check_writable_dir
 from edgeseg.split import SplitRecord
 
 if TYPE_CHECKING:
@@ -210,17 +210,17 @@ def export_onnx(
     Returns:
         The written path.
     """
-    from edgeseg.model import inference_form, load_checkpoint
+    from edgeseg.model import Checkpoint, inference_form
 
-    checkpoint = Path(checkpoint)
     if opset < 17:
         raise EdgesegError(f"opset {opset}: edgeseg exports need opset >= 17")
-    out_path = Path(out_path) if out_path else ArtifactPaths.of(checkpoint).onnx()
-    model, ckpt = load_checkpoint(checkpoint)
+    loaded = Checkpoint.load(checkpoint)
+    model, ckpt = loaded.model, loaded.state
+    out_path = Path(out_path) if out_path else ArtifactPaths.of(loaded.path).onnx()
     proto = _to_onnx(inference_form(model) if fuse else model, opset, model.config.min_size)
     if simplify:
         proto = _simplify(proto)
-    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)), **_qc_ranges(proto, ckpt)})
+    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, loaded.sha256), **_qc_ranges(proto, ckpt)})
     return save_onnx(proto, out_path)
 
 
@@ -255,12 +255,13 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         gate is ``report.parity.passed``; :func:`run_export` turns a failure into an error.
     """
     from edgeseg.artifacts import find_latest_checkpoint
-    from edgeseg.model import load_checkpoint
+    from edgeseg.model import Checkpoint
     from edgeseg.parity import ParityConfig, load_eval_data, size_table, validate
 
     config = config or ExportConfig()
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint()
-    profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
+    loaded = Checkpoint.load(checkpoint)  # loaded and hashed once, for every step below
+    profile = _trt_profile(loaded, config) if config.trt else None  # fail fast, before work
     paths = ArtifactPaths.of(checkpoint, config.out)
     if config.triton is not None:  # fail fast: tritonclient missing, or a folder that is not ours
         from edgeseg.triton import check_repository
@@ -271,10 +272,10 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         )
     check_writable_dir(paths.folder, "--out" if config.out else "the checkpoint's folder")
     report = ExportReport(
-        checkpoint, {"fp32": export_onnx(checkpoint, paths.onnx("fp32"), config.opset, config.simplify, config.fuse)}
+        checkpoint, {"fp32": export_onnx(loaded, paths.onnx("fp32"), config.opset, config.simplify, config.fuse)}
     )
-    model, ckpt = load_checkpoint(checkpoint)
-    data = load_eval_data(ckpt, config.data) if (config.int8 or config.validate) else None
+    model = loaded.model
+    data = load_eval_data(loaded.state, config.data) if (config.int8 or config.validate) else None
     if config.fp16:
         from edgeseg.quantize import convert_fp16
 
@@ -290,7 +291,7 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         report.files["trt"] = _build_trt(report, paths, profile, data)
     if config.validate:
         parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
-        report.parity = validate(list(report.files.values()), checkpoint, config=parity, eval_data=data)
+        report.parity = validate(list(report.files.values()), loaded, config=parity, eval_data=data)
         report.parity.extra.update(export=_config_json(config), int8=report.int8)
         report.parity.write(paths.parity)
     if config.triton is not None and (report.parity is None or report.parity.passed):
@@ -305,13 +306,12 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     return report
 
 
-def _trt_profile(checkpoint: Path, config: ExportConfig) -> Any:
-    """Check that TensorRT can run here and parse the profile options."""
-    from edgeseg.model import load_checkpoint
+def _trt_profile(loaded: Any, config: ExportConfig) -> Any:
+    """Check that TensorRT can run here and parse the profile options (``loaded``: a model.Checkpoint)."""
     from edgeseg.tensorrt import make_profile, require_tensorrt
 
     require_tensorrt()
-    min_size = load_checkpoint(checkpoint)[0].config.min_size
+    min_size = loaded.model.config.min_size
     return make_profile(config.trt_min, config.trt_opt, config.trt_max, min_size)
 
 

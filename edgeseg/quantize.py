@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.measure import latency_stats, time_runs
 
 if TYPE_CHECKING:
     import onnx
@@ -351,13 +352,8 @@ def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...
 
     runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     x = np.random.default_rng(0).gamma(2.0, 300.0, shape).astype(np.float32)
-    runner.run(x)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        runner.run(x)
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 2)
+    times = time_runs(runner.run, x, warmup=1, runs=LATENCY_RUNS, min_runs=LATENCY_RUNS)
+    return round(latency_stats(times)["p50"], 2)
 
 
 # ----------------------------------------------------------------------------- fp16 check
