@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeseg.parity import ParityReport
+    from edgeseg.quantize import Int8Choice
 
 DEFAULT_OPSET = 20  # torch's default; onnx.reference runs the int8 QDQ graph only from opset 19
 IR_VERSION = 10  # onnx 1.23 would write IR 11+; onnxruntime 1.31 and TensorRT 10 read 10
@@ -75,7 +76,7 @@ class ExportReport:
 
     checkpoint: Path
     files: dict[str, Path] = field(default_factory=dict)  # precision -> file (fp32/fp16/int8/trt)
-    int8: dict[str, Any] = field(default_factory=dict)  # calibration choice, ΔmIoU, latencies
+    int8: Int8Choice | None = None  # calibration choice, ΔmIoU, latencies
     parity: ParityReport | None = None
     next_commands: list[str] = field(default_factory=list)
     triton: list[Any] = field(default_factory=list)  # edgeseg.triton.TritonModel, one per served model
@@ -292,7 +293,7 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     if config.validate:
         parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
         report.parity = validate(list(report.files.values()), loaded, config=parity, eval_data=data)
-        report.parity.extra.update(export=_config_json(config), int8=report.int8)
+        report.parity.extra.update(export=_config_json(config), int8=asdict(report.int8) if report.int8 else {})
         report.parity.write(paths.parity)
     if config.triton is not None and (report.parity is None or report.parity.passed):
         from edgeseg.triton import TritonConfig, write_model_repository
@@ -327,8 +328,8 @@ def _build_trt(report: ExportReport, paths: dict[str, Path], profile: Any, data:
         sym = quantize_int8(
             paths.onnx("fp32"),
             Path(tmp) / f"{paths.onnx('int8').stem}_trt.onnx",
-            calibration_set(data.train_images, report.int8["calib_slices"]),
-            report.int8["method"],
+            calibration_set(data.train_images, report.int8.calib_slices),
+            report.int8.method,
             symmetric=True,
         )
         return build_engine(sym, paths.engine, profile)
@@ -373,12 +374,12 @@ def run_export(checkpoint: Path | None, config: ExportConfig) -> ExportReport:
     return report
 
 
-def _print_int8(console: Any, int8: dict[str, Any]) -> None:
-    tried = ", ".join(f"{k} {v['worst_d_miou']:.4f}" for k, v in int8["candidates"].items())
-    lat = int8["latency_ms"]
+def _print_int8(console: Any, int8: Int8Choice) -> None:
+    tried = ", ".join(f"{k} {v.worst_d_miou:.4f}" for k, v in int8.candidates.items())
+    lat = int8.latency_ms
     console.print(
-        f"int8: chose {int8['method']} calibration, {'7' if int8['reduce_range'] else '8'}-bit"
-        f" weights, by worst |ΔmIoU| over 3 sizes ({tried}); {int8['calib_inputs']} calibration"
-        f" inputs from {int8['calib_slices']} training slices; CPU latency 1x394x394: int8"
+        f"int8: chose {int8.method} calibration, {'7' if int8.reduce_range else '8'}-bit"
+        f" weights, by worst |ΔmIoU| over 3 sizes ({tried}); {int8.calib_inputs} calibration"
+        f" inputs from {int8.calib_slices} training slices; CPU latency 1x394x394: int8"
         f" {lat['int8']:.1f} ms vs fp32 {lat['fp32']:.1f} ms"
     )

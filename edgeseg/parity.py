@@ -36,6 +36,7 @@ from edgeseg.split import HeldOut, checkpoint_split, size_batches
 
 if TYPE_CHECKING:
     from edgeseg.model import Checkpoint
+    from edgeseg.quantize import Fp16Check
 
     pass
 
@@ -119,7 +120,7 @@ class ParityReport:
     config: dict[str, Any]
     rows: list[ParityRow] = field(default_factory=list)
     reference_evaluator: dict[str, Any] = field(default_factory=dict)  # per model file
-    fp16_activations: dict[str, Any] = field(default_factory=dict)  # PyTorch .half() check
+    fp16_activations: Fp16Check | None = None  # PyTorch .half() check
     skipped: dict[str, str] = field(default_factory=dict)  # provider -> why not run
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. int8 calibration, latencies
 
@@ -145,7 +146,7 @@ class ParityReport:
             "config": self.config,
             "rows": [asdict(r) for r in self.rows],
             "reference_evaluator": self.reference_evaluator,
-            "fp16_activations": self.fp16_activations,
+            "fp16_activations": asdict(self.fp16_activations) if self.fp16_activations else {},
             "skipped_providers": self.skipped,
             **self.extra,
         }

@@ -14,13 +14,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeseg.artifacts import PRECISIONS, ArtifactPaths
 from edgeseg.errors import EdgesegError
 from edgeseg.files import write_json, write_text
 from edgeseg.parity import ParityConfig, ParityReport, validate
 from edgeseg.split import HeldOut
+
+if TYPE_CHECKING:
+    from edgeseg.quantize import Fp16Check
 
 
 def wide_console() -> Any:
@@ -122,12 +125,12 @@ def _describe_reference(check: dict[str, Any]) -> str:
     return f"max|Δlogit| {check['max_abs']:.2e}, labels equal {100 * check['labels_equal']:.2f}%"
 
 
-def _describe_fp16(check: dict[str, Any]) -> str:
+def _describe_fp16(check: Fp16Check) -> str:
     return (
-        f"PyTorch float16 on CPU ({check['slices']} slices 394²): max|activation|"
-        f" {check['max_activation']:.1f} ({check['max_activation_layer']}; {check['headroom']:.0f}x"
-        f" below 65504), max|Δlogit| {check['max_abs_logit_diff']:.2e}, agreement"
-        f" {100 * check['agreement']:.4f}%, {'finite' if check['finite'] else 'OVERFLOW (inf/NaN)'}"
+        f"PyTorch float16 on CPU ({check.slices} slices 394²): max|activation|"
+        f" {check.max_activation:.1f} ({check.max_activation_layer}; {check.headroom:.0f}x"
+        f" below 65504), max|Δlogit| {check.max_abs_logit_diff:.2e}, agreement"
+        f" {100 * check.agreement:.4f}%, {'finite' if check.finite else 'OVERFLOW (inf/NaN)'}"
     )
 
 

@@ -325,12 +325,12 @@ def test_choose_int8_keeps_the_best_method(tiny_onnx: Path, tiny_checkpoint: Pat
 
     model, ckpt = load_checkpoint(tiny_checkpoint)
     info = choose_int8(tiny_onnx, tmp_path / "best_int8.onnx", load_eval_data(ckpt), model, calib=6)
-    assert set(info["candidates"]) == {f"{m}/{b}" for m in CALIB_METHODS for b in ("7bit", "8bit")}
-    scores = {k: v["worst_d_miou"] for k, v in info["candidates"].items()}
-    chosen = f"{info['method']}/{'7bit' if info['reduce_range'] else '8bit'}"
+    assert set(info.candidates) == {f"{m}/{b}" for m in CALIB_METHODS for b in ("7bit", "8bit")}
+    scores = {k: v.worst_d_miou for k, v in info.candidates.items()}
+    chosen = f"{info.method}/{'7bit' if info.reduce_range else '8bit'}"
     assert scores[chosen] == min(scores.values())
-    assert all(set(v["d_miou"]) == {"394x394", "256x257", "64x64"} for v in info["candidates"].values())
-    assert info["latency_ms"]["int8"] > 0 and info["latency_ms"]["fp32"] > 0
+    assert all(set(v.d_miou) == {"394x394", "256x257", "64x64"} for v in info.candidates.values())
+    assert info.latency_ms["int8"] > 0 and info.latency_ms["fp32"] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["best_int8.onnx"]  # no temporary left
 
 
