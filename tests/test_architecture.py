@@ -51,6 +51,7 @@ ORDER = [
     "infer",
     # training, export, validation
     "evaluate",
+    "distributed",
     "train",
     "quantize",
     "parity",
