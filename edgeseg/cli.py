@@ -384,6 +384,12 @@ def export_cmd(
     triton: Annotated[
         Path | None, typer.Option("--triton", help="Also write a Triton model repository here (edgeseg[triton]).")
     ] = None,
+    executorch: Annotated[
+        bool,
+        typer.Option(
+            "--executorch", help="Also write X.pte and X_int8.pte for ExecuTorch/XNNPACK (edgeseg[executorch])."
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint to ONNX (fp32; fp16/int8/TensorRT by flag) and gate on parity."""
     from edgeseg.export import ExportConfig, run_export
@@ -406,6 +412,7 @@ def export_cmd(
         slices=slices,
         size_slices=size_slices,
         triton=triton,
+        executorch=executorch,
     )
     run_export(checkpoint, config)
 

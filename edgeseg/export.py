@@ -71,6 +71,7 @@ class ExportConfig:
     size_slices: int = 4  # held-out slices compared at each other size of the table
     providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")  # parity candidates, if they work
     triton: Path | None = None  # also write a Triton model repository here (edgeseg[triton])
+    executorch: bool = False  # also write X.pte and X_int8.pte for ExecuTorch/XNNPACK (edgeseg[executorch])
 
 
 @dataclass
@@ -101,24 +102,6 @@ def output_paths(checkpoint: Path, out: Path | None = None) -> dict[str, Path]:
     }
 
 
-def _export_module(model: torch.nn.Module) -> torch.nn.Module:
-    """Wrap the UNet so the graph returns ``(logits, labels)`` with labels = argmax as uint8."""
-    import copy
-
-    import torch
-
-    class WithLabels(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = copy.deepcopy(net)
-
-        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self.net(image)  # (N, C, H, W)
-            return logits, logits.argmax(dim=1).to(torch.uint8)  # (N, H, W)
-
-    return WithLabels(model).eval()
-
-
 def _to_onnx(model: torch.nn.Module, opset: int, min_size: int) -> onnx.ModelProto:
     """torch.onnx.export (dynamo) with named symbolic N, H, W; returns the in-memory proto."""
     import logging
@@ -126,13 +109,15 @@ def _to_onnx(model: torch.nn.Module, opset: int, min_size: int) -> onnx.ModelPro
     import torch
     from torch.export import Dim
 
+    from edgeseg.model import with_labels
+
     example = torch.zeros(2, model.config.in_channels, 2 * min_size + 1, 2 * min_size + 3)
     dims = {0: Dim("N", min=1), 2: Dim("H", min=min_size), 3: Dim("W", min=min_size)}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # torchvision-op notices
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            _export_module(model),
+            with_labels(model),
             (example,),
             input_names=["image"],
             output_names=["logits", "labels"],
@@ -300,6 +285,10 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     config = config or ExportConfig()
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint()
     profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
+    if config.executorch:  # fail fast: ExecuTorch missing
+        from edgeseg.executorch_export import require_executorch
+
+        require_executorch()
     paths = output_paths(checkpoint, config.out)
     if config.triton is not None:  # fail fast: tritonclient missing, or a folder that is not ours
         from edgeseg.triton import check_repository
@@ -313,7 +302,7 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"], config.opset, config.simplify, config.fuse)}
     )
     model, ckpt = load_checkpoint(checkpoint)
-    data = load_eval_data(ckpt, config.data) if (config.int8 or config.validate) else None
+    data = load_eval_data(ckpt, config.data) if (config.int8 or config.validate or config.executorch) else None
     if config.fp16:
         from edgeseg.quantize import convert_fp16
 
@@ -329,6 +318,9 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
         report.parity = validate(list(report.files.values()), checkpoint, config=parity, eval_data=data)
         report.parity.extra.update(export=_config_json(config), int8=report.int8)
+    if config.executorch:
+        report.files.update(_export_pte(report, model, data, config))
+    if report.parity is not None:
         report.parity.write(paths["parity"])
     if config.triton is not None and (report.parity is None or report.parity.passed):
         from edgeseg.triton import TritonConfig, write_model_repository
@@ -340,6 +332,21 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
                 )
     report.next_commands = next_commands(report)
     return report
+
+
+def _export_pte(report: ExportReport, model: Any, data: Any, config: ExportConfig) -> dict[str, Path]:
+    """X.pte and X_int8.pte (edgeseg.executorch_export), gated into the export's parity report."""
+    from edgeseg.executorch_export import append_parity, export_executorch
+    from edgeseg.parity import ParityConfig, reference_logits, size_batches, size_table
+
+    files = export_executorch(model, report.files["fp32"], data.train_images, config.calib)
+    if report.parity is not None:
+        parity = ParityConfig(sizes=size_table(config.slices, config.size_slices))
+        rows = size_batches(data, parity.sizes)
+        for row in rows:
+            row["ref"] = reference_logits(model, row["inputs"])
+        append_parity(report.parity, files, rows, model.config.class_names, parity)
+    return files
 
 
 def _trt_profile(checkpoint: Path, config: ExportConfig) -> Any:
@@ -373,7 +380,7 @@ def _build_trt(report: ExportReport, paths: dict[str, Path], profile: Any, data:
 
 def next_commands(report: ExportReport) -> list[str]:
     """The ready-to-run commands printed after an export."""
-    onnx_files = " ".join(str(p) for k, p in report.files.items() if k != "trt")
+    onnx_files = " ".join(str(p) for p in report.files.values() if p.suffix == ".onnx")
     return [
         f"edgeseg validate {onnx_files} --ckpt {report.checkpoint}",
         f"edgeseg infer SCAN.nii.gz --model {report.files['fp32']}",

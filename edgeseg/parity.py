@@ -65,9 +65,12 @@ class Gate:
     max_dmiou: float | None = None  # |mIoU(candidate) - mIoU(reference)|, foreground mIoU
 
 
+# One gate per precision, whichever backend runs it (ONNX Runtime, OpenVINO, ExecuTorch): a
+# backend x precision pair that fails its gate is never deployed or picked by `edgeseg tune`.
 GATES = {
     "fp32": Gate(max_logit_rel=1e-4, min_agreement=0.9999, max_dmiou=1e-4),
     "fp16": Gate(min_agreement=0.999, max_dmiou=1e-3),
+    "bf16": Gate(min_agreement=0.999, max_dmiou=1e-3),  # like fp16: 8 mantissa bits, fp32's range
     "int8": Gate(max_dmiou=5e-3),
 }
 

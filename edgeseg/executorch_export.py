@@ -1,0 +1,184 @@
+"""ExecuTorch export: ``X.pte`` (fp32) and ``X_int8.pte`` (PT2E int8) for XNNPACK, with dynamic H x W.
+
+    edgeseg export CKPT --executorch      (needs ``pip install 'edgeseg[executorch]'``)
+
+The ``.pte`` files are for embedded C++ deployments (Arm boards, phones) through ExecuTorch's
+C++ runtime, which needs no torch; ``edgeseg infer`` never runs them. Both files take
+``image`` float32 ``(1, 1, H, W)`` raw intensities, H and W in ``[min_size, MAX_SIDE]``, and
+return ``(logits (1, C, H, W) float32, labels (1, H, W) uint8)`` like the ONNX file.
+
+* fp32: ``torch.export`` with named dynamic H, W -> ``to_edge_transform_and_lower`` with the
+  XNNPACK partitioner -> ``to_executorch``.
+* int8: PT2E with ``XNNPACKQuantizer`` (symmetric, per-channel weights), calibrated on the same
+  real training slices and crops as the ONNX int8 file (:func:`edgeseg.quantize.calibration_set`).
+  As there, the normalisation, the first and the last conv stay float: quantised, they flip
+  labels where gray and white matter meet (95-97 % agreement instead of > 99 % here).
+
+:func:`append_parity` runs the files through ExecuTorch's Python runtime (which imports torch;
+export-time only) at the parity sizes that fit batch 1 and gates them like the ONNX files.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+from edgeseg.outputs import atomic_write
+
+if TYPE_CHECKING:
+    import torch
+
+    from edgeseg.model import UNet
+    from edgeseg.parity import ParityConfig, ParityReport
+
+MAX_SIDE = 1024  # largest H and W: ExecuTorch plans its memory for the largest shape
+FLOAT_MODULES = ("normalize", "stem.block.0", "head")  # kept float in X_int8.pte (see module doc)
+INSTALL = "pip install 'edgeseg[executorch]'"
+
+
+def pte_paths(fp32_onnx: Path) -> dict[str, Path]:
+    """``X.onnx`` -> ``{"fp32": X.pte, "int8": X_int8.pte}``."""
+    return {"fp32": fp32_onnx.with_suffix(".pte"), "int8": fp32_onnx.with_name(f"{fp32_onnx.stem}_int8.pte")}
+
+
+def require_executorch() -> str:
+    """ExecuTorch's version, or EdgesegError naming the install command."""
+    try:
+        from executorch.version import __version__
+    except ImportError as exc:
+        raise EdgesegError(f"--executorch needs ExecuTorch, which is not installed ({exc}); {INSTALL}") from exc
+    return str(__version__)
+
+
+def export_pte(model: UNet, out: Path, calib_images: list[np.ndarray] | None = None) -> Path:
+    """Write one ``.pte``: fp32, or int8 when ``calib_images`` (raw float32 (H, W) slices) are given.
+
+    Args:
+        model: the checkpoint's model (eval mode); its inference form is exported.
+        out: the ``.pte`` to write (atomically).
+        calib_images: training slices and crops for PT2E calibration; None = fp32.
+
+    Returns:
+        ``out``.
+    """
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from edgeseg.model import inference_form, with_labels
+
+    net = with_labels(inference_form(model))
+    side = model.config.min_size
+    # A freshly allocated, normally strided example: a zero-stride view makes to_executorch() fail.
+    example = (torch.rand(1, model.config.in_channels, 2 * side + 1, 2 * side + 3) * 600.0).contiguous()
+    dims = {
+        "image": {2: torch.export.Dim("H", min=side, max=MAX_SIDE), 3: torch.export.Dim("W", min=side, max=MAX_SIDE)}
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(net, (example,), dynamic_shapes=dims)
+        if calib_images is not None:
+            program = torch.export.export(_quantized(program, calib_images), (example,), dynamic_shapes=dims)
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).to_executorch()
+    atomic_write(Path(out), lambda tmp: tmp.write_bytes(lowered.buffer))
+    return Path(out)
+
+
+def _quantized(program: Any, calib_images: list[np.ndarray]) -> torch.nn.Module:
+    """PT2E: annotate with XNNPACKQuantizer (FLOAT_MODULES left float), calibrate, convert."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    def quantise(node: torch.fx.Node) -> bool:
+        stack = node.meta.get("nn_module_stack") or {}
+        names = [str(entry[0]).removeprefix("L['self'].").removeprefix("net.") for entry in stack.values()]
+        return not any(n == f or n.startswith(f"{f}.") for n in names for f in FLOAT_MODULES)
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_filter_function(quantise)
+    prepared = prepare_pt2e(program.module(), quantizer)
+    with torch.no_grad():
+        for image in calib_images:
+            prepared(torch.from_numpy(np.array(image, np.float32, copy=True)[None, None]))
+    return convert_pt2e(prepared)
+
+
+def export_executorch(model: UNet, fp32_onnx: Path, train_images: list[np.ndarray], calib: int) -> dict[str, Path]:
+    """Both ``.pte`` files beside ``fp32_onnx``: ``{"pte-fp32": X.pte, "pte-int8": X_int8.pte}``."""
+    from edgeseg.quantize import calibration_set
+
+    require_executorch()
+    paths = pte_paths(fp32_onnx)
+    return {
+        "pte-fp32": export_pte(model, paths["fp32"]),
+        "pte-int8": export_pte(model, paths["int8"], calibration_set(train_images, calib)),
+    }
+
+
+class PteSession:
+    """A ``.pte`` through ExecuTorch's Python runtime, with ``run(names, feeds)`` like an ORT session."""
+
+    def __init__(self, path: Path) -> None:
+        from executorch.runtime import Runtime
+        from executorch.version import __version__
+
+        try:
+            self.method = Runtime.get().load_program(Path(path)).load_method("forward")
+        except Exception as exc:  # not a .pte, or a newer flatbuffer schema
+            raise EdgesegError(f"{path}: ExecuTorch {__version__} cannot load it ({exc}); re-export it") from exc
+        self.label = f"ExecuTorch {__version__} XNNPACK"
+
+    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Each (N, 1, H, W) batch runs one slice at a time (the files are planned for batch 1)."""
+        import torch
+
+        outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(x[None]))]) for x in feeds["image"]]
+        by_name = {
+            "logits": np.concatenate([o[0].numpy() for o in outs]),
+            "labels": np.concatenate([o[1].numpy() for o in outs]),
+        }
+        return [by_name[n] for n in names]
+
+
+def append_parity(
+    report: ParityReport,
+    files: dict[str, Path],
+    rows: list[dict[str, Any]],
+    class_names: tuple[str, ...],
+    config: ParityConfig,
+) -> None:
+    """Gate rows for each ``.pte`` (its precision's gate), one per parity size row, in ``report``.
+
+    ``rows`` are :func:`edgeseg.parity.size_batches` rows with their reference logits (``ref``).
+    """
+    from edgeseg.parity import Gate, ParityRow, compare, gate_failures, run_session
+
+    for key, path in files.items():
+        precision = key.removeprefix("pte-")
+        gate = config.gates.get(precision, Gate())
+        session, start = PteSession(path), time.perf_counter()
+        for row in rows:
+            logits, labels = run_session(session, row["inputs"])
+            numbers = compare(row["ref"], logits, labels, row["masks"], class_names)
+            report.rows.append(
+                ParityRow(
+                    model=path.name,
+                    precision=precision,
+                    provider=session.label,
+                    size=row["size"],
+                    batch=row["batch"],
+                    slices=sum(len(x) for x in row["inputs"]),
+                    **numbers,
+                    failures=gate_failures(numbers, gate),
+                )
+            )
+        report.extra.setdefault("executorch_seconds", {})[path.name] = round(time.perf_counter() - start, 1)
