@@ -91,9 +91,15 @@ def count_macs(path: Path, size: int = 394) -> int:
 
 
 def child_main(spec_json: str) -> None:
-    """Entry of the helper processes: ``peak`` (sgemm GFLOP/s) or ``rss`` (inference RSS)."""
+    """Entry of the helper processes: ``peak`` (sgemm GFLOP/s), ``rss`` (inference RSS) or
+    ``tune`` (one :mod:`edgeseg.tune` candidate)."""
     spec = json.loads(spec_json)
-    out = _peak_child(spec) if spec["mode"] == "peak" else _rss_child(spec)
+    if spec["mode"] == "tune":
+        from edgeseg.tune import candidate_child
+
+        out = candidate_child(spec)
+    else:
+        out = _peak_child(spec) if spec["mode"] == "peak" else _rss_child(spec)
     print(json.dumps(out))
 
 
