@@ -63,6 +63,7 @@ class Target:
     arch: str = ""  # CPU architecture the profile is for ("aarch64"); "" = any
     p99_ms: float | None = None  # budget: p99 latency of one inference (a slice waits for it)
     volume_s: float | None = None  # budget: seconds for a 200-slice volume
+    rss_mb: float | None = None  # budget: peak RSS of the inference process (edgeseg tune's pick must fit)
     description: str = ""  # what the profile stands for
     reference: bool = False  # a peer (eager, OpenVINO) that the others are compared with
 

@@ -39,6 +39,7 @@ from edgeseg.machine import Fingerprint, fingerprint
 
 SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "bf16": ""}  # bf16 runs the fp32 file
 REFERENCE = ("ort", "fp32")  # what ΔmIoU, agreement and Δlogit are measured against
+PEER_NAMES = {"vs_torch": "eager PyTorch", "vs_openvino": "OpenVINO's defaults"}
 BACKEND_PRECISIONS = {"ort": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8")}
 
 
@@ -97,6 +98,19 @@ def _why_not(backend: str, precision: str, file: Path, here: Fingerprint, have_o
     if not file.is_file():
         return f"{file.name} not found (run `edgeseg export --{precision}`)"
     return None
+
+
+def parse_threads(text: str | None) -> tuple[int, ...]:
+    """``"1,2"`` -> ``(1, 2)``; None or empty -> ``()`` (the default settings)."""
+    if not text:
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = (0,)
+    if any(v < 1 for v in values):
+        raise EdgesegError(f"--threads {text!r}: give positive integers separated by commas, e.g. 1,2")
+    return values
 
 
 def thread_settings(cores: int, cap: int, asked: tuple[int, ...] = ()) -> tuple[int, ...]:
@@ -241,6 +255,7 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
         "load_avg_end": [round(v, 2) for v in os.getloadavg()],
     }
     plan = DeployPlan(model.name, here, target.name, budget, measured, pick, settings)
+    plan.settings["ratios"] = ratios(plan)
     from edgeseg.parity import write_json
 
     write_json(deploy_path(model), plan.to_json())
@@ -299,3 +314,88 @@ def choose(measured: list[Candidate], rss_budget_mb: float | None) -> int | None
             continue
         fits.append(i)
     return min(fits, key=lambda i: measured[i].p50_ms) if fits else None
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ratios(plan: DeployPlan) -> dict[str, float]:
+    """The pick's p50 against each peer measured in the same run (``vs_torch``, ``vs_openvino``)."""
+    pick = plan.picked
+    if pick is None or pick.p50_ms is None:
+        return {}
+    return {
+        f"vs_{c.backend}": pick.p50_ms / c.p50_ms
+        for c in plan.candidates
+        if c.role == "peer" and c.status == "ok" and c.p50_ms
+    }
+
+
+def table(plan: DeployPlan) -> Any:
+    """A rich table: one row per candidate, the pick marked, peers last."""
+    from rich.table import Table
+
+    def num(v: float | None, fmt: str) -> str:
+        return "—" if v is None else format(v, fmt)
+
+    t = Table(title=f"edgeseg tune: {plan.model} on {plan.machine.cpu}")
+    for col in ("", "backend", "asked", "ran", "threads", "p50 ms", "p99 ms", "RSS MB", "ΔmIoU", "agree %", "gate"):
+        t.add_column(col)
+    for i, c in enumerate(plan.candidates):
+        if c.status == "ok":
+            gate = "pass" if not c.failures else "FAIL: " + "; ".join(c.failures)
+            gate += f" ({c.reason})" if c.reason else ""
+        else:
+            gate = f"{c.status}: {c.reason}"
+        t.add_row(
+            "★" if i == plan.pick else ("peer" if c.role == "peer" else ""),
+            c.label or c.backend,
+            c.precision,
+            c.ran_precision or "—",
+            str(c.threads or "default"),
+            num(c.p50_ms, ".1f"),
+            num(c.p99_ms, ".1f"),
+            num(c.rss_mb, ".0f"),
+            num(None if c.d_miou is None else 100 * c.d_miou, "+.2f") + (" pt" if c.d_miou is not None else ""),
+            num(None if c.agreement is None else 100 * c.agreement, ".2f"),
+            gate,
+        )
+    return t
+
+
+def summary_lines(plan: DeployPlan) -> list[str]:
+    """The lines under the table: the machine, the load, the pick and its ratios."""
+    s = plan.settings
+    lines = [
+        f"machine: {plan.machine.describe()}",
+        f"load average {s['load_avg_start'][0]:.2f} -> {s['load_avg_end'][0]:.2f} (figures under load are noisy)",
+        f"held-out slices: {s['eval']}; reference ONNX Runtime fp32 mIoU fg {s['reference_miou']:.4f}",
+    ]
+    pick = plan.picked
+    if pick is None:
+        lines.append("pick: none passed its gate and fits the budget; `edgeseg infer` runs ONNX Runtime fp32")
+        return lines
+    parts = [f"{v:.2f}x {PEER_NAMES[k]}" for k, v in ratios(plan).items()]
+    budget = f" (budget {plan.rss_budget_mb:.0f} MB, target {plan.target})" if plan.rss_budget_mb else ""
+    lines.append(
+        f"pick: {pick.label} on {pick.file}, {pick.threads or 'default'} threads: p50 {pick.p50_ms:.1f} ms"
+        f"{', ' + ', '.join(parts) if parts else ''}; peak RSS {pick.rss_mb:.0f} MB{budget};"
+        f" ΔmIoU {100 * (pick.d_miou or 0.0):+.2f} pt vs ONNX Runtime fp32"
+    )
+    return lines
+
+
+def run_tune(model: Path | None, config: TuneConfig) -> DeployPlan:
+    """``edgeseg tune``: measure, print the table and the pick, write ``MODEL.deploy.json``."""
+    from rich.console import Console
+
+    from edgeseg import SHIPPED_MODEL
+
+    model = Path(model) if model is not None else SHIPPED_MODEL
+    err, out = Console(stderr=True), Console(width=max(Console().width, 200))
+    plan = tune(model, config, log=lambda m: err.print(m, highlight=False, markup=False))
+    out.print(table(plan))
+    for line in summary_lines(plan):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    out.print(f"-> {deploy_path(model)}", highlight=False, markup=False)
+    return plan
