@@ -20,6 +20,7 @@ from edgeseg.machine import Fingerprint, fingerprint
 
 FORMAT = "edgeseg-deploy-v1"
 DEFAULT = ("ort", "fp32")  # (backend, precision) when nothing tuned applies
+BACKEND_MODULES = {"ort": "onnxruntime", "openvino": "openvino"}  # what a pick needs importable
 
 
 def deploy_path(model: Path) -> Path:
@@ -169,7 +170,14 @@ def choose_backend(model: Path, here: Fingerprint | None = None) -> Choice:
             fallback, f"backend: ONNX Runtime fp32 ({deploy_path(model).name}: no candidate passed its gate)"
         )
     path = model.with_name(pick.file)
+    import importlib.util
+
     from edgeseg.outputs import sha256_file
+
+    module = BACKEND_MODULES.get(pick.backend, pick.backend)
+    if importlib.util.find_spec(module) is None:  # e.g. a core install of a tuned folder
+        why = f"{module} is not installed: pip install 'edgeseg[{pick.backend}]'"
+        return _with_note(fallback, f"backend: ONNX Runtime fp32 (the tuned pick {pick.name} needs {why})")
 
     if not path.is_file() or sha256_file(path) != pick.sha256:
         state = "is missing" if not path.is_file() else "changed since it was tuned"
