@@ -169,7 +169,7 @@ def evaluate_cmd(
         from edgeseg.robustness import run_robustness
 
         if checkpoint is None:
-            from edgeseg.train import find_latest_checkpoint
+            from edgeseg.artifacts import find_latest_checkpoint
 
             checkpoint = find_latest_checkpoint()
         run_robustness(checkpoint, data, robustness_slices)

@@ -42,9 +42,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import EdgesegError
+from edgeseg.artifacts import read_model_info
+from edgeseg.errors import EdgesegError, describe
 from edgeseg.infer import InferConfig, Segmented, _reason, _Runner
-from edgeseg.runtime import create_session, default_trt_options, read_model_info
+from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import Scan
 
 CONNECT_TIMEOUT_S = 5  # to reach the scheduler, and for it to have a worker
@@ -139,7 +140,7 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
             client = stack.enter_context(distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s"))
         except (OSError, ValueError) as exc:  # refused/timed out, or an unknown scheme
             raise EdgesegError(
-                f"--cluster {spec}: no Dask scheduler answered ({_first_line(exc)}); check the"
+                f"--cluster {spec}: no Dask scheduler answered ({describe(exc)}); check the"
                 " address and that `dask scheduler` runs there, or use --cluster local:N"
             ) from None
         try:
@@ -150,11 +151,6 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
                 f" {CONNECT_TIMEOUT_S} s; start some with `dask worker {address}`"
             ) from None
         yield client, f"Dask cluster {spec} ({len(client.nthreads())} workers)"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def _cores() -> int:
@@ -240,7 +236,7 @@ class ClusterRunner(_Runner):
             )
         if os.environ.get("EDGESEG_DEBUG") and exc is not None:
             raise exc
-        why = here(_first_line(exc)) if exc is not None else f"its task was {future.status}"
+        why = here(describe(exc)) if exc is not None else f"its task was {future.status}"
         raise EdgesegError(
             f"a Dask worker could not take {scan.path} ({why}); fix that on the workers"
             " and rerun the same command: finished outputs are kept"
@@ -321,10 +317,10 @@ def _build_session(job: Job) -> tuple[Any, str]:
 
     host = get_address_host(get_worker().address)
     threads = job.config.threads or max(1, _cores() // job.host_threads.get(host, 1))
-    trt = default_trt_options(read_model_info(job.model), batch_size=job.config.batch_size)
-    built = create_session(job.model, job.config.provider, threads, trt)
+    spec = RunnerSpec("ort", job.config.provider, "fp32", threads, job.config.batch_size, ("logits",))
+    net = open_runner(job.model, spec)
     _BUILT.append(job.model)
-    return built
+    return net, net.provider
 
 
 _BUILT: list[Path] = []  # models of the sessions this worker process built (tests count them)

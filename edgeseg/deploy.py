@@ -24,8 +24,10 @@ BACKEND_MODULES = {"ort": "onnxruntime", "openvino": "openvino"}  # what a pick 
 
 
 def deploy_path(model: Path) -> Path:
-    """``export/model.onnx`` -> ``export/model.deploy.json``."""
-    return Path(model).with_suffix(".deploy.json")
+    """``export/model.onnx`` (or any sibling) -> ``export/model.deploy.json``."""
+    from edgeseg.artifacts import ArtifactPaths
+
+    return ArtifactPaths.of(model).deploy
 
 
 @dataclass
@@ -172,7 +174,7 @@ def choose_backend(model: Path, here: Fingerprint | None = None) -> Choice:
     path = model.with_name(pick.file)
     import importlib.util
 
-    from edgeseg.outputs import sha256_file
+    from edgeseg.files import sha256_file
 
     module = BACKEND_MODULES.get(pick.backend, pick.backend)
     if importlib.util.find_spec(module) is None:  # e.g. a core install of a tuned folder

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write
+from edgeseg.files import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -39,11 +39,6 @@ if TYPE_CHECKING:
 MAX_SIDE = 1024  # largest H and W: ExecuTorch plans its memory for the largest shape
 FLOAT_MODULES = ("normalize", "stem.block.0", "head")  # kept float in X_int8.pte (see module doc)
 INSTALL = "pip install 'edgeseg[executorch]'"
-
-
-def pte_paths(fp32_onnx: Path) -> dict[str, Path]:
-    """``X.onnx`` -> ``{"fp32": X.pte, "int8": X_int8.pte}``."""
-    return {"fp32": fp32_onnx.with_suffix(".pte"), "int8": fp32_onnx.with_name(f"{fp32_onnx.stem}_int8.pte")}
 
 
 def require_executorch() -> str:
@@ -114,13 +109,14 @@ def _quantized(program: Any, calib_images: list[np.ndarray]) -> torch.nn.Module:
 
 def export_executorch(model: UNet, fp32_onnx: Path, train_images: list[np.ndarray], calib: int) -> dict[str, Path]:
     """Both ``.pte`` files beside ``fp32_onnx``: ``{"pte-fp32": X.pte, "pte-int8": X_int8.pte}``."""
+    from edgeseg.artifacts import ArtifactPaths
     from edgeseg.quantize import calibration_set
 
     require_executorch()
-    paths = pte_paths(fp32_onnx)
+    paths = ArtifactPaths.of(fp32_onnx)
     return {
-        "pte-fp32": export_pte(model, paths["fp32"]),
-        "pte-int8": export_pte(model, paths["int8"], calibration_set(train_images, calib)),
+        "pte-fp32": export_pte(model, paths.pte("fp32")),
+        "pte-int8": export_pte(model, paths.pte("int8"), calibration_set(train_images, calib)),
     }
 
 

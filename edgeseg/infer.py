@@ -46,19 +46,19 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.artifacts import ModelInfo, read_model_info
 from edgeseg.dicom_seg import seg_rel, write_dicom_seg
-from edgeseg.errors import EdgesegError, Interrupted
+from edgeseg.errors import EdgesegError, Interrupted, describe
+from edgeseg.files import atomic_write, sha256_file
 from edgeseg.outputs import (
     RESAMPLE_COLUMNS,
     SUMMARY,
-    atomic_write,
     check_writable_dir,
     label_nifti,
     overlay_rel,
     previous_rows,
     read_labels,
     safe_output_path,
-    sha256_file,
     stats_rel,
     write_labels,
     write_overlay,
@@ -67,11 +67,12 @@ from edgeseg.outputs import (
 )
 from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
 from edgeseg.records import InputStamp, OutLock, Record, Records, stamp_inputs
-from edgeseg.runtime import ModelInfo, create_session, default_trt_options, read_model_info
+from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import SUPPORTED, Decoded, Scan, discover_scans, read_scan, resample
 from edgeseg.skullstrip import mask_rel
 
 FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
+BACKENDS = ("auto", "ort", "openvino")  # --backend
 
 
 @dataclass
@@ -161,20 +162,28 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
                 + "; nothing to segment"
             )
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
-    trt = default_trt_options(info, batch_size=config.batch_size)
+    note = ""
     with ExitStack() as stack:
         if config.cluster:  # scans go to Dask workers, which build their own sessions
             from edgeseg.cluster import ClusterRunner, connect
 
             runner_type, (session, provider) = ClusterRunner, stack.enter_context(connect(config))
         else:
-            runner_type, (session, provider) = _Runner, create_session(model, config.provider, config.threads, trt)
+            path, spec, note = choose_runner(model, config)
+            net = open_runner(path, spec)
+            if path != model:  # the tuned pick's own file (e.g. X_int8.onnx): its hash goes in DICOM SEGs
+                info = read_model_info(path)
+            runner_type, (session, provider) = _Runner, (net, getattr(net, "provider", net.label))
         check_writable_dir(out)
         stack.enter_context(OutLock(out))
         stack.enter_context(warnings.catch_warnings())
         runner = runner_type(session, provider, info, config, out)
         warnings.showwarning = runner.warned  # library warnings become notes of their scan
-        runner.say(f"model {model} ({info.precision}, classes {', '.join(info.class_names)}); running on {provider}")
+        runner.say(
+            f"model {info.path} ({info.precision}, classes {', '.join(info.class_names)}); running on {provider}"
+        )
+        if note:
+            runner.say(note)
         runner.say(_resample_line(info, config.resample))
         if ignored:
             runner.say(_ignored_line(ignored))
@@ -189,6 +198,37 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
         runner.say(_flagged_line(report.flagged), error=True)
     runner.say(_final_line(report))
     return report
+
+
+def choose_runner(model: Path, config: InferConfig) -> tuple[Path, RunnerSpec, str]:
+    """The file and runner ``--backend`` asks for, and a line saying why (empty: nothing to say).
+
+    ``auto`` runs the pick of ``edgeseg tune`` (``MODEL.deploy.json``, :mod:`edgeseg.deploy`)
+    where it was tuned on this machine, else ONNX Runtime fp32 with one line on how to tune.
+    tune measures CPU backends only, so a GPU provider that works here (or is asked for) wins.
+    """
+    from edgeseg.deploy import choose_backend
+    from edgeseg.runtime import resolve_providers
+
+    ort = RunnerSpec("ort", config.provider, "fp32", config.threads or 0, config.batch_size, ("logits",))
+    if config.backend not in BACKENDS:
+        raise EdgesegError(f"--backend {config.backend}: unknown; choose one of {', '.join(BACKENDS)}")
+    if config.backend == "ort":
+        return model, ort, ""
+    cpu = replace(ort, backend="openvino", device="cpu")
+    if config.backend == "openvino":
+        return model, replace(cpu, precision="int8" if read_model_info(model).precision == "int8" else "fp32"), ""
+    if config.provider not in ("auto", "cpu") or len(resolve_providers(config.provider)) > 1:
+        return model, ort, ""
+    choice = choose_backend(model)
+    if not choice.tuned:
+        return model, ort, choice.note
+    spec = replace(
+        cpu if choice.backend == "openvino" else ort,
+        precision=choice.precision,
+        threads=config.threads or choice.threads or 0,
+    )
+    return choice.path, spec, choice.note
 
 
 def _model_path(model: Path | None) -> Path:
@@ -270,6 +310,7 @@ class _Runner:
     """The scan loop: prefetching reads, batched inference, background atomic writes."""
 
     def __init__(self, session: Any, provider: str, info: ModelInfo, config: InferConfig, out: Path) -> None:
+        """``session``: the :class:`edgeseg.runtime.Runner` fetching logits (a Dask client for a cluster run)."""
         from rich.console import Console
 
         self.session, self.info, self.config, self.out = session, info, config, out
@@ -450,7 +491,7 @@ class _Runner:
             batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
             tick = time.perf_counter()
-            (logits,) = self.session.run(["logits"], {"image": batch})  # logits: for QC, and to resample
+            logits = self.session.run(batch)["logits"]  # logits: for QC, and to resample
             seconds += time.perf_counter() - tick
             out = logits.argmax(1)  # the graph's own ``labels``: ArgMax of these logits
             counter.add(logits, out)  # on the model's grid, as export measured the ranges
@@ -616,5 +657,4 @@ def _reason(exc: BaseException) -> str:
         raise exc
     if isinstance(exc, EdgesegError):
         return str(exc)
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+    return describe(exc, typed=True)

@@ -148,15 +148,12 @@ def _peak_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _rss_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Load and run one target in this fresh process; report its peak RSS."""
-    from edgeseg.backends import CpuLevers, open_runner
+    from edgeseg.runtime import RunnerSpec, open_runner
 
-    t = spec["target"]
-    runner = open_runner(
-        Path(spec["path"]), t["provider"], t["threads"], t["precision"], t["batch"], CpuLevers(**spec["levers"])
-    )
-    x = synthetic_batch(t["batch"], spec["size"])
+    runner = open_runner(Path(spec["path"]), RunnerSpec.from_dict(spec["runner"]))
+    x = synthetic_batch(spec["batch"], spec["size"])
     for _ in range(spec["runs"]):
-        runner.predict(x)
+        runner.labels(x)
     return {"rss_mb": peak_rss_mb(), "torch_loaded": "torch" in sys.modules}
 
 

@@ -1,13 +1,15 @@
-"""OpenVINO's CPU plugin on edgeseg's ONNX files, torch-free: fp32, bf16 and int8 runners.
+"""OpenVINO's CPU plugin on edgeseg's ONNX files, torch-free: what each precision asks for, and what ran.
 
-:func:`edgeseg.runtime.open_runner` builds these for ``RunnerSpec(backend="openvino")``:
+:class:`edgeseg.runtime.OpenVinoRunner` (``RunnerSpec(backend="openvino")``) compiles with
+:func:`openvino_config`:
 
 * ``fp32``: ``X.onnx`` with ``INFERENCE_PRECISION_HINT=f32``. The hint is explicit because
   OpenVINO's CPU default is bf16 wherever the CPU has it (AVX512-BF16 or AMX).
 * ``bf16``: ``X.onnx`` with the bf16 hint, only on a CPU with AVX512-BF16 or AMX; elsewhere
   :func:`openvino_config` refuses it with the reason (OpenVINO would quietly run f32 or emulate).
 * ``int8``: our QDQ ``X_int8.onnx``; OpenVINO's low-precision transformations turn its
-  Q/DQ pairs into u8/i8 kernels, and the layers we keep float run f32 (the hint).
+  Q/DQ pairs into u8/i8 kernels, and the layers we keep float run f32 (the hint). ``fp32`` or
+  ``bf16`` on that file also run its quantised convs in int8, with that hint for the rest.
 * ``default``: no hints at all, what a user gets from ``compile_model(path, "CPU")``: the peer
   that ``edgeseg tune`` compares with.
 
@@ -17,12 +19,8 @@ What really ran is read back from the compiled model's runtime graph (each Convo
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from edgeseg.errors import EdgesegError
 
@@ -37,7 +35,7 @@ def openvino_config(precision: str, threads: int, file_precision: str, has_bf16:
     Args:
         precision: fp32 | bf16 | int8 | default.
         threads: ``INFERENCE_NUM_THREADS``; 0 = OpenVINO's default.
-        file_precision: the file's ``edgeseg.precision`` (int8 needs the QDQ file).
+        file_precision: the file's ``edgeseg.precision`` (``int8`` needs the QDQ file).
         has_bf16: the CPU has AVX512-BF16 or AMX (:attr:`edgeseg.machine.Fingerprint.has_bf16`).
         cpu: the CPU's model name, for the refusal.
     """
@@ -47,10 +45,10 @@ def openvino_config(precision: str, threads: int, file_precision: str, has_bf16:
         raise EdgesegError(
             f"OpenVINO bf16 needs a CPU with AVX512-BF16 or AMX; this one ({cpu}) has neither: use fp32 or int8"
         )
-    wants_int8 = precision == "int8"
-    if wants_int8 != (file_precision == "int8") and precision != "default":
-        need = "the int8 QDQ file X_int8.onnx" if wants_int8 else "the fp32 file X.onnx"
-        raise EdgesegError(f"OpenVINO {precision} runs {need}, not an {file_precision} file")
+    if precision == "int8" and file_precision != "int8":
+        raise EdgesegError(
+            f"OpenVINO int8 runs the QDQ file X_int8.onnx (edgeseg export --int8), not an {file_precision} file"
+        )
     if precision == "default":
         return {}
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": HINTS[precision]}
@@ -77,33 +75,3 @@ def ran_precision(compiled: Any) -> tuple[str, str]:
         f"{n}/{total} convs {k}" if i == 0 else f"{n} {k}" for i, (k, n) in enumerate(kinds.most_common())
     )
     return ran, detail or "no convolutions"
-
-
-class OpenVinoSession:
-    """A compiled model and one synchronous infer request; ``run(names, x)`` returns arrays by name."""
-
-    def __init__(self, path: Path, config: dict[str, Any]) -> None:
-        import openvino as ov
-
-        start = time.perf_counter()
-        try:
-            self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        except Exception as exc:  # unsupported op, unreadable file
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise EdgesegError(
-                f"{path}: OpenVINO {ov.__version__} cannot compile it ({first}); try --backend ort"
-            ) from exc
-        self.create_s = time.perf_counter() - start
-        self.request = self.compiled.create_infer_request()
-        self.ports = {p.get_any_name(): p for p in self.compiled.outputs}
-        self.version = ov.__version__.split("-")[0]
-        self.precision, self.detail = ran_precision(self.compiled)
-
-    def run(self, names: tuple[str, ...] | list[str], x: np.ndarray) -> dict[str, np.ndarray]:
-        """The named outputs for one ``(N, 1, H, W)`` float32 batch (copies: the request reuses its buffers)."""
-        result = self.request.infer({"image": np.ascontiguousarray(x, np.float32)})
-        return {n: np.array(result[self.ports[n]]) for n in names}
-
-    @property
-    def label(self) -> str:
-        return f"OpenVINO {self.version} CPU {self.precision} ({self.detail})"

@@ -21,15 +21,16 @@ activation error and the largest activation against float16's 65504 limit.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeseg.artifacts import ArtifactPaths, ModelInfo, engine_info, read_model_info, read_sidecar
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write
+from edgeseg.files import read_json, write_json
+from edgeseg.runtime import PROVIDERS, Runner, RunnerSpec, open_runner, probe
 
 if TYPE_CHECKING:
     from edgeseg.model import UNet
@@ -170,7 +171,7 @@ class ParityReport:
         standalone ``edgeseg validate`` of one file never erases the record of the others.
         """
         record = self.to_json()
-        old = _read_json(path) if merge else None
+        old = read_json(path) if merge else None
         if old and old.get("format") == FORMAT and old.get("checkpoint_sha256") == self.checkpoint_sha256:
             redone = {r["model"] for r in record["rows"]}
             rows = [r for r in old.get("rows", []) if r.get("model") not in redone] + record["rows"]
@@ -187,21 +188,6 @@ class ParityReport:
                 "passed": bool(rows) and not failures,
             }
         return write_json(path, record)
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Atomic JSON write (temp file in the same folder + rename)."""
-    path = Path(path)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-    return path
 
 
 # ----------------------------------------------------------------------------- data
@@ -321,16 +307,16 @@ def gate_failures(row: dict[str, Any], gate: Gate) -> list[str]:
     return failed
 
 
-def run_session(session: Any, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``(logits, labels)`` of an ORT session for each batch."""
-    outs = [session.run(["logits", "labels"], {"image": x}) for x in inputs]
-    return [o[0].astype(np.float32) for o in outs], [o[1] for o in outs]
+def run_batches(runner: Runner, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(logits, labels)`` of a runner (fetching both) for each batch."""
+    outs = [runner.run(x) for x in inputs]
+    return [o["logits"].astype(np.float32) for o in outs], [o["labels"] for o in outs]
 
 
 def reference_evaluator_check(
-    path: Path, session: Any, gate: bool = True, shape: tuple[int, ...] = (1, 1, 33, 35)
+    path: Path, runner: Runner, gate: bool = True, shape: tuple[int, ...] = (1, 1, 33, 35)
 ) -> dict[str, Any]:
-    """``onnx.reference.ReferenceEvaluator`` vs the ORT session on one small odd-sized input.
+    """``onnx.reference.ReferenceEvaluator`` vs the ORT runner on one small odd-sized input.
 
     ``gate``: a difference above 1e-3 of the logit scale is a failure (fp32 files; fp16 and
     int8 files are reported only, the two runtimes round them differently by design).
@@ -343,7 +329,8 @@ def reference_evaluator_check(
         ref_logits, ref_labels = ReferenceEvaluator(str(path)).run(["logits", "labels"], {"image": x})
     except Exception as exc:  # an op the reference runtime does not implement
         return {"shape": list(shape), "skipped": f"{type(exc).__name__}: {str(exc)[:160]}"}
-    logits, labels = session.run(["logits", "labels"], {"image": x})
+    out = runner.run(x)
+    logits, labels = out["logits"], out["labels"]
     diff = float(np.abs(ref_logits.astype(np.float32) - logits).max())
     scale = max(1.0, float(np.abs(ref_logits).max()))
     result = {"shape": list(shape), "max_abs": diff, "labels_equal": float((ref_labels == labels).mean())}
@@ -357,12 +344,9 @@ def reference_evaluator_check(
 
 def find_checkpoint(model_path: Path, sha256: str) -> Path:
     """The ``X.pt`` next to ``X.onnx`` / ``X_fp16.onnx`` / ``X_int8.onnx`` whose hash matches."""
-    from edgeseg.export import sha256_file
+    from edgeseg.files import sha256_file
 
-    stem = model_path.stem
-    for suffix in ("_fp16", "_int8"):
-        stem = stem.removesuffix(suffix)
-    candidate = model_path.with_name(f"{stem}.pt")
+    candidate = ArtifactPaths.of(model_path).checkpoint
     if candidate.is_file() and (not sha256 or sha256_file(candidate) == sha256):
         return candidate
     raise EdgesegError(
@@ -392,7 +376,7 @@ def validate(
     Returns:
         The report; ``report.passed`` is the gate, ``report.failures`` names failed checks.
     """
-    from edgeseg.export import sha256_file
+    from edgeseg.files import sha256_file
     from edgeseg.model import load_checkpoint
 
     config = config or ParityConfig()
@@ -422,26 +406,18 @@ def validate(
     return report
 
 
-def _model_info(path: Path) -> Any:
+def _model_info(path: Path) -> ModelInfo:
     """ModelInfo of an ONNX file, or of a TensorRT engine from its sidecar's metadata."""
-    from edgeseg.runtime import _info_from_metadata, read_model_info
-
-    if path.suffix != ".engine":
-        return read_model_info(path)
-    from edgeseg.tensorrt import read_sidecar
-
-    meta = read_sidecar(path).get("metadata") or {}
-    return _info_from_metadata(path, meta, int(meta.get("edgeseg.opset", 0)))
+    return engine_info(path) if path.suffix == ".engine" else read_model_info(path)
 
 
 def _validate_engine(
     report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]], config: ParityConfig
 ) -> None:
     """Rows for a native TensorRT engine, for the sizes inside its profile."""
-    from edgeseg.tensorrt import EngineSession
-
-    session = EngineSession(path)
-    lo, hi = session.sidecar["profile"]["min"], session.sidecar["profile"]["max"]
+    runner = open_runner(path, RunnerSpec("tensorrt-engine", outputs=("logits", "labels")))
+    profile = read_sidecar(path)["profile"]
+    lo, hi = profile["min"], profile["max"]
     inside = [
         r
         for r in rows
@@ -452,7 +428,7 @@ def _validate_engine(
     ]
     if len(inside) < len(rows):
         report.skipped[path.name] = f"{len(rows) - len(inside)} sizes outside the engine's profile"
-    _append_rows(report, path, info, inside, session, session.get_providers()[0], config)
+    _append_rows(report, path, info, inside, runner, runner.label, config)
 
 
 def _append_rows(
@@ -460,13 +436,13 @@ def _append_rows(
     path: Path,
     info: Any,
     rows: list[dict[str, Any]],
-    session: Any,
+    runner: Runner,
     actual: str,
     config: ParityConfig,
 ) -> None:
     gate = config.gates.get(info.precision, Gate())
     for row in rows:
-        logits, labels = run_session(session, row["inputs"])
+        logits, labels = run_batches(runner, row["inputs"])
         numbers = compare(row["ref"], logits, labels, row["masks"], info.class_names)
         report.rows.append(
             ParityRow(
@@ -486,22 +462,22 @@ def _validate_file(
     report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]], config: ParityConfig
 ) -> None:
     """Append one row per working provider x size for one ONNX file (or engine)."""
-    from edgeseg.runtime import PROVIDERS, _probe, create_session
-
     if path.suffix == ".engine":
         _validate_engine(report, path, info, rows, config)
         return
     for provider in config.providers:
-        reason = _probe(PROVIDERS[provider]) if provider in PROVIDERS else "unknown provider"
+        reason = probe(PROVIDERS[provider]) if provider in PROVIDERS else "unknown provider"
         if reason:
             report.skipped[provider] = reason
             continue
-        session, actual = create_session(path, provider=provider, threads=config.threads)
+        runner = open_runner(
+            path, RunnerSpec("ort", provider, threads=config.threads or 0, outputs=("logits", "labels"))
+        )
         if provider == "cpu" and config.reference_check:
             report.reference_evaluator[path.name] = reference_evaluator_check(
-                path, session, gate=info.precision == "fp32"
+                path, runner, gate=info.precision == "fp32"
             )
-        _append_rows(report, path, info, rows, session, actual, config)
+        _append_rows(report, path, info, rows, runner, runner.provider, config)
 
 
 def _config_json(config: ParityConfig) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.parity import EvalData, ParityConfig, ParityReport, validate, write_json
+from edgeseg.files import write_json
+from edgeseg.parity import EvalData, ParityConfig, ParityReport, validate
 
 
 def wide_console() -> Any:
@@ -135,17 +136,18 @@ def score_formats(files: dict[str, Path], data: EvalData, threads: int | None = 
     """Per exported file: size, SHA-256 and per-class IoU on all held-out slices (ORT CPU)."""
     import numpy as np
 
-    from edgeseg.export import sha256_file
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.files import sha256_file
     from edgeseg.metrics import ConfusionMatrix
-    from edgeseg.runtime import create_session, read_model_info
+    from edgeseg.runtime import RunnerSpec, open_runner
 
     scores = {}
     for precision, path in files.items():
         info = read_model_info(path)
-        session, _ = create_session(path, provider="cpu", threads=threads)
+        runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0))
         cm = ConfusionMatrix(info.num_classes, info.class_names)
         for image, mask in zip(data.images, data.masks, strict=True):
-            cm.update(session.run(["labels"], {"image": image[None, None].astype(np.float32)})[0][0], mask)
+            cm.update(runner.labels(image[None, None].astype(np.float32))[0], mask)
         scores[precision] = {
             "file": path.name,
             "bytes": path.stat().st_size,

@@ -95,7 +95,7 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     import onnx
     from onnxconverter_common.float16 import convert_float_to_float16
 
-    from edgeseg.export import save_onnx, set_metadata
+    from edgeseg.artifacts import save_onnx, set_metadata
 
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -201,7 +201,7 @@ def quantize_int8(
     """
     import onnx
 
-    from edgeseg.export import save_onnx, set_metadata
+    from edgeseg.artifacts import save_onnx, set_metadata
 
     if method not in CALIB_METHODS:
         raise EdgesegError(f"calibration method {method!r}: choose auto, {', '.join(CALIB_METHODS)}")
@@ -329,14 +329,15 @@ def _score_rows(data: EvalData, model: Any) -> list[dict[str, Any]]:
 
 def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
     """Per-size ΔmIoU, the worst |ΔmIoU| and pooled label agreement of one int8 candidate."""
-    from edgeseg.parity import compare, run_session
-    from edgeseg.runtime import create_session, read_model_info
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.parity import compare, run_batches
+    from edgeseg.runtime import RunnerSpec, open_runner
 
-    session, _ = create_session(path, provider="cpu", threads=threads)
+    runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     names = read_model_info(path).class_names
     d_miou, agree = {}, []
     for row in rows:
-        logits, labels = run_session(session, row["inputs"])
+        logits, labels = run_batches(runner, row["inputs"])
         numbers = compare(row["ref"], logits, labels, row["masks"], names)
         d_miou[row["size"]] = numbers["d_miou"] or 0.0
         agree.append(numbers["agreement"])
@@ -344,16 +345,16 @@ def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[
 
 
 def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...] = (1, 1, 394, 394)) -> float:
-    """Median ``session.run`` time on ORT CPU after one warm-up, in milliseconds."""
-    from edgeseg.runtime import create_session
+    """Median run time on ORT CPU (the session infer builds) after one warm-up, in milliseconds."""
+    from edgeseg.runtime import RunnerSpec, open_runner
 
-    session, _ = create_session(path, provider="cpu", threads=threads)
+    runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     x = np.random.default_rng(0).gamma(2.0, 300.0, shape).astype(np.float32)
-    session.run(None, {"image": x})
+    runner.run(x)
     times = []
     for _ in range(LATENCY_RUNS):
         start = time.perf_counter()
-        session.run(None, {"image": x})
+        runner.run(x)
         times.append(time.perf_counter() - start)
     return round(1000 * float(np.median(times)), 2)
 

@@ -238,14 +238,14 @@ def format_robustness(rows: list[RobustnessRow]) -> str:
 
 def onnx_predictor(path: Path) -> tuple[Predict, int]:
     """Labels from an exported file with ONNX Runtime (CPU), and its class count. Torch-free."""
-    from edgeseg.runtime import create_session, read_model_info
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.runtime import RunnerSpec, open_runner
 
     info = read_model_info(path)
-    session, _ = create_session(path, "cpu")
+    runner = open_runner(path, RunnerSpec("ort", "cpu"))
 
     def predict(image: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(image, np.float32)[None, None]
-        return session.run(["labels"], {"image": x})[0][0].astype(np.int64)
+        return runner.labels(np.ascontiguousarray(image, np.float32)[None, None])[0].astype(np.int64)
 
     return predict, len(info.class_names)
 
@@ -283,7 +283,7 @@ def run_robustness(
     print(f"{model}: robustness on the held-out 3-D regions ({slices} demo slices and their oblique planes)")
     print(format_robustness(rows))
     if json_out is not None:
-        from edgeseg.outputs import atomic_write
+        from edgeseg.files import atomic_write
 
         text = json.dumps([asdict(r) for r in rows], indent=2) + "\n"
         atomic_write(Path(json_out), lambda tmp: tmp.write_text(text))

@@ -25,9 +25,9 @@ from edgeseg.augment import RobustPatches
 from edgeseg.data import Slices, Split, build_demo, is_demo_set, load_slices, make_split, read_demo_provenance
 from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.evaluate import evaluate, format_metrics_table
+from edgeseg.files import atomic_write, write_csv
 from edgeseg.metrics import IGNORE, ConfusionMatrix
 from edgeseg.model import NORM_CONTRACT, ModelConfig, UNet, load_checkpoint, save_checkpoint
-from edgeseg.outputs import atomic_write, write_csv
 
 
 @dataclass
@@ -179,14 +179,6 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
         if not candidate.exists():
             return candidate
     raise EdgesegError(f"{runs_dir}: no free run name; pass --name")
-
-
-def find_latest_checkpoint(runs_dir: Path = Path("runs")) -> Path:
-    """The newest run's ``best.pt`` under ``runs_dir``."""
-    candidates = sorted(Path(runs_dir).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise EdgesegError(f"{runs_dir}: no run with a best.pt; train one with `edgeseg train` or pass a checkpoint")
-    return candidates[-1]
 
 
 def train(

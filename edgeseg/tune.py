@@ -37,7 +37,7 @@ from edgeseg.deploy import Candidate, DeployPlan, deploy_path
 from edgeseg.errors import EdgesegError
 from edgeseg.machine import Fingerprint, fingerprint
 
-SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8", "bf16": ""}  # bf16 runs the fp32 file
+FILE_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "bf16": "fp32"}  # bf16 runs the fp32 file
 REFERENCE = ("ort", "fp32")  # what ΔmIoU, agreement and Δlogit are measured against
 PEER_NAMES = {"vs_torch": "eager PyTorch", "vs_openvino": "OpenVINO's defaults"}
 BACKEND_PRECISIONS = {"ort": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8")}
@@ -68,18 +68,21 @@ def list_candidates(model: Path, here: Fingerprint, threads: tuple[int, ...], pe
     """Every backend x precision x threads worth timing here; the impossible ones as skipped rows."""
     import importlib.util
 
+    from edgeseg.artifacts import ArtifactPaths
+
     have_ov = importlib.util.find_spec("openvino") is not None
+    paths = ArtifactPaths.of(model)
     out: list[Candidate] = []
     for backend, precisions in BACKEND_PRECISIONS.items():
         for precision in precisions:
-            file = model.with_name(f"{model.stem}{SUFFIX[precision]}.onnx")
+            file = paths.onnx(FILE_PRECISION[precision])
             reason = _why_not(backend, precision, file, here, have_ov)
             for t in threads if not reason else threads[:1]:
                 out.append(
                     Candidate(backend, precision, t, file.name, status="skip" if reason else "", reason=reason or "")
                 )
     if peers:
-        pt = model.with_suffix(".pt")
+        pt = paths.checkpoint
         eager = "" if pt.is_file() else f"{pt.name} not found (the checkpoint beside the model)"
         if not eager and importlib.util.find_spec("torch") is None:
             eager = "torch is not installed (pip install 'edgeseg[train]')"
@@ -128,9 +131,10 @@ def held_out(model: Path, slices: int, data: Path | None) -> tuple[list[np.ndarr
     The checkpoint beside the model names its held-out slices (needs torch to read it);
     without it, the slab split's test slices of ``data`` or the demo set (as bench).
     """
+    from edgeseg.artifacts import ArtifactPaths
     from edgeseg.parity import pick
 
-    pt = Path(model).with_suffix(".pt")
+    pt = ArtifactPaths.of(model).checkpoint
     try:
         import torch
 
@@ -216,8 +220,8 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     Returns:
         The :class:`DeployPlan` written beside the model.
     """
+    from edgeseg.artifacts import read_model_info
     from edgeseg.bench import DEFAULT_TARGETS, load_targets, select_targets
-    from edgeseg.runtime import read_model_info
 
     config = config or TuneConfig()
     model = Path(model)
@@ -256,7 +260,7 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     }
     plan = DeployPlan(model.name, here, target.name, budget, measured, pick, settings)
     plan.settings["ratios"] = ratios(plan)
-    from edgeseg.parity import write_json
+    from edgeseg.files import write_json
 
     write_json(deploy_path(model), plan.to_json())
     return plan
@@ -266,8 +270,8 @@ def _measure(
     model: Path, c: Candidate, config: TuneConfig, held: Path, reference: Path | None, write_ref: Path | None, log: Any
 ) -> Candidate:
     """Run one candidate's child; a failure is a ``fail`` row with the child's last line."""
+    from edgeseg.files import sha256_file
     from edgeseg.measure import run_child
-    from edgeseg.outputs import sha256_file
 
     if c.status == "skip":
         return c
