@@ -9,7 +9,6 @@ measured in the same run (:func:`compare`), and noise warnings (:func:`noise_war
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +103,13 @@ def _num(value: float | None, fmt: str = "") -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.{2 - (abs(value) >= 10)}f}"
 
 
+def _precision(r: Result) -> str:
+    """The precision that really ran, and what was asked where the two differ ("int8 (asked fp32)")."""
+    if not r.ran_precision or r.ran_precision == r.precision:
+        return r.precision
+    return f"{r.ran_precision} (asked {r.precision})"
+
+
 def table_rows(report: BenchReport) -> list[list[str]]:
     """The table as strings, one row per target, in :data:`HEADER` order."""
     rows = []
@@ -118,7 +124,7 @@ def table_rows(report: BenchReport) -> list[list[str]]:
             [
                 r.target,
                 r.backend or r.provider,
-                r.precision,
+                _precision(r),
                 str(r.batch),
                 r.threads,
                 STATUS[r.status],
@@ -150,12 +156,12 @@ def report_notes(report: BenchReport) -> list[str]:
     )
     macs = m.get("macs_per_slice")
     notes.append(
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}; load average"
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, {' '.join(m.get('flags', []))}; load average"
         f" {m['load_avg_start'][0]:.1f} -> {m.get('load_avg_end', [0])[0]:.1f};"
         f" matmul peak {peaks or 'not measured'};"
         f" model {macs / 1e9:.3g} GMAC per {report.config['size']}² slice"
         if macs
-        else f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}"
+        else f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, {' '.join(m.get('flags', []))}"
     )
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")
@@ -206,15 +212,12 @@ def to_markdown(report: BenchReport) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, architecture, load average and runtime versions (no heavy imports)."""
+    """CPU model and ISA flags (:mod:`edgeseg.machine`), cores, load average and runtime versions."""
     from importlib.metadata import PackageNotFoundError, version
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from edgeseg.machine import fingerprint
+
+    here = fingerprint()
     versions = {}
     for dist in ("onnxruntime-gpu", "onnxruntime", "openvino", "torch", "numpy"):
         try:
@@ -223,25 +226,26 @@ def machine_info() -> dict[str, Any]:
             continue
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "arch": platform.machine(),
+        **here.to_json(),
         "load_avg_start": [round(v, 2) for v in load],
         "versions": versions,
     }
 
 
 def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]:
-    """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO, C vs Python OpenVINO, at batch 1."""
+    """The issue's ratios: the best CPU row (ONNX Runtime, or OpenVINO as `edgeseg tune` runs it) vs the
+    eager and OpenVINO peers, C vs Python OpenVINO, at batch 1."""
     ok = [r for r in results if r.status == "ok" and r.batch == 1]
-    ours = [r for r in ok if r.provider == "cpu" and not targets[r.target].reference]
+    ours = [r for r in ok if r.provider in ("cpu", "openvino") and not targets[r.target].reference]
     c_vs_python = _c_vs_python(ok)
     if not ours:
         return c_vs_python
     best = min(ours, key=lambda r: r.latency_ms["p50"])
     out: dict[str, Any] = {"best_cpu": best.target, "best_p50_ms": best.latency_ms["p50"]}
     for key, provider in (("vs_eager", "torch"), ("vs_openvino", "openvino")):
-        peer = next((r for r in ok if r.provider == provider and r.precision == "fp32"), None)
+        peer = next(
+            (r for r in ok if r.provider == provider and r.precision == "fp32" and targets[r.target].reference), None
+        )
         if peer:
             out[key] = best.latency_ms["p50"] / peer.latency_ms["p50"]
     fp32 = next((r for r in ok if r.provider == "cpu" and r.precision == "fp32"), None)

@@ -193,7 +193,7 @@ def _score(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
     logits = [np.asarray(r["logits"], np.float32) for r in results]
     labels = [np.asarray(r["labels"]) for r in results]
     names = [str(n) for n in held["class_names"]]
-    miou = evaluate_arrays(labels, masks, len(names), names)["miou_fg"]
+    miou = evaluate_arrays([lab[0] for lab in labels], masks, len(names), names)["miou_fg"]
     if spec["reference"] is None:  # this is the reference: it agrees with itself
         np.savez(spec["write_ref"], *logits)
         ref_logits = logits
