@@ -135,8 +135,19 @@ def test_infer_uses_the_pick_here_and_falls_back_on_a_foreign_fingerprint(tuned,
     assert np.array_equal(np.load(tmp_path / "a" / "slice_seg.npy"), np.load(tmp_path / "b" / "slice_seg.npy"))
 
 
-def test_infer_auto_with_a_tuned_pick_stays_torch_free(tuned, tmp_path: Path) -> None:  # noqa: ANN001
-    _, model, _ = tuned
+def test_infer_follows_an_openvino_pick_torch_free(tuned, tmp_path: Path) -> None:  # noqa: ANN001
+    """Whatever was picked (an OpenVINO candidate here, set in the file), infer runs it with torch unimportable."""
+    folder, _, _ = tuned
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    model = copy / "tiny.onnx"
+    record = json.loads(deploy_path(model).read_text())
+    ov = [i for i, c in enumerate(record["candidates"]) if c["backend"] == "openvino" and c["status"] == "ok"]
+    ov = [i for i in ov if not record["candidates"][i]["failures"] and record["candidates"][i]["role"] == "candidate"]
+    if not ov:
+        pytest.skip("no OpenVINO candidate passed here (openvino not installed?)")
+    record["pick"] = ov[0]
+    deploy_path(model).write_text(json.dumps(record))
     blocker = tmp_path / "blocker" / "torch"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
@@ -145,7 +156,11 @@ def test_infer_auto_with_a_tuned_pick_stays_torch_free(tuned, tmp_path: Path) ->
     np.save(scan, np.random.default_rng(1).normal(400, 100, (80, 72)).astype(np.float32))
     proc = edgeseg("infer", str(scan), "--model", str(model), "--out", str(tmp_path / "o"), env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "the tuned pick of tiny.deploy.json" in proc.stdout
+    assert "running on OpenVINO" in proc.stdout and "the tuned pick of tiny.deploy.json" in proc.stdout
+    ort = edgeseg("infer", str(scan), "--model", str(model), "--out", str(tmp_path / "r"), "--backend", "ort")
+    assert ort.returncode == 0 and "running on CPUExecutionProvider" in ort.stdout
+    agree = (np.load(tmp_path / "o" / "slice_seg.npy") == np.load(tmp_path / "r" / "slice_seg.npy")).mean()
+    assert agree >= 0.99  # the picked candidate passed its gate against ORT fp32
 
 
 def test_a_stale_pick_falls_back(tuned, tmp_path: Path) -> None:  # noqa: ANN001
