@@ -14,13 +14,13 @@ return ``(logits (1, C, H, W) float32, labels (1, H, W) uint8)`` like the ONNX f
   As there, the normalisation, the first and the last conv stay float: quantised, they flip
   labels where gray and white matter meet (95-97 % agreement instead of > 99 % here).
 
-:func:`append_parity` runs the files through ExecuTorch's Python runtime (which imports torch;
-export-time only) at the parity sizes that fit batch 1 and gates them like the ONNX files.
+``edgeseg export`` then validates them with the ONNX files (:func:`edgeseg.parity.validate`),
+through ExecuTorch's Python runtime (``RunnerSpec("executorch")``, which imports torch: export
+time only), at every parity size, gated like the ONNX files of their precision.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     import torch
 
     from edgeseg.model import UNet
-    from edgeseg.parity import ParityConfig, ParityReport
 
 MAX_SIDE = 1024  # largest H and W: ExecuTorch plans its memory for the largest shape
 FLOAT_MODULES = ("normalize", "stem.block.0", "head")  # kept float in X_int8.pte (see module doc)
@@ -118,63 +117,3 @@ def export_executorch(model: UNet, fp32_onnx: Path, train_images: list[np.ndarra
         "pte-fp32": export_pte(model, paths.pte("fp32")),
         "pte-int8": export_pte(model, paths.pte("int8"), calibration_set(train_images, calib)),
     }
-
-
-class PteSession:
-    """A ``.pte`` through ExecuTorch's Python runtime, with ``run(names, feeds)`` like an ORT session."""
-
-    def __init__(self, path: Path) -> None:
-        from executorch.runtime import Runtime
-        from executorch.version import __version__
-
-        try:
-            self.method = Runtime.get().load_program(Path(path)).load_method("forward")
-        except Exception as exc:  # not a .pte, or a newer flatbuffer schema
-            raise EdgesegError(f"{path}: ExecuTorch {__version__} cannot load it ({exc}); re-export it") from exc
-        self.label = f"ExecuTorch {__version__} XNNPACK"
-
-    def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Each (N, 1, H, W) batch runs one slice at a time (the files are planned for batch 1)."""
-        import torch
-
-        outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(x[None]))]) for x in feeds["image"]]
-        by_name = {
-            "logits": np.concatenate([o[0].numpy() for o in outs]),
-            "labels": np.concatenate([o[1].numpy() for o in outs]),
-        }
-        return [by_name[n] for n in names]
-
-
-def append_parity(
-    report: ParityReport,
-    files: dict[str, Path],
-    rows: list[dict[str, Any]],
-    class_names: tuple[str, ...],
-    config: ParityConfig,
-) -> None:
-    """Gate rows for each ``.pte`` (its precision's gate), one per parity size row, in ``report``.
-
-    ``rows`` are :func:`edgeseg.parity.size_batches` rows with their reference logits (``ref``).
-    """
-    from edgeseg.parity import Gate, ParityRow, compare, gate_failures, run_session
-
-    for key, path in files.items():
-        precision = key.removeprefix("pte-")
-        gate = config.gates.get(precision, Gate())
-        session, start = PteSession(path), time.perf_counter()
-        for row in rows:
-            logits, labels = run_session(session, row["inputs"])
-            numbers = compare(row["ref"], logits, labels, row["masks"], class_names)
-            report.rows.append(
-                ParityRow(
-                    model=path.name,
-                    precision=precision,
-                    provider=session.label,
-                    size=row["size"],
-                    batch=row["batch"],
-                    slices=sum(len(x) for x in row["inputs"]),
-                    **numbers,
-                    failures=gate_failures(numbers, gate),
-                )
-            )
-        report.extra.setdefault("executorch_seconds", {})[path.name] = round(time.perf_counter() - start, 1)

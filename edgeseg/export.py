@@ -275,13 +275,14 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         report.files["int8"] = paths.onnx("int8")
     if profile is not None:
         report.files["trt"] = _build_trt(report, paths, profile, data)
+    if config.executorch:
+        from edgeseg.executorch_export import export_executorch
+
+        report.files.update(export_executorch(model, paths.onnx("fp32"), data.train_images, config.calib))
     if config.validate:
         parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
         report.parity = validate(list(report.files.values()), checkpoint, config=parity, eval_data=data)
         report.parity.extra.update(export=_config_json(config), int8=report.int8)
-    if config.executorch:
-        report.files.update(_export_pte(report, model, data, config))
-    if report.parity is not None:
         report.parity.write(paths.parity)
     if config.triton is not None and (report.parity is None or report.parity.passed):
         from edgeseg.triton import TritonConfig, write_model_repository
@@ -293,21 +294,6 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
                 )
     report.next_commands = next_commands(report)
     return report
-
-
-def _export_pte(report: ExportReport, model: Any, data: Any, config: ExportConfig) -> dict[str, Path]:
-    """X.pte and X_int8.pte (edgeseg.executorch_export), gated into the export's parity report."""
-    from edgeseg.executorch_export import append_parity, export_executorch
-    from edgeseg.parity import ParityConfig, reference_logits, size_batches, size_table
-
-    files = export_executorch(model, report.files["fp32"], data.train_images, config.calib)
-    if report.parity is not None:
-        parity = ParityConfig(sizes=size_table(config.slices, config.size_slices))
-        rows = size_batches(data, parity.sizes)
-        for row in rows:
-            row["ref"] = reference_logits(model, row["inputs"])
-        append_parity(report.parity, files, rows, model.config.class_names, parity)
-    return files
 
 
 def _trt_profile(checkpoint: Path, config: ExportConfig) -> Any:

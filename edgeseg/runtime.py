@@ -253,7 +253,7 @@ def create_session(
 
 # ----------------------------------------------------------------------------- runners
 
-BACKENDS = ("ort", "openvino", "c-openvino", "tensorrt-engine", "torch")
+BACKENDS = ("ort", "openvino", "c-openvino", "tensorrt-engine", "torch", "executorch")
 
 
 @dataclass(frozen=True)
@@ -444,10 +444,47 @@ class TorchRunner(Runner):
         return {name: out[name] for name in self.outputs}
 
 
+class ExecuTorchRunner(Runner):
+    """An ``X.pte`` (``edgeseg export --executorch``) through ExecuTorch's Python runtime.
+
+    That runtime imports torch, so this runner serves export-time parity only; deployments
+    run the file from C++ (README, ExecuTorch files). The file is planned for batch 1: a
+    batch runs one slice at a time.
+    """
+
+    def __init__(self, path: Path, spec: RunnerSpec) -> None:
+        try:
+            from executorch.runtime import Runtime
+            from executorch.version import __version__
+        except ImportError:
+            raise EdgesegError(
+                "backend executorch: ExecuTorch is not installed; pip install 'edgeseg[executorch]'"
+            ) from None
+        try:
+            self.method = Runtime.get().load_program(Path(path)).load_method("forward")
+        except Exception as exc:  # not a .pte, or one of a newer schema
+            raise EdgesegError(
+                f"{path}: ExecuTorch {__version__} cannot load it ({describe(exc)}); re-export it"
+            ) from exc
+        self.precision = "int8" if Path(path).stem.endswith("_int8") else "fp32"
+        self.label = f"ExecuTorch {__version__} XNNPACK {self.precision}"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(one[None]))]) for one in x]
+        both = {
+            "logits": np.concatenate([o[0].numpy() for o in outs]),
+            "labels": np.concatenate([o[1].numpy() for o in outs]),
+        }
+        return {name: both[name] for name in self.outputs}
+
+
 _OPENERS = {
     "ort": OrtRunner,
     "openvino": OpenVinoRunner,
     "c-openvino": CRunner,
     "tensorrt-engine": EngineRunner,
     "torch": TorchRunner,
+    "executorch": ExecuTorchRunner,
 }

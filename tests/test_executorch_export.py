@@ -66,13 +66,14 @@ def test_pte_runs_at_a_size_export_never_saw(pte_export, tiny_checkpoint: Path) 
     """97x131 is none of the export's sizes: the .pte must still match PyTorch there."""
     import torch
 
-    from edgeseg.executorch_export import PteSession
     from edgeseg.model import load_checkpoint
+    from edgeseg.runtime import RunnerSpec, open_runner
 
     out, _ = pte_export
     model, _ = load_checkpoint(tiny_checkpoint)
     x = np.random.default_rng(0).gamma(2.0, 300.0, (1, 1, 97, 131)).astype(np.float32)
-    logits, labels = PteSession(out / "tiny.pte").run(["logits", "labels"], {"image": x})
+    out_ = open_runner(out / "tiny.pte", RunnerSpec("executorch", outputs=("logits", "labels"))).run(x)
+    logits, labels = out_["logits"], out_["labels"]
     with torch.inference_mode():
         ref = model(torch.from_numpy(x)).numpy()
     assert logits.shape == ref.shape and labels.shape == (1, 97, 131) and labels.dtype == np.uint8
