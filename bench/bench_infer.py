@@ -140,7 +140,8 @@ def volume(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     """A 200-slice int16 NIfTI of real demo slices (394x394, 0.5 mm pixels; smoke: 3 of 64²)."""
     import nibabel as nib
 
-    from edgeseg.data import build_demo, load_slices
+    from edgeseg.data import load_slices
+    from edgeseg.demo import build_demo
 
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} not found: export the shipped model, or set EDGESEG_BENCH_MODEL")

@@ -32,9 +32,11 @@ import numpy as np
 import pytest
 
 from edgeseg import SHIPPED_MODEL
+from edgeseg.artifacts import read_model_info
 from edgeseg.files import cache_dir
-from edgeseg.measure import demo_test_set, synthetic_batch
+from edgeseg.measure import synthetic_batch
 from edgeseg.runtime import RunnerSpec, SessionLevers, open_runner
+from edgeseg.split import SplitRecord, held_out, pick
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
 THREADS = int(os.environ.get("EDGESEG_BENCH_THREADS", os.cpu_count() or 1))
@@ -254,13 +256,11 @@ class _Int8Study:
     """Calibration and test slices, the fp32 reference labels, and the recipe cache."""
 
     def __init__(self, smoke: bool) -> None:
-        from edgeseg.data import build_demo, load_slices, split_indices
-
-        slices = load_slices(build_demo())
-        train, _ = split_indices(len(slices), "slabs")
-        picks = np.linspace(0, len(train) - 1, SMOKE_CALIB if smoke else CALIB_SLICES).round().astype(int)
-        self.calib = [slices.images[train[i]] for i in picks]
-        self.test = demo_test_set(limit=SMOKE_TEST if smoke else None)
+        # The model's own split: calibrate on its training slices, score on its held-out ones.
+        record = SplitRecord.from_metadata(read_model_info(MODEL).metadata, MODEL)
+        held = held_out(record)
+        self.calib = pick(held.train_images, SMOKE_CALIB if smoke else CALIB_SLICES)
+        self.test = held.limited(SMOKE_TEST if smoke else None)
         sha = hashlib.sha256(MODEL.read_bytes()).hexdigest()[:16]
         self.cache = cache_dir() / "bench-int8" / (f"{sha}-smoke" if smoke else sha)
         self.cache.mkdir(parents=True, exist_ok=True)

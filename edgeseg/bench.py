@@ -32,20 +32,19 @@ import numpy as np
 
 from edgeseg import SHIPPED_TARGETS
 from edgeseg.artifacts import ArtifactPaths
-from edgeseg.bench_report import BenchReport, Result, Target, compare, jsonable, machine_info, noise_warnings
+from edgeseg.bench_report import BenchReport, Result, Target, compute_ratios, jsonable, machine_info, noise_warnings
 from edgeseg.errors import EdgesegError, describe
 from edgeseg.files import read_json, write_text
 from edgeseg.measure import (
-    EvalSet,
     count_macs,
-    demo_test_set,
     latency_stats,
     run_child,
-    score_miou,
     synthetic_batch,
     time_runs,
 )
+from edgeseg.metrics import score
 from edgeseg.runtime import RunnerSpec, open_runner
+from edgeseg.split import HeldOut, SplitRecord, held_out
 
 DEFAULT_TARGETS = SHIPPED_TARGETS
 PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "c-openvino", "torch")
@@ -230,10 +229,11 @@ class _Context:
         from edgeseg.artifacts import read_model_info
 
         self.model, self.config = model, config
-        self.class_names = read_model_info(model).class_names
+        self.info = read_model_info(model)
+        self.class_names = self.info.class_names
         self.peaks: dict[int, dict[str, Any]] = {}
         self.scores: dict[tuple[str, str], float] = {}
-        self.evalset: EvalSet | None = None
+        self.held: HeldOut | None = None
         self._macs: int | None | bool = False
 
     def peak(self, threads: int) -> dict[str, Any]:
@@ -251,9 +251,11 @@ class _Context:
     def miou(self, path: Path, provider: str, predict: Callable) -> float:
         key = (str(path), provider)
         if key not in self.scores:
-            if self.evalset is None:
-                self.evalset = demo_test_set(self.config.data, self.config.miou_slices)
-            self.scores[key] = score_miou(predict, self.evalset, self.class_names)
+            if self.held is None:  # the model's own held-out slices, as it recorded them at export
+                record = SplitRecord.from_metadata(self.info.metadata, self.model)
+                self.held = held_out(record, self.config.data).limited(self.config.miou_slices)
+            summary = score(predict, self.held.images, self.held.masks, self.class_names)
+            self.scores[key] = float(summary["miou_fg"])
         return self.scores[key]
 
 
@@ -368,8 +370,8 @@ def run_bench(
     report.machine["load_avg_end"] = [round(v, 2) for v in load]
     report.machine["matmul_peak"] = {str(k): v for k, v in ctx.peaks.items()}
     report.machine["macs_per_slice"] = ctx.macs()
-    report.machine["eval_set"] = ctx.evalset.source if ctx.evalset else None
-    report.ratios = compare(report.results, {t.name: t for t in chosen})
+    report.machine["eval_set"] = ctx.held.source if ctx.held else None
+    report.ratios = compute_ratios(report.results, {t.name: t for t in chosen})
     report.warnings = noise_warnings(report.results, config.cv_warn, report.machine)
     return report
 

@@ -7,7 +7,7 @@ or from Python: ``run_inference([Path("scans")], InferConfig(out=Path("seg"), cl
 Needs the ``cluster`` extra (``pip install 'edgeseg[cluster]'``, i.e. ``distributed``).
 
 A scan is the unit of work; a volume is never split. Each worker runs infer's own per-scan
-function (``_Runner.process``: read, segment, write atomically, record) with one ONNX
+function (``Segmenter.process``: read, segment, write atomically, record) with one ONNX
 Runtime session per worker process, built on its first scan and reused, keyed by the
 model file's path, size and mtime and by the session options. Its intra-op threads are
 ``--threads``, else the worker's cores divided by the Dask threads on its host, so that N
@@ -44,9 +44,9 @@ from typing import Any
 
 from edgeseg.artifacts import read_model_info
 from edgeseg.errors import EdgesegError, describe
-from edgeseg.infer import InferConfig, Segmented, _reason, _Runner
 from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import Scan
+from edgeseg.segment import InferConfig, Segmented, Segmenter, reason
 
 CONNECT_TIMEOUT_S = 5  # to reach the scheduler, and for it to have a worker
 EXTRA = "pip install 'edgeseg[cluster]'"
@@ -162,7 +162,7 @@ def _cores() -> int:
 
 
 # --- the client side ------------------------------------------------------------------------
-class ClusterRunner(_Runner):
+class ClusterRunner(Segmenter):
     """infer's scan loop with the scans sent to Dask workers; all the rest as in a local run.
 
     ``session`` is the ``distributed.Client``. Rows go into the summary in scan order,
@@ -261,7 +261,7 @@ def _absolute(scan: Scan) -> Scan:
 
 
 # --- the worker side ------------------------------------------------------------------------
-_RUNNERS: dict[tuple, _Runner] = {}  # per worker process: one per (model version, options, --out)
+_RUNNERS: dict[tuple, Segmenter] = {}  # per worker process: one per (model version, options, --out)
 _SESSIONS: dict[tuple, tuple[Any, str]] = {}  # per worker process: (session, provider)
 _LOCK = threading.Lock()  # a worker may run several tasks at once
 
@@ -278,10 +278,10 @@ def _process(scan: Scan, job: Job) -> Outcome:
         try:
             return Outcome(runner.process(scan))
         except Exception as exc:  # any bad scan: its row says why, and the run goes on
-            return Outcome(None, _reason(exc))
+            return Outcome(None, reason(exc))
 
 
-def _worker_runner(job: Job) -> _Runner:
+def _worker_runner(job: Job) -> Segmenter:
     """This worker's runner for ``job``, built on its first scan (one ORT session per worker)."""
     config = job.config
     session_key = (
@@ -305,7 +305,7 @@ def _worker_runner(job: Job) -> _Runner:
                 _SESSIONS[session_key] = _build_session(job)
             session, provider = _SESSIONS[session_key]
             _RUNNERS.clear()
-            runner = _Runner(session, provider, read_model_info(job.model), config, job.out)
+            runner = Segmenter(session, provider, read_model_info(job.model), config, job.out)
             runner.progress = runner._progress(0)  # quiet: never drawn
             _RUNNERS[key] = runner
         return _RUNNERS[key]

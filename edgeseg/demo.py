@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import sha256_file
-from edgeseg.outputs import replace_dir
+from edgeseg.files import replace_dir, sha256_file
 
 DEMO_FORMAT = "edgeseg-demo"
 DEMO_FORMAT_VERSION = 1  # bump when the files written change for the same parameters

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeseg.data import Slices, checkpoint_split
+from edgeseg.data import Slices
 from edgeseg.errors import EdgesegError
 from edgeseg.files import write_csv
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import load_checkpoint
+from edgeseg.split import checkpoint_split
 
 
 @torch.inference_mode()

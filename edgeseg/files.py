@@ -1,6 +1,6 @@
 """Files on disk: atomic writes, hashing, and the cache folder.
 
-The bottom of the import graph: standard library only, so training, export and inference
+The bottom of the import graph (standard library and edgeseg.errors only), so training, export and inference
 all write through here without pulling each other in. Every write goes to a hidden temp
 file beside the target (unique per process and call) and is renamed over it, so a killed
 process leaves either the finished file or nothing; a stale temp of a dead process is
@@ -15,9 +15,13 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from edgeseg.errors import EdgesegError
 
 TMP_MARK = ".edgeseg-tmp"  # in every temp name: ``.x_seg.npy.<pid>-<hex>.edgeseg-tmp.npy``
 
@@ -101,6 +105,48 @@ def write_csv(target: Path, rows: list[dict[str, Any]], columns: list[str] | Non
 
     atomic_write(Path(target), write)
     return Path(target)
+
+
+def check_writable_dir(folder: Path, option: str = "--out") -> Path:
+    """Create ``folder`` if needed and prove it writable by writing a file there; returns it.
+
+    Done before any work starts, so that a read-only mount, a file where the folder
+    should be, or a path under a file is one line up front, not a failure after the work.
+    Root passes permission bits, so a real write is the only honest test.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".edgeseg-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        raise EdgesegError(f"{option} {folder}: is a file, not a folder; choose another {option}") from None
+    except NotADirectoryError:
+        raise EdgesegError(
+            f"{option} {folder}: a part of this path is a file, not a folder; choose another {option}"
+        ) from None
+    except OSError as exc:  # PermissionError, EROFS (read-only mount), ENOSPC, ...
+        raise EdgesegError(
+            f"{option} {folder}: cannot write there ({exc.strerror or exc});"
+            f" choose a writable {option} or fix its permissions"
+        ) from None
+    return folder
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder ``tmp`` into place as ``out``; ``out`` never holds a partial one.
+
+    A non-empty folder cannot be renamed over another, so an existing ``out`` is first moved
+    into a fresh hidden folder beside it and removed once the new one is in place.
+    """
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def remove_stale_temps(paths: Iterable[Path]) -> None:

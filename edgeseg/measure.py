@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,24 +90,22 @@ def count_macs(path: Path, size: int = 394) -> int:
 
 
 def child_main(spec_json: str) -> None:
-    """Entry of the helper processes: ``peak`` (sgemm GFLOP/s), ``rss`` (inference RSS) or
-    ``tune`` (one :mod:`edgeseg.tune` candidate)."""
+    """Entry of the helper processes: ``peak`` (sgemm GFLOP/s) or ``rss`` (inference RSS)."""
     spec = json.loads(spec_json)
-    if spec["mode"] == "tune":
-        from edgeseg.tune import candidate_child
-
-        out = candidate_child(spec)
-    else:
-        out = _peak_child(spec) if spec["mode"] == "peak" else _rss_child(spec)
+    out = _peak_child(spec) if spec["mode"] == "peak" else _rss_child(spec)
     print(json.dumps(out))
 
 
-def run_child(spec: dict[str, Any], threads: int, timeout: float = 300) -> dict[str, Any]:
-    """Run :func:`child_main` in a fresh interpreter, BLAS/OpenMP pools sized to ``threads``."""
+def run_child(
+    spec: dict[str, Any], threads: int, timeout: float = 300, module: str = "edgeseg.measure"
+) -> dict[str, Any]:
+    """Run ``module``'s ``child_main`` (default :func:`child_main`) in a fresh interpreter, BLAS/OpenMP
+    pools sized to ``threads``; it prints one JSON line, returned as a dict. A stage above this one
+    (``edgeseg.tune``) passes its own module, so that this module never imports up the pipeline."""
     env = dict(os.environ)
     if threads:
         env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
-    code = "import sys; from edgeseg.measure import child_main; child_main(sys.argv[1])"
+    code = f"import sys; from {module} import child_main; child_main(sys.argv[1])"
     proc = subprocess.run(
         [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -170,40 +167,3 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
-@dataclass
-class EvalSet:
-    """Held-out slices the task metric is computed on."""
-
-    images: list[np.ndarray]  # float32 (H, W) raw intensities
-    masks: list[np.ndarray]  # uint8 (H, W) labels
-    source: str  # where they come from, for the report
-
-
-def demo_test_set(data: Path | None = None, limit: int | None = None) -> EvalSet:
-    """The test slices of the slab split of ``data`` (default: the demo set, built if missing).
-
-    Args:
-        data: dataset root in the tutorial layout; None = :func:`edgeseg.data.build_demo`.
-        limit: keep at most this many test slices, spread evenly over the split.
-    """
-    from edgeseg.data import build_demo, load_slices, split_indices
-
-    root = Path(data) if data else build_demo()
-    slices = load_slices(root)
-    _, test = split_indices(len(slices), "slabs")
-    if limit and len(test) > limit:
-        test = [test[i] for i in np.linspace(0, len(test) - 1, limit).round().astype(int)]
-    images = [slices.images[i] for i in test]
-    masks = [slices.masks[i] for i in test]
-    return EvalSet(images, masks, f"{root}: {len(test)} test slices of the slab split")
-
-
-def score_miou(predict: Callable[[np.ndarray], Any], evalset: EvalSet, class_names: tuple[str, ...]) -> float:
-    """Foreground mIoU of ``predict`` over ``evalset``, one slice per inference."""
-    from edgeseg.metrics import evaluate_arrays
-
-    preds = (np.asarray(predict(img[None, None]))[0] for img in evalset.images)
-    summary = evaluate_arrays(preds, evalset.masks, len(class_names), class_names)
-    return float(summary["miou_fg"])

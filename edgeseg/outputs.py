@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,50 +52,6 @@ def safe_output_path(out: Path, rel: Path) -> Path:
     if not target.resolve().is_relative_to(root):
         raise EdgesegError(f"{target}: resolves to {target.resolve()}, outside --out {root}; refusing to write")
     return target
-
-
-def check_writable_dir(folder: Path, option: str = "--out") -> Path:
-    """Create ``folder`` if needed and prove it writable by writing a file there; returns it.
-
-    Done before any work starts, so that a read-only mount, a file where the folder
-    should be, or a path under a file is one line up front, not a failure after the work.
-    Root passes permission bits, so a real write is the only honest test.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".edgeseg-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except FileExistsError:
-        raise EdgesegError(f"{option} {folder}: is a file, not a folder; choose another {option}") from None
-    except NotADirectoryError:
-        raise EdgesegError(
-            f"{option} {folder}: a part of this path is a file, not a folder; choose another {option}"
-        ) from None
-    except OSError as exc:  # PermissionError, EROFS (read-only mount), ENOSPC, ...
-        raise EdgesegError(
-            f"{option} {folder}: cannot write there ({exc.strerror or exc});"
-            f" choose a writable {option} or fix its permissions"
-        ) from None
-    return folder
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` into place as ``out``; ``out`` never holds a partial one.
-
-    A non-empty folder cannot be renamed over another, so an existing ``out`` is first moved
-    into a fresh hidden folder beside it and removed once the new one is in place.
-    """
-    import shutil
-
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_labels(

@@ -30,13 +30,17 @@ import numpy as np
 from edgeseg.artifacts import ArtifactPaths, ModelInfo, engine_info, read_model_info, read_sidecar
 from edgeseg.errors import EdgesegError
 from edgeseg.files import read_json, write_json
-from edgeseg.runtime import PROVIDERS, Runner, RunnerSpec, open_runner, probe
+from edgeseg.metrics import compare
+from edgeseg.runtime import PROVIDERS, Runner, RunnerSpec, open_runner, probe, run_batches
+from edgeseg.split import HeldOut, checkpoint_split, size_batches
 
 if TYPE_CHECKING:
-    from edgeseg.model import UNet
+    from edgeseg.model import Checkpoint
+    from edgeseg.quantize import Fp16Check
+
+    pass
 
 FORMAT = "edgeseg-parity-v1"
-RTOL = 1e-3  # rtol at which "min atol" is reported
 SIZES_HWN = (  # (H, W, batch): the training size, odd, non-square, small
     (394, 394, 4),
     (393, 395, 1),
@@ -89,19 +93,6 @@ class ParityConfig:
 
 
 @dataclass
-class EvalData:
-    """Real slices with ground truth for validation, and training slices for calibration."""
-
-    source: str  # where they came from, for the report
-    images: list[np.ndarray]  # held-out float32 (H, W)
-    masks: list[np.ndarray]  # their uint8 labels (IGNORE where not held out)
-    train_images: list[np.ndarray]  # training-split float32 (H, W), for int8 calibration
-    # Every pixel's label, for the parity sizes: parity compares two models, so held-out-ness
-    # does not matter there, and a 64x64 crop holds too few held-out pixels for a stable ΔmIoU.
-    labels: list[np.ndarray] | None = None
-
-
-@dataclass
 class ParityRow:
     """One candidate file x provider x size."""
 
@@ -132,7 +123,7 @@ class ParityReport:
     config: dict[str, Any]
     rows: list[ParityRow] = field(default_factory=list)
     reference_evaluator: dict[str, Any] = field(default_factory=dict)  # per model file
-    fp16_activations: dict[str, Any] = field(default_factory=dict)  # PyTorch .half() check
+    fp16_activations: Fp16Check | None = None  # PyTorch .half() check
     skipped: dict[str, str] = field(default_factory=dict)  # provider -> why not run
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. int8 calibration, latencies
 
@@ -158,7 +149,7 @@ class ParityReport:
             "config": self.config,
             "rows": [asdict(r) for r in self.rows],
             "reference_evaluator": self.reference_evaluator,
-            "fp16_activations": self.fp16_activations,
+            "fp16_activations": asdict(self.fp16_activations) if self.fp16_activations else {},
             "skipped_providers": self.skipped,
             **self.extra,
         }
@@ -193,104 +184,9 @@ class ParityReport:
 # ----------------------------------------------------------------------------- data
 
 
-def load_eval_data(ckpt: dict[str, Any], data: Path | None = None) -> EvalData:
-    """Held-out slices (+ training slices) for a checkpoint: :func:`edgeseg.data.checkpoint_split`."""
-    from edgeseg.data import checkpoint_split
-
-    held = checkpoint_split(ckpt, data)
-    images, masks = held.slices.images, held.slices.masks
-    labels = None if held.labels is None else [held.labels[i] for i in held.test]
-    return EvalData(
-        held.source,
-        [images[i] for i in held.test],
-        [masks[i] for i in held.test],
-        [images[i] for i in held.train],
-        labels,
-    )
-
-
-def fit_to_size(image: np.ndarray, mask: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centre-crop or pad a slice and its mask to ``(h, w)``: image edge-padded, mask with 0."""
-    for axis, size in ((0, h), (1, w)):
-        have = image.shape[axis]
-        if have > size:
-            start = (have - size) // 2
-            image = np.take(image, range(start, start + size), axis=axis)
-            mask = np.take(mask, range(start, start + size), axis=axis)
-        elif have < size:
-            before = (size - have) // 2
-            pad = [(0, 0), (0, 0)]
-            pad[axis] = (before, size - have - before)
-            image, mask = np.pad(image, pad, mode="edge"), np.pad(mask, pad)
-    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.uint8)
-
-
-def pick(items: list[Any], n: int) -> list[Any]:
-    """``n`` items evenly spread over ``items`` (all of them if n >= len)."""
-    if n >= len(items):
-        return list(items)
-    return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)]
-
-
-def size_batches(data: EvalData, sizes: tuple[tuple[int, int, int, int], ...]) -> list[dict[str, Any]]:
-    """Per size row: ``{"size", "batch", "inputs": [(N,1,H,W) float32], "masks": [...]}``."""
-    rows = []
-    for h, w, n, batch in sizes:
-        pairs = [
-            fit_to_size(im, m, h, w)
-            for im, m in pick(list(zip(data.images, data.labels or data.masks, strict=True)), n)
-        ]
-        starts = range(0, len(pairs), batch)
-        rows.append(
-            {
-                "size": f"{h}x{w}",
-                "batch": batch,
-                "inputs": [np.stack([p[0] for p in pairs[s : s + batch]])[:, None] for s in starts],
-                "masks": [np.stack([p[1] for p in pairs[s : s + batch]]) for s in starts],
-            }
-        )
-    return rows
-
-
-# ----------------------------------------------------------------------------- comparison
-
-
-def reference_logits(model: UNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """PyTorch fp32 eval-mode logits for each ``(N, 1, H, W)`` batch."""
-    import torch
-
-    with torch.inference_mode():
-        return [model.float().eval()(torch.from_numpy(x)).numpy() for x in inputs]
-
-
-def compare(
-    ref: list[np.ndarray],
-    logits: list[np.ndarray],
-    labels: list[np.ndarray],
-    masks: list[np.ndarray],
-    class_names: tuple[str, ...],
-) -> dict[str, Any]:
-    """The numbers of one row: |Δlogit| stats, min atol, agreement, mIoU of both vs truth."""
-    from edgeseg.metrics import evaluate_arrays
-
-    diff = np.concatenate([np.abs(c - r).ravel() for c, r in zip(logits, ref, strict=True)])
-    slack = np.concatenate([(np.abs(c - r) - RTOL * np.abs(r)).ravel() for c, r in zip(logits, ref, strict=True)])
-    ref_labels = [r.argmax(axis=1) for r in ref]
-    agree = sum(int((a == b).sum()) for a, b in zip(labels, ref_labels, strict=True))
-    n = len(class_names)
-    miou_ref = evaluate_arrays(ref_labels, masks, n, class_names)["miou_fg"]
-    miou_cand = evaluate_arrays(labels, masks, n, class_names)["miou_fg"]
-    d = None if miou_ref is None or miou_cand is None else miou_cand - miou_ref
-    return {
-        "max_abs": float(diff.max()),
-        "mean_abs": float(diff.mean()),
-        "ref_max": float(max(np.abs(r).max() for r in ref)),
-        "min_atol": float(max(slack.max(), 0.0)),
-        "agreement": agree / diff.size * n,
-        "miou_ref": miou_ref,
-        "miou_cand": miou_cand,
-        "d_miou": d,
-    }
+def load_eval_data(ckpt: dict[str, Any], data: Path | None = None) -> HeldOut:
+    """Held-out slices (+ training slices) of a checkpoint: :func:`edgeseg.split.checkpoint_split`."""
+    return checkpoint_split(ckpt, data)
 
 
 def gate_failures(row: dict[str, Any], gate: Gate) -> list[str]:
@@ -305,12 +201,6 @@ def gate_failures(row: dict[str, Any], gate: Gate) -> list[str]:
     if gate.max_dmiou is not None and d is not None and not abs(d) <= gate.max_dmiou:
         failed.append(f"|ΔmIoU| {abs(d):.5f} > {gate.max_dmiou:g}")
     return failed
-
-
-def run_batches(runner: Runner, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``(logits, labels)`` of a runner (fetching both) for each batch."""
-    outs = [runner.run(x) for x in inputs]
-    return [o["logits"].astype(np.float32) for o in outs], [o["labels"] for o in outs]
 
 
 def reference_evaluator_check(
@@ -358,16 +248,17 @@ def find_checkpoint(model_path: Path, sha256: str) -> Path:
 
 def validate(
     models: Path | list[Path],
-    ckpt: Path | None = None,
+    ckpt: Path | Checkpoint | None = None,
     data: Path | None = None,
     config: ParityConfig | None = None,
-    eval_data: EvalData | None = None,
+    eval_data: HeldOut | None = None,
 ) -> ParityReport:
     """Compare exported ONNX files with their PyTorch checkpoint on real slices.
 
     Args:
         models: one or more edgeseg ONNX files exported from the same checkpoint.
-        ckpt: the checkpoint; default the ``X.pt`` beside ``X.onnx`` (hash-checked).
+        ckpt: the checkpoint (a path, or one already loaded); default the ``X.pt`` beside
+            ``X.onnx`` (hash-checked).
         data: a tutorial-layout dataset to validate on (its slab split's test slices);
             default the checkpoint's held-out slices, or the demo set.
         config: sizes, providers, gates; default :class:`ParityConfig`.
@@ -376,21 +267,19 @@ def validate(
     Returns:
         The report; ``report.passed`` is the gate, ``report.failures`` names failed checks.
     """
-    from edgeseg.files import sha256_file
-    from edgeseg.model import load_checkpoint
+    from edgeseg.model import Checkpoint, reference_logits
 
     config = config or ParityConfig()
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
     infos = [_model_info(p) for p in paths]
-    ckpt = Path(ckpt) if ckpt else find_checkpoint(paths[0], infos[0].checkpoint_sha256)
-    sha = sha256_file(ckpt)
+    loaded = Checkpoint.load(ckpt or find_checkpoint(paths[0], infos[0].checkpoint_sha256))
+    ckpt, sha, model, state = loaded.path, loaded.sha256, loaded.model, loaded.state
     for info in infos:
         if info.checkpoint_sha256 and info.checkpoint_sha256 != sha:
             raise EdgesegError(
                 f"{info.path}: exported from checkpoint {info.checkpoint_sha256[:12]}…, not"
                 f" {ckpt} ({sha[:12]}…); pass the matching --ckpt"
             )
-    model, state = load_checkpoint(ckpt)
     eval_data = eval_data or load_eval_data(state, data)
     report = ParityReport(str(ckpt), sha, eval_data.source, _config_json(config))
     rows = size_batches(eval_data, config.sizes)

@@ -131,7 +131,9 @@ class HeldOutPlanes:
 
 def held_out_planes(root: Path | None = None, seed: int = 0, count: int = 32) -> HeldOutPlanes:
     """``count`` of the regions split's test slices (evenly spread), and oblique versions of them."""
-    from edgeseg.data import build_demo, load_slices, make_split
+    from edgeseg.data import load_slices
+    from edgeseg.demo import build_demo
+    from edgeseg.split import make_split
     from edgeseg.volume import (
         demo_planes,
         held_out_regions,

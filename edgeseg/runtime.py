@@ -480,6 +480,12 @@ class ExecuTorchRunner(Runner):
         return {name: both[name] for name in self.outputs}
 
 
+def run_batches(runner: Runner, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(logits, labels)`` of a runner (fetching both) for each batch."""
+    outs = [runner.run(x) for x in inputs]
+    return [o["logits"].astype(np.float32) for o in outs], [o["labels"] for o in outs]
+
+
 _OPENERS = {
     "ort": OrtRunner,
     "openvino": OpenVinoRunner,

@@ -226,7 +226,7 @@ def _replace_folder(folder: Path, files: dict[str, bytes | Path]) -> None:
     a killed run left is cleared next time) and swapped in by :func:`edgeseg.outputs.replace_dir`,
     so a half-written model never stands under its real name.
     """
-    from edgeseg.outputs import replace_dir
+    from edgeseg.files import replace_dir
 
     tmp = folder.parent / f".{folder.name}.edgeseg-tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -154,6 +154,13 @@ def held_out(model: Path, slices: int, data: Path | None) -> tuple[list[np.ndarr
 # ----------------------------------------------------------------------------- the child
 
 
+def child_main(spec_json: str) -> None:
+    """Entry of a candidate's child process (:func:`edgeseg.measure.run_child`): one JSON line out."""
+    import json
+
+    print(json.dumps(candidate_child(json.loads(spec_json))))
+
+
 def candidate_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Inside a fresh interpreter: load, time, read peak RSS, then score on the held-out slices.
 
@@ -280,7 +287,7 @@ def _measure(
     path = model.with_name(c.file)
     runner = {"backend": c.backend, "precision": c.precision, "threads": c.threads, "device": "cpu"}
     spec = {
-        "mode": "tune",
+        "mode": "tune",  # run_child names it in its errors
         "path": str(path),
         "runner": runner,
         "eval": str(held),
@@ -289,7 +296,7 @@ def _measure(
         **{k: getattr(config, k) for k in ("size", "warmup", "runs", "min_runs", "max_seconds")},
     }
     try:
-        result = run_child(spec, c.threads, timeout=config.timeout_s)
+        result = run_child(spec, c.threads, timeout=config.timeout_s, module="edgeseg.tune")
     except Exception as exc:  # a backend that cannot load or run is a row, not a crashed tune
         return replace(c, status="fail", reason=str(exc).removeprefix("tune helper failed: ")[:300])
     return replace(c, status="ok", sha256=sha256_file(path), **result)

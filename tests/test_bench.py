@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from edgeseg import EdgesegError
+from edgeseg.artifacts import read_model_info
 from edgeseg.bench import (
     DEFAULT_TARGETS,
     BenchConfig,
@@ -27,7 +28,6 @@ from edgeseg.bench import (
     Target,
     bench,
     check_budget,
-    compare,
     load_targets,
     model_file,
     noise_warnings,
@@ -36,18 +36,17 @@ from edgeseg.bench import (
     select_targets,
     why_not_here,
 )
-from edgeseg.bench_report import table_rows, to_markdown
+from edgeseg.bench_report import compute_ratios, table_rows, to_markdown
 from edgeseg.measure import (
-    EvalSet,
     count_macs,
-    demo_test_set,
     latency_stats,
     peak_rss_mb,
     run_child,
-    score_miou,
     time_runs,
 )
+from edgeseg.metrics import score
 from edgeseg.runtime import RunnerSpec, SessionLevers, open_runner
+from edgeseg.split import SplitRecord, held_out
 
 EDGESEG = [sys.executable, "-c", "from edgeseg.cli import main; main()"]
 FAST = dict(size=48, warmup=1, runs=3, min_runs=2, max_seconds=0.2, peak_size=64)
@@ -149,17 +148,16 @@ def test_tensorrt_prefers_an_engine_of_its_precision(tmp_path: Path) -> None:
     assert "edgeseg export --trt --int8" in missing
 
 
-def test_why_not_here(model_dir: Path) -> None:
-    from edgeseg.runtime import provider_works
-
+def test_why_not_here(model_dir: Path, gpu_here: bool) -> None:
     model = model_dir / "tiny.onnx"
     assert why_not_here(Target("t", "cpu"), model) is None
     assert "riscv64" in why_not_here(Target("t", "cpu", arch="riscv64"), model)
     missing = why_not_here(Target("t", "cpu", "fp16"), model_dir / "tiny_fp16.onnx")
     assert "tiny_fp16.onnx not found" in missing and "edgeseg export --fp16" in missing
-    for provider, ort_name in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+    for provider in ("cuda", "tensorrt"):
         reason = why_not_here(Target("t", provider), model)
-        assert (reason is None) == provider_works(ort_name), reason
+        if not gpu_here:  # found without edgeseg: no GPU, so a GPU target must say why it skips
+            assert reason is not None and f"provider {provider}: " in reason and "cannot run here" in reason
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -236,16 +234,24 @@ def test_matmul_peak_child() -> None:
     assert out["gflops"] == max(out["all"].values())
 
 
-def test_score_miou_and_demo_test_set(threshold_onnx: Path, tiny_dataset: tuple[Path, list[str]]) -> None:
+def test_score_and_the_models_own_held_out_data(
+    threshold_onnx: Path, tiny_onnx: Path, tiny_dataset: tuple[Path, list[str]]
+) -> None:
     runner = open_runner(threshold_onnx, RunnerSpec("ort", "cpu", threads=1))
     masks = [np.array([[0, 1], [2, 2]], np.uint8).repeat(8, 0).repeat(8, 1)] * 2
-    perfect = EvalSet([m.astype(np.float32) for m in masks], masks, "made up")
-    assert score_miou(runner.labels, perfect, ("bg", "gm", "wm")) == pytest.approx(1.0)
-    wrong = EvalSet([np.zeros_like(m, np.float32) for m in masks], masks, "all background")
-    assert score_miou(runner.labels, wrong, ("bg", "gm", "wm")) == pytest.approx(0.0)
-    evalset = demo_test_set(tiny_dataset[0], limit=2)
-    assert len(evalset.images) == len(evalset.masks) == 2
-    assert evalset.images[0].dtype == np.float32 and "2 test slices" in evalset.source
+    names = ("bg", "gm", "wm")
+    assert score(runner.labels, [m.astype(np.float32) for m in masks], masks, names)["miou_fg"] == pytest.approx(1.0)
+    assert score(runner.labels, [np.zeros_like(m, np.float32) for m in masks], masks, names)["miou_fg"] == 0.0
+    # An exported file records its held-out slices: bench scores it on those, not on the demo split.
+    root, test_keys = tiny_dataset
+    record = SplitRecord.from_metadata(read_model_info(tiny_onnx).metadata, tiny_onnx)
+    assert record is not None and set(record.test_keys) == set(test_keys) and record.root == str(root)
+    held = held_out(record)
+    assert held.keys == sorted(test_keys) and "the model's" in held.source
+    assert len(held.limited(2).images) == 2 and held.limited(2).images[0].dtype == np.float32
+    # A file from before the record: the demo-style slab split, and the report says it may overlap.
+    old = held_out(None, root)
+    assert "may include its training data" in old.source
 
 
 # ----------------------------------------------------------------------------- backends
@@ -325,10 +331,10 @@ def test_compare_and_noise_warnings() -> None:
         _row("ov", "openvino", "fp32", 100, 0.90),
     ]
     targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu") for r in rows}
-    ratios = compare(rows, targets)
-    assert ratios["best_cpu"] == "int8"
-    assert ratios["vs_eager"] == pytest.approx(0.25) and ratios["vs_openvino"] == 0.5
-    assert ratios["delta_miou_pt"] == pytest.approx(-0.4)
+    ratios = compute_ratios(rows, targets)
+    assert ratios.best_cpu == "int8"
+    assert ratios.vs_eager == pytest.approx(0.25) and ratios.vs_openvino == 0.5
+    assert ratios.delta_miou_pt == pytest.approx(-0.4)
     warnings = noise_warnings(rows, 0.1, {"load_avg_end": [3.0], "cores": 2})
     assert len(warnings) == 1 and warnings[0].startswith("e: latency CV 20%")
 
@@ -338,9 +344,9 @@ def test_compare_c_with_python_openvino(with_ort: bool) -> None:
     rows = [_row("ov", "openvino", "fp32", 100, 0.90), _row("c", "c-openvino", "fp32", 90, 0.90)]
     rows += [_row("fp32", "cpu", "fp32", 80, 0.90)] if with_ort else []
     targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu") for r in rows}
-    ratios = compare(rows, targets)
-    assert ratios["c_vs_python_openvino"] == pytest.approx(0.9) and ratios["c_p50_ms"] == 90
-    assert ("best_cpu" in ratios) is with_ort  # the C ratio does not need an ORT row
+    ratios = compute_ratios(rows, targets)
+    assert ratios.c_vs_python_openvino == pytest.approx(0.9) and ratios.c_p50_ms == 90
+    assert (ratios.best_cpu is not None) is with_ort  # the C ratio does not need an ORT row
 
 
 def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path, tiny_dataset: tuple[Path, list[str]]) -> None:
