@@ -125,30 +125,15 @@ def thread_settings(cores: int, cap: int, asked: tuple[int, ...] = ()) -> tuple[
 # ----------------------------------------------------------------------------- held-out slices
 
 
-def held_out(model: Path, slices: int, data: Path | None) -> tuple[list[np.ndarray], list[np.ndarray], str]:
-    """``(images, masks, source)``: held-out slices as ``edgeseg evaluate`` scores them.
+def held_out_slices(model: Path, slices: int, data: Path | None) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """``(images, masks, source)``: up to ``slices`` of the model's own held-out slices, as bench and
+    evaluate score it (the split its ONNX metadata records; torch-free)."""
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.split import SplitRecord, held_out
 
-    The checkpoint beside the model names its held-out slices (needs torch to read it);
-    without it, the slab split's test slices of ``data`` or the demo set (as bench).
-    """
-    from edgeseg.artifacts import ArtifactPaths
-    from edgeseg.parity import pick
-
-    pt = ArtifactPaths.of(model).checkpoint
-    try:
-        import torch
-
-        from edgeseg.parity import load_eval_data
-
-        ckpt = torch.load(pt, map_location="cpu", weights_only=True)
-        held = load_eval_data(ckpt, data)
-        images, masks, source = held.images, held.masks, held.source
-    except (ImportError, OSError, RuntimeError, KeyError):
-        from edgeseg.measure import demo_test_set
-
-        evalset = demo_test_set(data)
-        images, masks, source = evalset.images, evalset.masks, evalset.source
-    return pick(images, slices), pick(masks, slices), f"{source}; {min(slices, len(images))} of them"
+    record = SplitRecord.from_metadata(read_model_info(model).metadata, model)
+    held = held_out(record, data).limited(slices)
+    return held.images, held.masks, held.source
 
 
 # ----------------------------------------------------------------------------- the child
@@ -238,7 +223,7 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     threads = thread_settings(here.cores, target.threads, config.threads)
     candidates = list_candidates(model, here, threads, config.peers)
     load_start = os.getloadavg()
-    images, masks, source = held_out(model, config.slices, config.data)
+    images, masks, source = held_out_slices(model, config.slices, config.data)
     with tempfile.TemporaryDirectory(prefix="edgeseg-tune-") as tmp:
         held = Path(tmp) / "held.npz"
         np.savez(held, images=np.stack(images), masks=np.stack(masks), class_names=np.array(info.class_names))
