@@ -43,6 +43,7 @@ def pte_export(
     return out, proc
 
 
+@pytest.mark.slow
 @needs_executorch
 def test_cli_writes_both_pte_files_and_gates_them(pte_export: tuple[Path, subprocess.CompletedProcess]) -> None:
     out, proc = pte_export
@@ -61,6 +62,7 @@ def test_cli_writes_both_pte_files_and_gates_them(pte_export: tuple[Path, subpro
     assert "tiny.pte" in proc.stdout and "tiny_int8.pte" in proc.stdout
 
 
+@pytest.mark.slow
 @needs_executorch
 def test_pte_runs_at_a_size_export_never_saw(pte_export, tiny_checkpoint: Path) -> None:  # noqa: ANN001
     """97x131 is none of the export's sizes: the .pte must still match PyTorch there."""

@@ -61,6 +61,7 @@ def tuned(tiny_checkpoint: Path, tiny_onnx: Path, tiny_dataset, tmp_path_factory
     return folder, model, proc
 
 
+@pytest.mark.slow
 def test_tune_writes_every_candidate_and_the_machine(tuned) -> None:  # noqa: ANN001
     folder, model, proc = tuned
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -81,6 +82,7 @@ def test_tune_writes_every_candidate_and_the_machine(tuned) -> None:  # noqa: AN
     assert "machine:" in proc.stdout and "load average" in proc.stdout and "pick:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_candidate_that_fails_its_gate_is_never_picked(tuned) -> None:  # noqa: ANN001
     _, model, proc = tuned
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -100,6 +102,7 @@ def test_a_candidate_that_fails_its_gate_is_never_picked(tuned) -> None:  # noqa
     assert faster[choose(faster, plan.rss_budget_mb)].file == "tiny_int8.onnx"
 
 
+@pytest.mark.slow
 def test_rss_budget_excludes_what_does_not_fit(tuned) -> None:  # noqa: ANN001
     _, model, _ = tuned
     plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
@@ -110,6 +113,7 @@ def test_rss_budget_excludes_what_does_not_fit(tuned) -> None:  # noqa: ANN001
     assert picked.rss_mb <= smallest
 
 
+@pytest.mark.slow
 def test_infer_uses_the_pick_here_and_falls_back_on_a_foreign_fingerprint(tuned, tmp_path: Path) -> None:  # noqa: ANN001
     _, model, _ = tuned
     scan = tmp_path / "slice.npy"
@@ -135,6 +139,7 @@ def test_infer_uses_the_pick_here_and_falls_back_on_a_foreign_fingerprint(tuned,
     assert np.array_equal(np.load(tmp_path / "a" / "slice_seg.npy"), np.load(tmp_path / "b" / "slice_seg.npy"))
 
 
+@pytest.mark.slow
 def test_infer_follows_an_openvino_pick_torch_free(tuned, tmp_path: Path) -> None:  # noqa: ANN001
     """Whatever was picked (an OpenVINO candidate here, set in the file), infer runs it with torch unimportable."""
     folder, _, _ = tuned
@@ -163,6 +168,7 @@ def test_infer_follows_an_openvino_pick_torch_free(tuned, tmp_path: Path) -> Non
     assert agree >= 0.99  # the picked candidate passed its gate against ORT fp32
 
 
+@pytest.mark.slow
 def test_a_stale_pick_falls_back(tuned, tmp_path: Path) -> None:  # noqa: ANN001
     """The picked file changed after tuning (a re-shipped model): its timing no longer applies."""
     folder, model, _ = tuned
