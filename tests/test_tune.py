@@ -186,3 +186,26 @@ def test_tune_bad_threads_is_one_line(tiny_onnx: Path) -> None:
     proc = edgeseg("tune", str(tiny_onnx), "--threads", "0,x")
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and len(lines) == 1 and "--threads" in lines[0] and "1,2" in lines[0]
+
+
+@pytest.mark.slow
+def test_bench_adds_a_row_per_tuned_candidate_with_what_ran(tuned, tmp_path: Path) -> None:  # noqa: ANN001
+    from edgeseg.bench import BenchConfig, _Context, bench_target, tuned_targets
+
+    folder, model, _ = tuned
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    ok = [c for c in plan.candidates if c.role == "candidate" and c.status == "ok"]
+    targets = tuned_targets(model)
+    assert [t.name for t in targets] == [f"tuned {c.name}" for c in ok]
+    config = BenchConfig(runs=3, max_seconds=1.0, miou=False, rss=False)
+    ov = [t for t in targets if t.provider == "openvino" and t.precision == "int8"]
+    if ov:
+        row = bench_target(model, ov[0], config, _Context(model, config))
+        assert row.status == "ok", row.reason
+        assert row.ran_precision == "int8" and "convs u8" in row.backend and row.latency_ms["p50"] > 0
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    record = json.loads(deploy_path(copy / "tiny.onnx").read_text())
+    record["machine"]["flags"] = ["avx2"]
+    deploy_path(copy / "tiny.onnx").write_text(json.dumps(record))
+    assert tuned_targets(copy / "tiny.onnx") == []  # tuned elsewhere: no rows
