@@ -51,6 +51,10 @@ DataOpt = Annotated[
     Path | None,
     typer.Option("--data", help="Dataset root in the tutorial layout (MRIs/, Segmentations/)."),
 ]
+TargetsOpt = Annotated[
+    Path | None,
+    typer.Option("--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml."),
+]
 
 
 class Preset(str, Enum):
@@ -335,10 +339,7 @@ def tune_cmd(
     peers: Annotated[
         bool, typer.Option("--peers/--no-peers", help="Also time eager PyTorch and OpenVINO's defaults.")
     ] = True,
-    targets: Annotated[
-        Path | None,
-        typer.Option("--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml."),
-    ] = None,
+    targets: TargetsOpt = None,
     data: DataOpt = None,
 ) -> None:
     """Time every gated backend x precision x threads here, each in its own process; write MODEL.deploy.json."""
@@ -369,10 +370,7 @@ def bench_cmd(
     target: Annotated[str, typer.Option(help="A target from the targets file, or all.")] = "all",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table as markdown.")] = None,
-    targets: Annotated[
-        Path | None,
-        typer.Option("--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml."),
-    ] = None,
+    targets: TargetsOpt = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed inferences per target at most.")] = 50,
     max_seconds: Annotated[
         float, typer.Option("--max-seconds", min=0.0, help="Stop timing a target after this long (>= 5 runs).")
