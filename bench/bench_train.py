@@ -37,7 +37,7 @@ def _step_fn(preset: str, batch: int, size: int):
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     return step, model
 
