@@ -1,6 +1,6 @@
 """`edgeseg infer`: segment scans with an exported ONNX model, torch-free.
 
-    edgeseg infer scans/ --out segmentations/ [--model export/model.onnx] [--overlay]
+    edgeseg infer scans/ --out segmentations/ [--model export/model.onnx] [--overlay|--no-overlay]
 
 or from Python: ``run_inference([Path("scans")], InferConfig(out=Path("seg")))``.
 
@@ -11,7 +11,9 @@ gets ``summary.csv``. Reading the next scans overlaps with inference on the curr
 (a small thread pool, bounded prefetch); slices go through the model in batches, and the
 float32 ``logits`` of one batch at a time are fetched (for the QC confidence figures of
 :mod:`edgeseg.qc`, and for resampling), so memory stays bounded by a few raw scans.
-DICOM series also get a DICOM SEG (:mod:`edgeseg.dicom_seg`; ``--format``).
+DICOM series also get a DICOM SEG (:mod:`edgeseg.dicom_seg`; ``--format``). Volumes (NIfTI,
+DICOM) get a QC mosaic ``<name>_overlay.png`` by default (:func:`edgeseg.outputs.write_overlay`;
+``--overlay`` adds one for 2-D inputs too, ``--no-overlay`` writes none).
 A bad scan is one line and the run goes on; every write is atomic. ``--out`` is checked
 writable and locked (one run at a time) before any scan is read; ``records.jsonl`` there
 keeps, per output, its input's size, mtime and SHA-256 and its own SHA-256, so a rerun
@@ -72,6 +74,10 @@ from edgeseg.scans import SUPPORTED, Decoded, Scan, discover_scans, read_scan, r
 from edgeseg.skullstrip import mask_rel
 
 FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
+# Inputs whose QC mosaic is written unless --no-overlay: volumes, where one label file is hard to
+# judge by eye. A .npy or PNG input is one slice (or a stack without geometry) whose label PNG/array
+# is already what a reader opens; --overlay gives them a mosaic too.
+MOSAIC_KINDS = ("nifti", "dicom")
 
 
 @dataclass
@@ -84,7 +90,7 @@ class InferConfig:
     threads: int | None = None  # onnxruntime intra-op threads; None: one per physical core
     batch_size: int = 8  # slices per session.run; also the TensorRT profile's batch
     axis: int | None = None  # volume axis to slice along; None: acquisition axis, else axial
-    overlay: bool = False  # also write <name>_overlay.png (QC mosaic: up to 16 slices, classes coloured)
+    overlay: bool | None = None  # <name>_overlay.png, the QC mosaic; None: for volumes (MOSAIC_KINDS) only
     overwrite: bool = False  # redo scans whose outputs exist (default: skip them, i.e. resume)
     prefetch: int = 2  # scans decoded ahead of the one on the model
     workers: int = 2  # threads that read and write scans
@@ -352,9 +358,13 @@ class _Runner:
         self._drain(writes, rows, keep=0)
         pool.shutdown()
 
+    def _wants_overlay(self, scan: Scan) -> bool:
+        """Whether ``scan`` gets a QC mosaic: as asked, else for volumes only."""
+        return self.config.overlay if self.config.overlay is not None else scan.kind in MOSAIC_KINDS
+
     def _finished(self, scan: Scan) -> bool:
         """True to skip ``scan``: its outputs exist, match their record and its input is unchanged."""
-        overlay = str(overlay_rel(scan.rel)) if self.config.overlay else None
+        overlay = str(overlay_rel(scan.rel)) if self._wants_overlay(scan) else None
         extra = self._seg_beside(scan)
         if extra is not None and str(extra) not in self.records.latest:
             extra = None  # none was made (a series without geometry, or a run before SEG outputs)
@@ -449,9 +459,9 @@ class _Runner:
             batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
             tick = time.perf_counter()
-            (logits,) = self.session.run(["logits"], {"image": batch})  # logits: for QC, and to resample
+            # logits: for QC, and to resample; labels: the graph's ArgMax, faster than numpy's
+            logits, out = self.session.run(["logits", "labels"], {"image": batch})
             seconds += time.perf_counter() - tick
-            out = logits.argmax(1)  # the graph's own ``labels``: ArgMax of these logits
             counter.add(logits, out)  # on the model's grid, as export measured the ranges
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
                 out = resample(logits, (h, w), order=1).argmax(1)
@@ -476,7 +486,7 @@ class _Runner:
         """Overlay (or remove a stale one), then labels; the record goes in before their rename."""
         target = safe_output_path(self.out, scan.rel)
         overlay, overlay_sha = safe_output_path(self.out, overlay_rel(scan.rel)), [""]
-        if self.config.overlay:
+        if self._wants_overlay(scan):
             write_overlay(
                 overlay,
                 dec,
