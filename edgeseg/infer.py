@@ -10,7 +10,8 @@ or stacks, PNG/JPEG/TIFF images, NIfTI volumes, DICOM files or series folders (s
 gets ``summary.csv``. Reading the next scans overlaps with inference on the current one
 (a small thread pool, bounded prefetch); slices go through the model in batches, and the
 float32 ``logits`` of one batch at a time are fetched (for the QC confidence figures of
-:mod:`edgeseg.qc`, and for resampling), so memory stays bounded by a few raw scans.
+:mod:`edgeseg.qc`, and for resampling) with the graph's own ``labels`` (its ArgMax, cheaper
+than numpy's), so memory stays bounded by a few raw scans.
 DICOM series also get a DICOM SEG (:mod:`edgeseg.dicom_seg`; ``--format``). Volumes (NIfTI,
 DICOM) get a QC mosaic ``<name>_overlay.png`` by default (:func:`edgeseg.outputs.write_overlay`;
 ``--overlay`` adds one for 2-D inputs too, ``--no-overlay`` writes none).
