@@ -1,6 +1,7 @@
 """The ``edgeseg bench`` table: rich for the terminal, markdown for the README, atomic files.
 
-One row per target (:class:`edgeseg.bench.Result`) in :data:`HEADER` order, then notes:
+The data of a run (:class:`Target`, :class:`Result`, :class:`BenchReport`), then its rendering.
+One row per target (:class:`Result`) in :data:`HEADER` order, then notes:
 why targets were skipped, the machine and its matmul peak, the ratios against the peers
 measured in the same run (:func:`compare`), and noise warnings (:func:`noise_warnings`).
 """
@@ -9,13 +10,67 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edgeseg.errors import EdgesegError
 
-if TYPE_CHECKING:
-    from edgeseg.bench import BenchReport, Result, Target
+@dataclass(frozen=True)
+class Target:
+    """One deployment profile from ``targets.toml``."""
+
+    name: str
+    provider: str  # cpu | cuda | tensorrt | openvino | c-openvino | torch
+    precision: str = "fp32"  # which file: X.onnx, X_fp16.onnx or X_int8.onnx
+    batch: int = 1  # slices per inference
+    threads: int = 0  # intra-op threads; 0 = the runtime's default (all physical cores)
+    arch: str = ""  # CPU architecture the profile is for ("aarch64"); "" = any
+    p99_ms: float | None = None  # budget: p99 latency of one inference (a slice waits for it)
+    volume_s: float | None = None  # budget: seconds for a 200-slice volume
+    description: str = ""  # what the profile stands for
+    reference: bool = False  # a peer (eager, OpenVINO) that the others are compared with
+
+
+@dataclass
+class Result:
+    """One row of the table: a target, measured or skipped."""
+
+    target: str
+    provider: str  # asked for: cpu | cuda | tensorrt | openvino | c-openvino | torch
+    precision: str
+    batch: int
+    threads: str  # "2", or "all (16)"
+    status: str  # "ok" | "skip" | "fail"
+    reason: str = ""  # why skipped or failed
+    backend: str = ""  # what really ran, e.g. "onnxruntime 1.23.2 CPU fp32", "OpenVINO 2026.0 CPU fp32"
+    ran_precision: str = ""  # the precision that really ran (OpenVINO: what the compiled model reports)
+    model: str = ""
+    size_mb: float | None = None
+    miou_fg: float | None = None  # foreground mIoU on the demo test slices
+    create_s: float | None = None  # session creation (load + optimise + compile)
+    first_ms: float | None = None  # the first inference, at the target's batch
+    latency_ms: dict[str, float] = field(default_factory=dict)  # min mean p50 ... max, per batch
+    runs: int = 0
+    cv: float | None = None  # std / mean of the timed latencies
+    slices_per_s: float | None = None
+    gflops: float | None = None  # achieved GFLOP/s (2 x Conv/ConvTranspose MACs / time)
+    peak_pct: float | None = None  # of this machine's matmul peak at the same thread count
+    rss_mb: float | None = None  # peak RSS of a fresh process running this target
+    torch_free: bool | None = None  # True if that process never imported torch
+    budget_ok: bool | None = None
+    budget: str = ""  # what was checked, with the numbers
+
+
+@dataclass
+class BenchReport:
+    """Everything ``edgeseg bench`` measured in one run."""
+
+    model: str
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    results: list[Result]
+    ratios: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 STATUS = {"ok": "✅", "fail": "❌", "skip": "skip"}
@@ -147,18 +202,6 @@ def to_markdown(report: BenchReport) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     return "\n".join([*lines, "", *(f"- {n}" for n in report_notes(report))]) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    from edgeseg.outputs import atomic_write
-
-    path = Path(path)
-    try:
-        atomic_write(path, lambda tmp: tmp.write_text(text))
-    except OSError as exc:
-        raise EdgesegError(f"{path}: cannot write the report here ({exc}); pick another path") from None
-    return path
 
 
 def machine_info() -> dict[str, Any]:

@@ -23,12 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write
+from edgeseg.errors import EdgesegError, describe
+from edgeseg.files import atomic_write
 
 MIN_SIZE = 16  # three 2x poolings need at least 2 pixels at the bottom level
 NORM_EPS = 1e-6  # keeps a constant (all-zero) slice finite after normalisation
@@ -308,9 +309,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[UNe
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file at all
-        reason = (str(exc).strip().splitlines() or ["empty or unreadable file"])[0][:160]
         raise EdgesegError(
-            f"{path}: not a loadable edgeseg checkpoint ({type(exc).__name__}: {reason});"
+            f"{path}: not a loadable edgeseg checkpoint ({describe(exc, 160, typed=True)});"
             " pass a .pt written by `edgeseg train`"
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt:
@@ -346,3 +346,9 @@ def _config_to_dict(config: ModelConfig) -> dict[str, Any]:
     d["widths"] = list(d["widths"])
     d["class_names"] = list(d["class_names"])
     return d
+
+
+def reference_logits(model: UNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """PyTorch fp32 eval-mode logits for each ``(N, 1, H, W)`` batch (the parity reference)."""
+    with torch.inference_mode():
+        return [model.float().eval()(torch.from_numpy(x)).numpy() for x in inputs]

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError
-from edgeseg.parity import EvalData, ParityConfig, ParityReport, validate, write_json
+from edgeseg.files import write_json
+from edgeseg.parity import ParityConfig, ParityReport, validate
+from edgeseg.split import HeldOut
 
 
 def wide_console() -> Any:
@@ -131,21 +133,22 @@ def _describe_fp16(check: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- model card
 
 
-def score_formats(files: dict[str, Path], data: EvalData, threads: int | None = None) -> dict[str, Any]:
+def score_formats(files: dict[str, Path], data: HeldOut, threads: int | None = None) -> dict[str, Any]:
     """Per exported file: size, SHA-256 and per-class IoU on all held-out slices (ORT CPU)."""
     import numpy as np
 
-    from edgeseg.export import sha256_file
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.files import sha256_file
     from edgeseg.metrics import ConfusionMatrix
-    from edgeseg.runtime import create_session, read_model_info
+    from edgeseg.runtime import RunnerSpec, open_runner
 
     scores = {}
     for precision, path in files.items():
         info = read_model_info(path)
-        session, _ = create_session(path, provider="cpu", threads=threads)
+        runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0))
         cm = ConfusionMatrix(info.num_classes, info.class_names)
         for image, mask in zip(data.images, data.masks, strict=True):
-            cm.update(session.run(["labels"], {"image": image[None, None].astype(np.float32)})[0][0], mask)
+            cm.update(runner.labels(image[None, None].astype(np.float32))[0], mask)
         scores[precision] = {
             "file": path.name,
             "bytes": path.stat().st_size,
@@ -282,8 +285,8 @@ SHIPPED_RECIPE = [  # how export/ is made; the last line is what regenerates thi
 
 def split_scores(checkpoint: Path) -> dict[str, Any]:
     """The checkpoint's pooled metrics under each split of the demo set."""
-    from edgeseg.data import SPLITS
     from edgeseg.evaluate import evaluate_checkpoint
+    from edgeseg.split import SPLITS
 
     return {
         name: {
@@ -293,7 +296,7 @@ def split_scores(checkpoint: Path) -> dict[str, Any]:
     }
 
 
-def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None, data: EvalData) -> Path:
+def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None, data: HeldOut) -> Path:
     """Score every ONNX file in ``folder``, add the scores to its parity.json, write README.md.
 
     ``commands`` go under "Reproduce every file"; None = :data:`SHIPPED_RECIPE`.

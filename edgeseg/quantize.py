@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeseg.model import UNet
-    from edgeseg.parity import EvalData
+    from edgeseg.split import HeldOut
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIB_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -95,7 +95,7 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     import onnx
     from onnxconverter_common.float16 import convert_float_to_float16
 
-    from edgeseg.export import save_onnx, set_metadata
+    from edgeseg.artifacts import save_onnx, set_metadata
 
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -162,7 +162,7 @@ def calibration_set(slices: list[np.ndarray], n: int) -> list[np.ndarray]:
     calibrated on whole slices alone clipped them (78 % label agreement at 64x64 on the
     demo model instead of 99 %).
     """
-    from edgeseg.parity import fit_to_size, pick
+    from edgeseg.split import fit_to_size, pick
 
     full = pick(slices, n)
     crops = [
@@ -201,7 +201,7 @@ def quantize_int8(
     """
     import onnx
 
-    from edgeseg.export import save_onnx, set_metadata
+    from edgeseg.artifacts import save_onnx, set_metadata
 
     if method not in CALIB_METHODS:
         raise EdgesegError(f"calibration method {method!r}: choose auto, {', '.join(CALIB_METHODS)}")
@@ -256,7 +256,7 @@ def _quantize(
 def choose_int8(
     src: Path,
     dst: Path,
-    data: EvalData,
+    data: HeldOut,
     model: Any,
     calib: int = 32,
     method: str = "auto",
@@ -317,9 +317,10 @@ def choose_int8(
     }
 
 
-def _score_rows(data: EvalData, model: Any) -> list[dict[str, Any]]:
+def _score_rows(data: HeldOut, model: Any) -> list[dict[str, Any]]:
     """Held-out batches at three sizes and their PyTorch reference logits."""
-    from edgeseg.parity import reference_logits, size_batches
+    from edgeseg.model import reference_logits
+    from edgeseg.split import size_batches
 
     rows = size_batches(data, SCORE_SIZES)
     for row in rows:
@@ -329,14 +330,15 @@ def _score_rows(data: EvalData, model: Any) -> list[dict[str, Any]]:
 
 def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
     """Per-size ΔmIoU, the worst |ΔmIoU| and pooled label agreement of one int8 candidate."""
-    from edgeseg.parity import compare, run_session
-    from edgeseg.runtime import create_session, read_model_info
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.metrics import compare
+    from edgeseg.runtime import RunnerSpec, open_runner, run_batches
 
-    session, _ = create_session(path, provider="cpu", threads=threads)
+    runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     names = read_model_info(path).class_names
     d_miou, agree = {}, []
     for row in rows:
-        logits, labels = run_session(session, row["inputs"])
+        logits, labels = run_batches(runner, row["inputs"])
         numbers = compare(row["ref"], logits, labels, row["masks"], names)
         d_miou[row["size"]] = numbers["d_miou"] or 0.0
         agree.append(numbers["agreement"])
@@ -344,16 +346,16 @@ def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[
 
 
 def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...] = (1, 1, 394, 394)) -> float:
-    """Median ``session.run`` time on ORT CPU after one warm-up, in milliseconds."""
-    from edgeseg.runtime import create_session
+    """Median run time on ORT CPU (the session infer builds) after one warm-up, in milliseconds."""
+    from edgeseg.runtime import RunnerSpec, open_runner
 
-    session, _ = create_session(path, provider="cpu", threads=threads)
+    runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     x = np.random.default_rng(0).gamma(2.0, 300.0, shape).astype(np.float32)
-    session.run(None, {"image": x})
+    runner.run(x)
     times = []
     for _ in range(LATENCY_RUNS):
         start = time.perf_counter()
-        session.run(None, {"image": x})
+        runner.run(x)
         times.append(time.perf_counter() - start)
     return round(1000 * float(np.median(times)), 2)
 
@@ -392,7 +394,7 @@ def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, An
     finally:
         for h in handles:
             h.remove()
-    from edgeseg.parity import reference_logits
+    from edgeseg.model import reference_logits
 
     ref = reference_logits(model, inputs)
     finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])

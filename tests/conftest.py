@@ -207,7 +207,8 @@ def make_tiny_dataset(root: Path, n: int = TINY_SLICES) -> tuple[Path, list[str]
     """
     import shutil
 
-    from edgeseg.data import build_demo, find_pairs
+    from edgeseg.data import find_pairs
+    from edgeseg.demo import build_demo
 
     pairs = find_pairs(build_demo())
     picks = [pairs[round(i * (len(pairs) - 1) / (n - 1))] for i in range(n)]

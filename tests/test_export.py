@@ -19,13 +19,14 @@ import pytest
 import torch
 
 from edgeseg import __version__
+from edgeseg.artifacts import ArtifactPaths, read_model_info
 from edgeseg.data import load_slices
 from edgeseg.errors import EdgesegError
-from edgeseg.export import export_onnx, output_paths, sha256_file, symbolic_dims
+from edgeseg.export import export_onnx, symbolic_dims
+from edgeseg.files import sha256_file
 from edgeseg.model import load_checkpoint
-from edgeseg.parity import fit_to_size
 from edgeseg.quantize import convert_fp16, normalization_nodes, quantize_int8
-from edgeseg.runtime import read_model_info
+from edgeseg.split import fit_to_size
 
 torch.set_num_threads(1)
 
@@ -170,11 +171,16 @@ def test_fused_export_has_no_decoder_concat_and_same_numbers(
 
 
 def test_default_paths_sit_next_to_the_checkpoint(tmp_path: Path) -> None:
-    paths = output_paths(tmp_path / "runs" / "a" / "best.pt")
-    assert paths["fp32"] == tmp_path / "runs" / "a" / "best.onnx"
-    assert paths["fp16"].name == "best_fp16.onnx" and paths["int8"].name == "best_int8.onnx"
-    assert paths["trt"].name == "best.engine" and paths["parity"].name == "parity.json"
-    assert output_paths(tmp_path / "x.pt", tmp_path / "o")["fp32"] == tmp_path / "o" / "x.onnx"
+    paths = ArtifactPaths.of(tmp_path / "runs" / "a" / "best.pt")
+    assert paths.onnx() == tmp_path / "runs" / "a" / "best.onnx"
+    assert paths.onnx("fp16").name == "best_fp16.onnx" and paths.onnx("int8").name == "best_int8.onnx"
+    assert paths.engine.name == "best.engine" and paths.parity.name == "parity.json"
+    assert ArtifactPaths.of(tmp_path / "x.pt", tmp_path / "o").onnx() == tmp_path / "o" / "x.onnx"
+    # Any sibling names the same model: the int8 file, the engine, its sidecar, the deploy file.
+    for sibling in ("best_int8.onnx", "best_fp16.onnx", "best.engine", "best.engine.json", "best.deploy.json"):
+        assert ArtifactPaths.of(tmp_path / sibling).checkpoint == tmp_path / "best.pt"
+    with pytest.raises(EdgesegError, match="precision 'bf16'"):
+        paths.onnx("bf16")
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04broken zip"])

@@ -11,15 +11,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from edgeseg.artifacts import read_model_info
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime import (
-    PROVIDERS,
-    create_session,
-    default_trt_options,
-    provider_works,
-    read_model_info,
-    resolve_providers,
-)
+from edgeseg.runtime import PROVIDERS, create_session, default_trt_options, provider_works, resolve_providers
 
 CPU, CUDA, TRT = PROVIDERS["cpu"], PROVIDERS["cuda"], PROVIDERS["tensorrt"]
 
