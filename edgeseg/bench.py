@@ -32,7 +32,7 @@ import numpy as np
 
 from edgeseg import SHIPPED_TARGETS
 from edgeseg.artifacts import ArtifactPaths
-from edgeseg.bench_report import BenchReport, Result, Target, jsonable, machine_info, noise_warnings
+from edgeseg.bench_report import BenchReport, Result, Target, compute_ratios, jsonable, machine_info, noise_warnings
 from edgeseg.errors import EdgesegError, describe
 from edgeseg.files import read_json, write_text
 from edgeseg.measure import (
@@ -42,7 +42,7 @@ from edgeseg.measure import (
     synthetic_batch,
     time_runs,
 )
-from edgeseg.metrics import compare, score
+from edgeseg.metrics import score
 from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.split import HeldOut, SplitRecord, held_out
 
@@ -339,7 +339,7 @@ def run_bench(
     report.machine["matmul_peak"] = {str(k): v for k, v in ctx.peaks.items()}
     report.machine["macs_per_slice"] = ctx.macs()
     report.machine["eval_set"] = ctx.held.source if ctx.held else None
-    report.ratios = compare(report.results, {t.name: t for t in chosen})
+    report.ratios = compute_ratios(report.results, {t.name: t for t in chosen})
     report.warnings = noise_warnings(report.results, config.cv_warn, report.machine)
     return report
 

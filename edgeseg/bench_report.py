@@ -3,7 +3,7 @@
 The data of a run (:class:`Target`, :class:`Result`, :class:`BenchReport`), then its rendering.
 One row per target (:class:`Result`) in :data:`HEADER` order, then notes:
 why targets were skipped, the machine and its matmul peak, the ratios against the peers
-measured in the same run (:func:`compare`), and noise warnings (:func:`noise_warnings`).
+measured in the same run (:func:`compute_ratios`), and noise warnings (:func:`noise_warnings`).
 """
 
 from __future__ import annotations
@@ -61,6 +61,25 @@ class Result:
     budget: str = ""  # what was checked, with the numbers
 
 
+PEERS = ("cpu", "torch", "openvino", "c-openvino")  # providers whose fp32 row the ratios use
+
+
+@dataclass
+class Ratios:
+    """The figures the issue asks for, each from rows measured in the same run (None: not measured)."""
+
+    best_cpu: str | None = None  # the fastest batch-1 ONNX Runtime CPU target
+    best_p50_ms: float | None = None
+    best_rss_mb: float | None = None
+    vs_eager: float | None = None  # its p50 over PyTorch eager's
+    vs_openvino: float | None = None  # over OpenVINO fp32's
+    delta_miou_pt: float | None = None  # its mIoU minus ORT fp32's, in points
+    fp32_peak_pct: float | None = None  # ORT fp32's share of the matmul peak
+    c_p50_ms: float | None = None  # libedgeseg
+    python_openvino_p50_ms: float | None = None
+    c_vs_python_openvino: float | None = None
+
+
 @dataclass
 class BenchReport:
     """Everything ``edgeseg bench`` measured in one run."""
@@ -69,7 +88,7 @@ class BenchReport:
     machine: dict[str, Any]
     config: dict[str, Any]
     results: list[Result]
-    ratios: dict[str, Any] = field(default_factory=dict)
+    ratios: Ratios = field(default_factory=Ratios)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -159,24 +178,24 @@ def report_notes(report: BenchReport) -> list[str]:
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")
     q = report.ratios
-    if "best_cpu" in q:
-        parts = [f"best CPU target {q['best_cpu']}: p50 {q['best_p50_ms']:.1f} ms"]
+    if q.best_cpu is not None:
+        parts = [f"best CPU target {q.best_cpu}: p50 {q.best_p50_ms:.1f} ms"]
         parts += [
-            f"{q[k]:.2f}x {label}"
-            for k, label in (("vs_eager", "PyTorch eager"), ("vs_openvino", "OpenVINO fp32"))
-            if k in q
+            f"{value:.2f}x {label}"
+            for value, label in ((q.vs_eager, "PyTorch eager"), (q.vs_openvino, "OpenVINO fp32"))
+            if value is not None
         ]
-        if "delta_miou_pt" in q:
-            parts.append(f"ΔmIoU {q['delta_miou_pt']:+.2f} pt vs fp32")
-        if q.get("best_rss_mb") is not None:
-            parts.append(f"peak RSS {q['best_rss_mb']:.0f} MB")
-        if "fp32_peak_pct" in q:
-            parts.append(f"ORT fp32 at {q['fp32_peak_pct']:.0f}% of the matmul peak")
+        if q.delta_miou_pt is not None:
+            parts.append(f"ΔmIoU {q.delta_miou_pt:+.2f} pt vs fp32")
+        if q.best_rss_mb is not None:
+            parts.append(f"peak RSS {q.best_rss_mb:.0f} MB")
+        if q.fp32_peak_pct is not None:
+            parts.append(f"ORT fp32 at {q.fp32_peak_pct:.0f}% of the matmul peak")
         notes.append("; ".join(parts))
-    if "c_vs_python_openvino" in q:
+    if q.c_vs_python_openvino is not None:
         notes.append(
-            f"OpenVINO fp32 p50: C (libedgeseg) {q['c_p50_ms']:.1f} ms, Python"
-            f" {q['python_openvino_p50_ms']:.1f} ms: C at {q['c_vs_python_openvino']:.2f}x"
+            f"OpenVINO fp32 p50: C (libedgeseg) {q.c_p50_ms:.1f} ms, Python"
+            f" {q.python_openvino_p50_ms:.1f} ms: C at {q.c_vs_python_openvino:.2f}x"
         )
     return notes + [f"WARNING: {w}" for w in report.warnings]
 
@@ -230,40 +249,30 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]:
+def compute_ratios(results: list[Result], targets: dict[str, Target]) -> Ratios:
     """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO, C vs Python OpenVINO, at batch 1."""
     ok = [r for r in results if r.status == "ok" and r.batch == 1]
     ours = [r for r in ok if r.provider == "cpu" and not targets[r.target].reference]
-    c_vs_python = _c_vs_python(ok)
+    fp32_of = {p: next((r for r in ok if r.provider == p and r.precision == "fp32"), None) for p in PEERS}
+    c, py = fp32_of["c-openvino"], fp32_of["openvino"]
+    out = Ratios()
+    if c and py:  # libedgeseg (c-openvino) over OpenVINO's Python API, both fp32
+        out.c_p50_ms, out.python_openvino_p50_ms = c.latency_ms["p50"], py.latency_ms["p50"]
+        out.c_vs_python_openvino = out.c_p50_ms / out.python_openvino_p50_ms
     if not ours:
-        return c_vs_python
+        return out
     best = min(ours, key=lambda r: r.latency_ms["p50"])
-    out: dict[str, Any] = {"best_cpu": best.target, "best_p50_ms": best.latency_ms["p50"]}
-    for key, provider in (("vs_eager", "torch"), ("vs_openvino", "openvino")):
-        peer = next((r for r in ok if r.provider == provider and r.precision == "fp32"), None)
-        if peer:
-            out[key] = best.latency_ms["p50"] / peer.latency_ms["p50"]
-    fp32 = next((r for r in ok if r.provider == "cpu" and r.precision == "fp32"), None)
+    out.best_cpu, out.best_p50_ms, out.best_rss_mb = best.target, best.latency_ms["p50"], best.rss_mb
+    if fp32_of["torch"]:
+        out.vs_eager = out.best_p50_ms / fp32_of["torch"].latency_ms["p50"]
+    if py:
+        out.vs_openvino = out.best_p50_ms / py.latency_ms["p50"]
+    fp32 = fp32_of["cpu"]
     if fp32 and fp32.miou_fg is not None and best.miou_fg is not None:
-        out["delta_miou_pt"] = 100 * (best.miou_fg - fp32.miou_fg)
+        out.delta_miou_pt = 100 * (best.miou_fg - fp32.miou_fg)
     if fp32 and fp32.peak_pct is not None:
-        out["fp32_peak_pct"] = fp32.peak_pct
-    out["best_rss_mb"] = best.rss_mb
-    return {**out, **c_vs_python}
-
-
-def _c_vs_python(ok: list[Result]) -> dict[str, Any]:
-    """p50 of libedgeseg (c-openvino) over that of OpenVINO's Python API, both fp32, if both ran."""
-    c, py = (
-        next((r for r in ok if r.provider == p and r.precision == "fp32"), None) for p in ("c-openvino", "openvino")
-    )
-    if not (c and py):
-        return {}
-    return {
-        "c_p50_ms": c.latency_ms["p50"],
-        "python_openvino_p50_ms": py.latency_ms["p50"],
-        "c_vs_python_openvino": c.latency_ms["p50"] / py.latency_ms["p50"],
-    }
+        out.fp32_peak_pct = fp32.peak_pct
+    return out
 
 
 def noise_warnings(results: list[Result], cv_warn: float, machine: dict[str, Any]) -> list[str]:

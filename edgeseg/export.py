@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeseg.artifacts import FORMAT, NORMALIZATION, ArtifactPaths, save_onnx, set_metadata
 from edgeseg.errors import EdgesegError
-from edgeseg.files import check_writable_dir, sha256_file
+from edgeseg.files import check_writable_dir
 from edgeseg.split import SplitRecord
 
 if TYPE_CHECKING:
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeseg.parity import ParityReport
+    from edgeseg.quantize import Int8Choice
 
 DEFAULT_OPSET = 20  # torch's default; onnx.reference runs the int8 QDQ graph only from opset 19
 IR_VERSION = 10  # onnx 1.23 would write IR 11+; onnxruntime 1.31 and TensorRT 10 read 10
@@ -75,7 +76,7 @@ class ExportReport:
 
     checkpoint: Path
     files: dict[str, Path] = field(default_factory=dict)  # precision -> file (fp32/fp16/int8/trt)
-    int8: dict[str, Any] = field(default_factory=dict)  # calibration choice, ΔmIoU, latencies
+    int8: Int8Choice | None = None  # calibration choice, ΔmIoU, latencies
     parity: ParityReport | None = None
     next_commands: list[str] = field(default_factory=list)
     triton: list[Any] = field(default_factory=list)  # edgeseg.triton.TritonModel, one per served model
@@ -210,17 +211,17 @@ def export_onnx(
     Returns:
         The written path.
     """
-    from edgeseg.model import inference_form, load_checkpoint
+    from edgeseg.model import Checkpoint, inference_form
 
-    checkpoint = Path(checkpoint)
     if opset < 17:
         raise EdgesegError(f"opset {opset}: edgeseg exports need opset >= 17")
-    out_path = Path(out_path) if out_path else ArtifactPaths.of(checkpoint).onnx()
-    model, ckpt = load_checkpoint(checkpoint)
+    loaded = Checkpoint.load(checkpoint)
+    model, ckpt = loaded.model, loaded.state
+    out_path = Path(out_path) if out_path else ArtifactPaths.of(loaded.path).onnx()
     proto = _to_onnx(inference_form(model) if fuse else model, opset, model.config.min_size)
     if simplify:
         proto = _simplify(proto)
-    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)), **_qc_ranges(proto, ckpt)})
+    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, loaded.sha256), **_qc_ranges(proto, ckpt)})
     return save_onnx(proto, out_path)
 
 
@@ -255,12 +256,13 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         gate is ``report.parity.passed``; :func:`run_export` turns a failure into an error.
     """
     from edgeseg.artifacts import find_latest_checkpoint
-    from edgeseg.model import load_checkpoint
+    from edgeseg.model import Checkpoint
     from edgeseg.parity import ParityConfig, load_eval_data, size_table, validate
 
     config = config or ExportConfig()
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint()
-    profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
+    loaded = Checkpoint.load(checkpoint)  # loaded and hashed once, for every step below
+    profile = _trt_profile(loaded, config) if config.trt else None  # fail fast, before work
     paths = ArtifactPaths.of(checkpoint, config.out)
     if config.triton is not None:  # fail fast: tritonclient missing, or a folder that is not ours
         from edgeseg.triton import check_repository
@@ -271,10 +273,10 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         )
     check_writable_dir(paths.folder, "--out" if config.out else "the checkpoint's folder")
     report = ExportReport(
-        checkpoint, {"fp32": export_onnx(checkpoint, paths.onnx("fp32"), config.opset, config.simplify, config.fuse)}
+        checkpoint, {"fp32": export_onnx(loaded, paths.onnx("fp32"), config.opset, config.simplify, config.fuse)}
     )
-    model, ckpt = load_checkpoint(checkpoint)
-    data = load_eval_data(ckpt, config.data) if (config.int8 or config.validate) else None
+    model = loaded.model
+    data = load_eval_data(loaded.state, config.data) if (config.int8 or config.validate) else None
     if config.fp16:
         from edgeseg.quantize import convert_fp16
 
@@ -290,8 +292,8 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         report.files["trt"] = _build_trt(report, paths, profile, data)
     if config.validate:
         parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
-        report.parity = validate(list(report.files.values()), checkpoint, config=parity, eval_data=data)
-        report.parity.extra.update(export=_config_json(config), int8=report.int8)
+        report.parity = validate(list(report.files.values()), loaded, config=parity, eval_data=data)
+        report.parity.extra.update(export=_config_json(config), int8=asdict(report.int8) if report.int8 else {})
         report.parity.write(paths.parity)
     if config.triton is not None and (report.parity is None or report.parity.passed):
         from edgeseg.triton import TritonConfig, write_model_repository
@@ -305,13 +307,12 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     return report
 
 
-def _trt_profile(checkpoint: Path, config: ExportConfig) -> Any:
-    """Check that TensorRT can run here and parse the profile options."""
-    from edgeseg.model import load_checkpoint
+def _trt_profile(loaded: Any, config: ExportConfig) -> Any:
+    """Check that TensorRT can run here and parse the profile options (``loaded``: a model.Checkpoint)."""
     from edgeseg.tensorrt import make_profile, require_tensorrt
 
     require_tensorrt()
-    min_size = load_checkpoint(checkpoint)[0].config.min_size
+    min_size = loaded.model.config.min_size
     return make_profile(config.trt_min, config.trt_opt, config.trt_max, min_size)
 
 
@@ -327,8 +328,8 @@ def _build_trt(report: ExportReport, paths: dict[str, Path], profile: Any, data:
         sym = quantize_int8(
             paths.onnx("fp32"),
             Path(tmp) / f"{paths.onnx('int8').stem}_trt.onnx",
-            calibration_set(data.train_images, report.int8["calib_slices"]),
-            report.int8["method"],
+            calibration_set(data.train_images, report.int8.calib_slices),
+            report.int8.method,
             symmetric=True,
         )
         return build_engine(sym, paths.engine, profile)
@@ -373,12 +374,12 @@ def run_export(checkpoint: Path | None, config: ExportConfig) -> ExportReport:
     return report
 
 
-def _print_int8(console: Any, int8: dict[str, Any]) -> None:
-    tried = ", ".join(f"{k} {v['worst_d_miou']:.4f}" for k, v in int8["candidates"].items())
-    lat = int8["latency_ms"]
+def _print_int8(console: Any, int8: Int8Choice) -> None:
+    tried = ", ".join(f"{k} {v.worst_d_miou:.4f}" for k, v in int8.candidates.items())
+    lat = int8.latency_ms
     console.print(
-        f"int8: chose {int8['method']} calibration, {'7' if int8['reduce_range'] else '8'}-bit"
-        f" weights, by worst |ΔmIoU| over 3 sizes ({tried}); {int8['calib_inputs']} calibration"
-        f" inputs from {int8['calib_slices']} training slices; CPU latency 1x394x394: int8"
+        f"int8: chose {int8.method} calibration, {'7' if int8.reduce_range else '8'}-bit"
+        f" weights, by worst |ΔmIoU| over 3 sizes ({tried}); {int8.calib_inputs} calibration"
+        f" inputs from {int8.calib_slices} training slices; CPU latency 1x394x394: int8"
         f" {lat['int8']:.1f} ms vs fp32 {lat['fp32']:.1f} ms"
     )

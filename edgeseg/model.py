@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgeseg.errors import EdgesegError, describe
-from edgeseg.files import atomic_write
+from edgeseg.files import atomic_write, sha256_file
 
 MIN_SIZE = 16  # three 2x poolings need at least 2 pixels at the bottom level
 NORM_EPS = 1e-6  # keeps a constant (all-zero) slice finite after normalisation
@@ -321,6 +321,25 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[UNe
     except RuntimeError as exc:
         raise EdgesegError(f"{path}: weights do not fit the stored model config: {exc}") from exc
     return model.to(device).eval(), ckpt
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint loaded once, with its file's SHA-256: what export, validation and the model
+    card share instead of each loading and hashing the file again."""
+
+    path: Path
+    model: UNet
+    state: dict[str, Any]
+    sha256: str
+
+    @classmethod
+    def load(cls, path: Path | Checkpoint) -> Checkpoint:
+        """``path`` loaded (weights only) and hashed; an already loaded one is returned as it is."""
+        if isinstance(path, Checkpoint):
+            return path
+        model, state = load_checkpoint(Path(path))
+        return cls(Path(path), model, state, sha256_file(Path(path)))
 
 
 def checkpoint_model_config(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> dict[str, Any]:

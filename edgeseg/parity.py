@@ -35,6 +35,9 @@ from edgeseg.runtime import PROVIDERS, Runner, RunnerSpec, open_runner, probe, r
 from edgeseg.split import HeldOut, checkpoint_split, size_batches
 
 if TYPE_CHECKING:
+    from edgeseg.model import Checkpoint
+    from edgeseg.quantize import Fp16Check
+
     pass
 
 FORMAT = "edgeseg-parity-v1"
@@ -117,7 +120,7 @@ class ParityReport:
     config: dict[str, Any]
     rows: list[ParityRow] = field(default_factory=list)
     reference_evaluator: dict[str, Any] = field(default_factory=dict)  # per model file
-    fp16_activations: dict[str, Any] = field(default_factory=dict)  # PyTorch .half() check
+    fp16_activations: Fp16Check | None = None  # PyTorch .half() check
     skipped: dict[str, str] = field(default_factory=dict)  # provider -> why not run
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. int8 calibration, latencies
 
@@ -143,7 +146,7 @@ class ParityReport:
             "config": self.config,
             "rows": [asdict(r) for r in self.rows],
             "reference_evaluator": self.reference_evaluator,
-            "fp16_activations": self.fp16_activations,
+            "fp16_activations": asdict(self.fp16_activations) if self.fp16_activations else {},
             "skipped_providers": self.skipped,
             **self.extra,
         }
@@ -242,7 +245,7 @@ def find_checkpoint(model_path: Path, sha256: str) -> Path:
 
 def validate(
     models: Path | list[Path],
-    ckpt: Path | None = None,
+    ckpt: Path | Checkpoint | None = None,
     data: Path | None = None,
     config: ParityConfig | None = None,
     eval_data: HeldOut | None = None,
@@ -251,7 +254,8 @@ def validate(
 
     Args:
         models: one or more edgeseg ONNX files exported from the same checkpoint.
-        ckpt: the checkpoint; default the ``X.pt`` beside ``X.onnx`` (hash-checked).
+        ckpt: the checkpoint (a path, or one already loaded); default the ``X.pt`` beside
+            ``X.onnx`` (hash-checked).
         data: a tutorial-layout dataset to validate on (its slab split's test slices);
             default the checkpoint's held-out slices, or the demo set.
         config: sizes, providers, gates; default :class:`ParityConfig`.
@@ -260,23 +264,19 @@ def validate(
     Returns:
         The report; ``report.passed`` is the gate, ``report.failures`` names failed checks.
     """
-    from edgeseg.files import sha256_file
-    from edgeseg.model import load_checkpoint
+    from edgeseg.model import Checkpoint, reference_logits
 
     config = config or ParityConfig()
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
     infos = [_model_info(p) for p in paths]
-    ckpt = Path(ckpt) if ckpt else find_checkpoint(paths[0], infos[0].checkpoint_sha256)
-    sha = sha256_file(ckpt)
+    loaded = Checkpoint.load(ckpt or find_checkpoint(paths[0], infos[0].checkpoint_sha256))
+    ckpt, sha, model, state = loaded.path, loaded.sha256, loaded.model, loaded.state
     for info in infos:
         if info.checkpoint_sha256 and info.checkpoint_sha256 != sha:
             raise EdgesegError(
                 f"{info.path}: exported from checkpoint {info.checkpoint_sha256[:12]}…, not"
                 f" {ckpt} ({sha[:12]}…); pass the matching --ckpt"
             )
-    from edgeseg.model import reference_logits
-
-    model, state = load_checkpoint(ckpt)
     eval_data = eval_data or load_eval_data(state, data)
     report = ParityReport(str(ckpt), sha, eval_data.source, _config_json(config))
     rows = size_batches(eval_data, config.sizes)

@@ -26,12 +26,14 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.measure import latency_stats, time_runs
 
 if TYPE_CHECKING:
     import onnx
@@ -253,6 +255,41 @@ def _quantize(
     )
 
 
+@dataclass
+class Int8Candidate:
+    """One calibration method x weight range, scored against the PyTorch model."""
+
+    d_miou: dict[str, float]  # ΔmIoU per held-out size ("394x394", "256x257", "64x64")
+    worst_d_miou: float  # the largest |ΔmIoU|: what the choice minimises
+    agreement: float  # pooled share of labels equal to PyTorch's
+    seconds: float  # to calibrate and score
+
+
+@dataclass
+class Int8Choice:
+    """What :func:`choose_int8` tried and kept (also in parity.json as ``int8``)."""
+
+    method: str  # the calibration method kept
+    reduce_range: bool  # 7-bit weights
+    calib_slices: int
+    calib_inputs: int  # slices plus crops
+    candidates: dict[str, Int8Candidate]  # "minmax/7bit" -> its scores
+    latency_ms: dict[str, float]  # "fp32" and "int8", ORT CPU p50 at 1x394x394
+
+
+@dataclass
+class Fp16Check:
+    """PyTorch float16 run of the model (normalisation in float32): the real fp16 error."""
+
+    slices: int
+    max_activation: float
+    max_activation_layer: str
+    headroom: float  # 65504 / max |activation|
+    max_abs_logit_diff: float
+    agreement: float
+    finite: bool
+
+
 def choose_int8(
     src: Path,
     dst: Path,
@@ -278,13 +315,13 @@ def choose_int8(
         threads: ORT threads for scoring and timing.
 
     Returns:
-        ``{"method", "reduce_range", "calib_slices", "candidates": {"minmax/rr": {...}},
-        "latency_ms": {"fp32", "int8"}}``.
+        The :class:`Int8Choice`: every candidate's scores, the one kept, and the latencies.
     """
     methods = CALIB_METHODS if method == "auto" else (method,)
     calib_images = calibration_set(data.train_images, calib)
     rows = _score_rows(data, model)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Int8Candidate] = {}
+    files: dict[str, Path] = {}
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".edgeseg-calib-", dir=Path(dst).parent) as tmp:
         for name in methods:
@@ -298,23 +335,20 @@ def choose_int8(
                     reduce_range=rr,
                     cache=Path(tmp) / f"{name}.json",
                 )
-                results[key] = {
-                    **_score(path, rows, threads),
-                    "file": path.name,
-                    "seconds": round(time.perf_counter() - start, 1),
-                }
-        best = min(results, key=lambda k: (results[k]["worst_d_miou"], -results[k]["agreement"]))
-        os.replace(Path(tmp) / results[best].pop("file"), dst)  # same folder: atomic rename
-    for r in results.values():
-        r.pop("file", None)
-    return {
-        "method": best.split("/")[0],
-        "reduce_range": best.endswith("7bit"),
-        "calib_slices": calib,
-        "calib_inputs": len(calib_images),
-        "candidates": results,
-        "latency_ms": {"fp32": cpu_latency_ms(src, threads), "int8": cpu_latency_ms(dst, threads)},
-    }
+                files[key] = path
+                results[key] = Int8Candidate(
+                    **_score(path, rows, threads), seconds=round(time.perf_counter() - start, 1)
+                )
+        best = min(results, key=lambda k: (results[k].worst_d_miou, -results[k].agreement))
+        os.replace(files[best], dst)  # same folder: atomic rename
+    return Int8Choice(
+        method=best.split("/")[0],
+        reduce_range=best.endswith("7bit"),
+        calib_slices=calib,
+        calib_inputs=len(calib_images),
+        candidates=results,
+        latency_ms={"fp32": cpu_latency_ms(src, threads), "int8": cpu_latency_ms(dst, threads)},
+    )
 
 
 def _score_rows(data: HeldOut, model: Any) -> list[dict[str, Any]]:
@@ -351,19 +385,14 @@ def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...
 
     runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     x = np.random.default_rng(0).gamma(2.0, 300.0, shape).astype(np.float32)
-    runner.run(x)
-    times = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        runner.run(x)
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 2)
+    times = time_runs(runner.run, x, warmup=1, runs=LATENCY_RUNS, min_runs=LATENCY_RUNS)
+    return round(latency_stats(times)["p50"], 2)
 
 
 # ----------------------------------------------------------------------------- fp16 check
 
 
-def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, Any]:
+def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> Fp16Check:
     """PyTorch CPU float16 run (normalisation in float32, as in the fp16 ONNX): real fp16 error.
 
     ORT on x86 CPU turns an fp16 model's weights back to float32 (onnxruntime#16778), so
@@ -399,15 +428,15 @@ def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, An
     ref = reference_logits(model, inputs)
     finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])
     agree = np.mean(np.concatenate([(a.argmax(1) == b.argmax(1)).ravel() for a, b in zip(logits16, ref, strict=True)]))
-    return {
-        "slices": int(sum(len(x) for x in inputs)),
-        "max_activation": peak["value"],
-        "max_activation_layer": peak["layer"],
-        "headroom": FP16_MAX / max(peak["value"], 1e-30),
-        "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
-        "agreement": float(agree),
-        "finite": bool(finite),
-    }
+    return Fp16Check(
+        slices=int(sum(len(x) for x in inputs)),
+        max_activation=peak["value"],
+        max_activation_layer=peak["layer"],
+        headroom=FP16_MAX / max(peak["value"], 1e-30),
+        max_abs_logit_diff=float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
+        agreement=float(agree),
+        finite=bool(finite),
+    )
 
 
 def _fp32_normalize(normalize: torch.nn.Module) -> torch.nn.Module:

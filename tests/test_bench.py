@@ -36,7 +36,7 @@ from edgeseg.bench import (
     select_targets,
     why_not_here,
 )
-from edgeseg.bench_report import table_rows, to_markdown
+from edgeseg.bench_report import compute_ratios, table_rows, to_markdown
 from edgeseg.measure import (
     count_macs,
     latency_stats,
@@ -44,7 +44,7 @@ from edgeseg.measure import (
     run_child,
     time_runs,
 )
-from edgeseg.metrics import compare, score
+from edgeseg.metrics import score
 from edgeseg.runtime import RunnerSpec, SessionLevers, open_runner
 from edgeseg.split import SplitRecord, held_out
 
@@ -332,10 +332,10 @@ def test_compare_and_noise_warnings() -> None:
         _row("ov", "openvino", "fp32", 100, 0.90),
     ]
     targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu") for r in rows}
-    ratios = compare(rows, targets)
-    assert ratios["best_cpu"] == "int8"
-    assert ratios["vs_eager"] == pytest.approx(0.25) and ratios["vs_openvino"] == 0.5
-    assert ratios["delta_miou_pt"] == pytest.approx(-0.4)
+    ratios = compute_ratios(rows, targets)
+    assert ratios.best_cpu == "int8"
+    assert ratios.vs_eager == pytest.approx(0.25) and ratios.vs_openvino == 0.5
+    assert ratios.delta_miou_pt == pytest.approx(-0.4)
     warnings = noise_warnings(rows, 0.1, {"load_avg_end": [3.0], "cores": 2})
     assert len(warnings) == 1 and warnings[0].startswith("e: latency CV 20%")
 
@@ -345,9 +345,9 @@ def test_compare_c_with_python_openvino(with_ort: bool) -> None:
     rows = [_row("ov", "openvino", "fp32", 100, 0.90), _row("c", "c-openvino", "fp32", 90, 0.90)]
     rows += [_row("fp32", "cpu", "fp32", 80, 0.90)] if with_ort else []
     targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu") for r in rows}
-    ratios = compare(rows, targets)
-    assert ratios["c_vs_python_openvino"] == pytest.approx(0.9) and ratios["c_p50_ms"] == 90
-    assert ("best_cpu" in ratios) is with_ort  # the C ratio does not need an ORT row
+    ratios = compute_ratios(rows, targets)
+    assert ratios.c_vs_python_openvino == pytest.approx(0.9) and ratios.c_p50_ms == 90
+    assert (ratios.best_cpu is not None) is with_ort  # the C ratio does not need an ORT row
 
 
 def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path, tiny_dataset: tuple[Path, list[str]]) -> None:
