@@ -248,6 +248,12 @@ class ArtifactPaths:
             raise EdgesegError(f"precision {precision!r}: an ONNX file is one of {', '.join(PRECISIONS)}")
         return self.folder / f"{self.stem}{_SUFFIX[precision]}.onnx"
 
+    def pte(self, precision: str = "fp32") -> Path:
+        """``X.pte`` or ``X_int8.pte`` (ExecuTorch, ``edgeseg export --executorch``)."""
+        if precision not in ("fp32", "int8"):
+            raise EdgesegError(f"precision {precision!r}: an ExecuTorch file is fp32 or int8")
+        return self.folder / f"{self.stem}{_SUFFIX[precision]}.pte"
+
     @property
     def engine(self) -> Path:
         return self.folder / f"{self.stem}.engine"

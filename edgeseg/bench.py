@@ -48,7 +48,7 @@ from edgeseg.split import HeldOut, SplitRecord, held_out
 
 DEFAULT_TARGETS = SHIPPED_TARGETS
 PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "c-openvino", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # bf16: OpenVINO on the fp32 file
 VOLUME_SLICES = 200  # a clinical volume, as in the issue's budgets
 
 
@@ -68,6 +68,7 @@ class BenchConfig:
     rss: bool = True  # peak RSS from a separate inference process
     peak_size: int = 2048  # side of the square sgemm that measures the matmul peak
     cv_warn: float = 0.10  # coefficient of variation above which the machine is called noisy
+    tuned: bool = True  # with --target all, add a row per candidate of a MODEL.deploy.json tuned here
 
 
 # ----------------------------------------------------------------------------- targets
@@ -138,7 +139,29 @@ def model_file(model: Path, target: Target) -> Path:
         if target.precision == "int8" or (read_json(paths.sidecar) or {}).get("precision") == target.precision:
             return paths.engine
         return paths.onnx()
-    return paths.onnx(target.precision)
+    return paths.onnx("fp32" if target.precision == "bf16" else target.precision)
+
+
+def tuned_targets(model: Path) -> list[Target]:
+    """One target per candidate that ``edgeseg tune`` ran on this machine (``MODEL.deploy.json``);
+    none without a deploy file, or for one tuned elsewhere."""
+    from edgeseg.deploy import read_plan
+    from edgeseg.machine import fingerprint
+
+    try:
+        plan = read_plan(model)
+    except EdgesegError:
+        return []
+    if not plan.machine.matches(fingerprint()):
+        return []
+    provider = {"ort": "cpu", "openvino": "openvino"}
+    return [
+        Target(
+            f"tuned {c.name}", provider[c.backend], c.precision, 1, c.threads, description=f"edgeseg tune: {c.label}"
+        )
+        for c in plan.candidates
+        if c.role == "candidate" and c.status == "ok" and c.backend in provider
+    ]
 
 
 def runner_spec(target: Target, path: Path) -> RunnerSpec:
@@ -148,9 +171,9 @@ def runner_spec(target: Target, path: Path) -> RunnerSpec:
     if target.provider == "tensorrt" and path.suffix == ".engine":
         backend = "tensorrt-engine"
     device = target.provider if backend == "ort" else "cpu"
-    # OpenVINO runs the file's own precision (int8 from QDQ) with f32 elsewhere, never its bf16 default.
-    precision = "fp32" if backend == "openvino" else target.precision
-    return RunnerSpec(backend, device, precision, target.threads, target.batch)
+    # OpenVINO gets an explicit hint (edgeseg.openvino_backend): int8 from QDQ with f32 elsewhere,
+    # bf16 only where asked (and the CPU has it), never its own bf16 default.
+    return RunnerSpec(backend, device, target.precision, target.threads, target.batch)
 
 
 def why_not_here(target: Target, path: Path) -> str | None:
@@ -158,6 +181,13 @@ def why_not_here(target: Target, path: Path) -> str | None:
     machine = platform.machine().lower()
     if target.arch and target.arch.lower() not in (machine, {"arm64": "aarch64"}.get(machine)):
         return f"profile for {target.arch}; this machine is {machine} (run it on the device)"
+    if target.precision == "bf16" and target.provider != "openvino":
+        return "bf16 runs on OpenVINO only (provider = openvino)"
+    if target.precision == "bf16":
+        from edgeseg.machine import fingerprint
+
+        if not fingerprint().has_bf16:
+            return f"OpenVINO bf16 needs AVX512-BF16 or AMX; this CPU ({fingerprint().cpu}) has neither"
     if not path.is_file():
         hint = {
             ".pt": "train and export the checkpoint",
@@ -328,6 +358,8 @@ def run_bench(
     model = Path(model)
     read_model_info(model)  # a clear error for a missing or foreign file, before any work
     chosen = select_targets(load_targets(config.targets_file), target)
+    if config.tuned and target == "all":
+        chosen += tuned_targets(model)
     report = BenchReport(str(model), machine_info(), jsonable(asdict(config)), [])
     ctx = _Context(model, config)
     for t in chosen:

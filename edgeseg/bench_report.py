@@ -9,7 +9,6 @@ measured in the same run (:func:`compute_ratios`), and noise warnings (:func:`no
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ class Target:
     arch: str = ""  # CPU architecture the profile is for ("aarch64"); "" = any
     p99_ms: float | None = None  # budget: p99 latency of one inference (a slice waits for it)
     volume_s: float | None = None  # budget: seconds for a 200-slice volume
+    rss_mb: float | None = None  # budget: peak RSS (MB) of the inference process; `edgeseg tune` picks what fits
     description: str = ""  # what the profile stands for
     reference: bool = False  # a peer (eager, OpenVINO) that the others are compared with
 
@@ -122,6 +122,13 @@ def _num(value: float | None, fmt: str = "") -> str:
     return f"{value:.0f}" if abs(value) >= 100 else f"{value:.{2 - (abs(value) >= 10)}f}"
 
 
+def _precision(r: Result) -> str:
+    """The precision that really ran, and what was asked where the two differ ("int8 (asked fp32)")."""
+    if not r.ran_precision or r.ran_precision == r.precision:
+        return r.precision
+    return f"{r.ran_precision} (asked {r.precision})"
+
+
 def table_rows(report: BenchReport) -> list[list[str]]:
     """The table as strings, one row per target, in :data:`HEADER` order."""
     rows = []
@@ -136,7 +143,7 @@ def table_rows(report: BenchReport) -> list[list[str]]:
             [
                 r.target,
                 r.backend or r.provider,
-                r.precision,
+                _precision(r),
                 str(r.batch),
                 r.threads,
                 STATUS[r.status],
@@ -168,12 +175,12 @@ def report_notes(report: BenchReport) -> list[str]:
     )
     macs = m.get("macs_per_slice")
     notes.append(
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}; load average"
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, {' '.join(m.get('flags', []))}; load average"
         f" {m['load_avg_start'][0]:.1f} -> {m.get('load_avg_end', [0])[0]:.1f};"
         f" matmul peak {peaks or 'not measured'};"
         f" model {macs / 1e9:.3g} GMAC per {report.config['size']}² slice"
         if macs
-        else f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}"
+        else f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, {' '.join(m.get('flags', []))}"
     )
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")
@@ -224,15 +231,12 @@ def to_markdown(report: BenchReport) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, cores, architecture, load average and runtime versions (no heavy imports)."""
+    """CPU model and ISA flags (:mod:`edgeseg.machine`), cores, load average and runtime versions."""
     from importlib.metadata import PackageNotFoundError, version
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from edgeseg.machine import fingerprint
+
+    here = fingerprint()
     versions = {}
     for dist in ("onnxruntime-gpu", "onnxruntime", "openvino", "torch", "numpy"):
         try:
@@ -241,19 +245,21 @@ def machine_info() -> dict[str, Any]:
             continue
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "arch": platform.machine(),
+        **here.to_json(),
         "load_avg_start": [round(v, 2) for v in load],
         "versions": versions,
     }
 
 
 def compute_ratios(results: list[Result], targets: dict[str, Target]) -> Ratios:
-    """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO, C vs Python OpenVINO, at batch 1."""
+    """The issue's ratios: the best CPU row (ONNX Runtime, or OpenVINO as `edgeseg tune` runs it) vs the
+    eager and OpenVINO peers, C vs Python OpenVINO, at batch 1."""
     ok = [r for r in results if r.status == "ok" and r.batch == 1]
-    ours = [r for r in ok if r.provider == "cpu" and not targets[r.target].reference]
-    fp32_of = {p: next((r for r in ok if r.provider == p and r.precision == "fp32"), None) for p in PEERS}
+    ours = [r for r in ok if r.provider in ("cpu", "openvino") and not targets[r.target].reference]
+    peer = {r.target for r in ok if targets[r.target].reference or r.provider == "cpu"}  # not a tuned OpenVINO row
+    fp32_of = {
+        p: next((r for r in ok if r.provider == p and r.precision == "fp32" and r.target in peer), None) for p in PEERS
+    }
     c, py = fp32_of["c-openvino"], fp32_of["openvino"]
     out = Ratios()
     if c and py:  # libedgeseg (c-openvino) over OpenVINO's Python API, both fp32

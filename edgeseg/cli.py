@@ -51,6 +51,10 @@ DataOpt = Annotated[
     Path | None,
     typer.Option("--data", help="Dataset root in the tutorial layout (MRIs/, Segmentations/)."),
 ]
+TargetsOpt = Annotated[
+    Path | None,
+    typer.Option("--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml."),
+]
 
 
 class Preset(str, Enum):
@@ -214,6 +218,12 @@ class Provider(str, Enum):
     tensorrt = "tensorrt"
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    ort = "ort"
+    openvino = "openvino"
+
+
 class SegFormat(str, Enum):
     nifti = "nifti"
     dicom_seg = "dicom-seg"
@@ -232,11 +242,15 @@ def infer_cmd(
     out: Annotated[Path, typer.Option("--out", help="Output folder; mirrors the input tree, gets summary.csv.")] = Path(
         "segmentations"
     ),
+    backend: Annotated[
+        Backend,
+        typer.Option(help="auto: the pick of `edgeseg tune` (MODEL.deploy.json) on this machine, else ort fp32."),
+    ] = Backend.auto,
     provider: Annotated[
-        Provider, typer.Option(help="auto: TensorRT > CUDA > CPU, whichever really works.")
+        Provider, typer.Option(help="ONNX Runtime: auto = TensorRT > CUDA > CPU, whichever really works.")
     ] = Provider.auto,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="onnxruntime intra-op threads; default one per core.")
+        int | None, typer.Option(min=1, help="Intra-op threads; default one per core (or the tuned setting).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Slices per model call.")] = 8,
     axis: Annotated[
@@ -292,6 +306,7 @@ def infer_cmd(
     config = InferConfig(
         model=model,
         out=out,
+        backend=backend.value,
         provider=provider.value,
         threads=threads,
         batch_size=batch_size,
@@ -311,6 +326,43 @@ def infer_cmd(
         raise EdgesegError(f"{report.failed} of {total} scans failed; see the lines above and {report.summary}")
 
 
+@app.command("tune")
+def tune_cmd(
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="fp32 ONNX model; its _fp16/_int8/.pt siblings are tried too. Default: the shipped one."),
+    ] = None,
+    target: Annotated[str, typer.Option(help="Target whose threads cap and RSS budget apply.")] = "edge-x86",
+    runs: Annotated[int, typer.Option(min=1, help="Timed inferences per candidate at most.")] = 30,
+    max_seconds: Annotated[
+        float, typer.Option("--max-seconds", min=0.0, help="Stop timing a candidate after this long (>= 5 runs).")
+    ] = 8.0,
+    slices: Annotated[int, typer.Option(min=1, help="Held-out slices for ΔmIoU against ONNX Runtime fp32.")] = 8,
+    threads: Annotated[
+        str | None, typer.Option(help="Comma-separated thread settings; default 1 and all cores.")
+    ] = None,
+    peers: Annotated[
+        bool, typer.Option("--peers/--no-peers", help="Also time eager PyTorch and OpenVINO's defaults.")
+    ] = True,
+    targets: TargetsOpt = None,
+    data: DataOpt = None,
+) -> None:
+    """Time every gated backend x precision x threads here, each in its own process; write MODEL.deploy.json."""
+    from edgeseg.tune import TuneConfig, parse_threads, run_tune
+
+    config = TuneConfig(
+        target=target,
+        targets_file=targets,
+        runs=runs,
+        max_seconds=max_seconds,
+        slices=slices,
+        threads=parse_threads(threads),
+        peers=peers,
+        data=data,
+    )
+    run_tune(model, config)
+
+
 @app.command("bench")
 def bench_cmd(
     model: Annotated[
@@ -323,10 +375,7 @@ def bench_cmd(
     target: Annotated[str, typer.Option(help="A target from the targets file, or all.")] = "all",
     json_path: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
     markdown: Annotated[Path | None, typer.Option("--markdown", help="Also write the table as markdown.")] = None,
-    targets: Annotated[
-        Path | None,
-        typer.Option("--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml."),
-    ] = None,
+    targets: TargetsOpt = None,
     runs: Annotated[int, typer.Option(min=1, help="Timed inferences per target at most.")] = 50,
     max_seconds: Annotated[
         float, typer.Option("--max-seconds", min=0.0, help="Stop timing a target after this long (>= 5 runs).")
@@ -389,6 +438,12 @@ def export_cmd(
     triton: Annotated[
         Path | None, typer.Option("--triton", help="Also write a Triton model repository here (edgeseg[triton]).")
     ] = None,
+    executorch: Annotated[
+        bool,
+        typer.Option(
+            "--executorch", help="Also write X.pte and X_int8.pte for ExecuTorch/XNNPACK (edgeseg[executorch])."
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint to ONNX (fp32; fp16/int8/TensorRT by flag) and gate on parity."""
     from edgeseg.export import ExportConfig, run_export
@@ -411,6 +466,7 @@ def export_cmd(
         slices=slices,
         size_slices=size_slices,
         triton=triton,
+        executorch=executorch,
     )
     run_export(checkpoint, config)
 

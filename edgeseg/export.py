@@ -68,6 +68,7 @@ class ExportConfig:
     size_slices: int = 4  # held-out slices compared at each other size of the table
     providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")  # parity candidates, if they work
     triton: Path | None = None  # also write a Triton model repository here (edgeseg[triton])
+    executorch: bool = False  # also write X.pte and X_int8.pte for ExecuTorch/XNNPACK (edgeseg[executorch])
 
 
 @dataclass
@@ -85,24 +86,6 @@ class ExportReport:
 # ----------------------------------------------------------------------------- fp32
 
 
-def _export_module(model: torch.nn.Module) -> torch.nn.Module:
-    """Wrap the UNet so the graph returns ``(logits, labels)`` with labels = argmax as uint8."""
-    import copy
-
-    import torch
-
-    class WithLabels(torch.nn.Module):
-        def __init__(self, net: torch.nn.Module) -> None:
-            super().__init__()
-            self.net = copy.deepcopy(net)
-
-        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self.net(image)  # (N, C, H, W)
-            return logits, logits.argmax(dim=1).to(torch.uint8)  # (N, H, W)
-
-    return WithLabels(model).eval()
-
-
 def _to_onnx(model: torch.nn.Module, opset: int, min_size: int) -> onnx.ModelProto:
     """torch.onnx.export (dynamo) with named symbolic N, H, W; returns the in-memory proto."""
     import logging
@@ -110,13 +93,15 @@ def _to_onnx(model: torch.nn.Module, opset: int, min_size: int) -> onnx.ModelPro
     import torch
     from torch.export import Dim
 
+    from edgeseg.model import with_labels
+
     example = torch.zeros(2, model.config.in_channels, 2 * min_size + 1, 2 * min_size + 3)
     dims = {0: Dim("N", min=1), 2: Dim("H", min=min_size), 3: Dim("W", min=min_size)}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # torchvision-op notices
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            _export_module(model),
+            with_labels(model),
             (example,),
             input_names=["image"],
             output_names=["logits", "labels"],
@@ -263,6 +248,10 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint()
     loaded = Checkpoint.load(checkpoint)  # loaded and hashed once, for every step below
     profile = _trt_profile(loaded, config) if config.trt else None  # fail fast, before work
+    if config.executorch:  # fail fast: ExecuTorch missing
+        from edgeseg.executorch_export import require_executorch
+
+        require_executorch()
     paths = ArtifactPaths.of(checkpoint, config.out)
     if config.triton is not None:  # fail fast: tritonclient missing, or a folder that is not ours
         from edgeseg.triton import check_repository
@@ -276,7 +265,7 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         checkpoint, {"fp32": export_onnx(loaded, paths.onnx("fp32"), config.opset, config.simplify, config.fuse)}
     )
     model = loaded.model
-    data = load_eval_data(loaded.state, config.data) if (config.int8 or config.validate) else None
+    data = load_eval_data(loaded.state, config.data) if (config.int8 or config.validate or config.executorch) else None
     if config.fp16:
         from edgeseg.quantize import convert_fp16
 
@@ -290,6 +279,10 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         report.files["int8"] = paths.onnx("int8")
     if profile is not None:
         report.files["trt"] = _build_trt(report, paths, profile, data)
+    if config.executorch:
+        from edgeseg.executorch_export import export_executorch
+
+        report.files.update(export_executorch(model, paths.onnx("fp32"), data.train_images, config.calib))
     if config.validate:
         parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
         report.parity = validate(list(report.files.values()), loaded, config=parity, eval_data=data)
@@ -337,7 +330,7 @@ def _build_trt(report: ExportReport, paths: dict[str, Path], profile: Any, data:
 
 def next_commands(report: ExportReport) -> list[str]:
     """The ready-to-run commands printed after an export."""
-    onnx_files = " ".join(str(p) for k, p in report.files.items() if k != "trt")
+    onnx_files = " ".join(str(p) for p in report.files.values() if p.suffix == ".onnx")
     return [
         f"edgeseg validate {onnx_files} --ckpt {report.checkpoint}",
         f"edgeseg infer SCAN.nii.gz --model {report.files['fp32']}",

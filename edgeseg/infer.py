@@ -51,6 +51,8 @@ from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import SUPPORTED, discover_scans
 from edgeseg.segment import FETCHED, FORMATS, InferConfig, InferReport, Segmenter
 
+BACKENDS = ("auto", "ort", "openvino")  # --backend
+
 
 def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> InferReport:
     """Segment every scan under ``inputs``; see the module docstring.
@@ -86,22 +88,28 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
                 + "; nothing to segment"
             )
         raise EdgesegError(f"{', '.join(map(str, inputs))}: no scans found; expected {SUPPORTED}")
+    note = ""
     with ExitStack() as stack:
         if config.cluster:  # scans go to Dask workers, which build their own sessions
             from edgeseg.cluster import ClusterRunner, connect
 
             runner_type, (session, provider) = ClusterRunner, stack.enter_context(connect(config))
         else:
-            net = open_runner(
-                model, RunnerSpec("ort", config.provider, "fp32", config.threads or 0, config.batch_size, FETCHED)
-            )
-            runner_type, (session, provider) = Segmenter, (net, net.provider)
+            path, spec, note = choose_runner(model, config)
+            net = open_runner(path, spec)
+            if path != model:  # the tuned pick's own file (e.g. X_int8.onnx): its hash goes in DICOM SEGs
+                info = read_model_info(path)
+            runner_type, (session, provider) = Segmenter, (net, getattr(net, "provider", net.label))
         check_writable_dir(out)
         stack.enter_context(OutLock(out))
         stack.enter_context(warnings.catch_warnings())
         runner = runner_type(session, provider, info, config, out)
         warnings.showwarning = runner.warned  # library warnings become notes of their scan
-        runner.say(f"model {model} ({info.precision}, classes {', '.join(info.class_names)}); running on {provider}")
+        runner.say(
+            f"model {info.path} ({info.precision}, classes {', '.join(info.class_names)}); running on {provider}"
+        )
+        if note:
+            runner.say(note)
         runner.say(_resample_line(info, config.resample))
         if ignored:
             runner.say(_ignored_line(ignored))
@@ -116,6 +124,37 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
         runner.say(_flagged_line(report.flagged), error=True)
     runner.say(_final_line(report))
     return report
+
+
+def choose_runner(model: Path, config: InferConfig) -> tuple[Path, RunnerSpec, str]:
+    """The file and runner ``--backend`` asks for, and a line saying why (empty: nothing to say).
+
+    ``auto`` runs the pick of ``edgeseg tune`` (``MODEL.deploy.json``, :mod:`edgeseg.deploy`)
+    where it was tuned on this machine, else ONNX Runtime fp32 with one line on how to tune.
+    tune measures CPU backends only, so a GPU provider that works here (or is asked for) wins.
+    """
+    from edgeseg.deploy import choose_backend
+    from edgeseg.runtime import resolve_providers
+
+    ort = RunnerSpec("ort", config.provider, "fp32", config.threads or 0, config.batch_size, FETCHED)
+    if config.backend not in BACKENDS:
+        raise EdgesegError(f"--backend {config.backend}: unknown; choose one of {', '.join(BACKENDS)}")
+    if config.backend == "ort":
+        return model, ort, ""
+    cpu = replace(ort, backend="openvino", device="cpu")
+    if config.backend == "openvino":
+        return model, replace(cpu, precision="int8" if read_model_info(model).precision == "int8" else "fp32"), ""
+    if config.provider not in ("auto", "cpu") or len(resolve_providers(config.provider)) > 1:
+        return model, ort, ""
+    choice = choose_backend(model)
+    if not choice.tuned:
+        return model, ort, choice.note
+    spec = replace(
+        cpu if choice.backend == "openvino" else ort,
+        precision=choice.precision,
+        threads=config.threads or choice.threads or 0,
+    )
+    return choice.path, spec, choice.note
 
 
 def _model_path(model: Path | None) -> Path:

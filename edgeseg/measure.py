@@ -96,12 +96,16 @@ def child_main(spec_json: str) -> None:
     print(json.dumps(out))
 
 
-def run_child(spec: dict[str, Any], threads: int, timeout: float = 300) -> dict[str, Any]:
-    """Run :func:`child_main` in a fresh interpreter, BLAS/OpenMP pools sized to ``threads``."""
+def run_child(
+    spec: dict[str, Any], threads: int, timeout: float = 300, module: str = "edgeseg.measure"
+) -> dict[str, Any]:
+    """Run ``module``'s ``child_main`` (default :func:`child_main`) in a fresh interpreter, BLAS/OpenMP
+    pools sized to ``threads``; it prints one JSON line, returned as a dict. A stage above this one
+    (``edgeseg.tune``) passes its own module, so that this module never imports up the pipeline."""
     env = dict(os.environ)
     if threads:
         env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
-    code = "import sys; from edgeseg.measure import child_main; child_main(sys.argv[1])"
+    code = f"import sys; from {module} import child_main; child_main(sys.argv[1])"
     proc = subprocess.run(
         [sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True, env=env, timeout=timeout
     )

@@ -255,6 +255,26 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+class WithLabels(nn.Module):
+    """A model that also returns its labels: ``(N, 1, H, W) -> (logits (N, C, H, W), labels (N, H, W) uint8)``.
+
+    The exported files (ONNX, ExecuTorch) carry the argmax, so a deployment needs no code of ours.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(image)
+        return logits, logits.argmax(dim=1).to(torch.uint8)
+
+
+def with_labels(model: nn.Module) -> WithLabels:
+    """An eval-mode :class:`WithLabels` around a copy of ``model`` (the original is left as it is)."""
+    return WithLabels(copy.deepcopy(model)).eval()
+
+
 def inference_form(model: UNet) -> UNet:
     """A copy of ``model`` in eval mode with every decoder block a :class:`FusedUp` (for export)."""
     fused = copy.deepcopy(model).eval()

@@ -70,9 +70,12 @@ class Gate:
     max_dmiou: float | None = None  # |mIoU(candidate) - mIoU(reference)|, foreground mIoU
 
 
+# One gate per precision, whichever backend runs it (ONNX Runtime, OpenVINO, ExecuTorch): a
+# backend x precision pair that fails its gate is never deployed or picked by `edgeseg tune`.
 GATES = {
     "fp32": Gate(max_logit_rel=1e-4, min_agreement=0.9999, max_dmiou=1e-4),
     "fp16": Gate(min_agreement=0.999, max_dmiou=1e-3),
+    "bf16": Gate(min_agreement=0.999, max_dmiou=1e-3),  # like fp16: 8 mantissa bits, fp32's range
     "int8": Gate(max_dmiou=5e-3),
 }
 
@@ -293,8 +296,16 @@ def validate(
 
 
 def _model_info(path: Path) -> ModelInfo:
-    """ModelInfo of an ONNX file, or of a TensorRT engine from its sidecar's metadata."""
-    return engine_info(path) if path.suffix == ".engine" else read_model_info(path)
+    """ModelInfo of an ONNX file, of a TensorRT engine (its sidecar's metadata) or of an
+    ExecuTorch file (the metadata of ``X.onnx`` beside it; ``X_int8.pte`` is int8)."""
+    if path.suffix == ".engine":
+        return engine_info(path)
+    if path.suffix == ".pte":
+        from dataclasses import replace
+
+        onnx = read_model_info(ArtifactPaths.of(path).onnx())
+        return replace(onnx, path=path, precision="int8" if path.stem.endswith("_int8") else "fp32")
+    return read_model_info(path)
 
 
 def _validate_engine(
@@ -347,9 +358,13 @@ def _append_rows(
 def _validate_file(
     report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]], config: ParityConfig
 ) -> None:
-    """Append one row per working provider x size for one ONNX file (or engine)."""
+    """Append one row per working provider x size for one ONNX file (or engine, or .pte)."""
     if path.suffix == ".engine":
         _validate_engine(report, path, info, rows, config)
+        return
+    if path.suffix == ".pte":  # ExecuTorch's Python runtime (imports torch: export time only)
+        runner = open_runner(path, RunnerSpec("executorch", outputs=("logits", "labels")))
+        _append_rows(report, path, info, rows, runner, runner.label, config)
         return
     for provider in config.providers:
         reason = probe(PROVIDERS[provider]) if provider in PROVIDERS else "unknown provider"

@@ -253,8 +253,7 @@ def create_session(
 
 # ----------------------------------------------------------------------------- runners
 
-BACKENDS = ("ort", "openvino", "c-openvino", "tensorrt-engine", "torch")
-OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}  # ours -> INFERENCE_PRECISION_HINT
+BACKENDS = ("ort", "openvino", "c-openvino", "tensorrt-engine", "torch", "executorch")
 
 
 @dataclass(frozen=True)
@@ -263,7 +262,7 @@ class RunnerSpec:
 
     backend: str = "ort"  # one of BACKENDS
     device: str = "auto"  # ort: auto|cpu|cuda|tensorrt; the others run where they run
-    precision: str = "fp32"  # openvino: the inference precision asked for; tensorrt: fp16 kernels
+    precision: str = "fp32"  # openvino: fp32|bf16|int8|default (edgeseg.openvino_backend); tensorrt: fp16 kernels
     threads: int = 0  # intra-op threads; 0 = the backend's default (one per physical core)
     batch: int = 1  # largest batch that will be run (sizes the TensorRT profile)
     outputs: tuple[str, ...] = ("labels",)  # fetched by run(); labels only is the cheapest
@@ -358,35 +357,35 @@ class OrtRunner(Runner):
 
 
 class OpenVinoRunner(Runner):
-    """OpenVINO's CPU plugin on the same ONNX file, latency hint, synchronous requests.
+    """OpenVINO's CPU plugin on the same ONNX files, latency hint, synchronous requests.
 
-    The precision hint is always explicit: OpenVINO's CPU default is bf16 wherever the CPU
-    has it. ``precision`` is what the compiled model reports it runs.
+    :func:`edgeseg.openvino_backend.openvino_config` turns ``spec.precision`` into an explicit
+    precision hint (OpenVINO's CPU default is bf16 wherever the CPU has it) and refuses bf16 on
+    a CPU without AVX512-BF16 or AMX; an int8 QDQ file runs its quantised convs in u8/i8.
+    ``precision`` and ``label`` are read back from the compiled model's convolutions.
     """
 
     def __init__(self, path: Path, spec: RunnerSpec) -> None:
         try:
             import openvino as ov
         except ImportError:
-            raise EdgesegError("backend openvino: OpenVINO is not installed; pip install openvino") from None
-        read_model_info(path)
-        if spec.precision not in OPENVINO_PRECISIONS:
+            raise EdgesegError("backend openvino: OpenVINO is not installed; pip install 'edgeseg[openvino]'") from None
+        from edgeseg.machine import fingerprint
+        from edgeseg.openvino_backend import openvino_config, ran_precision
+
+        here, info = fingerprint(), read_model_info(path)
+        config = openvino_config(spec.precision, spec.threads, info.precision, here.has_bf16, here.cpu)
+        version = ov.__version__.split("-")[0]
+        try:
+            compiled = ov.Core().compile_model(str(path), "CPU", config)
+        except Exception as exc:  # an op or IR this OpenVINO cannot read
             raise EdgesegError(
-                f"backend openvino: precision {spec.precision!r}; choose one of {', '.join(OPENVINO_PRECISIONS)}"
-            )
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[spec.precision],
-        }
-        if spec.threads:
-            config["INFERENCE_NUM_THREADS"] = spec.threads
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
+                f"{path}: OpenVINO {version} cannot compile it ({describe(exc)}); try --backend ort"
+            ) from exc
         self.request = compiled.create_infer_request()
         self.ports = {name: compiled.output(name) for name in spec.outputs}
-        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type: f32, bf16, f16
-        ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint).lower()
-        self.precision = {v: k for k, v in OPENVINO_PRECISIONS.items()}.get(ran, ran)
-        self.label = f"OpenVINO {ov.__version__.split('-')[0]} CPU {self.precision}"
+        self.precision, detail = ran_precision(compiled)
+        self.label = f"OpenVINO {version} CPU {self.precision} ({detail})"
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         result = self.request.infer({INPUT_NAME: x})
@@ -445,6 +444,42 @@ class TorchRunner(Runner):
         return {name: out[name] for name in self.outputs}
 
 
+class ExecuTorchRunner(Runner):
+    """An ``X.pte`` (``edgeseg export --executorch``) through ExecuTorch's Python runtime.
+
+    That runtime imports torch, so this runner serves export-time parity only; deployments
+    run the file from C++ (README, ExecuTorch files). The file is planned for batch 1: a
+    batch runs one slice at a time.
+    """
+
+    def __init__(self, path: Path, spec: RunnerSpec) -> None:
+        try:
+            from executorch.runtime import Runtime
+            from executorch.version import __version__
+        except ImportError:
+            raise EdgesegError(
+                "backend executorch: ExecuTorch is not installed; pip install 'edgeseg[executorch]'"
+            ) from None
+        try:
+            self.method = Runtime.get().load_program(Path(path)).load_method("forward")
+        except Exception as exc:  # not a .pte, or one of a newer schema
+            raise EdgesegError(
+                f"{path}: ExecuTorch {__version__} cannot load it ({describe(exc)}); re-export it"
+            ) from exc
+        self.precision = "int8" if Path(path).stem.endswith("_int8") else "fp32"
+        self.label = f"ExecuTorch {__version__} XNNPACK {self.precision}"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        outs = [self.method.execute([torch.from_numpy(np.ascontiguousarray(one[None]))]) for one in x]
+        both = {
+            "logits": np.concatenate([o[0].numpy() for o in outs]),
+            "labels": np.concatenate([o[1].numpy() for o in outs]),
+        }
+        return {name: both[name] for name in self.outputs}
+
+
 def run_batches(runner: Runner, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``(logits, labels)`` of a runner (fetching both) for each batch."""
     outs = [runner.run(x) for x in inputs]
@@ -457,4 +492,5 @@ _OPENERS = {
     "c-openvino": CRunner,
     "tensorrt-engine": EngineRunner,
     "torch": TorchRunner,
+    "executorch": ExecuTorchRunner,
 }

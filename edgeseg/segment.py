@@ -60,6 +60,7 @@ class InferConfig:
 
     model: Path | None = None  # None: the shipped export/model.onnx
     out: Path = Path("segmentations")  # output root; mirrors the input tree
+    backend: str = "auto"  # auto (edgeseg tune's pick for this machine, else ort fp32), ort, openvino
     provider: str = "auto"  # auto (TensorRT > CUDA > CPU that really work), cpu, cuda, tensorrt
     threads: int | None = None  # onnxruntime intra-op threads; None: one per physical core
     batch_size: int = 8  # slices per session.run; also the TensorRT profile's batch

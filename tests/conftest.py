@@ -325,3 +325,21 @@ def sha256_files(*paths: Path, relative: bool = False) -> dict[str, str]:
 def checksums():  # noqa: ANN201
     """:func:`sha256_files` itself: snapshot inputs before a run, compare after."""
     return sha256_files
+
+
+@pytest.fixture(scope="session")
+def gpu_here() -> bool:
+    """Whether this machine has an NVIDIA GPU, found without edgeseg or onnxruntime: the
+    driver lists a GPU under /proc, or nvidia-smi names one. Tests of provider selection
+    take their expectation from here, never from the code under test."""
+    import shutil
+    import subprocess
+
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return True
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
+    return proc.returncode == 0 and "GPU" in proc.stdout

@@ -22,6 +22,7 @@ ORDER = [
     "errors",
     "__init__",
     "files",
+    "machine",
     "sizes",
     "artifacts",
     "metrics",
@@ -44,6 +45,8 @@ ORDER = [
     "tensorrt",
     "cbuild",
     "cbackend",
+    "openvino_backend",
+    "deploy",
     "runtime",
     "measure",
     "segment",
@@ -53,6 +56,7 @@ ORDER = [
     "evaluate",
     "train",
     "quantize",
+    "executorch_export",
     "parity",
     "robustness",
     "parity_report",
@@ -61,11 +65,15 @@ ORDER = [
     # benchmarking and the command line
     "bench_report",
     "bench",
+    "tune",
     "cli",
     "__main__",
 ]
 # What `edgeseg infer` and `edgeseg bench` of ONNX files import: never torch, never training.
-INFERENCE = ["runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"]
+INFERENCE = [
+    *("runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"),
+    *("machine", "openvino_backend", "deploy", "tune"),  # tune's children time torch-free runtimes
+]
 
 
 def edgeseg_imports(path: Path) -> set[str]:

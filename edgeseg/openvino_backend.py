@@ -1,0 +1,77 @@
+"""OpenVINO's CPU plugin on edgeseg's ONNX files, torch-free: what each precision asks for, and what ran.
+
+:class:`edgeseg.runtime.OpenVinoRunner` (``RunnerSpec(backend="openvino")``) compiles with
+:func:`openvino_config`:
+
+* ``fp32``: ``X.onnx`` with ``INFERENCE_PRECISION_HINT=f32``. The hint is explicit because
+  OpenVINO's CPU default is bf16 wherever the CPU has it (AVX512-BF16 or AMX).
+* ``bf16``: ``X.onnx`` with the bf16 hint, only on a CPU with AVX512-BF16 or AMX; elsewhere
+  :func:`openvino_config` refuses it with the reason (OpenVINO would quietly run f32 or emulate).
+* ``int8``: our QDQ ``X_int8.onnx``; OpenVINO's low-precision transformations turn its
+  Q/DQ pairs into u8/i8 kernels, and the layers we keep float run f32 (the hint). ``fp32`` or
+  ``bf16`` on that file also run its quantised convs in int8, with that hint for the rest.
+* ``default``: no hints at all, what a user gets from ``compile_model(path, "CPU")``: the peer
+  that ``edgeseg tune`` compares with.
+
+What really ran is read back from the compiled model's runtime graph (each Convolution's
+``runtimePrecision``), never assumed from the hint: :func:`ran_precision`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from edgeseg.errors import EdgesegError
+
+PRECISIONS = ("fp32", "bf16", "int8", "default")
+HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the layers kept float run f32
+LOW = {"u8": "int8", "i8": "int8", "bf16": "bf16", "f16": "fp16"}  # runtimePrecision -> our name
+
+
+def openvino_config(precision: str, threads: int, file_precision: str, has_bf16: bool, cpu: str) -> dict[str, Any]:
+    """``compile_model`` properties for one precision, or EdgesegError saying why it cannot run.
+
+    Args:
+        precision: fp32 | bf16 | int8 | default.
+        threads: ``INFERENCE_NUM_THREADS``; 0 = OpenVINO's default.
+        file_precision: the file's ``edgeseg.precision`` (``int8`` needs the QDQ file).
+        has_bf16: the CPU has AVX512-BF16 or AMX (:attr:`edgeseg.machine.Fingerprint.has_bf16`).
+        cpu: the CPU's model name, for the refusal.
+    """
+    if precision not in PRECISIONS:
+        raise EdgesegError(f"OpenVINO precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "bf16" and not has_bf16:
+        raise EdgesegError(
+            f"OpenVINO bf16 needs a CPU with AVX512-BF16 or AMX; this one ({cpu}) has neither: use fp32 or int8"
+        )
+    if precision == "int8" and file_precision != "int8":
+        raise EdgesegError(
+            f"OpenVINO int8 runs the QDQ file X_int8.onnx (edgeseg export --int8), not an {file_precision} file"
+        )
+    if precision == "default":
+        return {}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": HINTS[precision]}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
+def ran_precision(compiled: Any) -> tuple[str, str]:
+    """``(precision, detail)`` of a compiled model, from its convolutions' runtime precisions.
+
+    ``precision`` is the lowest one any convolution runs in (int8 < bf16 < fp16 < fp32);
+    ``detail`` counts them, e.g. ``"19/21 convs u8, 2 f32"``.
+    """
+    kinds: Counter[str] = Counter()
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        layer = info["layerType"].astype(str) if "layerType" in info else ""
+        if layer in ("Convolution", "Deconvolution") and "runtimePrecision" in info:
+            kinds[info["runtimePrecision"].astype(str)] += 1
+    total = sum(kinds.values())
+    ran = next((LOW[k] for k in ("u8", "i8", "bf16", "f16") if kinds.get(k)), "fp32")
+    detail = ", ".join(
+        f"{n}/{total} convs {k}" if i == 0 else f"{n} {k}" for i, (k, n) in enumerate(kinds.most_common())
+    )
+    return ran, detail or "no convolutions"

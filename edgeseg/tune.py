@@ -1,0 +1,397 @@
+"""Tune stage: time every gated backend x precision x thread setting on this machine, pick one.
+
+    edgeseg tune [MODEL] [--target edge-x86] [--runs 30] [--slices 8]
+
+For the fp32 ``MODEL`` (default the shipped ``export/model.onnx``) and its siblings
+(``X_fp16.onnx``, ``X_int8.onnx``, ``X.pt``), :func:`tune` runs each candidate in a fresh
+child interpreter (:func:`edgeseg.measure.run_child`), one after the other: one runtime's
+spinning threads would otherwise slow the next one (1.3x seen between ORT and OpenVINO).
+Each child loads its backend (:func:`edgeseg.runtime.open_runner`), times batch-1 394² slices
+after warm-up (p50/p99), reads its peak RSS, then runs the held-out slices and compares its
+logits and labels with ONNX Runtime fp32's on the same slices (run first, by the same
+child code). Each candidate is gated by its precision (:data:`edgeseg.parity.GATES`).
+
+Candidates: ONNX Runtime fp32/fp16/int8, OpenVINO fp32 (explicit f32 hint), bf16 (only where
+the CPU has AVX512-BF16 or AMX; elsewhere listed as skipped with the reason) and int8 (our QDQ
+file), each at 1 thread and at all cores (at most the target's threads). Peers, timed in the
+same run and never picked: eager PyTorch on ``X.pt`` when torch is importable, and OpenVINO
+with its own defaults (no hints) on ``X.onnx``, what a user would pick by hand.
+
+The pick is the fastest p50 among candidates that pass their gate and fit the target's RSS
+budget (``rss_mb`` in bench/targets.toml); ``MODEL.deploy.json`` (:mod:`edgeseg.deploy`) is
+written atomically beside the model, with this machine's fingerprint and every candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.deploy import Candidate, DeployPlan, deploy_path
+from edgeseg.errors import EdgesegError
+from edgeseg.machine import Fingerprint, fingerprint
+
+FILE_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "bf16": "fp32"}  # bf16 runs the fp32 file
+REFERENCE = ("ort", "fp32")  # what ΔmIoU, agreement and Δlogit are measured against
+PEER_NAMES = {"vs_torch": "eager PyTorch", "vs_openvino": "OpenVINO's defaults"}
+BACKEND_PRECISIONS = {"ort": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8")}
+
+
+@dataclass
+class TuneConfig:
+    """How ``edgeseg tune`` measures; saved in the deploy file."""
+
+    target: str = "edge-x86"  # bench/targets.toml profile: its threads cap and RSS budget apply
+    targets_file: Path | None = None  # None = the shipped bench/targets.toml
+    size: int = 394  # slice side timed (the tutorial's)
+    warmup: int = 3  # untimed inferences first
+    runs: int = 30  # timed inferences per candidate at most
+    min_runs: int = 5  # at least
+    max_seconds: float = 8.0  # stop timing a candidate after this long (once min_runs are in)
+    slices: int = 8  # held-out slices for ΔmIoU (evenly spread over the held-out set)
+    data: Path | None = None  # dataset root for the held-out slices; None = the checkpoint's / demo set
+    threads: tuple[int, ...] = ()  # thread settings; () = 1 and all cores, capped by the target
+    peers: bool = True  # also time eager PyTorch and OpenVINO's defaults (never picked)
+    timeout_s: float = 600.0  # per child
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def list_candidates(model: Path, here: Fingerprint, threads: tuple[int, ...], peers: bool = True) -> list[Candidate]:
+    """Every backend x precision x threads worth timing here; the impossible ones as skipped rows."""
+    import importlib.util
+
+    from edgeseg.artifacts import ArtifactPaths
+
+    have_ov = importlib.util.find_spec("openvino") is not None
+    paths = ArtifactPaths.of(model)
+    out: list[Candidate] = []
+    for backend, precisions in BACKEND_PRECISIONS.items():
+        for precision in precisions:
+            file = paths.onnx(FILE_PRECISION[precision])
+            reason = _why_not(backend, precision, file, here, have_ov)
+            for t in threads if not reason else threads[:1]:
+                out.append(
+                    Candidate(backend, precision, t, file.name, status="skip" if reason else "", reason=reason or "")
+                )
+    if peers:
+        pt = paths.checkpoint
+        eager = "" if pt.is_file() else f"{pt.name} not found (the checkpoint beside the model)"
+        if not eager and importlib.util.find_spec("torch") is None:
+            eager = "torch is not installed (pip install 'edgeseg[train]')"
+        out.append(Candidate("torch", "fp32", 0, pt.name, "peer", status="skip" if eager else "", reason=eager))
+        ov = "" if have_ov else "openvino is not installed (pip install 'edgeseg[openvino]')"
+        out.append(Candidate("openvino", "default", 0, model.name, "peer", "skip" if ov else "", ov))
+    return out
+
+
+def _why_not(backend: str, precision: str, file: Path, here: Fingerprint, have_ov: bool) -> str | None:
+    """Why ``backend`` cannot run ``precision`` here, or None."""
+    if backend == "openvino" and not have_ov:
+        return "openvino is not installed (pip install 'edgeseg[openvino]')"
+    if backend == "openvino" and precision == "bf16" and not here.has_bf16:
+        return f"OpenVINO bf16 needs AVX512-BF16 or AMX; this CPU ({here.cpu}) has neither"
+    if not file.is_file():
+        return f"{file.name} not found (run `edgeseg export --{precision}`)"
+    return None
+
+
+def parse_threads(text: str | None) -> tuple[int, ...]:
+    """``"1,2"`` -> ``(1, 2)``; None or empty -> ``()`` (the default settings)."""
+    if not text:
+        return ()
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = (0,)
+    if any(v < 1 for v in values):
+        raise EdgesegError(f"--threads {text!r}: give positive integers separated by commas, e.g. 1,2")
+    return values
+
+
+def thread_settings(cores: int, cap: int, asked: tuple[int, ...] = ()) -> tuple[int, ...]:
+    """``asked``, else 1 and all cores, none above ``cap`` (the target's threads; 0 = no cap)."""
+    top = min(cores, cap) if cap else cores
+    return tuple(sorted(set(asked))) if asked else tuple(sorted({1, top}))
+
+
+# ----------------------------------------------------------------------------- held-out slices
+
+
+def held_out_slices(model: Path, slices: int, data: Path | None) -> tuple[list[np.ndarray], list[np.ndarray], str]:
+    """``(images, masks, source)``: up to ``slices`` of the model's own held-out slices, as bench and
+    evaluate score it (the split its ONNX metadata records; torch-free)."""
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.split import SplitRecord, held_out
+
+    record = SplitRecord.from_metadata(read_model_info(model).metadata, model)
+    held = held_out(record, data).limited(slices)
+    return held.images, held.masks, held.source
+
+
+# ----------------------------------------------------------------------------- the child
+
+
+def child_main(spec_json: str) -> None:
+    """Entry of a candidate's child process (:func:`edgeseg.measure.run_child`): one JSON line out."""
+    import json
+
+    print(json.dumps(candidate_child(json.loads(spec_json))))
+
+
+def candidate_child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Inside a fresh interpreter: load, time, read peak RSS, then score on the held-out slices.
+
+    ``spec``: ``path``, ``runner`` (RunnerSpec fields), ``size``, ``warmup``, ``runs``,
+    ``min_runs``, ``max_seconds``, ``eval`` (npz of images and masks), ``reference`` (npz
+    of ORT fp32 logits, or None for the reference itself, which writes it to ``write_ref``).
+    """
+    from edgeseg.measure import peak_rss_mb, synthetic_batch, time_runs
+    from edgeseg.runtime import RunnerSpec, open_runner
+
+    runner_spec = RunnerSpec(**{**spec["runner"], "outputs": ("logits", "labels")})
+    runner = open_runner(Path(spec["path"]), runner_spec)
+    x = synthetic_batch(1, spec["size"])
+    seconds = time_runs(runner.labels, x, spec["warmup"], spec["runs"], spec["min_runs"], spec["max_seconds"])
+    rss, torch_free = peak_rss_mb(), "torch" not in sys.modules
+    ms = np.asarray(seconds) * 1e3
+    out = {
+        "label": runner.label,
+        "ran_precision": runner.precision,
+        "create_s": round(runner.create_s, 3),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "runs": len(seconds),
+        "rss_mb": round(rss, 1),
+        "torch_free": torch_free,
+    }
+    return {**out, **_score(runner, spec)}
+
+
+def _score(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """mIoU on the held-out slices and, against the reference logits, the parity numbers."""
+    from edgeseg.metrics import evaluate_arrays
+
+    held = np.load(spec["eval"])
+    images, masks = list(held["images"]), list(held["masks"])
+    results = [runner.run(img[None, None]) for img in images]
+    logits = [np.asarray(r["logits"], np.float32) for r in results]
+    labels = [np.asarray(r["labels"]) for r in results]
+    names = [str(n) for n in held["class_names"]]
+    miou = evaluate_arrays([lab[0] for lab in labels], masks, len(names), names)["miou_fg"]
+    if spec["reference"] is None:  # this is the reference: it agrees with itself
+        np.savez(spec["write_ref"], *logits)
+        ref_logits = logits
+    else:
+        ref = np.load(spec["reference"])
+        ref_logits = [ref[f"arr_{i}"] for i in range(len(images))]
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(logits, ref_logits, strict=True))
+    agree = np.mean([(lab == r.argmax(1)).mean() for lab, r in zip(labels, ref_logits, strict=True)])
+    scale = max(float(np.abs(r).max()) for r in ref_logits)
+    return {"miou": miou, "max_abs": diff, "ref_max": scale, "agreement": float(agree)}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> DeployPlan:
+    """Measure every candidate in its own process, gate, pick, write ``MODEL.deploy.json``.
+
+    Args:
+        model: the fp32 ONNX file.
+        config: settings; default :class:`TuneConfig`.
+        log: progress callback taking one line, or None.
+
+    Returns:
+        The :class:`DeployPlan` written beside the model.
+    """
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.bench import DEFAULT_TARGETS, load_targets, select_targets
+
+    config = config or TuneConfig()
+    model = Path(model)
+    info = read_model_info(model)
+    target = select_targets(load_targets(config.targets_file or DEFAULT_TARGETS), config.target)[0]
+    here = fingerprint()
+    threads = thread_settings(here.cores, target.threads, config.threads)
+    candidates = list_candidates(model, here, threads, config.peers)
+    load_start = os.getloadavg()
+    images, masks, source = held_out_slices(model, config.slices, config.data)
+    with tempfile.TemporaryDirectory(prefix="edgeseg-tune-") as tmp:
+        held = Path(tmp) / "held.npz"
+        np.savez(held, images=np.stack(images), masks=np.stack(masks), class_names=np.array(info.class_names))
+        first = next(
+            i for i, c in enumerate(candidates) if (c.backend, c.precision, c.threads) == REFERENCE[:2] + (threads[-1],)
+        )
+        reference = _measure(model, candidates[first], config, held, None, Path(tmp) / "ref.npz", log)
+        if reference.status != "ok":
+            raise EdgesegError(f"{model}: ONNX Runtime fp32 (the reference) failed: {reference.reason}; re-export it")
+        measured = [
+            reference if i == first else _measure(model, c, config, held, Path(tmp) / "ref.npz", None, log)
+            for i, c in enumerate(candidates)
+        ]
+    for c in measured:
+        c.d_miou = None if c.miou is None or reference.miou is None else c.miou - reference.miou
+    _gate(measured)
+    budget = target.rss_mb
+    pick = choose(measured, budget)
+    settings = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "threads": list(threads),
+        "eval": source,
+        "reference_miou": reference.miou,
+        "load_avg_start": [round(v, 2) for v in load_start],
+        "load_avg_end": [round(v, 2) for v in os.getloadavg()],
+    }
+    plan = DeployPlan(model.name, here, target.name, budget, measured, pick, settings)
+    plan.settings["ratios"] = ratios(plan)
+    from edgeseg.files import write_json
+
+    write_json(deploy_path(model), plan.to_json())
+    return plan
+
+
+def _measure(
+    model: Path, c: Candidate, config: TuneConfig, held: Path, reference: Path | None, write_ref: Path | None, log: Any
+) -> Candidate:
+    """Run one candidate's child; a failure is a ``fail`` row with the child's last line."""
+    from edgeseg.files import sha256_file
+    from edgeseg.measure import run_child
+
+    if c.status == "skip":
+        return c
+    if log:
+        log(f"{c.name} ({c.file}) ...")
+    path = model.with_name(c.file)
+    runner = {"backend": c.backend, "precision": c.precision, "threads": c.threads, "device": "cpu"}
+    spec = {
+        "mode": "tune",  # run_child names it in its errors
+        "path": str(path),
+        "runner": runner,
+        "eval": str(held),
+        "reference": None if reference is None else str(reference),
+        "write_ref": None if write_ref is None else str(write_ref),
+        **{k: getattr(config, k) for k in ("size", "warmup", "runs", "min_runs", "max_seconds")},
+    }
+    try:
+        result = run_child(spec, c.threads, timeout=config.timeout_s, module="edgeseg.tune")
+    except Exception as exc:  # a backend that cannot load or run is a row, not a crashed tune
+        return replace(c, status="fail", reason=str(exc).removeprefix("tune helper failed: ")[:300])
+    return replace(c, status="ok", sha256=sha256_file(path), **result)
+
+
+def _gate(measured: list[Candidate]) -> None:
+    """Apply each candidate's precision gate (vs ONNX Runtime fp32) in place."""
+    from edgeseg.parity import GATES, Gate, gate_failures
+
+    for c in measured:
+        if c.status != "ok" or c.agreement is None:
+            continue
+        c.gate = c.ran_precision if c.ran_precision in GATES else c.precision
+        row = {"max_abs": c.max_abs, "ref_max": c.ref_max, "agreement": c.agreement, "d_miou": c.d_miou}
+        c.failures = gate_failures(row, GATES.get(c.gate, Gate()))
+
+
+def choose(measured: list[Candidate], rss_budget_mb: float | None) -> int | None:
+    """Index of the fastest p50 among candidates that pass their gate and fit the RSS budget."""
+    fits = []
+    for i, c in enumerate(measured):
+        if c.role != "candidate" or not c.passed:
+            continue
+        if rss_budget_mb is not None and c.rss_mb is not None and c.rss_mb > rss_budget_mb:
+            c.reason = f"peak RSS {c.rss_mb:.0f} MB > budget {rss_budget_mb:.0f} MB"
+            continue
+        fits.append(i)
+    return min(fits, key=lambda i: measured[i].p50_ms) if fits else None
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ratios(plan: DeployPlan) -> dict[str, float]:
+    """The pick's p50 against each peer measured in the same run (``vs_torch``, ``vs_openvino``)."""
+    pick = plan.picked
+    if pick is None or pick.p50_ms is None:
+        return {}
+    return {
+        f"vs_{c.backend}": pick.p50_ms / c.p50_ms
+        for c in plan.candidates
+        if c.role == "peer" and c.status == "ok" and c.p50_ms
+    }
+
+
+def table(plan: DeployPlan) -> Any:
+    """A rich table: one row per candidate, the pick marked, peers last."""
+    from rich.table import Table
+
+    def num(v: float | None, fmt: str) -> str:
+        return "—" if v is None else format(v, fmt)
+
+    t = Table(title=f"edgeseg tune: {plan.model} on {plan.machine.cpu}")
+    for col in ("", "backend", "asked", "ran", "threads", "p50 ms", "p99 ms", "RSS MB", "ΔmIoU", "agree %", "gate"):
+        t.add_column(col)
+    for i, c in enumerate(plan.candidates):
+        if c.status == "ok":
+            gate = "pass" if not c.failures else "FAIL: " + "; ".join(c.failures)
+            gate += f" ({c.reason})" if c.reason else ""
+        else:
+            gate = f"{c.status}: {c.reason}"
+        t.add_row(
+            "★" if i == plan.pick else ("peer" if c.role == "peer" else ""),
+            c.label or c.backend,
+            c.precision,
+            c.ran_precision or "—",
+            str(c.threads or "default"),
+            num(c.p50_ms, ".1f"),
+            num(c.p99_ms, ".1f"),
+            num(c.rss_mb, ".0f"),
+            num(None if c.d_miou is None else 100 * c.d_miou, "+.2f") + (" pt" if c.d_miou is not None else ""),
+            num(None if c.agreement is None else 100 * c.agreement, ".2f"),
+            gate,
+        )
+    return t
+
+
+def summary_lines(plan: DeployPlan) -> list[str]:
+    """The lines under the table: the machine, the load, the pick and its ratios."""
+    s = plan.settings
+    lines = [
+        f"machine: {plan.machine.describe()}",
+        f"load average {s['load_avg_start'][0]:.2f} -> {s['load_avg_end'][0]:.2f} (figures under load are noisy)",
+        f"held-out slices: {s['eval']}; reference ONNX Runtime fp32 mIoU fg {s['reference_miou']:.4f}",
+    ]
+    pick = plan.picked
+    if pick is None:
+        lines.append("pick: none passed its gate and fits the budget; `edgeseg infer` runs ONNX Runtime fp32")
+        return lines
+    parts = [f"{v:.2f}x {PEER_NAMES[k]}" for k, v in ratios(plan).items()]
+    budget = f" (budget {plan.rss_budget_mb:.0f} MB, target {plan.target})" if plan.rss_budget_mb else ""
+    lines.append(
+        f"pick: {pick.label} on {pick.file}, {pick.threads or 'default'} threads: p50 {pick.p50_ms:.1f} ms"
+        f"{', ' + ', '.join(parts) if parts else ''}; peak RSS {pick.rss_mb:.0f} MB{budget};"
+        f" ΔmIoU {100 * (pick.d_miou or 0.0):+.2f} pt vs ONNX Runtime fp32"
+    )
+    return lines
+
+
+def run_tune(model: Path | None, config: TuneConfig) -> DeployPlan:
+    """``edgeseg tune``: measure, print the table and the pick, write ``MODEL.deploy.json``."""
+    from rich.console import Console
+
+    from edgeseg import SHIPPED_MODEL
+
+    model = Path(model) if model is not None else SHIPPED_MODEL
+    err, out = Console(stderr=True), Console(width=max(Console().width, 200))
+    plan = tune(model, config, log=lambda m: err.print(m, highlight=False, markup=False))
+    out.print(table(plan))
+    for line in summary_lines(plan):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+    out.print(f"-> {deploy_path(model)}", highlight=False, markup=False)
+    return plan

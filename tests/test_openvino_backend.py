@@ -1,0 +1,95 @@
+"""edgeseg.openvino_backend: OpenVINO on our ONNX files, what it refuses, and what really ran."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg.errors import EdgesegError
+from edgeseg.machine import fingerprint
+from edgeseg.openvino_backend import openvino_config
+from edgeseg.runtime import RunnerSpec, open_runner
+
+needs_openvino = pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="openvino is not installed (pip install 'edgeseg[openvino]')"
+)
+needs_bf16 = pytest.mark.skipif(
+    not fingerprint().has_bf16, reason=f"this CPU ({fingerprint().cpu}) has neither AVX512-BF16 nor AMX"
+)
+
+
+def test_bf16_is_refused_without_avx512_bf16_or_amx() -> None:
+    with pytest.raises(
+        EdgesegError, match=r"bf16 needs a CPU with AVX512-BF16 or AMX; this one \(AMD EPYC\) has neither"
+    ):
+        openvino_config("bf16", 2, "fp32", has_bf16=False, cpu="AMD EPYC")
+
+
+@pytest.mark.parametrize(
+    ("precision", "file_precision", "expected"),
+    [
+        (
+            "fp32",
+            "fp32",
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2},
+        ),
+        (
+            "bf16",
+            "fp32",
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": 2},
+        ),
+        (
+            "int8",
+            "int8",
+            {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": 2},
+        ),
+        ("default", "fp32", {}),
+    ],
+)
+def test_config_per_precision(precision: str, file_precision: str, expected: dict) -> None:
+    assert openvino_config(precision, 2, file_precision, has_bf16=True, cpu="x") == expected
+
+
+@pytest.mark.parametrize(("precision", "file_precision"), [("int8", "fp32"), ("int8", "fp16"), ("fp16", "fp32")])
+def test_mismatched_file_or_unknown_precision_is_refused(precision: str, file_precision: str) -> None:
+    with pytest.raises(EdgesegError):
+        openvino_config(precision, 0, file_precision, has_bf16=True, cpu="x")
+
+
+def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
+    return open_runner(path, RunnerSpec("ort", "cpu", outputs=("logits",))).run(x)["logits"]
+
+
+@needs_openvino
+def test_fp32_equals_onnx_runtime_and_says_f32(tiny_onnx: Path) -> None:
+    runner = open_runner(tiny_onnx, RunnerSpec("openvino", precision="fp32", threads=1, outputs=("logits", "labels")))
+    x = np.random.default_rng(0).gamma(2.0, 300.0, (2, 1, 97, 131)).astype(np.float32)
+    out = runner.run(x)
+    ref = ort_logits(tiny_onnx, x)
+    assert np.abs(out["logits"] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    assert out["labels"].dtype == np.uint8 and (out["labels"] == ref.argmax(1)).mean() >= 0.9999
+    assert runner.precision == "fp32" and "convs f32" in runner.label and "bf16" not in runner.label
+
+
+@needs_openvino
+@needs_bf16
+def test_bf16_really_runs_bf16_here(tiny_onnx: Path) -> None:
+    runner = open_runner(tiny_onnx, RunnerSpec("openvino", precision="bf16", threads=1))
+    assert runner.precision == "bf16" and "convs bf16" in runner.label
+    x = np.random.default_rng(1).gamma(2.0, 300.0, (1, 1, 64, 64)).astype(np.float32)
+    assert (runner.labels(x) == ort_logits(tiny_onnx, x).argmax(1)).mean() >= 0.98  # rounding, not garbage
+
+
+@needs_openvino
+def test_int8_qdq_file_runs_int8_convs(tiny_onnx: Path, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    from edgeseg.data import load_slices
+    from edgeseg.quantize import quantize_int8
+
+    int8 = quantize_int8(tiny_onnx, tmp_path / "tiny_int8.onnx", load_slices(tiny_dataset[0]).images[:4])
+    runner = open_runner(int8, RunnerSpec("openvino", precision="int8", threads=1))
+    assert runner.precision == "int8" and ("convs u8" in runner.label or "convs i8" in runner.label)
+    with pytest.raises(EdgesegError, match="OpenVINO int8 runs the QDQ file"):
+        open_runner(tiny_onnx, RunnerSpec("openvino", precision="int8"))

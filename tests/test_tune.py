@@ -1,0 +1,211 @@
+"""edgeseg tune and infer --backend auto: real candidates in child processes, real gates.
+
+The model folder holds the tiny U-Net's fp32 file, its checkpoint and an int8 QDQ file whose
+head conv weights were negated after quantisation: a real, fast file that must fail the int8
+gate and so must never be picked, however fast it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeseg.deploy import DeployPlan, choose_backend, deploy_path
+from edgeseg.machine import fingerprint
+from edgeseg.tune import choose
+
+EDGESEG = str(Path(sys.executable).parent / "edgeseg")  # the installed console script
+
+
+def edgeseg(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**(env or os.environ), "EDGESEG_DEBUG": "", "COLUMNS": "220"}
+    return subprocess.run([EDGESEG, *args], capture_output=True, text=True, timeout=900, env=env)
+
+
+def corrupted_int8(src: Path, dst: Path, calib: list[np.ndarray]) -> Path:
+    """A real QDQ int8 file (edgeseg.quantize) with the last Conv's float weights negated."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edgeseg.export import save_onnx
+    from edgeseg.quantize import quantize_int8
+
+    quantize_int8(src, dst, calib)
+    proto = onnx.load(str(dst))
+    last = [n for n in proto.graph.node if n.op_type == "Conv"][-1]
+    weights = {i.name: i for i in proto.graph.initializer}
+    tensor = weights[last.input[1]]
+    assert tensor.data_type == onnx.TensorProto.FLOAT  # the head conv stays float (quantize.float_nodes)
+    tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+    return save_onnx(proto, dst)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_checkpoint: Path, tiny_onnx: Path, tiny_dataset, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
+    """``(folder, model, proc)``: tiny.onnx, tiny.pt, a corrupted tiny_int8.onnx, and `edgeseg tune` run on them."""
+    from edgeseg.data import load_slices
+
+    folder = tmp_path_factory.mktemp("tune")
+    model = Path(shutil.copy(tiny_onnx, folder / "tiny.onnx"))
+    shutil.copy(tiny_checkpoint, folder / "tiny.pt")
+    corrupted_int8(model, folder / "tiny_int8.onnx", load_slices(tiny_dataset[0]).images[:6])
+    proc = edgeseg("tune", str(model), "--runs", "5", "--max-seconds", "1", "--slices", "3")
+    return folder, model, proc
+
+
+@pytest.mark.slow
+def test_tune_writes_every_candidate_and_the_machine(tuned) -> None:  # noqa: ANN001
+    folder, model, proc = tuned
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    assert plan.machine == fingerprint() and plan.model == "tiny.onnx"
+    names = {(c.backend, c.precision, c.threads) for c in plan.candidates}
+    cores = min(fingerprint().cores, 2)  # edge-x86 caps threads at 2
+    for threads in sorted({1, cores}):
+        assert ("ort", "fp32", threads) in names and ("ort", "int8", threads) in names
+    fp16 = [c for c in plan.candidates if c.precision == "fp16"]
+    assert fp16 and all(c.status == "skip" and "tiny_fp16.onnx not found" in c.reason for c in fp16)
+    ok = [c for c in plan.candidates if c.status == "ok"]
+    assert all(c.p50_ms > 0 and c.p99_ms >= c.p50_ms and c.rss_mb > 0 and c.label for c in ok)
+    ort = [c for c in ok if c.backend == "ort"]
+    assert ort and all(c.torch_free for c in ort)  # the inference process never loaded torch
+    eager = [c for c in plan.candidates if c.backend == "torch"]
+    assert len(eager) == 1 and eager[0].role == "peer" and eager[0].status == "ok" and not eager[0].torch_free
+    assert "machine:" in proc.stdout and "load average" in proc.stdout and "pick:" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_candidate_that_fails_its_gate_is_never_picked(tuned) -> None:  # noqa: ANN001
+    _, model, proc = tuned
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    bad = [c for c in plan.candidates if c.file == "tiny_int8.onnx" and c.status == "ok"]
+    assert bad and all(c.failures for c in bad), [(c.name, c.d_miou, c.agreement) for c in bad]
+    assert all("ΔmIoU" in " ".join(c.failures) or "agreement" in " ".join(c.failures) for c in bad)
+    assert plan.picked is not None and plan.picked.passed and plan.picked.file == "tiny.onnx"
+    # however fast the failing file had run, the rule leaves it out
+    faster = [dataclasses.replace(c) for c in plan.candidates]
+    for c in faster:
+        if c.file == "tiny_int8.onnx" and c.status == "ok":
+            c.p50_ms = 1e-3
+    assert faster[choose(faster, plan.rss_budget_mb)].file == "tiny.onnx"
+    for c in faster:  # and without its failures the same rule would have picked it: the gate decided
+        c.failures = []
+    assert faster[choose(faster, plan.rss_budget_mb)].file == "tiny_int8.onnx"
+
+
+@pytest.mark.slow
+def test_rss_budget_excludes_what_does_not_fit(tuned) -> None:  # noqa: ANN001
+    _, model, _ = tuned
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    smallest = min(c.rss_mb for c in plan.candidates if c.passed and c.role == "candidate")
+    assert choose(plan.candidates, smallest - 1) is None
+    assert any("budget" in c.reason for c in plan.candidates)
+    picked = plan.candidates[choose(plan.candidates, smallest)]
+    assert picked.rss_mb <= smallest
+
+
+@pytest.mark.slow
+def test_infer_uses_the_pick_here_and_falls_back_on_a_foreign_fingerprint(tuned, tmp_path: Path) -> None:  # noqa: ANN001
+    _, model, _ = tuned
+    scan = tmp_path / "slice.npy"
+    np.save(scan, np.random.default_rng(0).normal(400, 100, (64, 64)).astype(np.float32))
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    here = edgeseg("infer", str(scan), "--model", str(model), "--out", str(tmp_path / "a"))
+    assert here.returncode == 0, here.stderr
+    assert f"backend: {plan.picked.label} on {plan.picked.file}" in here.stdout
+    assert choose_backend(model).tuned
+
+    record = json.loads(deploy_path(model).read_text())
+    record["machine"]["cpu"] = "AMD EPYC 7B13 (another machine)"
+    deploy_path(model).write_text(json.dumps(record))
+    try:
+        away = edgeseg("infer", str(scan), "--model", str(model), "--out", str(tmp_path / "b"))
+    finally:
+        record["machine"]["cpu"] = plan.machine.cpu
+        deploy_path(model).write_text(json.dumps(record))
+    assert away.returncode == 0, away.stderr
+    notes = [line for line in away.stdout.splitlines() if line.startswith("backend:")]
+    assert len(notes) == 1 and "ONNX Runtime fp32" in notes[0] and "tuned on another machine" in notes[0]
+    assert f"edgeseg tune {model}" in notes[0] and "AMD EPYC 7B13" in notes[0]
+    assert np.array_equal(np.load(tmp_path / "a" / "slice_seg.npy"), np.load(tmp_path / "b" / "slice_seg.npy"))
+
+
+@pytest.mark.slow
+def test_infer_follows_an_openvino_pick_torch_free(tuned, tmp_path: Path) -> None:  # noqa: ANN001
+    """Whatever was picked (an OpenVINO candidate here, set in the file), infer runs it with torch unimportable."""
+    folder, _, _ = tuned
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    model = copy / "tiny.onnx"
+    record = json.loads(deploy_path(model).read_text())
+    ov = [i for i, c in enumerate(record["candidates"]) if c["backend"] == "openvino" and c["status"] == "ok"]
+    ov = [i for i in ov if not record["candidates"][i]["failures"] and record["candidates"][i]["role"] == "candidate"]
+    if not ov:
+        pytest.skip("no OpenVINO candidate passed here (openvino not installed?)")
+    record["pick"] = ov[0]
+    deploy_path(model).write_text(json.dumps(record))
+    blocker = tmp_path / "blocker" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(blocker.parent)}
+    scan = tmp_path / "slice.npy"
+    np.save(scan, np.random.default_rng(1).normal(400, 100, (80, 72)).astype(np.float32))
+    proc = edgeseg("infer", str(scan), "--model", str(model), "--out", str(tmp_path / "o"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "running on OpenVINO" in proc.stdout and "the tuned pick of tiny.deploy.json" in proc.stdout
+    ort = edgeseg("infer", str(scan), "--model", str(model), "--out", str(tmp_path / "r"), "--backend", "ort")
+    assert ort.returncode == 0 and "running on CPUExecutionProvider" in ort.stdout
+    agree = (np.load(tmp_path / "o" / "slice_seg.npy") == np.load(tmp_path / "r" / "slice_seg.npy")).mean()
+    assert agree >= 0.99  # the picked candidate passed its gate against ORT fp32
+
+
+@pytest.mark.slow
+def test_a_stale_pick_falls_back(tuned, tmp_path: Path) -> None:  # noqa: ANN001
+    """The picked file changed after tuning (a re-shipped model): its timing no longer applies."""
+    folder, model, _ = tuned
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    pick = DeployPlan.from_json(json.loads(deploy_path(copy / "tiny.onnx").read_text())).picked
+    with open(copy / pick.file, "ab") as fh:
+        fh.write(b"\0")
+    choice = choose_backend(copy / "tiny.onnx")
+    assert not choice.tuned and (choice.backend, choice.precision) == ("ort", "fp32")
+    assert "changed since it was tuned" in choice.note
+
+
+def test_tune_bad_threads_is_one_line(tiny_onnx: Path) -> None:
+    proc = edgeseg("tune", str(tiny_onnx), "--threads", "0,x")
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "--threads" in lines[0] and "1,2" in lines[0]
+
+
+@pytest.mark.slow
+def test_bench_adds_a_row_per_tuned_candidate_with_what_ran(tuned, tmp_path: Path) -> None:  # noqa: ANN001
+    from edgeseg.bench import BenchConfig, _Context, bench_target, tuned_targets
+
+    folder, model, _ = tuned
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    ok = [c for c in plan.candidates if c.role == "candidate" and c.status == "ok"]
+    targets = tuned_targets(model)
+    assert [t.name for t in targets] == [f"tuned {c.name}" for c in ok]
+    config = BenchConfig(runs=3, max_seconds=1.0, miou=False, rss=False)
+    ov = [t for t in targets if t.provider == "openvino" and t.precision == "int8"]
+    if ov:
+        row = bench_target(model, ov[0], config, _Context(model, config))
+        assert row.status == "ok", row.reason
+        assert row.ran_precision == "int8" and "convs u8" in row.backend and row.latency_ms["p50"] > 0
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    record = json.loads(deploy_path(copy / "tiny.onnx").read_text())
+    record["machine"]["flags"] = ["avx2"]
+    deploy_path(copy / "tiny.onnx").write_text(json.dumps(record))
+    assert tuned_targets(copy / "tiny.onnx") == []  # tuned elsewhere: no rows
