@@ -223,3 +223,34 @@ def test_volume(benchmark, volume: Path, tmp_path: Path, name: str, how: str, pr
     )
     produced = list(tmp_path.rglob("*.nii.gz"))
     assert produced, f"{name} wrote no segmentation"
+
+
+# ----------------------------------------------------------------------------- QC figures
+
+
+def test_qc_figures(benchmark, paired) -> None:  # noqa: ANN001
+    """``qc-b5-394``: the QC figures (:class:`edgeseg.qc.QCCounter`) of the example slab's five
+    slices at the model's 0.5 mm (394x466), on the logits and labels the shipped model gave,
+    paired with that batch's ``session.run`` (logits and labels, as `edgeseg infer` fetches
+    them): "paired" is model time / QC time."""
+    from edgeseg import SHIPPED_MODEL_DIR
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.qc import QCCounter
+    from edgeseg.runtime import create_session
+    from edgeseg.scans import read_scan
+
+    example = SHIPPED_MODEL_DIR / "example" / "mni152_t1_axial_slab.nii.gz"
+    info = read_model_info(MODEL)
+    dec = read_scan(example, "nifti", (example,), None, info.min_size, info.pixel_spacing_mm)
+    x = dec.batch(0, 1 if benchmark.disabled else len(dec.stack), example, dec.model_size)
+    session, _ = create_session(MODEL, "cpu", THREADS)
+    logits, labels = session.run(["logits", "labels"], {"image": x})
+    benchmark.group = "qc-b5-394"
+    benchmark.extra_info.update(items=x.shape[0], unit="slices", threads=THREADS)
+    paired(
+        benchmark,
+        lambda: QCCounter.for_classes(info.class_names).add(logits, labels),
+        lambda: session.run(["logits", "labels"], {"image": x}),
+        (),
+        rounds=10,
+    )

@@ -282,8 +282,13 @@ def infer_cmd(
         typer.Option(min=0, max=2, help="Volume axis to slice along; default: acquisition axis, else axial."),
     ] = None,
     overlay: Annotated[
-        bool, typer.Option("--overlay", help="Also write <name>_overlay.png (QC mosaic of slices).")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--overlay/--no-overlay",
+            show_default="volumes only: NIfTI, DICOM",
+            help="Write <name>_overlay.png, a QC mosaic of slices with the labels and a legend.",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Redo scans whose outputs exist (default: skip them = resume).")
     ] = False,

@@ -46,7 +46,7 @@ from edgeseg.artifacts import read_model_info
 from edgeseg.errors import EdgesegError, describe
 from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import Scan
-from edgeseg.segment import InferConfig, Segmented, Segmenter, reason
+from edgeseg.segment import FETCHED, InferConfig, Segmented, Segmenter, reason
 
 CONNECT_TIMEOUT_S = 5  # to reach the scheduler, and for it to have a worker
 EXTRA = "pip install 'edgeseg[cluster]'"
@@ -317,7 +317,7 @@ def _build_session(job: Job) -> tuple[Any, str]:
 
     host = get_address_host(get_worker().address)
     threads = job.config.threads or max(1, _cores() // job.host_threads.get(host, 1))
-    spec = RunnerSpec("ort", job.config.provider, "fp32", threads, job.config.batch_size, ("logits",))
+    spec = RunnerSpec("ort", job.config.provider, "fp32", threads, job.config.batch_size, FETCHED)
     net = open_runner(job.model, spec)
     _BUILT.append(job.model)
     return net, net.provider

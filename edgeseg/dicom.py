@@ -24,7 +24,9 @@ where those differ, so each group is one volume. Objects that are not images (a 
 structured reports, SEG, RTSTRUCT, presentation states, files without pixel data) are
 skipped with their reason, and image series whose Modality is not MR are refused unless
 forced: this model has only ever seen brain MR. Compressed pixel data is decoded by
-pydicom's plugins (RLE natively; JPEG 2000, JPEG-LS and JPEG with the ``dicom`` extra).
+pydicom's plugins (RLE natively; JPEG 2000, JPEG-LS and JPEG lossless with the ``dicom``
+extra; JPEG baseline by GDCM from that extra, else by Pillow); 12-bit JPEG Extended, which
+only a GPL plugin decodes, is refused in one line that says how to convert it.
 """
 
 from __future__ import annotations
@@ -309,10 +311,21 @@ def _check_pixel_size(ds: Any, path: Path) -> None:
         check_claimed_size(path, "DICOM file", shape, dtype, holds=len(ds.PixelData))
 
 
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"  # JPEG Extended (Process 2 and 4): 8- or 12-bit samples
+
+
 def _decode_why(ds: Any, exc: BaseException) -> str:
     """Why pixel data did not decode, naming the extra to install for a missing decoder."""
+    syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
+    if syntax == JPEG_EXTENDED and int(ds.get("BitsStored", 8) or 8) > 8:
+        # GDCM and Pillow decline 12-bit samples; only pylibjpeg-libjpeg (GPL-3) takes them, and
+        # this MIT project does not ship it. DCMTK (BSD) converts such files.
+        return (
+            "12-bit JPEG Extended (Process 4): no decoder in edgeseg[dicom] reads it, only the GPL-3"
+            " pylibjpeg-libjpeg, which edgeseg leaves out; decompress it first, e.g. with DCMTK's"
+            " `dcmdjpeg IN.dcm OUT.dcm`"
+        )
     if "missing dependencies" in str(exc) or "no pixel data handlers" in str(exc).lower():
-        syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
         name = syntax.name if syntax is not None else "this compression"
         return f"compressed as {name} and no decoder for it is installed; {EXTRA}"
     if "raised by all available plugins" in str(exc):  # each plugin's reason is on its own line

@@ -1,6 +1,6 @@
 """`edgeseg infer`: segment scans with an exported ONNX model, torch-free.
 
-    edgeseg infer scans/ --out segmentations/ [--model export/model.onnx] [--overlay]
+    edgeseg infer scans/ --out segmentations/ [--model export/model.onnx] [--overlay|--no-overlay]
 
 or from Python: ``run_inference([Path("scans")], InferConfig(out=Path("seg")))``.
 
@@ -10,8 +10,11 @@ or stacks, PNG/JPEG/TIFF images, NIfTI volumes, DICOM files or series folders (s
 gets ``summary.csv``. Reading the next scans overlaps with inference on the current one
 (a small thread pool, bounded prefetch); slices go through the model in batches, and the
 float32 ``logits`` of one batch at a time are fetched (for the QC confidence figures of
-:mod:`edgeseg.qc`, and for resampling), so memory stays bounded by a few raw scans.
-DICOM series also get a DICOM SEG (:mod:`edgeseg.dicom_seg`; ``--format``).
+:mod:`edgeseg.qc`, and for resampling) with the graph's own ``labels`` (its ArgMax, cheaper
+than numpy's), so memory stays bounded by a few raw scans.
+DICOM series also get a DICOM SEG (:mod:`edgeseg.dicom_seg`; ``--format``). Volumes (NIfTI,
+DICOM) get a QC mosaic ``<name>_overlay.png`` by default (:func:`edgeseg.outputs.write_overlay`;
+``--overlay`` adds one for 2-D inputs too, ``--no-overlay`` writes none).
 A bad scan is one line and the run goes on; every write is atomic. ``--out`` is checked
 writable and locked (one run at a time) before any scan is read; ``records.jsonl`` there
 keeps, per output, its input's size, mtime and SHA-256 and its own SHA-256, so a rerun
@@ -46,7 +49,7 @@ from edgeseg.files import check_writable_dir
 from edgeseg.records import OutLock
 from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import SUPPORTED, discover_scans
-from edgeseg.segment import FORMATS, InferConfig, InferReport, Segmenter
+from edgeseg.segment import FETCHED, FORMATS, InferConfig, InferReport, Segmenter
 
 BACKENDS = ("auto", "ort", "openvino")  # --backend
 
@@ -133,7 +136,7 @@ def choose_runner(model: Path, config: InferConfig) -> tuple[Path, RunnerSpec, s
     from edgeseg.deploy import choose_backend
     from edgeseg.runtime import resolve_providers
 
-    ort = RunnerSpec("ort", config.provider, "fp32", config.threads or 0, config.batch_size, ("logits",))
+    ort = RunnerSpec("ort", config.provider, "fp32", config.threads or 0, config.batch_size, FETCHED)
     if config.backend not in BACKENDS:
         raise EdgesegError(f"--backend {config.backend}: unknown; choose one of {', '.join(BACKENDS)}")
     if config.backend == "ort":

@@ -141,7 +141,8 @@ def write_overlay(
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     legend = 18 * (len(class_names) - 1) + 8
-    canvas = np.zeros((rows * h + legend, cols * w, 3), np.uint8)
+    width = max(cols * w, 26 + 7 * max(map(len, class_names)))  # a 64-pixel slice still shows each name
+    canvas = np.zeros((rows * h + legend, width, 3), np.uint8)
     for i, tile in enumerate(rgb.astype(np.uint8)):
         canvas[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = tile
     mosaic = Image.fromarray(canvas, mode="RGB")

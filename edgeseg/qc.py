@@ -38,9 +38,16 @@ MEAN_SUFFIX = "_mean_intensity"  # summary.csv: mean input intensity of the voxe
 
 
 def max_softmax(logits: np.ndarray) -> np.ndarray:
-    """``(n, C, H, W)`` logits -> ``(n, H, W)`` probability of the winning class."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return 1.0 / np.exp(shifted).sum(axis=1)
+    """``(n, C, H, W)`` logits -> ``(n, H, W)`` probability of the winning class.
+
+    ``1 / sum_c exp(l_c - max)``, summed class by class into one ``(n, H, W)`` buffer rather
+    than through an ``(n, C, H, W)`` temporary: a third less time at C = 3 (README, QC cost).
+    """
+    top = logits.max(axis=1)
+    total = np.zeros_like(top)
+    for c in range(logits.shape[1]):
+        total += np.exp(logits[:, c] - top)
+    return np.reciprocal(total, out=total)
 
 
 @dataclass
@@ -67,16 +74,19 @@ class QCCounter:
     def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
         """Count ``(n, C, H, W)`` logits and their ``(n, H, W)`` argmax labels."""
         brain = labels > 0
-        kept = brain.reshape(len(brain), -1).mean(1) >= MIN_BRAIN
+        kept = np.count_nonzero(brain.reshape(len(brain), -1), axis=1) / brain[0].size >= MIN_BRAIN
         if not kept.any():
             return
-        brain, labels = brain[kept], labels[kept]
-        conf = max_softmax(logits[kept])[brain]
+        if not kept.all():
+            brain, labels, logits = brain[kept], labels[kept], logits[kept]
+        conf = max_softmax(logits)[brain]
+        counts = np.bincount(labels.ravel(), minlength=logits.shape[1])  # every class in one pass
         self.pixels += labels.size
-        self.gm += int((labels == self.gray).sum()) if self.gray is not None else 0
-        self.wm += int((labels == self.white).sum()) if self.white is not None else 0
+        self.gm += int(counts[self.gray]) if self.gray is not None else 0
+        self.wm += int(counts[self.white]) if self.white is not None else 0
         self.conf_sum += float(conf.sum(dtype=np.float64))
-        self.hist += np.histogram(conf, bins=BINS, range=(0.0, 1.0))[0]
+        # bins [i/BINS, (i+1)/BINS), 1.0 in the last, as np.histogram's; bincount is 3x faster
+        self.hist += np.bincount(np.minimum((conf * BINS).astype(np.int32), BINS - 1), minlength=BINS)
 
     def figures(self) -> dict[str, float]:
         """The four figures; empty when no slice held enough brain."""

@@ -2,7 +2,7 @@
 
 :class:`Segmenter` is the scan loop of one process: prefetching reads, batched inference
 through an :class:`edgeseg.runtime.Runner` (fetching logits, for the QC confidence figures
-and for resampling), background atomic writes, one ``records.jsonl`` entry per output.
+and for resampling, and the graph's labels), background atomic writes, one ``records.jsonl`` entry per output.
 :func:`edgeseg.infer.run_inference` drives it locally; :mod:`edgeseg.cluster` runs one per
 Dask worker. :class:`InferConfig` is the command's configuration, :class:`InferReport` its result.
 """
@@ -45,6 +45,13 @@ from edgeseg.scans import Decoded, Scan, read_scan, resample
 from edgeseg.skullstrip import mask_rel
 
 FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
+# What the runner fetches per batch: logits for the QC confidence figures and for resampling, and
+# the graph's own ArgMax, cheaper than numpy's on the logits (README, QC cost).
+FETCHED = ("logits", "labels")
+# Inputs whose QC mosaic is written unless --no-overlay: volumes, where one label file is hard to
+# judge by eye. A .npy or PNG input is one slice (or a stack without geometry) whose label PNG/array
+# is already what a reader opens; --overlay gives them a mosaic too.
+MOSAIC_KINDS = ("nifti", "dicom")
 
 
 @dataclass
@@ -58,7 +65,7 @@ class InferConfig:
     threads: int | None = None  # onnxruntime intra-op threads; None: one per physical core
     batch_size: int = 8  # slices per session.run; also the TensorRT profile's batch
     axis: int | None = None  # volume axis to slice along; None: acquisition axis, else axial
-    overlay: bool = False  # also write <name>_overlay.png (QC mosaic: up to 16 slices, classes coloured)
+    overlay: bool | None = None  # <name>_overlay.png, the QC mosaic; None: for volumes (MOSAIC_KINDS) only
     overwrite: bool = False  # redo scans whose outputs exist (default: skip them, i.e. resume)
     prefetch: int = 2  # scans decoded ahead of the one on the model
     workers: int = 2  # threads that read and write scans
@@ -199,9 +206,13 @@ class Segmenter:
         self._drain(writes, rows, keep=0)
         pool.shutdown()
 
+    def _wants_overlay(self, scan: Scan) -> bool:
+        """Whether ``scan`` gets a QC mosaic: as asked, else for volumes only."""
+        return self.config.overlay if self.config.overlay is not None else scan.kind in MOSAIC_KINDS
+
     def _finished(self, scan: Scan) -> bool:
         """True to skip ``scan``: its outputs exist, match their record and its input is unchanged."""
-        overlay = str(overlay_rel(scan.rel)) if self.config.overlay else None
+        overlay = str(overlay_rel(scan.rel)) if self._wants_overlay(scan) else None
         extra = self._seg_beside(scan)
         if extra is not None and str(extra) not in self.records.latest:
             extra = None  # none was made (a series without geometry, or a run before SEG outputs)
@@ -296,9 +307,9 @@ class Segmenter:
             batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
             tick = time.perf_counter()
-            logits = self.session.run(batch)["logits"]  # logits: for QC, and to resample
+            fetched = self.session.run(batch)  # FETCHED: logits for QC and to resample, labels
             seconds += time.perf_counter() - tick
-            out = logits.argmax(1)  # the graph's own ``labels``: ArgMax of these logits
+            logits, out = fetched["logits"], fetched["labels"]
             counter.add(logits, out)  # on the model's grid, as export measured the ranges
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
                 out = resample(logits, (h, w), order=1).argmax(1)
@@ -323,7 +334,7 @@ class Segmenter:
         """Overlay (or remove a stale one), then labels; the record goes in before their rename."""
         target = safe_output_path(self.out, scan.rel)
         overlay, overlay_sha = safe_output_path(self.out, overlay_rel(scan.rel)), [""]
-        if self.config.overlay:
+        if self._wants_overlay(scan):
             write_overlay(
                 overlay,
                 dec,

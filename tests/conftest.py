@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -306,6 +307,24 @@ def make_env_without(shim: Path, module: str, error: str = "ImportError") -> dic
 def env_without():  # noqa: ANN201
     """:func:`make_env_without` itself."""
     return make_env_without
+
+
+def sha256_files(*paths: Path, relative: bool = False) -> dict[str, str]:
+    """SHA-256 of each file in ``paths`` and of every file under each folder in it (FIFOs and
+    links to nowhere left out), keyed by path, or with ``relative`` by the path inside its folder."""
+    sums = {}
+    for root in map(Path, paths):
+        files = [root] if root.is_file() else [f for f in sorted(root.rglob("*")) if f.is_file()]
+        for f in files:
+            key = f.relative_to(root) if relative and f != root else f
+            sums[str(key)] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return sums
+
+
+@pytest.fixture(scope="session")
+def checksums():  # noqa: ANN201
+    """:func:`sha256_files` itself: snapshot inputs before a run, compare after."""
+    return sha256_files
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,9 @@ EDGESEG = shutil.which("edgeseg", path=str(Path(sys.executable).parent))
 
 
 @pytest.fixture(scope="module")
-def no_click(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def no_click(tmp_path_factory: pytest.TempPathFactory, env_without) -> dict[str, str]:  # noqa: ANN001
     """An environment in which `import click` fails, as on a fresh install with typer >= 0.29."""
-    shim = tmp_path_factory.mktemp("no_click")
-    (shim / "click").mkdir()
-    (shim / "click" / "__init__.py").write_text("raise ImportError('click is not installed (test shim)')\n")
-    return {**os.environ, "PYTHONPATH": str(shim), "COLUMNS": "100"}
+    return env_without(tmp_path_factory.mktemp("no_click"), "click")
 
 
 def run(
@@ -174,14 +171,9 @@ def test_ctrl_c_during_infer_exits_130_and_leaves_no_half_file(threshold_onnx: P
 
 
 @pytest.fixture(scope="module")
-def no_torch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def no_torch(tmp_path_factory: pytest.TempPathFactory, env_without) -> dict[str, str]:  # noqa: ANN001
     """An environment in which `import torch` fails, as in the torch-free core install."""
-    shim = tmp_path_factory.mktemp("no_torch")
-    (shim / "torch").mkdir()
-    (shim / "torch" / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'torch'\", name='torch')\n"
-    )
-    return {**os.environ, "PYTHONPATH": str(shim)}
+    return env_without(tmp_path_factory.mktemp("no_torch"), "torch", "ModuleNotFoundError")
 
 
 @pytest.mark.parametrize(

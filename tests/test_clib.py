@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -464,6 +466,27 @@ def _run_bad_input(program: Path, case: str, folder: Path, env: dict[str, str] |
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_bad_input_is_one_line_and_exit_1(clib: CBuild, tmp_path: Path, case: str) -> None:
     _run_bad_input(clib.program, case, tmp_path)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_mid_run_leaves_no_temporary_output(clib: CBuild, tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C or a kill while edgeseg-run writes: it ends by that signal, and leaves neither
+    OUTPUT.npy nor its temporary OUTPUT.npy.tmp-PID."""
+    np.save(tmp_path / "in.npy", np.random.default_rng(0).normal(0, 1, (3000, 64, 64)).astype(np.float32))
+    out = tmp_path / "out.npy"
+    args = [str(clib.program), "--threads", "1", str(SHIPPED_MODEL), str(tmp_path / "in.npy"), str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tmp = tmp_path / f"out.npy.tmp-{proc.pid}"
+    deadline = time.monotonic() + 120  # a bound against hanging, not a timing assertion
+    while not (tmp.is_file() and tmp.stat().st_size > 0):  # labels flushed: inside the slice loop
+        assert proc.poll() is None, f"finished before the signal (rc {proc.returncode}); make the stack longer"
+        assert time.monotonic() < deadline, "the temporary output never appeared"
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    assert proc.wait(60) == -sig, proc.stderr.read()
+    proc.stderr.close()
+    assert not tmp.exists() and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
 
 
 @pytest.mark.parametrize(

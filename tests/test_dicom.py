@@ -108,7 +108,6 @@ def test_not_dicom(tmp_path: Path) -> None:
 
 
 # --- real exports: several series, compressed files, DICOMDIR and non-image objects -------
-import hashlib  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -125,10 +124,6 @@ def edgeseg(*args: str | Path, env: dict | None = None) -> subprocess.CompletedP
     return subprocess.run([str(EDGESEG), *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
 
 
-def checksums(folder: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("name", TWINS)
 def test_compressed_twins_decode_to_the_same_array(name: str) -> None:
     ds = pydicom.dcmread(get_testdata_file(name))
@@ -138,7 +133,7 @@ def test_compressed_twins_decode_to_the_same_array(name: str) -> None:
     assert np.array_equal(twin.raw, plain.raw) and np.allclose(twin.affine, plain.affine)
 
 
-def test_compressed_twins_give_the_same_labels(tmp_path: Path) -> None:
+def test_compressed_twins_give_the_same_labels(tmp_path: Path, checksums) -> None:
     src = tmp_path / "in"
     for name in ["MR_small.dcm", *TWINS]:  # they share one SeriesInstanceUID: one folder each
         (src / name[:-4]).mkdir(parents=True)
@@ -158,7 +153,7 @@ def test_compressed_twins_give_the_same_labels(tmp_path: Path) -> None:
 def test_a_syntax_no_installed_decoder_handles_says_why() -> None:
     """12-bit JPEG Extended: GDCM declines it (only the GPL libjpeg plugin would decode it)."""
     path = Path(get_testdata_file("JPGExtended.dcm"))
-    with pytest.raises(EdgesegError, match="cannot decode pixel data .*GDCM does not support 'JPEG Extended'"):
+    with pytest.raises(EdgesegError, match=r"cannot decode pixel data \(12-bit JPEG Extended .*dcmdjpeg"):
         read_dicom_series(path, (path,))
 
 
@@ -217,7 +212,7 @@ def test_echoes_of_one_series_are_separate_volumes(tmp_path: Path, mni_dicom_fac
     assert [g.describe() for g in groups] == ["series 5 'ME' echo 1", "series 5 'ME' echo 2"]
 
 
-def test_export_folder_skips_non_images_and_runs_each_series(tmp_path: Path, mni_dicom_factory) -> None:
+def test_export_folder_skips_non_images_and_runs_each_series(tmp_path: Path, mni_dicom_factory, checksums) -> None:
     """A DICOMDIR, an SR, an RT plan, a SEG and a header-less file beside three series (one
     JPEG 2000-compressed): one output per series, each skipped file named, exit 0."""
     src = tmp_path / "export"
@@ -265,3 +260,127 @@ def test_series_option_selects(tmp_path: Path, mni_dicom_factory, select: str) -
     assert "1 done, 0 failed" in proc.stdout and "not selected by --series" in proc.stdout
     assert [p.name for p in (tmp_path / "out").glob("*.nii.gz")] == ["exam_seg.nii.gz"]
     assert nib.load(tmp_path / "out" / "exam_seg.nii.gz").shape[2] == 3
+
+
+# --- JPEG baseline and lossless through GDCM (the dicom extra), against other decoders -----
+import io  # noqa: E402
+
+from pydicom.encaps import encapsulate, generate_frames  # noqa: E402
+from pydicom.pixels.decoders import JPEGBaseline8BitDecoder, JPEGLosslessSV1Decoder  # noqa: E402
+from pydicom.uid import JPEGBaseline8Bit, JPEGLosslessSV1  # noqa: E402
+
+# Real third-party files from pydicom-data (the dev extra): 16-bit NM and 8-bit US, both
+# JPEG Lossless Process 14 SV1, grayscale. pydicom itself ships no grayscale JPEG baseline.
+JPEG_LOSSLESS = ["JPEG-LL.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm"]
+
+
+def pydicom_data_file(name: str) -> Path:
+    path = get_testdata_file(name)
+    assert path, f"{name}: not found; pip install pydicom-data (in edgeseg's dev extra)"
+    return Path(path)
+
+
+def first_frame(path: Path) -> bytes:
+    ds = pydicom.dcmread(path)
+    return next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+
+
+@pytest.mark.parametrize("name", JPEG_LOSSLESS)
+def test_jpeg_lossless_decodes_through_gdcm_like_two_other_decoders(name: str) -> None:
+    import imagecodecs
+
+    path = pydicom_data_file(name)
+    assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGLosslessSV1
+    assert JPEGLosslessSV1Decoder.available_plugins == ("gdcm",)  # the dicom extra's, and no GPL plugin
+    ours = read_dicom_series(path, (path,)).raw[:, :, 0].T  # (column, row) -> (row, column)
+    stream = first_frame(path)
+    for decode in (imagecodecs.jpegsof3_decode, imagecodecs.ljpeg_decode):  # neither is GDCM
+        reference = decode(stream)
+        assert reference.shape == ours.shape and np.array_equal(ours.astype(np.int64), reference.astype(np.int64))
+    assert ours.std() > 10  # an image, not a blank frame
+
+
+def make_jpeg_baseline_series(folder: Path, uncompressed: Path, mni_dicom_factory) -> list[np.ndarray]:
+    """Six MNI152 slices as an 8-bit MR series, JPEG baseline (Pillow, quality 90), with its
+    uncompressed twin in ``uncompressed``; returns the 8-bit slices in file order."""
+    from PIL import Image
+
+    files = mni_dicom_factory(uncompressed, range(86, 92), 5, "T1 JPEG", names="IM{:03d}.dcm")
+    stored = [pydicom.dcmread(f).pixel_array.astype(np.float64) for f in files]
+    top = max(s.max() for s in stored)
+    folder.mkdir(parents=True)
+    slices = []
+    for path, values in zip(files, stored, strict=True):
+        ds = pydicom.dcmread(path)
+        pixels = np.round(values / top * 255).astype(np.uint8)
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.RescaleSlope = 0.01 * top / 255  # intensities stay those of the int16 series
+        ds.PixelData = pixels.tobytes()
+        ds.save_as(path)  # the uncompressed 8-bit twin
+        buffer = io.BytesIO()
+        Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=90)
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+        ds.save_as(folder / path.name, enforce_file_format=True)
+        slices.append(pixels)
+    return slices
+
+
+def test_jpeg_baseline_decodes_through_gdcm_like_libjpeg_turbo(tmp_path: Path, mni_dicom_factory) -> None:
+    import imagecodecs
+
+    originals = make_jpeg_baseline_series(tmp_path / "jpeg", tmp_path / "plain", mni_dicom_factory)
+    files = tuple(sorted((tmp_path / "jpeg").iterdir()))
+    assert pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == JPEGBaseline8Bit
+    assert JPEGBaseline8BitDecoder.available_plugins[0] == "gdcm"  # tried first: pillow only without it
+    ours = read_dicom_series(tmp_path / "jpeg", files)
+    twin = read_dicom_series(tmp_path / "plain", tuple(sorted((tmp_path / "plain").iterdir())))
+    assert np.allclose(ours.affine, twin.affine) and ours.slope == twin.slope
+    for k, path in enumerate(files):
+        decoded = ours.raw[:, :, k].T.astype(np.int64)
+        reference = imagecodecs.jpeg8_decode(first_frame(path)).astype(np.int64)  # libjpeg-turbo
+        assert np.abs(decoded - reference).max() <= 1  # IDCTs may round one grey level apart
+        error = np.abs(decoded - originals[k].astype(np.int64))
+        assert error.mean() < 1.5 and error.max() < 40  # lossy, but the same image
+
+
+def test_jpeg_baseline_series_runs_and_labels_match_its_twin(tmp_path: Path, mni_dicom_factory) -> None:
+    make_jpeg_baseline_series(tmp_path / "in" / "jpeg", tmp_path / "in" / "plain", mni_dicom_factory)
+    proc = edgeseg("infer", tmp_path / "in", "--out", tmp_path / "out", "--format", "nifti")
+    assert proc.returncode == 0, proc.stderr
+    assert "2 done, 0 failed" in proc.stdout
+    jpeg, plain = (np.asarray(nib.load(tmp_path / "out" / f"{n}_seg.nii.gz").dataobj) for n in ("jpeg", "plain"))
+    assert plain.shape == (197, 233, 6) and set(np.unique(plain)) == {0, 1, 2}
+    assert (jpeg == plain).mean() > 0.98  # JPEG at quality 90 moves a few boundary voxels
+
+
+def one_failed_line(proc: subprocess.CompletedProcess) -> str:
+    """The run's single FAILED line; exit 1 and no traceback."""
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
+    assert len(failed) == 1, proc.stderr
+    return failed[0]
+
+
+def test_jpeg_without_gdcm(tmp_path: Path, env_without, mni_dicom_factory) -> None:
+    """Without python-gdcm, JPEG lossless fails in one line naming the extra; JPEG baseline
+    still decodes, through Pillow (a core dependency)."""
+    env = env_without(tmp_path / "shim", "gdcm")
+    lossless = pydicom_data_file("JPGLosslessP14SV1_1s_1f_8b.dcm")
+    proc = edgeseg("infer", lossless, "--force", "--out", tmp_path / "out", env=env)
+    line = one_failed_line(proc)
+    assert str(lossless) in line and "JPEG Lossless" in line and "pip install 'edgeseg[dicom]'" in line
+    make_jpeg_baseline_series(tmp_path / "jpeg", tmp_path / "plain", mni_dicom_factory)
+    proc = edgeseg("infer", tmp_path / "jpeg", "--out", tmp_path / "out2", "--format", "nifti", env=env)
+    assert proc.returncode == 0 and "1 done, 0 failed" in proc.stdout, proc.stderr
+
+
+def test_12_bit_jpeg_extended_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = pydicom_data_file("JPGExtended.dcm")
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.51" and ds.BitsStored == 12
+    line = one_failed_line(edgeseg("infer", path, "--force", "--out", tmp_path / "out"))
+    assert line.startswith(f"FAILED {path}: cannot decode pixel data (12-bit JPEG Extended (Process 4)")
+    assert "GPL-3 pylibjpeg-libjpeg" in line and "dcmdjpeg" in line

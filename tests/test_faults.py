@@ -10,7 +10,6 @@ conftest (labels = clip(round(x), 0, 2)), so every expected output is known.
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import shutil
 import signal
@@ -49,15 +48,6 @@ def edgeseg(*args: str | Path, wrap_rss: bool = False, timeout: float = 180) -> 
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def checksums(root: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``root`` (FIFOs and links to nowhere left out)."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.is_fifo()
-    }
-
-
 def stderr_lines(proc: subprocess.CompletedProcess) -> list[str]:
     return [line for line in proc.stderr.splitlines() if line.strip()]
 
@@ -75,7 +65,7 @@ def slices(root: Path, n: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(autouse=True)
-def inputs_untouched(tmp_path: Path):  # noqa: ANN201
+def inputs_untouched(tmp_path: Path, checksums):  # noqa: ANN001, ANN201
     """Call it to checksum every file under tmp_path/in; they must be byte-identical at the end."""
     sums: dict[str, str] = {}
 
@@ -252,7 +242,7 @@ def test_unwritable_out_is_refused_before_any_scan(
 
 
 @pytest.mark.parametrize("how", UNWRITABLE)
-def test_unwritable_export_out_is_refused_first(tmp_path: Path, tiny_checkpoint: Path, how: str) -> None:
+def test_unwritable_export_out_is_refused_first(tmp_path: Path, tiny_checkpoint: Path, how: str, checksums) -> None:
     out, words = unwritable(tmp_path, how)
     before = checksums(tiny_checkpoint.parent)
     proc = edgeseg("export", tiny_checkpoint, "--out", out, "--no-validate")
@@ -429,7 +419,7 @@ def formats(root: Path, dicom_series_factory) -> None:
 
 
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(
-    tmp_path: Path, threshold_onnx: Path, dicom_series_factory, inputs_untouched
+    tmp_path: Path, threshold_onnx: Path, dicom_series_factory, inputs_untouched, checksums
 ) -> None:
     """SIGKILL while stalled mid-run, remove the staller, rerun: every output byte-identical."""
     src = tmp_path / "in"
@@ -443,8 +433,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(
     (src / "m_stall.npy").unlink()
     rerun = infer(src, tmp_path / "out", threshold_onnx, "--overlay")
     assert rerun.returncode == 0 and "skipped" in rerun.stdout, rerun.stderr
-    outputs = {k: v for k, v in checksums(tmp_path / "out").items() if k != "summary.csv"}
-    expected = {k: v for k, v in checksums(tmp_path / "clean").items() if k != "summary.csv"}
+    outputs = {k: v for k, v in checksums(tmp_path / "out", relative=True).items() if k != "summary.csv"}
+    expected = {k: v for k, v in checksums(tmp_path / "clean", relative=True).items() if k != "summary.csv"}
     outputs.pop("records.jsonl", None), expected.pop("records.jsonl", None)
     # A DICOM SEG gets new UIDs and a content time on every write: equal in labels, not bytes.
     segs = [k for k in expected if k.endswith("_seg.dcm")]
@@ -551,12 +541,6 @@ def test_pydicom_warnings_become_notes_not_stderr(
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def file_sums(*paths: Path) -> dict[str, str]:
-    """SHA-256 of each file, or of every file under each folder."""
-    files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("*"))) if f.is_file()]
-    return {str(f): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-
-
 def kill_when(proc: subprocess.Popen, ready, timeout: float) -> None:
     """SIGKILL ``proc`` as soon as ``ready()`` is true; fail if it finished or stalled first."""
     deadline = time.time() + timeout
@@ -572,11 +556,11 @@ def leftovers(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if "tmp" in p.name or p.name.startswith(".")]
 
 
-def test_kill_9_mid_train_then_resume_equals_an_uninterrupted_run(tiny_dataset, tmp_path: Path) -> None:
+def test_kill_9_mid_train_then_resume_equals_an_uninterrupted_run(tiny_dataset, tmp_path: Path, checksums) -> None:
     import torch
 
     data, _ = tiny_dataset
-    before = file_sums(data)
+    before = checksums(data)
     args = ["train", "--data", str(data), "--epochs", "4", "--patch", "32", "--batch-size", "4", "--seed", "3"]
     run = dict(cwd=tmp_path, capture_output=True, text=True, env=ONE_THREAD, timeout=600)
     clean = subprocess.run([str(EDGESEG), *args, "--name", "clean"], **run)
@@ -603,14 +587,16 @@ def test_kill_9_mid_train_then_resume_equals_an_uninterrupted_run(tiny_dataset, 
             {k: v for k, v in r.items() if k != "seconds"} for r in b["history"]
         ]
     assert not leftovers(tmp_path / "runs")
-    assert file_sums(data) == before
+    assert checksums(data) == before
 
 
-def test_kill_9_mid_export_then_rerun_equals_an_uninterrupted_export(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_kill_9_mid_export_then_rerun_equals_an_uninterrupted_export(
+    tiny_checkpoint: Path, tmp_path: Path, checksums
+) -> None:
     ckpt = tmp_path / "ckpt" / "tiny.pt"
     ckpt.parent.mkdir()
     shutil.copy(tiny_checkpoint, ckpt)
-    before = file_sums(ckpt, tiny_checkpoint)
+    before = checksums(ckpt, tiny_checkpoint)
     args = [
         "export",
         str(ckpt),
@@ -646,7 +632,7 @@ def test_kill_9_mid_export_then_rerun_equals_an_uninterrupted_export(tiny_checkp
         assert (killed / name).read_bytes() == (tmp_path / "clean" / name).read_bytes(), name
     assert (killed / "parity.json").is_file()
     assert not leftovers(killed)
-    assert file_sums(ckpt, tiny_checkpoint) == before
+    assert checksums(ckpt, tiny_checkpoint) == before
 
 
 def test_nothing_to_segment_is_one_line_and_leaves_no_out_folder(tmp_path: Path, threshold_onnx: Path) -> None:

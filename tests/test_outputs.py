@@ -79,20 +79,32 @@ def test_label_nifti_keeps_template_geometry(tmp_path: Path) -> None:
 
 # --- what a reader looks at: per-class statistics and the QC mosaic -------------------------
 EXAMPLE = Path(__file__).parents[1] / "export" / "example" / "mni152_t1_axial_slab.nii.gz"
+EDGESEG = Path(sys.executable).parent / "edgeseg"
+
+
+def infer(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(EDGESEG), "infer", *map(str, args)], capture_output=True, text=True, timeout=300, env=env
+    )
 
 
 @pytest.fixture(scope="module")
-def example_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped model on the example MNI152 slab (197x233x5, 1 mm), with --overlay."""
-    out = tmp_path_factory.mktemp("example") / "out"
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "edgeseg"), "infer", str(EXAMPLE), "--overlay", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def example_run(tmp_path_factory: pytest.TempPathFactory, env_without) -> Path:  # noqa: ANN001
+    """The shipped model on the example MNI152 slab (197x233x5, 1 mm), default options, torch blocked."""
+    root = tmp_path_factory.mktemp("example")
+    proc = infer(EXAMPLE, "--out", root / "out", env=env_without(root / "shim", "torch"))
     assert proc.returncode == 0, proc.stderr
-    return out
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def dicom_run(tmp_path_factory: pytest.TempPathFactory, env_without, mni_dicom_factory) -> Path:  # noqa: ANN001
+    """The shipped model on a 7-slice MNI152 MR series (DICOM), default options, torch blocked."""
+    root = tmp_path_factory.mktemp("dicom")
+    mni_dicom_factory(root / "t1", range(84, 91), 3, "T1 MNI")
+    proc = infer(root / "t1", "--out", root / "out", "--format", "nifti", env=env_without(root / "shim", "torch"))
+    assert proc.returncode == 0, proc.stderr
+    return root / "out"
 
 
 def test_stats_json_has_class_volumes_and_mean_intensities(example_run: Path) -> None:
@@ -116,16 +128,93 @@ def test_stats_json_has_class_volumes_and_mean_intensities(example_run: Path) ->
     assert '"output":"mni152_t1_axial_slab_stats.json"' in records
 
 
-def test_overlay_is_a_mosaic_of_every_slice_with_a_legend(example_run: Path) -> None:
+def class_pixels(mosaic: np.ndarray) -> list[int]:
+    """Pixels of ``mosaic`` tinted in each class's colour, classes 1 and 2.
+
+    A labelled pixel is 0.55 grey + 0.45 colour, so its channel differences are 0.45 times the
+    colour's, whatever the grey (truncated to uint8: one level either way); grey has none.
+    """
+    from edgeseg.outputs import PALETTE
+
+    rgb = mosaic.astype(np.int64)
+    diffs = np.stack([rgb[..., 0] - rgb[..., 2], rgb[..., 1] - rgb[..., 2]], -1)
+    counts = []
+    for colour in PALETTE[1:3]:
+        want = 0.45 * np.array([colour[0] - colour[2], colour[1] - colour[2]])
+        counts.append(int((np.abs(diffs - want) <= 1.5).all(-1).sum()))
+    return counts
+
+
+# (run, labels file, slices, (rows, columns) of a tile as the model saw it, tiles per row)
+MOSAICS = [
+    ("example_run", "mni152_t1_axial_slab", 5, (233, 197), 3),  # anterior at the top
+    ("dicom_run", "t1", 7, (233, 197), 3),  # the acquisition plane: rows posterior, as stored
+]
+
+
+@pytest.mark.parametrize(("run", "name", "slices", "tile", "per_row"), MOSAICS, ids=["nifti", "dicom"])
+def test_volumes_get_a_mosaic_of_every_slice_with_the_labels_and_a_legend(
+    request: pytest.FixtureRequest, run: str, name: str, slices: int, tile: tuple[int, int], per_row: int
+) -> None:
+    """Written by default for a volume, atomically and recorded: a valid PNG whose tiles show
+    every slice, every labelled voxel tinted in its class's colour, and a swatch per class."""
+    import hashlib
+    import json
+
     from PIL import Image
 
     from edgeseg.outputs import PALETTE
 
-    mosaic = np.array(Image.open(example_run / "mni152_t1_axial_slab_overlay.png"))
-    # 5 axial slices of 233 rows (anterior at the top) x 197 columns: 3 x 2 tiles, legend below
-    assert mosaic.shape == (2 * 233 + 2 * 18 + 8, 3 * 197, 3)
-    tiles = [mosaic[r * 233 : (r + 1) * 233, c * 197 : (c + 1) * 197] for r in range(2) for c in range(3)]
-    assert all(t.any() for t in tiles[:5]) and not tiles[5].any()  # five slices, the sixth tile empty
-    legend = mosaic[2 * 233 :]
+    out = request.getfixturevalue(run)
+    path = out / f"{name}_overlay.png"
+    with Image.open(path) as img:
+        img.verify()  # a whole PNG: checksums and chunks intact
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.mode == "RGB"
+        mosaic = np.array(img)
+    (h, w), rows = tile, -(-slices // per_row)
+    assert mosaic.shape == (rows * h + 2 * 18 + 8, per_row * w, 3)
+    tiles = [mosaic[r * h : (r + 1) * h, c * w : (c + 1) * w] for r in range(rows) for c in range(per_row)]
+    assert all(t.any() for t in tiles[:slices]) and not any(t.any() for t in tiles[slices:])
+    labels = np.asarray(nib.load(out / f"{name}_seg.nii.gz").dataobj)
+    assert labels.shape[2] == slices
+    assert class_pixels(mosaic[: rows * h]) == [int((labels == 1).sum()), int((labels == 2).sum())]
+    legend = mosaic[rows * h :]
     for colour in PALETTE[1:3]:
         assert (legend.reshape(-1, 3) == colour).all(1).sum() >= 100  # each class's swatch
+    assert class_pixels(legend) == [0, 0] and legend.any()  # swatches are pure colour, names white
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    (record,) = [r for r in records if r["output"] == f"{name}_seg.nii.gz"]
+    assert record["overlay_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not [p for p in out.rglob(".*") if p.name != ".edgeseg.lock"]  # no temp left
+
+
+def test_no_overlay_for_volumes_and_only_asked_for_slices(tmp_path: Path, threshold_onnx: Path) -> None:
+    """--no-overlay: no mosaic for a volume; a 2-D .npy gets one only with --overlay."""
+    vol = np.random.default_rng(0).integers(0, 3, (20, 18, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "vol.nii.gz")
+    np.save(tmp_path / "slice.npy", vol[..., 0])
+    model = ("--model", threshold_onnx)
+    assert infer(tmp_path / "vol.nii.gz", tmp_path / "slice.npy", *model, "--out", tmp_path / "a").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "a").glob("*_overlay.png")) == ["vol_overlay.png"]
+    proc = infer(tmp_path / "vol.nii.gz", *model, "--no-overlay", "--out", tmp_path / "b")
+    assert proc.returncode == 0 and (tmp_path / "b" / "vol_seg.nii.gz").is_file(), proc.stderr
+    assert list((tmp_path / "b").glob("*_overlay.png")) == []
+    assert infer(tmp_path / "slice.npy", *model, "--overlay", "--out", tmp_path / "c").returncode == 0
+    assert (tmp_path / "c" / "slice_overlay.png").is_file()
+
+
+def test_a_damaged_mosaic_is_redone_on_resume(tmp_path: Path, threshold_onnx: Path) -> None:
+    vol = np.random.default_rng(1).integers(0, 3, (20, 18, 4)).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "vol.nii.gz")
+    args = (tmp_path / "vol.nii.gz", "--model", threshold_onnx, "--out", tmp_path / "out")
+    assert infer(*args).returncode == 0
+    mosaic = tmp_path / "out" / "vol_overlay.png"
+    first = mosaic.read_bytes()
+    assert "1 skipped (already done)" in infer(*args).stdout
+    mosaic.write_bytes(first[:-20])  # truncated, as by a full disk or a copy cut short
+    proc = infer(*args)
+    assert proc.returncode == 0 and "overlay damaged" in proc.stderr and "1 done (1 redone)" in proc.stdout
+    assert mosaic.read_bytes() == first
+    mosaic.unlink()
+    assert "1 done" in infer(*args).stdout and mosaic.read_bytes() == first  # a missing one is made again

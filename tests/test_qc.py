@@ -61,6 +61,30 @@ def test_counter_figures_by_hand() -> None:
     assert max_softmax(np.zeros((1, 3, 1, 1), np.float32))[0, 0, 0] == pytest.approx(1 / 3)
 
 
+def test_counter_equals_a_plain_softmax_and_percentile() -> None:
+    """The fused pass (class-by-class softmax, bincount histogram) against scipy's softmax and
+    numpy's percentile, on random logits in several batches, one slice nearly empty."""
+    from scipy.special import softmax
+
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0, 2, (5, 3, 40, 30)).astype(np.float32)
+    logits[2, 0] += 30  # slice 2: background everywhere, left out
+    labels = logits.argmax(1).astype(np.uint8)
+    counter = QCCounter.for_classes(NAMES)
+    for start in (0, 2, 3):  # uneven batches, as infer sends them
+        stop = {0: 2, 2: 3, 3: 5}[start]
+        counter.add(logits[start:stop], labels[start:stop])
+    kept = [0, 1, 3, 4]
+    brain = labels[kept] > 0
+    conf = softmax(logits[kept].astype(np.float64), axis=1).max(1)[brain]
+    figures = counter.figures()
+    assert figures["brain_fraction"] == pytest.approx(brain.mean())
+    assert figures["gm_wm_ratio"] == pytest.approx((labels[kept] == 1).sum() / (labels[kept] == 2).sum())
+    assert figures["conf_mean"] == pytest.approx(conf.mean(), rel=1e-6)
+    assert abs(figures["conf_p5"] - np.percentile(conf, 5)) <= 1 / 1000  # one histogram bin
+    assert np.allclose(max_softmax(logits), softmax(logits.astype(np.float64), axis=1).max(1), atol=1e-6)
+
+
 JUDGED = [  # figures, ranges, verdict
     ({"conf_mean": 0.95}, None, NO_RANGES),
     ({}, {"conf_mean": [0.9, 1.0]}, "no brain found (no slice with >= 2% brain)"),

@@ -5,11 +5,14 @@
  *
  * The input is streamed a batch at a time, so memory stays at one batch whatever the stack's
  * length. The output is written to a temporary name and renamed, so a failed run never leaves a
- * partial OUTPUT.npy. Exit status: 0 done, 1 bad input or model (one line on stderr), 2 usage.
+ * partial OUTPUT.npy; on SIGINT or SIGTERM the temporary file is removed before the signal ends
+ * the program as usual (exit 130/143 from a shell). Exit status: 0 done, 1 bad input or model (one
+ * line on stderr), 2 usage.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,9 +119,30 @@ typedef struct {
     edgeseg_model *model;
 } run_state;
 
+/* The temporary output while it exists, for the signal handler: Ctrl-C leaves no OUTPUT.npy.tmp-PID. */
+static char *volatile pending_tmp = NULL;
+
+/* unlink and raise are async-signal-safe; the default action then ends the program as the signal would. */
+static void remove_tmp_and_die(int sig) {
+    char *tmp = pending_tmp;
+    if (tmp) unlink(tmp);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void remove_tmp_on_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = remove_tmp_and_die;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
 static void release(run_state *s) {
     if (s->in) fclose(s->in);
     if (s->out) fclose(s->out);
+    pending_tmp = NULL;
     if (s->tmp_path) remove(s->tmp_path);
     free(s->tmp_path);
     free(s->raw);
@@ -186,6 +210,8 @@ static int segment_file(const options *o) {
     s.tmp_path = malloc(tmp_size);
     if (!s.tmp_path) return fail(&s, o->output, "out of memory");
     snprintf(s.tmp_path, tmp_size, "%s.tmp-%ld", o->output, (long)getpid());
+    pending_tmp = s.tmp_path;  /* before fopen creates it: a signal from here on removes it */
+    remove_tmp_on_signals();
     s.out = fopen(s.tmp_path, "wb");
     uint64_t out_shape[3] = {dims[0], dims[1], dims[2]};
     if (!s.out || npy_write_u8_header(s.out, h.rank == 3 ? out_shape : out_shape + 1, h.rank))
@@ -205,6 +231,7 @@ static int segment_file(const options *o) {
     s.out = NULL;
     if (closed != 0 || rename(s.tmp_path, o->output) != 0)
         return fail_io(&s, o->output, "write it", "check the free space and that the folder is writable");
+    pending_tmp = NULL;  /* renamed: a late signal must not remove a name that may be reused */
     free(s.tmp_path);
     s.tmp_path = NULL;
     release(&s);
