@@ -13,8 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgeseg.losses import segmentation_loss
 from edgeseg.model import UNet
-from edgeseg.train import make_config, segmentation_loss
+from edgeseg.train_config import make_config
 
 FULL = 394
 

@@ -27,8 +27,9 @@ import torch
 from edgeseg import distributed
 from edgeseg.augment import RobustPatches
 from edgeseg.data import build_demo, load_slices
+from edgeseg.losses import segmentation_loss
 from edgeseg.model import UNet
-from edgeseg.train import make_config, segmentation_loss
+from edgeseg.train_config import make_config
 
 WARMUP = 2
 

@@ -429,8 +429,9 @@ def _train_step(cfg: CheckConfig, compiled: bool) -> Callable[[], None]:
     """One step of the default recipe on whole ``size``² slices: AMP on CUDA, channels_last."""
     import torch
 
+    from edgeseg.losses import segmentation_loss
     from edgeseg.model import UNet
-    from edgeseg.train import make_config, segmentation_loss
+    from edgeseg.train_config import make_config
 
     recipe = make_config("default")
     torch.manual_seed(0)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from edgeseg import __version__, distributed
 from edgeseg.augment import RobustPatches
@@ -28,145 +27,13 @@ from edgeseg.data import Slices, load_slices
 from edgeseg.demo import build_demo, read_demo_provenance
 from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.evaluate import evaluate, format_metrics_table
-from edgeseg.files import atomic_write, write_csv
-from edgeseg.metrics import IGNORE, ConfusionMatrix
+from edgeseg.files import write_json
+from edgeseg.losses import segmentation_loss
+from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import NORM_CONTRACT, ModelConfig, UNet, load_checkpoint, save_checkpoint
 from edgeseg.split import Split, is_demo_set, make_split
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run; saved as ``config.json`` beside it."""
-
-    preset: str = "default"  # "default" (fast on 2 CPU cores) or "tutorial" (its exact recipe)
-    data: str | None = None  # dataset root in the tutorial layout; None builds the demo MRI set
-    epochs: int = 8  # passes over the training slices
-    batch_size: int = 16  # patches per step (the tutorial: 16 full slices)
-    lr: float = 2e-3  # peak learning rate of the one-cycle schedule
-    weight_decay: float = 1e-4  # AdamW decoupled weight decay; 0 gives the tutorial's plain Adam
-    schedule: str = "onecycle"  # "onecycle" (warm-up then cosine decay) or "constant"
-    loss: str = "ce_dice"  # "ce_dice" (cross-entropy + soft Dice) or "bce" (the tutorial's)
-    patch: int | None = 128  # random crops of patch x patch; None trains on whole slices
-    patches_per_slice: int = 2  # crops drawn from each source plane per epoch (553 planes by default)
-    augment: bool = True  # field of view, oblique planes, bias, gamma, noise, scale, resolution
-    oblique_planes: int = 96  # planes resampled from the 3-D template at random tilts (regions split)
-    oblique_tilt_deg: float = 30.0  # their tilt from axial/coronal/sagittal, about both in-plane axes
-    # "regions" (held-out 3-D balls of the demo template; other data fall back to slabs),
-    # "slabs" (held-out slabs of adjacent slices, one plane each) or "tutorial" (last 100)
-    split: str = "regions"
-    test_fraction: float = 0.2  # share of slices held out by the slab split
-    channels_last: bool = True  # NHWC convolutions: ~1.7x faster on this CPU
-    eval_batch_size: int = 8  # slices per evaluation forward pass
-    seed: int = 0  # seeds weights, shuffling and augmentation
-    device: str = "auto"  # "auto" (CUDA if available, with AMP), "cpu" or "cuda"
-    workers: int = 0  # DataLoader workers; 0 keeps both CPU cores for the convolutions
-    widths: tuple[int, ...] = (16, 32, 64, 128)  # the tutorial's U-Net widths
-    runs_dir: str = "runs"  # parent folder of run folders
-    name: str | None = None  # run folder name; None picks train, train2, ...
-    pixel_spacing_mm: float | None = None  # in-plane pixel size of the data; None: the demo's 0.5 or unknown
-    num_classes: int = 3  # background, gray matter, white matter
-    class_names: tuple[str, ...] = ("background", "gray_matter", "white_matter")
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    # The tutorial: 394x394 whole slices, Adam 3e-4, BCEWithLogits on one-hot masks, batch 16,
-    # 30 epochs, the last 100 slices in sorted order as test, no augmentation, eager NCHW.
-    "tutorial": dict(
-        epochs=30,
-        batch_size=16,
-        lr=3e-4,
-        weight_decay=0.0,
-        schedule="constant",
-        loss="bce",
-        patch=None,
-        patches_per_slice=1,
-        augment=False,
-        split="tutorial",
-        channels_last=False,
-    ),
-}
-
-
-def make_config(preset: str = "default", **overrides: Any) -> TrainConfig:
-    """Build a TrainConfig from a preset and explicit overrides (None values are ignored)."""
-    if preset not in PRESETS:
-        raise EdgesegError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise EdgesegError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-    values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return TrainConfig(preset=preset, **values)
-
-
-@dataclass
-class EpochRecord:
-    """One row of the run's history (the tutorial's ``hist``)."""
-
-    epoch: int
-    loss: float
-    iou: float
-    test_loss: float
-    test_iou: float
-    lr: float
-    seconds: float
-
-
-@dataclass
-class TrainResult:
-    """What a finished run returns."""
-
-    run_dir: Path
-    best_checkpoint: Path
-    best_miou_fg: float
-    best_epoch: int
-    metrics: dict[str, Any]
-    history: list[EpochRecord] = field(default_factory=list)
-    seconds: float = 0.0
-
-
-# ----------------------------------------------------------------------------- losses
-
-
-def segmentation_loss(
-    kind: str, num_classes: int, total: Callable[[torch.Tensor], torch.Tensor] = lambda sums: sums
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Loss over logits ``(N, C, H, W)`` and integer masks ``(N, H, W)``.
-
-    Every term is a ratio of sums over the batch; ``total`` adds those sums over the training
-    processes (``World.all_sum``), so that under DDP the loss is that of the global batch.
-    """
-    if kind == "bce":
-
-        def tutorial_bce(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            valid = (mask != IGNORE).unsqueeze(1).to(logits.dtype)
-            target = F.one_hot(mask.clamp_max(num_classes - 1), num_classes).permute(0, 3, 1, 2)
-            per_pixel = F.binary_cross_entropy_with_logits(logits, target.to(logits.dtype), reduction="none")
-            loss_sum, count = total(torch.stack([(per_pixel * valid).sum(), valid.sum() * num_classes]))
-            return loss_sum / count.clamp_min(1)
-
-        return tutorial_bce
-    if kind == "ce_dice":
-
-        def ce_dice(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-            valid = (mask != IGNORE).unsqueeze(1)
-            ce_sum = F.cross_entropy(logits, mask, ignore_index=IGNORE, reduction="sum")
-            prob = logits.float().softmax(dim=1)[:, 1:] * valid  # foreground classes only
-            target = F.one_hot(mask.clamp_max(num_classes - 1), num_classes).permute(0, 3, 1, 2)[:, 1:]
-            target = (target * valid).to(prob.dtype)
-            inter = (prob * target).sum(dim=(0, 2, 3))
-            denom = prob.sum(dim=(0, 2, 3)) + target.sum(dim=(0, 2, 3))
-            sums = total(torch.cat([ce_sum.float()[None], valid.sum().float()[None], inter, denom]))
-            k = num_classes - 1
-            # an all-IGNORE batch (a patch inside a held-out ball) has no CE term rather than a NaN mean
-            ce = sums[0] / sums[1].clamp_min(1)
-            dice = (2 * sums[2 : 2 + k] + 1.0) / (sums[2 + k :] + 1.0)
-            return ce + (1 - dice).mean()
-
-        return ce_dice
-    raise EdgesegError(f"unknown loss {kind!r}; choose 'ce_dice' or 'bce'")
-
+from edgeseg.train_config import EpochRecord, TrainConfig, TrainResult, config_dict, make_config
+from edgeseg.train_report import write_figures, write_history
 
 # ----------------------------------------------------------------------------- the run
 
@@ -299,7 +166,7 @@ def _train_run(
         first_epoch = int(state["epoch"]) + 1
         log(f"resuming {run_dir} after epoch {first_epoch}/{config.epochs}")
     if world.is_main:
-        _write_json(run_dir / "config.json", {**_config_dict(config), **world.describe(config.batch_size, config.lr)})
+        write_json(run_dir / "config.json", {**config_dict(config), **world.describe(config.batch_size, config.lr)})
     data_info = {
         "root": str(slices.root),
         "split": config.split,
@@ -328,7 +195,7 @@ def _train_run(
             epoch + 1, loss, iou, test_loss, test_iou, optimizer.param_groups[0]["lr"], time.perf_counter() - t0
         )
         ckpt_extra = dict(
-            train_config=_config_dict(config),
+            train_config=config_dict(config),
             metrics=metrics,
             epoch=epoch,
             data=data_info,
@@ -347,7 +214,7 @@ def _train_run(
             best=new_best,
             **ckpt_extra,
         )
-        _write_history(run_dir, [*history, record])
+        write_history(run_dir, [*history, record])
         log(
             f"epoch {epoch + 1}/{config.epochs}  loss {loss:.4f}  iou {iou:.4f}  "
             f"test_loss {test_loss:.4f}  test_iou {test_iou:.4f}  ({record.seconds:.0f}s)"
@@ -366,7 +233,7 @@ def _train_run(
         record, best = world.first(partial(end_epoch, epoch, loss, iou, t0, best))
         history.append(record)
     if world.is_main:
-        _write_reports(run_dir, history, scored, test_idx, config, device)
+        write_figures(run_dir, history, scored, test_idx, config, device)
     world.barrier()  # every rank returns once the run folder is complete
     return TrainResult(
         run_dir,
@@ -491,83 +358,6 @@ def _demo_pixel_mm(root: Path) -> float | None:
         return float(read_demo_provenance(root)["pixel_mm"])
     except (EdgesegError, KeyError, TypeError, ValueError, OSError):
         return None
-
-
-def _config_dict(config: TrainConfig) -> dict[str, Any]:
-    d = asdict(config)
-    d["widths"] = list(config.widths)
-    d["class_names"] = list(config.class_names)
-    return d
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-
-
-def _write_history(run_dir: Path, history: list[EpochRecord]) -> None:
-    rows = [asdict(r) for r in history]
-    _write_json(run_dir / "history.json", rows)
-    write_csv(run_dir / "history.csv", rows)
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _write_reports(
-    run_dir: Path,
-    history: list[EpochRecord],
-    slices: Slices,
-    test_idx: list[int],
-    config: TrainConfig,
-    device: torch.device,
-) -> None:
-    """``curves.png`` (loss and IoU per epoch) and ``predictions.png`` (image / truth / prediction)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if history:
-        epochs = [r.epoch for r in history]
-        fig, (ax_loss, ax_iou) = plt.subplots(1, 2, figsize=(10, 4))
-        # markers: a run of one epoch is one point per line, which a line alone does not draw
-        ax_loss.plot(epochs, [r.loss for r in history], marker="o", label="train")
-        ax_loss.plot(epochs, [r.test_loss for r in history], marker="o", label="test")
-        ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-        ax_iou.plot(epochs, [r.iou for r in history], marker="o", label="train")
-        ax_iou.plot(epochs, [r.test_iou for r in history], marker="o", label="test")
-        ax_iou.set(xlabel="epoch", ylabel="mean foreground IoU", title="IoU")
-        for ax in (ax_loss, ax_iou):
-            ax.legend()
-            ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run_dir / "curves.png", dpi=100)
-        plt.close(fig)
-    best_path = run_dir / "best.pt"
-    if not test_idx or not best_path.exists():
-        return
-    model, _ = load_checkpoint(best_path, device)
-    picks = [test_idx[int(k)] for k in np.linspace(0, len(test_idx) - 1, min(4, len(test_idx)))]
-    fig, axes = plt.subplots(len(picks), 3, figsize=(9, 3 * len(picks)), squeeze=False)
-    with torch.inference_mode():
-        for row, i in zip(axes, picks, strict=True):
-            x = torch.from_numpy(slices.images[i][None, None]).to(device)
-            pred = model(x).argmax(dim=1)[0].cpu().numpy()
-            truth = np.ma.masked_equal(slices.masks[i], IGNORE)  # unscored pixels left blank
-            for ax, img, title in zip(
-                row, (slices.images[i], truth, pred), (slices.keys[i], "ground truth", "prediction"), strict=True
-            ):
-                ax.imshow(
-                    img,
-                    cmap="gray" if img is slices.images[i] else "viridis",
-                    vmin=None if img is slices.images[i] else 0,
-                    vmax=None if img is slices.images[i] else config.num_classes - 1,
-                )
-                ax.set_title(title, fontsize=9)
-                ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(run_dir / "predictions.png", dpi=80)
-    plt.close(fig)
 
 
 # ----------------------------------------------------------------------------- console front-end

@@ -18,8 +18,8 @@ import torch
 from edgeseg import distributed
 from edgeseg.augment import RobustPatches
 from edgeseg.data import load_slices
+from edgeseg.losses import segmentation_loss
 from edgeseg.model import ModelConfig, UNet
-from edgeseg.train import segmentation_loss
 
 WIDTHS = (4, 8, 16)
 BATCH = 8  # the global batch: 4 patches on each of 2 ranks

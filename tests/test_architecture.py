@@ -41,6 +41,8 @@ ORDER = [
     "split",
     "model",
     "augment",
+    "train_config",
+    "losses",
     # running a model
     "tensorrt",
     "cbuild",
@@ -54,6 +56,7 @@ ORDER = [
     "infer",
     # training, export, validation
     "evaluate",
+    "train_report",
     "distributed",
     "train",
     "quantize",

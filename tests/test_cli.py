@@ -88,7 +88,7 @@ def test_help_has_no_bool_metavar(command: str, no_click) -> None:
 
 
 def test_train_help_shows_each_presets_defaults(no_click) -> None:
-    from edgeseg.train import make_config
+    from edgeseg.train_config import make_config
 
     text = " ".join(run("train", "--help", env=no_click).stdout.split())
     default, tutorial = make_config("default"), make_config("tutorial")

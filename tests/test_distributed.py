@@ -22,8 +22,10 @@ from torch import nn
 from edgeseg import EdgesegError
 from edgeseg.distributed import GlobalBatchNorm2d, ShardedBatches, World, per_rank_batch
 from edgeseg.evaluate import evaluate_checkpoint
+from edgeseg.losses import segmentation_loss
 from edgeseg.model import load_checkpoint
-from edgeseg.train import make_config, segmentation_loss, train
+from edgeseg.train import train
+from edgeseg.train_config import make_config
 
 TESTS = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]

@@ -16,8 +16,10 @@ import torch
 
 from edgeseg import EdgesegError
 from edgeseg.artifacts import find_latest_checkpoint
+from edgeseg.losses import segmentation_loss
 from edgeseg.model import load_checkpoint
-from edgeseg.train import make_config, new_run_dir, segmentation_loss, train
+from edgeseg.train import new_run_dir, train
+from edgeseg.train_config import make_config
 
 EDGESEG = [sys.executable, "-m", "edgeseg.cli"]
 

@@ -35,7 +35,7 @@ def corrupted_int8(src: Path, dst: Path, calib: list[np.ndarray]) -> Path:
     import onnx
     from onnx import numpy_helper
 
-    from edgeseg.export import save_onnx
+    from edgeseg.artifacts import save_onnx
     from edgeseg.quantize import quantize_int8
 
     quantize_int8(src, dst, calib)
