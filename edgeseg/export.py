@@ -46,6 +46,9 @@ NORMALIZATION = {  # edgeseg.normalization of each contract (edgeseg.normalizati
     1: "per-image z-score over H and W inside the graph: (x - mean) / sqrt(var + 1e-6); feed raw scanner intensities",
     2: "per-image tissue mean inside the graph: x / mean(x | x > 0.4 sum(x^4)/sum(x^3)),"
     " independent of padding, cropping and intensity scale; feed raw scanner intensities",
+    3: "per-image tissue mean inside the graph as in contract 2, and each image framed in zeros so that"
+    " its first nonzero row and column sit on the 8-pixel pooling grid (logits cut back to H x W):"
+    " labels do not move when a zero-background slice is padded or cropped; feed raw scanner intensities",
 }
 
 
@@ -172,10 +175,10 @@ def symbolic_dims(proto: onnx.ModelProto) -> dict[str, list[str | int]]:
 def model_metadata(ckpt: dict[str, Any], precision: str, opset: int, checkpoint_sha256: str) -> dict[str, str]:
     """The ``edgeseg.*`` metadata_props of an exported file (all values strings)."""
     from edgeseg import __version__
-    from edgeseg.model import NORMALIZATIONS, ModelConfig, checkpoint_model_config
+    from edgeseg.model import ModelConfig, checkpoint_model_config
 
     config = ModelConfig(**checkpoint_model_config(ckpt))
-    contract = NORMALIZATIONS[config.normalization]
+    contract = config.contract
     miou = (ckpt.get("metrics") or {}).get("miou_fg")
     spacing = (ckpt.get("data") or {}).get("pixel_spacing_mm")
     return {

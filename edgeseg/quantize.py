@@ -72,16 +72,27 @@ def normalization_nodes(proto: onnx.ModelProto) -> list[str]:
 
 
 def float_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Nodes kept float in the int8 model: the normalisation, the first and the last Conv.
+    """Nodes kept float in the int8 model: the normalisation, the first and the last Conv, and after it.
 
-    The first Conv would otherwise see the z-scored image in 256 levels, and the last one
+    The first Conv would otherwise see the normalised image in 256 levels, and the last one
     would hand the logits (the argmax's input) over in 256 levels; both flip labels where
     gray and white matter meet. Together they are ~1.6 % of the MACs (22 + 67 of 5,490
-    MMAC per 394x394 slice), so keeping them float costs little speed.
+    MMAC per 394x394 slice), so keeping them float costs little speed. What follows the last
+    Conv (contract 3 cuts the logits out of the aligned frame) only moves logits.
     """
     names = normalization_nodes(proto)
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
-    return [*names, *dict.fromkeys([convs[0], convs[-1]])]
+    return [*names, *dict.fromkeys([convs[0], *_descendants(proto, convs[-1])])]
+
+
+def _descendants(proto: onnx.ModelProto, name: str) -> list[str]:
+    """``name`` and every node that consumes its outputs, directly or not (graph order)."""
+    reached, tensors = {name}, set()
+    for node in proto.graph.node:  # graph order is topological
+        if node.name in reached or tensors.intersection(node.input):
+            reached.add(node.name)
+            tensors.update(node.output)
+    return [n.name for n in proto.graph.node if n.name in reached]
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:

@@ -39,7 +39,7 @@ OUTPUTS = {"logits": ("float", 4), "labels": ("uint8", 3)}  # name -> (element t
 REQUIRED_KEYS = ("format", "class_names", "num_classes", "in_channels", "min_size")
 # The normalisation is inside the graph, so a file of any of these contracts runs as exported;
 # a newer contract may change what the input must be, so it is refused.
-KNOWN_CONTRACTS = ("1", "2")
+KNOWN_CONTRACTS = ("1", "2", "3")
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
