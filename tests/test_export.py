@@ -328,6 +328,43 @@ def test_choose_int8_keeps_the_best_method(tiny_onnx: Path, tiny_checkpoint: Pat
     assert [p.name for p in tmp_path.iterdir()] == ["best_int8.onnx"]  # no temporary left
 
 
+CALIB_PEAK = """
+import resource, sys
+from pathlib import Path
+import numpy as np
+from edgeseg.quantize import quantize_int8
+rng = np.random.default_rng(0)
+# a frame with two bright pixels first, then slices full of tissue: every sum grows ~10^4-fold
+first = np.zeros((64, 64), np.float32)
+first[30, 30:32] = 400.0
+full = [(rng.random((200, 200)) * 400 + 100).astype(np.float32) for _ in range(int(sys.argv[3]))]
+quantize_int8(Path(sys.argv[1]), Path(sys.argv[2]), [first, *full], "percentile")
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def _calibration_peak_bytes(onnx_path: Path, out: Path, inputs: int) -> int:
+    """Peak RSS of a fresh process that calibrates int8 (percentile histograms) on ``inputs`` inputs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-c", CALIB_PEAK, str(onnx_path), str(out), str(inputs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return int(run.stdout.split()[-1])
+
+
+def test_int8_calibration_memory_does_not_grow_with_the_inputs(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Histogram calibration holds one input's activations and fixed-size histograms, whatever
+    the count. ORT calibrates every float tensor by default; the normalisation's sums then grew
+    a histogram to tens of millions of bins once a later input had more tissue than the first."""
+    few = _calibration_peak_bytes(tiny_onnx, tmp_path / "few.onnx", 1)
+    many = _calibration_peak_bytes(tiny_onnx, tmp_path / "many.onnx", 12)
+    assert many - few < 100 * 2**20, (few, many)  # 100 MiB: the unrestricted calibration grew by GBs
+
+
 @pytest.mark.parametrize("n,expected", [(4, 4 + 2 * 2), (5, 5 + 3 * 2), (1, 1 + 2)])
 def test_calibration_set_adds_centre_crops(tiny_dataset, n: int, expected: int) -> None:
     from edgeseg.quantize import calibration_set
