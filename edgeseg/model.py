@@ -163,14 +163,21 @@ def _first_foreground(fg: torch.Tensor) -> torch.Tensor:
     return torch.where(fg, index, index + size).amin(dim=1)
 
 
-def _window(x: torch.Tensor, start: torch.Tensor, length: torch.Tensor | int, dim: int) -> torch.Tensor:
-    """``x[n, ..., start[n] : start[n] + length, ...]`` along ``dim`` (2 or 3), one start per image."""
-    shape = [1, 1, 1, 1]
-    shape[dim] = -1
-    index = torch.arange(length, device=x.device).view(shape) + start.view(-1, 1, 1, 1)
-    size = list(x.shape)
-    size[dim] = index.size(dim)
-    return torch.gather(x, dim, index.expand(size))
+def _window(
+    x: torch.Tensor, start: int, shift: torch.Tensor, length: torch.Tensor | int, dim: int, grid: int
+) -> torch.Tensor:
+    """``x[n, ..., start + shift[n] : ... + length, ...]`` along ``dim``, ``shift`` (N,) in [0, grid).
+
+    A sum of one static slice per possible shift, each weighted by ``shift == k`` (exact: one
+    weight is 1, the rest 0): plain Slice, Mul and Add in ONNX, with no data-dependent shape
+    and no GatherElements (onnx.reference cannot gather along an axis longer than 64).
+    """
+    out = None
+    for k in range(grid):
+        weight = (shift == k).to(x.dtype).view(-1, 1, 1, 1)
+        part = x.narrow(dim, start + k, length) * weight
+        out = part if out is None else out + part
+    return out
 
 
 def aligned_frame(segment: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: int) -> torch.Tensor:
@@ -182,21 +189,21 @@ def aligned_frame(segment: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     ALIGN_MARGIN + a multiple of ``grid``, at least ALIGN_MARGIN from every edge, with sides a
     multiple of ``grid`` (no decoder padding); the logits are cut back to ``(H, W)``. A slice
     with a zero background then gets the same labels padded with zeros or cropped to its
-    brain. One shift per image (a gather), so a slice's labels do not depend on its batch.
-    Pads are computed from run-time sizes, the frame size from H and W only.
+    brain. One shift per image, so a slice's labels do not depend on its batch. Pads are
+    static or computed from run-time sizes; the frame's size depends on H and W only.
     """
     m, g = ALIGN_MARGIN, grid
     fg = (x != 0).amax(dim=1)  # (N, H, W)
     rows, cols = _first_foreground(fg.amax(dim=2)), _first_foreground(fg.amax(dim=1))
-    shift_y = torch.remainder(-rows, g).to(torch.int64)  # (N,) zero rows added above, 0..g-1
-    shift_x = torch.remainder(-cols, g).to(torch.int64)
+    shift_y = torch.remainder(-rows, g)  # (N,) zero rows added above the margin, 0..g-1 (float)
+    shift_x = torch.remainder(-cols, g)
     h, w = x.size(2), x.size(3)
     frame_h = (h + 2 * m + 2 * g - 2) // g * g  # >= h + 2m + g - 1: room for any shift
     frame_w = (w + 2 * m + 2 * g - 2) // g * g
     padded = F.pad(x, (m + g - 1, frame_w - w - m, m + g - 1, frame_h - h - m))
-    framed = _window(_window(padded, g - 1 - shift_y, frame_h, 2), g - 1 - shift_x, frame_w, 3)
+    framed = _window(_window(padded, 0, g - 1 - shift_y, frame_h, 2, g), 0, g - 1 - shift_x, frame_w, 3, g)
     logits = segment(framed)
-    return _window(_window(logits, m + shift_y, h, 2), m + shift_x, w, 3)
+    return _window(_window(logits, m, shift_y, h, 2, g), m, shift_x, w, 3, g)
 
 
 class DoubleConv(nn.Module):
