@@ -78,6 +78,20 @@ def normalization_nodes(proto: onnx.ModelProto) -> list[str]:
     return list(found)
 
 
+def image_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Nodes that depend on no Conv: computed from the image and constants alone.
+
+    The normalisation and, in contract 3, the frame's per-image shifts; the shifts also pick
+    the logits' window after the last Conv, so an fp16 model must keep all of them float32.
+    """
+    convs = {n.name for n in proto.graph.node if n.op_type == "Conv"}
+    downstream: set[str] = set()
+    for node in proto.graph.node:  # graph order is topological
+        if node.name in convs or downstream.intersection(node.input):
+            downstream.update(node.output)
+    return [n.name for n in proto.graph.node if not downstream.intersection(n.output)]
+
+
 def float_nodes(proto: onnx.ModelProto) -> list[str]:
     """Nodes kept float in the int8 model: the normalisation, the first and the last Conv, and after it.
 
@@ -117,9 +131,7 @@ def convert_fp16(src: Path, dst: Path) -> Path:
 
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     meta = {p.key: p.value for p in proto.metadata_props}
-    blocked = set(normalization_nodes(proto)) | {  # Shape reads only the size: no Cast
-        n.name for n in proto.graph.node if n.op_type == "Shape" and "image" in n.input
-    }
+    blocked = set(image_nodes(proto))  # the normalisation, the frame's shifts, the image's Shape
     inside = _internal_tensors(proto, blocked)
     kept = [vi for vi in proto.graph.value_info if vi.name not in inside]
     del proto.graph.value_info[:]
