@@ -16,11 +16,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeseg import SHIPPED_MODEL
-from edgeseg.backends import open_runner
 from edgeseg.measure import synthetic_batch
+from edgeseg.runtime import RunnerSpec, open_runner
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
 THREADS, SIZE, ROUNDS = 2, 394, 30
@@ -34,7 +35,7 @@ def runners() -> dict:
     reason = why_unavailable()
     if reason:
         pytest.skip(reason)
-    return {p: open_runner(MODEL, p, THREADS) for p in ("openvino", "c-openvino")}
+    return {p: open_runner(MODEL, RunnerSpec(p, "cpu", "fp32", THREADS)) for p in ("openvino", "c-openvino")}
 
 
 @pytest.mark.parametrize("provider", ["openvino", "c-openvino"])
@@ -42,15 +43,17 @@ def test_c_vs_python_openvino(benchmark, paired, runners: dict, provider: str) -
     x = synthetic_batch(1, SIZE)
     benchmark.group = "c-vs-python-openvino"
     benchmark.extra_info.update(
-        items=1, unit="slices", baseline=provider == "openvino", backend=runners[provider].backend, threads=THREADS
+        items=1, unit="slices", baseline=provider == "openvino", backend=runners[provider].label, threads=THREADS
     )
     if provider == "openvino":
         benchmark.pedantic(
-            runners[provider].predict,
+            runners[provider].labels,
             args=(x,),
             rounds=1 if benchmark.disabled else ROUNDS,
             warmup_rounds=0 if benchmark.disabled else 2,
             iterations=1,
         )
     else:
-        paired(benchmark, runners[provider].predict, runners["openvino"].predict, (x,), ROUNDS)
+        paired(benchmark, runners[provider].labels, runners["openvino"].labels, (x,), ROUNDS)
+    # The C library computes what OpenVINO's Python API computes, label for label.
+    np.testing.assert_array_equal(runners[provider].labels(x), runners["openvino"].labels(x))

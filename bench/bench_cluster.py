@@ -41,7 +41,8 @@ def scans(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     """``(folder, count)``: NIfTI volumes of real demo slices (0.5 mm pixels, no resampling)."""
     import nibabel as nib
 
-    from edgeseg.data import build_demo, load_slices
+    from edgeseg.data import load_slices
+    from edgeseg.demo import build_demo
 
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} not found: export the shipped model, or set EDGESEG_BENCH_MODEL")

@@ -11,8 +11,8 @@ Groups (each one's baseline is PyTorch eager, the tutorial's way, measured in th
 * ``volume-200-nifti``: a 200-slice NIfTI end to end through the real ``edgeseg infer`` CLI
   (interpreter start, reading, inference, writing) against the tutorial-style eager loop.
 
-Backends: PyTorch eager; ONNX Runtime CPU fp32/fp16/int8 with the tuned session
-(:class:`edgeseg.backends.CpuLevers`); OpenVINO's CPU plugin on the same ONNX files (the
+Backends: PyTorch eager; ONNX Runtime CPU fp32/fp16/int8 through :func:`edgeseg.runtime.open_runner`
+(the session ``edgeseg infer`` runs); OpenVINO's CPU plugin on the same ONNX files (the
 peer an x86 edge user would pick; optional, skipped if not installed); ONNX Runtime CUDA
 fp32/fp16 and TensorRT fp16/int8 (``gpu`` marker; skipped with the reason when no GPU works).
 
@@ -32,9 +32,9 @@ import numpy as np
 import pytest
 
 from edgeseg import SHIPPED_MODEL
-from edgeseg.backends import Runner, open_runner
-from edgeseg.bench import Target, model_file, why_not_here
+from edgeseg.bench import Target, model_file, runner_spec, why_not_here
 from edgeseg.measure import synthetic_batch
+from edgeseg.runtime import Runner, RunnerSpec, open_runner
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
 THREADS = int(os.environ.get("EDGESEG_BENCH_THREADS", os.cpu_count() or 1))
@@ -74,8 +74,41 @@ def runner_for(name: str, provider: str, precision: str) -> Runner:
     if reason:
         pytest.skip(f"{name}: {reason}")
     if name not in _runners:
-        _runners[name] = open_runner(path, provider, THREADS, precision, MAX_BATCH)
+        _runners[name] = open_runner(path, runner_spec(target, path))
     return _runners[name]
+
+
+# Labels that must agree with ONNX Runtime fp32 on a real slice: a backend that is fast
+# because it computes something else fails here, not only in parity.
+AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.97}
+
+
+def real_slice(size: int) -> np.ndarray:
+    """The middle slice of the bundled example scan, centre-cropped or zero-padded to size²."""
+    import nibabel as nib
+
+    from edgeseg import SHIPPED_MODEL_DIR
+
+    data = np.asarray(nib.load(SHIPPED_MODEL_DIR / "example" / "mni152_t1_axial_slab.nii.gz").dataobj, np.float32)
+    image = data[..., data.shape[-1] // 2]
+    out = np.zeros((size, size), np.float32)
+    h, w = min(size, image.shape[0]), min(size, image.shape[1])
+    top, left = (image.shape[0] - h) // 2, (image.shape[1] - w) // 2
+    y, x = (size - h) // 2, (size - w) // 2
+    out[y : y + h, x : x + w] = image[top : top + h, left : left + w]
+    return out
+
+
+def check_labels(name: str, runner: Runner, precision: str, size: int) -> None:
+    """The runner's labels: right shape and dtype, and agreeing with ORT fp32 on a real slice."""
+    x = real_slice(size)[None, None]
+    labels = runner.labels(x)
+    assert labels.shape == (1, size, size) and labels.dtype == np.uint8, (name, labels.shape, labels.dtype)
+    if "ort-cpu-fp32" not in _runners:
+        _runners["ort-cpu-fp32"] = open_runner(MODEL, RunnerSpec("ort", "cpu", threads=THREADS))
+    reference = _runners["ort-cpu-fp32"].labels(x)
+    agreement = float(np.mean(labels == reference))
+    assert agreement >= AGREEMENT[precision], f"{name}: {agreement:.4f} of labels agree with ORT fp32"
 
 
 @pytest.mark.parametrize("group,batch,rounds", WORKLOADS, ids=[w[0] for w in WORKLOADS])
@@ -84,18 +117,19 @@ def test_inference(benchmark, name: str, provider: str, precision: str, group: s
     runner = runner_for(name, provider, precision)
     size = SMOKE if benchmark.disabled else FULL
     x = synthetic_batch(batch if not benchmark.disabled else 1, size)
-    runner.predict(x)  # warm-up at this shape: ORT/OpenVINO plan memory per shape
+    runner.labels(x)  # warm-up at this shape: ORT/OpenVINO plan memory per shape
     benchmark.group = group
     benchmark.extra_info.update(
-        items=x.shape[0], unit="slices", baseline=provider == "torch", backend=runner.backend, threads=THREADS
+        items=x.shape[0], unit="slices", baseline=provider == "torch", backend=runner.label, threads=THREADS
     )
     benchmark.pedantic(
-        runner.predict,
+        runner.labels,
         args=(x,),
         rounds=1 if benchmark.disabled else rounds,
         warmup_rounds=0 if benchmark.disabled else 2,
         iterations=1,
     )
+    check_labels(name, runner, precision, size)
 
 
 # ----------------------------------------------------------------------------- a whole volume
@@ -106,7 +140,8 @@ def volume(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     """A 200-slice int16 NIfTI of real demo slices (394x394, 0.5 mm pixels; smoke: 3 of 64²)."""
     import nibabel as nib
 
-    from edgeseg.data import build_demo, load_slices
+    from edgeseg.data import load_slices
+    from edgeseg.demo import build_demo
 
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} not found: export the shipped model, or set EDGESEG_BENCH_MODEL")

@@ -9,13 +9,15 @@
   Also the unfused export (``edgeseg export --no-fuse``: BatchNorm and the decoder concat as
   trained) against the shipped fused one.
 * ``levers-int8``: int8 recipes, each quantised here from ``X.onnx`` on 32 demo training
-  slices (QDQ, MinMax, normalisation kept float, like ``edgeseg.quantize``), plus the
+  slices (QDQ, MinMax; the normalisation and the first and last Conv kept float, exactly as
+  ``edgeseg export --int8`` does, which tests/test_quantize.py checks), plus the
   shipped ``X_int8.onnx``. Baseline: ORT fp32. Each records ΔmIoU against fp32 on the demo
   test slices and the share of pixels whose label differs from fp32's (``extra_info``).
 
-The model is the shipped ``export/model.onnx`` or ``$EDGESEG_BENCH_MODEL``. This is a study,
-not a smoke test: plain ``pytest`` skips it. Quantised recipes are cached under
-``$EDGESEG_HOME/bench-int8/<model sha256>/``.
+The model is the shipped ``export/model.onnx`` or ``$EDGESEG_BENCH_MODEL``. Plain ``pytest``
+runs every case once, small (64x64 inputs, 2 calibration and 4 test slices), and checks its
+answer: a session lever must not change the labels, a recipe must stay near fp32. Quantised
+recipes are cached under ``$EDGESEG_HOME/bench-int8/<model sha256>/``.
 """
 
 from __future__ import annotations
@@ -23,20 +25,25 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeseg import SHIPPED_MODEL
-from edgeseg.backends import CpuLevers, cpu_session, ort_predict
-from edgeseg.measure import demo_test_set, synthetic_batch
+from edgeseg.artifacts import read_model_info
+from edgeseg.files import cache_dir
+from edgeseg.measure import synthetic_batch
+from edgeseg.runtime import RunnerSpec, SessionLevers, open_runner
+from edgeseg.split import SplitRecord, held_out, pick
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
 THREADS = int(os.environ.get("EDGESEG_BENCH_THREADS", os.cpu_count() or 1))
 SIZE, ROUNDS = 394, 15
+SMOKE_SIZE, SMOKE_CALIB, SMOKE_TEST = 64, 2, 4  # plain pytest: one small round per case
 CALIB_SLICES = 32  # demo training slices for calibration, as edgeseg export uses
+MAX_DISAGREE, MAX_D_MIOU = 0.05, 0.03  # a recipe further than this from fp32 is broken, not fast
 
 
 @dataclass(frozen=True)
@@ -47,25 +54,26 @@ class Int8Recipe:
     weights: str = "s8"  # u8 | s8
     per_channel: bool = True  # one scale per output channel of each conv
     reduce_range: bool = False  # 7-bit weights: avoids VPMADDUBSW saturation on AVX2 (no VNNI)
+    float_convs: bool = True  # first and last Conv kept float, as edgeseg export does
     ops: tuple[str, ...] = ()  # op types to quantise; () = quantize_static's default set
     upsample_as_conv: bool = False  # ConvTranspose 2x2/2 -> Conv 1x1 + DepthToSpace first
     unfused: bool = False  # start from X.pt's `--no-fuse` export instead of X.onnx
 
 
 SESSION_CASES = [
-    # id, levers, threads (None = onnxruntime's default: one pinned thread per physical core)
-    ("tuned (CpuLevers defaults)", CpuLevers(), None),
-    (f"threads={THREADS} explicit", CpuLevers(), THREADS),
-    ("threads=1", CpuLevers(), 1),
-    ("level=DISABLE_ALL", CpuLevers(level="ORT_DISABLE_ALL"), None),
-    ("level=BASIC", CpuLevers(level="ORT_ENABLE_BASIC"), None),
-    ("level=EXTENDED", CpuLevers(level="ORT_ENABLE_EXTENDED"), None),
-    ("ALL without NCHWc", CpuLevers(nchwc=False), None),
-    ("spinning off", CpuLevers(spinning=False), None),
-    ("arena off", CpuLevers(arena=False), None),
-    ("mem pattern off", CpuLevers(mem_pattern=False), None),
-    ("io binding, preallocated labels", CpuLevers(io_binding=True), None),
-    ("fetch logits and labels", CpuLevers(labels_only=False), None),
+    # id, runner spec (threads 0 = onnxruntime's default: one pinned thread per physical core)
+    ("tuned (SessionLevers defaults)", RunnerSpec("ort", "cpu")),
+    (f"threads={THREADS} explicit", RunnerSpec("ort", "cpu", threads=THREADS)),
+    ("threads=1", RunnerSpec("ort", "cpu", threads=1)),
+    ("level=DISABLE_ALL", RunnerSpec("ort", "cpu", levers=SessionLevers(level="ORT_DISABLE_ALL"))),
+    ("level=BASIC", RunnerSpec("ort", "cpu", levers=SessionLevers(level="ORT_ENABLE_BASIC"))),
+    ("level=EXTENDED", RunnerSpec("ort", "cpu", levers=SessionLevers(level="ORT_ENABLE_EXTENDED"))),
+    ("ALL without NCHWc", RunnerSpec("ort", "cpu", levers=SessionLevers(nchwc=False))),
+    ("spinning on", RunnerSpec("ort", "cpu", levers=SessionLevers(spinning=True))),
+    ("arena off", RunnerSpec("ort", "cpu", levers=SessionLevers(arena=False))),
+    ("mem pattern on", RunnerSpec("ort", "cpu", levers=SessionLevers(mem_pattern=True))),
+    ("io binding, preallocated labels", RunnerSpec("ort", "cpu", io_binding=True)),
+    ("fetch logits and labels", RunnerSpec("ort", "cpu", outputs=("logits", "labels"))),
 ]
 
 INT8_CASES = [
@@ -86,25 +94,26 @@ INT8_CASES = [
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _study_only(request: pytest.FixtureRequest) -> None:
-    if request.config.getoption("benchmark_disable", False):
-        pytest.skip("a lever study, not a smoke test: run pytest bench/bench_levers.py --benchmark-only")
+def _model_present() -> None:
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} not found: export the shipped model, or set EDGESEG_BENCH_MODEL")
 
 
 @pytest.fixture(scope="module")
-def runtime_default() -> Callable[[np.ndarray], np.ndarray]:
-    """The baseline: the fp32 session `edgeseg infer` gets from edgeseg.runtime today."""
-    from edgeseg.runtime import create_session
+def smoke(request: pytest.FixtureRequest) -> bool:
+    """True under plain pytest: each case runs once, small, and checks its answer."""
+    return bool(request.config.getoption("benchmark_disable", False))
 
-    session, _ = create_session(MODEL, "cpu")
-    return lambda x: session.run(["labels"], {"image": x})[0]
+
+@pytest.fixture(scope="module")
+def runtime_default() -> Callable[[np.ndarray], np.ndarray]:
+    """The baseline: the fp32 runner `edgeseg infer --provider cpu` runs (edgeseg.runtime)."""
+    return open_runner(MODEL, RunnerSpec("ort", "cpu")).labels
 
 
 def _time(benchmark, paired, predict, baseline, group: str, **info) -> None:  # noqa: ANN001
     """Time ``predict`` at batch 1, the baseline interleaved with every round (see conftest)."""
-    x = synthetic_batch(1, SIZE)
+    x = synthetic_batch(1, SMOKE_SIZE if benchmark.disabled else SIZE)
     benchmark.group = group
     benchmark.extra_info.update(items=1, unit="slices", baseline=predict is baseline, threads=THREADS, **info)
     if predict is baseline:
@@ -118,17 +127,13 @@ def test_runtime_default_session(benchmark, paired, runtime_default) -> None:  #
     _time(benchmark, paired, runtime_default, runtime_default, "levers-session-fp32")
 
 
-@pytest.mark.parametrize("name,levers,threads", SESSION_CASES, ids=[c[0] for c in SESSION_CASES])
-def test_session_lever(
-    benchmark,
-    paired,
-    runtime_default,
-    name: str,
-    levers: CpuLevers,  # noqa: ANN001
-    threads: int | None,
-) -> None:
-    predict = ort_predict(cpu_session(MODEL, threads or 0, levers), levers)
-    _time(benchmark, paired, predict, runtime_default, "levers-session-fp32", levers=asdict(levers))
+@pytest.mark.parametrize("name,spec", SESSION_CASES, ids=[c[0] for c in SESSION_CASES])
+def test_session_lever(benchmark, paired, runtime_default, name: str, spec: RunnerSpec) -> None:  # noqa: ANN001
+    predict = open_runner(MODEL, spec).labels
+    _time(benchmark, paired, predict, runtime_default, "levers-session-fp32", runner=asdict(spec))
+    # A lever changes speed, never the answer (float reassociation may move a rare tie).
+    x = synthetic_batch(1, SMOKE_SIZE)
+    assert np.mean(predict(x) == runtime_default(x)) >= 0.999, name
 
 
 def unfused_model(folder: Path) -> Path:
@@ -145,9 +150,10 @@ def unfused_model(folder: Path) -> Path:
 
 
 def test_unfused_export(benchmark, paired, runtime_default, study: _Int8Study) -> None:  # noqa: ANN001
-    levers = CpuLevers()
-    predict = ort_predict(cpu_session(unfused_model(study.cache), 0, levers), levers)
+    predict = open_runner(unfused_model(study.cache), RunnerSpec("ort", "cpu")).labels
     _time(benchmark, paired, predict, runtime_default, "levers-session-fp32", graph="unfused")
+    x = synthetic_batch(1, SMOKE_SIZE)
+    assert np.mean(predict(x) == runtime_default(x)) >= 0.999, "the unfused graph computes another model"
 
 
 # ----------------------------------------------------------------------------- int8 recipes
@@ -159,7 +165,7 @@ def quantize_recipe(src: Path, dst: Path, recipe: Int8Recipe, calib: list[np.nda
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgeseg.quantize import SliceReader, normalization_nodes
+    from edgeseg.quantize import SliceReader, float_nodes, normalization_nodes
 
     types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     pre = dst.with_suffix(".pre.onnx")
@@ -179,7 +185,7 @@ def quantize_recipe(src: Path, dst: Path, recipe: Int8Recipe, calib: list[np.nda
         per_channel=recipe.per_channel,
         reduce_range=recipe.reduce_range,
         op_types_to_quantize=list(recipe.ops) or None,
-        nodes_to_exclude=normalization_nodes(onnx.load(str(pre))),
+        nodes_to_exclude=(float_nodes if recipe.float_convs else normalization_nodes)(onnx.load(str(pre))),
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"CalibStridedMinMax": 1, "WeightSymmetric": True},
     )
@@ -249,23 +255,20 @@ def upsample_as_conv(proto):  # noqa: ANN001, ANN201  (onnx.ModelProto, imported
 class _Int8Study:
     """Calibration and test slices, the fp32 reference labels, and the recipe cache."""
 
-    def __init__(self) -> None:
-        from edgeseg.data import build_demo, load_slices, split_indices
-
-        slices = load_slices(build_demo())
-        train, _ = split_indices(len(slices), "slabs")
-        picks = np.linspace(0, len(train) - 1, CALIB_SLICES).round().astype(int)
-        self.calib = [slices.images[train[i]] for i in picks]
-        self.test = demo_test_set()
+    def __init__(self, smoke: bool) -> None:
+        # The model's own split: calibrate on its training slices, score on its held-out ones.
+        record = SplitRecord.from_metadata(read_model_info(MODEL).metadata, MODEL)
+        held = held_out(record)
+        self.calib = pick(held.train_images, SMOKE_CALIB if smoke else CALIB_SLICES)
+        self.test = held.limited(SMOKE_TEST if smoke else None)
         sha = hashlib.sha256(MODEL.read_bytes()).hexdigest()[:16]
-        home = Path(os.environ.get("EDGESEG_HOME", Path.home() / ".cache" / "edgeseg"))
-        self.cache = home / "bench-int8" / sha
+        self.cache = cache_dir() / "bench-int8" / (f"{sha}-smoke" if smoke else sha)
         self.cache.mkdir(parents=True, exist_ok=True)
         self.reference = self.labels(MODEL)
         self.reference_miou = self.miou(self.reference)
 
     def labels(self, path: Path) -> list[np.ndarray]:
-        predict = ort_predict(cpu_session(path, THREADS))
+        predict = open_runner(path, RunnerSpec("ort", "cpu", threads=THREADS)).labels
         return [predict(img[None, None])[0] for img in self.test.images]
 
     def miou(self, labels: list[np.ndarray]) -> float:
@@ -286,8 +289,8 @@ class _Int8Study:
 
 
 @pytest.fixture(scope="module")
-def study() -> _Int8Study:
-    return _Int8Study()
+def study(smoke: bool) -> _Int8Study:
+    return _Int8Study(smoke)
 
 
 def test_int8_baseline_fp32(benchmark, paired, runtime_default, study: _Int8Study) -> None:  # noqa: ANN001
@@ -319,11 +322,11 @@ def test_int8_recipe(
     labels = study.labels(path)
     miou = study.miou(labels)
     disagree = float(np.mean([np.mean(a != b) for a, b in zip(labels, study.reference, strict=True)]))
-    levers = replace(CpuLevers(), spinning=spinning)
+    spec = RunnerSpec("ort", "cpu", levers=SessionLevers(spinning=spinning))
     _time(
         benchmark,
         paired,
-        ort_predict(cpu_session(path, 0, levers), levers),
+        open_runner(path, spec).labels,
         runtime_default,
         "levers-int8",
         miou_fg=miou,
@@ -331,3 +334,5 @@ def test_int8_recipe(
         disagree_pct=100 * disagree,
         recipe=asdict(recipe) if recipe else "shipped",
     )
+    # Fast because it computes something else is not a lever: every recipe stays near fp32.
+    assert disagree <= MAX_DISAGREE and abs(miou - study.reference_miou) <= MAX_D_MIOU, (name, disagree, miou)

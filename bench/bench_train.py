@@ -32,12 +32,14 @@ def _step_fn(preset: str, batch: int, size: int):
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
 
-    def step() -> None:
+    def step() -> float:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        loss = loss_fn(model(x), y)
+        loss.backward()
         optimizer.step()
+        return float(loss)
 
-    return step
+    return step, model
 
 
 CASES = [
@@ -54,7 +56,11 @@ def test_train_step(benchmark, name: str, preset: str, batch: int, size: int, ba
     torch.set_num_threads(torch.get_num_threads())
     if benchmark.disabled:  # smoke test only: the same code path on a tiny input
         batch, size = 2, 32
-    step = _step_fn(preset, batch, size)
-    step()  # warm-up: allocator and oneDNN primitive caches
+    step, model = _step_fn(preset, batch, size)
+    before = [p.detach().clone() for p in model.parameters()]
+    first = step()  # warm-up: allocator and oneDNN primitive caches
     benchmark.extra_info.update(items=batch * size * size / FULL**2, unit="394²-slices", baseline=baseline)
-    benchmark.pedantic(step, rounds=3 if not benchmark.disabled else 1, iterations=1)
+    last = benchmark.pedantic(step, rounds=3 if not benchmark.disabled else 1, iterations=1)
+    # What was timed was training: every parameter moved, and the loss on this batch fell.
+    assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert torch.isfinite(torch.tensor(last)) and last < first, (first, last)

@@ -282,10 +282,10 @@ def real_slices(cfg: CheckConfig, model_mm: float | None) -> tuple[list[np.ndarr
                 raise Skip(f"--data demo: nilearn is not importable ({exc})") from None
             why = f"; the demo set needs nilearn ({exc})"
         else:
-            from edgeseg.measure import demo_test_set
+            from edgeseg.split import held_out
 
-            evalset = demo_test_set(limit=cfg.parity_slices)
-            return evalset.images, evalset.masks, f"demo test slices with ground truth ({evalset.source})"
+            held = held_out(None).limited(cfg.parity_slices)
+            return held.images, held.masks, f"demo held-out slices with ground truth ({held.source})"
     from edgeseg import SHIPPED_MODEL_DIR
 
     path = next(iter(sorted((SHIPPED_MODEL_DIR / "example").glob("*.nii.gz"))))
@@ -318,7 +318,8 @@ def _example_without_nibabel(path: Path, model_mm: float | None) -> np.ndarray:
 
 def section_parity(rec: Recorder, cfg: CheckConfig) -> None:
     torch = _torch(cfg)
-    from edgeseg.parity import GATES, compare, gate_failures
+    from edgeseg.metrics import compare
+    from edgeseg.parity import GATES, gate_failures
 
     model, ckpt = _shipped_model(cfg, fused=False)
     model_mm = (ckpt.get("data") or {}).get("pixel_spacing_mm")

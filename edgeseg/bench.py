@@ -24,47 +24,32 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeseg import SHIPPED_TARGETS
-from edgeseg.bench_report import compare, jsonable, machine_info, noise_warnings
-from edgeseg.errors import EdgesegError
+from edgeseg.artifacts import ArtifactPaths
+from edgeseg.bench_report import BenchReport, Result, Target, compute_ratios, jsonable, machine_info, noise_warnings
+from edgeseg.errors import EdgesegError, describe
+from edgeseg.files import read_json, write_text
 from edgeseg.measure import (
-    EvalSet,
     count_macs,
-    demo_test_set,
     latency_stats,
     run_child,
-    score_miou,
     synthetic_batch,
     time_runs,
 )
+from edgeseg.metrics import score
+from edgeseg.runtime import RunnerSpec, open_runner
+from edgeseg.split import HeldOut, SplitRecord, held_out
 
 DEFAULT_TARGETS = SHIPPED_TARGETS
 PROVIDERS = ("cpu", "cuda", "tensorrt", "openvino", "c-openvino", "torch")
 PRECISIONS = ("fp32", "fp16", "int8")
-SUFFIX = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}  # X.onnx, X_fp16.onnx, X_int8.onnx
 VOLUME_SLICES = 200  # a clinical volume, as in the issue's budgets
-
-
-@dataclass(frozen=True)
-class Target:
-    """One deployment profile from ``targets.toml``."""
-
-    name: str
-    provider: str  # cpu | cuda | tensorrt | openvino | c-openvino | torch
-    precision: str = "fp32"  # which file: X.onnx, X_fp16.onnx or X_int8.onnx
-    batch: int = 1  # slices per inference
-    threads: int = 0  # intra-op threads; 0 = the runtime's default (all physical cores)
-    arch: str = ""  # CPU architecture the profile is for ("aarch64"); "" = any
-    p99_ms: float | None = None  # budget: p99 latency of one inference (a slice waits for it)
-    volume_s: float | None = None  # budget: seconds for a 200-slice volume
-    description: str = ""  # what the profile stands for
-    reference: bool = False  # a peer (eager, OpenVINO) that the others are compared with
 
 
 @dataclass
@@ -83,35 +68,6 @@ class BenchConfig:
     rss: bool = True  # peak RSS from a separate inference process
     peak_size: int = 2048  # side of the square sgemm that measures the matmul peak
     cv_warn: float = 0.10  # coefficient of variation above which the machine is called noisy
-
-
-@dataclass
-class Result:
-    """One row of the table: a target, measured or skipped."""
-
-    target: str
-    provider: str  # asked for: cpu | cuda | tensorrt | openvino | c-openvino | torch
-    precision: str
-    batch: int
-    threads: str  # "2", or "all (16)"
-    status: str  # "ok" | "skip" | "fail"
-    reason: str = ""  # why skipped or failed
-    backend: str = ""  # what really ran, e.g. "CPUExecutionProvider"
-    model: str = ""
-    size_mb: float | None = None
-    miou_fg: float | None = None  # foreground mIoU on the demo test slices
-    create_s: float | None = None  # session creation (load + optimise + compile)
-    first_ms: float | None = None  # the first inference, at the target's batch
-    latency_ms: dict[str, float] = field(default_factory=dict)  # min mean p50 ... max, per batch
-    runs: int = 0
-    cv: float | None = None  # std / mean of the timed latencies
-    slices_per_s: float | None = None
-    gflops: float | None = None  # achieved GFLOP/s (2 x Conv/ConvTranspose MACs / time)
-    peak_pct: float | None = None  # of this machine's matmul peak at the same thread count
-    rss_mb: float | None = None  # peak RSS of a fresh process running this target
-    torch_free: bool | None = None  # True if that process never imported torch
-    budget_ok: bool | None = None
-    budget: str = ""  # what was checked, with the numbers
 
 
 # ----------------------------------------------------------------------------- targets
@@ -175,26 +131,26 @@ def model_file(model: Path, target: Target) -> Path:
     symmetric S8S8 model the engine is built from, not the CPU's U8S8 ``X_int8.onnx``);
     otherwise fp16 goes through ONNX Runtime's TensorRT provider on the fp32 graph.
     """
-    stem = model.stem
-    for suffix in SUFFIX.values():
-        if suffix and stem.endswith(suffix):
-            stem = stem[: -len(suffix)]
+    paths = ArtifactPaths.of(model)
     if target.provider == "torch":
-        return model.with_name(f"{stem}.pt")
+        return paths.checkpoint
     if target.provider == "tensorrt":
-        engine = model.with_name(f"{stem}.engine")
-        if target.precision == "int8" or _engine_precision(engine) == target.precision:
-            return engine
-        return model.with_name(f"{stem}.onnx")
-    return model.with_name(f"{stem}{SUFFIX[target.precision]}.onnx")
+        if target.precision == "int8" or (read_json(paths.sidecar) or {}).get("precision") == target.precision:
+            return paths.engine
+        return paths.onnx()
+    return paths.onnx(target.precision)
 
 
-def _engine_precision(engine: Path) -> str | None:
-    """The precision recorded in ``X.engine.json``, None without a readable sidecar."""
-    try:
-        return json.loads(Path(f"{engine}.json").read_text()).get("precision")
-    except (OSError, ValueError, AttributeError):
-        return None
+def runner_spec(target: Target, path: Path) -> RunnerSpec:
+    """How :func:`edgeseg.runtime.open_runner` runs a target's file: ``cpu`` is exactly the
+    session ``edgeseg infer --provider cpu`` builds; OpenVINO's precision hint is explicit."""
+    backend = "ort" if target.provider in ("cpu", "cuda", "tensorrt") else target.provider
+    if target.provider == "tensorrt" and path.suffix == ".engine":
+        backend = "tensorrt-engine"
+    device = target.provider if backend == "ort" else "cpu"
+    # OpenVINO runs the file's own precision (int8 from QDQ) with f32 elsewhere, never its bf16 default.
+    precision = "fp32" if backend == "openvino" else target.precision
+    return RunnerSpec(backend, device, precision, target.threads, target.batch)
 
 
 def why_not_here(target: Target, path: Path) -> str | None:
@@ -239,14 +195,15 @@ def why_not_here(target: Target, path: Path) -> str | None:
 class _Context:
     """What a run measures once and shares between targets: peaks, MACs, mIoU, the eval set."""
 
-    def __init__(self, model: Path, config: BenchConfig, levers: Any) -> None:
-        from edgeseg.runtime import read_model_info
+    def __init__(self, model: Path, config: BenchConfig) -> None:
+        from edgeseg.artifacts import read_model_info
 
-        self.model, self.config, self.levers = model, config, levers
-        self.class_names = read_model_info(model).class_names
+        self.model, self.config = model, config
+        self.info = read_model_info(model)
+        self.class_names = self.info.class_names
         self.peaks: dict[int, dict[str, Any]] = {}
         self.scores: dict[tuple[str, str], float] = {}
-        self.evalset: EvalSet | None = None
+        self.held: HeldOut | None = None
         self._macs: int | None | bool = False
 
     def peak(self, threads: int) -> dict[str, Any]:
@@ -264,9 +221,11 @@ class _Context:
     def miou(self, path: Path, provider: str, predict: Callable) -> float:
         key = (str(path), provider)
         if key not in self.scores:
-            if self.evalset is None:
-                self.evalset = demo_test_set(self.config.data, self.config.miou_slices)
-            self.scores[key] = score_miou(predict, self.evalset, self.class_names)
+            if self.held is None:  # the model's own held-out slices, as it recorded them at export
+                record = SplitRecord.from_metadata(self.info.metadata, self.model)
+                self.held = held_out(record, self.config.data).limited(self.config.miou_slices)
+            summary = score(predict, self.held.images, self.held.masks, self.class_names)
+            self.scores[key] = float(summary["miou_fg"])
         return self.scores[key]
 
 
@@ -285,39 +244,38 @@ def bench_target(model: Path, target: Target, config: BenchConfig, ctx: _Context
         _measure(result, path, target, config, ctx)
     except Exception as exc:  # a target that breaks is a ❌ row, not a crashed table
         result.status = "fail"
-        result.reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        result.reason = describe(exc)
     return result
 
 
 def _measure(result: Result, path: Path, target: Target, config: BenchConfig, ctx: _Context) -> None:
     """Fill ``result`` with timings, throughput, GFLOP/s, mIoU, RSS and the budget."""
-    from edgeseg.backends import open_runner
-
-    runner = open_runner(path, target.provider, target.threads, target.precision, target.batch, ctx.levers)
-    result.backend, result.create_s = runner.backend, runner.create_s
-    if target.provider in ("cuda", "tensorrt") and runner.backend == "CPUExecutionProvider":
+    spec = runner_spec(target, path)
+    runner = open_runner(path, spec)
+    result.backend, result.create_s, result.ran_precision = runner.label, runner.create_s, runner.precision
+    if target.provider in ("cuda", "tensorrt") and getattr(runner, "provider", "") == "CPUExecutionProvider":
         raise RuntimeError(f"{target.provider} fell back to CPU; fix the GPU install")
     result.size_mb = path.stat().st_size / 1e6
     x = synthetic_batch(target.batch, config.size)
     start = time.perf_counter()
-    runner.predict(x)
+    runner.labels(x)
     result.first_ms = (time.perf_counter() - start) * 1e3
-    times = time_runs(runner.predict, x, config.warmup, config.runs, config.min_runs, config.max_seconds)
+    times = time_runs(runner.labels, x, config.warmup, config.runs, config.min_runs, config.max_seconds)
     result.latency_ms, result.runs = latency_stats(times), len(times)
     mean_s = result.latency_ms["mean"] / 1e3
     result.cv = float(np.std(times) / np.mean(times))
     result.slices_per_s = target.batch / mean_s
     _throughput_vs_peak(result, target, mean_s, ctx)
     if config.miou:
-        result.miou_fg = ctx.miou(path, target.provider, runner.predict)
+        result.miou_fg = ctx.miou(path, target.provider, runner.labels)
     if config.rss:
         spec = {
             "mode": "rss",
             "path": str(path),
-            "target": asdict(target),
+            "runner": asdict(spec),
+            "batch": target.batch,
             "size": config.size,
             "runs": 3,
-            "levers": asdict(ctx.levers),
         }
         child = run_child(spec, target.threads)
         result.rss_mb, result.torch_free = child["rss_mb"], not child["torch_loaded"]
@@ -350,21 +308,6 @@ def check_budget(target: Target, latency_ms: dict[str, float]) -> tuple[bool | N
     return all(ok for ok, _ in checks), ", ".join(text for _, text in checks)
 
 
-# ----------------------------------------------------------------------------- the report
-
-
-@dataclass
-class BenchReport:
-    """Everything ``edgeseg bench`` measured in one run."""
-
-    model: str
-    machine: dict[str, Any]
-    config: dict[str, Any]
-    results: list[Result]
-    ratios: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-
 def run_bench(
     model: Path, target: str = "all", config: BenchConfig | None = None, log: Callable[[str], None] | None = None
 ) -> BenchReport:
@@ -379,15 +322,14 @@ def run_bench(
     Returns:
         The :class:`BenchReport`; skipped targets carry the reason.
     """
-    from edgeseg.backends import CpuLevers
-    from edgeseg.runtime import read_model_info
+    from edgeseg.artifacts import read_model_info
 
     config = config or BenchConfig()
     model = Path(model)
     read_model_info(model)  # a clear error for a missing or foreign file, before any work
     chosen = select_targets(load_targets(config.targets_file), target)
     report = BenchReport(str(model), machine_info(), jsonable(asdict(config)), [])
-    ctx = _Context(model, config, CpuLevers())
+    ctx = _Context(model, config)
     for t in chosen:
         if log:
             log(f"{t.name}: {t.provider} {t.precision}, batch {t.batch} ...")
@@ -396,8 +338,8 @@ def run_bench(
     report.machine["load_avg_end"] = [round(v, 2) for v in load]
     report.machine["matmul_peak"] = {str(k): v for k, v in ctx.peaks.items()}
     report.machine["macs_per_slice"] = ctx.macs()
-    report.machine["eval_set"] = ctx.evalset.source if ctx.evalset else None
-    report.ratios = compare(report.results, {t.name: t for t in chosen})
+    report.machine["eval_set"] = ctx.held.source if ctx.held else None
+    report.ratios = compute_ratios(report.results, {t.name: t for t in chosen})
     report.warnings = noise_warnings(report.results, config.cv_warn, report.machine)
     return report
 
@@ -428,13 +370,20 @@ def bench(
         )
     model = Path(model) if model is not None else SHIPPED_MODEL
 
-    from edgeseg.bench_report import print_report, to_markdown, write_text_atomic
+    from edgeseg.bench_report import print_report, to_markdown
 
     err = Console(stderr=True)
     report = run_bench(model, target, config, log=lambda m: err.print(m, highlight=False))
     print_report(report, Console(width=max(Console().width, 200)))
     if json_path:
-        write_text_atomic(json_path, json.dumps(jsonable(asdict(report)), indent=2) + "\n")
+        _write_report(json_path, json.dumps(jsonable(asdict(report)), indent=2) + "\n")
     if markdown_path:
-        write_text_atomic(markdown_path, to_markdown(report))
+        _write_report(markdown_path, to_markdown(report))
     return report
+
+
+def _write_report(path: Path, text: str) -> None:
+    try:
+        write_text(path, text)
+    except OSError as exc:
+        raise EdgesegError(f"{path}: cannot write the report here ({exc}); pick another path") from None

@@ -1,21 +1,95 @@
 """The ``edgeseg bench`` table: rich for the terminal, markdown for the README, atomic files.
 
-One row per target (:class:`edgeseg.bench.Result`) in :data:`HEADER` order, then notes:
+The data of a run (:class:`Target`, :class:`Result`, :class:`BenchReport`), then its rendering.
+One row per target (:class:`Result`) in :data:`HEADER` order, then notes:
 why targets were skipped, the machine and its matmul peak, the ratios against the peers
-measured in the same run (:func:`compare`), and noise warnings (:func:`noise_warnings`).
+measured in the same run (:func:`compute_ratios`), and noise warnings (:func:`noise_warnings`).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edgeseg.errors import EdgesegError
 
-if TYPE_CHECKING:
-    from edgeseg.bench import BenchReport, Result, Target
+@dataclass(frozen=True)
+class Target:
+    """One deployment profile from ``targets.toml``."""
+
+    name: str
+    provider: str  # cpu | cuda | tensorrt | openvino | c-openvino | torch
+    precision: str = "fp32"  # which file: X.onnx, X_fp16.onnx or X_int8.onnx
+    batch: int = 1  # slices per inference
+    threads: int = 0  # intra-op threads; 0 = the runtime's default (all physical cores)
+    arch: str = ""  # CPU architecture the profile is for ("aarch64"); "" = any
+    p99_ms: float | None = None  # budget: p99 latency of one inference (a slice waits for it)
+    volume_s: float | None = None  # budget: seconds for a 200-slice volume
+    description: str = ""  # what the profile stands for
+    reference: bool = False  # a peer (eager, OpenVINO) that the others are compared with
+
+
+@dataclass
+class Result:
+    """One row of the table: a target, measured or skipped."""
+
+    target: str
+    provider: str  # asked for: cpu | cuda | tensorrt | openvino | c-openvino | torch
+    precision: str
+    batch: int
+    threads: str  # "2", or "all (16)"
+    status: str  # "ok" | "skip" | "fail"
+    reason: str = ""  # why skipped or failed
+    backend: str = ""  # what really ran, e.g. "onnxruntime 1.23.2 CPU fp32", "OpenVINO 2026.0 CPU fp32"
+    ran_precision: str = ""  # the precision that really ran (OpenVINO: what the compiled model reports)
+    model: str = ""
+    size_mb: float | None = None
+    miou_fg: float | None = None  # foreground mIoU on the demo test slices
+    create_s: float | None = None  # session creation (load + optimise + compile)
+    first_ms: float | None = None  # the first inference, at the target's batch
+    latency_ms: dict[str, float] = field(default_factory=dict)  # min mean p50 ... max, per batch
+    runs: int = 0
+    cv: float | None = None  # std / mean of the timed latencies
+    slices_per_s: float | None = None
+    gflops: float | None = None  # achieved GFLOP/s (2 x Conv/ConvTranspose MACs / time)
+    peak_pct: float | None = None  # of this machine's matmul peak at the same thread count
+    rss_mb: float | None = None  # peak RSS of a fresh process running this target
+    torch_free: bool | None = None  # True if that process never imported torch
+    budget_ok: bool | None = None
+    budget: str = ""  # what was checked, with the numbers
+
+
+PEERS = ("cpu", "torch", "openvino", "c-openvino")  # providers whose fp32 row the ratios use
+
+
+@dataclass
+class Ratios:
+    """The figures the issue asks for, each from rows measured in the same run (None: not measured)."""
+
+    best_cpu: str | None = None  # the fastest batch-1 ONNX Runtime CPU target
+    best_p50_ms: float | None = None
+    best_rss_mb: float | None = None
+    vs_eager: float | None = None  # its p50 over PyTorch eager's
+    vs_openvino: float | None = None  # over OpenVINO fp32's
+    delta_miou_pt: float | None = None  # its mIoU minus ORT fp32's, in points
+    fp32_peak_pct: float | None = None  # ORT fp32's share of the matmul peak
+    c_p50_ms: float | None = None  # libedgeseg
+    python_openvino_p50_ms: float | None = None
+    c_vs_python_openvino: float | None = None
+
+
+@dataclass
+class BenchReport:
+    """Everything ``edgeseg bench`` measured in one run."""
+
+    model: str
+    machine: dict[str, Any]
+    config: dict[str, Any]
+    results: list[Result]
+    ratios: Ratios = field(default_factory=Ratios)
+    warnings: list[str] = field(default_factory=list)
 
 
 STATUS = {"ok": "✅", "fail": "❌", "skip": "skip"}
@@ -104,24 +178,24 @@ def report_notes(report: BenchReport) -> list[str]:
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")
     q = report.ratios
-    if "best_cpu" in q:
-        parts = [f"best CPU target {q['best_cpu']}: p50 {q['best_p50_ms']:.1f} ms"]
+    if q.best_cpu is not None:
+        parts = [f"best CPU target {q.best_cpu}: p50 {q.best_p50_ms:.1f} ms"]
         parts += [
-            f"{q[k]:.2f}x {label}"
-            for k, label in (("vs_eager", "PyTorch eager"), ("vs_openvino", "OpenVINO fp32"))
-            if k in q
+            f"{value:.2f}x {label}"
+            for value, label in ((q.vs_eager, "PyTorch eager"), (q.vs_openvino, "OpenVINO fp32"))
+            if value is not None
         ]
-        if "delta_miou_pt" in q:
-            parts.append(f"ΔmIoU {q['delta_miou_pt']:+.2f} pt vs fp32")
-        if q.get("best_rss_mb") is not None:
-            parts.append(f"peak RSS {q['best_rss_mb']:.0f} MB")
-        if "fp32_peak_pct" in q:
-            parts.append(f"ORT fp32 at {q['fp32_peak_pct']:.0f}% of the matmul peak")
+        if q.delta_miou_pt is not None:
+            parts.append(f"ΔmIoU {q.delta_miou_pt:+.2f} pt vs fp32")
+        if q.best_rss_mb is not None:
+            parts.append(f"peak RSS {q.best_rss_mb:.0f} MB")
+        if q.fp32_peak_pct is not None:
+            parts.append(f"ORT fp32 at {q.fp32_peak_pct:.0f}% of the matmul peak")
         notes.append("; ".join(parts))
-    if "c_vs_python_openvino" in q:
+    if q.c_vs_python_openvino is not None:
         notes.append(
-            f"OpenVINO fp32 p50: C (libedgeseg) {q['c_p50_ms']:.1f} ms, Python"
-            f" {q['python_openvino_p50_ms']:.1f} ms: C at {q['c_vs_python_openvino']:.2f}x"
+            f"OpenVINO fp32 p50: C (libedgeseg) {q.c_p50_ms:.1f} ms, Python"
+            f" {q.python_openvino_p50_ms:.1f} ms: C at {q.c_vs_python_openvino:.2f}x"
         )
     return notes + [f"WARNING: {w}" for w in report.warnings]
 
@@ -147,18 +221,6 @@ def to_markdown(report: BenchReport) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(report)]
     return "\n".join([*lines, "", *(f"- {n}" for n in report_notes(report))]) + "\n"
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    from edgeseg.outputs import atomic_write
-
-    path = Path(path)
-    try:
-        atomic_write(path, lambda tmp: tmp.write_text(text))
-    except OSError as exc:
-        raise EdgesegError(f"{path}: cannot write the report here ({exc}); pick another path") from None
-    return path
 
 
 def machine_info() -> dict[str, Any]:
@@ -187,40 +249,30 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def compare(results: list[Result], targets: dict[str, Target]) -> dict[str, Any]:
+def compute_ratios(results: list[Result], targets: dict[str, Target]) -> Ratios:
     """The issue's ratios: the best ONNX Runtime CPU row vs eager and OpenVINO, C vs Python OpenVINO, at batch 1."""
     ok = [r for r in results if r.status == "ok" and r.batch == 1]
     ours = [r for r in ok if r.provider == "cpu" and not targets[r.target].reference]
-    c_vs_python = _c_vs_python(ok)
+    fp32_of = {p: next((r for r in ok if r.provider == p and r.precision == "fp32"), None) for p in PEERS}
+    c, py = fp32_of["c-openvino"], fp32_of["openvino"]
+    out = Ratios()
+    if c and py:  # libedgeseg (c-openvino) over OpenVINO's Python API, both fp32
+        out.c_p50_ms, out.python_openvino_p50_ms = c.latency_ms["p50"], py.latency_ms["p50"]
+        out.c_vs_python_openvino = out.c_p50_ms / out.python_openvino_p50_ms
     if not ours:
-        return c_vs_python
+        return out
     best = min(ours, key=lambda r: r.latency_ms["p50"])
-    out: dict[str, Any] = {"best_cpu": best.target, "best_p50_ms": best.latency_ms["p50"]}
-    for key, provider in (("vs_eager", "torch"), ("vs_openvino", "openvino")):
-        peer = next((r for r in ok if r.provider == provider and r.precision == "fp32"), None)
-        if peer:
-            out[key] = best.latency_ms["p50"] / peer.latency_ms["p50"]
-    fp32 = next((r for r in ok if r.provider == "cpu" and r.precision == "fp32"), None)
+    out.best_cpu, out.best_p50_ms, out.best_rss_mb = best.target, best.latency_ms["p50"], best.rss_mb
+    if fp32_of["torch"]:
+        out.vs_eager = out.best_p50_ms / fp32_of["torch"].latency_ms["p50"]
+    if py:
+        out.vs_openvino = out.best_p50_ms / py.latency_ms["p50"]
+    fp32 = fp32_of["cpu"]
     if fp32 and fp32.miou_fg is not None and best.miou_fg is not None:
-        out["delta_miou_pt"] = 100 * (best.miou_fg - fp32.miou_fg)
+        out.delta_miou_pt = 100 * (best.miou_fg - fp32.miou_fg)
     if fp32 and fp32.peak_pct is not None:
-        out["fp32_peak_pct"] = fp32.peak_pct
-    out["best_rss_mb"] = best.rss_mb
-    return {**out, **c_vs_python}
-
-
-def _c_vs_python(ok: list[Result]) -> dict[str, Any]:
-    """p50 of libedgeseg (c-openvino) over that of OpenVINO's Python API, both fp32, if both ran."""
-    c, py = (
-        next((r for r in ok if r.provider == p and r.precision == "fp32"), None) for p in ("c-openvino", "openvino")
-    )
-    if not (c and py):
-        return {}
-    return {
-        "c_p50_ms": c.latency_ms["p50"],
-        "python_openvino_p50_ms": py.latency_ms["p50"],
-        "c_vs_python_openvino": c.latency_ms["p50"] / py.latency_ms["p50"],
-    }
+        out.fp32_peak_pct = fp32.peak_pct
+    return out
 
 
 def noise_warnings(results: list[Result], cv_warn: float, machine: dict[str, Any]) -> list[str]:

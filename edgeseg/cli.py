@@ -169,7 +169,7 @@ def evaluate_cmd(
         from edgeseg.robustness import run_robustness
 
         if checkpoint is None:
-            from edgeseg.train import find_latest_checkpoint
+            from edgeseg.artifacts import find_latest_checkpoint
 
             checkpoint = find_latest_checkpoint()
         run_robustness(checkpoint, data, robustness_slices)
@@ -189,7 +189,7 @@ def data_demo_cmd(
     """Build the real-MRI demo set (MNI152 template from nilearn, offline) in the tutorial layout."""
     from rich.console import Console
 
-    from edgeseg.data import build_demo, read_demo_provenance
+    from edgeseg.demo import build_demo, read_demo_provenance
 
     root = build_demo(out, force=force)
     counts = read_demo_provenance(root)["counts"]

@@ -7,7 +7,7 @@ or from Python: ``run_inference([Path("scans")], InferConfig(out=Path("seg"), cl
 Needs the ``cluster`` extra (``pip install 'edgeseg[cluster]'``, i.e. ``distributed``).
 
 A scan is the unit of work; a volume is never split. Each worker runs infer's own per-scan
-function (``_Runner.process``: read, segment, write atomically, record) with one ONNX
+function (``Segmenter.process``: read, segment, write atomically, record) with one ONNX
 Runtime session per worker process, built on its first scan and reused, keyed by the
 model file's path, size and mtime and by the session options. Its intra-op threads are
 ``--threads``, else the worker's cores divided by the Dask threads on its host, so that N
@@ -42,10 +42,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import EdgesegError
-from edgeseg.infer import InferConfig, Segmented, _reason, _Runner
-from edgeseg.runtime import create_session, default_trt_options, read_model_info
+from edgeseg.artifacts import read_model_info
+from edgeseg.errors import EdgesegError, describe
+from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import Scan
+from edgeseg.segment import InferConfig, Segmented, Segmenter, reason
 
 CONNECT_TIMEOUT_S = 5  # to reach the scheduler, and for it to have a worker
 EXTRA = "pip install 'edgeseg[cluster]'"
@@ -139,7 +140,7 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
             client = stack.enter_context(distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s"))
         except (OSError, ValueError) as exc:  # refused/timed out, or an unknown scheme
             raise EdgesegError(
-                f"--cluster {spec}: no Dask scheduler answered ({_first_line(exc)}); check the"
+                f"--cluster {spec}: no Dask scheduler answered ({describe(exc)}); check the"
                 " address and that `dask scheduler` runs there, or use --cluster local:N"
             ) from None
         try:
@@ -152,11 +153,6 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
         yield client, f"Dask cluster {spec} ({len(client.nthreads())} workers)"
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
-
-
 def _cores() -> int:
     """CPU cores this process may run on (a Slurm job's cpuset, not the whole node)."""
     try:
@@ -166,7 +162,7 @@ def _cores() -> int:
 
 
 # --- the client side ------------------------------------------------------------------------
-class ClusterRunner(_Runner):
+class ClusterRunner(Segmenter):
     """infer's scan loop with the scans sent to Dask workers; all the rest as in a local run.
 
     ``session`` is the ``distributed.Client``. Rows go into the summary in scan order,
@@ -240,7 +236,7 @@ class ClusterRunner(_Runner):
             )
         if os.environ.get("EDGESEG_DEBUG") and exc is not None:
             raise exc
-        why = here(_first_line(exc)) if exc is not None else f"its task was {future.status}"
+        why = here(describe(exc)) if exc is not None else f"its task was {future.status}"
         raise EdgesegError(
             f"a Dask worker could not take {scan.path} ({why}); fix that on the workers"
             " and rerun the same command: finished outputs are kept"
@@ -265,7 +261,7 @@ def _absolute(scan: Scan) -> Scan:
 
 
 # --- the worker side ------------------------------------------------------------------------
-_RUNNERS: dict[tuple, _Runner] = {}  # per worker process: one per (model version, options, --out)
+_RUNNERS: dict[tuple, Segmenter] = {}  # per worker process: one per (model version, options, --out)
 _SESSIONS: dict[tuple, tuple[Any, str]] = {}  # per worker process: (session, provider)
 _LOCK = threading.Lock()  # a worker may run several tasks at once
 
@@ -282,10 +278,10 @@ def _process(scan: Scan, job: Job) -> Outcome:
         try:
             return Outcome(runner.process(scan))
         except Exception as exc:  # any bad scan: its row says why, and the run goes on
-            return Outcome(None, _reason(exc))
+            return Outcome(None, reason(exc))
 
 
-def _worker_runner(job: Job) -> _Runner:
+def _worker_runner(job: Job) -> Segmenter:
     """This worker's runner for ``job``, built on its first scan (one ORT session per worker)."""
     config = job.config
     session_key = (
@@ -309,7 +305,7 @@ def _worker_runner(job: Job) -> _Runner:
                 _SESSIONS[session_key] = _build_session(job)
             session, provider = _SESSIONS[session_key]
             _RUNNERS.clear()
-            runner = _Runner(session, provider, read_model_info(job.model), config, job.out)
+            runner = Segmenter(session, provider, read_model_info(job.model), config, job.out)
             runner.progress = runner._progress(0)  # quiet: never drawn
             _RUNNERS[key] = runner
         return _RUNNERS[key]
@@ -321,10 +317,10 @@ def _build_session(job: Job) -> tuple[Any, str]:
 
     host = get_address_host(get_worker().address)
     threads = job.config.threads or max(1, _cores() // job.host_threads.get(host, 1))
-    trt = default_trt_options(read_model_info(job.model), batch_size=job.config.batch_size)
-    built = create_session(job.model, job.config.provider, threads, trt)
+    spec = RunnerSpec("ort", job.config.provider, "fp32", threads, job.config.batch_size, ("logits",))
+    net = open_runner(job.model, spec)
     _BUILT.append(job.model)
-    return built
+    return net, net.provider
 
 
 _BUILT: list[Path] = []  # models of the sessions this worker process built (tests count them)

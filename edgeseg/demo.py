@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import replace_dir, sha256_file
+from edgeseg.files import replace_dir, sha256_file
 
 DEMO_FORMAT = "edgeseg-demo"
 DEMO_FORMAT_VERSION = 1  # bump when the files written change for the same parameters
@@ -313,7 +313,7 @@ def build_example(out: Path) -> Path:
     """
     import nibabel as nib
 
-    from edgeseg.outputs import atomic_write
+    from edgeseg.files import atomic_write
 
     t1 = nib.load(_demo_sources()["t1"])
     z0 = EXAMPLE_SLICES.start

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, describe
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING_TOLERANCE = 0.01  # relative spread of slice gaps still treated as uniform
@@ -226,7 +226,7 @@ def _header(path: Path) -> tuple[Any, str]:
     except pydicom.errors.InvalidDicomError:
         return None, "not a DICOM file (no 'DICM' marker at byte 128 and no file meta header)"
     except Exception as exc:  # a DICM marker, then a damaged header
-        raise EdgesegError(f"{path}: not a readable DICOM file ({_why(exc)})") from exc
+        raise EdgesegError(f"{path}: not a readable DICOM file ({describe(exc, 240, typed=True)})") from exc
     meta = ds.get("file_meta")
     media = str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
     if media == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds:
@@ -269,7 +269,7 @@ def _dcmread(path: Path) -> Any:
             " DICOM without its file header, re-export it as a standard DICOM file"
         ) from None
     except Exception as exc:  # truncated header, not a file
-        raise EdgesegError(f"{path}: not a readable DICOM file ({_why(exc)})") from exc
+        raise EdgesegError(f"{path}: not a readable DICOM file ({describe(exc, 240, typed=True)})") from exc
 
 
 def _frames(ds: Any, path: Path) -> list[Frame]:
@@ -290,7 +290,7 @@ def _frames(ds: Any, path: Path) -> list[Frame]:
 
 def _check_pixel_size(ds: Any, path: Path) -> None:
     """Rows x Columns x frames x BitsAllocated against the PixelData really there (uncompressed)."""
-    from edgeseg.scans import check_claimed_size, check_decoded_size
+    from edgeseg.sizes import check_claimed_size, check_decoded_size
 
     bits = int(ds.get("BitsAllocated", 0) or 0)
     syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
@@ -317,7 +317,7 @@ def _decode_why(ds: Any, exc: BaseException) -> str:
         return f"compressed as {name} and no decoder for it is installed; {EXTRA}"
     if "raised by all available plugins" in str(exc):  # each plugin's reason is on its own line
         return " ".join(line.strip() for line in str(exc).splitlines())[:300]
-    return _why(exc)
+    return describe(exc, 240, typed=True)
 
 
 def _frame(ds: Any, pixels: np.ndarray, index: int, count: int, path: Path | None = None) -> Frame:
@@ -428,8 +428,3 @@ def _stack(frames: list[Frame], affine: np.ndarray, voxel_ml: float) -> Series:
         inter,
         sources=tuple((fr.path, fr.frame) for fr in frames if fr.path is not None),
     )
-
-
-def _why(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:240]}" if lines else type(exc).__name__

@@ -63,7 +63,7 @@ def write_dicom_seg(
     Raises:
         EdgesegError: highdicom missing, or the sources cannot carry a SEG.
     """
-    from edgeseg.outputs import atomic_write
+    from edgeseg.files import atomic_write
 
     if not sources:
         raise EdgesegError(

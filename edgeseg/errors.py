@@ -1,8 +1,9 @@
-"""The one exception type for user mistakes.
+"""The one exception type for user mistakes, and one way to say what went wrong.
 
 The CLI catches :class:`EdgesegError`, prints its message on one line and exits 1
 without a traceback (set ``EDGESEG_DEBUG=1`` to see it). Messages name the file,
-what is wrong, and what to do about it.
+what is wrong, and what to do about it. :func:`describe` turns any other exception
+(from onnxruntime, pydicom, nibabel, ...) into the short text those messages quote.
 """
 
 from __future__ import annotations
@@ -17,3 +18,15 @@ class Interrupted(Exception):
 
     The CLI prints it on one line and exits 130, the shell's code for SIGINT.
     """
+
+
+def describe(exc: BaseException, limit: int = 200, typed: bool = False) -> str:
+    """The first line of ``exc``'s message, at most ``limit`` characters, its type name if empty.
+
+    ``typed`` prefixes the type (``"OSError: ..."``) where the message alone would not say what failed.
+    """
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip()[:limit] if lines else ""
+    if typed:
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return first or type(exc).__name__

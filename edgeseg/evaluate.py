@@ -18,11 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeseg.data import Slices, checkpoint_split
+from edgeseg.data import Slices
 from edgeseg.errors import EdgesegError
+from edgeseg.files import write_csv
 from edgeseg.metrics import ConfusionMatrix
 from edgeseg.model import load_checkpoint
-from edgeseg.outputs import write_csv
+from edgeseg.split import checkpoint_split
 
 
 @torch.inference_mode()
@@ -167,7 +168,7 @@ def run_evaluation(
     """
     from rich.console import Console
 
-    from edgeseg.train import find_latest_checkpoint
+    from edgeseg.artifacts import find_latest_checkpoint
 
     if per_slice_csv is not None and Path(per_slice_csv).is_dir():
         raise EdgesegError(f"--per-slice {per_slice_csv}: is a folder; give a file name, e.g. slices.csv")

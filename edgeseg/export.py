@@ -26,30 +26,24 @@ from __future__ import annotations
 import json
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeseg.artifacts import FORMAT, NORMALIZATION, ArtifactPaths, save_onnx, set_metadata
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write, check_writable_dir, sha256_file  # noqa: F401  (sha256_file re-exported)
+from edgeseg.files import check_writable_dir
+from edgeseg.split import SplitRecord
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
     from edgeseg.parity import ParityReport
+    from edgeseg.quantize import Int8Choice
 
-FORMAT = "edgeseg-onnx-v1"
 DEFAULT_OPSET = 20  # torch's default; onnx.reference runs the int8 QDQ graph only from opset 19
 IR_VERSION = 10  # onnx 1.23 would write IR 11+; onnxruntime 1.31 and TensorRT 10 read 10
-NORMALIZATION = {  # edgeseg.normalization of each contract (edgeseg.normalization_contract)
-    1: "per-image z-score over H and W inside the graph: (x - mean) / sqrt(var + 1e-6); feed raw scanner intensities",
-    2: "per-image tissue mean inside the graph: x / mean(x | x > 0.4 sum(x^4)/sum(x^3)),"
-    " independent of padding, cropping and intensity scale; feed raw scanner intensities",
-    3: "per-image tissue mean inside the graph as in contract 2, and each image framed in zeros so that"
-    " its first nonzero row and column sit on the 8-pixel pooling grid (logits cut back to H x W):"
-    " labels do not move when a zero-background slice is padded or cropped; feed raw scanner intensities",
-}
 
 
 @dataclass
@@ -82,26 +76,13 @@ class ExportReport:
 
     checkpoint: Path
     files: dict[str, Path] = field(default_factory=dict)  # precision -> file (fp32/fp16/int8/trt)
-    int8: dict[str, Any] = field(default_factory=dict)  # calibration choice, ΔmIoU, latencies
+    int8: Int8Choice | None = None  # calibration choice, ΔmIoU, latencies
     parity: ParityReport | None = None
     next_commands: list[str] = field(default_factory=list)
     triton: list[Any] = field(default_factory=list)  # edgeseg.triton.TritonModel, one per served model
 
 
 # ----------------------------------------------------------------------------- fp32
-
-
-def output_paths(checkpoint: Path, out: Path | None = None) -> dict[str, Path]:
-    """``X.pt`` -> ``{"fp32": X.onnx, "fp16": X_fp16.onnx, "int8": X_int8.onnx, "trt": X.engine}``."""
-    folder = Path(out) if out is not None else Path(checkpoint).parent
-    stem = Path(checkpoint).stem
-    return {
-        "fp32": folder / f"{stem}.onnx",
-        "fp16": folder / f"{stem}_fp16.onnx",
-        "int8": folder / f"{stem}_int8.onnx",
-        "trt": folder / f"{stem}.engine",
-        "parity": folder / "parity.json",
-    }
 
 
 def _export_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -204,31 +185,9 @@ def model_metadata(ckpt: dict[str, Any], precision: str, opset: int, checkpoint_
         "edgeseg.opset": str(opset),
         # In-plane mm per pixel of the training slices; infer resamples scans to it ("" = unknown).
         "edgeseg.pixel_spacing_mm": "" if spacing is None else repr(float(spacing)),
+        # How the checkpoint's held-out data was chosen: bench scores the file on it, torch-free.
+        **SplitRecord.from_checkpoint(ckpt).to_metadata(),
     }
-
-
-def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
-    """Replace the ``edgeseg.*`` metadata_props, keeping any others."""
-    kept = [(p.key, p.value) for p in proto.metadata_props if not p.key.startswith("edgeseg.")]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *metadata.items()]:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-
-
-def save_onnx(proto: onnx.ModelProto, path: Path) -> Path:
-    """Full ``onnx.checker`` check and shape inference, then an atomic single-file save."""
-    import onnx
-
-    del proto.graph.value_info[:]  # stale after fp16/int8 rewrites; inference redoes them
-    try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:
-        raise EdgesegError(f"{path}: the exported graph fails onnx.checker ({exc})") from exc
-    path = Path(path)
-    atomic_write(path, lambda tmp: onnx.save(proto, str(tmp)))
-    return path
 
 
 def export_onnx(
@@ -252,17 +211,17 @@ def export_onnx(
     Returns:
         The written path.
     """
-    from edgeseg.model import inference_form, load_checkpoint
+    from edgeseg.model import Checkpoint, inference_form
 
-    checkpoint = Path(checkpoint)
     if opset < 17:
         raise EdgesegError(f"opset {opset}: edgeseg exports need opset >= 17")
-    out_path = Path(out_path) if out_path else output_paths(checkpoint)["fp32"]
-    model, ckpt = load_checkpoint(checkpoint)
+    loaded = Checkpoint.load(checkpoint)
+    model, ckpt = loaded.model, loaded.state
+    out_path = Path(out_path) if out_path else ArtifactPaths.of(loaded.path).onnx()
     proto = _to_onnx(inference_form(model) if fuse else model, opset, model.config.min_size)
     if simplify:
         proto = _simplify(proto)
-    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, sha256_file(checkpoint)), **_qc_ranges(proto, ckpt)})
+    set_metadata(proto, {**model_metadata(ckpt, "fp32", opset, loaded.sha256), **_qc_ranges(proto, ckpt)})
     return save_onnx(proto, out_path)
 
 
@@ -296,43 +255,46 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
         The report with the files, int8 calibration findings and the parity report. The
         gate is ``report.parity.passed``; :func:`run_export` turns a failure into an error.
     """
-    from edgeseg.model import load_checkpoint
+    from edgeseg.artifacts import find_latest_checkpoint
+    from edgeseg.model import Checkpoint
     from edgeseg.parity import ParityConfig, load_eval_data, size_table, validate
-    from edgeseg.train import find_latest_checkpoint
 
     config = config or ExportConfig()
     checkpoint = Path(checkpoint) if checkpoint else find_latest_checkpoint()
-    profile = _trt_profile(checkpoint, config) if config.trt else None  # fail fast, before work
-    paths = output_paths(checkpoint, config.out)
+    loaded = Checkpoint.load(checkpoint)  # loaded and hashed once, for every step below
+    profile = _trt_profile(loaded, config) if config.trt else None  # fail fast, before work
+    paths = ArtifactPaths.of(checkpoint, config.out)
     if config.triton is not None:  # fail fast: tritonclient missing, or a folder that is not ours
         from edgeseg.triton import check_repository
 
         served = [k for k in ("fp32", "fp16", "int8") if k == "fp32" or getattr(config, k)]
         check_repository(
-            config.triton, [paths[k].stem for k in served] + ([f"{paths['fp32'].stem}_trt"] if config.trt else [])
+            config.triton, [paths.onnx(k).stem for k in served] + ([f"{paths.stem}_trt"] if config.trt else [])
         )
-    check_writable_dir(paths["fp32"].parent, "--out" if config.out else "the checkpoint's folder")
+    check_writable_dir(paths.folder, "--out" if config.out else "the checkpoint's folder")
     report = ExportReport(
-        checkpoint, {"fp32": export_onnx(checkpoint, paths["fp32"], config.opset, config.simplify, config.fuse)}
+        checkpoint, {"fp32": export_onnx(loaded, paths.onnx("fp32"), config.opset, config.simplify, config.fuse)}
     )
-    model, ckpt = load_checkpoint(checkpoint)
-    data = load_eval_data(ckpt, config.data) if (config.int8 or config.validate) else None
+    model = loaded.model
+    data = load_eval_data(loaded.state, config.data) if (config.int8 or config.validate) else None
     if config.fp16:
         from edgeseg.quantize import convert_fp16
 
-        report.files["fp16"] = convert_fp16(paths["fp32"], paths["fp16"])
+        report.files["fp16"] = convert_fp16(paths.onnx("fp32"), paths.onnx("fp16"))
     if config.int8:
         from edgeseg.quantize import choose_int8
 
-        report.int8 = choose_int8(paths["fp32"], paths["int8"], data, model, config.calib, config.calib_method)
-        report.files["int8"] = paths["int8"]
+        report.int8 = choose_int8(
+            paths.onnx("fp32"), paths.onnx("int8"), data, model, config.calib, config.calib_method
+        )
+        report.files["int8"] = paths.onnx("int8")
     if profile is not None:
         report.files["trt"] = _build_trt(report, paths, profile, data)
     if config.validate:
         parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
-        report.parity = validate(list(report.files.values()), checkpoint, config=parity, eval_data=data)
-        report.parity.extra.update(export=_config_json(config), int8=report.int8)
-        report.parity.write(paths["parity"])
+        report.parity = validate(list(report.files.values()), loaded, config=parity, eval_data=data)
+        report.parity.extra.update(export=_config_json(config), int8=asdict(report.int8) if report.int8 else {})
+        report.parity.write(paths.parity)
     if config.triton is not None and (report.parity is None or report.parity.passed):
         from edgeseg.triton import TritonConfig, write_model_repository
 
@@ -345,13 +307,12 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     return report
 
 
-def _trt_profile(checkpoint: Path, config: ExportConfig) -> Any:
-    """Check that TensorRT can run here and parse the profile options."""
-    from edgeseg.model import load_checkpoint
+def _trt_profile(loaded: Any, config: ExportConfig) -> Any:
+    """Check that TensorRT can run here and parse the profile options (``loaded``: a model.Checkpoint)."""
     from edgeseg.tensorrt import make_profile, require_tensorrt
 
     require_tensorrt()
-    min_size = load_checkpoint(checkpoint)[0].config.min_size
+    min_size = loaded.model.config.min_size
     return make_profile(config.trt_min, config.trt_opt, config.trt_max, min_size)
 
 
@@ -360,18 +321,18 @@ def _build_trt(report: ExportReport, paths: dict[str, Path], profile: Any, data:
     from edgeseg.tensorrt import build_engine
 
     if "int8" not in report.files:
-        return build_engine(report.files.get("fp16", report.files["fp32"]), paths["trt"], profile)
+        return build_engine(report.files.get("fp16", report.files["fp32"]), paths.engine, profile)
     from edgeseg.quantize import calibration_set, quantize_int8
 
     with tempfile.TemporaryDirectory(prefix="edgeseg-trt-") as tmp:  # S8S8, zero-point 0
         sym = quantize_int8(
-            paths["fp32"],
-            Path(tmp) / f"{paths['int8'].stem}_trt.onnx",
-            calibration_set(data.train_images, report.int8["calib_slices"]),
-            report.int8["method"],
+            paths.onnx("fp32"),
+            Path(tmp) / f"{paths.onnx('int8').stem}_trt.onnx",
+            calibration_set(data.train_images, report.int8.calib_slices),
+            report.int8.method,
             symmetric=True,
         )
-        return build_engine(sym, paths["trt"], profile)
+        return build_engine(sym, paths.engine, profile)
 
 
 def next_commands(report: ExportReport) -> list[str]:
@@ -407,18 +368,18 @@ def run_export(checkpoint: Path | None, config: ExportConfig) -> ExportReport:
         if not report.parity.passed:
             raise EdgesegError(
                 f"{report.checkpoint}: parity gate failed ({'; '.join(report.parity.failures)});"
-                f" the files stay for inspection, details in {output_paths(report.checkpoint, config.out)['parity']}"
+                f" the files stay for inspection, details in {ArtifactPaths.of(report.checkpoint, config.out).parity}"
             )
     console.print("next:\n" + "\n".join(f"  {c}" for c in report.next_commands))
     return report
 
 
-def _print_int8(console: Any, int8: dict[str, Any]) -> None:
-    tried = ", ".join(f"{k} {v['worst_d_miou']:.4f}" for k, v in int8["candidates"].items())
-    lat = int8["latency_ms"]
+def _print_int8(console: Any, int8: Int8Choice) -> None:
+    tried = ", ".join(f"{k} {v.worst_d_miou:.4f}" for k, v in int8.candidates.items())
+    lat = int8.latency_ms
     console.print(
-        f"int8: chose {int8['method']} calibration, {'7' if int8['reduce_range'] else '8'}-bit"
-        f" weights, by worst |ΔmIoU| over 3 sizes ({tried}); {int8['calib_inputs']} calibration"
-        f" inputs from {int8['calib_slices']} training slices; CPU latency 1x394x394: int8"
+        f"int8: chose {int8.method} calibration, {'7' if int8.reduce_range else '8'}-bit"
+        f" weights, by worst |ΔmIoU| over 3 sizes ({tried}); {int8.calib_inputs} calibration"
+        f" inputs from {int8.calib_slices} training slices; CPU latency 1x394x394: int8"
         f" {lat['int8']:.1f} ms vs fp32 {lat['fp32']:.1f} ms"
     )

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -142,15 +141,12 @@ def _peak_child(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _rss_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Load and run one target in this fresh process; report its peak RSS."""
-    from edgeseg.backends import CpuLevers, open_runner
+    from edgeseg.runtime import RunnerSpec, open_runner
 
-    t = spec["target"]
-    runner = open_runner(
-        Path(spec["path"]), t["provider"], t["threads"], t["precision"], t["batch"], CpuLevers(**spec["levers"])
-    )
-    x = synthetic_batch(t["batch"], spec["size"])
+    runner = open_runner(Path(spec["path"]), RunnerSpec.from_dict(spec["runner"]))
+    x = synthetic_batch(spec["batch"], spec["size"])
     for _ in range(spec["runs"]):
-        runner.predict(x)
+        runner.labels(x)
     return {"rss_mb": peak_rss_mb(), "torch_loaded": "torch" in sys.modules}
 
 
@@ -167,40 +163,3 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
-
-
-@dataclass
-class EvalSet:
-    """Held-out slices the task metric is computed on."""
-
-    images: list[np.ndarray]  # float32 (H, W) raw intensities
-    masks: list[np.ndarray]  # uint8 (H, W) labels
-    source: str  # where they come from, for the report
-
-
-def demo_test_set(data: Path | None = None, limit: int | None = None) -> EvalSet:
-    """The test slices of the slab split of ``data`` (default: the demo set, built if missing).
-
-    Args:
-        data: dataset root in the tutorial layout; None = :func:`edgeseg.data.build_demo`.
-        limit: keep at most this many test slices, spread evenly over the split.
-    """
-    from edgeseg.data import build_demo, load_slices, split_indices
-
-    root = Path(data) if data else build_demo()
-    slices = load_slices(root)
-    _, test = split_indices(len(slices), "slabs")
-    if limit and len(test) > limit:
-        test = [test[i] for i in np.linspace(0, len(test) - 1, limit).round().astype(int)]
-    images = [slices.images[i] for i in test]
-    masks = [slices.masks[i] for i in test]
-    return EvalSet(images, masks, f"{root}: {len(test)} test slices of the slab split")
-
-
-def score_miou(predict: Callable[[np.ndarray], Any], evalset: EvalSet, class_names: tuple[str, ...]) -> float:
-    """Foreground mIoU of ``predict`` over ``evalset``, one slice per inference."""
-    from edgeseg.metrics import evaluate_arrays
-
-    preds = (np.asarray(predict(img[None, None]))[0] for img in evalset.images)
-    summary = evaluate_arrays(preds, evalset.masks, len(class_names), class_names)
-    return float(summary["miou_fg"])

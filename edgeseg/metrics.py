@@ -23,7 +23,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import zip_longest
 from typing import Any
 
@@ -31,6 +31,7 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 
+RTOL = 1e-3  # rtol at which compare() reports the smallest passing atol ("min atol")
 IGNORE = 255  # truth label of pixels that are not scored (outside a held-out 3-D region)
 
 
@@ -233,6 +234,46 @@ def evaluate_arrays(
         except EdgesegError as err:
             raise EdgesegError(f"pair {i}: {err}") from err
     return cm.summary()
+
+
+def compare(
+    ref: list[np.ndarray],
+    logits: list[np.ndarray],
+    labels: list[np.ndarray],
+    masks: list[np.ndarray],
+    class_names: tuple[str, ...],
+) -> dict[str, Any]:
+    """The numbers of one row: |Δlogit| stats, min atol, agreement, mIoU of both vs truth."""
+    diff = np.concatenate([np.abs(c - r).ravel() for c, r in zip(logits, ref, strict=True)])
+    slack = np.concatenate([(np.abs(c - r) - RTOL * np.abs(r)).ravel() for c, r in zip(logits, ref, strict=True)])
+    ref_labels = [r.argmax(axis=1) for r in ref]
+    agree = sum(int((a == b).sum()) for a, b in zip(labels, ref_labels, strict=True))
+    n = len(class_names)
+    miou_ref = evaluate_arrays(ref_labels, masks, n, class_names)["miou_fg"]
+    miou_cand = evaluate_arrays(labels, masks, n, class_names)["miou_fg"]
+    d = None if miou_ref is None or miou_cand is None else miou_cand - miou_ref
+    return {
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "ref_max": float(max(np.abs(r).max() for r in ref)),
+        "min_atol": float(max(slack.max(), 0.0)),
+        "agreement": agree / diff.size * n,
+        "miou_ref": miou_ref,
+        "miou_cand": miou_cand,
+        "d_miou": d,
+    }
+
+
+def score(
+    predict: Callable[[np.ndarray], Any],
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    class_names: Sequence[str],
+) -> dict[str, Any]:
+    """:meth:`ConfusionMatrix.summary` of ``predict`` (labels of a ``(1, 1, H, W)`` float32 batch)
+    over held-out slices, one slice per call: how every stage scores a model it runs."""
+    preds = (np.asarray(predict(np.ascontiguousarray(img, np.float32)[None, None]))[0] for img in images)
+    return evaluate_arrays(preds, masks, len(class_names), class_names)
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -24,12 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write
+from edgeseg.errors import EdgesegError, describe
+from edgeseg.files import atomic_write, sha256_file
 
 MIN_SIZE = 16  # three 2x poolings need at least 2 pixels at the bottom level
 NORM_EPS = 1e-6  # keeps a constant (all-zero) slice finite after normalisation
@@ -385,9 +386,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[UNe
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # truncated zip, pickle with code, not a torch file at all
-        reason = (str(exc).strip().splitlines() or ["empty or unreadable file"])[0][:160]
         raise EdgesegError(
-            f"{path}: not a loadable edgeseg checkpoint ({type(exc).__name__}: {reason});"
+            f"{path}: not a loadable edgeseg checkpoint ({describe(exc, 160, typed=True)});"
             " pass a .pt written by `edgeseg train`"
         ) from exc
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "model_config" not in ckpt:
@@ -398,6 +398,25 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[UNe
     except RuntimeError as exc:
         raise EdgesegError(f"{path}: weights do not fit the stored model config: {exc}") from exc
     return model.to(device).eval(), ckpt
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint loaded once, with its file's SHA-256: what export, validation and the model
+    card share instead of each loading and hashing the file again."""
+
+    path: Path
+    model: UNet
+    state: dict[str, Any]
+    sha256: str
+
+    @classmethod
+    def load(cls, path: Path | Checkpoint) -> Checkpoint:
+        """``path`` loaded (weights only) and hashed; an already loaded one is returned as it is."""
+        if isinstance(path, Checkpoint):
+            return path
+        model, state = load_checkpoint(Path(path))
+        return cls(Path(path), model, state, sha256_file(Path(path)))
 
 
 def checkpoint_model_config(ckpt: dict[str, Any], path: Path | str = "checkpoint") -> dict[str, Any]:
@@ -423,3 +442,9 @@ def _config_to_dict(config: ModelConfig) -> dict[str, Any]:
     d["widths"] = list(d["widths"])
     d["class_names"] = list(d["class_names"])
     return d
+
+
+def reference_logits(model: UNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """PyTorch fp32 eval-mode logits for each ``(N, 1, H, W)`` batch (the parity reference)."""
+    with torch.inference_mode():
+        return [model.float().eval()(torch.from_numpy(x)).numpy() for x in inputs]

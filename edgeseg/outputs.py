@@ -12,20 +12,17 @@ dead process is removed by the next write). Output paths are checked to stay ins
 from __future__ import annotations
 
 import csv
-import glob
-import hashlib
 import os
-import secrets
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgeseg.artifacts import ModelInfo
 from edgeseg.errors import EdgesegError
+from edgeseg.files import atomic_write, write_csv
 from edgeseg.qc import FIGURES, MEAN_SUFFIX
-from edgeseg.runtime import ModelInfo
 from edgeseg.scans import Decoded, nifti_zooms_mm
 
 SUMMARY = "summary.csv"
@@ -55,108 +52,6 @@ def safe_output_path(out: Path, rel: Path) -> Path:
     if not target.resolve().is_relative_to(root):
         raise EdgesegError(f"{target}: resolves to {target.resolve()}, outside --out {root}; refusing to write")
     return target
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-TMP_MARK = ".edgeseg-tmp"  # in every temp name: ``.x_seg.npy.<pid>-<hex>.edgeseg-tmp.npy``
-
-
-def atomic_write(
-    target: Path, write: Callable[[Path], None], before_replace: Callable[[Path], None] | None = None
-) -> None:
-    """Run ``write(tmp)`` on a hidden temp file beside ``target``, then rename it over.
-
-    The temp name holds the writer's pid and a random part, so two processes (or two
-    threads) writing the same target never share a temp file; it keeps the target's
-    extension because writers such as nibabel pick the format from it. Temps of this
-    target left by dead processes (a ``kill -9``) are removed here. ``before_replace(tmp)``
-    runs on the finished temp file just before the rename (e.g. to record its hash).
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    ext = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-    remove_stale_temps(target.parent.glob(f".{glob.escape(target.name)}.*edgeseg-tmp*"))
-    tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_MARK}{ext}"
-    try:
-        write(tmp)
-        if before_replace is not None:
-            before_replace(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def remove_stale_temps(paths: Iterable[Path]) -> None:
-    """Delete temp files (named as by :func:`atomic_write`) whose writing process is gone.
-
-    A temp without a pid comes from an edgeseg before pids were in the name: also stale.
-    """
-    for path in paths:
-        pid = path.name.rsplit(TMP_MARK, 1)[0].rsplit(".", 1)[-1].split("-")[0]
-        if not pid.isdigit() or not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    """True if a process ``pid`` exists (on this machine)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def check_writable_dir(folder: Path, option: str = "--out") -> Path:
-    """Create ``folder`` if needed and prove it writable by writing a file there; returns it.
-
-    Done before any work starts, so that a read-only mount, a file where the folder
-    should be, or a path under a file is one line up front, not a failure after the work.
-    Root passes permission bits, so a real write is the only honest test.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".edgeseg-probe-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except FileExistsError:
-        raise EdgesegError(f"{option} {folder}: is a file, not a folder; choose another {option}") from None
-    except NotADirectoryError:
-        raise EdgesegError(
-            f"{option} {folder}: a part of this path is a file, not a folder; choose another {option}"
-        ) from None
-    except OSError as exc:  # PermissionError, EROFS (read-only mount), ENOSPC, ...
-        raise EdgesegError(
-            f"{option} {folder}: cannot write there ({exc.strerror or exc});"
-            f" choose a writable {option} or fix its permissions"
-        ) from None
-    return folder
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder ``tmp`` into place as ``out``; ``out`` never holds a partial one.
-
-    A non-empty folder cannot be renamed over another, so an existing ``out`` is first moved
-    into a fresh hidden folder beside it and removed once the new one is in place.
-    """
-    import shutil
-
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_labels(
@@ -359,20 +254,6 @@ def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
     return {
         r["output"]: r for r in rows if r.get("output") and r.get("status") == "done" and (root / r["output"]).is_file()
     }
-
-
-def write_csv(target: Path, rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
-    """Write ``rows`` as CSV, atomically: ``columns`` (keys outside them are left out), else
-    the first row's keys."""
-    fields = columns or (list(rows[0]) if rows else ["key"])
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-
-    atomic_write(target, write)
 
 
 def write_summary(out: Path, rows: list[dict[str, Any]], info: ModelInfo) -> Path:

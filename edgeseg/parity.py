@@ -21,21 +21,26 @@ activation error and the largest activation against float16's 65504 limit.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeseg.artifacts import ArtifactPaths, ModelInfo, engine_info, read_model_info, read_sidecar
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write
+from edgeseg.files import read_json, write_json
+from edgeseg.metrics import compare
+from edgeseg.runtime import PROVIDERS, Runner, RunnerSpec, open_runner, probe, run_batches
+from edgeseg.split import HeldOut, checkpoint_split, size_batches
 
 if TYPE_CHECKING:
-    from edgeseg.model import UNet
+    from edgeseg.model import Checkpoint
+    from edgeseg.quantize import Fp16Check
+
+    pass
 
 FORMAT = "edgeseg-parity-v1"
-RTOL = 1e-3  # rtol at which "min atol" is reported
 SIZES_HWN = (  # (H, W, batch): the training size, odd, non-square, small
     (394, 394, 4),
     (393, 395, 1),
@@ -85,19 +90,6 @@ class ParityConfig:
 
 
 @dataclass
-class EvalData:
-    """Real slices with ground truth for validation, and training slices for calibration."""
-
-    source: str  # where they came from, for the report
-    images: list[np.ndarray]  # held-out float32 (H, W)
-    masks: list[np.ndarray]  # their uint8 labels (IGNORE where not held out)
-    train_images: list[np.ndarray]  # training-split float32 (H, W), for int8 calibration
-    # Every pixel's label, for the parity sizes: parity compares two models, so held-out-ness
-    # does not matter there, and a 64x64 crop holds too few held-out pixels for a stable ΔmIoU.
-    labels: list[np.ndarray] | None = None
-
-
-@dataclass
 class ParityRow:
     """One candidate file x provider x size."""
 
@@ -128,7 +120,7 @@ class ParityReport:
     config: dict[str, Any]
     rows: list[ParityRow] = field(default_factory=list)
     reference_evaluator: dict[str, Any] = field(default_factory=dict)  # per model file
-    fp16_activations: dict[str, Any] = field(default_factory=dict)  # PyTorch .half() check
+    fp16_activations: Fp16Check | None = None  # PyTorch .half() check
     skipped: dict[str, str] = field(default_factory=dict)  # provider -> why not run
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. int8 calibration, latencies
 
@@ -154,7 +146,7 @@ class ParityReport:
             "config": self.config,
             "rows": [asdict(r) for r in self.rows],
             "reference_evaluator": self.reference_evaluator,
-            "fp16_activations": self.fp16_activations,
+            "fp16_activations": asdict(self.fp16_activations) if self.fp16_activations else {},
             "skipped_providers": self.skipped,
             **self.extra,
         }
@@ -167,7 +159,7 @@ class ParityReport:
         standalone ``edgeseg validate`` of one file never erases the record of the others.
         """
         record = self.to_json()
-        old = _read_json(path) if merge else None
+        old = read_json(path) if merge else None
         if old and old.get("format") == FORMAT and old.get("checkpoint_sha256") == self.checkpoint_sha256:
             redone = {r["model"] for r in record["rows"]}
             rows = [r for r in old.get("rows", []) if r.get("model") not in redone] + record["rows"]
@@ -186,122 +178,12 @@ class ParityReport:
         return write_json(path, record)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    """Atomic JSON write (temp file in the same folder + rename)."""
-    path = Path(path)
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
-    return path
-
-
 # ----------------------------------------------------------------------------- data
 
 
-def load_eval_data(ckpt: dict[str, Any], data: Path | None = None) -> EvalData:
-    """Held-out slices (+ training slices) for a checkpoint: :func:`edgeseg.data.checkpoint_split`."""
-    from edgeseg.data import checkpoint_split
-
-    held = checkpoint_split(ckpt, data)
-    images, masks = held.slices.images, held.slices.masks
-    labels = None if held.labels is None else [held.labels[i] for i in held.test]
-    return EvalData(
-        held.source,
-        [images[i] for i in held.test],
-        [masks[i] for i in held.test],
-        [images[i] for i in held.train],
-        labels,
-    )
-
-
-def fit_to_size(image: np.ndarray, mask: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Centre-crop or pad a slice and its mask to ``(h, w)``: image edge-padded, mask with 0."""
-    for axis, size in ((0, h), (1, w)):
-        have = image.shape[axis]
-        if have > size:
-            start = (have - size) // 2
-            image = np.take(image, range(start, start + size), axis=axis)
-            mask = np.take(mask, range(start, start + size), axis=axis)
-        elif have < size:
-            before = (size - have) // 2
-            pad = [(0, 0), (0, 0)]
-            pad[axis] = (before, size - have - before)
-            image, mask = np.pad(image, pad, mode="edge"), np.pad(mask, pad)
-    return np.ascontiguousarray(image, np.float32), np.ascontiguousarray(mask, np.uint8)
-
-
-def pick(items: list[Any], n: int) -> list[Any]:
-    """``n`` items evenly spread over ``items`` (all of them if n >= len)."""
-    if n >= len(items):
-        return list(items)
-    return [items[round(i * (len(items) - 1) / max(n - 1, 1))] for i in range(n)]
-
-
-def size_batches(data: EvalData, sizes: tuple[tuple[int, int, int, int], ...]) -> list[dict[str, Any]]:
-    """Per size row: ``{"size", "batch", "inputs": [(N,1,H,W) float32], "masks": [...]}``."""
-    rows = []
-    for h, w, n, batch in sizes:
-        pairs = [
-            fit_to_size(im, m, h, w)
-            for im, m in pick(list(zip(data.images, data.labels or data.masks, strict=True)), n)
-        ]
-        starts = range(0, len(pairs), batch)
-        rows.append(
-            {
-                "size": f"{h}x{w}",
-                "batch": batch,
-                "inputs": [np.stack([p[0] for p in pairs[s : s + batch]])[:, None] for s in starts],
-                "masks": [np.stack([p[1] for p in pairs[s : s + batch]]) for s in starts],
-            }
-        )
-    return rows
-
-
-# ----------------------------------------------------------------------------- comparison
-
-
-def reference_logits(model: UNet, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """PyTorch fp32 eval-mode logits for each ``(N, 1, H, W)`` batch."""
-    import torch
-
-    with torch.inference_mode():
-        return [model.float().eval()(torch.from_numpy(x)).numpy() for x in inputs]
-
-
-def compare(
-    ref: list[np.ndarray],
-    logits: list[np.ndarray],
-    labels: list[np.ndarray],
-    masks: list[np.ndarray],
-    class_names: tuple[str, ...],
-) -> dict[str, Any]:
-    """The numbers of one row: |Δlogit| stats, min atol, agreement, mIoU of both vs truth."""
-    from edgeseg.metrics import evaluate_arrays
-
-    diff = np.concatenate([np.abs(c - r).ravel() for c, r in zip(logits, ref, strict=True)])
-    slack = np.concatenate([(np.abs(c - r) - RTOL * np.abs(r)).ravel() for c, r in zip(logits, ref, strict=True)])
-    ref_labels = [r.argmax(axis=1) for r in ref]
-    agree = sum(int((a == b).sum()) for a, b in zip(labels, ref_labels, strict=True))
-    n = len(class_names)
-    miou_ref = evaluate_arrays(ref_labels, masks, n, class_names)["miou_fg"]
-    miou_cand = evaluate_arrays(labels, masks, n, class_names)["miou_fg"]
-    d = None if miou_ref is None or miou_cand is None else miou_cand - miou_ref
-    return {
-        "max_abs": float(diff.max()),
-        "mean_abs": float(diff.mean()),
-        "ref_max": float(max(np.abs(r).max() for r in ref)),
-        "min_atol": float(max(slack.max(), 0.0)),
-        "agreement": agree / diff.size * n,
-        "miou_ref": miou_ref,
-        "miou_cand": miou_cand,
-        "d_miou": d,
-    }
+def load_eval_data(ckpt: dict[str, Any], data: Path | None = None) -> HeldOut:
+    """Held-out slices (+ training slices) of a checkpoint: :func:`edgeseg.split.checkpoint_split`."""
+    return checkpoint_split(ckpt, data)
 
 
 def gate_failures(row: dict[str, Any], gate: Gate) -> list[str]:
@@ -318,16 +200,10 @@ def gate_failures(row: dict[str, Any], gate: Gate) -> list[str]:
     return failed
 
 
-def run_session(session: Any, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """``(logits, labels)`` of an ORT session for each batch."""
-    outs = [session.run(["logits", "labels"], {"image": x}) for x in inputs]
-    return [o[0].astype(np.float32) for o in outs], [o[1] for o in outs]
-
-
 def reference_evaluator_check(
-    path: Path, session: Any, gate: bool = True, shape: tuple[int, ...] = (1, 1, 33, 35)
+    path: Path, runner: Runner, gate: bool = True, shape: tuple[int, ...] = (1, 1, 33, 35)
 ) -> dict[str, Any]:
-    """``onnx.reference.ReferenceEvaluator`` vs the ORT session on one small odd-sized input.
+    """``onnx.reference.ReferenceEvaluator`` vs the ORT runner on one small odd-sized input.
 
     ``gate``: a difference above 1e-3 of the logit scale is a failure (fp32 files; fp16 and
     int8 files are reported only, the two runtimes round them differently by design).
@@ -340,7 +216,8 @@ def reference_evaluator_check(
         ref_logits, ref_labels = ReferenceEvaluator(str(path)).run(["logits", "labels"], {"image": x})
     except Exception as exc:  # an op the reference runtime does not implement
         return {"shape": list(shape), "skipped": f"{type(exc).__name__}: {str(exc)[:160]}"}
-    logits, labels = session.run(["logits", "labels"], {"image": x})
+    out = runner.run(x)
+    logits, labels = out["logits"], out["labels"]
     diff = float(np.abs(ref_logits.astype(np.float32) - logits).max())
     scale = max(1.0, float(np.abs(ref_logits).max()))
     result = {"shape": list(shape), "max_abs": diff, "labels_equal": float((ref_labels == labels).mean())}
@@ -354,12 +231,9 @@ def reference_evaluator_check(
 
 def find_checkpoint(model_path: Path, sha256: str) -> Path:
     """The ``X.pt`` next to ``X.onnx`` / ``X_fp16.onnx`` / ``X_int8.onnx`` whose hash matches."""
-    from edgeseg.export import sha256_file
+    from edgeseg.files import sha256_file
 
-    stem = model_path.stem
-    for suffix in ("_fp16", "_int8"):
-        stem = stem.removesuffix(suffix)
-    candidate = model_path.with_name(f"{stem}.pt")
+    candidate = ArtifactPaths.of(model_path).checkpoint
     if candidate.is_file() and (not sha256 or sha256_file(candidate) == sha256):
         return candidate
     raise EdgesegError(
@@ -371,16 +245,17 @@ def find_checkpoint(model_path: Path, sha256: str) -> Path:
 
 def validate(
     models: Path | list[Path],
-    ckpt: Path | None = None,
+    ckpt: Path | Checkpoint | None = None,
     data: Path | None = None,
     config: ParityConfig | None = None,
-    eval_data: EvalData | None = None,
+    eval_data: HeldOut | None = None,
 ) -> ParityReport:
     """Compare exported ONNX files with their PyTorch checkpoint on real slices.
 
     Args:
         models: one or more edgeseg ONNX files exported from the same checkpoint.
-        ckpt: the checkpoint; default the ``X.pt`` beside ``X.onnx`` (hash-checked).
+        ckpt: the checkpoint (a path, or one already loaded); default the ``X.pt`` beside
+            ``X.onnx`` (hash-checked).
         data: a tutorial-layout dataset to validate on (its slab split's test slices);
             default the checkpoint's held-out slices, or the demo set.
         config: sizes, providers, gates; default :class:`ParityConfig`.
@@ -389,21 +264,19 @@ def validate(
     Returns:
         The report; ``report.passed`` is the gate, ``report.failures`` names failed checks.
     """
-    from edgeseg.export import sha256_file
-    from edgeseg.model import load_checkpoint
+    from edgeseg.model import Checkpoint, reference_logits
 
     config = config or ParityConfig()
     paths = [Path(m) for m in (models if isinstance(models, list) else [models])]
     infos = [_model_info(p) for p in paths]
-    ckpt = Path(ckpt) if ckpt else find_checkpoint(paths[0], infos[0].checkpoint_sha256)
-    sha = sha256_file(ckpt)
+    loaded = Checkpoint.load(ckpt or find_checkpoint(paths[0], infos[0].checkpoint_sha256))
+    ckpt, sha, model, state = loaded.path, loaded.sha256, loaded.model, loaded.state
     for info in infos:
         if info.checkpoint_sha256 and info.checkpoint_sha256 != sha:
             raise EdgesegError(
                 f"{info.path}: exported from checkpoint {info.checkpoint_sha256[:12]}…, not"
                 f" {ckpt} ({sha[:12]}…); pass the matching --ckpt"
             )
-    model, state = load_checkpoint(ckpt)
     eval_data = eval_data or load_eval_data(state, data)
     report = ParityReport(str(ckpt), sha, eval_data.source, _config_json(config))
     rows = size_batches(eval_data, config.sizes)
@@ -419,26 +292,18 @@ def validate(
     return report
 
 
-def _model_info(path: Path) -> Any:
+def _model_info(path: Path) -> ModelInfo:
     """ModelInfo of an ONNX file, or of a TensorRT engine from its sidecar's metadata."""
-    from edgeseg.runtime import _info_from_metadata, read_model_info
-
-    if path.suffix != ".engine":
-        return read_model_info(path)
-    from edgeseg.tensorrt import read_sidecar
-
-    meta = read_sidecar(path).get("metadata") or {}
-    return _info_from_metadata(path, meta, int(meta.get("edgeseg.opset", 0)))
+    return engine_info(path) if path.suffix == ".engine" else read_model_info(path)
 
 
 def _validate_engine(
     report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]], config: ParityConfig
 ) -> None:
     """Rows for a native TensorRT engine, for the sizes inside its profile."""
-    from edgeseg.tensorrt import EngineSession
-
-    session = EngineSession(path)
-    lo, hi = session.sidecar["profile"]["min"], session.sidecar["profile"]["max"]
+    runner = open_runner(path, RunnerSpec("tensorrt-engine", outputs=("logits", "labels")))
+    profile = read_sidecar(path)["profile"]
+    lo, hi = profile["min"], profile["max"]
     inside = [
         r
         for r in rows
@@ -449,7 +314,7 @@ def _validate_engine(
     ]
     if len(inside) < len(rows):
         report.skipped[path.name] = f"{len(rows) - len(inside)} sizes outside the engine's profile"
-    _append_rows(report, path, info, inside, session, session.get_providers()[0], config)
+    _append_rows(report, path, info, inside, runner, runner.label, config)
 
 
 def _append_rows(
@@ -457,13 +322,13 @@ def _append_rows(
     path: Path,
     info: Any,
     rows: list[dict[str, Any]],
-    session: Any,
+    runner: Runner,
     actual: str,
     config: ParityConfig,
 ) -> None:
     gate = config.gates.get(info.precision, Gate())
     for row in rows:
-        logits, labels = run_session(session, row["inputs"])
+        logits, labels = run_batches(runner, row["inputs"])
         numbers = compare(row["ref"], logits, labels, row["masks"], info.class_names)
         report.rows.append(
             ParityRow(
@@ -483,22 +348,22 @@ def _validate_file(
     report: ParityReport, path: Path, info: Any, rows: list[dict[str, Any]], config: ParityConfig
 ) -> None:
     """Append one row per working provider x size for one ONNX file (or engine)."""
-    from edgeseg.runtime import PROVIDERS, _probe, create_session
-
     if path.suffix == ".engine":
         _validate_engine(report, path, info, rows, config)
         return
     for provider in config.providers:
-        reason = _probe(PROVIDERS[provider]) if provider in PROVIDERS else "unknown provider"
+        reason = probe(PROVIDERS[provider]) if provider in PROVIDERS else "unknown provider"
         if reason:
             report.skipped[provider] = reason
             continue
-        session, actual = create_session(path, provider=provider, threads=config.threads)
+        runner = open_runner(
+            path, RunnerSpec("ort", provider, threads=config.threads or 0, outputs=("logits", "labels"))
+        )
         if provider == "cpu" and config.reference_check:
             report.reference_evaluator[path.name] = reference_evaluator_check(
-                path, session, gate=info.precision == "fp32"
+                path, runner, gate=info.precision == "fp32"
             )
-        _append_rows(report, path, info, rows, session, actual, config)
+        _append_rows(report, path, info, rows, runner, runner.provider, config)
 
 
 def _config_json(config: ParityConfig) -> dict[str, Any]:

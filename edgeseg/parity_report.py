@@ -14,10 +14,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edgeseg.artifacts import PRECISIONS, ArtifactPaths
 from edgeseg.errors import EdgesegError
-from edgeseg.parity import EvalData, ParityConfig, ParityReport, validate, write_json
+from edgeseg.files import write_json, write_text
+from edgeseg.parity import ParityConfig, ParityReport, validate
+from edgeseg.split import HeldOut
+
+if TYPE_CHECKING:
+    from edgeseg.quantize import Fp16Check
 
 
 def wide_console() -> Any:
@@ -119,39 +125,34 @@ def _describe_reference(check: dict[str, Any]) -> str:
     return f"max|Δlogit| {check['max_abs']:.2e}, labels equal {100 * check['labels_equal']:.2f}%"
 
 
-def _describe_fp16(check: dict[str, Any]) -> str:
+def _describe_fp16(check: Fp16Check) -> str:
     return (
-        f"PyTorch float16 on CPU ({check['slices']} slices 394²): max|activation|"
-        f" {check['max_activation']:.1f} ({check['max_activation_layer']}; {check['headroom']:.0f}x"
-        f" below 65504), max|Δlogit| {check['max_abs_logit_diff']:.2e}, agreement"
-        f" {100 * check['agreement']:.4f}%, {'finite' if check['finite'] else 'OVERFLOW (inf/NaN)'}"
+        f"PyTorch float16 on CPU ({check.slices} slices 394²): max|activation|"
+        f" {check.max_activation:.1f} ({check.max_activation_layer}; {check.headroom:.0f}x"
+        f" below 65504), max|Δlogit| {check.max_abs_logit_diff:.2e}, agreement"
+        f" {100 * check.agreement:.4f}%, {'finite' if check.finite else 'OVERFLOW (inf/NaN)'}"
     )
 
 
 # ----------------------------------------------------------------------------- model card
 
 
-def score_formats(files: dict[str, Path], data: EvalData, threads: int | None = None) -> dict[str, Any]:
+def score_formats(files: dict[str, Path], data: HeldOut, threads: int | None = None) -> dict[str, Any]:
     """Per exported file: size, SHA-256 and per-class IoU on all held-out slices (ORT CPU)."""
-    import numpy as np
-
-    from edgeseg.export import sha256_file
-    from edgeseg.metrics import ConfusionMatrix
-    from edgeseg.runtime import create_session, read_model_info
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.files import sha256_file
+    from edgeseg.metrics import score
+    from edgeseg.runtime import RunnerSpec, open_runner
 
     scores = {}
     for precision, path in files.items():
-        info = read_model_info(path)
-        session, _ = create_session(path, provider="cpu", threads=threads)
-        cm = ConfusionMatrix(info.num_classes, info.class_names)
-        for image, mask in zip(data.images, data.masks, strict=True):
-            cm.update(session.run(["labels"], {"image": image[None, None].astype(np.float32)})[0][0], mask)
+        runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0))
         scores[precision] = {
             "file": path.name,
             "bytes": path.stat().st_size,
             "sha256": sha256_file(path),
             "slices": len(data.images),
-            **cm.summary(),
+            **score(runner.labels, data.images, data.masks, read_model_info(path).class_names),
         }
     return scores
 
@@ -259,7 +260,9 @@ def _split_section(splits: dict[str, Any] | None) -> list[str]:
         "| split | scored | mIoU (GM, WM) | IoU GM | IoU WM |",
         "|---|---|---|---|---|",
         *[
-            f"| {name} | {s['slices']} slices | {_fmt(s['miou_fg'])} | {_fmt(s['iou'].get('gray_matter'))}"
+            f"| {name} | not applicable: {s['skipped']} | — | — | — |"
+            if "skipped" in s
+            else f"| {name} | {s['slices']} slices | {_fmt(s['miou_fg'])} | {_fmt(s['iou'].get('gray_matter'))}"
             f" | {_fmt(s['iou'].get('white_matter'))} |"
             for name, s in splits.items()
         ],
@@ -297,22 +300,29 @@ SHIPPED_RECIPE = [  # how export/ is made; the last line is what regenerates thi
 
 
 def split_scores(checkpoint: Path) -> dict[str, Any]:
-    """The checkpoint's pooled metrics under each split of the demo set."""
-    from edgeseg.data import SPLITS
+    """The checkpoint's pooled metrics under each split of its data; a split that does not
+    apply to that data (regions outside the demo set, tutorial under 100 slices) says why."""
     from edgeseg.evaluate import evaluate_checkpoint
+    from edgeseg.split import SPLITS
 
-    return {
-        name: {
-            k: v for k, v in evaluate_checkpoint(checkpoint, split=name).items() if k in ("slices", "miou_fg", "iou")
-        }
-        for name in SPLITS
-    }
+    scores: dict[str, Any] = {}
+    for name in SPLITS:
+        try:
+            report = evaluate_checkpoint(checkpoint, split=name)
+        except EdgesegError as exc:
+            scores[name] = {"skipped": str(exc)}
+            continue
+        scores[name] = {k: v for k, v in report.items() if k in ("slices", "miou_fg", "iou")}
+    return scores
 
 
-def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None, data: EvalData) -> Path:
+def write_model_card(
+    folder: Path, checkpoint: Path, commands: list[str] | None, data: HeldOut, robustness_slices: int = 32
+) -> Path:
     """Score every ONNX file in ``folder``, add the scores to its parity.json, write README.md.
 
     ``commands`` go under "Reproduce every file"; None = :data:`SHIPPED_RECIPE`.
+    ``robustness_slices``: held-out demo slices the robustness table is measured on.
     """
     from edgeseg.model import load_checkpoint
     from edgeseg.robustness import run_robustness
@@ -321,17 +331,14 @@ def write_model_card(folder: Path, checkpoint: Path, commands: list[str] | None,
     if not parity_path.is_file():
         raise EdgesegError(f"{parity_path}: missing; run `edgeseg export` into {folder} first")
     parity = json.loads(parity_path.read_text())
-    stem = Path(checkpoint).stem
-    files = {p: Path(folder) / f"{stem}{s}.onnx" for p, s in (("fp32", ""), ("fp16", "_fp16"), ("int8", "_int8"))}
+    paths = ArtifactPaths.of(checkpoint, folder)
+    files = {p: paths.onnx(p) for p in PRECISIONS}
     parity["formats"] = score_formats({p: f for p, f in files.items() if f.is_file()}, data)
     parity["checkpoint_bytes"] = Path(checkpoint).stat().st_size
     parity["splits"] = split_scores(checkpoint)
     if files["fp32"].is_file():  # the file users run; `evaluate --robustness` gives any other's
-        parity["robustness"] = [{"file": files["fp32"].name, **asdict(row)} for row in run_robustness(files["fp32"])]
+        rows = run_robustness(files["fp32"], slices=robustness_slices)
+        parity["robustness"] = [{"file": files["fp32"].name, **asdict(row)} for row in rows]
     write_json(parity_path, parity)
     text = render_model_card(load_checkpoint(checkpoint)[1], parity, SHIPPED_RECIPE if commands is None else commands)
-    readme = Path(folder) / "README.md"
-    tmp = readme.with_name(".README.md.tmp")
-    tmp.write_text(text + "\n")
-    tmp.replace(readme)
-    return readme
+    return write_text(Path(folder) / "README.md", text + "\n")

@@ -26,19 +26,21 @@ import os
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.measure import latency_stats, time_runs
 
 if TYPE_CHECKING:
     import onnx
     import torch
 
     from edgeseg.model import UNet
-    from edgeseg.parity import EvalData
+    from edgeseg.split import HeldOut
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 CALIB_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
@@ -127,7 +129,7 @@ def convert_fp16(src: Path, dst: Path) -> Path:
     import onnx
     from onnxconverter_common.float16 import convert_float_to_float16
 
-    from edgeseg.export import save_onnx, set_metadata
+    from edgeseg.artifacts import save_onnx, set_metadata
 
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     meta = {p.key: p.value for p in proto.metadata_props}
@@ -192,7 +194,7 @@ def calibration_set(slices: list[np.ndarray], n: int) -> list[np.ndarray]:
     calibrated on whole slices alone clipped them (78 % label agreement at 64x64 on the
     demo model instead of 99 %).
     """
-    from edgeseg.parity import fit_to_size, pick
+    from edgeseg.split import fit_to_size, pick
 
     full = pick(slices, n)
     crops = [
@@ -231,7 +233,7 @@ def quantize_int8(
     """
     import onnx
 
-    from edgeseg.export import save_onnx, set_metadata
+    from edgeseg.artifacts import save_onnx, set_metadata
 
     if method not in CALIB_METHODS:
         raise EdgesegError(f"calibration method {method!r}: choose auto, {', '.join(CALIB_METHODS)}")
@@ -284,10 +286,45 @@ def _quantize(
     )
 
 
+@dataclass
+class Int8Candidate:
+    """One calibration method x weight range, scored against the PyTorch model."""
+
+    d_miou: dict[str, float]  # ΔmIoU per held-out size ("394x394", "256x257", "64x64")
+    worst_d_miou: float  # the largest |ΔmIoU|: what the choice minimises
+    agreement: float  # pooled share of labels equal to PyTorch's
+    seconds: float  # to calibrate and score
+
+
+@dataclass
+class Int8Choice:
+    """What :func:`choose_int8` tried and kept (also in parity.json as ``int8``)."""
+
+    method: str  # the calibration method kept
+    reduce_range: bool  # 7-bit weights
+    calib_slices: int
+    calib_inputs: int  # slices plus crops
+    candidates: dict[str, Int8Candidate]  # "minmax/7bit" -> its scores
+    latency_ms: dict[str, float]  # "fp32" and "int8", ORT CPU p50 at 1x394x394
+
+
+@dataclass
+class Fp16Check:
+    """PyTorch float16 run of the model (normalisation in float32): the real fp16 error."""
+
+    slices: int
+    max_activation: float
+    max_activation_layer: str
+    headroom: float  # 65504 / max |activation|
+    max_abs_logit_diff: float
+    agreement: float
+    finite: bool
+
+
 def choose_int8(
     src: Path,
     dst: Path,
-    data: EvalData,
+    data: HeldOut,
     model: Any,
     calib: int = 32,
     method: str = "auto",
@@ -309,13 +346,13 @@ def choose_int8(
         threads: ORT threads for scoring and timing.
 
     Returns:
-        ``{"method", "reduce_range", "calib_slices", "candidates": {"minmax/rr": {...}},
-        "latency_ms": {"fp32", "int8"}}``.
+        The :class:`Int8Choice`: every candidate's scores, the one kept, and the latencies.
     """
     methods = CALIB_METHODS if method == "auto" else (method,)
     calib_images = calibration_set(data.train_images, calib)
     rows = _score_rows(data, model)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, Int8Candidate] = {}
+    files: dict[str, Path] = {}
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".edgeseg-calib-", dir=Path(dst).parent) as tmp:
         for name in methods:
@@ -329,28 +366,26 @@ def choose_int8(
                     reduce_range=rr,
                     cache=Path(tmp) / f"{name}.json",
                 )
-                results[key] = {
-                    **_score(path, rows, threads),
-                    "file": path.name,
-                    "seconds": round(time.perf_counter() - start, 1),
-                }
-        best = min(results, key=lambda k: (results[k]["worst_d_miou"], -results[k]["agreement"]))
-        os.replace(Path(tmp) / results[best].pop("file"), dst)  # same folder: atomic rename
-    for r in results.values():
-        r.pop("file", None)
-    return {
-        "method": best.split("/")[0],
-        "reduce_range": best.endswith("7bit"),
-        "calib_slices": calib,
-        "calib_inputs": len(calib_images),
-        "candidates": results,
-        "latency_ms": {"fp32": cpu_latency_ms(src, threads), "int8": cpu_latency_ms(dst, threads)},
-    }
+                files[key] = path
+                results[key] = Int8Candidate(
+                    **_score(path, rows, threads), seconds=round(time.perf_counter() - start, 1)
+                )
+        best = min(results, key=lambda k: (results[k].worst_d_miou, -results[k].agreement))
+        os.replace(files[best], dst)  # same folder: atomic rename
+    return Int8Choice(
+        method=best.split("/")[0],
+        reduce_range=best.endswith("7bit"),
+        calib_slices=calib,
+        calib_inputs=len(calib_images),
+        candidates=results,
+        latency_ms={"fp32": cpu_latency_ms(src, threads), "int8": cpu_latency_ms(dst, threads)},
+    )
 
 
-def _score_rows(data: EvalData, model: Any) -> list[dict[str, Any]]:
+def _score_rows(data: HeldOut, model: Any) -> list[dict[str, Any]]:
     """Held-out batches at three sizes and their PyTorch reference logits."""
-    from edgeseg.parity import reference_logits, size_batches
+    from edgeseg.model import reference_logits
+    from edgeseg.split import size_batches
 
     rows = size_batches(data, SCORE_SIZES)
     for row in rows:
@@ -360,14 +395,15 @@ def _score_rows(data: EvalData, model: Any) -> list[dict[str, Any]]:
 
 def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
     """Per-size ΔmIoU, the worst |ΔmIoU| and pooled label agreement of one int8 candidate."""
-    from edgeseg.parity import compare, run_session
-    from edgeseg.runtime import create_session, read_model_info
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.metrics import compare
+    from edgeseg.runtime import RunnerSpec, open_runner, run_batches
 
-    session, _ = create_session(path, provider="cpu", threads=threads)
+    runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     names = read_model_info(path).class_names
     d_miou, agree = {}, []
     for row in rows:
-        logits, labels = run_session(session, row["inputs"])
+        logits, labels = run_batches(runner, row["inputs"])
         numbers = compare(row["ref"], logits, labels, row["masks"], names)
         d_miou[row["size"]] = numbers["d_miou"] or 0.0
         agree.append(numbers["agreement"])
@@ -375,24 +411,19 @@ def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[
 
 
 def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...] = (1, 1, 394, 394)) -> float:
-    """Median ``session.run`` time on ORT CPU after one warm-up, in milliseconds."""
-    from edgeseg.runtime import create_session
+    """Median run time on ORT CPU (the session infer builds) after one warm-up, in milliseconds."""
+    from edgeseg.runtime import RunnerSpec, open_runner
 
-    session, _ = create_session(path, provider="cpu", threads=threads)
+    runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
     x = np.random.default_rng(0).gamma(2.0, 300.0, shape).astype(np.float32)
-    session.run(None, {"image": x})
-    times = []
-    for _ in range(LATENCY_RUNS):
-        start = time.perf_counter()
-        session.run(None, {"image": x})
-        times.append(time.perf_counter() - start)
-    return round(1000 * float(np.median(times)), 2)
+    times = time_runs(runner.run, x, warmup=1, runs=LATENCY_RUNS, min_runs=LATENCY_RUNS)
+    return round(latency_stats(times)["p50"], 2)
 
 
 # ----------------------------------------------------------------------------- fp16 check
 
 
-def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, Any]:
+def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> Fp16Check:
     """PyTorch CPU float16 run (normalisation in float32, as in the fp16 ONNX): real fp16 error.
 
     ORT on x86 CPU turns an fp16 model's weights back to float32 (onnxruntime#16778), so
@@ -423,20 +454,20 @@ def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> dict[str, An
     finally:
         for h in handles:
             h.remove()
-    from edgeseg.parity import reference_logits
+    from edgeseg.model import reference_logits
 
     ref = reference_logits(model, inputs)
     finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])
     agree = np.mean(np.concatenate([(a.argmax(1) == b.argmax(1)).ravel() for a, b in zip(logits16, ref, strict=True)]))
-    return {
-        "slices": int(sum(len(x) for x in inputs)),
-        "max_activation": peak["value"],
-        "max_activation_layer": peak["layer"],
-        "headroom": FP16_MAX / max(peak["value"], 1e-30),
-        "max_abs_logit_diff": float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
-        "agreement": float(agree),
-        "finite": bool(finite),
-    }
+    return Fp16Check(
+        slices=int(sum(len(x) for x in inputs)),
+        max_activation=peak["value"],
+        max_activation_layer=peak["layer"],
+        headroom=FP16_MAX / max(peak["value"], 1e-30),
+        max_abs_logit_diff=float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
+        agreement=float(agree),
+        finite=bool(finite),
+    )
 
 
 def _fp32_normalize(normalize: torch.nn.Module) -> torch.nn.Module:

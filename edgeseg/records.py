@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write, remove_stale_temps, sha256_file
+from edgeseg.files import atomic_write, remove_stale_temps, sha256_file
 
 LOCK = ".edgeseg.lock"
 RECORDS = "records.jsonl"

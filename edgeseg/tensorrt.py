@@ -24,7 +24,6 @@ TensorRT 10's Python API documentation.
 from __future__ import annotations
 
 import ctypes
-import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -33,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.artifacts import SIDECAR_FORMAT, read_sidecar
 from edgeseg.errors import EdgesegError
 
-SIDECAR_FORMAT = "edgeseg-trt-engine-v1"
 MUST_MATCH = ("tensorrt", "cuda", "gpu", "compute_capability")  # an engine is tied to these
 WORKSPACE_BYTES = 2 << 30  # builder scratch memory limit (2 GiB)
 
@@ -134,21 +133,6 @@ def sidecar_mismatch(sidecar: dict[str, Any], here: dict[str, str]) -> list[str]
     ]
 
 
-def read_sidecar(engine: Path) -> dict[str, Any]:
-    """The engine's ``.engine.json``; EdgesegError if missing or not ours."""
-    path = Path(f"{engine}.json")
-    try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise EdgesegError(
-            f"{engine}: no readable sidecar {path.name} ({type(exc).__name__}); engines without"
-            " one are refused, rebuild it with `edgeseg export --trt` on this machine"
-        ) from None
-    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
-        raise EdgesegError(f"{path}: not an edgeseg engine sidecar; rebuild with `edgeseg export --trt`")
-    return sidecar
-
-
 # ----------------------------------------------------------------------------- build
 
 
@@ -167,8 +151,8 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile) -> Path:
     require_tensorrt()
     import tensorrt as trt
 
-    from edgeseg.parity import write_json
-    from edgeseg.runtime import read_model_info
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.files import write_bytes, write_json
 
     info = read_model_info(onnx_path)
     logger = trt.Logger(trt.Logger.WARNING)
@@ -190,7 +174,7 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile) -> Path:
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EdgesegError(f"{onnx_path}: TensorRT failed to build an engine (see its log above)")
-    _write_bytes(engine_path, bytes(serialized))
+    write_bytes(engine_path, bytes(serialized))
     write_json(
         Path(f"{engine_path}.json"),
         {
@@ -203,15 +187,6 @@ def build_engine(onnx_path: Path, engine_path: Path, profile: Profile) -> Path:
         },
     )
     return Path(engine_path)
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
-
-
-# ----------------------------------------------------------------------------- run
 
 
 def load_engine(engine_path: Path) -> tuple[Any, dict[str, Any]]:

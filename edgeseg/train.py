@@ -22,12 +22,14 @@ import torch.nn.functional as F
 
 from edgeseg import __version__
 from edgeseg.augment import RobustPatches
-from edgeseg.data import Slices, Split, build_demo, is_demo_set, load_slices, make_split, read_demo_provenance
+from edgeseg.data import Slices, load_slices
+from edgeseg.demo import build_demo, read_demo_provenance
 from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.evaluate import evaluate, format_metrics_table
+from edgeseg.files import atomic_write, write_csv
 from edgeseg.metrics import IGNORE, ConfusionMatrix
 from edgeseg.model import NORM_CONTRACT, ModelConfig, UNet, load_checkpoint, save_checkpoint
-from edgeseg.outputs import atomic_write, write_csv
+from edgeseg.split import Split, is_demo_set, make_split
 
 
 @dataclass
@@ -179,14 +181,6 @@ def new_run_dir(runs_dir: Path, name: str | None) -> Path:
         if not candidate.exists():
             return candidate
     raise EdgesegError(f"{runs_dir}: no free run name; pass --name")
-
-
-def find_latest_checkpoint(runs_dir: Path = Path("runs")) -> Path:
-    """The newest run's ``best.pt`` under ``runs_dir``."""
-    candidates = sorted(Path(runs_dir).glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise EdgesegError(f"{runs_dir}: no run with a best.pt; train one with `edgeseg train` or pass a checkpoint")
-    return candidates[-1]
 
 
 def train(

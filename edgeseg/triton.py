@@ -132,7 +132,7 @@ def onnx_config(onnx_path: Path, name: str, config: TritonConfig) -> Any:
 
 def check_engine_source(engine: Path, info: Any) -> None:
     """Refuse an engine whose sidecar names another checkpoint than the ONNX file beside it (a stale build)."""
-    from edgeseg.tensorrt import read_sidecar
+    from edgeseg.artifacts import read_sidecar
 
     built_from = (read_sidecar(engine).get("metadata") or {}).get("edgeseg.checkpoint_sha256")
     if built_from != info.checkpoint_sha256:
@@ -145,7 +145,7 @@ def check_engine_source(engine: Path, info: Any) -> None:
 
 def engine_profile(engine: Path) -> dict[str, list[int]]:
     """The ``min``/``opt``/``max`` ``[N, H, W]`` of an engine's sidecar; EdgesegError if unusable."""
-    from edgeseg.tensorrt import read_sidecar
+    from edgeseg.artifacts import read_sidecar
 
     profile = read_sidecar(engine).get("profile") or {}
     try:
@@ -226,7 +226,7 @@ def _replace_folder(folder: Path, files: dict[str, bytes | Path]) -> None:
     a killed run left is cleared next time) and swapped in by :func:`edgeseg.outputs.replace_dir`,
     so a half-written model never stands under its real name.
     """
-    from edgeseg.outputs import replace_dir
+    from edgeseg.files import replace_dir
 
     tmp = folder.parent / f".{folder.name}.edgeseg-tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -242,7 +242,7 @@ def _replace_folder(folder: Path, files: dict[str, bytes | Path]) -> None:
 
 def _header(onnx_path: Path, info: Any, extra: list[str]) -> list[str]:
     from edgeseg import __version__
-    from edgeseg.outputs import sha256_file
+    from edgeseg.files import sha256_file
 
     return [
         f"written by edgeseg {__version__} from {onnx_path.name} (sha256 {sha256_file(onnx_path)[:16]}...);"
@@ -269,8 +269,7 @@ def write_model_repository(onnx_path: Path, repo: Path, config: TritonConfig | N
         EdgesegError: tritonclient missing (names the extra), not an edgeseg model, an unusable
             engine sidecar, or a target folder that edgeseg did not write.
     """
-    from edgeseg.export import output_paths
-    from edgeseg.runtime import read_model_info
+    from edgeseg.artifacts import ArtifactPaths, read_model_info
 
     config = config or TritonConfig()
     if config.kind not in KINDS or config.max_batch_size < 1 or config.instances < 1:
@@ -283,7 +282,7 @@ def write_model_repository(onnx_path: Path, repo: Path, config: TritonConfig | N
     name = config.name or onnx_path.stem
     if Path(name).name != name or name.startswith("."):
         raise EdgesegError(f"--name {name!r}: a Triton model name is a plain folder name (no '/', not hidden)")
-    engine = output_paths(onnx_path)["trt"]
+    engine = ArtifactPaths.of(onnx_path).engine
     serve_engine = config.engine and engine.is_file()
     jobs = [(name, "onnxruntime_onnx", "model.onnx", onnx_path)]
     if serve_engine:
@@ -292,7 +291,7 @@ def write_model_repository(onnx_path: Path, repo: Path, config: TritonConfig | N
     prepared = []  # every config is built and checked before anything is written
     for model_name, platform, filename, source in jobs:
         if platform == "tensorrt_plan":
-            from edgeseg.tensorrt import read_sidecar
+            from edgeseg.artifacts import read_sidecar
 
             check_engine_source(engine, info)
             sidecar, profile = read_sidecar(engine), engine_profile(engine)

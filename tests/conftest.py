@@ -206,7 +206,8 @@ def make_tiny_dataset(root: Path, n: int = TINY_SLICES) -> tuple[Path, list[str]
     """
     import shutil
 
-    from edgeseg.data import build_demo, find_pairs
+    from edgeseg.data import find_pairs
+    from edgeseg.demo import build_demo
 
     pairs = find_pairs(build_demo())
     picks = [pairs[round(i * (len(pairs) - 1) / (n - 1))] for i in range(n)]
@@ -305,3 +306,21 @@ def make_env_without(shim: Path, module: str, error: str = "ImportError") -> dic
 def env_without():  # noqa: ANN201
     """:func:`make_env_without` itself."""
     return make_env_without
+
+
+@pytest.fixture(scope="session")
+def gpu_here() -> bool:
+    """Whether this machine has an NVIDIA GPU, found without edgeseg or onnxruntime: the
+    driver lists a GPU under /proc, or nvidia-smi names one. Tests of provider selection
+    take their expectation from here, never from the code under test."""
+    import shutil
+    import subprocess
+
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return True
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    proc = subprocess.run([smi, "-L"], capture_output=True, text=True, check=False)
+    return proc.returncode == 0 and "GPU" in proc.stdout

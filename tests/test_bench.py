@@ -1,4 +1,4 @@
-"""Tests for the bench stage: edgeseg.bench, edgeseg.measure, edgeseg.backends, edgeseg.bench_report.
+"""Tests for the bench stage: edgeseg.bench, edgeseg.measure, edgeseg.runtime runners, edgeseg.bench_report.
 
 Real ONNX Runtime sessions, real files, real child processes and the real CLI; no timed
 assertions (the numbers depend on the machine), only on what was measured and written.
@@ -13,13 +13,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgeseg import EdgesegError
-from edgeseg.backends import CpuLevers, cpu_session, open_runner, ort_predict
+from edgeseg.artifacts import read_model_info
 from edgeseg.bench import (
     DEFAULT_TARGETS,
     BenchConfig,
@@ -27,25 +28,25 @@ from edgeseg.bench import (
     Target,
     bench,
     check_budget,
-    compare,
     load_targets,
     model_file,
     noise_warnings,
     run_bench,
+    runner_spec,
     select_targets,
     why_not_here,
 )
-from edgeseg.bench_report import table_rows, to_markdown
+from edgeseg.bench_report import compute_ratios, table_rows, to_markdown
 from edgeseg.measure import (
-    EvalSet,
     count_macs,
-    demo_test_set,
     latency_stats,
     peak_rss_mb,
     run_child,
-    score_miou,
     time_runs,
 )
+from edgeseg.metrics import score
+from edgeseg.runtime import RunnerSpec, SessionLevers, open_runner
+from edgeseg.split import SplitRecord, held_out
 
 EDGESEG = [sys.executable, "-c", "from edgeseg.cli import main; main()"]
 FAST = dict(size=48, warmup=1, runs=3, min_runs=2, max_seconds=0.2, peak_size=64)
@@ -147,17 +148,16 @@ def test_tensorrt_prefers_an_engine_of_its_precision(tmp_path: Path) -> None:
     assert "edgeseg export --trt --int8" in missing
 
 
-def test_why_not_here(model_dir: Path) -> None:
-    from edgeseg.runtime import provider_works
-
+def test_why_not_here(model_dir: Path, gpu_here: bool) -> None:
     model = model_dir / "tiny.onnx"
     assert why_not_here(Target("t", "cpu"), model) is None
     assert "riscv64" in why_not_here(Target("t", "cpu", arch="riscv64"), model)
     missing = why_not_here(Target("t", "cpu", "fp16"), model_dir / "tiny_fp16.onnx")
     assert "tiny_fp16.onnx not found" in missing and "edgeseg export --fp16" in missing
-    for provider, ort_name in (("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")):
+    for provider in ("cuda", "tensorrt"):
         reason = why_not_here(Target("t", provider), model)
-        assert (reason is None) == provider_works(ort_name), reason
+        if not gpu_here:  # found without edgeseg: no GPU, so a GPU target must say why it skips
+            assert reason is not None and f"provider {provider}: " in reason and "cannot run here" in reason
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -219,8 +219,8 @@ def test_rss_child_is_torch_free(threshold_onnx: Path) -> None:
         "path": str(threshold_onnx),
         "size": 32,
         "runs": 2,
-        "target": {"provider": "cpu", "threads": 1, "precision": "fp32", "batch": 2},
-        "levers": {},
+        "runner": asdict(RunnerSpec("ort", "cpu", threads=1, batch=2)),
+        "batch": 2,
     }
     out = run_child(spec, threads=1)
     assert out["torch_loaded"] is False
@@ -234,32 +234,43 @@ def test_matmul_peak_child() -> None:
     assert out["gflops"] == max(out["all"].values())
 
 
-def test_score_miou_and_demo_test_set(threshold_onnx: Path, tiny_dataset: tuple[Path, list[str]]) -> None:
-    runner = open_runner(threshold_onnx, "cpu", threads=1)
+def test_score_and_the_models_own_held_out_data(
+    threshold_onnx: Path, tiny_onnx: Path, tiny_dataset: tuple[Path, list[str]]
+) -> None:
+    runner = open_runner(threshold_onnx, RunnerSpec("ort", "cpu", threads=1))
     masks = [np.array([[0, 1], [2, 2]], np.uint8).repeat(8, 0).repeat(8, 1)] * 2
-    perfect = EvalSet([m.astype(np.float32) for m in masks], masks, "made up")
-    assert score_miou(runner.predict, perfect, ("bg", "gm", "wm")) == pytest.approx(1.0)
-    wrong = EvalSet([np.zeros_like(m, np.float32) for m in masks], masks, "all background")
-    assert score_miou(runner.predict, wrong, ("bg", "gm", "wm")) == pytest.approx(0.0)
-    evalset = demo_test_set(tiny_dataset[0], limit=2)
-    assert len(evalset.images) == len(evalset.masks) == 2
-    assert evalset.images[0].dtype == np.float32 and "2 test slices" in evalset.source
+    names = ("bg", "gm", "wm")
+    assert score(runner.labels, [m.astype(np.float32) for m in masks], masks, names)["miou_fg"] == pytest.approx(1.0)
+    assert score(runner.labels, [np.zeros_like(m, np.float32) for m in masks], masks, names)["miou_fg"] == 0.0
+    # An exported file records its held-out slices: bench scores it on those, not on the demo split.
+    root, test_keys = tiny_dataset
+    record = SplitRecord.from_metadata(read_model_info(tiny_onnx).metadata, tiny_onnx)
+    assert record is not None and set(record.test_keys) == set(test_keys) and record.root == str(root)
+    held = held_out(record)
+    assert held.keys == sorted(test_keys) and "the model's" in held.source
+    assert len(held.limited(2).images) == 2 and held.limited(2).images[0].dtype == np.float32
+    # A file from before the record: the demo-style slab split, and the report says it may overlap.
+    old = held_out(None, root)
+    assert "may include its training data" in old.source
 
 
 # ----------------------------------------------------------------------------- backends
 
-LEVERS = [
-    CpuLevers(),
-    CpuLevers(io_binding=True),
-    CpuLevers(labels_only=False),
-    CpuLevers(nchwc=False, spinning=False, arena=False, mem_pattern=False),
-    CpuLevers(level="ORT_DISABLE_ALL"),
+SPECS = [
+    RunnerSpec("ort", "cpu", threads=1),
+    RunnerSpec("ort", "cpu", threads=1, io_binding=True),
+    RunnerSpec("ort", "cpu", threads=1, outputs=("logits", "labels")),
+    RunnerSpec("ort", "cpu", threads=1, outputs=("logits",)),
+    RunnerSpec(
+        "ort", "cpu", threads=1, levers=SessionLevers(nchwc=False, spinning=True, arena=False, mem_pattern=True)
+    ),
+    RunnerSpec("ort", "cpu", threads=1, levers=SessionLevers(level="ORT_DISABLE_ALL")),
 ]
 
 
-@pytest.mark.parametrize("levers", LEVERS, ids=[str(i) for i in range(len(LEVERS))])
-def test_cpu_levers_keep_the_answer(threshold_onnx: Path, levers: CpuLevers) -> None:
-    predict = ort_predict(cpu_session(threshold_onnx, 1, levers), levers)
+@pytest.mark.parametrize("spec", SPECS, ids=[str(i) for i in range(len(SPECS))])
+def test_cpu_levers_keep_the_answer(threshold_onnx: Path, spec: RunnerSpec) -> None:
+    predict = open_runner(threshold_onnx, spec).labels
     for shape in ((1, 1, 16, 20), (3, 1, 18, 16), (1, 1, 16, 20)):  # a shape seen before, too
         x = np.random.default_rng(0).uniform(-1, 3, shape).astype(np.float32)
         labels = np.asarray(predict(x))
@@ -271,10 +282,12 @@ def test_cpu_levers_keep_the_answer(threshold_onnx: Path, levers: CpuLevers) -> 
 def test_peer_backends_agree_with_onnxruntime(model_dir: Path, provider: str) -> None:
     pytest.importorskip(provider, reason=f"{provider} is not installed (optional peer)")
     x = np.random.default_rng(1).normal(500, 300, (2, 1, 48, 56)).astype(np.float32)
-    reference = open_runner(model_dir / "tiny.onnx", "cpu", threads=1).predict(x)
-    peer = open_runner(model_file(model_dir / "tiny.onnx", Target("t", provider)), provider, 1)
-    assert peer.create_s > 0 and peer.backend.split()[0] in ("OpenVINO", "PyTorch")
-    assert np.mean(np.asarray(peer.predict(x)) == reference) > 0.99
+    reference = open_runner(model_dir / "tiny.onnx", RunnerSpec("ort", "cpu", threads=1)).labels(x)
+    path = model_file(model_dir / "tiny.onnx", Target("t", provider))
+    peer = open_runner(path, runner_spec(Target("t", provider, threads=1), path))
+    assert peer.create_s > 0 and peer.label.split()[0] in ("OpenVINO", "PyTorch")
+    assert peer.precision == "fp32"  # OpenVINO: the explicit f32 hint, never its bf16 default
+    assert np.mean(np.asarray(peer.labels(x)) == reference) > 0.99
 
 
 # ----------------------------------------------------------------------------- the report
@@ -318,10 +331,10 @@ def test_compare_and_noise_warnings() -> None:
         _row("ov", "openvino", "fp32", 100, 0.90),
     ]
     targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu") for r in rows}
-    ratios = compare(rows, targets)
-    assert ratios["best_cpu"] == "int8"
-    assert ratios["vs_eager"] == pytest.approx(0.25) and ratios["vs_openvino"] == 0.5
-    assert ratios["delta_miou_pt"] == pytest.approx(-0.4)
+    ratios = compute_ratios(rows, targets)
+    assert ratios.best_cpu == "int8"
+    assert ratios.vs_eager == pytest.approx(0.25) and ratios.vs_openvino == 0.5
+    assert ratios.delta_miou_pt == pytest.approx(-0.4)
     warnings = noise_warnings(rows, 0.1, {"load_avg_end": [3.0], "cores": 2})
     assert len(warnings) == 1 and warnings[0].startswith("e: latency CV 20%")
 
@@ -331,9 +344,9 @@ def test_compare_c_with_python_openvino(with_ort: bool) -> None:
     rows = [_row("ov", "openvino", "fp32", 100, 0.90), _row("c", "c-openvino", "fp32", 90, 0.90)]
     rows += [_row("fp32", "cpu", "fp32", 80, 0.90)] if with_ort else []
     targets = {r.target: Target(r.target, r.provider, reference=r.provider != "cpu") for r in rows}
-    ratios = compare(rows, targets)
-    assert ratios["c_vs_python_openvino"] == pytest.approx(0.9) and ratios["c_p50_ms"] == 90
-    assert ("best_cpu" in ratios) is with_ort  # the C ratio does not need an ORT row
+    ratios = compute_ratios(rows, targets)
+    assert ratios.c_vs_python_openvino == pytest.approx(0.9) and ratios.c_p50_ms == 90
+    assert (ratios.best_cpu is not None) is with_ort  # the C ratio does not need an ORT row
 
 
 def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path, tiny_dataset: tuple[Path, list[str]]) -> None:
@@ -368,7 +381,8 @@ def test_run_bench_end_to_end(model_dir: Path, tmp_path: Path, tiny_dataset: tup
     rows = {r.target: r for r in report.results}
     for name in ("fp32", "int8"):
         r = rows[name]
-        assert r.status == "ok" and r.backend == "CPUExecutionProvider", r.reason
+        assert r.status == "ok" and r.backend.startswith("onnxruntime ") and " CPU " in r.backend, r.reason
+        assert r.ran_precision == name and r.backend.endswith(name)
         assert set(r.latency_ms) == {"min", "mean", "p50", "p90", "p95", "p99", "max"}
         assert r.latency_ms["min"] <= r.latency_ms["p50"] <= r.latency_ms["max"]
         assert 0 <= r.miou_fg <= 1 and r.torch_free is True and r.rss_mb > 10

@@ -23,7 +23,8 @@ import pytest
 
 from edgeseg import SHIPPED_MODEL, SHIPPED_MODEL_DIR
 from edgeseg.cbuild import CBuild, build_c, why_cannot_build
-from edgeseg.parity import GATES, fit_to_size
+from edgeseg.parity import GATES
+from edgeseg.split import fit_to_size
 
 pytestmark = pytest.mark.skipif(
     why_cannot_build() is not None, reason=f"libedgeseg cannot be built here: {why_cannot_build()}"
@@ -36,6 +37,8 @@ EDGESEG = shutil.which("edgeseg", path=str(Path(sys.executable).parent))
 SANITIZER_ENV = {  # a report exits 99, never the program's own 1 or 2
     "ASAN_OPTIONS": "detect_leaks=1:halt_on_error=1:exitcode=99",
     "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=99",
+    # Leaks inside OpenVINO's own TBB (not ours) are suppressed by library name, nothing wider.
+    "LSAN_OPTIONS": f"suppressions={Path(__file__).with_name('lsan.supp')}",
 }
 SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
 
@@ -303,8 +306,8 @@ def test_metadata_is_the_files_own(clib: CBuild, model: Path) -> None:
     """Every edgeseg.* entry as onnx reads it and as OpenVINO's rt_info holds it; nothing invented."""
     import openvino as ov
 
+    from edgeseg.artifacts import read_model_info
     from edgeseg.cbackend import CModel
-    from edgeseg.runtime import read_model_info
 
     info = read_model_info(model)
     framework = ov.Core().read_model(str(model)).get_rt_info()["framework"]
@@ -537,9 +540,9 @@ def test_mutated_headers_fail_cleanly_under_sanitizers(clib_asan: CBuild, tmp_pa
 def test_bench_row_runs_libedgeseg_torch_free(
     clib: CBuild, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, slices: list[np.ndarray]
 ) -> None:
-    from edgeseg.backends import open_runner
-    from edgeseg.bench import Target, load_targets, why_not_here
+    from edgeseg.bench import load_targets, why_not_here
     from edgeseg.measure import run_child
+    from edgeseg.runtime import RunnerSpec, open_runner
 
     target = load_targets()["c-openvino"]
     assert target.provider == "c-openvino" and target.precision == "fp32"
@@ -549,18 +552,18 @@ def test_bench_row_runs_libedgeseg_torch_free(
     )
     monkeypatch.setenv("EDGESEG_CLIB", str(clib.library))
     assert why_not_here(target, SHIPPED_MODEL) is None
-    runner = open_runner(SHIPPED_MODEL, "c-openvino", THREADS, "fp32")
+    runner = open_runner(SHIPPED_MODEL, RunnerSpec("c-openvino", threads=THREADS))
     x = make_stack(slices, 394, 394, 1)
-    assert runner.backend.startswith("libedgeseg (OpenVINO")
-    np.testing.assert_array_equal(runner.predict(x[:, None]), python_openvino(SHIPPED_MODEL)(x))
+    assert runner.label.startswith("libedgeseg (OpenVINO")
+    np.testing.assert_array_equal(runner.labels(x[:, None]), python_openvino(SHIPPED_MODEL)(x))
     child = run_child(
         {
             "mode": "rss",
             "path": str(SHIPPED_MODEL),
-            "target": asdict(Target("c", "c-openvino", threads=THREADS)),
+            "runner": asdict(RunnerSpec("c-openvino", threads=THREADS)),
+            "batch": 1,
             "size": 64,
             "runs": 1,
-            "levers": {},
         },
         THREADS,
     )

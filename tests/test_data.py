@@ -1,9 +1,7 @@
-"""Tests for edgeseg/data.py: tutorial layout, validation, splits, augmentation."""
+"""Tests for edgeseg/data.py and edgeseg/split.py: tutorial layout, validation, splits, held-out data."""
 
 from __future__ import annotations
 
-import dataclasses
-import pickle
 import shutil
 import subprocess
 import sys
@@ -14,18 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgeseg.data import (
-    SLAB_GAP,
-    AugmentConfig,
-    TrainSlices,
-    checkpoint_split,
-    find_pairs,
-    load_slices,
-    make_train_dataset,
-    one_hot,
-    split_indices,
-)
+from edgeseg.data import find_pairs, load_slices, one_hot
 from edgeseg.errors import EdgesegError
+from edgeseg.split import SLAB_GAP, checkpoint_split, split_indices
 
 SIZE = 32
 
@@ -232,98 +221,7 @@ def test_tutorial_split_and_errors() -> None:
         split_indices(8, "slabs", 0.5)
 
 
-# ----------------------------------------------------------------------------- training dataset
-
-
-def test_augmented_items_shapes_labels_and_determinism(dataset: Path) -> None:
-    slices = load_slices(dataset)
-    ds = make_train_dataset(slices, [0, 1, 2, 2], patch=16, augment=True, seed=5)
-    assert isinstance(ds, TrainSlices) and len(ds) == 4
-    for i in range(len(ds)):
-        image, mask = ds[i]
-        assert image.shape == (1, 16, 16) and image.dtype == torch.float32
-        assert mask.shape == (16, 16) and mask.dtype == torch.int64
-        assert set(mask.unique().tolist()) <= {0, 1, 2}
-    again = make_train_dataset(slices, [0, 1, 2, 2], patch=16, augment=True, seed=5)
-    assert all(torch.equal(ds[i][0], again[i][0]) and torch.equal(ds[i][1], again[i][1]) for i in range(4))
-    assert not torch.equal(ds[2][0], ds[3][0])  # a repeated slice gets fresh draws
-    first = ds[0][0]
-    ds.set_epoch(1)
-    assert not torch.equal(first, ds[0][0])
-    full_image, full_mask = make_train_dataset(slices, [0], augment=True)[0]
-    assert full_image.shape == (1, SIZE, SIZE) and full_mask.shape == (SIZE, SIZE)
-    restored = pickle.loads(pickle.dumps(ds))  # DataLoader workers with spawn pickle it
-    assert torch.equal(restored[1][1], ds[1][1])
-
-
-def test_identity_and_flip_warps_are_exact(dataset: Path) -> None:
-    slices = load_slices(dataset)
-    still = AugmentConfig(
-        hflip_p=0.0,
-        max_rotation_deg=0.0,
-        scale_range=(1.0, 1.0),
-        gamma_range=(1.0, 1.0),
-        gain_range=(1.0, 1.0),
-        noise_std=0.0,
-    )
-    image, mask = make_train_dataset(slices, [2], augment=True, config=still)[0]
-    np.testing.assert_allclose(image[0].numpy(), slices.images[2], rtol=1e-5, atol=1e-3)
-    np.testing.assert_array_equal(mask.numpy(), slices.masks[2])
-    flipped = dataclasses.replace(still, hflip_p=1.0)
-    image, mask = make_train_dataset(slices, [2], augment=True, config=flipped)[0]
-    np.testing.assert_array_equal(mask.numpy(), slices.masks[2][:, ::-1])
-    np.testing.assert_allclose(image[0].numpy(), slices.images[2][:, ::-1], rtol=1e-5, atol=1e-3)
-
-
-def test_plain_crops_are_windows_with_brain(dataset: Path) -> None:
-    slices = load_slices(dataset)
-    ds = make_train_dataset(slices, list(range(6)) * 3, patch=8, augment=False, config=AugmentConfig(brain_bias=1.0))
-    for i in range(len(ds)):
-        image, mask = ds[i]
-        k = i % 6
-        hits = [
-            (r, c)
-            for r in range(SIZE - 7)
-            for c in range(SIZE - 7)
-            if np.array_equal(slices.images[k][r : r + 8, c : c + 8], image[0].numpy())
-        ]
-        assert len(hits) == 1
-        assert (mask.numpy() == slices.masks[k][hits[0][0] : hits[0][0] + 8, hits[0][1] : hits[0][1] + 8]).all()
-        assert mask.any()  # centres drawn in the brain's bounding box
-
-
-def test_patch_too_big_is_refused(dataset: Path) -> None:
-    with pytest.raises(EdgesegError, match="patch=64"):
-        make_train_dataset(load_slices(dataset), [0], patch=64)
-
-
-def test_normalized_patches_use_their_whole_slice_statistics(dataset: Path) -> None:
-    """Patches z-scored like the model's Normalize does on the whole slice at inference."""
-    from edgeseg.model import Normalize
-
-    slices = load_slices(dataset)
-    plain = make_train_dataset(slices, [2], patch=16, augment=False, seed=3)
-    normed = make_train_dataset(slices, [2], patch=16, augment=False, seed=3, normalize=True)
-    (raw, _), (x, _) = plain[0], normed[0]
-    whole = Normalize()(torch.from_numpy(slices.images[2])[None, None])[0]
-    top_left = [
-        (r, c)
-        for r in range(17)
-        for c in range(17)
-        if torch.equal(torch.from_numpy(slices.images[2])[r : r + 16, c : c + 16], raw[0])
-    ]
-    assert top_left, "the plain item is a window of the slice"
-    r, c = top_left[0]
-    assert torch.allclose(x, whole[:, r : r + 16, c : c + 16], atol=1e-5)
-    assert not torch.allclose(x, Normalize()(raw[None])[0], atol=1e-2)  # not the patch's own stats
-
-
-def test_normalized_augmented_items_are_finite_and_scaled(dataset: Path) -> None:
-    slices = load_slices(dataset)
-    ds = make_train_dataset(slices, list(range(6)), patch=None, augment=True, seed=0, normalize=True)
-    stack = torch.stack([ds[i][0] for i in range(6)])
-    assert torch.isfinite(stack).all()
-    assert abs(stack.mean().item()) < 0.5 and 0.5 < stack.std().item() < 2
+# ----------------------------------------------------------------------------- held-out data
 
 
 def test_checkpoint_split_uses_the_recorded_keys_or_the_split_rule(
@@ -336,7 +234,7 @@ def test_checkpoint_split_uses_the_recorded_keys_or_the_split_rule(
     held = checkpoint_split(ckpt)
     assert [held.slices.keys[i] for i in held.test] == sorted(test_keys)
     assert set(held.train).isdisjoint(held.test) and len(held.train) + len(held.test) == len(held.slices)
-    assert "the checkpoint's" in held.source
+    assert "the model's" in held.source
     # other data (here: the same folder passed explicitly) gets the split rule, not the keys
     other = checkpoint_split(ckpt, data=root)
     assert other.test == split_indices(len(other.slices), "slabs")[1] and "slabs split" in other.source

@@ -19,13 +19,14 @@ import pytest
 import torch
 
 from edgeseg import __version__
+from edgeseg.artifacts import ArtifactPaths, read_model_info
 from edgeseg.data import load_slices
 from edgeseg.errors import EdgesegError
-from edgeseg.export import export_onnx, output_paths, sha256_file, symbolic_dims
+from edgeseg.export import export_onnx, symbolic_dims
+from edgeseg.files import sha256_file
 from edgeseg.model import load_checkpoint
-from edgeseg.parity import fit_to_size
 from edgeseg.quantize import convert_fp16, normalization_nodes, quantize_int8
-from edgeseg.runtime import read_model_info
+from edgeseg.split import fit_to_size
 
 torch.set_num_threads(1)
 
@@ -176,11 +177,16 @@ def test_fused_export_has_no_decoder_concat_and_same_numbers(
 
 
 def test_default_paths_sit_next_to_the_checkpoint(tmp_path: Path) -> None:
-    paths = output_paths(tmp_path / "runs" / "a" / "best.pt")
-    assert paths["fp32"] == tmp_path / "runs" / "a" / "best.onnx"
-    assert paths["fp16"].name == "best_fp16.onnx" and paths["int8"].name == "best_int8.onnx"
-    assert paths["trt"].name == "best.engine" and paths["parity"].name == "parity.json"
-    assert output_paths(tmp_path / "x.pt", tmp_path / "o")["fp32"] == tmp_path / "o" / "x.onnx"
+    paths = ArtifactPaths.of(tmp_path / "runs" / "a" / "best.pt")
+    assert paths.onnx() == tmp_path / "runs" / "a" / "best.onnx"
+    assert paths.onnx("fp16").name == "best_fp16.onnx" and paths.onnx("int8").name == "best_int8.onnx"
+    assert paths.engine.name == "best.engine" and paths.parity.name == "parity.json"
+    assert ArtifactPaths.of(tmp_path / "x.pt", tmp_path / "o").onnx() == tmp_path / "o" / "x.onnx"
+    # Any sibling names the same model: the int8 file, the engine, its sidecar, the deploy file.
+    for sibling in ("best_int8.onnx", "best_fp16.onnx", "best.engine", "best.engine.json", "best.deploy.json"):
+        assert ArtifactPaths.of(tmp_path / sibling).checkpoint == tmp_path / "best.pt"
+    with pytest.raises(EdgesegError, match="precision 'bf16'"):
+        paths.onnx("bf16")
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint", b"PK\x03\x04broken zip"])
@@ -338,12 +344,12 @@ def test_choose_int8_keeps_the_best_method(tiny_onnx: Path, tiny_checkpoint: Pat
 
     model, ckpt = load_checkpoint(tiny_checkpoint)
     info = choose_int8(tiny_onnx, tmp_path / "best_int8.onnx", load_eval_data(ckpt), model, calib=6)
-    assert set(info["candidates"]) == {f"{m}/{b}" for m in CALIB_METHODS for b in ("7bit", "8bit")}
-    scores = {k: v["worst_d_miou"] for k, v in info["candidates"].items()}
-    chosen = f"{info['method']}/{'7bit' if info['reduce_range'] else '8bit'}"
+    assert set(info.candidates) == {f"{m}/{b}" for m in CALIB_METHODS for b in ("7bit", "8bit")}
+    scores = {k: v.worst_d_miou for k, v in info.candidates.items()}
+    chosen = f"{info.method}/{'7bit' if info.reduce_range else '8bit'}"
     assert scores[chosen] == min(scores.values())
-    assert all(set(v["d_miou"]) == {"394x394", "256x257", "64x64"} for v in info["candidates"].values())
-    assert info["latency_ms"]["int8"] > 0 and info["latency_ms"]["fp32"] > 0
+    assert all(set(v.d_miou) == {"394x394", "256x257", "64x64"} for v in info.candidates.values())
+    assert info.latency_ms["int8"] > 0 and info.latency_ms["fp32"] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["best_int8.onnx"]  # no temporary left
 
 
@@ -435,3 +441,42 @@ def test_cli_export_bad_checkpoint(tmp_path: Path) -> None:
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "model.pt" in result.stderr
     assert bad.read_text() == "hello" and sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_bench_levers_int8_recipe_is_what_export_ships(
+    tiny_onnx: Path,
+    tiny_dataset,  # noqa: ANN001
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lever study's default recipe quantises exactly as `edgeseg export --int8` does (the same
+    float nodes, the same scales), so its speed and ΔmIoU figures are those of the shipped file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_levers", Path(__file__).parents[1] / "bench" / "bench_levers.py"
+    )
+    levers = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench_levers", levers)  # its dataclasses look their module up
+    spec.loader.exec_module(levers)
+    root, test_keys = tiny_dataset
+    slices = load_slices(root)
+    calib = [im for k, im in zip(slices.keys, slices.images, strict=True) if k not in test_keys][:4]
+    shipped = quantize_int8(tiny_onnx, tmp_path / "export_int8.onnx", calib, "minmax", reduce_range=False)
+    study = levers.quantize_recipe(tiny_onnx, tmp_path / "lever_int8.onnx", levers.Int8Recipe(), calib)
+    a, b = onnx.load(str(shipped)), onnx.load(str(study))
+    assert [n.op_type for n in a.graph.node] == [n.op_type for n in b.graph.node]
+    from onnx import numpy_helper
+
+    weights_a = {i.name: numpy_helper.to_array(i) for i in a.graph.initializer}
+    weights_b = {i.name: numpy_helper.to_array(i) for i in b.graph.initializer}
+    assert weights_a.keys() == weights_b.keys()
+    for name, value in weights_a.items():
+        np.testing.assert_array_equal(value, weights_b[name], err_msg=name)
+    # and the first and last Conv stay float in both, as quantize.float_nodes says
+    convs = [n for n in b.graph.node if n.op_type == "Conv"]
+    producers = {o: n.op_type for n in b.graph.node for o in n.output}
+    assert (
+        producers.get(convs[0].input[1]) != "DequantizeLinear"
+        and producers.get(convs[-1].input[1]) != "DequantizeLinear"
+    )

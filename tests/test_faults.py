@@ -370,7 +370,7 @@ def test_stale_lock_of_a_dead_run_is_taken_over(tmp_path: Path, threshold_onnx: 
 def test_concurrent_writes_of_one_target_never_collide(tmp_path: Path) -> None:
     """Two writers of the same file: the first still writing when the second has finished.
     With one fixed temp name the second renamed the first's temp away (FileNotFoundError)."""
-    from edgeseg.outputs import atomic_write
+    from edgeseg.files import atomic_write
 
     target, second_done, errors = tmp_path / "x_seg.npy", threading.Event(), []
 

@@ -32,7 +32,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def demo() -> list[tuple[np.ndarray, np.ndarray]]:
-    from edgeseg.data import build_demo, load_slices
+    from edgeseg.data import load_slices
+    from edgeseg.demo import build_demo
 
     slices = load_slices(build_demo())
     picks = [round(k * (len(slices) - 1) / (SLICES - 1)) for k in range(SLICES)]

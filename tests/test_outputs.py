@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from edgeseg.errors import EdgesegError
-from edgeseg.outputs import atomic_write, label_nifti, read_labels, safe_output_path
+from edgeseg.files import atomic_write
+from edgeseg.outputs import label_nifti, read_labels, safe_output_path
 
 
 def _affine(perm: tuple[int, int, int], flips: tuple[int, int, int]) -> np.ndarray:

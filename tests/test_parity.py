@@ -14,16 +14,10 @@ import pytest
 from onnx import numpy_helper
 
 from edgeseg.errors import EdgesegError
-from edgeseg.parity import (
-    GATES,
-    ParityConfig,
-    compare,
-    fit_to_size,
-    gate_failures,
-    size_table,
-    validate,
-)
+from edgeseg.metrics import compare
+from edgeseg.parity import GATES, ParityConfig, gate_failures, size_table, validate
 from edgeseg.parity_report import parse_providers
+from edgeseg.split import fit_to_size
 
 NAMES = ("background", "gray_matter", "white_matter")
 SMALL = ParityConfig(sizes=size_table(full=2, other=1), fp16_torch_slices=1)  # fast in tests

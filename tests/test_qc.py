@@ -102,7 +102,8 @@ def _drop_ranges(model: onnx.ModelProto) -> None:
 @pytest.fixture(scope="module")
 def guarded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped model with QC ranges from the export code, on every 4th demo slice (real MRI)."""
-    from edgeseg.data import build_demo, load_slices
+    from edgeseg.data import load_slices
+    from edgeseg.demo import build_demo
     from edgeseg.qc import ranges_on_slices
 
     images = load_slices(build_demo()).images[::4]

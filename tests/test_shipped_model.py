@@ -48,7 +48,7 @@ def card_rows(card: str) -> dict[str, list[str]]:
 
 
 def test_every_format_is_shipped_and_described(parity: dict) -> None:
-    from edgeseg.export import sha256_file
+    from edgeseg.files import sha256_file
 
     assert set(parity["formats"]) == {"fp32", "fp16", "int8"}
     assert (SHIPPED_MODEL_DIR / "model.pt").is_file()
@@ -77,8 +77,8 @@ def test_card_numbers_are_parity_json_numbers(card: str, parity: dict) -> None:
 
 
 def test_onnx_metadata_points_at_the_shipped_checkpoint(parity: dict) -> None:
-    from edgeseg.export import sha256_file
-    from edgeseg.runtime import read_model_info
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.files import sha256_file
 
     sha = sha256_file(SHIPPED_MODEL_DIR / "model.pt")
     assert sha == parity["checkpoint_sha256"]

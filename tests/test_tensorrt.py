@@ -8,16 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeseg.artifacts import SIDECAR_FORMAT, read_sidecar
 from edgeseg.errors import EdgesegError
-from edgeseg.tensorrt import (
-    SIDECAR_FORMAT,
-    gpu_problem,
-    load_engine,
-    make_profile,
-    parse_nhw,
-    read_sidecar,
-    sidecar_mismatch,
-)
+from edgeseg.tensorrt import gpu_problem, load_engine, make_profile, parse_nhw, sidecar_mismatch
 
 HERE = {"tensorrt": "10.8.0", "cuda": "12.8", "gpu": "NVIDIA H100", "compute_capability": "9.0", "driver": "570.1"}
 

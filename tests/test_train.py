@@ -15,14 +15,9 @@ import pytest
 import torch
 
 from edgeseg import EdgesegError
+from edgeseg.artifacts import find_latest_checkpoint
 from edgeseg.model import load_checkpoint
-from edgeseg.train import (
-    find_latest_checkpoint,
-    make_config,
-    new_run_dir,
-    segmentation_loss,
-    train,
-)
+from edgeseg.train import make_config, new_run_dir, segmentation_loss, train
 
 EDGESEG = [sys.executable, "-m", "edgeseg.cli"]
 

@@ -20,10 +20,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb2
 
 import edgeseg
+from edgeseg.artifacts import SIDECAR_FORMAT, read_model_info
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime import read_model_info
-from edgeseg.tensorrt import SIDECAR_FORMAT
 from edgeseg.triton import MARKER, TritonConfig, write_model_repository
 
 EDGESEG = shutil.which("edgeseg", path=str(Path(sys.executable).parent))

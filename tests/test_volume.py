@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeseg.data import build_demo, load_slices, make_split
+from edgeseg.data import load_slices
+from edgeseg.demo import build_demo
 from edgeseg.metrics import IGNORE
+from edgeseg.split import make_split
 from edgeseg.volume import (
     demo_planes,
     held_out_regions,

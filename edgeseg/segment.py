@@ -1,0 +1,464 @@
+"""The per-scan work of `edgeseg infer`: read, run the model in batches, QC, write, record.
+
+:class:`Segmenter` is the scan loop of one process: prefetching reads, batched inference
+through an :class:`edgeseg.runtime.Runner` (fetching logits, for the QC confidence figures
+and for resampling), background atomic writes, one ``records.jsonl`` entry per output.
+:func:`edgeseg.infer.run_inference` drives it locally; :mod:`edgeseg.cluster` runs one per
+Dask worker. :class:`InferConfig` is the command's configuration, :class:`InferReport` its result.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.artifacts import ModelInfo
+from edgeseg.dicom_seg import seg_rel, write_dicom_seg
+from edgeseg.errors import EdgesegError, describe
+from edgeseg.files import atomic_write, sha256_file
+from edgeseg.outputs import (
+    RESAMPLE_COLUMNS,
+    SUMMARY,
+    label_nifti,
+    overlay_rel,
+    previous_rows,
+    read_labels,
+    safe_output_path,
+    stats_rel,
+    write_labels,
+    write_overlay,
+    write_stats,
+    write_summary,
+)
+from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
+from edgeseg.records import InputStamp, Record, Records, stamp_inputs
+from edgeseg.scans import Decoded, Scan, read_scan, resample
+from edgeseg.skullstrip import mask_rel
+
+FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
+
+
+@dataclass
+class InferConfig:
+    """Options of one `edgeseg infer` run."""
+
+    model: Path | None = None  # None: the shipped export/model.onnx
+    out: Path = Path("segmentations")  # output root; mirrors the input tree
+    provider: str = "auto"  # auto (TensorRT > CUDA > CPU that really work), cpu, cuda, tensorrt
+    threads: int | None = None  # onnxruntime intra-op threads; None: one per physical core
+    batch_size: int = 8  # slices per session.run; also the TensorRT profile's batch
+    axis: int | None = None  # volume axis to slice along; None: acquisition axis, else axial
+    overlay: bool = False  # also write <name>_overlay.png (QC mosaic: up to 16 slices, classes coloured)
+    overwrite: bool = False  # redo scans whose outputs exist (default: skip them, i.e. resume)
+    prefetch: int = 2  # scans decoded ahead of the one on the model
+    workers: int = 2  # threads that read and write scans
+    quiet: bool = False  # no progress bar or report lines (failures still reported)
+    resample: bool = True  # resample slices in-plane to the model's pixel spacing when both are known
+    cluster: str | None = None  # Dask scheduler address or local:N (edgeseg.cluster); None: this process
+    series: str | None = None  # DICOM: only series with this UID or SeriesDescription pattern
+    force: bool = False  # DICOM: also segment series whose Modality is not MR
+    format: str = "both"  # DICOM inputs: nifti | dicom-seg | both (SEG for PACS, NIfTI for research)
+    skull_strip: bool = False  # ROBEX brain mask first (NIfTI/DICOM); labels outside it are 0
+
+
+@dataclass
+class InferReport:
+    """What a run did: counts, one summary row per scan, throughput."""
+
+    provider: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # outputs already there, intact and up to date (resume)
+    redone: int = 0  # outputs already there but damaged or stale, made again (within done)
+    ignored: int = 0  # files of unsupported types met while walking folders
+    ignored_files: list[Path] = field(default_factory=list)
+    set_aside: list[tuple[Path, str]] = field(default_factory=list)  # DICOM that is no image, or not selected
+    flagged: list[tuple[Path, str]] = field(default_factory=list)  # QC figures outside the model's ranges
+    slices: int = 0
+    resampled: int = 0  # scans whose slices went to the model at its pixel spacing
+    seconds: float = 0.0  # wall time of the scan loop
+    model_seconds: float = 0.0  # time inside session.run
+    summary: Path | None = None
+
+    @property
+    def slices_per_s(self) -> float:
+        return self.slices / self.seconds if self.seconds else 0.0
+
+    @property
+    def model_slices_per_s(self) -> float:
+        return self.slices / self.model_seconds if self.model_seconds else 0.0
+
+
+@dataclass
+class Segmented:
+    """What the report keeps of one segmented scan (built where it was segmented)."""
+
+    row: dict[str, Any]  # its summary.csv row
+    slices: int
+    seconds: float  # inside session.run
+    resampled: bool  # went to the model at its pixel spacing
+    notes: list[str]  # lines to show about it
+
+
+class Segmenter:
+    """The scan loop: prefetching reads, batched inference, background atomic writes."""
+
+    def __init__(self, session: Any, provider: str, info: ModelInfo, config: InferConfig, out: Path) -> None:
+        """``session``: the :class:`edgeseg.runtime.Runner` fetching logits (a Dask client for a cluster run)."""
+        from rich.console import Console
+
+        self.session, self.info, self.config, self.out = session, info, config, out
+        self.report = InferReport(provider)
+        self.stdout, self.stderr = Console(), Console(stderr=True)
+        self.progress: Any = None
+        self.records = Records(out)
+        self.model_sha256 = sha256_file(info.path)  # identifies the algorithm in DICOM SEG outputs
+        self._local = threading.local()  # .caught: warnings of the scan this thread reads
+        self._showwarning = warnings.showwarning
+
+    def say(self, text: str, error: bool = False) -> None:
+        """One unwrapped line: errors always, the rest unless quiet."""
+        if error or not self.config.quiet:
+            console = self.progress.console if self.progress else (self.stderr if error else self.stdout)
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def warned(self, message: Any, category: type, *args: Any, **kwargs: Any) -> None:
+        """``warnings.showwarning`` for the run: a reader's warning is kept for its scan."""
+        caught = getattr(self._local, "caught", None)
+        if caught is None:  # not while reading a scan: as Python would show it
+            self._showwarning(message, category, *args, **kwargs)
+            return
+        text = str(message).strip()
+        caught.append(text.splitlines()[0][:200] if text else category.__name__)
+
+    def run(self, scans: list[Scan], problems: list[tuple[Path, str]]) -> InferReport:
+        rows = previous_rows(self.out / SUMMARY)
+        start = time.perf_counter()
+        try:
+            with self._progress(len(scans)) as self.progress:
+                for path, reason in problems:
+                    rows[f"!{path}"] = self._failed(Scan(path, "", Path()), reason)
+                self._loop(scans, rows)
+        finally:
+            self.progress = None
+            self.report.seconds = time.perf_counter() - start
+            self.report.rows = list(rows.values())
+            self.report.summary = write_summary(self.out, self.report.rows, self.info)
+            self.records.compact()
+        return self.report
+
+    def _progress(self, total: int) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=self.stderr,
+            transient=True,
+            disable=self.config.quiet or not self.stderr.is_terminal,
+        )
+        self.scan_task = progress.add_task("scans", total=total)
+        self.slice_task = progress.add_task("slices", total=0)
+        return progress
+
+    def _loop(self, scans: list[Scan], rows: dict[str, dict[str, Any]]) -> None:
+        todo = iter(scans)
+        reads: deque[tuple[Scan, Future | None]] = deque()
+        writes: deque[tuple[Scan, Future]] = deque()
+        pool = ThreadPoolExecutor(max(1, self.config.workers))
+        try:
+            while True:
+                while len(reads) <= self.config.prefetch and (scan := next(todo, None)):
+                    reads.append((scan, None if self._finished(scan) else pool.submit(self._read, scan)))
+                if not reads:
+                    break
+                scan, future = reads.popleft()
+                if future is None:
+                    rows[str(scan.rel)] = self._skipped(scan, rows.get(str(scan.rel)))
+                    continue
+                job = self._infer(scan, future, rows, pool)
+                if job is not None:
+                    writes.append((scan, job))
+                self._drain(writes, rows, keep=self.config.prefetch)
+        except BaseException:  # Ctrl-C: drop the reads unwaited, finish (and record) the writes
+            pool.shutdown(wait=False, cancel_futures=True)
+            self._drain(writes, rows, keep=0)
+            raise
+        self._drain(writes, rows, keep=0)
+        pool.shutdown()
+
+    def _finished(self, scan: Scan) -> bool:
+        """True to skip ``scan``: its outputs exist, match their record and its input is unchanged."""
+        overlay = str(overlay_rel(scan.rel)) if self.config.overlay else None
+        extra = self._seg_beside(scan)
+        if extra is not None and str(extra) not in self.records.latest:
+            extra = None  # none was made (a series without geometry, or a run before SEG outputs)
+        mask = mask_rel(scan.rel) if self.config.skull_strip else None
+        stats = stats_rel(scan.rel)
+        targets = [scan.rel] + ([Path(overlay)] if overlay else []) + [t for t in (extra, mask, stats) if t]
+        if self.config.overwrite or not all((self.out / t).is_file() for t in targets):
+            return False
+        why, rel = self.records.verdict(self.out, str(scan.rel), _files(scan), overlay), scan.rel
+        for also in (extra, mask, stats):
+            if also and not why:
+                why, rel = self.records.verdict(self.out, str(also), _files(scan), None), also
+        if why:
+            self.say(f"redoing {scan.path}: {why} (output {rel})")
+            self.report.redone += 1
+        return why is None
+
+    def _seg_beside(self, scan: Scan) -> Path | None:
+        """Where the DICOM SEG written beside the NIfTI goes (``--format both``), else None."""
+        return seg_rel(scan.rel) if scan.kind == "dicom" and self.config.format == "both" else None
+
+    def _read(self, scan: Scan) -> tuple[Decoded, tuple[InputStamp, ...]]:
+        """Decode ``scan`` and stamp its input files; warnings while reading become notes."""
+        model_mm = self.info.pixel_spacing_mm if self.config.resample else None
+        stamps = stamp_inputs(_files(scan))  # before reading: a change meanwhile shows next run
+        self._local.caught = caught = []  # filled by warned() from this thread only
+        try:
+            dec = read_scan(
+                scan.path,
+                scan.kind,
+                scan.files,
+                self.config.axis,
+                self.info.min_size,
+                model_mm,
+                self.config.skull_strip,
+            )
+        finally:
+            self._local.caught = None
+        dec.notes += [f"{scan.path}: the reader warned: {w}" for w in dict.fromkeys(caught)]
+        return dec, stamps
+
+    def _infer(self, scan: Scan, future: Future, rows: dict, pool: ThreadPoolExecutor) -> Any:
+        """Decode result -> labels -> submit the write; a failure becomes a row."""
+        try:
+            dec, stamps = future.result()
+            labels, seconds, figures = self._segment(scan, dec)
+        except Exception as exc:  # any bad scan: one line, and the run goes on
+            rows[str(scan.rel)] = self._failed(scan, reason(exc))
+            return None
+        done = self._segmented(scan, dec, labels, seconds, figures)
+        rows[str(scan.rel)] = self._count(done)
+        return pool.submit(self._write, scan, dec, labels, stamps, done.row)
+
+    def process(self, scan: Scan) -> Segmented:
+        """Read, segment and write one scan in this thread: a cluster worker's unit of work."""
+        dec, stamps = self._read(scan)
+        labels, seconds, figures = self._segment(scan, dec)
+        done = self._segmented(scan, dec, labels, seconds, figures)
+        self._write(scan, dec, labels, stamps, done.row)
+        return done
+
+    def _segmented(
+        self, scan: Scan, dec: Decoded, labels: np.ndarray, seconds: float, figures: dict[str, float]
+    ) -> Segmented:
+        row = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
+        row.update({**self._qc(figures), **{k: f"{v:.6g}" for k, v in figures.items() if k.endswith(MEAN_SUFFIX)}})
+        return Segmented(row, len(labels), seconds, dec.model_size is not None, dec.notes)
+
+    def _count(self, done: Segmented) -> dict[str, Any]:
+        """Count a segmented scan in the report, show its notes, advance the bar; its row."""
+        self.report.model_seconds += done.seconds
+        self.report.slices += done.slices
+        self.report.resampled += done.resampled
+        for note in done.notes:
+            self.say(f"note: {note}")
+        if done.row["qc"] not in ("ok", NO_RANGES):  # outside the model's ranges: named at the end
+            self.report.flagged.append((Path(done.row["input"]), done.row["qc"]))
+        self.report.done += 1
+        self.progress.advance(self.scan_task)
+        return done.row
+
+    def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float, dict[str, float]]:
+        """Run the stack through the model in batches: labels, seconds in the model, and the QC
+        figures (:mod:`edgeseg.qc`) with each class's mean intensity (``<class>_mean_intensity``)."""
+        count, (h, w) = len(dec.stack), dec.stack.shape[1:]
+        labels = np.empty((count, h, w), dtype=np.uint8)
+        self.progress.reset(self.slice_task, total=count, description=f"slices {scan.path.name}")
+        seconds, counter = 0.0, QCCounter.for_classes(self.info.class_names)
+        names = self.info.class_names
+        sums = np.zeros(len(names))  # intensity per class on the scan's own grid, for the means
+        for start in range(0, count, max(1, self.config.batch_size)):
+            batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
+            assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
+            tick = time.perf_counter()
+            logits = self.session.run(batch)["logits"]  # logits: for QC, and to resample
+            seconds += time.perf_counter() - tick
+            out = logits.argmax(1)  # the graph's own ``labels``: ArgMax of these logits
+            counter.add(logits, out)  # on the model's grid, as export measured the ranges
+            if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
+                out = resample(logits, (h, w), order=1).argmax(1)
+            labels[start : start + len(batch)] = out
+            if dec.brain is not None:  # --skull-strip: nothing outside the brain mask
+                labels[start : start + len(batch)][~dec.brain[start : start + len(batch)]] = 0
+            native = np.asarray(dec.stack[start : start + len(batch)], np.float64) * dec.slope + dec.inter
+            sums += np.bincount(labels[start : start + len(batch)].ravel(), native.ravel(), len(names))[: len(names)]
+            self.progress.advance(self.slice_task, len(batch))
+        counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
+        means = {f"{n}{MEAN_SUFFIX}": sums[i] / counts[i] for i, n in enumerate(names) if counts[i]}
+        return labels, seconds, {**counter.figures(), **means}
+
+    def _qc(self, figures: dict[str, float]) -> dict[str, str]:
+        """The QC columns of a row: the figures, and the verdict against the model's ranges."""
+        verdict = judge(figures, parse_ranges(self.info.metadata.get(METADATA_KEY)))
+        return {**{k: f"{figures[k]:.4g}" for k in FIGURES if k in figures}, "qc": verdict}
+
+    def _write(
+        self, scan: Scan, dec: Decoded, labels: np.ndarray, stamps: tuple[InputStamp, ...], row: dict[str, Any]
+    ) -> None:
+        """Overlay (or remove a stale one), then labels; the record goes in before their rename."""
+        target = safe_output_path(self.out, scan.rel)
+        overlay, overlay_sha = safe_output_path(self.out, overlay_rel(scan.rel)), [""]
+        if self.config.overlay:
+            write_overlay(
+                overlay,
+                dec,
+                labels,
+                scan.path,
+                self.info.class_names,
+                lambda tmp: overlay_sha.__setitem__(0, sha256_file(tmp)),
+            )
+        else:
+            overlay.unlink(missing_ok=True)  # from an earlier run: it would show old labels
+
+        def record(tmp: Path, rel: Path = scan.rel, overlay_sha256: str = "") -> None:
+            self.records.add(Record(str(rel), stamps, sha256_file(tmp), overlay_sha256))
+
+        restored = dec.restore(labels)
+        stats = stats_rel(scan.rel)
+        write_stats(
+            safe_output_path(self.out, stats), row, self.info, self.model_sha256, lambda tmp: record(tmp, stats)
+        )
+        if dec.brain_raw is not None:
+            brain = label_nifti(dec.brain_raw.astype(np.uint8), dec.template, 2)
+            rel = mask_rel(scan.rel)
+            atomic_write(
+                safe_output_path(self.out, rel), lambda tmp: brain.to_filename(str(tmp)), lambda tmp: record(tmp, rel)
+            )
+        if (extra := self._seg_beside(scan)) is not None:  # beside the NIfTI: a SEG that cannot be is a note
+            try:
+                self._seg(scan, dec, safe_output_path(self.out, extra), restored, lambda tmp: record(tmp, extra))
+            except EdgesegError as exc:
+                self.say(f"note: {scan.path}: no DICOM SEG beside {scan.rel}: {str(exc).split(': ', 1)[-1]}")
+        if scan.kind == "dicom" and self.config.format == "dicom-seg":
+            self._seg(scan, dec, target, restored, lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]))
+        else:
+            write_labels(
+                target,
+                scan.kind,
+                restored,
+                dec,
+                self.info.class_names,
+                lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]),
+            )
+
+    def _seg(self, scan: Scan, dec: Decoded, target: Path, labels: np.ndarray, record: Any) -> None:
+        """Write the DICOM SEG; what pydicom/highdicom warn that the reader did not is a note."""
+        self._local.caught = caught = []  # see warned(): this thread's warnings
+        try:
+            write_dicom_seg(
+                target, labels, dec.sources, self.info.class_names, self.info.path, self.model_sha256, record
+            )
+        finally:
+            self._local.caught = None
+        for text in dict.fromkeys(caught):
+            if not any(note.endswith(f"the reader warned: {text}") for note in dec.notes):
+                self.say(f"note: {scan.path}: the DICOM SEG writer warned: {text}")
+
+    def _drain(self, writes: deque, rows: dict, keep: int) -> None:
+        """Wait for writes until at most ``keep`` are pending; a failed write fails its scan."""
+        while len(writes) > keep:
+            scan, job = writes.popleft()
+            try:
+                job.result()
+            except Exception as exc:  # disk full, permissions, a path escaping --out
+                self.report.done -= 1
+                rows[str(scan.rel)] = self._failed(scan, reason(exc), counted=True)
+
+    def _row(
+        self,
+        scan: Scan,
+        status: str,
+        labels: np.ndarray | None,
+        voxel_ml: float | None,
+        ms: float | None,
+        dec: Decoded | None = None,
+    ) -> dict[str, Any]:
+        names = self.info.class_names
+        row: dict[str, Any] = {
+            "input": str(scan.path),
+            "series": scan.series,
+            "status": status,
+            "output": str(scan.rel) if scan.rel.parts else "",
+            "provider": self.report.provider if ms is not None else "",
+            "ms": f"{ms:.1f}" if ms is not None else "",
+        }
+        if dec is not None:
+            mm = self.info.pixel_spacing_mm
+            row["spacing_mm"] = "x".join(f"{v:g}" for v in dec.spacing) if dec.spacing else ""
+            row["model_spacing_mm"] = f"{mm:g}" if mm is not None else ""
+            row["model_shape"] = "x".join(map(str, dec.model_shape))
+            row["resampled"] = "yes" if dec.model_size else "no"
+        if labels is not None:
+            counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
+            row["shape"] = "x".join(map(str, dec.shape if dec else labels.shape))
+            row["voxel_ml"] = f"{voxel_ml:.6g}" if voxel_ml else ""
+            for name, n in zip(names, counts, strict=True):
+                row[f"{name}_voxels"] = int(n)
+                row[f"{name}_ml"] = f"{n * voxel_ml:.3f}" if voxel_ml else ""
+        return row
+
+    def _failed(self, scan: Scan, reason: str, counted: bool = False) -> dict[str, Any]:
+        """Report one failed scan in one line; ``counted``: already advanced the bar."""
+        self.report.failed += 1
+        if not counted:
+            self.progress.advance(self.scan_task)
+        short = reason.removeprefix(f"{scan.path}: ")  # messages name their file already
+        where = f"{scan.path} ({scan.series})" if scan.series else scan.path
+        self.say(f"FAILED {where}: {short}", error=True)
+        return {**self._row(scan, "failed", None, None, None), "output": "", "message": reason}
+
+    def _skipped(self, scan: Scan, previous: dict[str, Any] | None) -> dict[str, Any]:
+        """Row of a scan finished by an earlier run, from its output (and old row)."""
+        self.report.skipped += 1
+        self.progress.advance(self.scan_task)
+        try:
+            labels, voxel_ml = read_labels(self.out / scan.rel)
+        except Exception as exc:  # the output exists but cannot be read back
+            return {**self._row(scan, "done", None, None, None), "message": reason(exc)}
+        row = self._row(scan, "done", labels, voxel_ml, None)
+        if previous:  # the input's own shape, provider and time from the run that made it
+            row.update(
+                {
+                    k: previous[k]
+                    for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS, *FIGURES, "qc")
+                    if previous.get(k)
+                }
+            )
+        return row
+
+
+def _files(scan: Scan) -> tuple[Path, ...]:
+    """The input files of ``scan`` (a DICOM folder's files, else the file itself)."""
+    return scan.files or (scan.path,)
+
+
+def reason(exc: BaseException) -> str:
+    if os.environ.get("EDGESEG_DEBUG"):
+        raise exc
+    if isinstance(exc, EdgesegError):
+        return str(exc)
+    return describe(exc, typed=True)

@@ -1,0 +1,126 @@
+"""Size guards: a header's claimed size is checked against its file before anything is allocated.
+
+A header that lies (a 1.5 kB file claiming 60000x60000 voxels, a gzip bomb) would otherwise
+make a reader allocate the claimed size first. The readers of edgeseg.scans and
+edgeseg.dicom call these before they decode. numpy only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.errors import EdgesegError
+
+GZIP_MAX_RATIO = 1032  # deflate cannot compress better than about 1032:1
+MAX_SCAN_BYTES = 8 << 30  # a decoded scan held in memory at once: 1024^3 float64 fits
+
+
+def check_claimed_size(
+    path: Path,
+    what: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    offset: int = 0,
+    gzipped: bool = False,
+    holds: int | None = None,
+) -> None:
+    """Refuse a header whose ``shape`` x ``dtype`` the file cannot hold, before any read.
+
+    A header that lies (a 1.5 kB file claiming 60000x60000 voxels) would otherwise make a
+    reader allocate the claimed size first. ``offset``: where the data starts in the file;
+    ``holds``: the bytes the data really has, when known (DICOM PixelData), instead of the
+    file. A gzipped file is bounded by deflate's best ratio, by :data:`MAX_SCAN_BYTES`, and
+    then by its trailer's size, or failing that by decompressing it once without keeping
+    the bytes, stopping at the claimed end.
+    """
+    need = _claimed(shape, dtype)
+    size = os.path.getsize(path) if holds is None else holds
+    room = size * GZIP_MAX_RATIO if gzipped else size - offset
+    holder = f"the file of {_bytes(size)}" if holds is None else f"its pixel data of {_bytes(size)}"
+    if need > room:
+        raise EdgesegError(
+            f"{path}: {_claim(shape, dtype)}, but {holder} cannot hold that; the"
+            f" {what} is truncated or its header is damaged; re-export it"
+        )
+    if gzipped:
+        check_decoded_size(path, shape, dtype)
+        if (got := _gunzipped_size(path, offset + need)) < offset + need:
+            raise EdgesegError(
+                f"{path}: {_claim(shape, dtype)}, but it decompresses to only"
+                f" {_bytes(got)} with the header; the {what} is truncated or its"
+                " header is damaged; re-export it"
+            )
+
+
+def check_decoded_size(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
+    """Refuse a scan that would be decoded into memory whole beyond :data:`MAX_SCAN_BYTES`."""
+    if _claimed(shape, dtype) > MAX_SCAN_BYTES:
+        raise EdgesegError(
+            f"{path}: {_claim(shape, dtype)}, more than edgeseg decodes at once"
+            f" ({_bytes(MAX_SCAN_BYTES)}); crop or split the scan"
+        )
+
+
+def _claimed(shape: tuple[int, ...], dtype: Any) -> int:
+    return int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+
+
+def _claim(shape: tuple[int, ...], dtype: Any) -> str:
+    return f"its header claims {'x'.join(map(str, shape))} {np.dtype(dtype)} ({_bytes(_claimed(shape, dtype))})"
+
+
+def _gunzipped_size(path: Path, limit: int) -> int:
+    """Decompressed size of a gzip file, counting up to ``limit`` bytes; nothing is kept.
+
+    When the gzip trailer's size field (the size mod 2**32) says exactly ``limit``, the
+    file is taken as whole without decompressing it (a truncated file has no trailer).
+    Otherwise it is decompressed in 64 KiB reads; a truncated stream counts what came out
+    before the read that failed.
+    """
+    import gzip
+    import struct
+    import zlib
+
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - 4))
+        trailer = f.read(4)
+    if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == limit % 2**32:
+        return limit
+    count = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while count < limit and (chunk := f.read(min(1 << 16, limit - count))):
+                count += len(chunk)
+    except (OSError, EOFError, zlib.error):  # truncated stream: what came out is what counts
+        pass
+    return count
+
+
+def check_npy_header(path: Path) -> None:
+    """Refuse an .npy whose header claims more data than the file holds (before np.load).
+
+    Also used by :mod:`edgeseg.data` for ``--data``. Files whose header cannot be parsed
+    are left to ``np.load``, which names the problem.
+    """
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read is None:
+                return
+            shape, _, dtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError, EOFError, SyntaxError):
+        return
+    if not dtype.hasobject:
+        check_claimed_size(path, ".npy file", shape, dtype, offset)
+
+
+def _bytes(n: float) -> str:
+    """``1,544 bytes``, ``7.2 GB``."""
+    return f"{n:,.0f} bytes" if n < 1e6 else f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"

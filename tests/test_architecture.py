@@ -1,0 +1,128 @@
+"""The import graph follows the pipeline, and the inference path never loads torch.
+
+Every ``edgeseg`` import counts, the lazy ones inside functions too: a lazy import that runs
+back up the pipeline is still a cycle, only a later one. ORDER lists the modules bottom-up;
+a module may import only modules listed before it. A new module goes at its stage.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import edgeseg
+
+PACKAGE = Path(edgeseg.__file__).parent
+ORDER = [
+    # foundations: no edgeseg import but these
+    "errors",
+    "__init__",
+    "files",
+    "sizes",
+    "artifacts",
+    "metrics",
+    # reading and writing scans (torch-free)
+    "qc",
+    "skullstrip",
+    "dicom",
+    "scans",
+    "records",
+    "dicom_seg",
+    "outputs",
+    # data and the model
+    "demo",
+    "data",
+    "volume",
+    "split",
+    "model",
+    "augment",
+    # running a model
+    "tensorrt",
+    "cbuild",
+    "cbackend",
+    "runtime",
+    "measure",
+    "segment",
+    "cluster",
+    "infer",
+    # training, export, validation
+    "evaluate",
+    "train",
+    "quantize",
+    "parity",
+    "robustness",
+    "parity_report",
+    "triton",
+    "export",
+    # benchmarking and the command line
+    "bench_report",
+    "bench",
+    "cli",
+    "__main__",
+]
+# What `edgeseg infer` and `edgeseg bench` of ONNX files import: never torch, never training.
+INFERENCE = ["runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"]
+
+
+def edgeseg_imports(path: Path) -> set[str]:
+    """The edgeseg modules ``path`` imports anywhere in its body (lazy imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] != "edgeseg":
+                continue
+            if len(parts) > 1:
+                found.add(parts[1])
+            else:  # from edgeseg import X: a module, or a name of the package's __init__
+                found.update(a.name if (PACKAGE / f"{a.name}.py").is_file() else "__init__" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("edgeseg."))
+    return found - {path.stem}
+
+
+def graph() -> dict[str, set[str]]:
+    return {p.stem: edgeseg_imports(p) for p in sorted(PACKAGE.glob("*.py"))}
+
+
+def test_every_module_has_a_place_in_the_pipeline() -> None:
+    missing = sorted(set(graph()) - set(ORDER))
+    assert not missing, f"add {missing} to ORDER at their stage of the pipeline"
+
+
+def test_imports_only_point_down_the_pipeline() -> None:
+    rank = {name: i for i, name in enumerate(ORDER)}
+    upward = [
+        f"{module} -> {dep}"
+        for module, deps in graph().items()
+        for dep in sorted(deps)
+        if module in rank and dep in rank and rank[dep] >= rank[module]
+    ]
+    assert not upward, "imports that run up the pipeline (or a cycle): " + ", ".join(upward)
+
+
+def test_the_checker_sees_lazy_and_package_imports(tmp_path: Path) -> None:
+    """The graph reader itself: a lazy import inside a function counts, and so does `from edgeseg import x`."""
+    source = tmp_path / "probe.py"
+    source.write_text(
+        "from edgeseg import SHIPPED_MODEL, files\n"
+        "def f():\n    from edgeseg.train import train\n    import edgeseg.model\n"
+    )
+    assert edgeseg_imports(source) == {"__init__", "files", "train", "model"}
+
+
+@pytest.mark.parametrize("module", INFERENCE)
+def test_inference_modules_import_without_torch(module: str) -> None:
+    code = (
+        "import sys, importlib\n"
+        f"importlib.import_module('edgeseg.{module}')\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m == 'edgeseg.train')\n"
+        "print(','.join(bad))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"importing edgeseg.{module} loaded {proc.stdout.strip()}"
