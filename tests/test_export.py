@@ -281,8 +281,8 @@ def test_pytorch_half_activations_stay_below_fp16_max(tiny_checkpoint: Path, tin
 
     model, _ = load_checkpoint(tiny_checkpoint)
     check = fp16_activation_check(model, [real_batch(tiny_dataset[0], 1, 394, 394, 3000.0, 1000.0)])
-    assert check["finite"] and 0 < check["max_activation"] < FP16_MAX
-    assert check["agreement"] >= 0.999 and check["max_activation_layer"]
+    assert check.finite and 0 < check.max_activation < FP16_MAX
+    assert check.agreement >= 0.999 and check.max_activation_layer
 
 
 # ----------------------------------------------------------------------------- int8
