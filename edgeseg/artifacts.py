@@ -36,11 +36,14 @@ OUTPUTS = {"logits": ("float", 4), "labels": ("uint8", 3)}  # name -> (element t
 REQUIRED_KEYS = ("format", "class_names", "num_classes", "in_channels", "min_size")
 # The normalisation is inside the graph, so a file of any of these contracts runs as exported;
 # a newer contract may change what the input must be, so it is refused.
-KNOWN_CONTRACTS = ("1", "2")
+KNOWN_CONTRACTS = ("1", "2", "3")
 NORMALIZATION = {  # edgeseg.normalization of each contract (edgeseg.normalization_contract)
     1: "per-image z-score over H and W inside the graph: (x - mean) / sqrt(var + 1e-6); feed raw scanner intensities",
     2: "per-image tissue mean inside the graph: x / mean(x | x > 0.4 sum(x^4)/sum(x^3)),"
     " independent of padding, cropping and intensity scale; feed raw scanner intensities",
+    3: "per-image tissue mean inside the graph as in contract 2, and each image framed in zeros so that"
+    " its first nonzero row and column sit on the 8-pixel pooling grid (logits cut back to H x W):"
+    " labels do not move when a zero-background slice is padded or cropped; feed raw scanner intensities",
 }
 
 

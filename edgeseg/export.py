@@ -141,10 +141,10 @@ def symbolic_dims(proto: onnx.ModelProto) -> dict[str, list[str | int]]:
 def model_metadata(ckpt: dict[str, Any], precision: str, opset: int, checkpoint_sha256: str) -> dict[str, str]:
     """The ``edgeseg.*`` metadata_props of an exported file (all values strings)."""
     from edgeseg import __version__
-    from edgeseg.model import NORMALIZATIONS, ModelConfig, checkpoint_model_config
+    from edgeseg.model import ModelConfig, checkpoint_model_config
 
     config = ModelConfig(**checkpoint_model_config(ckpt))
-    contract = NORMALIZATIONS[config.normalization]
+    contract = config.contract
     miou = (ckpt.get("metrics") or {}).get("miou_fg")
     spacing = (ckpt.get("data") or {}).get("pixel_spacing_mm")
     return {

@@ -182,6 +182,8 @@ def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: li
         " no training pixel in any plane or orientation.",
         f"Checkpoint SHA-256 `{parity['checkpoint_sha256']}`, best of"
         f" {len(ckpt.get('history') or []) or '?'} epochs: epoch {int(ckpt.get('epoch', -2)) + 1}.",
+        *_reframed_line(ckpt),
+        f"Normalisation contract {config.contract}.",
         "",
         "## Recipe",
         "",
@@ -230,6 +232,19 @@ def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: li
     return "\n".join(lines)
 
 
+def _reframed_line(ckpt: dict[str, Any]) -> list[str]:
+    """A line saying the weights come from a contract-2 run (evaluate.reframe_checkpoint), if so."""
+    reframed = ckpt.get("reframed")
+    if not reframed:
+        return []
+    before = (reframed.get("metrics_contract_2") or {}).get("miou_fg")
+    return [
+        f"The weights are those of a contract-{reframed['from_contract']} run (SHA-256"
+        f" `{reframed['checkpoint_sha256']}`, held-out mIoU {_fmt(before)} under that contract), framed"
+        " on the pooling grid by contract 3 without retraining; every figure here is contract 3's.",
+    ]
+
+
 def _split_section(splits: dict[str, Any] | None) -> list[str]:
     """The checkpoint's mIoU under each split (``edgeseg evaluate export/model.pt --split S``)."""
     if not splits:
@@ -273,9 +288,10 @@ def _robustness_section(rows: list[dict[str, Any]] | None) -> list[str]:
 SHIPPED_RECIPE = [  # how export/ is made; the last line is what regenerates this card
     "edgeseg train --name default            # 8 epochs on the demo set, 3-D regions split; runs/default/best.pt",
     "cp runs/default/curves.png runs/default/predictions.png runs/default/history.json export/",
-    "cp runs/default/best.pt export/model.pt",
-    "edgeseg export export/model.pt --out export --fp16 --int8 --calib 8"
-    "  # 32 or 16 slices: OOM (>21 GB) on this 23 GB box",
+    "python -c 'from pathlib import Path; from edgeseg.evaluate import reframe_checkpoint;"
+    ' reframe_checkpoint(Path("runs/default/best.pt"), Path("export/model.pt"))\''
+    "  # the 2026-11-27 run was contract 2; copy a contract-3 run's best.pt instead",
+    "edgeseg export export/model.pt --out export --fp16 --int8 --calib 32 --calib-method percentile",
     "python -c 'from pathlib import Path; from edgeseg.model import load_checkpoint;"
     " from edgeseg.parity import load_eval_data; from edgeseg.parity_report import write_model_card;"
     ' c = load_checkpoint(Path("export/model.pt"))[1];'

@@ -48,6 +48,13 @@ CALIB_CROPS = (64, 160)  # centre-crop sizes added to the calibration set
 SCORE_SIZES = ((394, 394, 6, 2), (256, 257, 2, 1), (64, 64, 4, 2))  # (H, W, slices, batch)
 LATENCY_RUNS = 5  # timed runs (after one warm-up) for the int8 vs fp32 latency
 FP16_MAX = 65504.0  # largest finite float16
+# The op types the int8 network quantises (ConvTranspose stays float between Q/DQ). Naming them
+# also limits calibration to their tensors: by default ORT calibrates every float tensor, the
+# normalisation's sums included, and a histogram calibrator widens a tensor's histogram at its
+# first input's bin width whenever a later input exceeds its range: a sum over a slice with
+# more brain than the first grew one histogram to 39.7 M bins (2.9 GB at the second input;
+# `export --int8 --calib 32` ran out of memory at 21.5 GB).
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "MaxPool", "Add", "Relu", "Pad", "Concat")
 
 
 def normalization_nodes(proto: onnx.ModelProto) -> list[str]:
@@ -73,17 +80,42 @@ def normalization_nodes(proto: onnx.ModelProto) -> list[str]:
     return list(found)
 
 
-def float_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Nodes kept float in the int8 model: the normalisation, the first and the last Conv.
+def image_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Nodes that depend on no Conv: computed from the image and constants alone.
 
-    The first Conv would otherwise see the z-scored image in 256 levels, and the last one
+    The normalisation and, in contract 3, the frame's per-image shifts; the shifts also pick
+    the logits' window after the last Conv, so an fp16 model must keep all of them float32.
+    """
+    convs = {n.name for n in proto.graph.node if n.op_type == "Conv"}
+    downstream: set[str] = set()
+    for node in proto.graph.node:  # graph order is topological
+        if node.name in convs or downstream.intersection(node.input):
+            downstream.update(node.output)
+    return [n.name for n in proto.graph.node if not downstream.intersection(n.output)]
+
+
+def float_nodes(proto: onnx.ModelProto) -> list[str]:
+    """Nodes kept float in the int8 model: the normalisation, the first and the last Conv, and after it.
+
+    The first Conv would otherwise see the normalised image in 256 levels, and the last one
     would hand the logits (the argmax's input) over in 256 levels; both flip labels where
     gray and white matter meet. Together they are ~1.6 % of the MACs (22 + 67 of 5,490
-    MMAC per 394x394 slice), so keeping them float costs little speed.
+    MMAC per 394x394 slice), so keeping them float costs little speed. What follows the last
+    Conv (contract 3 cuts the logits out of the aligned frame) only moves logits.
     """
     names = normalization_nodes(proto)
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
-    return [*names, *dict.fromkeys([convs[0], convs[-1]])]
+    return [*names, *dict.fromkeys([convs[0], *_descendants(proto, convs[-1])])]
+
+
+def _descendants(proto: onnx.ModelProto, name: str) -> list[str]:
+    """``name`` and every node that consumes its outputs, directly or not (graph order)."""
+    reached, tensors = {name}, set()
+    for node in proto.graph.node:  # graph order is topological
+        if node.name in reached or tensors.intersection(node.input):
+            reached.add(node.name)
+            tensors.update(node.output)
+    return [n.name for n in proto.graph.node if n.name in reached]
 
 
 def convert_fp16(src: Path, dst: Path) -> Path:
@@ -101,9 +133,7 @@ def convert_fp16(src: Path, dst: Path) -> Path:
 
     proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
     meta = {p.key: p.value for p in proto.metadata_props}
-    blocked = set(normalization_nodes(proto)) | {  # Shape reads only the size: no Cast
-        n.name for n in proto.graph.node if n.op_type == "Shape" and "image" in n.input
-    }
+    blocked = set(image_nodes(proto))  # the normalisation, the frame's shifts, the image's Shape
     inside = _internal_tensors(proto, blocked)
     kept = [vi for vi in proto.graph.value_info if vi.name not in inside]
     del proto.graph.value_info[:]
@@ -249,6 +279,7 @@ def _quantize(
         weight_type=QuantType.QInt8,
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         nodes_to_exclude=float_nodes(onnx.load(str(pre))),
+        op_types_to_quantize=list(QUANTIZED_OPS),
         calibrate_method=getattr(CalibrationMethod, CALIB_ENUM[method]),
         extra_options={"CalibStridedMinMax": 1, "ActivationSymmetric": symmetric, "WeightSymmetric": True},
         calibration_cache_path=None if cache is None else str(cache),

@@ -29,7 +29,7 @@ from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.evaluate import evaluate, format_metrics_table
 from edgeseg.files import write_json
 from edgeseg.losses import segmentation_loss
-from edgeseg.metrics import ConfusionMatrix
+from edgeseg.metrics import IGNORE, ConfusionMatrix
 from edgeseg.model import NORM_CONTRACT, ModelConfig, UNet, load_checkpoint, save_checkpoint
 from edgeseg.split import Split, is_demo_set, make_split
 from edgeseg.train_config import EpochRecord, TrainConfig, TrainResult, config_dict, make_config
@@ -320,31 +320,48 @@ def _prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[s
 def _sources(
     slices: Slices, split: Split, config: TrainConfig, log: Callable[[str], None]
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Training planes: the split's training slices, plus oblique planes under the regions split.
+    """Training planes: the split's training slices, plus oblique planes of the demo template.
 
     Oblique planes are resampled from the template once per run (about 0.1 s each) and
-    augmented anew every epoch; their held-out-region pixels are masked like the slices'.
+    augmented anew every epoch. Their pixels in held-out anatomy are IGNORE, so they supervise
+    nothing the test scores: the held-out balls and their gaps (regions split), or the voxels
+    of every slice that does not train, test slabs and their gaps (slab split).
     """
     images = [slices.images[i] for i in split.train]
     masks = [split.train_masks[i] for i in split.train]
-    if config.split != "regions" or not config.augment or config.oblique_planes <= 0:
+    if config.split not in ("regions", "slabs") or not config.augment or config.oblique_planes <= 0:
         return images, masks
-    from edgeseg.volume import brain_voxels, held_out_regions, load_template, oblique_plane, region_masks, sample_plane
+    if not is_demo_set(slices.root):
+        return images, masks
+    from edgeseg.volume import brain_voxels, load_template, oblique_plane, sample_plane
 
     template, rng = load_template(), np.random.default_rng([config.seed, 7])
-    brain, regions = brain_voxels(template), held_out_regions(config.seed)
+    brain, held_out = brain_voxels(template), _held_out_voxels(slices, split, config)
     size = slices.images[0].shape[0]
     while len(images) < len(split.train) + config.oblique_planes:
         plane = oblique_plane(template, rng, config.oblique_tilt_deg, size, brain)
         image, labels = sample_plane(template, plane)
         if (labels > 0).mean() >= 0.02:  # the demo set's own rule for a slice with brain
             images.append(image)
-            masks.append(region_masks([labels], [plane], regions)[0][0])
+            masks.append(np.where(held_out(plane), IGNORE, labels).astype(np.uint8))
     log(
         f"{config.oblique_planes} oblique planes (tilt up to {config.oblique_tilt_deg:g} deg)"
         f" added to {len(split.train)} slices"
     )
     return images, masks
+
+
+def _held_out_voxels(slices: Slices, split: Split, config: TrainConfig) -> Callable[[Any], np.ndarray]:
+    """``plane -> (H, W) bool``: the pixels of a template plane that must not supervise training."""
+    from edgeseg.volume import demo_planes, held_out_regions, held_out_slabs
+
+    if config.split == "regions":
+        regions = held_out_regions(config.seed)
+        return lambda plane: regions.classify(plane) != 0  # held out or gap
+    planes = demo_planes(slices.root)
+    kept = set(split.train)
+    slabs = held_out_slabs([p for i, p in enumerate(planes) if i not in kept])
+    return slabs.classify
 
 
 def _load_data(config: TrainConfig, world: distributed.World) -> Slices:

@@ -29,7 +29,7 @@ class TrainConfig:
     patch: int | None = 128  # random crops of patch x patch; None trains on whole slices
     patches_per_slice: int = 2  # crops drawn from each source plane per epoch (553 planes by default)
     augment: bool = True  # field of view, oblique planes, bias, gamma, noise, scale, resolution
-    oblique_planes: int = 96  # planes resampled from the 3-D template at random tilts (regions split)
+    oblique_planes: int = 96  # planes resampled from the 3-D template at random tilts (demo set)
     oblique_tilt_deg: float = 30.0  # their tilt from axial/coronal/sagittal, about both in-plane axes
     # "regions" (held-out 3-D balls of the demo template; other data fall back to slabs),
     # "slabs" (held-out slabs of adjacent slices, one plane each) or "tutorial" (last 100)

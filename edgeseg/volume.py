@@ -195,6 +195,38 @@ class Regions:
         return out
 
 
+@dataclass(frozen=True)
+class Slabs:
+    """Held-out slabs of the template: voxel index ranges along one axis, one per run of slices."""
+
+    ranges: tuple[tuple[int, float, float], ...]  # (axis, first index - 0.5, last index + 0.5)
+
+    def classify(self, plane: Plane) -> np.ndarray:
+        """True for each pixel of ``plane`` whose voxel lies in a held-out slab: (H, W) bool."""
+        pts = plane.points()
+        out = np.zeros(plane.shape, dtype=bool)
+        for axis, lo, hi in self.ranges:
+            out |= (pts[..., axis] >= lo) & (pts[..., axis] <= hi)
+        return out
+
+
+def held_out_slabs(planes: list[Plane]) -> Slabs:
+    """The voxels of demo slices that do not train (test slabs and their gaps), as slabs.
+
+    A demo slice is one voxel thick along its plane's normal; each slice covers the brain in
+    its plane (394 px of 0.5 mm), so a slab is the index range along the normal axis.
+    """
+    ranges: list[tuple[int, float, float]] = []
+    for plane in planes:
+        axis = int(np.flatnonzero((plane.drow == 0) & (plane.dcol == 0))[0])
+        s = float(plane.origin[axis])
+        if ranges and ranges[-1][0] == axis and abs(ranges[-1][2] - (s - 0.5)) <= 1.0:
+            ranges[-1] = (axis, ranges[-1][1], s + 0.5)  # extends the previous slab
+        else:
+            ranges.append((axis, s - 0.5, s + 0.5))
+    return Slabs(tuple(ranges))
+
+
 REGION_COUNT = 4  # held-out balls
 REGION_RADIUS_MM = 24.0  # 4 balls of 57.9 mL, each at least MIN_BRAIN_IN_BALL brain
 MIN_BRAIN_IN_BALL = 0.6  # share of a ball's voxels that must be gray or white matter

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edgeseg.data import load_slices
+from edgeseg.errors import EdgesegError
 from edgeseg.evaluate import evaluate, evaluate_checkpoint
 from edgeseg.metrics import evaluate_arrays
 from edgeseg.model import load_checkpoint
@@ -51,3 +52,19 @@ def test_cli_per_slice_into_a_folder_is_one_line(tiny_checkpoint: Path, tmp_path
         timeout=120,
     )
     assert proc.returncode == 1 and "is a folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_contract_2_checkpoint_is_reframed_as_contract_3(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from edgeseg.evaluate import reframe_checkpoint
+
+    old = torch.load(tiny_checkpoint, weights_only=True)
+    old["normalization_contract"], old["model_config"]["aligned"] = 2, False
+    torch.save(old, tmp_path / "c2.pt")
+    metrics = reframe_checkpoint(tmp_path / "c2.pt", tmp_path / "c3.pt")
+    model, ckpt = load_checkpoint(tmp_path / "c3.pt")
+    assert ckpt["normalization_contract"] == 3 and model.config.aligned
+    assert all(torch.equal(v, old["state_dict"][k]) for k, v in ckpt["state_dict"].items())
+    assert ckpt["metrics"] == metrics and ckpt["reframed"]["metrics_contract_2"] == old["metrics"]
+    assert metrics["miou_fg"] == pytest.approx(evaluate_checkpoint(tmp_path / "c3.pt")["miou_fg"])
+    with pytest.raises(EdgesegError, match="only a contract-2"):
+        reframe_checkpoint(tmp_path / "c3.pt", tmp_path / "again.pt")

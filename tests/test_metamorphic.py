@@ -20,7 +20,6 @@ PADS = [(0, 0, 0, 0), (17, 3, 0, 41), (64, 64, 64, 64), (200, 0, 120, 200), (200
 SCALES = [0.01, 100.0]
 SLICES = 8  # real demo slices, evenly over axial, coronal and sagittal
 MEAN_FLOOR, WORST_FLOOR, SCALE_FLOOR = 0.99, 0.97, 0.995  # issue 10, per variant
-GUARD_MEAN, GUARD_WORST = 0.97, 0.95  # what a regression must not cross (today: 0.980, 0.968)
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,7 +56,7 @@ def _agreement(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
     return float((a[where] == b[where]).mean())
 
 
-def test_padding_and_cropping_keep_the_labels(predict, demo) -> None:  # noqa: ANN001
+def test_padding_and_cropping_keep_the_labels(predict, demo, record_property) -> None:  # noqa: ANN001
     per_slice = []
     for image, brain in demo:
         ref = predict(image)
@@ -71,22 +70,22 @@ def test_padding_and_cropping_keep_the_labels(predict, demo) -> None:  # noqa: A
         per_slice.append(scores)
     scores = np.array(per_slice)  # (slices, variants)
     means, worst = scores.mean(0), scores.min(0)
-    # Regression guard, well below today's figures (contract 1 kept 26 % under a 100 px pad):
-    assert means.min() >= GUARD_MEAN and worst.min() >= GUARD_WORST, (means, worst)
-    if means.min() < MEAN_FLOOR or worst.min() < WORST_FLOOR:
-        # Known miss of issue 10's floors: shifts that are not multiples of 8 px (the uneven pad,
-        # the crop) move the three 2x2 max-pooling grids, and edge pixels change label.
-        pytest.xfail(
-            f"per variant (pads {PADS}, then the crop): mean {np.round(means, 4)},"
-            f" worst {np.round(worst, 4)}; floors {MEAN_FLOOR} mean, {WORST_FLOOR} worst"
-        )
+    record_property("mean_per_variant", np.round(means, 5).tolist())  # pytest --junitxml shows them
+    record_property("worst_per_variant", np.round(worst, 5).tolist())
+    # Contract 3 frames each slice on the pooling grid; contract 2 missed these floors on the
+    # uneven pad and the crop (98.0/98.2 % mean, 96.8/97.1 % worst).
+    assert means.min() >= MEAN_FLOOR and worst.min() >= WORST_FLOOR, (
+        f"per variant (pads {PADS}, then the crop): mean {np.round(means, 4)}, worst {np.round(worst, 4)};"
+        f" floors {MEAN_FLOOR} mean, {WORST_FLOOR} worst"
+    )
 
 
 @pytest.mark.parametrize("factor", SCALES)
-def test_a_global_intensity_scale_keeps_the_labels(predict, demo, factor: float) -> None:  # noqa: ANN001
+def test_a_global_intensity_scale_keeps_the_labels(predict, demo, factor: float, record_property) -> None:  # noqa: ANN001
     agree, brain_agree = [], []
     for image, brain in demo:
         out, ref = predict((image * factor).astype(np.float32)), predict(image)
         agree.append(_agreement(out, ref, np.ones_like(brain)))
         brain_agree.append(_agreement(out, ref, brain))
+    record_property("worst_agreement", round(min(agree), 5))
     assert min(agree) >= SCALE_FLOOR and np.mean(brain_agree) >= SCALE_FLOOR, (agree, brain_agree)

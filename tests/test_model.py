@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from edgeseg import EdgesegError
 from edgeseg.model import (
@@ -58,7 +59,7 @@ def test_pad_goes_left_and_top_on_each_own_axis() -> None:
     seen = {}
     up_block.conv.register_forward_pre_hook(lambda m, args: seen.setdefault("cat", args[0]))
     with torch.no_grad():
-        net(torch.randn(1, 1, 33, 40))
+        net.segment(torch.randn(1, 1, 33, 40))  # the network itself: forward frames to the grid
     cat = seen["cat"]  # (1, 8, 33, 40): skip (4 ch) + padded up-sampled map (4 ch)
     assert cat.shape == (1, 8, 33, 40)
     upsampled = cat[:, 4:]
@@ -214,8 +215,8 @@ def test_new_checkpoints_record_the_contract(tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "m.pt"
     save_checkpoint(path, UNet(ModelConfig(widths=(4, 8))))
     model, ckpt = load_checkpoint(path)
-    assert ckpt["normalization_contract"] == NORM_CONTRACT == 2
-    assert isinstance(model.normalize, TissueNormalize)
+    assert ckpt["normalization_contract"] == NORM_CONTRACT == 3
+    assert isinstance(model.normalize, TissueNormalize) and model.config.aligned
 
 
 def test_an_old_checkpoint_runs_with_its_own_zscore(tmp_path) -> None:  # noqa: ANN001
@@ -240,8 +241,57 @@ def test_an_unknown_contract_is_refused_in_one_line(tmp_path) -> None:  # noqa: 
     path = tmp_path / "future.pt"
     save_checkpoint(path, UNet(ModelConfig(widths=(4, 8))))
     ckpt = torch.load(path, weights_only=True)
-    ckpt["normalization_contract"] = 3
+    ckpt["normalization_contract"] = 4
     torch.save(ckpt, path)
-    with pytest.raises(EdgesegError, match="normalisation contract 3") as err:
+    with pytest.raises(EdgesegError, match="normalisation contract 4") as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_contract_2_checkpoint_runs_unaligned_as_trained(tmp_path) -> None:  # noqa: ANN001
+    """Contract 2 (tissue mean, no framing) is rebuilt as it was: forward is its plain network."""
+    torch.manual_seed(0)
+    path = tmp_path / "c2.pt"
+    save_checkpoint(path, UNet(ModelConfig(widths=(4, 8, 16))))
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["normalization_contract"] = 2
+    del ckpt["model_config"]["aligned"]  # as written before contract 3
+    torch.save(ckpt, path)
+    model, _ = load_checkpoint(path)
+    assert not model.config.aligned and model.config.contract == 2
+    x = torch.rand(1, 1, 37, 45) * 100
+    with torch.no_grad():
+        assert torch.equal(model(x), model.segment(model.normalize(x)))
+
+
+def _zero_background(batch: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """Random 'brains' (positive blobs) at random places on exact zeros: ``(batch, 1, H, W)``."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.zeros(batch, 1, *size)
+    for n in range(batch):
+        h, w = (int(torch.randint(10, s // 2, (1,), generator=g)) for s in size)
+        top, left = (int(torch.randint(0, s - e, (1,), generator=g)) for s, e in zip(size, (h, w), strict=True))
+        x[n, 0, top : top + h, left : left + w] = torch.rand(h, w, generator=g) * 400 + 50
+    return x
+
+
+@pytest.mark.parametrize("pad", [(1, 0, 0, 0), (0, 3, 5, 0), (7, 2, 13, 9), (31, 17, 0, 64)])  # l, r, t, b
+def test_aligned_labels_do_not_move_with_zero_padding(trained_like: UNet, pad: tuple[int, ...]) -> None:
+    """Any zero pad (shifts that are no multiple of 8 included) gives the same logits on the slice."""
+    x = _zero_background(3, (53, 70), seed=sum(pad))
+    left, right, top, bottom = pad
+    with torch.no_grad():
+        ref = trained_like(x)
+        out = trained_like(F.pad(x, pad))[:, :, top : top + 53, left : left + 70]
+        plain = trained_like.segment(trained_like.normalize(F.pad(x, pad)))[:, :, top : top + 53, left : left + 70]
+    assert torch.allclose(out, ref, atol=1e-4), (out - ref).abs().max()
+    if pad[0] % 8 or pad[2] % 8:  # the unaligned network itself moves with such shifts: the test can fail
+        assert not torch.allclose(plain, ref, atol=1e-4)
+
+
+def test_aligned_logits_of_an_image_do_not_depend_on_its_batch(trained_like: UNet) -> None:
+    x = _zero_background(4, (48, 41), seed=5)
+    with torch.no_grad():
+        together = trained_like(x)
+        alone = torch.cat([trained_like(x[n : n + 1]) for n in range(4)])
+    assert torch.allclose(together, alone, atol=1e-5)

@@ -143,7 +143,9 @@ def test_validate_fails_on_a_perturbed_model(tiny_onnx: Path, tiny_checkpoint: P
     bad = perturb(tiny_onnx, tmp_path / "bad.onnx", 1.001)  # 0.1 % on one layer's weights
     report = validate(bad, tiny_checkpoint, config=SMALL)
     assert not report.passed
-    assert all("max|Δlogit|" in f for f in report.failures) and len(report.failures) >= 6
+    # every size fails on the logits; under contract 3 a few of the tiny net's labels flip too (ΔmIoU ~1e-4)
+    assert sum("max|Δlogit|" in f for f in report.failures) >= 6
+    assert all("max|Δlogit|" in f or "|ΔmIoU|" in f for f in report.failures)
 
 
 def test_validate_refuses_another_checkpoint(tiny_onnx: Path, tmp_path: Path) -> None:

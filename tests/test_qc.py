@@ -114,6 +114,15 @@ def test_export_stores_ranges(tiny_onnx: Path) -> None:
     assert 1 / 3 <= ranges["conf_p5"][0] <= ranges["conf_p5"][1] <= 1
 
 
+def _drop_ranges(model: onnx.ModelProto) -> None:
+    """Remove the model's QC ranges from its metadata, keeping every other entry."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    for key, value in kept:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 @pytest.fixture(scope="module")
 def guarded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped model with QC ranges from the export code, on every 4th demo slice (real MRI)."""
@@ -123,6 +132,7 @@ def guarded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     images = load_slices(build_demo()).images[::4]
     model = onnx.load(str(SHIPPED_MODEL))
+    _drop_ranges(model)  # the shipped ones
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(ranges_on_slices(SHIPPED_MODEL.read_bytes(), images, NAMES))
     path = tmp_path_factory.mktemp("guarded") / "model.onnx"
@@ -134,11 +144,7 @@ def guarded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def unguarded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The shipped model without QC ranges, as every model exported before them."""
     model = onnx.load(str(SHIPPED_MODEL))
-    kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]
-    del model.metadata_props[:]
-    for key, value in kept:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    _drop_ranges(model)
     path = tmp_path_factory.mktemp("unguarded") / "model.onnx"
     onnx.save(model, str(path))
     return path

@@ -48,7 +48,7 @@ BAD_METADATA = [  # (override, words the error must contain)
     ({"edgeseg.pixel_spacing_mm": "half"}, "edgeseg.pixel_spacing_mm is 'half'"),
     ({"edgeseg.pixel_spacing_mm": "-0.5"}, "expected a positive number of mm"),
     ({"edgeseg.pixel_spacing_mm": "nan"}, "expected a positive number of mm"),
-    ({"edgeseg.normalization_contract": "3"}, "normalisation contract '3' is unknown"),
+    ({"edgeseg.normalization_contract": "4"}, "normalisation contract '4' is unknown"),
 ]
 
 

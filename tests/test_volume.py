@@ -12,6 +12,7 @@ from edgeseg.split import make_split
 from edgeseg.volume import (
     demo_planes,
     held_out_regions,
+    held_out_slabs,
     load_template,
     oblique_plane,
     region_masks,
@@ -71,3 +72,29 @@ def test_regions_split_holds_out_a_real_share_of_the_brain(demo) -> None:  # noq
     ignored = sum(int(((m > 0) & (t == IGNORE)).sum()) for m, t in zip(slices.masks, split.train_masks, strict=True))
     assert 0.08 < ignored / brain < 0.5  # held-out balls and their gap shells, as brain pixels
     assert len(split.test) >= 32 and split.train == list(range(len(slices)))
+
+
+def test_oblique_planes_of_the_slab_split_skip_every_slice_that_does_not_train(demo) -> None:  # noqa: ANN001
+    """The slab split's oblique planes: a pixel whose voxel lies in a test slab or its gap is IGNORE."""
+    from edgeseg.train import TrainConfig, _sources
+
+    root, slices, planes = demo
+    split = make_split(slices, "slabs")
+    out = [planes[i] for i in range(len(slices)) if i not in set(split.train)]
+    slabs = held_out_slabs(out)
+    assert all(slabs.classify(p).all() for p in out)  # every held-out slice lies in its slab
+    template, rng = load_template(), np.random.default_rng(2)
+    held_total = 0
+    for plane in (oblique_plane(template, rng, 30.0) for _ in range(6)):
+        pts = plane.points()
+        axis = [int(np.flatnonzero((p.drow == 0) & (p.dcol == 0))[0]) for p in out]
+        near = [np.abs(pts[..., a] - p.origin[a]) for a, p in zip(axis, out, strict=True)]
+        brute = np.min(near, axis=0) <= 0.5  # brute force: within half a voxel of a non-training slice
+        held = slabs.classify(plane)
+        assert not (brute & ~held).any() and not (held & (np.min(near, axis=0) > 1.0)).any()
+        held_total += int(brute.sum())
+    assert held_total > 10_000  # the planes really cross the slabs
+    config = TrainConfig(split="slabs", oblique_planes=3)
+    images, masks = _sources(slices, split, config, log=lambda _: None)
+    assert len(images) == len(split.train) + 3
+    assert sum(int((m == IGNORE).sum()) for m in masks[len(split.train) :]) > 0
