@@ -400,8 +400,8 @@ class CRunner(Runner):
 
         if spec.outputs != ("labels",):
             raise EdgesegError("backend c-openvino returns labels only; ask for outputs=('labels',)")
-        self.model = CModel(path, spec.threads, FILE_PRECISION[read_model_info(path).precision])
-        self.precision = read_model_info(path).precision
+        self.precision = read_model_info(path).precision  # parsed once: the file's own precision
+        self.model = CModel(path, spec.threads, FILE_PRECISION[self.precision])
         self.label = f"libedgeseg ({self.model.backend})"
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
