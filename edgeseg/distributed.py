@@ -310,7 +310,9 @@ def launch(words: list[str], nproc: int, run_dir: Path) -> None:
     except SignalException:
         raise KeyboardInterrupt from None
     except ChildFailedError as exc:
-        rank, failure = min(exc.failures.items())
+        # A worker that exited by itself has said why (one line); the others may then have been
+        # killed by torchrun's SIGTERM, which is not the cause: report a signal only if all were.
+        rank, failure = min(exc.failures.items(), key=lambda item: (item[1].exitcode < 0, item[0]))
         if failure.exitcode == 130:
             raise KeyboardInterrupt from None
         if failure.exitcode < 0:
