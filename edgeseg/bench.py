@@ -113,6 +113,8 @@ def _check_target(where: str, t: Target) -> None:
         raise EdgesegError(f"{where}: precision {t.precision!r}; choose one of {PRECISIONS}")
     if not (isinstance(t.batch, int) and t.batch >= 1 and isinstance(t.threads, int) and t.threads >= 0):
         raise EdgesegError(f"{where}: batch must be >= 1 and threads >= 0 (0 = all cores)")
+    if t.hint not in ("latency", "throughput") or (t.hint == "throughput" and t.provider != "openvino"):
+        raise EdgesegError(f"{where}: hint {t.hint!r}; latency, or throughput with provider openvino")
 
 
 def select_targets(targets: dict[str, Target], name: str) -> list[Target]:
@@ -154,10 +156,16 @@ def tuned_targets(model: Path) -> list[Target]:
         return []
     if not plan.machine.matches(fingerprint()):
         return []
-    provider = {"ort": "cpu", "openvino": "openvino"}
+    provider, batch = {"ort": "cpu", "openvino": "openvino"}, int(plan.settings.get("batch", 1))
     return [
         Target(
-            f"tuned {c.name}", provider[c.backend], c.precision, 1, c.threads, description=f"edgeseg tune: {c.label}"
+            f"tuned {c.name}",
+            provider[c.backend],
+            c.precision,
+            batch,
+            c.threads,
+            description=f"edgeseg tune: {c.label}",
+            hint=c.hint,
         )
         for c in plan.candidates
         if c.role == "candidate" and c.status == "ok" and c.backend in provider
@@ -173,7 +181,7 @@ def runner_spec(target: Target, path: Path) -> RunnerSpec:
     device = target.provider if backend == "ort" else "cpu"
     # OpenVINO gets an explicit hint (edgeseg.openvino_backend): int8 from QDQ with f32 elsewhere,
     # bf16 only where asked (and the CPU has it), never its own bf16 default.
-    return RunnerSpec(backend, device, target.precision, target.threads, target.batch)
+    return RunnerSpec(backend, device, target.precision, target.threads, target.batch, hint=target.hint)
 
 
 def why_not_here(target: Target, path: Path) -> str | None:

@@ -29,6 +29,7 @@ class Target:
     rss_mb: float | None = None  # budget: peak RSS (MB) of the inference process; `edgeseg tune` picks what fits
     description: str = ""  # what the profile stands for
     reference: bool = False  # a peer (eager, OpenVINO) that the others are compared with
+    hint: str = "latency"  # openvino: latency (one request) | throughput (a batch's slices in parallel streams)
 
 
 @dataclass

@@ -80,7 +80,7 @@ def train_cmd(
     data: DataOpt = None,
     preset: Annotated[Preset, typer.Option(help="default: fast on 2 CPU cores; tutorial: exact.")] = Preset.default,
     epochs: Annotated[
-        int | None, typer.Option(min=1, show_default="default 8, tutorial 30", help="Passes over the training slices.")
+        int | None, typer.Option(min=1, show_default="default 14, tutorial 30", help="Passes over the training slices.")
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option("--batch-size", min=1, show_default="16", help="Samples per step.")
@@ -362,6 +362,12 @@ def tune_cmd(
         float, typer.Option("--max-seconds", min=0.0, help="Stop timing a candidate after this long (>= 5 runs).")
     ] = 8.0,
     slices: Annotated[int, typer.Option(min=1, help="Held-out slices for ΔmIoU against ONNX Runtime fp32.")] = 8,
+    batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1, show_default="the target's", help="Slices per timed inference (>1: OpenVINO throughput too)."
+        ),
+    ] = None,
     threads: Annotated[
         str | None, typer.Option(help="Comma-separated thread settings; default 1 and all cores.")
     ] = None,
@@ -380,6 +386,7 @@ def tune_cmd(
         runs=runs,
         max_seconds=max_seconds,
         slices=slices,
+        batch=batch,
         threads=parse_threads(threads),
         peers=peers,
         data=data,

@@ -57,11 +57,13 @@ class Candidate:
     ref_max: float | None = None  # max |logit| of ONNX Runtime fp32: the scale of the fp32 gate
     gate: str = ""  # the gate applied (its precision), see edgeseg.parity.GATES
     failures: list[str] = field(default_factory=list)  # failed gate checks, with numbers
+    hint: str = "latency"  # openvino: latency | throughput (RunnerSpec.hint)
 
     @property
     def name(self) -> str:
         threads = f"{self.threads}t" if self.threads else "default threads"
-        return f"{self.backend} {self.precision} {threads}"
+        mode = "" if self.hint == "latency" else f" {self.hint}"
+        return f"{self.backend} {self.precision} {threads}{mode}"
 
     @property
     def passed(self) -> bool:
@@ -139,6 +141,7 @@ class Choice:
     threads: int | None  # None: as the caller asked
     note: str  # one line for the user
     tuned: bool  # True: the pick of a matching deploy file
+    hint: str = "latency"  # openvino: latency | throughput
 
 
 def choose_backend(model: Path, here: Fingerprint | None = None) -> Choice:
@@ -186,7 +189,7 @@ def choose_backend(model: Path, here: Fingerprint | None = None) -> Choice:
         return _with_note(fallback, f"backend: ONNX Runtime fp32 ({path.name} {state}); {tune}")
     tuned = f"the tuned pick of {deploy_path(model).name}, p50 {pick.p50_ms:.1f} ms"
     note = f"backend: {pick.label or pick.name} on {path.name} ({tuned})"
-    return Choice(path, pick.backend, pick.precision, pick.threads or None, note, tuned=True)
+    return Choice(path, pick.backend, pick.precision, pick.threads or None, note, tuned=True, hint=pick.hint)
 
 
 def _with_note(choice: Choice, note: str) -> Choice:

@@ -153,6 +153,7 @@ def choose_runner(model: Path, config: InferConfig) -> tuple[Path, RunnerSpec, s
         cpu if choice.backend == "openvino" else ort,
         precision=choice.precision,
         threads=config.threads or choice.threads or 0,
+        hint=choice.hint,
     )
     return choice.path, spec, choice.note
 

@@ -13,6 +13,11 @@
 * ``default``: no hints at all, what a user gets from ``compile_model(path, "CPU")``: the peer
   that ``edgeseg tune`` compares with.
 
+Two modes (``RunnerSpec.hint``): ``latency`` (the default) compiles for one synchronous request
+at a time, all threads on it; ``throughput`` asks for OpenVINO's THROUGHPUT hint and runs a
+batch's slices as parallel requests, one per CPU stream (``NUM_STREAMS``: 0 lets OpenVINO choose,
+else that many), for batched volumes where no single slice waits.
+
 What really ran is read back from the compiled model's runtime graph (each Convolution's
 ``runtimePrecision``), never assumed from the hint: :func:`ran_precision`.
 """
@@ -25,11 +30,20 @@ from typing import Any
 from edgeseg.errors import EdgesegError
 
 PRECISIONS = ("fp32", "bf16", "int8", "default")
+MODES = ("latency", "throughput")
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the layers kept float run f32
 LOW = {"u8": "int8", "i8": "int8", "bf16": "bf16", "f16": "fp16"}  # runtimePrecision -> our name
 
 
-def openvino_config(precision: str, threads: int, file_precision: str, has_bf16: bool, cpu: str) -> dict[str, Any]:
+def openvino_config(
+    precision: str,
+    threads: int,
+    file_precision: str,
+    has_bf16: bool,
+    cpu: str,
+    hint: str = "latency",
+    streams: int = 0,
+) -> dict[str, Any]:
     """``compile_model`` properties for one precision, or EdgesegError saying why it cannot run.
 
     Args:
@@ -38,7 +52,13 @@ def openvino_config(precision: str, threads: int, file_precision: str, has_bf16:
         file_precision: the file's ``edgeseg.precision`` (``int8`` needs the QDQ file).
         has_bf16: the CPU has AVX512-BF16 or AMX (:attr:`edgeseg.machine.Fingerprint.has_bf16`).
         cpu: the CPU's model name, for the refusal.
+        hint: ``latency`` or ``throughput`` (see the module's text).
+        streams: ``NUM_STREAMS`` in throughput mode; 0 = OpenVINO's choice.
     """
+    if hint not in MODES:
+        raise EdgesegError(f"OpenVINO mode {hint!r}: choose one of {', '.join(MODES)}")
+    if streams < 0 or (streams and hint != "throughput"):
+        raise EdgesegError(f"OpenVINO streams={streams}: give 0, or a positive count with the throughput mode")
     if precision not in PRECISIONS:
         raise EdgesegError(f"OpenVINO precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "bf16" and not has_bf16:
@@ -50,10 +70,12 @@ def openvino_config(precision: str, threads: int, file_precision: str, has_bf16:
             f"OpenVINO int8 runs the QDQ file X_int8.onnx (edgeseg export --int8), not an {file_precision} file"
         )
     if precision == "default":
-        return {}
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": HINTS[precision]}
+        return {} if hint == "latency" else {"PERFORMANCE_HINT": "THROUGHPUT"}
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": HINTS[precision]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if streams:
+        config["NUM_STREAMS"] = int(streams)
     return config
 
 

@@ -286,11 +286,9 @@ def _robustness_section(rows: list[dict[str, Any]] | None) -> list[str]:
 
 
 SHIPPED_RECIPE = [  # how export/ is made; the last line is what regenerates this card
-    "edgeseg train --name default            # 8 epochs on the demo set, 3-D regions split; runs/default/best.pt",
+    "edgeseg train --name default            # 14 epochs on the demo set, 3-D regions split; runs/default/best.pt",
+    "cp runs/default/best.pt export/model.pt",
     "cp runs/default/curves.png runs/default/predictions.png runs/default/history.json export/",
-    "python -c 'from pathlib import Path; from edgeseg.evaluate import reframe_checkpoint;"
-    ' reframe_checkpoint(Path("runs/default/best.pt"), Path("export/model.pt"))\''
-    "  # the 2026-11-27 run was contract 2; copy a contract-3 run's best.pt instead",
     "edgeseg export export/model.pt --out export --fp16 --int8 --calib 32 --calib-method percentile",
     "python -c 'from pathlib import Path; from edgeseg.model import load_checkpoint;"
     " from edgeseg.parity import load_eval_data; from edgeseg.parity_report import write_model_card;"

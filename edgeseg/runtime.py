@@ -268,6 +268,8 @@ class RunnerSpec:
     outputs: tuple[str, ...] = ("labels",)  # fetched by run(); labels only is the cheapest
     levers: SessionLevers = SessionLevers()  # ort only
     io_binding: bool = False  # ort only: bind a preallocated labels buffer per input shape
+    hint: str = "latency"  # openvino only: latency (one request) | throughput (slices in parallel streams)
+    streams: int = 0  # openvino throughput only: NUM_STREAMS; 0 = OpenVINO's choice
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunnerSpec:
@@ -357,12 +359,15 @@ class OrtRunner(Runner):
 
 
 class OpenVinoRunner(Runner):
-    """OpenVINO's CPU plugin on the same ONNX files, latency hint, synchronous requests.
+    """OpenVINO's CPU plugin on the same ONNX files.
 
     :func:`edgeseg.openvino_backend.openvino_config` turns ``spec.precision`` into an explicit
     precision hint (OpenVINO's CPU default is bf16 wherever the CPU has it) and refuses bf16 on
     a CPU without AVX512-BF16 or AMX; an int8 QDQ file runs its quantised convs in u8/i8.
     ``precision`` and ``label`` are read back from the compiled model's convolutions.
+
+    ``spec.hint``: ``latency`` runs each batch as one synchronous request; ``throughput`` runs
+    a batch's slices as parallel asynchronous requests, one per stream OpenVINO compiled.
     """
 
     def __init__(self, path: Path, spec: RunnerSpec) -> None:
@@ -374,7 +379,9 @@ class OpenVinoRunner(Runner):
         from edgeseg.openvino_backend import openvino_config, ran_precision
 
         here, info = fingerprint(), read_model_info(path)
-        config = openvino_config(spec.precision, spec.threads, info.precision, here.has_bf16, here.cpu)
+        config = openvino_config(
+            spec.precision, spec.threads, info.precision, here.has_bf16, here.cpu, spec.hint, spec.streams
+        )
         version = ov.__version__.split("-")[0]
         try:
             compiled = ov.Core().compile_model(str(path), "CPU", config)
@@ -382,14 +389,38 @@ class OpenVinoRunner(Runner):
             raise EdgesegError(
                 f"{path}: OpenVINO {version} cannot compile it ({describe(exc)}); try --backend ort"
             ) from exc
-        self.request = compiled.create_infer_request()
         self.ports = {name: compiled.output(name) for name in spec.outputs}
         self.precision, detail = ran_precision(compiled)
+        self.queue = None
+        if spec.hint == "throughput":
+            jobs = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self.queue = ov.AsyncInferQueue(compiled, jobs)
+            streams = compiled.get_property("NUM_STREAMS")
+            detail += f"; throughput: {streams} streams, {jobs} requests"
+        else:
+            self.request = compiled.create_infer_request()
         self.label = f"OpenVINO {version} CPU {self.precision} ({detail})"
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        result = self.request.infer({INPUT_NAME: x})
-        return {name: result[port] for name, port in self.ports.items()}
+        if self.queue is None:
+            result = self.request.infer({INPUT_NAME: x})
+            return {name: result[port] for name, port in self.ports.items()}
+        return self._run_parallel(x)
+
+    def _run_parallel(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Each slice of the batch as its own request; results gathered in the batch's order."""
+        parts: list[dict[str, np.ndarray] | None] = [None] * len(x)
+
+        def done(request: Any, i: int) -> None:
+            parts[i] = {name: request.get_tensor(port).data.copy() for name, port in self.ports.items()}
+
+        self.queue.set_callback(done)
+        for i in range(len(x)):
+            self.queue.start_async({INPUT_NAME: np.ascontiguousarray(x[i : i + 1])}, i)
+        self.queue.wait_all()
+        if any(p is None for p in parts):
+            raise EdgesegError("OpenVINO: a throughput request finished without its outputs")
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.ports}
 
 
 class CRunner(Runner):

@@ -20,7 +20,7 @@ class TrainConfig:
 
     preset: str = "default"  # "default" (fast on 2 CPU cores) or "tutorial" (its exact recipe)
     data: str | None = None  # dataset root in the tutorial layout; None builds the demo MRI set
-    epochs: int = 8  # passes over the training slices
+    epochs: int = 14  # passes over the training slices (14: 0.873 on the slab split in 8.5 min, 2 cores)
     batch_size: int = 16  # patches per step (the tutorial: 16 full slices)
     lr: float = 2e-3  # peak learning rate of the one-cycle schedule
     weight_decay: float = 1e-4  # AdamW decoupled weight decay; 0 gives the tutorial's plain Adam

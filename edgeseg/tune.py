@@ -6,14 +6,17 @@ For the fp32 ``MODEL`` (default the shipped ``export/model.onnx``) and its sibli
 (``X_fp16.onnx``, ``X_int8.onnx``, ``X.pt``), :func:`tune` runs each candidate in a fresh
 child interpreter (:func:`edgeseg.measure.run_child`), one after the other: one runtime's
 spinning threads would otherwise slow the next one (1.3x seen between ORT and OpenVINO).
-Each child loads its backend (:func:`edgeseg.runtime.open_runner`), times batch-1 394² slices
-after warm-up (p50/p99), reads its peak RSS, then runs the held-out slices and compares its
+Each child loads its backend (:func:`edgeseg.runtime.open_runner`), times 394² batches of the
+target's size after warm-up (p50/p99 per batch), reads its peak RSS, then runs the held-out slices and compares its
 logits and labels with ONNX Runtime fp32's on the same slices (run first, by the same
 child code). Each candidate is gated by its precision (:data:`edgeseg.parity.GATES`).
 
 Candidates: ONNX Runtime fp32/fp16/int8, OpenVINO fp32 (explicit f32 hint), bf16 (only where
 the CPU has AVX512-BF16 or AMX; elsewhere listed as skipped with the reason) and int8 (our QDQ
-file), each at 1 thread and at all cores (at most the target's threads). Peers, timed in the
+file), each at 1 thread and at all cores (at most the target's threads). At a batch above 1 (a
+throughput target such as ``clinical-cpu``), OpenVINO is also timed in its throughput mode
+(the THROUGHPUT hint: the batch's slices as parallel requests on CPU streams) at all cores,
+and the timing is shortened to one warm-up and at least 3 runs (a batch of 32 takes seconds). Peers, timed in the
 same run and never picked: eager PyTorch on ``X.pt`` when torch is importable, and OpenVINO
 with its own defaults (no hints) on ``X.onnx``, what a user would pick by hand.
 
@@ -50,6 +53,7 @@ class TuneConfig:
     target: str = "edge-x86"  # bench/targets.toml profile: its threads cap and RSS budget apply
     targets_file: Path | None = None  # None = the shipped bench/targets.toml
     size: int = 394  # slice side timed (the tutorial's)
+    batch: int | None = None  # slices per timed inference; None = the target's batch
     warmup: int = 3  # untimed inferences first
     runs: int = 30  # timed inferences per candidate at most
     min_runs: int = 5  # at least
@@ -64,8 +68,11 @@ class TuneConfig:
 # ----------------------------------------------------------------------------- candidates
 
 
-def list_candidates(model: Path, here: Fingerprint, threads: tuple[int, ...], peers: bool = True) -> list[Candidate]:
-    """Every backend x precision x threads worth timing here; the impossible ones as skipped rows."""
+def list_candidates(
+    model: Path, here: Fingerprint, threads: tuple[int, ...], peers: bool = True, batch: int = 1
+) -> list[Candidate]:
+    """Every backend x precision x threads (x OpenVINO mode at a batch above 1) worth timing here;
+    the impossible ones as skipped rows."""
     import importlib.util
 
     from edgeseg.artifacts import ArtifactPaths
@@ -81,6 +88,8 @@ def list_candidates(model: Path, here: Fingerprint, threads: tuple[int, ...], pe
                 out.append(
                     Candidate(backend, precision, t, file.name, status="skip" if reason else "", reason=reason or "")
                 )
+            if backend == "openvino" and batch > 1 and not reason:
+                out.append(Candidate(backend, precision, threads[-1], file.name, hint="throughput"))
     if peers:
         pt = paths.checkpoint
         eager = "" if pt.is_file() else f"{pt.name} not found (the checkpoint beside the model)"
@@ -149,7 +158,7 @@ def child_main(spec_json: str) -> None:
 def candidate_child(spec: dict[str, Any]) -> dict[str, Any]:
     """Inside a fresh interpreter: load, time, read peak RSS, then score on the held-out slices.
 
-    ``spec``: ``path``, ``runner`` (RunnerSpec fields), ``size``, ``warmup``, ``runs``,
+    ``spec``: ``path``, ``runner`` (RunnerSpec fields), ``batch``, ``size``, ``warmup``, ``runs``,
     ``min_runs``, ``max_seconds``, ``eval`` (npz of images and masks), ``reference`` (npz
     of ORT fp32 logits, or None for the reference itself, which writes it to ``write_ref``).
     """
@@ -158,7 +167,7 @@ def candidate_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     runner_spec = RunnerSpec(**{**spec["runner"], "outputs": ("logits", "labels")})
     runner = open_runner(Path(spec["path"]), runner_spec)
-    x = synthetic_batch(1, spec["size"])
+    x = synthetic_batch(spec.get("batch", 1), spec["size"])
     seconds = time_runs(runner.labels, x, spec["warmup"], spec["runs"], spec["min_runs"], spec["max_seconds"])
     rss, torch_free = peak_rss_mb(), "torch" not in sys.modules
     ms = np.asarray(seconds) * 1e3
@@ -221,7 +230,10 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     target = select_targets(load_targets(config.targets_file or DEFAULT_TARGETS), config.target)[0]
     here = fingerprint()
     threads = thread_settings(here.cores, target.threads, config.threads)
-    candidates = list_candidates(model, here, threads, config.peers)
+    batch = config.batch or target.batch
+    if batch > 1:  # a batch of 32 takes seconds: shorter warm-up, fewer runs
+        config = replace(config, warmup=min(config.warmup, 1), min_runs=min(config.min_runs, 3))
+    candidates = list_candidates(model, here, threads, config.peers, batch)
     load_start = os.getloadavg()
     images, masks, source = held_out_slices(model, config.slices, config.data)
     with tempfile.TemporaryDirectory(prefix="edgeseg-tune-") as tmp:
@@ -230,11 +242,11 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
         first = next(
             i for i, c in enumerate(candidates) if (c.backend, c.precision, c.threads) == REFERENCE[:2] + (threads[-1],)
         )
-        reference = _measure(model, candidates[first], config, held, None, Path(tmp) / "ref.npz", log)
+        reference = _measure(model, candidates[first], config, batch, held, None, Path(tmp) / "ref.npz", log)
         if reference.status != "ok":
             raise EdgesegError(f"{model}: ONNX Runtime fp32 (the reference) failed: {reference.reason}; re-export it")
         measured = [
-            reference if i == first else _measure(model, c, config, held, Path(tmp) / "ref.npz", None, log)
+            reference if i == first else _measure(model, c, config, batch, held, Path(tmp) / "ref.npz", None, log)
             for i, c in enumerate(candidates)
         ]
     for c in measured:
@@ -245,6 +257,7 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     settings = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "threads": list(threads),
+        "batch": batch,
         "eval": source,
         "reference_miou": reference.miou,
         "load_avg_start": [round(v, 2) for v in load_start],
@@ -259,7 +272,14 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
 
 
 def _measure(
-    model: Path, c: Candidate, config: TuneConfig, held: Path, reference: Path | None, write_ref: Path | None, log: Any
+    model: Path,
+    c: Candidate,
+    config: TuneConfig,
+    batch: int,
+    held: Path,
+    reference: Path | None,
+    write_ref: Path | None,
+    log: Any,
 ) -> Candidate:
     """Run one candidate's child; a failure is a ``fail`` row with the child's last line."""
     from edgeseg.files import sha256_file
@@ -271,7 +291,10 @@ def _measure(
         log(f"{c.name} ({c.file}) ...")
     path = model.with_name(c.file)
     runner = {"backend": c.backend, "precision": c.precision, "threads": c.threads, "device": "cpu"}
+    if c.hint != "latency":
+        runner["hint"] = c.hint
     spec = {
+        "batch": batch,
         "mode": "tune",  # run_child names it in its errors
         "path": str(path),
         "runner": runner,
@@ -282,6 +305,7 @@ def _measure(
     }
     try:
         result = run_child(spec, c.threads, timeout=config.timeout_s, module="edgeseg.tune")
+        # run_child sizes BLAS pools to c.threads; a throughput candidate splits them over streams
     except Exception as exc:  # a backend that cannot load or run is a row, not a crashed tune
         return replace(c, status="fail", reason=str(exc).removeprefix("tune helper failed: ")[:300])
     return replace(c, status="ok", sha256=sha256_file(path), **result)
@@ -334,8 +358,10 @@ def table(plan: DeployPlan) -> Any:
     def num(v: float | None, fmt: str) -> str:
         return "—" if v is None else format(v, fmt)
 
-    t = Table(title=f"edgeseg tune: {plan.model} on {plan.machine.cpu}")
-    for col in ("", "backend", "asked", "ran", "threads", "p50 ms", "p99 ms", "RSS MB", "ΔmIoU", "agree %", "gate"):
+    t = Table(title=f"edgeseg tune: {plan.model} on {plan.machine.cpu}, batch {plan.settings.get('batch', 1)}")
+    batch = int(plan.settings.get("batch", 1))
+    cols = ("", "backend", "asked", "ran", "threads", "p50 ms", "p99 ms", "slices/s", "RSS MB", "ΔmIoU", "agree %")
+    for col in (*cols, "gate"):
         t.add_column(col)
     for i, c in enumerate(plan.candidates):
         if c.status == "ok":
@@ -348,9 +374,10 @@ def table(plan: DeployPlan) -> Any:
             c.label or c.backend,
             c.precision,
             c.ran_precision or "—",
-            str(c.threads or "default"),
+            str(c.threads or "default") + ("" if c.hint == "latency" else f", {c.hint}"),
             num(c.p50_ms, ".1f"),
             num(c.p99_ms, ".1f"),
+            num(None if not c.p50_ms else 1e3 * batch / c.p50_ms, ".1f"),
             num(c.rss_mb, ".0f"),
             num(None if c.d_miou is None else 100 * c.d_miou, "+.2f") + (" pt" if c.d_miou is not None else ""),
             num(None if c.agreement is None else 100 * c.agreement, ".2f"),

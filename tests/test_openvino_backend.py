@@ -93,3 +93,43 @@ def test_int8_qdq_file_runs_int8_convs(tiny_onnx: Path, tiny_dataset, tmp_path: 
     assert runner.precision == "int8" and ("convs u8" in runner.label or "convs i8" in runner.label)
     with pytest.raises(EdgesegError, match="OpenVINO int8 runs the QDQ file"):
         open_runner(tiny_onnx, RunnerSpec("openvino", precision="int8"))
+
+
+@pytest.mark.parametrize(
+    ("hint", "streams", "expected"),
+    [
+        ("throughput", 0, {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32"}),
+        ("throughput", 2, {"PERFORMANCE_HINT": "THROUGHPUT", "INFERENCE_PRECISION_HINT": "f32", "NUM_STREAMS": 2}),
+        ("latency", 0, {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}),
+    ],
+)
+def test_config_per_mode(hint: str, streams: int, expected: dict) -> None:
+    assert openvino_config("fp32", 0, "fp32", has_bf16=False, cpu="x", hint=hint, streams=streams) == expected
+
+
+@pytest.mark.parametrize(("hint", "streams"), [("fast", 0), ("latency", 2), ("throughput", -1)])
+def test_bad_mode_or_streams_is_refused(hint: str, streams: int) -> None:
+    with pytest.raises(EdgesegError, match="OpenVINO (mode|streams)"):
+        openvino_config("fp32", 0, "fp32", has_bf16=False, cpu="x", hint=hint, streams=streams)
+
+
+@needs_openvino
+@pytest.mark.parametrize("streams", [0, 2])
+def test_throughput_mode_runs_the_batch_in_parallel_and_keeps_its_order(tiny_onnx: Path, streams: int) -> None:
+    """Each slice of a batch goes to its own request; the results come back in the batch's order."""
+    spec = RunnerSpec("openvino", precision="fp32", outputs=("logits", "labels"), hint="throughput", streams=streams)
+    runner = open_runner(tiny_onnx, spec)
+    assert "throughput:" in runner.label and "streams" in runner.label
+    if streams:
+        assert f"throughput: {streams} streams" in runner.label
+    rng = np.random.default_rng(3)
+    x = np.stack([rng.gamma(2.0, 300.0 * (k + 1), (1, 72, 88)) for k in range(5)]).astype(np.float32)
+    x[2] = 0.0  # one blank slice among real ones: a mixed-up order would show
+    out = runner.run(x)
+    ref = ort_logits(tiny_onnx, x)
+    assert out["logits"].shape == ref.shape and out["labels"].shape == (5, 72, 88)
+    assert np.abs(out["logits"] - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max())
+    for k in range(5):  # slice by slice, so a swap of two slices cannot hide in a batch-wide figure
+        assert (out["labels"][k] == ref[k].argmax(0)).mean() >= 0.9999, k
+    again = runner.run(x[:1])  # the queue is reused; a batch of one works too
+    assert np.array_equal(again["labels"], out["labels"][:1])

@@ -182,6 +182,52 @@ def test_a_stale_pick_falls_back(tuned, tmp_path: Path) -> None:  # noqa: ANN001
     assert "changed since it was tuned" in choice.note
 
 
+@pytest.mark.slow
+def test_tune_at_a_batch_times_openvino_throughput_and_infer_follows_it(tuned, tmp_path: Path) -> None:  # noqa: ANN001
+    """``--batch 4``: every candidate times 4-slice batches; OpenVINO also runs in its throughput mode."""
+    pytest.importorskip("openvino")
+    folder, _, _ = tuned
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    model = copy / "tiny.onnx"
+    proc = edgeseg(
+        "tune",
+        str(model),
+        "--target",
+        "clinical-cpu",
+        "--batch",
+        "4",
+        "--runs",
+        "3",
+        "--max-seconds",
+        "1",
+        "--slices",
+        "2",
+        "--no-peers",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "batch 4" in proc.stdout and "slices/s" in proc.stdout
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    assert plan.settings["batch"] == 4 and plan.target == "clinical-cpu"
+    fast = [c for c in plan.candidates if c.hint == "throughput"]
+    assert {c.precision for c in fast} >= {"fp32"} and all(c.backend == "openvino" for c in fast)
+    ok = [c for c in fast if c.status == "ok"]
+    assert ok and all("throughput:" in c.label and c.name.endswith("throughput") for c in ok)
+    fp32 = next(c for c in ok if c.precision == "fp32")
+    assert fp32.passed, fp32.failures  # the same logits as ORT fp32, slice by slice
+    # a throughput pick reaches infer: the runner it builds runs in that mode
+    record = json.loads(deploy_path(model).read_text())
+    record["pick"] = plan.candidates.index(fp32)
+    deploy_path(model).write_text(json.dumps(record))
+    choice = choose_backend(model)
+    assert choice.tuned and choice.hint == "throughput" and choice.backend == "openvino"
+    scan = tmp_path / "vol.npy"
+    np.save(scan, np.random.default_rng(2).normal(400, 100, (6, 64, 72)).astype(np.float32))
+    out = edgeseg("infer", str(scan), "--model", str(model), "--out", str(tmp_path / "o"))
+    assert out.returncode == 0, out.stderr
+    assert "throughput:" in out.stdout and "the tuned pick of tiny.deploy.json" in out.stdout
+
+
 def test_tune_bad_threads_is_one_line(tiny_onnx: Path) -> None:
     proc = edgeseg("tune", str(tiny_onnx), "--threads", "0,x")
     lines = proc.stderr.strip().splitlines()
