@@ -180,8 +180,10 @@ def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: li
         f" {(ckpt.get('data') or {}).get('split_note') or 'contiguous slabs'}"
         f" ({next(iter(formats.values()))['slices']} slices scored); held-out voxels supervise"
         " no training pixel in any plane or orientation.",
-        f"Checkpoint SHA-256 `{parity['checkpoint_sha256']}`, best of"
-        f" {len(ckpt.get('history') or []) or '?'} epochs: epoch {int(ckpt.get('epoch', -2)) + 1}.",
+        f"Checkpoint SHA-256 `{parity['checkpoint_sha256']}`, the epoch of the run's"
+        f" {(ckpt.get('train_config') or {}).get('epochs') or len(ckpt.get('history') or []) or '?'} with the best"
+        f" held-out mIoU: epoch {int(ckpt.get('epoch', -2)) + 1} (chosen on the held-out slices it is scored on,"
+        " so its figure is slightly optimistic; the history gives every epoch's).",
         *_reframed_line(ckpt),
         f"Normalisation contract {config.contract}.",
         "",

@@ -18,7 +18,9 @@ throughput target such as ``clinical-cpu``), OpenVINO is also timed in its throu
 (the THROUGHPUT hint: the batch's slices as parallel requests on CPU streams) at all cores,
 and the timing is shortened to one warm-up and at least 3 runs (a batch of 32 takes seconds). Peers, timed in the
 same run and never picked: eager PyTorch on ``X.pt`` when torch is importable, and OpenVINO
-with its own defaults (no hints) on ``X.onnx``, what a user would pick by hand.
+with its own defaults (no hints, the file's dynamic shapes) on ``X.onnx``, what a user gets from
+``compile_model(path, "CPU")``. OpenVINO candidates are compiled for the timed shape (the
+runner's ``static`` shapes, :class:`edgeseg.runtime.OpenVinoRunner`).
 
 The pick is the fastest p50 among candidates that pass their gate and fit the target's RSS
 budget (``rss_mb`` in bench/targets.toml); ``MODEL.deploy.json`` (:mod:`edgeseg.deploy`) is
@@ -293,6 +295,8 @@ def _measure(
     runner = {"backend": c.backend, "precision": c.precision, "threads": c.threads, "device": "cpu"}
     if c.hint != "latency":
         runner["hint"] = c.hint
+    if c.backend == "openvino" and c.role == "peer":  # what compile_model(path, "CPU") gives a user
+        runner["shapes"] = "dynamic"
     spec = {
         "batch": batch,
         "mode": "tune",  # run_child names it in its errors

@@ -24,6 +24,7 @@ ORDER = [
     "files",
     "machine",
     "sizes",
+    "onnx_header",
     "artifacts",
     "metrics",
     # reading and writing scans (torch-free)

@@ -133,3 +133,30 @@ def test_throughput_mode_runs_the_batch_in_parallel_and_keeps_its_order(tiny_onn
         assert (out["labels"][k] == ref[k].argmax(0)).mean() >= 0.9999, k
     again = runner.run(x[:1])  # the queue is reused; a batch of one works too
     assert np.array_equal(again["labels"], out["labels"][:1])
+
+
+@needs_openvino
+def test_static_shapes_compile_per_shape_and_keep_the_last_few(tiny_onnx: Path) -> None:
+    """Each new input shape gets its own compiled graph (the fast path); old ones are dropped."""
+    from edgeseg.runtime import OV_SHAPES
+
+    runner = open_runner(tiny_onnx, RunnerSpec("openvino", precision="fp32", outputs=("logits",)))
+    dynamic = open_runner(tiny_onnx, RunnerSpec("openvino", precision="fp32", outputs=("logits",), shapes="dynamic"))
+    assert "static shapes" in runner.label and "dynamic shapes" in dynamic.label
+    rng = np.random.default_rng(4)
+    shapes = [(1, 1, 64, 80), (3, 1, 64, 80), (1, 1, 97, 131), (1, 1, 64, 80)]
+    for shape in shapes:
+        x = rng.gamma(2.0, 300.0, shape).astype(np.float32)
+        ref = ort_logits(tiny_onnx, x)
+        for r in (runner, dynamic):
+            out = r.run(x)["logits"]
+            assert out.shape == ref.shape and np.abs(out - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()), shape
+        assert shape in runner.compiled and len(runner.compiled) <= OV_SHAPES
+    assert list(runner.compiled) == [(1, 1, 97, 131), (1, 1, 64, 80)][-OV_SHAPES:]  # most recent last
+    assert list(dynamic.compiled) == [None]  # one graph for every shape
+
+
+@needs_openvino
+def test_unknown_shapes_mode_is_refused(tiny_onnx: Path) -> None:
+    with pytest.raises(EdgesegError, match="OpenVINO shapes 'fixed'"):
+        open_runner(tiny_onnx, RunnerSpec("openvino", shapes="fixed"))
