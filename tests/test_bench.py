@@ -92,6 +92,8 @@ BAD_TARGETS = [
     ("[a]\nprovider = 'cpu'\nbatch = 0\n", ["[a]", "batch must be >= 1"]),
     ("[a]\nprecision = 'fp32'\n", ["[a]", "provider"]),
     ("[a\nprovider = 'cpu'\n", ["not valid TOML"]),
+    ("[a]\nprovider = 'cpu'\nhint = 'throughput'\n", ["[a]", "hint 'throughput'", "provider openvino"]),
+    ("[a]\nprovider = 'openvino'\nhint = 'fast'\n", ["[a]", "hint 'fast'"]),
 ]
 
 
@@ -103,6 +105,20 @@ def test_bad_targets_file_names_file_and_target(tmp_path: Path, text: str, words
     assert str(path) in str(err.value)
     for word in words:
         assert word in str(err.value)
+
+
+def test_a_throughput_target_runs_openvino_streams_and_says_so(tiny_onnx: Path) -> None:
+    """The shipped clinical-cpu-openvino profile, on the tiny model: a batch's slices in parallel requests."""
+    pytest.importorskip("openvino")
+    from edgeseg.bench import _Context, bench_target
+
+    target = load_targets(DEFAULT_TARGETS)["clinical-cpu-openvino"]
+    assert (target.provider, target.hint, target.batch) == ("openvino", "throughput", 8)
+    config = BenchConfig(**{**FAST, "miou": False, "rss": False})
+    row = bench_target(tiny_onnx, target, config, _Context(tiny_onnx, config))
+    assert row.status == "ok", row.reason
+    assert "throughput:" in row.backend and "streams" in row.backend and row.batch == 8
+    assert row.latency_ms["p50"] > 0
 
 
 def test_missing_targets_file_and_unknown_target(tmp_path: Path) -> None:
