@@ -66,7 +66,9 @@ def export_pte(model: UNet, out: Path, calib_images: list[np.ndarray] | None = N
 
     from edgeseg.model import inference_form, with_labels
 
-    net = with_labels(inference_form(model))
+    fused = inference_form(model)
+    fused.frame_form = "remainder"  # the same frame, in a form torch.export proves for every H, W
+    net = with_labels(fused)
     side = model.config.min_size
     # A freshly allocated, normally strided example: a zero-stride view makes to_executorch() fail.
     example = (torch.rand(1, model.config.in_channels, 2 * side + 1, 2 * side + 3) * 600.0).contiguous()
@@ -95,7 +97,11 @@ def _quantized(program: Any, calib_images: list[np.ndarray]) -> torch.nn.Module:
     def quantise(node: torch.fx.Node) -> bool:
         stack = node.meta.get("nn_module_stack") or {}
         names = [str(entry[0]).removeprefix("L['self'].").removeprefix("net.") for entry in stack.values()]
-        return not any(n == f or n.startswith(f"{f}.") for n in names for f in FLOAT_MODULES)
+        # Ops of the top-level forward stay float: contract 3's aligned frame (the shifted windows
+        # of the input and of the logits, exact 0/1-weighted sums) and the argmax. Quantising the
+        # logits' window flipped labels (int8 |ΔmIoU| up to 0.038 on the shipped model).
+        inner = [n for n in names if n not in ("L['self']", "net", "")]
+        return bool(inner) and not any(n == f or n.startswith(f"{f}.") for n in inner for f in FLOAT_MODULES)
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     quantizer.set_filter_function(quantise)

@@ -181,7 +181,9 @@ def _window(
     return out
 
 
-def aligned_frame(segment: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: int) -> torch.Tensor:
+def aligned_frame(
+    segment: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid: int, frame_form: str = "floor"
+) -> torch.Tensor:
     """Run ``segment`` with each image's foreground on the pooling grid: ``(N, C, H, W) -> logits``.
 
     Max pooling and the stride-2 upsampling see a shifted image differently unless the shift
@@ -192,15 +194,27 @@ def aligned_frame(segment: Callable[[torch.Tensor], torch.Tensor], x: torch.Tens
     with a zero background then gets the same labels padded with zeros or cropped to its
     brain. One shift per image, so a slice's labels do not depend on its batch. Pads are
     static or computed from run-time sizes; the frame's size depends on H and W only.
+
+    ``frame_form`` writes the same frame side two ways. ``floor`` (ONNX): ``(n + g - 1) // g * g``,
+    from which the ONNX exporter proves the decoder's pads zero and drops them. ``remainder``
+    (ExecuTorch): ``n + (g - n % g) % g``, from which ``torch.export`` can prove the frame's pads
+    non-negative for every H, W in a bounded range (it cannot from the floor division).
     """
     m, g = ALIGN_MARGIN, grid
     fg = (x != 0).amax(dim=1)  # (N, H, W)
     rows, cols = _first_foreground(fg.amax(dim=2)), _first_foreground(fg.amax(dim=1))
-    shift_y = torch.remainder(-rows, g)  # (N,) zero rows added above the margin, 0..g-1 (float)
-    shift_x = torch.remainder(-cols, g)
+    # (N,) zero rows added above the margin, 0..g-1 (float): (-rows) mod g with non-negative operands
+    shift_y = torch.remainder(g - torch.remainder(rows, g), g)
+    shift_x = torch.remainder(g - torch.remainder(cols, g), g)
     h, w = x.size(2), x.size(3)
-    frame_h = (h + 2 * m + 2 * g - 2) // g * g  # >= h + 2m + g - 1: room for any shift
-    frame_w = (w + 2 * m + 2 * g - 2) // g * g
+    # the least multiple of g >= h + 2m + g - 1 (room for any shift), written as that bound plus a
+    # remainder so that torch.export can prove every pad below non-negative (ExecuTorch's export
+    # with dynamic H, W failed on the floor-division form of the same number)
+    need_h, need_w = h + 2 * m + g - 1, w + 2 * m + g - 1  # room for any shift
+    if frame_form == "remainder":  # non-negative operands: C's and Python's % agree
+        frame_h, frame_w = need_h + (g - need_h % g) % g, need_w + (g - need_w % g) % g
+    else:
+        frame_h, frame_w = (need_h + g - 1) // g * g, (need_w + g - 1) // g * g
     padded = F.pad(x, (m + g - 1, frame_w - w - m, m + g - 1, frame_h - h - m))
     framed = _window(_window(padded, 0, g - 1 - shift_y, frame_h, 2, g), 0, g - 1 - shift_x, frame_w, 3, g)
     logits = segment(framed)
@@ -308,12 +322,15 @@ class UNet(nn.Module):
         self.downs = nn.ModuleList(Down(a, b) for a, b in zip(w[:-1], w[1:], strict=True))
         self.ups = nn.ModuleList(Up(b, a) for a, b in zip(reversed(w[:-1]), reversed(w[1:]), strict=True))
         self.head = nn.Conv2d(w[0], self.config.num_classes, 3, padding=1)
+        self.frame_form = "floor"  # how aligned_frame writes the frame's side: "remainder" for torch.export
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             check_input_shape(tuple(x.shape), self.config)
         x = self.normalize(x)
-        return aligned_frame(self.segment, x, self.config.grid) if self.config.aligned else self.segment(x)
+        if not self.config.aligned:
+            return self.segment(x)
+        return aligned_frame(self.segment, x, self.config.grid, self.frame_form)
 
     def segment(self, x: torch.Tensor) -> torch.Tensor:
         """The network after normalisation: normalised ``(N, Cin, H, W)`` -> logits.

@@ -295,3 +295,22 @@ def test_aligned_logits_of_an_image_do_not_depend_on_its_batch(trained_like: UNe
         together = trained_like(x)
         alone = torch.cat([trained_like(x[n : n + 1]) for n in range(4)])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_both_frame_forms_are_the_same_frame() -> None:
+    """aligned_frame's ``floor`` (ONNX) and ``remainder`` (ExecuTorch) forms give the same logits at every size."""
+    import torch
+
+    from edgeseg.model import UNet
+
+    torch.manual_seed(0)
+    net = UNet().eval()
+    for h, w in [(16, 16), (17, 23), (64, 71), (129, 96), (394, 394)]:
+        x = torch.rand(2, 1, h, w) * 900
+        x[1, :, : h // 3] = 0  # a second image with another shift in the same batch
+        with torch.no_grad():
+            net.frame_form = "floor"
+            a = net(x)
+            net.frame_form = "remainder"
+            b = net(x)
+        assert torch.equal(a, b), (h, w)
