@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import onnx
     import torch
 
+    from edgeseg.executorch_export import PteInt8Choice
     from edgeseg.parity import ParityReport
     from edgeseg.quantize import Int8Choice
 
@@ -78,6 +79,7 @@ class ExportReport:
     checkpoint: Path
     files: dict[str, Path] = field(default_factory=dict)  # precision -> file (fp32/fp16/int8/trt)
     int8: Int8Choice | None = None  # calibration choice, ΔmIoU, latencies
+    pte_int8: PteInt8Choice | None = None  # X_int8.pte's activation observer choice, ΔmIoU
     parity: ParityReport | None = None
     next_commands: list[str] = field(default_factory=list)
     triton: list[Any] = field(default_factory=list)  # edgeseg.triton.TritonModel, one per served model
@@ -282,11 +284,16 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     if config.executorch:
         from edgeseg.executorch_export import export_executorch
 
-        report.files.update(export_executorch(model, paths.onnx("fp32"), data.train_images, config.calib))
+        pte_files, report.pte_int8 = export_executorch(model, paths.onnx("fp32"), data, config.calib)
+        report.files.update(pte_files)
     if config.validate:
         parity = ParityConfig(sizes=size_table(config.slices, config.size_slices), providers=config.providers)
         report.parity = validate(list(report.files.values()), loaded, config=parity, eval_data=data)
-        report.parity.extra.update(export=_config_json(config), int8=asdict(report.int8) if report.int8 else {})
+        report.parity.extra.update(
+            export=_config_json(config),
+            int8=asdict(report.int8) if report.int8 else {},
+            pte_int8=asdict(report.pte_int8) if report.pte_int8 else {},
+        )
         report.parity.write(paths.parity)
     if config.triton is not None and (report.parity is None or report.parity.passed):
         from edgeseg.triton import TritonConfig, write_model_repository
@@ -354,6 +361,8 @@ def run_export(checkpoint: Path | None, config: ExportConfig) -> ExportReport:
         console.print(f"{precision:>5}  {path}  ({path.stat().st_size / 1e6:.2f} MB)")
     if report.int8:
         _print_int8(console, report.int8)
+    if report.pte_int8:
+        _print_pte_int8(console, report.pte_int8)
     for model in report.triton:
         console.print(f"triton  {model.platform}  {model.config}")
     if report.parity is not None:
@@ -375,4 +384,12 @@ def _print_int8(console: Any, int8: Int8Choice) -> None:
         f" weights, by worst |ΔmIoU| over 3 sizes ({tried}); {int8.calib_inputs} calibration"
         f" inputs from {int8.calib_slices} training slices; CPU latency 1x394x394: int8"
         f" {lat['int8']:.1f} ms vs fp32 {lat['fp32']:.1f} ms"
+    )
+
+
+def _print_pte_int8(console: Any, pte: PteInt8Choice) -> None:
+    tried = ", ".join(f"{k} {v.worst_d_miou:.4f}" for k, v in pte.candidates.items())
+    console.print(
+        f"int8 .pte: chose {pte.observer} activation ranges by worst |ΔmIoU| over 3 sizes through"
+        f" ExecuTorch ({tried}); {pte.calib_inputs} calibration inputs from {pte.calib_slices} training slices"
     )

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeseg.model import UNet
+    from edgeseg.runtime import RunnerSpec
     from edgeseg.split import HeldOut
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -348,9 +349,13 @@ def choose_int8(
     Returns:
         The :class:`Int8Choice`: every candidate's scores, the one kept, and the latencies.
     """
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.runtime import RunnerSpec
+
     methods = CALIB_METHODS if method == "auto" else (method,)
+    names = read_model_info(src).class_names
     calib_images = calibration_set(data.train_images, calib)
-    rows = _score_rows(data, model)
+    rows = score_rows(data, model)
     results: dict[str, Int8Candidate] = {}
     files: dict[str, Path] = {}
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
@@ -367,9 +372,8 @@ def choose_int8(
                     cache=Path(tmp) / f"{name}.json",
                 )
                 files[key] = path
-                results[key] = Int8Candidate(
-                    **_score(path, rows, threads), seconds=round(time.perf_counter() - start, 1)
-                )
+                spec = RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels"))
+                results[key] = score_int8(path, rows, spec, names, start)
         best = min(results, key=lambda k: (results[k].worst_d_miou, -results[k].agreement))
         os.replace(files[best], dst)  # same folder: atomic rename
     return Int8Choice(
@@ -382,8 +386,8 @@ def choose_int8(
     )
 
 
-def _score_rows(data: HeldOut, model: Any) -> list[dict[str, Any]]:
-    """Held-out batches at three sizes and their PyTorch reference logits."""
+def score_rows(data: HeldOut, model: Any) -> list[dict[str, Any]]:
+    """Held-out batches at :data:`SCORE_SIZES` and their PyTorch reference logits."""
     from edgeseg.model import reference_logits
     from edgeseg.split import size_batches
 
@@ -393,21 +397,30 @@ def _score_rows(data: HeldOut, model: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _score(path: Path, rows: list[dict[str, Any]], threads: int | None) -> dict[str, Any]:
-    """Per-size ΔmIoU, the worst |ΔmIoU| and pooled label agreement of one int8 candidate."""
-    from edgeseg.artifacts import read_model_info
-    from edgeseg.metrics import compare
-    from edgeseg.runtime import RunnerSpec, open_runner, run_batches
+def score_int8(
+    path: Path, rows: list[dict[str, Any]], spec: RunnerSpec, names: tuple[str, ...], start: float
+) -> Int8Candidate:
+    """Per-size ΔmIoU, worst |ΔmIoU| and pooled agreement of one int8 candidate run by ``spec``.
 
-    runner = open_runner(path, RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels")))
-    names = read_model_info(path).class_names
+    ``names``: the class names; ``start``: ``time.perf_counter()`` when the candidate's
+    calibration began (for ``seconds``).
+    """
+    from edgeseg.metrics import compare
+    from edgeseg.runtime import open_runner, run_batches
+
+    runner = open_runner(path, spec)
     d_miou, agree = {}, []
     for row in rows:
         logits, labels = run_batches(runner, row["inputs"])
         numbers = compare(row["ref"], logits, labels, row["masks"], names)
         d_miou[row["size"]] = numbers["d_miou"] or 0.0
         agree.append(numbers["agreement"])
-    return {"d_miou": d_miou, "worst_d_miou": max(abs(v) for v in d_miou.values()), "agreement": float(np.mean(agree))}
+    return Int8Candidate(
+        d_miou=d_miou,
+        worst_d_miou=max(abs(v) for v in d_miou.values()),
+        agreement=float(np.mean(agree)),
+        seconds=round(time.perf_counter() - start, 1),
+    )
 
 
 def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...] = (1, 1, 394, 394)) -> float:

@@ -60,6 +60,13 @@ def test_cli_writes_both_pte_files_and_gates_them(pte_export: tuple[Path, subpro
     int8 = [r for r in rows if r["precision"] == "int8"]
     assert max(abs(r["d_miou"]) for r in int8 if r["d_miou"] is not None) <= 0.005
     assert "tiny.pte" in proc.stdout and "tiny_int8.pte" in proc.stdout
+    # X_int8.pte is the candidate (activation observer) with the smallest worst |ΔmIoU| through ExecuTorch
+    choice = parity["pte_int8"]
+    scores = {k: v["worst_d_miou"] for k, v in choice["candidates"].items()}
+    assert set(scores) == {"minmax", "histogram"} and scores[choice["observer"]] == min(scores.values())
+    assert all(set(v["d_miou"]) == {"394x394", "256x257", "64x64"} for v in choice["candidates"].values())
+    assert f"int8 .pte: chose {choice['observer']}" in proc.stdout
+    assert "Failed to load" not in proc.stderr  # torchao's CUDA-library warnings stay quiet
 
 
 @pytest.mark.slow
