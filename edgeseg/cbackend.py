@@ -22,6 +22,7 @@ from edgeseg.cbuild import default_library
 from edgeseg.errors import EdgesegError
 
 PRECISIONS = {"f32": 0, "bf16": 1, "int8": 2}  # edgeseg_precision in csrc/include/edgeseg.h
+SHAPES = {"static": 0, "dynamic": 1}  # edgeseg_shapes in csrc/include/edgeseg.h
 FILE_PRECISION = {"fp32": "f32", "fp16": "f32", "int8": "int8"}  # bench's file precision -> ours
 ERROR_SIZE = 512  # EDGESEG_ERROR_SIZE
 
@@ -38,9 +39,9 @@ def load_library(path: Path) -> ctypes.CDLL:
         ) from None
     handle, size, text = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
     signatures = {
-        "edgeseg_open": (
+        "edgeseg_open_shapes": (
             ctypes.c_int,
-            [text, ctypes.c_int, ctypes.c_int, ctypes.POINTER(handle), ctypes.c_char_p, size],
+            [text, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.POINTER(handle), ctypes.c_char_p, size],
         ),
         "edgeseg_segment": (ctypes.c_int, [handle, ctypes.c_void_p, size, size, size, ctypes.c_void_p]),
         "edgeseg_metadata": (text, [handle, text]),
@@ -80,20 +81,37 @@ class CModel:
         path: the ``.onnx`` file (``X_int8.onnx`` with precision ``int8``).
         threads: inference threads; 0 = OpenVINO's default (one per physical core).
         precision: ``f32``, ``bf16`` (refused with the reason on CPUs without it) or ``int8``.
+        shapes: ``static`` compiles once per input shape (faster when shapes repeat, the last two
+            kept); ``dynamic`` compiles once, with the file's dynamic shapes.
         library: the ``libedgeseg.so``; default :func:`edgeseg.cbuild.default_library`.
 
     Raises:
         EdgesegError: the library cannot load, or libedgeseg refuses the model (its message).
     """
 
-    def __init__(self, path: str | Path, threads: int = 0, precision: str = "f32", library: Path | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 0,
+        precision: str = "f32",
+        library: Path | None = None,
+        shapes: str = "static",
+    ) -> None:
         if precision not in PRECISIONS:
             raise EdgesegError(f"precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if shapes not in SHAPES:
+            raise EdgesegError(f"shapes {shapes!r}; choose one of {', '.join(SHAPES)}")
         self._lib = load_library(Path(library) if library else default_library())
         self._handle = ctypes.c_void_p()
         error = ctypes.create_string_buffer(ERROR_SIZE)
-        status = self._lib.edgeseg_open(
-            str(path).encode(), int(threads), PRECISIONS[precision], ctypes.byref(self._handle), error, ERROR_SIZE
+        status = self._lib.edgeseg_open_shapes(
+            str(path).encode(),
+            int(threads),
+            PRECISIONS[precision],
+            SHAPES[shapes],
+            ctypes.byref(self._handle),
+            error,
+            ERROR_SIZE,
         )
         if status != 0:
             raise EdgesegError(error.value.decode(errors="replace"))
@@ -142,7 +160,10 @@ class CModel:
 
     @property
     def backend(self) -> str:
-        """What runs it, read back from the compiled model: e.g. ``OpenVINO 2026.4.1 CPU, f32, 2 threads``."""
+        """What runs it, read back from the compiled model.
+
+        E.g. ``OpenVINO 2026.4.1 CPU, f32, 2 threads, static shapes``.
+        """
         return self._lib.edgeseg_backend(self._live()).decode()
 
     def close(self) -> None:

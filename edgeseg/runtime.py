@@ -272,7 +272,7 @@ class RunnerSpec:
     io_binding: bool = False  # ort only: bind a preallocated labels buffer per input shape
     hint: str = "latency"  # openvino only: latency (one request) | throughput (slices in parallel streams)
     streams: int = 0  # openvino throughput only: NUM_STREAMS; 0 = OpenVINO's choice
-    shapes: str = "static"  # openvino only: compile per input shape (static, faster) or once (dynamic)
+    shapes: str = "static"  # openvino, c-openvino: compile per input shape (static, faster) or once (dynamic)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunnerSpec:
@@ -498,7 +498,7 @@ class CRunner(Runner):
         if spec.outputs != ("labels",):
             raise EdgesegError("backend c-openvino returns labels only; ask for outputs=('labels',)")
         self.precision = read_model_info(path).precision  # parsed once: the file's own precision
-        self.model = CModel(path, spec.threads, FILE_PRECISION[self.precision])
+        self.model = CModel(path, spec.threads, FILE_PRECISION[self.precision], shapes=spec.shapes)
         self.label = f"libedgeseg ({self.model.backend})"
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:

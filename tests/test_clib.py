@@ -217,6 +217,31 @@ def test_program_converts_other_dtypes_like_numpy(
     np.testing.assert_array_equal(labels, reference(typed.astype(np.float32)))
 
 
+def test_shapes_compiled_per_shape_keep_their_answers(cmodel, reference, slices: list[np.ndarray]) -> None:  # noqa: ANN001
+    """One handle meets 4 shapes, back and forth: each new shape is compiled (2 kept), each answer
+    equals OpenVINO's Python API on the file's dynamic shapes."""
+    assert cmodel.backend.endswith(", static shapes")
+    stacks = [make_stack(slices, h, w, n) for h, w, n in ((97, 131, 1), (64, 80, 2), (97, 131, 1), (393, 395, 3))]
+    for x in [*stacks, stacks[1], stacks[0]]:  # the last two were evicted: compiled again
+        np.testing.assert_array_equal(cmodel.segment(x), reference(x))
+
+
+def test_dynamic_shapes_compile_once_and_give_the_same_labels(
+    clib: CBuild, slices: list[np.ndarray], tmp_path: Path
+) -> None:
+    from edgeseg.cbackend import CModel
+
+    x = make_stack(slices, 97, 131, 3)
+    with CModel(SHIPPED_MODEL, THREADS, library=clib.library, shapes="dynamic") as dynamic:
+        assert dynamic.backend.endswith(", dynamic shapes")
+        labels = dynamic.segment(x)
+        np.testing.assert_array_equal(dynamic.segment(x[:1]), labels[:1])  # a second shape: no new compile needed
+    with CModel(SHIPPED_MODEL, THREADS, library=clib.library) as static:
+        np.testing.assert_array_equal(static.segment(x), labels)
+    program = segment_file(clib.program, SHIPPED_MODEL, x, tmp_path, "--batch", "2", "--shapes", "dynamic")
+    np.testing.assert_array_equal(program, labels)
+
+
 def test_known_answers_through_the_threshold_model(clib: CBuild, threshold_onnx: Path, tmp_path: Path) -> None:
     """labels = clip(round(x), 0, 2): class indices fed as intensities come back, in place."""
     from edgeseg.cbackend import CModel
@@ -320,7 +345,7 @@ def test_metadata_is_the_files_own(clib: CBuild, model: Path) -> None:
         assert m.class_names == info.class_names and m.min_size == info.min_size
         assert m.pixel_spacing_mm == info.pixel_spacing_mm and m.format == "edgeseg-onnx-v1"
         assert m.metadata("edgeseg.no_such_key") is None
-        assert m.backend.startswith("OpenVINO ") and m.backend.endswith(", f32, 2 threads")
+        assert m.backend.startswith("OpenVINO ") and m.backend.endswith(", f32, 2 threads, static shapes")
 
 
 def test_absent_metadata_is_reported_absent(clib: CBuild, threshold_onnx: Path) -> None:
@@ -496,6 +521,7 @@ def test_a_signal_mid_run_leaves_no_temporary_output(clib: CBuild, tmp_path: Pat
         ([], "give MODEL INPUT.npy OUTPUT.npy"),
         (["--threads", "-1", "m", "i", "o"], "--threads needs a whole number >= 0"),
         (["--precision", "fp64", "m", "i", "o"], "--precision needs f32, bf16 or int8"),
+        (["--shapes", "fixed", "m", "i", "o"], "--shapes needs static or dynamic"),
         (["--bogus", "m", "i", "o"], "unknown option '--bogus'"),
     ],
 )
@@ -518,6 +544,11 @@ def test_sanitizers_report_nothing(clib_asan: CBuild, clib: CBuild, slices: list
             np.testing.assert_array_equal(
                 sanitized, segment_file(clib.program, SHIPPED_MODEL, x, folder, "--batch", str(batch))
             )
+    folder = tmp_path / "evicted"  # 3 slices in batches of 2 and 1, after the probe: a shape evicted
+    folder.mkdir()
+    x = make_stack(slices, 97, 131, 3)
+    sanitized = segment_file(clib_asan.program, SHIPPED_MODEL, x, folder, "--batch", "2", env=SANITIZER_ENV)
+    np.testing.assert_array_equal(sanitized, segment_file(clib.program, SHIPPED_MODEL, x, folder, "--batch", "2"))
     for case in BAD_INPUTS:
         folder = tmp_path / case
         folder.mkdir()

@@ -2,7 +2,10 @@
  * libedgeseg: segment MRI slices with an edgeseg ONNX model through OpenVINO's C API.
  *
  * Raw float32 intensities in (the model normalises them itself), uint8 class labels out,
- * any H x W >= the model's minimum size, buffers owned by the caller. The library keeps no
+ * any H x W >= the model's minimum size, buffers owned by the caller. By default a handle
+ * compiles the model for each input shape (n, h, w) it meets, at that shape's first
+ * edgeseg_segment (~0.3 s), and keeps the last two: OpenVINO runs a static graph much faster
+ * (see EDGESEG_STATIC_SHAPES). edgeseg_open_shapes picks the file's dynamic shapes instead. The library keeps no
  * global state: every handle owns its OpenVINO core, compiled model and infer request, so
  * several threads may each use their own handle at the same time. A handle must not be
  * used by two threads at once. segment calls allocate nothing themselves (OpenVINO may).
@@ -44,6 +47,16 @@ typedef enum {
     EDGESEG_INT8 = 2  /**< the int8 QDQ file (X_int8.onnx); its float layers run in float32. */
 } edgeseg_precision;
 
+/** How a handle compiles the model's input shape. */
+typedef enum {
+    /** One compile per input shape (n, h, w), at its first edgeseg_segment; the last two are kept.
+     *  On a 2-core Intel Xeon (AVX-512, VNNI), 1x394x394, 2 threads: f32 54 ms and int8 25 ms a
+     *  call, against 72 and 39 ms dynamic. Best when shapes repeat, as the slices of a volume do. */
+    EDGESEG_STATIC_SHAPES = 0,
+    /** One compile at open, with the file's dynamic N, H, W: no compile when shapes keep changing. */
+    EDGESEG_DYNAMIC_SHAPES = 1
+} edgeseg_shapes;
+
 /** Result of every call that can fail. */
 typedef enum {
     EDGESEG_OK = 0,
@@ -74,7 +87,18 @@ EDGESEG_API edgeseg_status edgeseg_open(const char *path, int threads, edgeseg_p
                                         edgeseg_model **out, char *err, size_t err_size);
 
 /**
- * Segment `n` slices of `h` x `w` raw intensities in one inference.
+ * edgeseg_open with a choice of how input shapes are compiled (edgeseg_open uses
+ * EDGESEG_STATIC_SHAPES). Same parameters and result, plus:
+ *
+ * @param shapes EDGESEG_STATIC_SHAPES or EDGESEG_DYNAMIC_SHAPES
+ */
+EDGESEG_API edgeseg_status edgeseg_open_shapes(const char *path, int threads, edgeseg_precision precision,
+                                               edgeseg_shapes shapes, edgeseg_model **out, char *err,
+                                               size_t err_size);
+
+/**
+ * Segment `n` slices of `h` x `w` raw intensities in one inference. With static shapes, the
+ * first call at a new (n, h, w) also compiles the model for it.
  *
  * @param model  an open handle
  * @param images n*h*w float32, C order (slice, row, column); not modified
@@ -119,8 +143,8 @@ EDGESEG_API double edgeseg_pixel_spacing_mm(const edgeseg_model *model);
 EDGESEG_API const char *edgeseg_format(const edgeseg_model *model);
 
 /**
- * What really runs the model, e.g. "OpenVINO 2026.4.1 CPU, f32, 2 threads": the precision and
- * thread count are read back from the compiled model, not repeated from the request.
+ * What really runs the model, e.g. "OpenVINO 2026.4.1 CPU, f32, 2 threads, static shapes": the
+ * precision and thread count are read back from the compiled model, not repeated from the request.
  */
 EDGESEG_API const char *edgeseg_backend(const edgeseg_model *model);
 

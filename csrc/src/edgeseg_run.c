@@ -1,6 +1,7 @@
 /* edgeseg-run: segment .npy slices (H, W) or stacks (N, H, W) with libedgeseg, write uint8 labels.
  *
- *     edgeseg-run [--threads N] [--precision f32|bf16|int8] [--batch N] MODEL INPUT.npy OUTPUT.npy
+ *     edgeseg-run [--threads N] [--precision f32|bf16|int8] [--batch N] [--shapes static|dynamic]
+ *                 MODEL INPUT.npy OUTPUT.npy
  *     edgeseg-run --info MODEL
  *
  * The input is streamed a batch at a time, so memory stays at one batch whatever the stack's
@@ -24,12 +25,14 @@
 
 #define PROG "edgeseg-run"
 #define USAGE                                                                                              \
-    "usage: " PROG " [--threads N] [--precision f32|bf16|int8] [--batch N] MODEL INPUT.npy OUTPUT.npy\n" \
+    "usage: " PROG " [--threads N] [--precision f32|bf16|int8] [--batch N] [--shapes static|dynamic]\n"  \
+    "       " PROG "     MODEL INPUT.npy OUTPUT.npy\n"                                                    \
     "       " PROG " --info MODEL"
 
 typedef struct {
     int threads, batch, info;
     edgeseg_precision precision;
+    edgeseg_shapes shapes;
     const char *model, *input, *output;
 } options;
 
@@ -51,7 +54,7 @@ static int parse_count(const char *s, int lo, int *out) {
 static int parse_args(int argc, char **argv, options *o) {
     const char *positional[3];
     int npos = 0;
-    *o = (options){.threads = 0, .batch = 1, .precision = EDGESEG_F32};
+    *o = (options){.threads = 0, .batch = 1, .precision = EDGESEG_F32, .shapes = EDGESEG_STATIC_SHAPES};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -60,6 +63,8 @@ static int parse_args(int argc, char **argv, options *o) {
                        "  --threads N     inference threads (default 0: one per physical core)\n"
                        "  --precision P   f32 (default), bf16 where the CPU has it, int8 for X_int8.onnx\n"
                        "  --batch N       slices per inference (default 1)\n"
+                       "  --shapes S      static (default): compile once per input shape, faster;\n"
+                       "                  dynamic: one compile for every shape\n"
                        "  --info          print the model's metadata and what runs it");
             return 3;
         } else if (!strcmp(a, "--info")) {
@@ -74,6 +79,11 @@ static int parse_args(int argc, char **argv, options *o) {
             else if (v && !strcmp(v, "bf16")) o->precision = EDGESEG_BF16;
             else if (v && !strcmp(v, "int8")) o->precision = EDGESEG_INT8;
             else return usage("--precision needs f32, bf16 or int8");
+            i++;
+        } else if (!strcmp(a, "--shapes")) {
+            if (v && !strcmp(v, "static")) o->shapes = EDGESEG_STATIC_SHAPES;
+            else if (v && !strcmp(v, "dynamic")) o->shapes = EDGESEG_DYNAMIC_SHAPES;
+            else return usage("--shapes needs static or dynamic");
             i++;
         } else if (a[0] == '-' && a[1]) {
             char what[128];
@@ -95,7 +105,7 @@ static int parse_args(int argc, char **argv, options *o) {
 static int print_info(const options *o) {
     char err[EDGESEG_ERROR_SIZE];
     edgeseg_model *m = NULL;
-    if (edgeseg_open(o->model, o->threads, o->precision, &m, err, sizeof err) != EDGESEG_OK) {
+    if (edgeseg_open_shapes(o->model, o->threads, o->precision, o->shapes, &m, err, sizeof err) != EDGESEG_OK) {
         fprintf(stderr, PROG ": %s\n", err);
         return 1;
     }
@@ -189,7 +199,7 @@ static int segment_file(const options *o) {
                  " stack (N, H, W)", h.rank, (unsigned long long)h.shape[0]);
         return fail(&s, o->input, why);
     }
-    if (edgeseg_open(o->model, o->threads, o->precision, &s.model, why, sizeof why) != EDGESEG_OK) {
+    if (edgeseg_open_shapes(o->model, o->threads, o->precision, o->shapes, &s.model, why, sizeof why) != EDGESEG_OK) {
         fprintf(stderr, PROG ": %s\n", why);
         release(&s);
         return 1;
