@@ -359,7 +359,12 @@ def tune_cmd(
     target: Annotated[str, typer.Option(help="Target whose threads cap and RSS budget apply.")] = "edge-x86",
     runs: Annotated[int, typer.Option(min=1, help="Timed inferences per candidate at most.")] = 30,
     max_seconds: Annotated[
-        float, typer.Option("--max-seconds", min=0.0, help="Stop timing a candidate after this long (>= 5 runs).")
+        float,
+        typer.Option(
+            "--max-seconds",
+            min=0.0,
+            help="Stop timing a candidate after this long (once 5 runs are in; 3 above batch 1).",
+        ),
     ] = 8.0,
     slices: Annotated[int, typer.Option(min=1, help="Held-out slices for ΔmIoU against ONNX Runtime fp32.")] = 8,
     batch: Annotated[

@@ -56,9 +56,9 @@ class TuneConfig:
     targets_file: Path | None = None  # None = the shipped bench/targets.toml
     size: int = 394  # slice side timed (the tutorial's)
     batch: int | None = None  # slices per timed inference; None = the target's batch
-    warmup: int = 3  # untimed inferences first
+    warmup: int | None = None  # untimed inferences first; None = 3, or 1 above batch 1 (a batch of 32 takes seconds)
     runs: int = 30  # timed inferences per candidate at most
-    min_runs: int = 5  # at least
+    min_runs: int | None = None  # timed inferences at least; None = 5, or 3 above batch 1
     max_seconds: float = 8.0  # stop timing a candidate after this long (once min_runs are in)
     slices: int = 8  # held-out slices for ΔmIoU (evenly spread over the held-out set)
     data: Path | None = None  # dataset root for the held-out slices; None = the checkpoint's / demo set
@@ -233,8 +233,11 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     here = fingerprint()
     threads = thread_settings(here.cores, target.threads, config.threads)
     batch = config.batch or target.batch
-    if batch > 1:  # a batch of 32 takes seconds: shorter warm-up, fewer runs
-        config = replace(config, warmup=min(config.warmup, 1), min_runs=min(config.min_runs, 3))
+    config = replace(  # the defaults by batch; given values stay
+        config,
+        warmup=(3 if batch == 1 else 1) if config.warmup is None else config.warmup,
+        min_runs=(5 if batch == 1 else 3) if config.min_runs is None else config.min_runs,
+    )
     candidates = list_candidates(model, here, threads, config.peers, batch)
     load_start = os.getloadavg()
     images, masks, source = held_out_slices(model, config.slices, config.data)
