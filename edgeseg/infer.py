@@ -99,7 +99,7 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
             net = open_runner(path, spec)
             if path != model:  # the tuned pick's own file (e.g. X_int8.onnx): its hash goes in DICOM SEGs
                 info = read_model_info(path)
-            runner_type, (session, provider) = Segmenter, (net, getattr(net, "provider", net.label))
+            runner_type, (session, provider) = Segmenter, (net, net.label_so_far)
         check_writable_dir(out)
         stack.enter_context(OutLock(out))
         stack.enter_context(warnings.catch_warnings())

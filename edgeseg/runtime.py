@@ -300,6 +300,16 @@ class Runner:
         out = self.run(x)
         return out["labels"] if "labels" in out else out["logits"].argmax(1).astype(np.uint8)
 
+    @property
+    def label_so_far(self) -> str:
+        """``label`` where it is known without running anything; else what was asked for.
+
+        For a line printed before the first inference: an OpenVINO runner with static shapes
+        knows what ran only once it has compiled a shape, and reading ``label`` earlier
+        compiles a probe (~0.3 s).
+        """
+        return getattr(self, "provider", None) or self.label
+
 
 def open_runner(path: str | Path, spec: RunnerSpec = RunnerSpec()) -> Runner:
     """Load ``path`` on the backend ``spec`` names and time the loading.
@@ -419,6 +429,12 @@ class OpenVinoRunner(Runner):
     @property
     def label(self) -> str:  # type: ignore[override]
         return f"OpenVINO {self.version} CPU {self.precision} ({self._what_ran()[1]}; {self.spec.shapes} shapes)"
+
+    @property
+    def label_so_far(self) -> str:
+        if self._ran is not None:
+            return self.label
+        return f"OpenVINO {self.version} CPU, {self.spec.precision} asked ({self.spec.shapes} shapes)"
 
     def _what_ran(self) -> tuple[str, str]:
         """Read back from the first compiled graph (a small probe shape if nothing ran yet)."""

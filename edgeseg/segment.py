@@ -309,6 +309,7 @@ class Segmenter:
             tick = time.perf_counter()
             fetched = self.session.run(batch)  # FETCHED: logits for QC and to resample, labels
             seconds += time.perf_counter() - tick
+            self.report.provider = self.session.label_so_far  # what ran, read back once it has run
             logits, out = fetched["logits"], fetched["labels"]
             counter.add(logits, out)  # on the model's grid, as export measured the ranges
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels

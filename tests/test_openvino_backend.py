@@ -157,6 +157,19 @@ def test_static_shapes_compile_per_shape_and_keep_the_last_few(tiny_onnx: Path) 
 
 
 @needs_openvino
+def test_label_so_far_compiles_nothing_and_then_reads_back(tiny_onnx: Path) -> None:
+    """infer's first line must not cost a probe compile; after a run the label is what ran."""
+    runner = open_runner(tiny_onnx, RunnerSpec("openvino", precision="fp32", outputs=("labels",)))
+    assert runner.label_so_far.startswith("OpenVINO ") and "fp32 asked (static shapes)" in runner.label_so_far
+    assert len(runner.compiled) == 0
+    runner.run(np.random.default_rng(5).gamma(2.0, 300.0, (1, 1, 64, 80)).astype(np.float32))
+    assert list(runner.compiled) == [(1, 1, 64, 80)]  # no probe shape: only the real one
+    assert runner.label_so_far == runner.label and "convs f32" in runner.label
+    ort = open_runner(tiny_onnx, RunnerSpec("ort", "cpu", outputs=("labels",)))
+    assert ort.label_so_far == "CPUExecutionProvider"  # ONNX Runtime's provider is known at load
+
+
+@needs_openvino
 def test_unknown_shapes_mode_is_refused(tiny_onnx: Path) -> None:
     with pytest.raises(EdgesegError, match="OpenVINO shapes 'fixed'"):
         open_runner(tiny_onnx, RunnerSpec("openvino", shapes="fixed"))
