@@ -412,11 +412,12 @@ class OpenVinoRunner(Runner):
         self.core = ov.Core()
         self.compiled: OrderedDict[tuple[int, ...] | None, Any] = OrderedDict()
         self._ran: tuple[str, str] | None = None  # (precision, detail) of the first compiled graph
+        self._read: Any = None  # the model read here to check the file, kept for the first compile only
         if spec.shapes == "dynamic":
             self._compiled(None)
         else:  # compiled per shape at first use; reading it now checks the file
             try:
-                self.core.read_model(str(path))
+                self._read = self.core.read_model(str(path))
             except Exception as exc:  # an op or IR this OpenVINO cannot read
                 raise EdgesegError(
                     f"{path}: OpenVINO {self.version} cannot read it ({describe(exc)}); try --backend ort"
@@ -448,8 +449,9 @@ class OpenVinoRunner(Runner):
         if shape in self.compiled:
             self.compiled.move_to_end(shape)
             return self.compiled[shape]
-        try:  # read anew for each shape: a kept ov.Model and its clones would cost RSS
-            model = self.core.read_model(str(self.path))
+        try:  # read anew for each later shape: a kept ov.Model and its clones would cost RSS
+            model = self._read if self._read is not None else self.core.read_model(str(self.path))
+            self._read = None
             if shape is not None:
                 model.reshape({INPUT_NAME: list(shape)})
             compiled = self.core.compile_model(model, "CPU", self.config)
