@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,7 +184,7 @@ def choose_pte_int8(model: UNet, out: Path, data: HeldOut, calib: int) -> PteInt
     import tempfile
     import time
 
-    from edgeseg.quantize import calibration_set, score_int8, score_rows
+    from edgeseg.quantize import calibration_set, keep_best, score_int8, score_rows
     from edgeseg.runtime import RunnerSpec
 
     calib_images = calibration_set(data.train_images, calib)
@@ -198,8 +197,7 @@ def choose_pte_int8(model: UNet, out: Path, data: HeldOut, calib: int) -> PteInt
             start = time.perf_counter()
             files[observer] = export_pte(model, Path(tmp) / f"{observer}.pte", calib_images, observer)
             results[observer] = score_int8(files[observer], rows, spec, model.config.class_names, start)
-        best = min(results, key=lambda k: (results[k].worst_d_miou, -results[k].agreement))
-        os.replace(files[best], out)  # same folder: atomic rename
+        best = keep_best(results, files, Path(out))
     return PteInt8Choice(best, calib, len(calib_images), results)
 
 
@@ -210,6 +208,6 @@ def export_executorch(model: UNet, fp32_onnx: Path, data: HeldOut, calib: int) -
 
     require_executorch()
     paths = ArtifactPaths.of(fp32_onnx)
-    files = {"pte-fp32": export_pte(model, paths.pte("fp32"))}
+    fp32 = export_pte(model, paths.pte("fp32"))
     choice = choose_pte_int8(model, paths.pte("int8"), data, calib)
-    return {**files, "pte-int8": paths.pte("int8")}, choice
+    return {"pte-fp32": fp32, "pte-int8": paths.pte("int8")}, choice

@@ -354,6 +354,7 @@ def choose_int8(
 
     methods = CALIB_METHODS if method == "auto" else (method,)
     names = read_model_info(src).class_names
+    spec = RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels"))
     calib_images = calibration_set(data.train_images, calib)
     rows = score_rows(data, model)
     results: dict[str, Int8Candidate] = {}
@@ -372,10 +373,8 @@ def choose_int8(
                     cache=Path(tmp) / f"{name}.json",
                 )
                 files[key] = path
-                spec = RunnerSpec("ort", "cpu", threads=threads or 0, outputs=("logits", "labels"))
                 results[key] = score_int8(path, rows, spec, names, start)
-        best = min(results, key=lambda k: (results[k].worst_d_miou, -results[k].agreement))
-        os.replace(files[best], dst)  # same folder: atomic rename
+        best = keep_best(results, files, dst)
     return Int8Choice(
         method=best.split("/")[0],
         reduce_range=best.endswith("7bit"),
@@ -384,6 +383,16 @@ def choose_int8(
         candidates=results,
         latency_ms={"fp32": cpu_latency_ms(src, threads), "int8": cpu_latency_ms(dst, threads)},
     )
+
+
+def keep_best(results: dict[str, Int8Candidate], files: dict[str, Path], dst: Path) -> str:
+    """Move the candidate with the smallest worst |ΔmIoU| (ties: label agreement) to ``dst``; its key.
+
+    ``files`` must sit in ``dst``'s folder (a temporary folder beside it): the rename is atomic.
+    """
+    best = min(results, key=lambda k: (results[k].worst_d_miou, -results[k].agreement))
+    os.replace(files[best], dst)
+    return best
 
 
 def score_rows(data: HeldOut, model: Any) -> list[dict[str, Any]]:

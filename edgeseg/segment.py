@@ -309,7 +309,6 @@ class Segmenter:
             tick = time.perf_counter()
             fetched = self.session.run(batch)  # FETCHED: logits for QC and to resample, labels
             seconds += time.perf_counter() - tick
-            self.report.provider = self.session.label_so_far  # what ran, read back once it has run
             logits, out = fetched["logits"], fetched["labels"]
             counter.add(logits, out)  # on the model's grid, as export measured the ranges
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
@@ -320,6 +319,7 @@ class Segmenter:
             native = np.asarray(dec.stack[start : start + len(batch)], np.float64) * dec.slope + dec.inter
             sums += np.bincount(labels[start : start + len(batch)].ravel(), native.ravel(), len(names))[: len(names)]
             self.progress.advance(self.slice_task, len(batch))
+        self.report.provider = self.session.label_so_far  # what ran, read back once it has run
         counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
         means = {f"{n}{MEAN_SUFFIX}": sums[i] / counts[i] for i, n in enumerate(names) if counts[i]}
         return labels, seconds, {**counter.figures(), **means}
