@@ -143,9 +143,12 @@ def test_validate_fails_on_a_perturbed_model(tiny_onnx: Path, tiny_checkpoint: P
     bad = perturb(tiny_onnx, tmp_path / "bad.onnx", 1.001)  # 0.1 % on one layer's weights
     report = validate(bad, tiny_checkpoint, config=SMALL)
     assert not report.passed
-    # every size fails on the logits; under contract 3 a few of the tiny net's labels flip too (ΔmIoU ~1e-4)
+    # What must fail: the logits, at every size. Which labels a 0.1 % perturbation flips depends on
+    # the CPU's kernels (on an AMD EPYC, 99.9756 % agreement at 64x64; on a Xeon, none), so the
+    # other per-row gates may fail too, but nothing outside the per-row gates may.
     assert sum("max|Δlogit|" in f for f in report.failures) >= 6
-    assert all("max|Δlogit|" in f or "|ΔmIoU|" in f for f in report.failures)
+    row_gates = ("max|Δlogit|", "agreement", "|ΔmIoU|")
+    assert all(any(g in f for g in row_gates) for f in report.failures), report.failures
 
 
 def test_validate_refuses_another_checkpoint(tiny_onnx: Path, tmp_path: Path) -> None:
