@@ -252,6 +252,6 @@ def test_bench_adds_a_row_per_tuned_candidate_with_what_ran(tuned, tmp_path: Pat
     copy = tmp_path / "m"
     shutil.copytree(folder, copy)
     record = json.loads(deploy_path(copy / "tiny.onnx").read_text())
-    record["machine"]["flags"] = ["avx2"]
+    record["machine"]["flags"] = [*record["machine"]["flags"], "not-this-cpu"]  # foreign by construction
     deploy_path(copy / "tiny.onnx").write_text(json.dumps(record))
     assert tuned_targets(copy / "tiny.onnx") == []  # tuned elsewhere: no rows
