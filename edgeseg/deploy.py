@@ -3,7 +3,10 @@
 :mod:`edgeseg.tune` writes it; ``edgeseg infer --backend auto`` reads it through
 :func:`choose_backend`, which returns the pick only when the file was tuned on a machine with
 this one's fingerprint (:mod:`edgeseg.machine`) and the picked file is still the one that was
-timed (its SHA-256). Otherwise inference runs ONNX Runtime fp32 and says, once, how to tune.
+timed (its SHA-256), names a backend, precision and ONNX file that infer runs, and its backend
+is installed. Otherwise inference runs the model file on ONNX Runtime (at the file's own
+precision) and says why, and how to tune, in one line. The file sits beside the model, or in
+the cache folder for the model packaged inside an installed edgeseg (:func:`deploy_path`).
 
 Torch-free, like inference: imports the standard library, numpy-free.
 """
@@ -20,14 +23,40 @@ from edgeseg.machine import Fingerprint, fingerprint
 
 FORMAT = "edgeseg-deploy-v1"
 DEFAULT = ("ort", "fp32")  # (backend, precision) when nothing tuned applies
-BACKEND_MODULES = {"ort": "onnxruntime", "openvino": "openvino"}  # what a pick needs importable
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend that tune times and ``edgeseg infer`` runs on CPU."""
+
+    title: str  # for lines: "ONNX Runtime"
+    module: str  # what must import for it to run
+    extra: str  # the pyproject extra that installs it; "" = the core install
+    precisions: tuple[str, ...]  # what it runs (bf16: OpenVINO on the fp32 file)
+
+    @property
+    def install(self) -> str:
+        """The command that installs it: ``pip install 'edgeseg[openvino]'``."""
+        return f"pip install 'edgeseg[{self.extra}]'" if self.extra else "pip install edgeseg"
+
+
+BACKENDS = {
+    "ort": Backend("ONNX Runtime", "onnxruntime", "", ("fp32", "fp16", "int8")),
+    "openvino": Backend("OpenVINO", "openvino", "openvino", ("fp32", "bf16", "int8")),
+}
 
 
 def deploy_path(model: Path) -> Path:
-    """``export/model.onnx`` (or any sibling) -> ``export/model.deploy.json``."""
+    """Where ``MODEL.deploy.json`` lives: beside a user's model (``export/model.onnx`` ->
+    ``export/model.deploy.json``); for the model packaged inside an installed edgeseg, in the
+    cache folder (:func:`edgeseg.files.cache_dir`): site-packages is not the user's to write,
+    and ``pip uninstall`` would leave the file behind."""
     from edgeseg.artifacts import ArtifactPaths
+    from edgeseg.files import cache_dir
 
-    return ArtifactPaths.of(model).deploy
+    beside = ArtifactPaths.of(model).deploy
+    package = Path(__file__).resolve().parent
+    return cache_dir() / beside.name if Path(model).resolve().is_relative_to(package) else beside
 
 
 @dataclass
@@ -145,51 +174,91 @@ class Choice:
 
 
 def choose_backend(model: Path, here: Fingerprint | None = None) -> Choice:
-    """The tuned pick for ``model`` on this machine, or ONNX Runtime fp32 with the reason.
+    """The tuned pick for ``model`` on this machine, or ONNX Runtime on ``model`` with the reason.
 
     Args:
-        model: the fp32 ONNX file (``MODEL.deploy.json`` is looked for beside it).
+        model: the fp32 ONNX file (its deploy file is at :func:`deploy_path`).
         here: this machine's fingerprint; default :func:`edgeseg.machine.fingerprint`.
 
     Returns:
-        The :class:`Choice`; never raises for a missing, foreign or stale deploy file.
+        The :class:`Choice`; never raises for a missing, foreign, stale or hand-broken deploy file
+        (an unknown or uninstalled backend, a file that is not an edgeseg ONNX model).
     """
     model = Path(model)
+    where = deploy_path(model)
+    if where.parent == model.parent:  # beside the model: its name says enough
+        where = Path(where.name)
     tune = f"run `edgeseg tune {model}` to pick the fastest gated backend for this machine"
     fallback = Choice(model, *DEFAULT, None, "", tuned=False)
+    ort = _ort_on(model)
     try:
         plan = read_plan(model)
     except EdgesegError as exc:
         reason = "no deploy file" if not deploy_path(model).exists() else str(exc).split("; run")[0]
-        return _with_note(fallback, f"backend: ONNX Runtime fp32 ({reason}); {tune}")
+        return _with_note(fallback, f"backend: {ort} ({reason}); {tune}")
     here = here or fingerprint()
     if not plan.machine.matches(here):
         why = "; ".join(plan.machine.differences(here))
-        return _with_note(
-            fallback,
-            f"backend: ONNX Runtime fp32 ({deploy_path(model).name} was tuned on another machine: {why}); {tune}",
-        )
+        return _with_note(fallback, f"backend: {ort} ({where} was tuned on another machine: {why}); {tune}")
     pick = plan.picked
     if pick is None:
-        return _with_note(
-            fallback, f"backend: ONNX Runtime fp32 ({deploy_path(model).name}: no candidate passed its gate)"
-        )
+        return _with_note(fallback, f"backend: {ort} ({where}: no candidate passed its gate)")
+    why_not, fix = _unusable(model, pick)
+    if why_not:
+        return _with_note(fallback, f"backend: {ort} ({where} picks {why_not}); {fix}{tune}")
     path = model.with_name(pick.file)
-    import importlib.util
-
-    from edgeseg.files import sha256_file
-
-    module = BACKEND_MODULES.get(pick.backend, pick.backend)
-    if importlib.util.find_spec(module) is None:  # e.g. a core install of a tuned folder
-        why = f"{module} is not installed: pip install 'edgeseg[{pick.backend}]'"
-        return _with_note(fallback, f"backend: ONNX Runtime fp32 (the tuned pick {pick.name} needs {why})")
-
-    if not path.is_file() or sha256_file(path) != pick.sha256:
-        state = "is missing" if not path.is_file() else "changed since it was tuned"
-        return _with_note(fallback, f"backend: ONNX Runtime fp32 ({path.name} {state}); {tune}")
-    tuned = f"the tuned pick of {deploy_path(model).name}, p50 {pick.p50_ms:.1f} ms"
+    tuned = f"the tuned pick of {where}, p50 {pick.p50_ms:.1f} ms"
     note = f"backend: {pick.label or pick.name} on {path.name} ({tuned})"
     return Choice(path, pick.backend, pick.precision, pick.threads or None, note, tuned=True, hint=pick.hint)
+
+
+def _unusable(model: Path, pick: Candidate) -> tuple[str, str]:
+    """Why ``edgeseg infer`` cannot run ``pick`` here, worded to follow "picks", and a fix to put
+    before the advice to tune again; ``("", "")`` if it can."""
+    import importlib
+
+    from edgeseg.artifacts import read_model_info
+    from edgeseg.files import sha256_file
+
+    backend = BACKENDS.get(pick.backend)
+    if backend is None:
+        runs = " and ".join(BACKENDS)
+        return f"the backend {pick.backend!r}, which `edgeseg infer` does not run: it runs {runs}", ""
+    if pick.precision not in backend.precisions:
+        runs = ", ".join(backend.precisions)
+        return f"{backend.title} {pick.precision}, a precision it does not run: it runs {runs}", ""
+    if Path(pick.file).name != pick.file or not pick.file.endswith(".onnx"):
+        return f"{pick.file}, which is not an ONNX file beside {model.name}", ""
+    path = model.with_name(pick.file)
+    if not path.is_file():
+        return f"{pick.file}, which is missing", ""
+    if sha256_file(path) != pick.sha256:
+        return f"{pick.file}, which changed since it was tuned", ""
+    try:
+        read_model_info(path)
+    except EdgesegError as exc:  # e.g. a hand-written file: its hash matches, its content is no model
+        return (
+            f"{pick.file}, which is not an edgeseg ONNX model: {str(exc).removeprefix(f'{path}: ').split(';')[0]}",
+            "",
+        )
+    try:
+        importlib.import_module(backend.module)
+    except ImportError:  # e.g. a core install of a folder tuned with the openvino extra
+        return (
+            f"{backend.title} {pick.precision}, but {backend.module} is not installed",
+            f"{backend.install} to run it, or ",
+        )
+    return "", ""
+
+
+def _ort_on(model: Path) -> str:
+    """``ONNX Runtime int8``: what runs ``model`` when no tuned pick applies, named in the file's own precision."""
+    from edgeseg.artifacts import read_model_info
+
+    try:
+        return f"ONNX Runtime {read_model_info(model).precision}"
+    except EdgesegError:  # not a model: infer refuses it before running anything
+        return "ONNX Runtime"
 
 
 def _with_note(choice: Choice, note: str) -> Choice:

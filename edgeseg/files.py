@@ -27,9 +27,14 @@ TMP_MARK = ".edgeseg-tmp"  # in every temp name: ``.x_seg.npy.<pid>-<hex>.edgese
 
 
 def cache_dir() -> Path:
-    """``$EDGESEG_HOME``, else ``~/.cache/edgeseg``: demo data, TensorRT engine caches."""
+    """``$EDGESEG_HOME``, else ``$XDG_CACHE_HOME/edgeseg``, else ``~/.cache/edgeseg``: demo data,
+    TensorRT engine caches, the deploy file of the packaged model."""
     home = os.environ.get("EDGESEG_HOME")
-    return Path(home) if home else Path.home() / ".cache" / "edgeseg"
+    if home:
+        return Path(home)
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # the XDG spec: a relative path is invalid and is ignored
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "edgeseg"
 
 
 def sha256_file(path: Path) -> str:

@@ -24,7 +24,9 @@ runner's ``static`` shapes, :class:`edgeseg.runtime.OpenVinoRunner`).
 
 The pick is the fastest p50 among candidates that pass their gate and fit the target's RSS
 budget (``rss_mb`` in bench/targets.toml); ``MODEL.deploy.json`` (:mod:`edgeseg.deploy`) is
-written atomically beside the model, with this machine's fingerprint and every candidate.
+written atomically beside the model (for the model packaged in an installed edgeseg, in the
+user's cache folder instead: :func:`edgeseg.deploy.deploy_path`), with this machine's
+fingerprint and every candidate.
 """
 
 from __future__ import annotations
@@ -38,14 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.deploy import Candidate, DeployPlan, deploy_path
+from edgeseg.deploy import BACKENDS, Candidate, DeployPlan, deploy_path
 from edgeseg.errors import EdgesegError
 from edgeseg.machine import Fingerprint, fingerprint
 
 FILE_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "bf16": "fp32"}  # bf16 runs the fp32 file
 REFERENCE = ("ort", "fp32")  # what ΔmIoU, agreement and Δlogit are measured against
 PEER_NAMES = {"vs_torch": "eager PyTorch", "vs_openvino": "OpenVINO's defaults"}
-BACKEND_PRECISIONS = {"ort": ("fp32", "fp16", "int8"), "openvino": ("fp32", "bf16", "int8")}
+NO_OPENVINO = f"openvino is not installed ({BACKENDS['openvino'].install})"
 
 
 @dataclass
@@ -82,8 +84,8 @@ def list_candidates(
     have_ov = importlib.util.find_spec("openvino") is not None
     paths = ArtifactPaths.of(model)
     out: list[Candidate] = []
-    for backend, precisions in BACKEND_PRECISIONS.items():
-        for precision in precisions:
+    for backend, spec in BACKENDS.items():
+        for precision in spec.precisions:
             file = paths.onnx(FILE_PRECISION[precision])
             reason = _why_not(backend, precision, file, here, have_ov)
             for t in threads if not reason else threads[:1]:
@@ -98,7 +100,7 @@ def list_candidates(
         if not eager and importlib.util.find_spec("torch") is None:
             eager = "torch is not installed (pip install 'edgeseg[train]')"
         out.append(Candidate("torch", "fp32", 0, pt.name, "peer", status="skip" if eager else "", reason=eager))
-        ov = "" if have_ov else "openvino is not installed (pip install 'edgeseg[openvino]')"
+        ov = "" if have_ov else NO_OPENVINO
         out.append(Candidate("openvino", "default", 0, model.name, "peer", "skip" if ov else "", ov))
     return out
 
@@ -106,7 +108,7 @@ def list_candidates(
 def _why_not(backend: str, precision: str, file: Path, here: Fingerprint, have_ov: bool) -> str | None:
     """Why ``backend`` cannot run ``precision`` here, or None."""
     if backend == "openvino" and not have_ov:
-        return "openvino is not installed (pip install 'edgeseg[openvino]')"
+        return NO_OPENVINO
     if backend == "openvino" and precision == "bf16" and not here.has_bf16:
         return f"OpenVINO bf16 needs AVX512-BF16 or AMX; this CPU ({here.cpu}) has neither"
     if not file.is_file():
@@ -272,7 +274,13 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     plan.settings["ratios"] = ratios(plan)
     from edgeseg.files import write_json
 
-    write_json(deploy_path(model), plan.to_json())
+    where = deploy_path(model)
+    try:
+        write_json(where, plan.to_json())
+    except OSError as exc:
+        raise EdgesegError(
+            f"{where}: cannot write the deploy file ({exc}); copy {model} to a folder of yours"
+        ) from None
     return plan
 
 
@@ -359,13 +367,15 @@ def ratios(plan: DeployPlan) -> dict[str, float]:
 
 
 def table(plan: DeployPlan) -> Any:
-    """A rich table: one row per candidate, the pick marked, peers last."""
+    """A rich table: one row per candidate, the pick marked, peers last; no cell is read as markup
+    (a hint such as ``pip install 'edgeseg[openvino]'`` keeps its brackets)."""
+    from rich.markup import escape
     from rich.table import Table
 
     def num(v: float | None, fmt: str) -> str:
         return "—" if v is None else format(v, fmt)
 
-    t = Table(title=f"edgeseg tune: {plan.model} on {plan.machine.cpu}, batch {plan.settings.get('batch', 1)}")
+    t = Table(title=escape(f"edgeseg tune: {plan.model} on {plan.machine.cpu}, batch {plan.settings.get('batch', 1)}"))
     batch = int(plan.settings.get("batch", 1))
     cols = ("", "backend", "asked", "ran", "threads", "p50 ms", "p99 ms", "slices/s", "RSS MB", "ΔmIoU", "agree %")
     for col in (*cols, "gate"):
@@ -376,7 +386,7 @@ def table(plan: DeployPlan) -> Any:
             gate += f" ({c.reason})" if c.reason else ""
         else:
             gate = f"{c.status}: {c.reason}"
-        t.add_row(
+        cells = (
             "★" if i == plan.pick else ("peer" if c.role == "peer" else ""),
             c.label or c.backend,
             c.precision,
@@ -390,6 +400,7 @@ def table(plan: DeployPlan) -> Any:
             num(None if c.agreement is None else 100 * c.agreement, ".2f"),
             gate,
         )
+        t.add_row(*map(escape, cells))
     return t
 
 
