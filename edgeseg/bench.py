@@ -400,6 +400,7 @@ def bench(
         json_path: also write the full report as JSON here.
         markdown_path: also write the table and notes as markdown here.
     """
+    import onnxruntime  # noqa: F401  the MAC count and ORT targets need it: without it the CLI names the extra now
     from rich.console import Console
 
     from edgeseg import SHIPPED_MODEL

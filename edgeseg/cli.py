@@ -53,7 +53,7 @@ DataOpt = Annotated[
 ]
 TargetsOpt = Annotated[
     Path | None,
-    typer.Option("--targets", exists=True, dir_okay=False, help="Targets file; default bench/targets.toml."),
+    typer.Option("--targets", exists=True, dir_okay=False, help="Targets file; default: the packaged one."),
 ]
 
 
@@ -261,7 +261,7 @@ def infer_cmd(
         typer.Argument(help="Files or folders: .npy, .png/.jpg/.tif, .nii(.gz), .dcm or DICOM series folders."),
     ],
     model: Annotated[
-        Path | None, typer.Option("--model", help="Exported ONNX model; default: the shipped export/model.onnx.")
+        Path | None, typer.Option("--model", help="Exported ONNX model; default: the packaged shipped model.")
     ] = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder; mirrors the input tree, gets summary.csv.")] = Path(
         "segmentations"
@@ -405,7 +405,7 @@ def bench_cmd(
         Path | None,
         typer.Argument(
             help="fp32 ONNX model; its _fp16/_int8/.pt siblings are found next to it."
-            " Default: the shipped export/model.onnx."
+            " Default: the packaged shipped model."
         ),
     ] = None,
     target: Annotated[str, typer.Option(help="A target from the targets file, or all.")] = "all",
@@ -419,7 +419,7 @@ def bench_cmd(
     miou: Annotated[bool, typer.Option("--miou/--no-miou", help="Score mIoU on the demo test slices.")] = True,
     rss: Annotated[bool, typer.Option("--rss/--no-rss", help="Peak RSS of a fresh inference process.")] = True,
 ) -> None:
-    """Latency, throughput, mIoU, memory and budgets per deployment target (bench/targets.toml)."""
+    """Latency, throughput, mIoU, memory and budgets per deployment target (the packaged targets file or --targets)."""
     from edgeseg.bench import BenchConfig, bench
 
     config = BenchConfig(runs=runs, max_seconds=max_seconds, miou=miou, rss=rss)
@@ -433,7 +433,7 @@ def build_c_cmd(
     build_dir: Annotated[Path | None, typer.Option("--build-dir", help="CMake build folder; default build/c.")] = None,
     sanitize: Annotated[bool, typer.Option(help="Build with AddressSanitizer + UBSan (for testing).")] = False,
 ) -> None:
-    """Build libedgeseg and edgeseg-run (csrc/) against the installed openvino wheel, warnings as errors."""
+    """Build libedgeseg and edgeseg-run from a source checkout's csrc/ against the installed openvino (-Werror)."""
     from edgeseg.cbuild import build_c
 
     built = build_c(build_dir, sanitize, log=lambda m: typer.echo(m, err=True))
@@ -556,8 +556,13 @@ def validate_cmd(
     run_validate(models, ckpt, data, config, json_path)
 
 
-# Modules of the `train` extra (pyproject.toml): train, evaluate, export and validate need them.
-TRAIN_EXTRA = {"torch", "onnxscript", "onnxconverter_common", "onnxslim", "matplotlib"}
+# Modules the core install leaves out (pyproject.toml), and the install line a missing one names.
+_TRAIN = "pip install 'edgeseg[train]' (install PyTorch first from pytorch.org for your CPU or GPU)"
+EXTRA_OF = {
+    **dict.fromkeys(("torch", "onnxscript", "onnxconverter_common", "onnxslim", "matplotlib", "scipy"), _TRAIN),
+    "onnxruntime": "pip install 'edgeseg[cpu]', or 'edgeseg[gpu]' for CUDA (one of them: they share one import name)",
+    "onnx": "pip install 'edgeseg[train]', 'edgeseg[triton]' or 'edgeseg[gpu]' (each brings onnx)",
+}
 
 
 def _usage_error(exc: BaseException) -> tuple[str, int] | None:
@@ -571,11 +576,13 @@ def _usage_error(exc: BaseException) -> tuple[str, int] | None:
     code = getattr(exc, "exit_code", None)
     if not callable(format_message) or not isinstance(code, int):
         return None
-    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `edgeseg` or `edgeseg data`: the help is the message
-        return str(format_message()).rstrip(), code
-    message = " ".join(str(format_message()).split()).rstrip(".") + "."
     ctx = getattr(exc, "ctx", None)
     command = getattr(ctx, "command_path", None) or "edgeseg"
+    if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `edgeseg` or `edgeseg data`: one line, not the help
+        group = getattr(ctx, "command", None)
+        names = ", ".join(group.list_commands(ctx)) if hasattr(group, "list_commands") else "see the help"
+        return f"Missing command ({names}). See '{command} --help'.", code
+    message = " ".join(str(format_message()).split()).rstrip(".") + "."
     return f"{message} See '{command} --help'.", code
 
 
@@ -599,13 +606,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
     except ModuleNotFoundError as exc:
         root = (exc.name or "").split(".")[0]
-        if root not in TRAIN_EXTRA or os.environ.get("EDGESEG_DEBUG"):
+        if root not in EXTRA_OF or os.environ.get("EDGESEG_DEBUG"):
             raise
         words = [arg for arg in (argv if argv is not None else sys.argv[1:]) if not arg.startswith("-")]
         command = " ".join(words[:2] if words[:1] == ["data"] else words[:1])
         typer.secho(
-            f"error: `edgeseg {command}` needs {root}, which the core install leaves out: "
-            "pip install 'edgeseg[train]' (install PyTorch first from pytorch.org for your CPU or GPU)",
+            f"error: `edgeseg {command}` needs {root}, which the core install leaves out: {EXTRA_OF[root]}",
             fg=typer.colors.RED,
             err=True,
         )
@@ -615,10 +621,7 @@ def main(argv: list[str] | None = None) -> None:
         if usage is None or os.environ.get("EDGESEG_DEBUG"):
             raise
         message, code = usage
-        if type(exc).__name__ == "NoArgsIsHelpError":
-            typer.echo(message, err=True)
-        else:
-            typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
         sys.exit(code)
     if code == 130:
         typer.secho("interrupted before finishing; rerun the same command", err=True)

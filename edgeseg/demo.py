@@ -80,7 +80,10 @@ def _demo_sources() -> dict[str, Path]:
     try:
         import nilearn
     except ImportError:
-        raise EdgesegError("the demo set needs nilearn: pip install 'nilearn>=0.10'") from None
+        raise EdgesegError(
+            "the demo set is cut from the MNI152 template inside nilearn, which this install lacks:"
+            " pip install 'edgeseg[demo]' (or give your own data with --data; `bench --no-miou` skips scoring)"
+        ) from None
     folder = Path(nilearn.__file__).parent / "datasets" / "data"
     paths = {name: folder / file for name, file in DEMO_SOURCES.items()}
     for path in paths.values():

@@ -62,30 +62,33 @@ def time_runs(
 def count_macs(path: Path, size: int = 394) -> int:
     """Multiply-accumulates of every Conv and ConvTranspose for one ``size``² slice.
 
-    The graph is run once on CPU with each conv's input, weight and output exposed, so the
-    count comes from the model itself (any widths, any precision's float weights).
+    The graph is run once on CPU, unoptimised, under ONNX Runtime's profiler, whose event for
+    each conv records its input, weight and output shapes: the count comes from the model
+    itself (any widths, any precision's float weights) without the ``onnx`` package, which
+    the edge install leaves out.
     """
-    import onnx
+    import tempfile
+
     import onnxruntime as ort
 
-    proto = onnx.load(str(path))
-    graph = proto.graph
-    shapes = {i.name: tuple(i.dims) for i in graph.initializer}
-    convs = [n for n in graph.node if n.op_type in ("Conv", "ConvTranspose")]
-    wanted = {name for n in convs for name in (*n.input[:2], n.output[0])} - set(shapes)
-    outputs = {o.name for o in graph.output}
-    graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in wanted - outputs)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(None, {"image": np.zeros((1, 1, size, size), np.float32)})
-    shapes.update({n: v.shape for n, v in zip(names, values, strict=True)})
+    options.add_session_config_entry("session.disable_prepacking", "1")  # a pre-packed weight's shape is not recorded
+    options.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        options.profile_file_prefix = str(Path(tmp) / "macs")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        session.run(None, {"image": np.zeros((1, 1, size, size), np.float32)})
+        events = json.loads(Path(session.end_profiling()).read_text())
     macs = 0
-    for node in convs:  # Conv: per output element; ConvTranspose: per input element
-        per = math.prod(shapes[node.input[1]][1:])
-        anchor = node.output[0] if node.op_type == "Conv" else node.input[0]
-        macs += math.prod(shapes[anchor]) * per
+    for event in events:
+        args = event.get("args", {})
+        if args.get("op_name") not in ("Conv", "ConvTranspose") or not event["name"].endswith("_kernel_time"):
+            continue
+        inputs = [next(iter(shape.values())) for shape in args["input_type_shape"]]
+        output = next(iter(args["output_type_shape"][0].values()))
+        anchor = output if args["op_name"] == "Conv" else inputs[0]  # Conv: per output element; ConvTranspose: input
+        macs += math.prod(anchor) * math.prod(inputs[1][1:])
     return int(macs)
 
 

@@ -428,6 +428,7 @@ def summary_lines(plan: DeployPlan) -> list[str]:
 
 def run_tune(model: Path | None, config: TuneConfig) -> DeployPlan:
     """``edgeseg tune``: measure, print the table and the pick, write ``MODEL.deploy.json``."""
+    import onnxruntime  # noqa: F401  the reference runs in a child: without it, the CLI names the extra here
     from rich.console import Console
 
     from edgeseg import SHIPPED_MODEL

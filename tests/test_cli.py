@@ -62,12 +62,16 @@ def test_usage_error_is_one_line_exit_2_without_click(args: list[str], names: st
     assert "Traceback" not in r.stderr + r.stdout
 
 
-@pytest.mark.parametrize("args", [[], ["data"]])
-def test_bare_group_prints_its_help(args: list[str], no_click) -> None:
+@pytest.mark.parametrize(("args", "commands"), [([], ["infer", "train", "data"]), (["data"], ["demo", "example"])])
+def test_bare_group_is_a_one_line_usage_error(args: list[str], commands: list[str], no_click) -> None:
+    """A bare `edgeseg` is a usage error like any other (the README's promise), naming the commands and the help."""
     r = run(*args, env=no_click)
     assert r.returncode == 2
-    assert r.stderr.startswith("Usage: edgeseg") and "Commands:" in r.stderr
-    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: Missing command") and all(c in lines[0] for c in commands), lines[0]
+    assert lines[0].endswith(f"See '{' '.join(['edgeseg', *args])} --help'.")
+    assert "Traceback" not in r.stderr and r.stdout == ""
 
 
 def test_version(no_click) -> None:
