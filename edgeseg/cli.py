@@ -323,6 +323,18 @@ def infer_cmd(
         bool,
         typer.Option("--skull-strip", help="Strip the skull first (ROBEX, for heads): writes <name>_brainmask.nii.gz."),
     ] = False,
+    max_resampled_pixels: Annotated[
+        int,
+        typer.Option(
+            "--max-resampled-pixels",
+            min=1,
+            help="Refuse slices that resampling would grow past this many pixels (HxW).",
+        ),
+    ] = 1024 * 1024,
+    max_decompressed_mb: Annotated[
+        int,
+        typer.Option("--max-decompressed-mb", min=1, help="Refuse a .nii.gz that decompresses past this many MiB."),
+    ] = 1024,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
@@ -343,6 +355,8 @@ def infer_cmd(
         format=seg_format.value,
         skull_strip=skull_strip,
         cluster=cluster,
+        max_resampled_pixels=max_resampled_pixels,
+        max_decompressed_mb=max_decompressed_mb,
     )
     report = run_inference(scans, config)
     if report.failed:

@@ -18,6 +18,7 @@ frame of source slice ``k`` being the NIfTI's ``labels[:, :, k]`` transposed to 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,19 @@ SNOMED = {  # class name -> (SNOMED CT code, meaning), from DICOM PS3.16 (pydico
 }
 ANATOMICAL_STRUCTURE = ("91723000", "Anatomical Structure")  # category of both (CID 7150)
 TISSUE = ("85756007", "Tissue")  # type and category of a class we have no concept for
+# Type 2 (present, may be empty: PS3.5 7.4) in the Patient and General Study modules (PS3.3
+# C.7.1.1, C.7.2.1), which highdicom copies from the first source without a default.
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def seg_rel(rel: Path) -> Path:
@@ -72,6 +86,7 @@ def write_dicom_seg(
         )
     hd = _highdicom(target)
     images, frames = _source_frames(sources, labels)
+    _fill_type2(images)
     segments = [_segment(hd, i, name, model, model_sha256) for i, name in enumerate(class_names) if i]
     try:
         seg = hd.seg.Segmentation(
@@ -92,8 +107,19 @@ def write_dicom_seg(
             series_description=f"edgeseg seg of {images[0].get('SeriesDescription', '') or 'series'}"[:64],
         )
     except (ValueError, TypeError, AttributeError) as exc:  # geometry or attributes highdicom refuses
-        raise EdgesegError(f"{target}: cannot make a DICOM SEG of this series ({exc}); use --format nifti") from exc
+        lacks = re.search(r"has no attribute '(\w+)'", str(exc))  # a Type-1 attribute, which cannot be empty
+        why = f"its files lack {lacks[1]}, which a SEG must copy" if lacks else exc
+        raise EdgesegError(f"{target}: cannot make a DICOM SEG of this series ({why}); use --format nifti") from exc
     atomic_write(target, lambda tmp: seg.save_as(tmp), before_replace)
+
+
+def _fill_type2(images: list) -> None:
+    """Add each missing :data:`TYPE2_COPIED` attribute to the source headers, empty, as the
+    standard allows a Type-2 attribute to be (the files themselves are not touched)."""
+    for ds in images:
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
 
 
 def _highdicom(target: Path) -> Any:

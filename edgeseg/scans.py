@@ -32,12 +32,15 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError, describe
-from edgeseg.sizes import check_claimed_size, check_npy_header
+from edgeseg.sizes import MAX_GUNZIPPED_BYTES, BudgetGzip, check_claimed_size, check_npy_header
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_EXTS = (".dcm", ".ima")
 THICK_RATIO = 1.2  # a voxel this much thicker than the others marks the acquisition axis
 SPACING_MATCH = 0.01  # relative pixel-size difference within which slices are not resampled
+# Most pixels a slice may grow to by resampling (`edgeseg infer --max-resampled-pixels`): a
+# 512 mm field of view at 0.5 mm pixels. The model's memory and time go with the pixels it sees.
+MAX_RESAMPLED_PIXELS = 1024 * 1024
 SUPPORTED = ".npy, .png, .jpg, .tif, .nii, .nii.gz, .dcm (or a DICOM series folder)"
 # Headers are checked against the file before anything is allocated (see check_claimed_size).
 
@@ -326,6 +329,8 @@ def read_scan(
     min_size: int = 16,
     model_mm: float | None = None,
     skull_strip: bool = False,
+    max_pixels: int = MAX_RESAMPLED_PIXELS,
+    max_gunzipped: int = MAX_GUNZIPPED_BYTES,
 ) -> Decoded:
     """Decode one scan; EdgesegError (naming ``path``) for anything unusable.
 
@@ -336,13 +341,16 @@ def read_scan(
         model_mm: the model's training pixel spacing; when given and the scan's is known,
             ``model_size`` is set for slices more than 1 % off it.
        skull_strip: strip the skull first (:mod:`edgeseg.skullstrip`): NIfTI and DICOM only.
+        max_pixels: most pixels (H x W) a slice may have once resampled, unless it has as
+            many already: a 16x16 slice of 100 mm pixels would become 3200x3200 at 0.5 mm.
+        max_gunzipped: most bytes a .nii.gz may decompress to, its header included.
     """
     if kind == "npy":
         dec = _read_npy(path)
     elif kind == "image":
         dec = _read_image(path)
     elif kind == "nifti":
-        dec = _read_nifti(path, axis, min_size)
+        dec = _read_nifti(path, axis, min_size, max_gunzipped)
     else:
         from edgeseg.dicom import read_dicom_series
 
@@ -360,20 +368,33 @@ def read_scan(
         _skull_strip(path, dec, axis, min_size)
     h, w = dec.stack.shape[1:]
     dec.model_size = model_grid(dec.spacing, (h, w), model_mm)
-    if dec.model_size and min(dec.model_size) < min_size:
-        rows_mm, cols_mm = dec.spacing  # type: ignore[misc]  # model_size implies spacing
-        raise EdgesegError(
-            f"{path}: slices of {h}x{w} at {rows_mm:g}x{cols_mm:g} mm become"
-            f" {dec.model_size[0]}x{dec.model_size[1]} at the model's {model_mm:g} mm pixels, too"
-            f" small for it (H and W must be >= {min_size}); pad the scan, or pass --no-resample"
-            " to segment it at its own pixel size"
-        )
+    _check_resampled_size(path, dec, model_mm, min_size, max_pixels)
     if not dec.model_size and min(h, w) < min_size:
         raise EdgesegError(
             f"{path}: slices of {h}x{w} are too small for this model (H and W must be >="
             f" {min_size}); pad or resample the scan"
         )
     return dec
+
+
+def _check_resampled_size(path: Path, dec: Decoded, model_mm: float | None, min_size: int, max_pixels: int) -> None:
+    """Refuse slices that resampling would make too small for the model, or grow past
+    ``max_pixels`` unless they are that big already (the model's work goes with its pixels)."""
+    (h, w), size = dec.stack.shape[1:], dec.model_size
+    if not size or (min(size) >= min_size and size[0] * size[1] <= max(max_pixels, h * w)):
+        return
+    rows_mm, cols_mm = dec.spacing  # type: ignore[misc]  # model_size implies spacing
+    become = f"{path}: slices of {h}x{w} at {rows_mm:g}x{cols_mm:g} mm become {size[0]}x{size[1]}"
+    if min(size) < min_size:
+        raise EdgesegError(
+            f"{become} at the model's {model_mm:g} mm pixels, too small for it (H and W must be >="
+            f" {min_size}); pad the scan, or pass --no-resample to segment it at its own pixel size"
+        )
+    raise EdgesegError(
+        f"{become} ({size[0] * size[1]:,} pixels) at the model's {model_mm:g} mm pixels, more than"
+        f" --max-resampled-pixels {max_pixels:,}; check the pixel size in the scan's header, pass"
+        " --no-resample to segment it at its own pixel size, or raise --max-resampled-pixels"
+    )
 
 
 def _skull_strip(path: Path, dec: Decoded, axis: int | None, min_size: int) -> None:
@@ -432,30 +453,31 @@ def _read_image(path: Path) -> Decoded:
     return Decoded(arr[None], lambda lab: lab[0], arr.shape, notes=notes)
 
 
-def _read_nifti(path: Path, axis: int | None, min_size: int) -> Decoded:
-    import nibabel as nib
-
+def _read_nifti(path: Path, axis: int | None, min_size: int, budget: int = MAX_GUNZIPPED_BYTES) -> Decoded:
+    """``budget``: what a .nii.gz may decompress to (see :class:`edgeseg.sizes.BudgetGzip`)."""
+    gzipped, stream = path.name.lower().endswith(".gz"), None
     try:
-        img = nib.load(path)
-    except Exception as exc:  # ImageFileError, bad header
-        raise EdgesegError(f"{path}: not a readable NIfTI file ({describe(exc, 240, typed=True)})") from exc
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):  # e.g. a CIFTI-2 surface file
-        kind = type(img).__name__.removesuffix("Image").replace("Cifti2", "CIFTI-2")
-        raise EdgesegError(f"{path}: not a NIfTI-1/2 image volume ({kind} data, not voxels); give a 3-D NIfTI volume")
-    header = img.header
-    check_claimed_size(
-        path,
-        "NIfTI file",
-        header.get_data_shape(),
-        header.get_data_dtype(),
-        max(int(header.get_data_offset()), header.sizeof_hdr),
-        gzipped=path.name.lower().endswith(".gz"),
-    )
-    try:
+        stream = BudgetGzip(path, budget) if gzipped else None
+        img = _load_nifti(path, stream)
+        header = img.header
+        check_claimed_size(
+            path,
+            "NIfTI file",
+            header.get_data_shape(),
+            header.get_data_dtype(),
+            max(int(header.get_data_offset()), header.sizeof_hdr),
+            gzipped=gzipped,
+            budget=budget,
+        )
         proxy = img.dataobj
         raw = proxy.get_unscaled() if hasattr(proxy, "get_unscaled") else np.asanyarray(proxy)
+    except EdgesegError:
+        raise
     except Exception as exc:  # ImageFileError, EOFError/zlib.error (truncated), bad header
         raise EdgesegError(f"{path}: not a readable NIfTI file ({describe(exc, 240, typed=True)})") from exc
+    finally:
+        if stream is not None:
+            stream.close()
     _check_dtype(path, raw.dtype)
     if raw.ndim == 4 and raw.shape[3] == 1:
         raw = raw[..., 0]
@@ -472,6 +494,31 @@ def _read_nifti(path: Path, axis: int | None, min_size: int) -> Decoded:
     dec.shape, dec.template = tuple(img.shape), img
     dec.voxel_ml = float(np.prod(nifti_zooms_mm(img))) / 1000.0
     return dec
+
+
+def _load_nifti(path: Path, stream: BudgetGzip | None) -> Any:
+    """nibabel's image of ``path``; a .nii.gz is read through ``stream``, its class picked as
+    ``nib.load`` picks it, from a sniff of the header."""
+    import nibabel as nib
+
+    img = nib.load(path) if stream is None else None
+    klass = type(img) if img is not None else _image_class(path)
+    if not issubclass(klass, nib.Nifti1Image | nib.Nifti2Image):  # e.g. a CIFTI-2 surface file
+        kind = klass.__name__.removesuffix("Image").replace("Cifti2", "CIFTI-2")
+        raise EdgesegError(f"{path}: not a NIfTI-1/2 image volume ({kind} data, not voxels); give a 3-D NIfTI volume")
+    return img if img is not None else klass.from_stream(stream)
+
+
+def _image_class(path: Path) -> Any:
+    """The nibabel image class ``nib.load`` would use for ``path``, from its header's first bytes."""
+    import nibabel as nib
+
+    sniff = None
+    for klass in nib.imageclasses.all_image_classes:
+        found, sniff = klass.path_maybe_image(path, sniff)
+        if found:
+            return klass
+    raise nib.filebasedimages.ImageFileError(f"Cannot work out file type of {path.name!r}")
 
 
 def nifti_zooms_mm(img: Any) -> tuple[float, float, float]:

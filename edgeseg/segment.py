@@ -41,7 +41,8 @@ from edgeseg.outputs import (
 )
 from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
 from edgeseg.records import InputStamp, Record, Records, stamp_inputs
-from edgeseg.scans import Decoded, Scan, read_scan, resample
+from edgeseg.scans import MAX_RESAMPLED_PIXELS, Decoded, Scan, read_scan, resample
+from edgeseg.sizes import MAX_GUNZIPPED_BYTES
 from edgeseg.skullstrip import mask_rel
 
 FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
@@ -76,6 +77,8 @@ class InferConfig:
     force: bool = False  # DICOM: also segment series whose Modality is not MR
     format: str = "both"  # DICOM inputs: nifti | dicom-seg | both (SEG for PACS, NIfTI for research)
     skull_strip: bool = False  # ROBEX brain mask first (NIfTI/DICOM); labels outside it are 0
+    max_resampled_pixels: int = MAX_RESAMPLED_PIXELS  # H x W a slice may grow to by resampling
+    max_decompressed_mb: int = MAX_GUNZIPPED_BYTES >> 20  # MiB a .nii.gz may decompress to
 
 
 @dataclass
@@ -248,6 +251,8 @@ class Segmenter:
                 self.info.min_size,
                 model_mm,
                 self.config.skull_strip,
+                self.config.max_resampled_pixels,
+                self.config.max_decompressed_mb << 20,
             )
         finally:
             self._local.caught = None

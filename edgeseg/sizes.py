@@ -7,6 +7,7 @@ edgeseg.dicom call these before they decode. numpy only.
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,10 @@ from edgeseg.errors import EdgesegError
 
 GZIP_MAX_RATIO = 1032  # deflate cannot compress better than about 1032:1
 MAX_SCAN_BYTES = 8 << 30  # a decoded scan held in memory at once: 1024^3 float64 fits
+# What one .gz scan may decompress to (header and data), like Pillow's pixel limit for PNG: a
+# 2.4 MB .nii.gz can hold 2.5 GB. 1 GiB is 2.5x a 512x512x400 float32 volume; the option
+# (`edgeseg infer --max-decompressed-mb`) raises it for a real scan that big.
+MAX_GUNZIPPED_BYTES = 1 << 30
 
 
 def check_claimed_size(
@@ -27,15 +32,17 @@ def check_claimed_size(
     offset: int = 0,
     gzipped: bool = False,
     holds: int | None = None,
+    budget: int = MAX_GUNZIPPED_BYTES,
 ) -> None:
     """Refuse a header whose ``shape`` x ``dtype`` the file cannot hold, before any read.
 
     A header that lies (a 1.5 kB file claiming 60000x60000 voxels) would otherwise make a
     reader allocate the claimed size first. ``offset``: where the data starts in the file;
     ``holds``: the bytes the data really has, when known (DICOM PixelData), instead of the
-    file. A gzipped file is bounded by deflate's best ratio, by :data:`MAX_SCAN_BYTES`, and
-    then by its trailer's size, or failing that by decompressing it once without keeping
-    the bytes, stopping at the claimed end.
+    file. A gzipped file is bounded by deflate's best ratio, by :data:`MAX_SCAN_BYTES`, by
+    ``budget`` (what it may decompress to, header included), and then by its trailer's size,
+    or failing that by decompressing it once without keeping the bytes, stopping at the
+    claimed end.
     """
     need = _claimed(shape, dtype)
     size = os.path.getsize(path) if holds is None else holds
@@ -48,6 +55,8 @@ def check_claimed_size(
         )
     if gzipped:
         check_decoded_size(path, shape, dtype)
+        if offset + need > budget:
+            raise EdgesegError(over_budget(path, budget, f"{_claim(shape, dtype)}, which is"))
         if (got := _gunzipped_size(path, offset + need)) < offset + need:
             raise EdgesegError(
                 f"{path}: {_claim(shape, dtype)}, but it decompresses to only"
@@ -63,6 +72,58 @@ def check_decoded_size(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
             f"{path}: {_claim(shape, dtype)}, more than edgeseg decodes at once"
             f" ({_bytes(MAX_SCAN_BYTES)}); crop or split the scan"
         )
+
+
+def over_budget(path: Path, budget: int, what: str = "it decompresses to") -> str:
+    """The line for a .gz scan that decompresses (or claims to) past ``budget`` bytes."""
+    return (
+        f"{path}: {what} more than the {_bytes(budget)} that edgeseg unpacks of one compressed file"
+        f" (--max-decompressed-mb {budget >> 20}): a decompression bomb or a damaged header;"
+        " if the scan is real, raise --max-decompressed-mb"
+    )
+
+
+class BudgetGzip(gzip.GzipFile):
+    """A .gz file read through a budget: a read or seek that would take the decompressed
+    stream past ``budget`` bytes raises EdgesegError before decompressing any of them.
+
+    Give it to nibabel (``Nifti1Image.from_stream``) and the header, its extensions and the
+    data are all read through it, so a bomb costs at most ``budget`` bytes of work wherever
+    in the file it hides (an extension claiming 2 GB as well as a data block).
+    """
+
+    def __init__(self, path: Path, budget: int) -> None:
+        super().__init__(path, "rb")
+        self.path, self.budget = path, budget
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(self._allowed(size))
+        self._spend(self._at())
+        return data
+
+    def read1(self, size: int | None = -1) -> bytes:
+        data = super().read1(self._allowed(size))
+        self._spend(self._at())
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._spend(offset if whence == os.SEEK_SET else self._at() + offset if whence == os.SEEK_CUR else 0)
+        return super().seek(offset, whence)
+
+    def _at(self) -> int:
+        """Position in the decompressed stream (``tell`` would come back through ``seek``)."""
+        return super().seek(0, os.SEEK_CUR)
+
+    def _allowed(self, size: int | None) -> int:
+        """``size``, once checked; a read to the end may go one byte past the budget, to tell."""
+        if size is None or size < 0:
+            return self.budget - self._at() + 1
+        self._spend(self._at() + size)
+        return size
+
+    def _spend(self, end: int) -> None:
+        if end > self.budget:
+            raise EdgesegError(over_budget(self.path, self.budget))
 
 
 def _claimed(shape: tuple[int, ...], dtype: Any) -> int:
@@ -81,7 +142,6 @@ def _gunzipped_size(path: Path, limit: int) -> int:
     Otherwise it is decompressed in 64 KiB reads; a truncated stream counts what came out
     before the read that failed.
     """
-    import gzip
     import struct
     import zlib
 
