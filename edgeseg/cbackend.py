@@ -121,12 +121,16 @@ class CModel:
 
         Returns:
             uint8 ``(H, W)`` for one slice, else ``(N, H, W)``.
+
+        Raises:
+            EdgesegError: another shape, or NaN/Inf in a slice (libedgeseg's check, which names it).
         """
+        shape = np.shape(images)  # before ascontiguousarray, which makes a 0-d array 1-d
         x = np.ascontiguousarray(images, dtype=np.float32)
         if x.ndim == 4 and x.shape[1] == 1:
             x = x[:, 0]
-        if x.ndim not in (2, 3):
-            raise EdgesegError(f"images of shape {images.shape}; pass (H, W), (N, H, W) or (N, 1, H, W)")
+        if len(shape) not in (2, 3, 4) or x.ndim not in (2, 3):
+            raise EdgesegError(f"array of shape {shape}; expected (H, W), (N, H, W) or (N, 1, H, W)")
         stack = x[None] if x.ndim == 2 else x
         labels = np.empty(stack.shape, np.uint8)
         status = self._lib.edgeseg_segment(self._live(), stack.ctypes.data, *stack.shape, labels.ctypes.data)

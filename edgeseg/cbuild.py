@@ -25,7 +25,7 @@ from pathlib import Path
 
 from edgeseg.errors import EdgesegError
 
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"  # the repository's csrc/
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "csrc"  # csrc/ of a git checkout or unpacked sdist
 DEFAULT_BUILD_DIR = SOURCE_DIR.parent / "build" / "c"
 LIBRARY_NAME = "libedgeseg.so"
 PROGRAM_NAME = "edgeseg-run"
@@ -65,7 +65,10 @@ def openvino_cmake_dir() -> Path:
 def why_cannot_build() -> str | None:
     """The reason ``build_c`` cannot run here (no sources, cmake, compiler or openvino), or None."""
     if not (SOURCE_DIR / "CMakeLists.txt").is_file():
-        return f"{SOURCE_DIR}: C sources not found; build-c needs a source checkout (git clone)"
+        return (
+            f"{SOURCE_DIR}: C sources not found; build-c runs from a git checkout or an unpacked sdist"
+            " (its csrc/ beside edgeseg/), not from an installed wheel"
+        )
     if shutil.which("cmake") is None:
         return "cmake is not on PATH; install cmake >= 3.16 (apt install cmake or pip install cmake)"
     if not any(shutil.which(cc) for cc in (os.environ.get("CC", "cc"), "cc", "gcc", "clang")):

@@ -124,10 +124,15 @@ def cmodel(clib: CBuild, model: Path):  # noqa: ANN201
 
 
 def run_program(
-    program: Path, *args: str | Path, env: dict[str, str] | None = None, timeout: float = 300
+    program: Path,
+    *args: str | Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    prefix: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess:
+    """``program args`` in a subprocess; ``prefix`` runs it under a tool (valgrind)."""
     return subprocess.run(
-        [str(program), *map(str, args)],
+        [*prefix, str(program), *map(str, args)],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -412,6 +417,71 @@ def test_segment_refuses_slices_below_the_minimum(cmodel) -> None:  # noqa: ANN0
         cmodel.segment(np.zeros((1, 15, 40), np.float32))
 
 
+EDGESEG_E_NONFINITE = 7  # csrc/include/edgeseg.h
+
+
+def test_c_api_refuses_nan_and_inf_before_inference(clib: CBuild, threshold_onnx: Path) -> None:
+    """edgeseg_segment returns EDGESEG_E_NONFINITE naming the slice, and leaves labels untouched:
+    the network would have answered NaN with confident labels (all gray matter, issue 25)."""
+    import ctypes
+
+    from edgeseg.cbackend import CModel, load_library
+    from edgeseg.errors import EdgesegError
+
+    lib = load_library(clib.library)
+    find = lib.edgeseg_find_nonfinite
+    find.restype, find.argtypes = ctypes.c_size_t, [ctypes.c_void_p] + [ctypes.c_size_t] * 3
+    f32 = np.finfo(np.float32)
+    x = np.tile(np.array([[0, 1], [f32.max, -f32.smallest_subnormal]], np.float32), (4, 1, 1))  # all finite
+    assert find(x.ctypes.data, 4, 2, 2) == 4 and find(None, 4, 2, 2) == 0
+    negative_nan = np.array([0xFFC00001], np.uint32).view(np.float32)[0]
+    for value, at in ((np.nan, 3), (np.inf, 1), (-np.inf, 0), (negative_nan, 2)):
+        y = x.copy()
+        y[at, 1, 0] = value
+        assert find(y.ctypes.data, 4, 2, 2) == at, value
+    with CModel(threshold_onnx, 1, library=clib.library) as m:
+        y = np.random.default_rng(0).integers(0, 3, (2, 17, 23)).astype(np.float32)
+        y[1, 5, 7] = np.nan
+        labels = np.full(y.shape, 255, np.uint8)
+        assert lib.edgeseg_segment(m._live(), y.ctypes.data, 2, 17, 23, labels.ctypes.data) == EDGESEG_E_NONFINITE
+        assert lib.edgeseg_last_error(m._live()) == b"edgeseg_segment: slice 1 holds NaN or Inf; fix or mask the scan"
+        assert (labels == 255).all()  # refused before any inference
+        with pytest.raises(EdgesegError, match=r"^edgeseg_segment: slice 1 holds NaN or Inf; fix or mask the scan$"):
+            m.segment(y)
+        y[1, 5, 7] = 2  # the same handle serves the mended stack
+        np.testing.assert_array_equal(m.segment(y), y)
+        for scalar in (np.float32(3), 3.0):  # once an AttributeError for a plain float
+            with pytest.raises(EdgesegError, match=r"array of shape \(\); expected \(H, W\)"):
+                m.segment(scalar)
+
+
+def test_nan_is_named_by_its_slice_in_the_file_across_batches(
+    clib: CBuild, threshold_onnx: Path, tmp_path: Path
+) -> None:
+    """--batch 2 over 5 slices, NaN in slice 3 (the second of its batch): infer's line, exit 1."""
+    x = np.random.default_rng(0).integers(0, 3, (5, 17, 23)).astype(np.float32)
+    x[3, 16, 22] = np.nan
+    np.save(tmp_path / "in.npy", x)
+    proc = run_program(clib.program, "--batch", "2", threshold_onnx, tmp_path / "in.npy", tmp_path / "out.npy")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"edgeseg-run: {tmp_path / 'in.npy'}: slice 3 holds NaN or Inf; fix or mask the scan\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+    x[3, 16, 22] = 1
+    np.testing.assert_array_equal(segment_file(clib.program, threshold_onnx, x, tmp_path, "--batch", "2"), x)
+
+
+def test_an_unwritable_output_fails_before_the_model_is_opened(clib: CBuild, tmp_path: Path) -> None:
+    """OUTPUT in a missing folder, and a missing model: the output is what is named, so it was checked first."""
+    np.save(tmp_path / "x.npy", SLICE)
+    out = tmp_path / "no-such-folder" / "out.npy"
+    proc = run_program(clib.program, tmp_path / "missing.onnx", tmp_path / "x.npy", out)
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"edgeseg-run: {out}: cannot write it (No such file or directory); check that its folder exists and is"
+        " writable\n"
+    )
+
+
 # ----------------------------------------------------------------------------- bad input, sanitizers
 
 
@@ -456,13 +526,53 @@ BAD_INPUTS = {  # case -> (make the input in a folder, text the one-line error m
         lambda d: _npy(d / "x.npy", _header("<f4", (1, 32, 32)), SLICE.tobytes(), 9),
         "version 9.0 is not supported",
     ),
-    "rank-1": (lambda d: np.save(d / "x.npy", np.zeros(64, np.float32)), "expected a non-empty slice"),
-    "empty-stack": (lambda d: np.save(d / "x.npy", np.zeros((0, 32, 32), np.float32)), "expected a non-empty"),
-    "too-small": (lambda d: np.save(d / "x.npy", np.zeros((2, 8, 40), np.float32)), "at least 16x16"),
+    # Shapes, NaN and Inf: refused in `edgeseg infer`'s words (edgeseg/scans.py), whole messages.
+    "rank-0": (lambda d: np.save(d / "x.npy", np.float32(3)), "array of shape (); expected (H, W) or (D, H, W)"),
+    "rank-1": (
+        lambda d: np.save(d / "x.npy", np.zeros(64, np.float32)),
+        "array of shape (64,); expected (H, W) or (D, H, W)",
+    ),
+    "rank-4": (
+        lambda d: np.save(d / "x.npy", np.zeros((1, 1, 32, 32), np.float32)),
+        "array of shape (1, 1, 32, 32); expected (H, W) or (D, H, W)",
+    ),
+    "empty-stack": (
+        lambda d: np.save(d / "x.npy", np.zeros((0, 32, 32), np.float32)),
+        "empty scan (shape (0, 32, 32)); nothing to segment",
+    ),
+    "empty-rows": (lambda d: np.save(d / "x.npy", np.zeros((32, 0), np.float32)), "empty scan (shape (32, 0));"),
+    "too-small": (
+        lambda d: np.save(d / "x.npy", np.zeros((2, 8, 40), np.float32)),
+        "slices of 8x40 are too small for this model (H and W must be >= 16); pad or resample the scan",
+    ),
+    "all-nan-slice": (lambda d: np.save(d / "x.npy", _with(np.nan, slice_=1)), "slice 1 holds NaN or Inf; fix or mask"),
+    "100-nan-pixels": (lambda d: np.save(d / "x.npy", _with(np.nan, pixels=100)), "slice 2 holds NaN or Inf"),
+    "minus-inf-2d": (lambda d: np.save(d / "x.npy", _with(-np.inf, pixels=1)[2]), "slice 0 holds NaN or Inf"),
+    "float64-beyond-float32": (  # numpy's astype(float32) makes 1e300 Inf, and infer refuses it
+        lambda d: np.save(d / "x.npy", _with(1e300, pixels=1, dtype=np.float64)),
+        "slice 2 holds NaN or Inf",
+    ),
+    "output-is-a-directory": (lambda d: _output_dir(d), "out.npy: is a directory; pass a file name"),
     "missing-input": (lambda d: None, "No such file or directory"),
     "missing-model": (lambda d: np.save(d / "x.npy", SLICE), "model not found"),
     "model-openvino-cannot-read": (lambda d: _unknown_op_model(d), "OpenVINO cannot read this model"),
 }
+
+
+def _with(value: float, slice_: int | None = None, pixels: int = 0, dtype: type = np.float32) -> np.ndarray:
+    """Three 64x64 slices of noise around 100 with ``value`` in all of slice ``slice_`` and in
+    ``pixels`` scattered pixels of the last slice."""
+    x = np.random.default_rng(0).normal(100, 20, (3, 64, 64)).astype(dtype)
+    if slice_ is not None:
+        x[slice_] = value
+    x[2].flat[np.random.default_rng(1).choice(64 * 64, pixels, replace=False)] = value
+    return x
+
+
+def _output_dir(folder: Path) -> None:
+    """A valid input, OUTPUT an existing folder, and no model: refused before the model is opened."""
+    np.save(folder / "x.npy", SLICE)
+    (folder / "out.npy").mkdir()
 
 
 def _unknown_op_model(folder: Path) -> None:
@@ -476,17 +586,21 @@ def _save_bytes(folder: Path, array: np.ndarray) -> bytes:
     return (folder / "whole.npy").read_bytes()
 
 
-def _run_bad_input(program: Path, case: str, folder: Path, env: dict[str, str] | None = None) -> None:
+def _run_bad_input(
+    program: Path, case: str, folder: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()
+) -> None:
     make, message = BAD_INPUTS[case]
     make(folder)
     model = folder / "model.onnx" if (folder / "model.onnx").is_file() else SHIPPED_MODEL
-    model = folder / "missing.onnx" if case == "missing-model" else model
-    proc = run_program(program, model, folder / "x.npy", folder / "out.npy", env=env)
+    model = folder / "missing.onnx" if case in ("missing-model", "output-is-a-directory") else model
+    before = sorted(p.name for p in folder.iterdir() if p.name.startswith("out"))
+    proc = run_program(program, model, folder / "x.npy", folder / "out.npy", env=env, prefix=prefix)
     lines = proc.stderr.splitlines()
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert len(lines) == 1 and message in lines[0], proc.stderr
-    assert str(model if "model" in case else folder / "x.npy") in lines[0]
-    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("out")) == []  # nothing partial
+    named = model if "model" in case else folder / ("out.npy" if "output" in case else "x.npy")
+    assert str(named) in lines[0]
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith("out")) == before  # nothing partial
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -587,6 +701,84 @@ def test_mutated_headers_fail_cleanly_under_sanitizers(clib_asan: CBuild, tmp_pa
         err = proc.stderr.decode()  # ASCII only: strict decoding fails on anything else
         assert proc.returncode == 1 and len(err.splitlines()) == 1 and err[:-1].isprintable(), (i, err)
     assert not (tmp_path / "out.npy").exists()
+
+
+VALGRIND = shutil.which("valgrind")
+
+
+@pytest.mark.slow  # about a minute on 2 shared cores: OpenVINO's load and compile under memcheck
+@pytest.mark.skipif(VALGRIND is None, reason="valgrind is not installed (apt install valgrind)")
+def test_valgrind_reports_nothing_on_the_new_refusals(clib: CBuild, threshold_onnx: Path, tmp_path: Path) -> None:
+    """Memcheck over the plain build: uninitialised values (a 0-d array once printed one), bad reads
+    and writes, definite leaks. NaN runs the threshold model, whose compile is short under valgrind."""
+    memcheck = (
+        str(VALGRIND),
+        "-q",
+        "--error-exitcode=99",
+        f"--suppressions={Path(__file__).with_name('valgrind.supp')}",
+        "--leak-check=full",
+        "--errors-for-leak-kinds=definite",
+        "--show-leak-kinds=definite",
+    )
+    for case in ("rank-0", "output-is-a-directory", "all-nan-slice"):
+        folder = tmp_path / case
+        folder.mkdir()
+        if "nan" in case:
+            shutil.copy(threshold_onnx, folder / "model.onnx")
+        _run_bad_input(clib.program, case, folder, prefix=memcheck)  # exit 1 and one line: no report
+
+
+def test_the_sdist_carries_csrc_and_build_c_works_from_it(tmp_path: Path) -> None:
+    """The sdist of this checkout (tracked and new files, as CI's clone has them) holds every file of
+    csrc/, and `edgeseg build-c` run from the unpacked sdist builds from its csrc/ and runs."""
+    import tarfile
+
+    repo = Path(__file__).resolve().parent.parent
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=repo, capture_output=True
+    )
+    if listed.returncode != 0:
+        pytest.skip(f"{repo} is not a git checkout: the sdist is built from one")
+    source = tmp_path / "checkout"
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (repo / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, source / name)
+    sdist = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from setuptools import build_meta; print(build_meta.build_sdist(sys.argv[1]))",
+            str(tmp_path / "dist"),
+        ],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sdist.returncode == 0, sdist.stderr[-2000:]
+    with tarfile.open(tmp_path / "dist" / sdist.stdout.split()[-1]) as archive:
+        archive.extractall(tmp_path / "unpacked", **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    (root,) = (tmp_path / "unpacked").iterdir()
+
+    def files(folder: Path) -> set[str]:
+        return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+    assert files(source / "csrc") and files(root / "csrc") == files(source / "csrc")
+    build = tmp_path / "build"
+    proc = subprocess.run(  # `python -m edgeseg` in the unpacked tree imports its edgeseg, not this one
+        [sys.executable, "-m", "edgeseg", "build-c", "--build-dir", str(build)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(build / "libedgeseg.so"), str(build / "edgeseg-run")]
+    compiled = {Path(c["file"]).resolve() for c in json.loads((build / "compile_commands.json").read_text())}
+    assert (root / "csrc" / "src" / "edgeseg.c").resolve() in compiled, compiled
+    info = run_program(build / "edgeseg-run", "--info", SHIPPED_MODEL)
+    assert info.returncode == 0 and "edgeseg.format: edgeseg-onnx-v1" in info.stdout, info.stderr
 
 
 # ----------------------------------------------------------------------------- the bench backend

@@ -65,7 +65,8 @@ typedef enum {
     EDGESEG_E_MODEL = 3,       /**< not an edgeseg-onnx-v1 model, or the wrong precision's file */
     EDGESEG_E_UNSUPPORTED = 4, /**< the precision cannot run on this CPU */
     EDGESEG_E_RUNTIME = 5,     /**< OpenVINO failed; the message carries its reason */
-    EDGESEG_E_MEMORY = 6       /**< out of memory while opening */
+    EDGESEG_E_MEMORY = 6,      /**< out of memory while opening */
+    EDGESEG_E_NONFINITE = 7    /**< the images hold NaN or Inf; edgeseg_find_nonfinite names the slice */
 } edgeseg_status;
 
 /**
@@ -106,10 +107,21 @@ EDGESEG_API edgeseg_status edgeseg_open_shapes(const char *path, int threads, ed
  * @param h      rows, >= edgeseg_min_size
  * @param w      columns, >= edgeseg_min_size
  * @param labels receives n*h*w class indices (0 .. edgeseg_num_classes-1)
- * @return EDGESEG_OK; on failure `labels` is unspecified and edgeseg_last_error says why
+ * @return EDGESEG_OK; EDGESEG_E_NONFINITE, before any inference, when a value is NaN or Inf (the
+ *         network would return confident, wrong labels for them: refused as `edgeseg infer` does);
+ *         on failure `labels` is unspecified and edgeseg_last_error says why
  */
 EDGESEG_API edgeseg_status edgeseg_segment(edgeseg_model *model, const float *images, size_t n, size_t h,
                                            size_t w, uint8_t *labels);
+
+/**
+ * The check edgeseg_segment makes before it runs: which slice of `images` (n*h*w float32, as for
+ * edgeseg_segment) holds NaN or Inf first. Needs no model, allocates nothing.
+ *
+ * @return the index of the first slice holding NaN or Inf; n when every value is finite; 0 when
+ *         `images` is NULL and n >= 1
+ */
+EDGESEG_API size_t edgeseg_find_nonfinite(const float *images, size_t n, size_t h, size_t w);
 
 /**
  * A metadata value the model file carries (its ONNX metadata_props), e.g.

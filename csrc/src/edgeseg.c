@@ -380,6 +380,9 @@ edgeseg_status edgeseg_segment(edgeseg_model *m, const float *images, size_t n, 
                     n, h, w, m->min_size, m->min_size);
     if (h > INT64_MAX / w || n > INT64_MAX / (h * w) || n * h * w > SIZE_MAX / sizeof(float))
         return fail(m, EDGESEG_E_ARGUMENT, "edgeseg_segment: %zux%zux%zu is too large", n, h, w);
+    size_t bad = edgeseg_find_nonfinite(images, n, h, w);
+    if (bad < n)
+        return fail(m, EDGESEG_E_NONFINITE, "edgeseg_segment: slice %zu holds NaN or Inf; fix or mask the scan", bad);
     int64_t dims[4] = {(int64_t)n, 1, (int64_t)h, (int64_t)w};
     edgeseg_status rc = EDGESEG_OK;
     shape_slot *slot = compiled_for(m, dims, &rc);
@@ -406,6 +409,24 @@ edgeseg_status edgeseg_segment(edgeseg_model *m, const float *images, size_t n, 
     if (count != n * h * w)
         return fail(m, EDGESEG_E_RUNTIME, "OpenVINO returned %zu labels for %zux%zux%zu", count, n, h, w);
     return EDGESEG_OK;
+}
+
+/* The exponent bits, not isfinite(): a build with -ffinite-math-only (CFLAGS=-Ofast) folds
+ * isfinite() to 1 and would let NaN through again. */
+size_t edgeseg_find_nonfinite(const float *images, size_t n, size_t h, size_t w) {
+    if (!images) return 0;
+    size_t hw = h * w;
+    for (size_t i = 0; i < n; i++) {
+        const float *slice = images + i * hw;
+        int bad = 0;
+        for (size_t j = 0; j < hw; j++) {
+            uint32_t bits;
+            memcpy(&bits, &slice[j], sizeof bits);
+            bad |= (bits & 0x7f800000u) == 0x7f800000u; /* exponent all ones: Inf or NaN */
+        }
+        if (bad) return i;
+    }
+    return n;
 }
 
 const char *edgeseg_metadata(const edgeseg_model *m, const char *key) {

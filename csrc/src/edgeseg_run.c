@@ -7,7 +7,9 @@
  * The input is streamed a batch at a time, so memory stays at one batch whatever the stack's
  * length. The output is written to a temporary name and renamed, so a failed run never leaves a
  * partial OUTPUT.npy; on SIGINT or SIGTERM the temporary file is removed before the signal ends
- * the program as usual (exit 130/143 from a shell). Exit status: 0 done, 1 bad input or model (one
+ * the program as usual (exit 130/143 from a shell). Input that `edgeseg infer` refuses (NaN or Inf,
+ * 0-d or wrong-rank, empty arrays) is refused here in the same words, and OUTPUT is checked and
+ * created before the model is opened. Exit status: 0 done, 1 bad input or model (one
  * line on stderr), 2 usage.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -52,7 +54,7 @@ static int parse_count(const char *s, int lo, int *out) {
 
 /* 0 ok, 2 usage error (printed), 3 help printed. */
 static int parse_args(int argc, char **argv, options *o) {
-    const char *positional[3];
+    const char *positional[3] = {NULL, NULL, NULL};
     int npos = 0;
     *o = (options){.threads = 0, .batch = 1, .precision = EDGESEG_F32, .shapes = EDGESEG_STATIC_SHAPES};
     for (int i = 1; i < argc; i++) {
@@ -174,31 +176,68 @@ static int fail_io(run_state *s, const char *path, const char *action, const cha
     return fail(s, path, what);
 }
 
-/* Slices, rows, columns of an (H, W) or (N, H, W) header; -1 if it is neither. */
-static int stack_shape(const npy_header *h, size_t dims[3]) {
-    if (h->rank != 2 && h->rank != 3) return -1;
+/* Slices, rows, columns of an (H, W) or (N, H, W) header, or why not: `edgeseg infer`'s words
+ * (edgeseg/scans.py), so every runtime refuses the same files the same way. */
+static const char *stack_shape(const npy_header *h, size_t dims[3], char *why, size_t why_size) {
+    char shape[256];
+    npy_shape_text(h, shape, sizeof shape);
+    if (h->rank != 2 && h->rank != 3) {
+        snprintf(why, why_size, "array of shape %s; expected (H, W) or (D, H, W)", shape);
+        return why;
+    }
     dims[0] = h->rank == 3 ? (size_t)h->shape[0] : 1;
     dims[1] = (size_t)h->shape[h->rank - 2];
     dims[2] = (size_t)h->shape[h->rank - 1];
-    return dims[0] && dims[1] && dims[2] ? 0 : -1;
+    if (dims[0] && dims[1] && dims[2]) return NULL;
+    snprintf(why, why_size, "empty scan (shape %s); nothing to segment", shape);
+    return why;
+}
+
+/* Create the temporary output and write its header, before the model is even opened: a bad
+ * OUTPUT fails at once, not after the whole input has been segmented. */
+static int open_output(run_state *s, const options *o, const npy_header *h, const size_t dims[3]) {
+    struct stat st = {0};
+    if (stat(o->output, &st) == 0 && S_ISDIR(st.st_mode))
+        return fail(s, o->output, "is a directory; pass a file name for the labels, e.g. DIR/labels.npy");
+    size_t tmp_size = strlen(o->output) + 32;
+    s->tmp_path = malloc(tmp_size);
+    if (!s->tmp_path) return fail(s, o->output, "out of memory");
+    snprintf(s->tmp_path, tmp_size, "%s.tmp-%ld", o->output, (long)getpid());
+    pending_tmp = s->tmp_path; /* before fopen creates it: a signal from here on removes it */
+    remove_tmp_on_signals();
+    s->out = fopen(s->tmp_path, "wb");
+    uint64_t out_shape[3] = {dims[0], dims[1], dims[2]};
+    if (!s->out || npy_write_u8_header(s->out, h->rank == 3 ? out_shape : out_shape + 1, h->rank))
+        return fail_io(s, o->output, "write it", "check that its folder exists and is writable");
+    return 0;
+}
+
+/* Segment one batch of n slices that starts at slice `first`; a slice with NaN or Inf is named by
+ * its index in the file, as infer names it. */
+static int segment_batch(run_state *s, const options *o, size_t first, size_t n, const size_t dims[3]) {
+    edgeseg_status rc = edgeseg_segment(s->model, s->images, n, dims[1], dims[2], s->labels);
+    if (rc == EDGESEG_E_NONFINITE) {
+        char why[128];
+        snprintf(why, sizeof why, "slice %zu holds NaN or Inf; fix or mask the scan",
+                 first + edgeseg_find_nonfinite(s->images, n, dims[1], dims[2]));
+        return fail(s, o->input, why);
+    }
+    return rc == EDGESEG_OK ? 0 : fail(s, o->input, edgeseg_last_error(s->model));
 }
 
 static int segment_file(const options *o) {
     run_state s = {0};
-    char why[EDGESEG_ERROR_SIZE];
-    struct stat st;
-    npy_header h;
-    size_t dims[3];
+    char why[EDGESEG_ERROR_SIZE] = "";
+    struct stat st = {0};
+    npy_header h = {0};
+    size_t dims[3] = {0, 0, 0};
     s.in = fopen(o->input, "rb");
     if (!s.in || fstat(fileno(s.in), &st) != 0 || !S_ISREG(st.st_mode))
         return s.in ? fail(&s, o->input, "not a regular file; pass an .npy file")
                     : fail_io(&s, o->input, "open it", "pass an existing, readable .npy file");
     if (npy_read_header(s.in, (uint64_t)st.st_size, &h, why, sizeof why)) return fail(&s, o->input, why);
-    if (stack_shape(&h, dims)) {
-        snprintf(why, sizeof why, "array of rank %d with shape (%llu, ...); expected a non-empty slice (H, W) or"
-                 " stack (N, H, W)", h.rank, (unsigned long long)h.shape[0]);
-        return fail(&s, o->input, why);
-    }
+    if (stack_shape(&h, dims, why, sizeof why)) return fail(&s, o->input, why);
+    if (open_output(&s, o, &h, dims)) return 1;
     if (edgeseg_open_shapes(o->model, o->threads, o->precision, o->shapes, &s.model, why, sizeof why) != EDGESEG_OK) {
         fprintf(stderr, PROG ": %s\n", why);
         release(&s);
@@ -206,8 +245,8 @@ static int segment_file(const options *o) {
     }
     size_t min = (size_t)edgeseg_min_size(s.model), hw = dims[1] * dims[2];
     if (dims[1] < min || dims[2] < min) {
-        snprintf(why, sizeof why, "slices are %zux%zu; the model needs at least %zux%zu (pad them)", dims[1], dims[2],
-                 min, min);
+        snprintf(why, sizeof why, "slices of %zux%zu are too small for this model (H and W must be >= %zu); pad or"
+                 " resample the scan", dims[1], dims[2], min);
         return fail(&s, o->input, why);
     }
     size_t batch = (size_t)o->batch < dims[0] ? (size_t)o->batch : dims[0];
@@ -216,24 +255,13 @@ static int segment_file(const options *o) {
     s.raw = h.dtype == NPY_F4 ? NULL : malloc(batch * hw * h.itemsize);
     if (!s.images || !s.labels || (h.dtype != NPY_F4 && !s.raw))
         return fail(&s, o->input, "out of memory for one batch; use a smaller --batch");
-    size_t tmp_size = strlen(o->output) + 32;
-    s.tmp_path = malloc(tmp_size);
-    if (!s.tmp_path) return fail(&s, o->output, "out of memory");
-    snprintf(s.tmp_path, tmp_size, "%s.tmp-%ld", o->output, (long)getpid());
-    pending_tmp = s.tmp_path;  /* before fopen creates it: a signal from here on removes it */
-    remove_tmp_on_signals();
-    s.out = fopen(s.tmp_path, "wb");
-    uint64_t out_shape[3] = {dims[0], dims[1], dims[2]};
-    if (!s.out || npy_write_u8_header(s.out, h.rank == 3 ? out_shape : out_shape + 1, h.rank))
-        return fail_io(&s, o->output, "write it", "check that its folder exists and is writable");
     for (size_t done = 0; done < dims[0]; done += batch) {
         size_t n = dims[0] - done < batch ? dims[0] - done : batch;
         void *dest = s.raw ? s.raw : (void *)s.images;
         if (fread(dest, h.itemsize, n * hw, s.in) != n * hw)
             return fail(&s, o->input, "read failed (the file shrank while being read?); rerun on a stable copy");
         if (s.raw) npy_to_float(h.dtype, s.raw, s.images, n * hw);
-        if (edgeseg_segment(s.model, s.images, n, dims[1], dims[2], s.labels) != EDGESEG_OK)
-            return fail(&s, o->input, edgeseg_last_error(s.model));
+        if (segment_batch(&s, o, done, n, dims)) return 1;
         if (fwrite(s.labels, 1, n * hw, s.out) != n * hw)
             return fail_io(&s, o->output, "write it", "check the free space");
     }
@@ -254,7 +282,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, PROG ": this build reads little-endian NPY data on a big-endian CPU; unsupported\n");
         return 1;
     }
-    options o;
+    options o = {0};
     int rc = parse_args(argc, argv, &o);
     if (rc) return rc == 3 ? 0 : rc;
     return o.info ? print_info(&o) : segment_file(&o);

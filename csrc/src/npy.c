@@ -164,6 +164,13 @@ int npy_read_header(FILE *f, uint64_t file_size, npy_header *h, char *why, size_
     return 0;
 }
 
+void npy_shape_text(const npy_header *h, char *out, size_t size) {
+    size_t n = (size_t)snprintf(out, size, "(");
+    for (int i = 0; i < h->rank && n < size; i++)
+        n += (size_t)snprintf(out + n, size - n, "%s%llu", i ? ", " : "", (unsigned long long)h->shape[i]);
+    if (n < size) snprintf(out + n, size - n, h->rank == 1 ? ",)" : ")");
+}
+
 int npy_write_u8_header(FILE *f, const uint64_t *shape, int rank) {
     char dict[256];
     int n = snprintf(dict, sizeof dict, "{'descr': '|u1', 'fortran_order': False, 'shape': (");

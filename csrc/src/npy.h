@@ -25,6 +25,9 @@ typedef struct {
  * 0 on success; otherwise -1 and a one-line reason in why[0..why_size). */
 int npy_read_header(FILE *f, uint64_t file_size, npy_header *out, char *why, size_t why_size);
 
+/* The header's shape as Python writes a tuple: "()", "(64,)", "(3, 394, 394)". */
+void npy_shape_text(const npy_header *h, char *out, size_t size);
+
 /* Write a version 1.0 header for a C-order uint8 array of `shape`. 0 on success. */
 int npy_write_u8_header(FILE *f, const uint64_t *shape, int rank);
 
