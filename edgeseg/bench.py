@@ -8,9 +8,11 @@ architecture it is meant for, and a budget taken from clinical use. For every ta
 machine can run, :func:`run_bench`
 measures what trtexec, onnxruntime_perf_test and Ultralytics' benchmark show between them:
 session-creation and first-inference time, latency min/mean/p50/p90/p95/p99/max after
-warm-up, throughput, achieved GFLOP/s against this machine's matmul peak (measured in the
-same run), mIoU on the demo test slices per model file, and the peak RSS of a separate
-inference process. Targets it cannot run are listed with the reason.
+warm-up, throughput, achieved GFLOP/s (and, for fp32 CPU rows, its share of the fp32 FMA
+peak of :func:`edgeseg.machine.fma_peak`, checked against an sgemm measured in the same run),
+mIoU on the demo test slices per model file, and the peak RSS of a separate inference process.
+Targets it cannot run are listed with the reason. The terminal table is compact by default
+(:func:`edgeseg.bench_report.print_report`; ``--wide`` for every column).
 
 This module imports numpy only; onnxruntime, openvino and torch are imported where used,
 so the RSS child of an ONNX target never loads torch.
@@ -66,7 +68,7 @@ class BenchConfig:
     miou_slices: int | None = None  # cap on test slices scored; None = all
     data: Path | None = None  # dataset root for mIoU; None = the demo set (built if missing)
     rss: bool = True  # peak RSS from a separate inference process
-    peak_size: int = 2048  # side of the square sgemm that measures the matmul peak
+    peak_size: int = 2048  # side of the square sgemm that checks the fp32 peak estimate
     cv_warn: float = 0.10  # coefficient of variation above which the machine is called noisy
     tuned: bool = True  # with --target all, add a row per candidate of a MODEL.deploy.json tuned here
 
@@ -218,12 +220,12 @@ def why_not_here(target: Target, path: Path) -> str | None:
         from edgeseg.cbackend import why_unavailable
 
         return why_unavailable()
-    module = {"openvino": "openvino", "torch": "torch"}.get(target.provider)
+    module, extra = {"openvino": ("openvino", "openvino"), "torch": ("torch", "train")}.get(target.provider, ("", ""))
     if module:
         import importlib.util
 
         if importlib.util.find_spec(module) is None:
-            return f"{module} is not installed (pip install {module})"
+            return f"{module} is not installed (pip install 'edgeseg[{extra}]')"
     return None
 
 
@@ -239,7 +241,8 @@ class _Context:
         self.model, self.config = model, config
         self.info = read_model_info(model)
         self.class_names = self.info.class_names
-        self.peaks: dict[int, dict[str, Any]] = {}
+        self.peaks: dict[int, dict[str, Any]] = {}  # measured sgemm, by threads
+        self.fp32_peaks: dict[int, dict[str, Any]] = {}  # the FMA estimate, or why there is none
         self.scores: dict[tuple[str, str], float] = {}
         self.held: HeldOut | None = None
         self._macs: int | None | bool = False
@@ -249,6 +252,22 @@ class _Context:
             spec = {"mode": "peak", "size": self.config.peak_size, "threads": threads}
             self.peaks[threads] = run_child(spec, threads)
         return self.peaks[threads]
+
+    def fp32_peak(self, threads: int) -> float | None:
+        """GFLOP/s of :func:`edgeseg.machine.fma_peak` at ``threads``; None where it cannot be known,
+        or where a measured sgemm beats it (the clock read is not the clock that ran)."""
+        from edgeseg.machine import fma_peak
+
+        if threads not in self.fp32_peaks:
+            estimate, sgemm = fma_peak(threads), self.peak(threads)
+            if estimate is None:
+                found = {"unknown": "the CPU's flags do not tell its FMA units, or no clock is reported"}
+            elif sgemm["gflops"] > estimate.gflops:
+                found = {"unknown": f"{estimate.describe()} is below a measured sgemm ({sgemm['gflops']:.0f})"}
+            else:
+                found = {"gflops": estimate.gflops, "estimate": estimate.describe()}
+            self.fp32_peaks[threads] = {**found, "sgemm_gflops": sgemm["gflops"], "sgemm_lib": sgemm["lib"]}
+        return self.fp32_peaks[threads].get("gflops")
 
     def macs(self) -> int | None:
         if self._macs is False:
@@ -322,14 +341,15 @@ def _measure(result: Result, path: Path, target: Target, config: BenchConfig, ct
 
 
 def _throughput_vs_peak(result: Result, target: Target, mean_s: float, ctx: _Context) -> None:
-    """Achieved GFLOP/s from the graph's MACs, and its share of the matmul peak."""
+    """Achieved GFLOP/s from the graph's MACs, and, for fp32 on a CPU, its share of the fp32 FMA peak
+    (a CPU's fp32 peak says nothing about a GPU, nor about int8 dot products or fp16)."""
     macs = ctx.macs()
     if not macs:
         return
     result.gflops = 2 * macs * target.batch / mean_s / 1e9
-    if target.provider not in ("cuda", "tensorrt"):  # a CPU peak says nothing about a GPU
-        peak = ctx.peak(target.threads or os.cpu_count() or 1)
-        result.peak_pct = 100 * result.gflops / peak["gflops"]
+    if target.provider not in ("cuda", "tensorrt") and (result.ran_precision or target.precision) == "fp32":
+        peak = ctx.fp32_peak(target.threads or os.cpu_count() or 1)
+        result.peak_pct = None if peak is None else 100 * result.gflops / peak
 
 
 def check_budget(target: Target, latency_ms: dict[str, float]) -> tuple[bool | None, str]:
@@ -377,6 +397,7 @@ def run_bench(
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
     report.machine["load_avg_end"] = [round(v, 2) for v in load]
     report.machine["matmul_peak"] = {str(k): v for k, v in ctx.peaks.items()}
+    report.machine["fp32_peak"] = {str(k): v for k, v in ctx.fp32_peaks.items()}
     report.machine["macs_per_slice"] = ctx.macs()
     report.machine["eval_set"] = ctx.held.source if ctx.held else None
     report.ratios = compute_ratios(report.results, {t.name: t for t in chosen})
@@ -390,6 +411,7 @@ def bench(
     config: BenchConfig | None = None,
     json_path: Path | None = None,
     markdown_path: Path | None = None,
+    wide: bool = False,
 ) -> BenchReport:
     """What ``edgeseg bench`` does: run, print the table, write the JSON/markdown reports.
 
@@ -399,6 +421,8 @@ def bench(
         config: measurement settings.
         json_path: also write the full report as JSON here.
         markdown_path: also write the table and notes as markdown here.
+        wide: print every column (the markdown always has them), else the compact view that fits
+            the terminal.
     """
     import onnxruntime  # noqa: F401  the MAC count and ORT targets need it: without it the CLI names the extra now
     from rich.console import Console
@@ -414,8 +438,8 @@ def bench(
     from edgeseg.bench_report import print_report, to_markdown
 
     err = Console(stderr=True)
-    report = run_bench(model, target, config, log=lambda m: err.print(m, highlight=False))
-    print_report(report, Console(width=max(Console().width, 200)))
+    report = run_bench(model, target, config, log=lambda m: err.print(m, highlight=False, markup=False))
+    print_report(report, Console(), wide)
     if json_path:
         _write_report(json_path, json.dumps(jsonable(asdict(report)), indent=2) + "\n")
     if markdown_path:

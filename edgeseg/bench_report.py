@@ -69,7 +69,8 @@ PEERS = ("cpu", "torch", "openvino", "c-openvino")  # providers whose fp32 row t
 class Ratios:
     """The figures the issue asks for, each from rows measured in the same run (None: not measured)."""
 
-    best_cpu: str | None = None  # the fastest batch-1 ONNX Runtime CPU target
+    best_cpu: str | None = None  # the fastest batch-1 CPU row that passes its precision's ΔmIoU gate
+    best_backend: str = ""  # what ran it
     best_p50_ms: float | None = None
     best_rss_mb: float | None = None
     vs_eager: float | None = None  # its p50 over PyTorch eager's
@@ -79,6 +80,7 @@ class Ratios:
     c_p50_ms: float | None = None  # libedgeseg
     python_openvino_p50_ms: float | None = None
     c_vs_python_openvino: float | None = None
+    not_ranked: list[str] = field(default_factory=list)  # batch-1 CPU rows left out of best, and why
 
 
 @dataclass
@@ -94,6 +96,7 @@ class BenchReport:
 
 
 STATUS = {"ok": "✅", "fail": "❌", "skip": "skip"}
+LATENCY = "latency ms min/mean/p50/p90/p95/p99/max"
 HEADER = (
     "target",
     "backend",
@@ -105,13 +108,27 @@ HEADER = (
     "mIoU fg",
     "create s",
     "first ms",
-    "latency ms min/mean/p50/p90/p95/p99/max",
+    LATENCY,
     "slices/s",
     "GFLOP/s",
     "% peak",
     "RSS MB",
     "budget",
 )
+# The terminal's default view: what ran, how fast, how good, how big, whether it fits; short
+# two-line headers, so that it fits 80 columns with the text columns wrapped.
+COMPACT = {
+    "target": "target",
+    "ran": "ran",
+    "p50 ms": "p50\nms",
+    "p99 ms": "p99\nms",
+    "slices/s": "slices\n/s",
+    "mIoU fg": "mIoU\nfg",
+    "% peak": "%\npeak",
+    "RSS MB": "RSS\nMB",
+    "fits": "budget",  # ✅, or ❌ and the numbers; or skipped, FAILED (the notes say why)
+}
+TEXT = ("target", "backend", "prec", "threads", "ran", "budget", "fits")  # may wrap; the rest are numbers or marks
 
 
 def _num(value: float | None, fmt: str = "") -> str:
@@ -130,37 +147,39 @@ def _precision(r: Result) -> str:
     return f"{r.ran_precision} (asked {r.precision})"
 
 
+def _cells(r: Result) -> dict[str, str]:
+    """One row as strings, keyed by the column names of :data:`HEADER` and :data:`COMPACT`."""
+    lat = r.latency_ms
+    keys = ("min", "mean", "p50", "p90", "p95", "p99", "max")
+    asked = f" (asked {r.precision})" if r.ran_precision and r.ran_precision != r.precision else ""
+    return {
+        "target": r.target,
+        "backend": r.backend or r.provider,
+        "prec": _precision(r),
+        "batch": str(r.batch),
+        "threads": r.threads,
+        "ran": f"{r.backend or r.provider + ' ' + r.precision}{asked}, batch {r.batch}, {r.threads} threads",
+        "status": STATUS[r.status],
+        "MB": _num(r.size_mb),
+        "mIoU fg": _num(r.miou_fg, ".4f"),
+        "create s": _num(r.create_s),
+        "first ms": _num(r.first_ms),
+        LATENCY: "/".join(_num(lat[k]) for k in keys) if lat else "—",
+        "p50 ms": _num(lat.get("p50")),
+        "p99 ms": _num(lat.get("p99")),
+        "slices/s": _num(r.slices_per_s),
+        "GFLOP/s": _num(r.gflops),
+        "% peak": _num(r.peak_pct, ".0f"),
+        "RSS MB": _num(r.rss_mb, ".0f"),
+        "budget": "—" if r.budget_ok is None else f"{'✅' if r.budget_ok else '❌'} {r.budget}",
+        "fits": {"skip": "skipped", "fail": "FAILED"}.get(r.status)
+        or ("—" if r.budget_ok is None else "✅" if r.budget_ok else "❌ " + r.budget),
+    }
+
+
 def table_rows(report: BenchReport) -> list[list[str]]:
     """The table as strings, one row per target, in :data:`HEADER` order."""
-    rows = []
-    for r in report.results:
-        lat = (
-            "/".join(_num(r.latency_ms[k]) for k in ("min", "mean", "p50", "p90", "p95", "p99", "max"))
-            if r.latency_ms
-            else "—"
-        )
-        budget = "—" if r.budget_ok is None else f"{'✅' if r.budget_ok else '❌'} {r.budget}"
-        rows.append(
-            [
-                r.target,
-                r.backend or r.provider,
-                _precision(r),
-                str(r.batch),
-                r.threads,
-                STATUS[r.status],
-                _num(r.size_mb),
-                _num(r.miou_fg, ".4f"),
-                _num(r.create_s),
-                _num(r.first_ms),
-                lat,
-                _num(r.slices_per_s),
-                _num(r.gflops),
-                _num(r.peak_pct, ".0f"),
-                _num(r.rss_mb, ".0f"),
-                budget,
-            ]
-        )
-    return rows
+    return [[cells[c] for c in HEADER] for cells in map(_cells, report.results)]
 
 
 def report_notes(report: BenchReport) -> list[str]:
@@ -171,23 +190,27 @@ def report_notes(report: BenchReport) -> list[str]:
         for r in report.results
         if r.status != "ok"
     ]
-    peaks = ", ".join(
-        f"{k} threads {v['gflops']:.0f} GFLOP/s ({v['lib']})" for k, v in m.get("matmul_peak", {}).items()
-    )
     macs = m.get("macs_per_slice")
     notes.append(
         f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, {' '.join(m.get('flags', []))}; load average"
         f" {m['load_avg_start'][0]:.1f} -> {m.get('load_avg_end', [0])[0]:.1f};"
-        f" matmul peak {peaks or 'not measured'};"
         f" model {macs / 1e9:.3g} GMAC per {report.config['size']}² slice"
         if macs
         else f"machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, {' '.join(m.get('flags', []))}"
     )
+    for threads, peak in m.get("fp32_peak", {}).items():
+        sgemm = f"{peak['sgemm_lib']} sgemm measured {peak['sgemm_gflops']:.0f} GFLOP/s"
+        notes.append(
+            f"% peak at {threads} thread{'s' * (threads != '1')}: of the fp32 FMA peak {peak['estimate']} ({sgemm})"
+            if "gflops" in peak
+            else f"% peak at {threads} thread{'s' * (threads != '1')}: not shown, the fp32 peak cannot be known"
+            f" here: {peak['unknown']}"
+        )
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")
     q = report.ratios
     if q.best_cpu is not None:
-        parts = [f"best CPU target {q.best_cpu}: p50 {q.best_p50_ms:.1f} ms"]
+        parts = [f"best gated CPU target {q.best_cpu} ({q.best_backend}): p50 {q.best_p50_ms:.1f} ms"]
         parts += [
             f"{value:.2f}x {label}"
             for value, label in ((q.vs_eager, "PyTorch eager"), (q.vs_openvino, "OpenVINO fp32"))
@@ -198,8 +221,10 @@ def report_notes(report: BenchReport) -> list[str]:
         if q.best_rss_mb is not None:
             parts.append(f"peak RSS {q.best_rss_mb:.0f} MB")
         if q.fp32_peak_pct is not None:
-            parts.append(f"ORT fp32 at {q.fp32_peak_pct:.0f}% of the matmul peak")
+            parts.append(f"ORT fp32 at {q.fp32_peak_pct:.0f}% of the fp32 peak")
         notes.append("; ".join(parts))
+    if q.not_ranked:
+        notes.append(f"not ranked for best (batch 1, gated by ΔmIoU vs ONNX Runtime fp32): {'; '.join(q.not_ranked)}")
     if q.c_vs_python_openvino is not None:
         notes.append(
             f"OpenVINO fp32 p50: C (libedgeseg) {q.c_p50_ms:.1f} ms, Python"
@@ -208,20 +233,43 @@ def report_notes(report: BenchReport) -> list[str]:
     return notes + [f"WARNING: {w}" for w in report.warnings]
 
 
-def print_report(report: BenchReport, console: Any = None) -> None:
-    """Print the table and its notes with rich."""
+def print_report(report: BenchReport, console: Any = None, wide: bool = False) -> None:
+    """Print the table and its notes with rich: the :data:`COMPACT` columns within the console's
+    width (text wraps, numbers never split), or with ``wide`` every column at the table's own width.
+    Nothing is read as markup (a hint such as ``pip install 'edgeseg[openvino]'`` keeps its brackets).
+    """
+    from rich import box
     from rich.console import Console
+    from rich.markup import escape
+    from rich.measure import Measurement
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"edgeseg bench: {report.model}", show_lines=False)
-    for name in HEADER:
-        table.add_column(name, overflow="fold")
-    for row in table_rows(report):
-        table.add_row(*row)
+    titles = dict(zip(HEADER, HEADER, strict=True)) if wide else COMPACT
+    cells = [_cells(r) for r in report.results]
+    if all(c["% peak"] == "—" for c in cells):  # the peak cannot be known here: no column
+        titles = {k: v for k, v in titles.items() if k != "% peak"}
+    table = Table(
+        title=escape(f"edgeseg bench: {report.model}"), box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False
+    )
+    names = max((len(r.target) for r in report.results), default=0)
+    for key, title in titles.items():
+        text = key in TEXT
+        table.add_column(
+            title,
+            overflow="fold",
+            no_wrap=not text,
+            justify="left" if text else "right",
+            min_width=min(names, 13) if key == "target" else None,  # "edge-x86-fp32" whole at 80 columns
+        )
+    for row in cells:
+        table.add_row(*(escape(row[k]) for k in titles))
+    if wide:  # the table's own width, wider than the terminal if it must be (e.g. for a file)
+        width = Measurement.get(console, console.options.update_width(1 << 14), table).maximum
+        console = Console(file=console.file, width=max(console.width, width))
     console.print(table)
     for note in report_notes(report):
-        console.print(note, highlight=False)
+        console.print(note, highlight=False, markup=False)
 
 
 def to_markdown(report: BenchReport) -> str:
@@ -253,32 +301,53 @@ def machine_info() -> dict[str, Any]:
 
 
 def compute_ratios(results: list[Result], targets: dict[str, Target]) -> Ratios:
-    """The issue's ratios: the best CPU row (ONNX Runtime, or OpenVINO as `edgeseg tune` runs it) vs the
-    eager and OpenVINO peers, C vs Python OpenVINO, at batch 1."""
+    """The issue's ratios at batch 1: the best CPU row against the eager and OpenVINO peers, and C
+    against Python OpenVINO.
+
+    Best is the fastest p50 among the gated rows: every CPU provider (peers and tuned rows too)
+    whose foreground mIoU is within its precision's ΔmIoU gate (:data:`edgeseg.parity.GATES`) of
+    ONNX Runtime fp32's on the same slices. Without that reference mIoU nothing is gated, and no
+    row is named best.
+    """
+    from edgeseg.parity import GATES
+
     ok = [r for r in results if r.status == "ok" and r.batch == 1]
-    ours = [r for r in ok if r.provider in ("cpu", "openvino") and not targets[r.target].reference]
     peer = {r.target for r in ok if targets[r.target].reference or r.provider == "cpu"}  # not a tuned OpenVINO row
     fp32_of = {
         p: next((r for r in ok if r.provider == p and r.precision == "fp32" and r.target in peer), None) for p in PEERS
     }
-    c, py = fp32_of["c-openvino"], fp32_of["openvino"]
+    c, py, fp32 = fp32_of["c-openvino"], fp32_of["openvino"], fp32_of["cpu"]
     out = Ratios()
     if c and py:  # libedgeseg (c-openvino) over OpenVINO's Python API, both fp32
         out.c_p50_ms, out.python_openvino_p50_ms = c.latency_ms["p50"], py.latency_ms["p50"]
         out.c_vs_python_openvino = out.c_p50_ms / out.python_openvino_p50_ms
-    if not ours:
+    cpu = [r for r in ok if r.provider in PEERS]
+    if cpu and (fp32 is None or fp32.miou_fg is None):
+        out.not_ranked.append(
+            "every row: no ONNX Runtime fp32 mIoU to gate them against (keep --miou and an fp32 cpu target)"
+        )
         return out
-    best = min(ours, key=lambda r: r.latency_ms["p50"])
-    out.best_cpu, out.best_p50_ms, out.best_rss_mb = best.target, best.latency_ms["p50"], best.rss_mb
-    if fp32_of["torch"]:
+    gated = []
+    for r in cpu:
+        gate = GATES.get(r.ran_precision or r.precision)
+        if r.miou_fg is None or gate is None or gate.max_dmiou is None:
+            out.not_ranked.append(f"{r.target} (no ΔmIoU against ONNX Runtime fp32 to gate it)")
+        elif abs(r.miou_fg - fp32.miou_fg) > gate.max_dmiou:
+            d, limit = 100 * (r.miou_fg - fp32.miou_fg), 100 * gate.max_dmiou
+            out.not_ranked.append(f"{r.target} (ΔmIoU {d:+.2f} pt, gate ±{limit:.2f} pt)")
+        else:
+            gated.append(r)
+    if not gated:
+        return out
+    best = min(gated, key=lambda r: r.latency_ms["p50"])
+    out.best_cpu, out.best_backend = best.target, best.backend or best.provider
+    out.best_p50_ms, out.best_rss_mb = best.latency_ms["p50"], best.rss_mb
+    if fp32_of["torch"] and fp32_of["torch"] is not best:
         out.vs_eager = out.best_p50_ms / fp32_of["torch"].latency_ms["p50"]
-    if py:
+    if py and py is not best:
         out.vs_openvino = out.best_p50_ms / py.latency_ms["p50"]
-    fp32 = fp32_of["cpu"]
-    if fp32 and fp32.miou_fg is not None and best.miou_fg is not None:
-        out.delta_miou_pt = 100 * (best.miou_fg - fp32.miou_fg)
-    if fp32 and fp32.peak_pct is not None:
-        out.fp32_peak_pct = fp32.peak_pct
+    out.delta_miou_pt = 100 * (best.miou_fg - fp32.miou_fg)
+    out.fp32_peak_pct = fp32.peak_pct
     return out
 
 

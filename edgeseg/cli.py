@@ -432,6 +432,10 @@ def bench_cmd(
     ] = 10.0,
     miou: Annotated[bool, typer.Option("--miou/--no-miou", help="Score mIoU on the demo test slices.")] = True,
     rss: Annotated[bool, typer.Option("--rss/--no-rss", help="Peak RSS of a fresh inference process.")] = True,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Every column (file size, create and first-run times, all percentiles, GFLOP/s)."),
+    ] = False,
 ) -> None:
     """Latency, throughput, mIoU, memory and budgets per deployment target (the packaged targets file or --targets)."""
     from edgeseg.bench import BenchConfig, bench
@@ -439,7 +443,7 @@ def bench_cmd(
     config = BenchConfig(runs=runs, max_seconds=max_seconds, miou=miou, rss=rss)
     if targets:
         config.targets_file = targets
-    bench(model, target, config, json_path, markdown)
+    bench(model, target, config, json_path, markdown, wide)
 
 
 @app.command("build-c")

@@ -31,17 +31,17 @@ class Backend:
 
     title: str  # for lines: "ONNX Runtime"
     module: str  # what must import for it to run
-    extra: str  # the pyproject extra that installs it; "" = the core install
+    extra: str  # the pyproject extra that installs it
     precisions: tuple[str, ...]  # what it runs (bf16: OpenVINO on the fp32 file)
 
     @property
     def install(self) -> str:
         """The command that installs it: ``pip install 'edgeseg[openvino]'``."""
-        return f"pip install 'edgeseg[{self.extra}]'" if self.extra else "pip install edgeseg"
+        return f"pip install 'edgeseg[{self.extra}]'"
 
 
 BACKENDS = {
-    "ort": Backend("ONNX Runtime", "onnxruntime", "", ("fp32", "fp16", "int8")),
+    "ort": Backend("ONNX Runtime", "onnxruntime", "cpu", ("fp32", "fp16", "int8")),
     "openvino": Backend("OpenVINO", "openvino", "openvino", ("fp32", "bf16", "int8")),
 }
 

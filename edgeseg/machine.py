@@ -5,6 +5,9 @@
 stores it in ``MODEL.deploy.json`` and ``edgeseg infer --backend auto`` uses the tuned pick only
 where :meth:`Fingerprint.matches` this machine: a ranking measured on an AMX Xeon says nothing
 about an AVX2 EPYC, and bf16 may not even run there.
+
+:func:`fma_peak` estimates the fp32 peak that ``edgeseg bench``'s "% peak" column divides by:
+FMA units x SIMD lanes x 2 FLOP x clock per physical core, or None where the flags cannot tell.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import os
 import platform
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 # The flags that decide which kernels ONNX Runtime, OpenVINO and XNNPACK run, in /proc/cpuinfo
@@ -97,6 +101,75 @@ def fingerprint() -> Fingerprint:
         cores=cores,
         ram_gb=round(_ram_bytes() / 2**30, 1),
     )
+
+
+@dataclass(frozen=True)
+class FmaPeak:
+    """The fp32 peak of the cores a run uses: FMA units x SIMD lanes x 2 FLOP x clock."""
+
+    cores: int  # physical cores counted (SMT siblings share their core's FMA units)
+    flops_per_cycle: int  # fp32 FLOP per cycle per core
+    ghz: float
+    clock: str  # where ``ghz`` comes from
+
+    @property
+    def gflops(self) -> float:
+        return self.cores * self.flops_per_cycle * self.ghz
+
+    def describe(self) -> str:
+        """``2 cores x 32 FLOP/cycle x 2.45 GHz (cpu MHz) = 157 GFLOP/s``."""
+        return (
+            f"{self.cores} core{'s' * (self.cores != 1)} x {self.flops_per_cycle} FLOP/cycle x {self.ghz:.2f} GHz"
+            f" ({self.clock}) = {self.gflops:.0f} GFLOP/s"
+        )
+
+
+def fp32_flops_per_cycle(vendor: str, family: int, model: int, flags: set[str]) -> int | None:
+    """fp32 FLOP per cycle of one x86 core: FMA units x lanes x 2; None where the flags do not tell.
+
+    Zen 2-4 and Haswell..Alder Lake have two 256-bit FMA units (2 x 8 x 2 = 32); Zen 4's AVX-512
+    runs on those 256-bit units. Zen 5 and the Xeons with AVX-512 (Skylake-SP Gold/Platinum,
+    Ice Lake-SP, Sapphire Rapids) typically have two 512-bit units (64). Zen 1 (family 23 below
+    model 0x30) splits AVX2 into 128-bit halves (16); AVX without FMA adds and multiplies on
+    separate 8-lane ports (16). Arm cores differ by design, not by flag: None.
+    """
+    amd = vendor == "AuthenticAMD"
+    if "avx512f" in flags:
+        return 32 if amd and family < 26 else 64
+    if "avx2" in flags and "fma" in flags:
+        if amd and (family < 23 or (family == 23 and model < 0x30)):
+            return 16 if family == 23 else None  # Zen 1 / Zen+; the older FMA4 families are not guessed
+        return 32
+    if "avx" in flags:
+        return 16
+    return None
+
+
+def fma_peak(threads: int) -> FmaPeak | None:
+    """This machine's fp32 FMA peak at ``threads`` (0 = all cores), or None where it cannot be known
+    (not x86, an ISA the flags do not place, no clock to read)."""
+    try:
+        max_khz: int | None = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text())
+    except (OSError, ValueError):
+        max_khz = None  # no cpufreq: a virtual machine, or a kernel without the driver
+    return peak_of(_cpuinfo(), fingerprint().cores, threads, max_khz)
+
+
+def peak_of(info: dict[str, str], logical: int, threads: int, max_khz: int | None) -> FmaPeak | None:
+    """:func:`fma_peak` from ``/proc/cpuinfo``'s first processor (``info``, keys lower-case), the
+    logical CPUs this process may use, and cpufreq's maximum clock (None: cpuinfo's MHz, which a
+    virtual machine reports as its nominal clock)."""
+    try:
+        family, model = int(info["cpu family"]), int(info["model"])
+        smt = max(1, int(info.get("siblings", 1)) // max(1, int(info.get("cpu cores", 1))))
+        ghz, clock = (max_khz / 1e6, "cpufreq maximum") if max_khz else (float(info["cpu mhz"]) / 1e3, "cpu MHz")
+    except (KeyError, ValueError):
+        return None
+    per_cycle = fp32_flops_per_cycle(info.get("vendor_id", ""), family, model, set(info.get("flags", "").split()))
+    if per_cycle is None or ghz <= 0:
+        return None
+    cores = min(threads or logical, -(-logical // smt))  # SMT siblings share their core's FMA units
+    return FmaPeak(cores, per_cycle, ghz, clock)
 
 
 def _cpuinfo() -> dict[str, str]:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tomllib
 
+from edgeseg.deploy import BACKENDS
 from edgeseg.files import sha256_file
 from edgeseg.machine import fingerprint
 
@@ -167,6 +168,10 @@ def test_a_pick_whose_backend_is_not_installed_names_the_real_extra(folder: Path
     assert "m.deploy.json picks OpenVINO fp32, but openvino is not installed)" in line, line
     assert "; pip install 'edgeseg[openvino]' to run it, or run `edgeseg tune" in line, line
     assert_segmented(folder)
+
+
+def test_every_backend_names_a_real_extra() -> None:
+    assert {backend.extra for backend in BACKENDS.values()} <= EXTRAS
 
 
 @pytest.mark.slow
