@@ -27,7 +27,6 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 
-SEG_SUFFIX = "_seg.dcm"
 SNOMED = {  # class name -> (SNOMED CT code, meaning), from DICOM PS3.16 (pydicom's codes.SCT)
     "gray_matter": ("389081007", "Gray Matter"),
     "white_matter": ("389080008", "White Matter"),
@@ -47,11 +46,6 @@ TYPE2_COPIED = (
     "StudyID",
     "AccessionNumber",
 )
-
-
-def seg_rel(rel: Path) -> Path:
-    """``x_seg.nii.gz`` -> ``x_seg.dcm``: where the SEG of a DICOM scan goes."""
-    return rel.with_name(rel.name.removesuffix("_seg.nii.gz") + SEG_SUFFIX)
 
 
 def write_dicom_seg(

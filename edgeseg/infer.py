@@ -43,9 +43,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgeseg.artifacts import ModelInfo, read_model_info
-from edgeseg.dicom_seg import seg_rel
 from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.files import check_writable_dir
+from edgeseg.names import seg_rel, written_by_edgeseg
 from edgeseg.records import OutLock
 from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import SUPPORTED, discover_scans
@@ -187,11 +187,19 @@ def _resample_line(info: ModelInfo, enabled: bool) -> str:
 
 
 def _ignored_line(ignored: list[Path], show: int = 5) -> str:
-    more = f" and {len(ignored) - show} more" if len(ignored) > show else ""
-    return (
-        f"ignored {len(ignored)} file(s) of other types ({SUPPORTED} are read):"
-        f" {', '.join(map(str, ignored[:show]))}{more}"
-    )
+    ours = [p for p in ignored if written_by_edgeseg(p.name)]
+    other = [p for p in ignored if not written_by_edgeseg(p.name)]
+    parts = []
+    if other:
+        parts.append(f"ignored {len(other)} file(s) of other types ({SUPPORTED} are read): {_some(other, show)}")
+    if ours:
+        parts.append(f"ignored {len(ours)} file(s) that edgeseg wrote (never segmented again): {_some(ours, show)}")
+    return "; ".join(parts)
+
+
+def _some(paths: list[Path], show: int) -> str:
+    more = f" and {len(paths) - show} more" if len(paths) > show else ""
+    return f"{', '.join(map(str, paths[:show]))}{more}"
 
 
 def _interrupted_line(r: InferReport, total: int) -> str:

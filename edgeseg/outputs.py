@@ -12,8 +12,9 @@ dead process is removed by the next write). Output paths are checked to stay ins
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ import numpy as np
 from edgeseg.artifacts import ModelInfo
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, write_csv
+from edgeseg.names import STATS_SUFFIX
 from edgeseg.qc import FIGURES, MEAN_SUFFIX
+from edgeseg.records import Record
 from edgeseg.scans import Decoded, nifti_zooms_mm
 
 SUMMARY = "summary.csv"
@@ -175,11 +178,6 @@ def read_labels(path: Path) -> tuple[np.ndarray, float | None]:
     return np.asarray(img.dataobj), float(np.prod(nifti_zooms_mm(img))) / 1000.0
 
 
-def stats_rel(rel: Path) -> Path:
-    """``dir/x_stats.json`` for the labels file ``dir/x_seg.<ext>``."""
-    return rel.parent / f"{rel.name.split('_seg.')[0]}_stats.json"
-
-
 def write_stats(
     target: Path,
     row: dict[str, Any],
@@ -211,14 +209,10 @@ def write_stats(
             for name in info.class_names
         },
         "qc": {**{k: number(k) for k in FIGURES}, "verdict": row.get("qc", "")},
+        # the scan's summary.csv row as written: a rerun rebuilds summary.csv from these files
+        "summary": {k: row.get(k, "") for k in summary_columns(info)},
     }
     atomic_write(target, lambda tmp: tmp.write_text(json.dumps(stats, indent=2) + "\n"), before_replace)
-
-
-def overlay_rel(rel: Path) -> Path:
-    """``dir/x_overlay.png`` for the labels file ``dir/x_seg.<ext>``."""
-    stem = rel.name.split("_seg.")[0]
-    return rel.parent / f"{stem}_overlay.png"
 
 
 def summary_columns(info: ModelInfo) -> list[str]:
@@ -242,7 +236,22 @@ def summary_columns(info: ModelInfo) -> list[str]:
     ]
 
 
-def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
+def previous_rows(out: Path, records: Mapping[str, Record]) -> dict[str, dict[str, Any]]:
+    """Rows of scans finished by earlier runs whose labels are still in ``out``, keyed by output.
+
+    Each comes from the scan's ``_stats.json`` (named in ``records``, and intact), which holds
+    its summary.csv row, so a deleted or stale summary.csv loses no column; an earlier
+    summary.csv fills in what stats files written before they held their row do not have.
+    """
+    rows = _summary_rows(out / SUMMARY)
+    for rel, record in sorted(records.items()):  # in output order, not the order writes finished in
+        row = _stats_row(out / rel, record.sha256) if rel.endswith(STATS_SUFFIX) else None
+        if row and row.get("output") and (out / row["output"]).is_file():
+            rows[row["output"]] = {**rows.get(row["output"], {}), **row}
+    return rows
+
+
+def _summary_rows(path: Path) -> dict[str, dict[str, Any]]:
     """Rows of an earlier summary.csv whose outputs still exist, keyed by output."""
     if not path.is_file():
         return {}
@@ -254,6 +263,34 @@ def previous_rows(path: Path) -> dict[str, dict[str, Any]]:
     root = path.parent
     return {
         r["output"]: r for r in rows if r.get("output") and r.get("status") == "done" and (root / r["output"]).is_file()
+    }
+
+
+def _stats_row(path: Path, sha256: str) -> dict[str, Any] | None:
+    """The summary row kept in a ``_stats.json`` whose SHA-256 is ``sha256``, else None."""
+    import json
+
+    try:
+        data = path.read_bytes()
+        stats = json.loads(data) if hashlib.sha256(data).hexdigest() == sha256 else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stats, dict):
+        return None
+    row = stats.get("summary")
+    if isinstance(row, dict):
+        return row
+    # written before stats files held their row: keep the QC verdict at least
+    qc = stats.get("qc")
+    verdict = qc.get("verdict") if isinstance(qc, dict) else None
+    if not verdict:
+        return None
+    return {
+        "input": stats.get("input"),
+        "series": stats.get("series") or "",
+        "status": "done",
+        "output": stats.get("output"),
+        "qc": verdict,
     }
 
 

@@ -24,14 +24,16 @@ resize does), so only batches, never a whole volume, exist at the model's resolu
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeseg.errors import EdgesegError, describe
+from edgeseg.names import LABEL_SUFFIXES, stem, with_stem, written_by_edgeseg
 from edgeseg.sizes import MAX_GUNZIPPED_BYTES, BudgetGzip, check_claimed_size, check_npy_header
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -168,12 +170,15 @@ def is_dicom_file(path: Path) -> bool:
 
 def output_name(path: Path, kind: str) -> str:
     """File name of the labels for input ``path`` (a file, or a DICOM folder)."""
-    name = path.name
+    return _base(path.name) + LABEL_SUFFIXES[kind]
+
+
+def _base(name: str) -> str:
+    """``name`` without its scan extension: ``x`` for ``x.nii.gz``, ``x.png``, ..."""
     for ext in (".nii.gz", ".nii", *IMAGE_EXTS, *DICOM_EXTS, ".npy"):
         if name.lower().endswith(ext):
-            name = name[: -len(ext)]
-            break
-    return name + {"npy": "_seg.npy", "image": "_seg.png"}.get(kind, "_seg.nii.gz")
+            return name[: -len(ext)]
+    return name
 
 
 def discover_scans(
@@ -212,6 +217,8 @@ def discover_scans(
             ignored.extend(other)
             for folder, rel, files in dicom:
                 _dicom_scans(folder, rel, files, series, force, scans, problems, skipped)
+        elif path.is_file() and (suffix := written_by_edgeseg(path.name)):
+            problems.append((path, f"{WRITTEN_BY_EDGESEG} (its name ends in {suffix}); rename it if it is a scan"))
         elif path.is_file() and kind_of(path) not in (None, "dicom"):
             kind = kind_of(path)
             scans.append(Scan(path, kind, Path(output_name(path, kind)), (path,)))
@@ -221,7 +228,7 @@ def discover_scans(
             problems.append(
                 (path, "does not exist" if not path.exists() else f"unsupported file type; expected {SUPPORTED}")
             )
-    kept, collisions = _dedupe(scans)
+    kept, collisions = _unique_names(scans)
     return kept, problems + collisions, ignored, skipped
 
 
@@ -252,13 +259,14 @@ def _dicom_scans(
                 else ("S" + group.uid.replace(".", "")[-8:])
             )
             tag += "".join(f"_{k}{v}" for k, v in group.split)
-            name = name.replace("_seg.nii.gz", f"_{tag}_seg.nii.gz")
+            name = with_stem(rel, f"{stem(rel)}_{tag}").name
         scans.append(
             Scan(where, "dicom", rel.parent / name, group.files, group.describe() if several or series else "")
         )
 
 
 LOOP = "a symbolic link that loops back on itself; fix or remove the link"
+WRITTEN_BY_EDGESEG = "an output of edgeseg, not a scan: never segmented again"
 
 
 def _resolve(path: Path, option: str = "") -> Path:
@@ -285,6 +293,8 @@ def _walk(root: Path, out_root: Path) -> tuple[list[Scan], list[tuple[Path, str]
             path, kind = here / name, kind_of(here / name)
             if os.path.islink(path) and not os.path.exists(path) and _is_loop(path):
                 loops.append((path, LOOP))
+            elif written_by_edgeseg(name):  # an earlier run's output in the tree: not a scan
+                ignored.append(path)
             elif kind == "dicom" or (kind is None and (name == "DICOMDIR" or is_dicom_file(path))):
                 dicom.append(path)
             elif kind:
@@ -306,19 +316,41 @@ def _is_loop(path: Path) -> bool:
     return False
 
 
-def _dedupe(scans: list[Scan]) -> tuple[list[Scan], list[tuple[Path, str]]]:
-    """Drop (and report) scans whose output name another scan already takes."""
-    seen: dict[Path, Scan] = {}
+def _unique_names(scans: list[Scan]) -> tuple[list[Scan], list[tuple[Path, str]]]:
+    """Scans whose outputs share no name: where stems collide in a folder (``a.npy`` and
+    ``a.png`` both write ``a_stats.json``), each keeps its input's extension (``a.npy_seg.npy``,
+    ``a.png_seg.png``); scans that still collide are dropped and reported.
+
+    Stems are compared ignoring case, so outputs stay apart on case-insensitive file systems.
+    """
+    counts = Counter(map(_stem_key, scans))
+    seen: dict[str, Scan] = {}
     kept, problems = [], []
     for scan in scans:
-        if scan.rel in seen:
-            problems.append(
-                (scan.path, f"its output {scan.rel} is already written for {seen[scan.rel].path}; rename one of them")
-            )
+        if counts[_stem_key(scan)] > 1:
+            scan = replace(scan, rel=_with_extension(scan))
+        key = _stem_key(scan)
+        if key in seen:
+            first = seen[key]
+            why = f"its outputs would take the names of {first.path}'s ({first.rel}); rename one"
+            problems.append((scan.path, why))
         else:
-            seen[scan.rel] = scan
+            seen[key] = scan
             kept.append(scan)
     return kept, problems
+
+
+def _stem_key(scan: Scan) -> str:
+    return str(scan.rel.parent / stem(scan.rel)).casefold()
+
+
+def _with_extension(scan: Scan) -> Path:
+    """``scan.rel`` with its input's extension kept: ``a.npy_seg.npy`` for ``a.npy``."""
+    name = scan.path.name
+    base, old = _base(name), stem(scan.rel)
+    if base == name or not old.startswith(base):  # a folder, or one named otherwise: nothing to keep
+        return scan.rel
+    return with_stem(scan.rel, name + old[len(base) :])
 
 
 def read_scan(

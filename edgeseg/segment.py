@@ -22,18 +22,15 @@ from typing import Any
 import numpy as np
 
 from edgeseg.artifacts import ModelInfo
-from edgeseg.dicom_seg import seg_rel, write_dicom_seg
+from edgeseg.dicom_seg import write_dicom_seg
 from edgeseg.errors import EdgesegError, describe
 from edgeseg.files import atomic_write, sha256_file
+from edgeseg.names import mask_rel, overlay_rel, seg_rel, stats_rel
 from edgeseg.outputs import (
-    RESAMPLE_COLUMNS,
-    SUMMARY,
     label_nifti,
-    overlay_rel,
     previous_rows,
     read_labels,
     safe_output_path,
-    stats_rel,
     write_labels,
     write_overlay,
     write_stats,
@@ -43,7 +40,6 @@ from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter,
 from edgeseg.records import InputStamp, Record, Records, stamp_inputs
 from edgeseg.scans import MAX_RESAMPLED_PIXELS, Decoded, Scan, read_scan, resample
 from edgeseg.sizes import MAX_GUNZIPPED_BYTES
-from edgeseg.skullstrip import mask_rel
 
 FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
 # What the runner fetches per batch: logits for the QC confidence figures and for resampling, and
@@ -53,6 +49,8 @@ FETCHED = ("logits", "labels")
 # judge by eye. A .npy or PNG input is one slice (or a stack without geometry) whose label PNG/array
 # is already what a reader opens; --overlay gives them a mosaic too.
 MOSAIC_KINDS = ("nifti", "dicom")
+# Columns of a skipped scan's row that say what this run found, not what the earlier run wrote.
+KEPT_NOW = ("input", "status", "output", "message")
 
 
 @dataclass
@@ -153,7 +151,7 @@ class Segmenter:
         caught.append(text.splitlines()[0][:200] if text else category.__name__)
 
     def run(self, scans: list[Scan], problems: list[tuple[Path, str]]) -> InferReport:
-        rows = previous_rows(self.out / SUMMARY)
+        rows = previous_rows(self.out, self.records.latest)
         start = time.perf_counter()
         try:
             with self._progress(len(scans)) as self.progress:
@@ -293,8 +291,7 @@ class Segmenter:
         self.report.resampled += done.resampled
         for note in done.notes:
             self.say(f"note: {note}")
-        if done.row["qc"] not in ("ok", NO_RANGES):  # outside the model's ranges: named at the end
-            self.report.flagged.append((Path(done.row["input"]), done.row["qc"]))
+        self._flag(done.row)
         self.report.done += 1
         self.progress.advance(self.scan_task)
         return done.row
@@ -458,15 +455,15 @@ class Segmenter:
         except Exception as exc:  # the output exists but cannot be read back
             return {**self._row(scan, "done", None, None, None), "message": reason(exc)}
         row = self._row(scan, "done", labels, voxel_ml, None)
-        if previous:  # the input's own shape, provider and time from the run that made it
-            row.update(
-                {
-                    k: previous[k]
-                    for k in ("shape", "provider", "ms", *RESAMPLE_COLUMNS, *FIGURES, "qc")
-                    if previous.get(k)
-                }
-            )
+        if previous:  # every other column (QC, provider, time, ...) as the run that made it wrote it
+            row.update({k: v for k, v in previous.items() if k not in KEPT_NOW and v not in (None, "")})
+        self._flag(row)
         return row
+
+    def _flag(self, row: dict[str, Any]) -> None:
+        """Name a scan whose QC figures are outside the model's ranges in the run's last warning."""
+        if row.get("qc") not in (None, "", "ok", NO_RANGES):
+            self.report.flagged.append((Path(row["input"]), row["qc"]))
 
 
 def _files(scan: Scan) -> tuple[Path, ...]:

@@ -20,11 +20,6 @@ from edgeseg.errors import EdgesegError, describe
 EXTRA = "pip install 'edgeseg[skullstrip]'"
 
 
-def mask_rel(rel: Path) -> Path:
-    """``x_seg.nii.gz`` (or ``x_seg.dcm``) -> ``x_brainmask.nii.gz`` beside it."""
-    return rel.with_name(rel.name.split("_seg.")[0] + "_brainmask.nii.gz")
-
-
 def brain_mask(path: Path, volume: np.ndarray, affine: np.ndarray, seed: int = 0) -> np.ndarray:
     """ROBEX's brain mask of a 3-D volume, as a bool array of the same shape.
 

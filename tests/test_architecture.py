@@ -28,6 +28,7 @@ ORDER = [
     "artifacts",
     "metrics",
     # reading and writing scans (torch-free)
+    "names",
     "qc",
     "skullstrip",
     "dicom",

@@ -73,7 +73,7 @@ def outputs(out: Path) -> dict[str, str]:
     A DICOM SEG gets new UIDs and a content time on every write, by design: it is compared by
     the SHA-256 of its decoded labels instead of its bytes.
     """
-    from edgeseg.dicom_seg import SEG_SUFFIX
+    from edgeseg.names import SEG_SUFFIX
 
     def digest(p: Path) -> str:
         data = read_dicom_seg(p)[0].tobytes() if p.name.endswith(SEG_SUFFIX) else p.read_bytes()

@@ -224,8 +224,8 @@ def test_colliding_outputs_and_unsupported_files(tmp_path: Path, threshold_onnx:
     config = InferConfig(model=threshold_onnx, out=tmp_path / "o", quiet=True)
     report = run_inference([tmp_path, tmp_path / "notes.txt", tmp_path / "missing.npy"], config)
     messages = [r["message"] for r in report.rows if r["status"] == "failed"]
-    assert report.done == 1 and report.failed == 3 and report.ignored == 1
-    assert any("rename one" in m for m in messages)
+    assert report.done == 2 and report.failed == 2 and report.ignored == 1
+    assert sorted(p.name for p in (tmp_path / "o").glob("*_seg.png")) == ["a.png_seg.png", "a.tif_seg.png"]
     assert any("unsupported file type" in m for m in messages)
     assert any("does not exist" in m for m in messages)
 
@@ -372,9 +372,9 @@ def test_no_resampling_without_pixel_size_or_with_the_flag(tmp_path: Path, thres
     assert ", 0 resampled;" in proc.stdout
     rows = summary_rows(tmp_path / "out")
     assert all(r["resampled"] == "no" and r["model_spacing_mm"] == "0.5" for r in rows.values())
-    assert rows["board_seg.npy"]["model_shape"] == "20x24" and rows["board_seg.npy"]["spacing_mm"] == ""
+    assert rows["board.npy_seg.npy"]["model_shape"] == "20x24" and rows["board.npy_seg.npy"]["spacing_mm"] == ""
     assert rows["coarse_seg.nii.gz"]["model_shape"] == "20x24"  # axial: rows along y
-    assert np.array_equal(np.load(tmp_path / "out" / "board_seg.npy"), expected(board))
+    assert np.array_equal(np.load(tmp_path / "out" / "board.npy_seg.npy"), expected(board))
     coarse = np.asarray(nib.load(tmp_path / "out" / "coarse_seg.nii.gz").dataobj)
     assert np.array_equal(coarse[..., 0], expected(board.T))
     proc = cli(src, "--model", model, "--out", tmp_path / "out2")  # default: resample
@@ -382,12 +382,12 @@ def test_no_resampling_without_pixel_size_or_with_the_flag(tmp_path: Path, thres
     assert ", 1 resampled;" in proc.stdout and "resampled to the model's 0.5 mm" in proc.stdout
     rows = summary_rows(tmp_path / "out2")
     assert {k: r["resampled"] for k, r in rows.items()} == {
-        "board_seg.npy": "no",
-        "board_seg.png": "no",
+        "board.npy_seg.npy": "no",
+        "board.png_seg.png": "no",
         "near_seg.nii.gz": "no",
         "coarse_seg.nii.gz": "yes",
     }
-    assert np.array_equal(np.array(Image.open(tmp_path / "out2" / "board_seg.png")), expected(board))
+    assert np.array_equal(np.array(Image.open(tmp_path / "out2" / "board.png_seg.png")), expected(board))
 
 
 def test_resampling_below_min_size_fails_that_scan_only(tmp_path: Path, threshold_onnx_factory) -> None:
