@@ -268,7 +268,7 @@ def infer_cmd(
     ),
     backend: Annotated[
         Backend,
-        typer.Option(help="auto: the pick of `edgeseg tune` (MODEL.deploy.json) on this machine, else ort fp32."),
+        typer.Option(help="auto: the pick of `edgeseg tune` (MODEL.deploy.json) here, else ort on the file as given."),
     ] = Backend.auto,
     provider: Annotated[
         Provider, typer.Option(help="ONNX Runtime: auto = TensorRT > CUDA > CPU, whichever really works.")
@@ -338,6 +338,7 @@ def infer_cmd(
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
+    from edgeseg.signals import Stopped, stop_on_signals
 
     config = InferConfig(
         model=model,
@@ -358,7 +359,11 @@ def infer_cmd(
         max_resampled_pixels=max_resampled_pixels,
         max_decompressed_mb=max_decompressed_mb,
     )
-    report = run_inference(scans, config)
+    with stop_on_signals():  # SIGTERM as Ctrl-C; later signals cannot break the cleanup
+        try:
+            report = run_inference(scans, config)
+        except Stopped as exc:  # before the scan loop (which says itself what it finished)
+            raise Interrupted("stopped before any scan was segmented; rerun the same command", exc.code) from None
     if report.failed:
         total = report.failed + report.done + report.skipped
         raise EdgesegError(f"{report.failed} of {total} scans failed; see the lines above and {report.summary}")
@@ -604,16 +609,48 @@ def _usage_error(exc: BaseException) -> tuple[str, int] | None:
     return f"{message} See '{command} --help'.", code
 
 
+def _empty_value(args: list[str]) -> tuple[str, str] | None:
+    """(the option given as ``""``, or "an argument", and the command's path) if one was, else None.
+
+    Python reads an empty path as the current folder, so ``--out "$UNSET"`` once wrote everything there.
+    """
+    import typer.main
+
+    command, path, flags, before = typer.main.get_command(app), ["edgeseg"], set(), ""
+    for arg in args:
+        if (sub := getattr(command, "commands", {}).get(arg)) is not None:  # a (sub)command's name
+            command, path = sub, [*path, arg]
+            flags = {o for p in command.params if getattr(p, "is_flag", False) for o in (*p.opts, *p.secondary_opts)}
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and eq and not value:  # --out=
+            return name, " ".join(path)
+        if not arg:
+            option = before.startswith("-") and "=" not in before and before not in flags
+            return (before if option else "an argument"), " ".join(path)
+        before = arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: user mistakes print one line and exit 1 (usage errors 2), Ctrl-C 130.
 
     Set ``EDGESEG_DEBUG=1`` to see the traceback of a user mistake.
     """
+    args = list(argv if argv is not None else sys.argv[1:])
+    if empty := _empty_value(args):
+        what, command = empty
+        typer.secho(
+            f"error: {what} is empty (an unset shell variable?); give it a value or leave it out,"
+            f" since an empty path would mean the current folder. See '{command} --help'.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        sys.exit(2)
     try:
-        code = app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except Interrupted as exc:  # the library says what was finished and how to resume
-        typer.secho(f"interrupted: {exc}", err=True)
-        sys.exit(130)
+        typer.secho(f"{'terminated (SIGTERM)' if exc.code == 143 else 'interrupted'}: {exc}", err=True)
+        sys.exit(exc.code)
     except KeyboardInterrupt:  # Ctrl-C outside a command (typer maps it inside to 130)
         typer.secho("interrupted", err=True)
         sys.exit(130)

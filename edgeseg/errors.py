@@ -13,11 +13,26 @@ class EdgesegError(Exception):
     """A mistake the user can fix: bad input, a missing file, an impossible option."""
 
 
-class Interrupted(Exception):
-    """Ctrl-C, after the library cleaned up: the message says what was finished and how to resume.
+class DiskFull(EdgesegError):
+    """A write of ``path`` failed because the disk (or the user's quota) is full: ``why`` says which.
 
-    The CLI prints it on one line and exits 130, the shell's code for SIGINT.
+    Not worth retrying for the next file: a loop over many outputs stops at the first one.
     """
+
+    def __init__(self, path: object, why: str) -> None:
+        super().__init__(f"{path}: cannot write it, {why}; free some space or write somewhere else")
+        self.path, self.why = path, why
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM, after the library cleaned up: the message says what was finished and how to resume.
+
+    The CLI prints it on one line and exits ``code``: 130 (SIGINT) or 143 (SIGTERM), the shell's codes.
+    """
+
+    def __init__(self, message: str, code: int = 130) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def describe(exc: BaseException, limit: int = 200, typed: bool = False) -> str:

@@ -10,18 +10,21 @@ removed by the next write of that target. ``EDGESEG_HOME`` is read here and nowh
 from __future__ import annotations
 
 import csv
+import errno
 import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edgeseg.errors import EdgesegError
+from edgeseg.errors import DiskFull, EdgesegError
 
 TMP_MARK = ".edgeseg-tmp"  # in every temp name: ``.x_seg.npy.<pid>-<hex>.edgeseg-tmp.npy``
 
@@ -56,19 +59,61 @@ def atomic_write(
     extension because writers such as nibabel pick the format from it. Temps of this
     target left by dead processes (a ``kill -9``) are removed here. ``before_replace(tmp)``
     runs on the finished temp file just before the rename (e.g. to record its hash).
+    A full disk raises :class:`DiskFull` (the temp file removed), whichever writer hit it.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    with plain_disk_full(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
     ext = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
     remove_stale_temps(target.parent.glob(f".{glob.escape(target.name)}.*edgeseg-tmp*"))
     tmp = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_MARK}{ext}"
     try:
-        write(tmp)
-        if before_replace is not None:
-            before_replace(tmp)
-        os.replace(tmp, target)
+        with plain_disk_full(target):
+            write(tmp)
+            if before_replace is not None:
+                before_replace(tmp)
+            os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# numpy's ``tofile`` reports a short write as ``OSError("931416 requested and 319360 written")``, no errno
+SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write that failed for want of space (ENOSPC, EDQUOT, a short write)."""
+    if not isinstance(exc, OSError):
+        return False
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or SHORT_WRITE.fullmatch(str(exc)) is not None
+
+
+@contextmanager
+def plain_disk_full(target: Path) -> Iterator[None]:
+    """Turn a disk-full OSError while writing ``target`` into :class:`DiskFull`, in words."""
+    try:
+        yield
+    except OSError as exc:
+        if not _is_disk_full(exc):
+            raise
+        what = "your disk quota is used up" if exc.errno == errno.EDQUOT else "the disk is full"
+        raise DiskFull(target, f"{what} ({_free_space(target.parent)} free there)") from exc
+
+
+def _free_space(folder: Path) -> str:
+    """Free space of the file system holding ``folder`` (or its nearest existing parent), in words."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return in_bytes(shutil.disk_usage(folder).free)
+    except OSError:
+        return "unknown space"
+
+
+def in_bytes(n: float) -> str:
+    """``1,544 bytes``, ``7.2 GB``."""
+    return f"{n:,.0f} bytes" if n < 1e6 else f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
 
 
 def write_bytes(path: Path, data: bytes) -> Path:

@@ -43,13 +43,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from edgeseg.artifacts import ModelInfo, read_model_info
-from edgeseg.errors import EdgesegError, Interrupted
+from edgeseg.errors import DiskFull, EdgesegError, Interrupted
 from edgeseg.files import check_writable_dir
 from edgeseg.names import seg_rel, written_by_edgeseg
 from edgeseg.records import OutLock
 from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.scans import SUPPORTED, discover_scans
 from edgeseg.segment import FETCHED, FORMATS, InferConfig, InferReport, Segmenter
+from edgeseg.signals import Stopped
 
 BACKENDS = ("auto", "ort", "openvino")  # --backend
 
@@ -66,9 +67,11 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
 
     Raises:
         EdgesegError: missing or non-edgeseg model, unusable provider, an --out that is not
-            writable or is in use by another run, or no scans at all. Bad scans do not
-            raise: they are counted in ``report.failed``.
-        Interrupted: on Ctrl-C, after finishing the writes in flight and writing summary.csv.
+            writable or is in use by another run, or no scans at all; a full disk under --out,
+            after the run stopped as on Ctrl-C. Bad scans do not raise: they are counted in
+            ``report.failed``.
+        Interrupted: on Ctrl-C (or SIGTERM, see :mod:`edgeseg.signals`), after finishing the
+            writes in flight and writing summary.csv.
     """
     config = config or InferConfig()
     model = _model_path(config.model)
@@ -117,8 +120,11 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
             runner.say(f"skipped {path}: {reason}")
         try:
             report = runner.run(scans, problems)
-        except KeyboardInterrupt:
-            raise Interrupted(_interrupted_line(runner.report, len(scans))) from None
+        except KeyboardInterrupt as exc:
+            code = exc.code if isinstance(exc, Stopped) else 130
+            raise Interrupted(_interrupted_line(runner.report, len(scans)), code) from None
+        except DiskFull as exc:  # every later scan would fail too
+            raise EdgesegError(_disk_full_line(runner.report, len(scans), exc)) from exc
     report.ignored, report.ignored_files, report.set_aside = len(ignored), ignored, set_aside
     if report.flagged:
         runner.say(_flagged_line(report.flagged), error=True)
@@ -130,7 +136,7 @@ def choose_runner(model: Path, config: InferConfig) -> tuple[Path, RunnerSpec, s
     """The file and runner ``--backend`` asks for, and a line saying why (empty: nothing to say).
 
     ``auto`` runs the pick of ``edgeseg tune`` (``MODEL.deploy.json``, :mod:`edgeseg.deploy`)
-    where it was tuned on this machine, else ONNX Runtime fp32 with one line on how to tune.
+    where it was tuned on this machine, else ONNX Runtime on ``model`` with one line on how to tune.
     tune measures CPU backends only, so a GPU provider that works here (or is asked for) wins.
     """
     from edgeseg.deploy import choose_backend
@@ -204,10 +210,21 @@ def _some(paths: list[Path], show: int) -> str:
 
 def _interrupted_line(r: InferReport, total: int) -> str:
     return (
-        f"{r.done} scan(s) finished in this run, {r.skipped} were already done,"
-        f" {r.failed} failed, of {total}; finished outputs are complete and summary.csv is"
-        " written; rerun the same command to do the rest"
+        f"{_so_far(r, total)}; finished outputs are complete and summary.csv is written;"
+        " rerun the same command to do the rest"
     )
+
+
+def _disk_full_line(r: InferReport, total: int, exc: DiskFull) -> str:
+    summary = "summary.csv is written" if r.summary else "summary.csv could not be written (the next run rebuilds it)"
+    return (
+        f"{exc.path}: {exc.why}; stopped: {_so_far(r, total)}; finished outputs are complete and {summary};"
+        " free some space there (or choose another --out), then rerun the same command to do the rest"
+    )
+
+
+def _so_far(r: InferReport, total: int) -> str:
+    return f"{r.done} scan(s) finished in this run, {r.skipped} were already done, {r.failed} failed, of {total}"
 
 
 def _flagged_line(flagged: list[tuple[Path, str]], show: int = 5) -> str:

@@ -17,6 +17,7 @@ damaged, or whose input changed, instead of counting them as done.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import threading
@@ -24,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgeseg.errors import EdgesegError
-from edgeseg.files import atomic_write, remove_stale_temps, sha256_file
+from edgeseg.files import atomic_write, plain_disk_full, remove_stale_temps, sha256_file
 
 LOCK = ".edgeseg.lock"
 RECORDS = "records.jsonl"
@@ -119,10 +120,13 @@ class Records:
     def add(self, record: Record) -> None:
         """Append ``record`` as one line in one write (called before the output's rename)."""
         line = (json.dumps(asdict(record), separators=(",", ":")) + "\n").encode()
-        with self._lock:
+        with self._lock, plain_disk_full(self.path):
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line)
+                end = os.fstat(fd).st_size
+                if os.write(fd, line) != len(line):  # a full disk: no torn line for the next one to join
+                    os.ftruncate(fd, end)
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
             finally:
                 os.close(fd)
             self.latest[record.output] = record
@@ -155,7 +159,8 @@ class Records:
         return None
 
     def compact(self) -> None:
-        """Rewrite the file atomically with only the newest record per output."""
+        """Rewrite the file atomically with only the newest record per output that exists."""
         with self._lock:
-            lines = "".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in self.latest.values())
+            kept = [r for r in self.latest.values() if (self.path.parent / r.output).is_file()]
+            lines = "".join(json.dumps(asdict(r), separators=(",", ":")) + "\n" for r in kept)
             atomic_write(self.path, lambda tmp: tmp.write_text(lines))

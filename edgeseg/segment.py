@@ -15,6 +15,7 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 
 from edgeseg.artifacts import ModelInfo
 from edgeseg.dicom_seg import write_dicom_seg
-from edgeseg.errors import EdgesegError, describe
+from edgeseg.errors import DiskFull, EdgesegError, describe
 from edgeseg.files import atomic_write, sha256_file
 from edgeseg.names import mask_rel, overlay_rel, seg_rel, stats_rel
 from edgeseg.outputs import (
@@ -59,7 +60,7 @@ class InferConfig:
 
     model: Path | None = None  # None: the shipped export/model.onnx
     out: Path = Path("segmentations")  # output root; mirrors the input tree
-    backend: str = "auto"  # auto (edgeseg tune's pick for this machine, else ort fp32), ort, openvino
+    backend: str = "auto"  # auto (edgeseg tune's pick for this machine, else ort on the file as given), ort, openvino
     provider: str = "auto"  # auto (TensorRT > CUDA > CPU that really work), cpu, cuda, tensorrt
     threads: int | None = None  # onnxruntime intra-op threads; None: one per physical core
     batch_size: int = 8  # slices per session.run; also the TensorRT profile's batch
@@ -334,6 +335,20 @@ class Segmenter:
     def _write(
         self, scan: Scan, dec: Decoded, labels: np.ndarray, stamps: tuple[InputStamp, ...], row: dict[str, Any]
     ) -> None:
+        """Write the outputs of ``scan``; if one fails (a full disk), remove the others it has, so
+        that no overlay or ``_stats.json`` is left without its labels and the scan is simply not done."""
+        try:
+            self._write_outputs(scan, dec, labels, stamps, row)
+        except BaseException:
+            made = (scan.rel, overlay_rel(scan.rel), stats_rel(scan.rel), mask_rel(scan.rel), self._seg_beside(scan))
+            for rel in filter(None, made):
+                with suppress(EdgesegError, OSError):  # a name that escapes --out was never written
+                    safe_output_path(self.out, rel).unlink(missing_ok=True)
+            raise
+
+    def _write_outputs(
+        self, scan: Scan, dec: Decoded, labels: np.ndarray, stamps: tuple[InputStamp, ...], row: dict[str, Any]
+    ) -> None:
         """Overlay (or remove a stale one), then labels; the record goes in before their rename."""
         target = safe_output_path(self.out, scan.rel)
         overlay, overlay_sha = safe_output_path(self.out, overlay_rel(scan.rel)), [""]
@@ -394,14 +409,22 @@ class Segmenter:
                 self.say(f"note: {scan.path}: the DICOM SEG writer warned: {text}")
 
     def _drain(self, writes: deque, rows: dict, keep: int) -> None:
-        """Wait for writes until at most ``keep`` are pending; a failed write fails its scan."""
-        while len(writes) > keep:
+        """Wait for writes until at most ``keep`` are pending; a failed write fails its scan.
+
+        A full disk would fail every later scan too: the writes in flight are waited for and
+        :class:`DiskFull` is raised, to stop the run (the caller says so, once).
+        """
+        full: DiskFull | None = None
+        while len(writes) > (0 if full else keep):
             scan, job = writes.popleft()
             try:
                 job.result()
             except Exception as exc:  # disk full, permissions, a path escaping --out
                 self.report.done -= 1
-                rows[str(scan.rel)] = self._failed(scan, reason(exc), counted=True)
+                full = full or (exc if isinstance(exc, DiskFull) else None)
+                rows[str(scan.rel)] = self._failed(scan, reason(exc), counted=True, say=not isinstance(exc, DiskFull))
+        if full is not None:
+            raise full
 
     def _row(
         self,
@@ -436,14 +459,16 @@ class Segmenter:
                 row[f"{name}_ml"] = f"{n * voxel_ml:.3f}" if voxel_ml else ""
         return row
 
-    def _failed(self, scan: Scan, reason: str, counted: bool = False) -> dict[str, Any]:
-        """Report one failed scan in one line; ``counted``: already advanced the bar."""
+    def _failed(self, scan: Scan, reason: str, counted: bool = False, say: bool = True) -> dict[str, Any]:
+        """Report one failed scan in one line (unless ``say`` is off: the caller's line tells it);
+        ``counted``: already advanced the bar."""
         self.report.failed += 1
         if not counted:
             self.progress.advance(self.scan_task)
         short = reason.removeprefix(f"{scan.path}: ")  # messages name their file already
         where = f"{scan.path} ({scan.series})" if scan.series else scan.path
-        self.say(f"FAILED {where}: {short}", error=True)
+        if say:
+            self.say(f"FAILED {where}: {short}", error=True)
         return {**self._row(scan, "failed", None, None, None), "output": "", "message": reason}
 
     def _skipped(self, scan: Scan, previous: dict[str, Any] | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ ORDER = [
     "errors",
     "__init__",
     "files",
+    "signals",
     "machine",
     "sizes",
     "onnx_header",
