@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError
+from edgeseg.files import in_bytes
 
 GZIP_MAX_RATIO = 1032  # deflate cannot compress better than about 1032:1
 MAX_SCAN_BYTES = 8 << 30  # a decoded scan held in memory at once: 1024^3 float64 fits
@@ -47,7 +48,7 @@ def check_claimed_size(
     need = _claimed(shape, dtype)
     size = os.path.getsize(path) if holds is None else holds
     room = size * GZIP_MAX_RATIO if gzipped else size - offset
-    holder = f"the file of {_bytes(size)}" if holds is None else f"its pixel data of {_bytes(size)}"
+    holder = f"the file of {in_bytes(size)}" if holds is None else f"its pixel data of {in_bytes(size)}"
     if need > room:
         raise EdgesegError(
             f"{path}: {_claim(shape, dtype)}, but {holder} cannot hold that; the"
@@ -60,7 +61,7 @@ def check_claimed_size(
         if (got := _gunzipped_size(path, offset + need)) < offset + need:
             raise EdgesegError(
                 f"{path}: {_claim(shape, dtype)}, but it decompresses to only"
-                f" {_bytes(got)} with the header; the {what} is truncated or its"
+                f" {in_bytes(got)} with the header; the {what} is truncated or its"
                 " header is damaged; re-export it"
             )
 
@@ -70,14 +71,14 @@ def check_decoded_size(path: Path, shape: tuple[int, ...], dtype: Any) -> None:
     if _claimed(shape, dtype) > MAX_SCAN_BYTES:
         raise EdgesegError(
             f"{path}: {_claim(shape, dtype)}, more than edgeseg decodes at once"
-            f" ({_bytes(MAX_SCAN_BYTES)}); crop or split the scan"
+            f" ({in_bytes(MAX_SCAN_BYTES)}); crop or split the scan"
         )
 
 
 def over_budget(path: Path, budget: int, what: str = "it decompresses to") -> str:
     """The line for a .gz scan that decompresses (or claims to) past ``budget`` bytes."""
     return (
-        f"{path}: {what} more than the {_bytes(budget)} that edgeseg unpacks of one compressed file"
+        f"{path}: {what} more than the {in_bytes(budget)} that edgeseg unpacks of one compressed file"
         f" (--max-decompressed-mb {budget >> 20}): a decompression bomb or a damaged header;"
         " if the scan is real, raise --max-decompressed-mb"
     )
@@ -131,7 +132,7 @@ def _claimed(shape: tuple[int, ...], dtype: Any) -> int:
 
 
 def _claim(shape: tuple[int, ...], dtype: Any) -> str:
-    return f"its header claims {'x'.join(map(str, shape))} {np.dtype(dtype)} ({_bytes(_claimed(shape, dtype))})"
+    return f"its header claims {'x'.join(map(str, shape))} {np.dtype(dtype)} ({in_bytes(_claimed(shape, dtype))})"
 
 
 def _gunzipped_size(path: Path, limit: int) -> int:
@@ -179,8 +180,3 @@ def check_npy_header(path: Path) -> None:
         return
     if not dtype.hasobject:
         check_claimed_size(path, ".npy file", shape, dtype, offset)
-
-
-def _bytes(n: float) -> str:
-    """``1,544 bytes``, ``7.2 GB``."""
-    return f"{n:,.0f} bytes" if n < 1e6 else f"{n / 1e9:.3g} GB" if n >= 1e9 else f"{n / 1e6:.3g} MB"
