@@ -13,6 +13,12 @@ item), and ranks take disjoint items, so no two ranks draw the same augmentation
 
 Rank 0 evaluates (with the single-process code) and writes every file of the run; the others
 wait for its result.
+
+When a process dies, ``--nproc`` names the one that started it (its rank, pid and signal), not
+the others that torchrun then stopped with SIGTERM or that lost it mid-collective, and offers
+``--resume`` only when an epoch was saved. Ctrl-C is one line there (exit 130). Under a torchrun
+you start yourself, rank 0 prints the same one line, and torchrun then prints its own traceback
+(SignalException) and exits 1: that one is torchrun's, and the run folder is kept all the same.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -36,6 +41,10 @@ from edgeseg.errors import EdgesegError, Interrupted
 
 # Set by `edgeseg train --nproc N` for its workers: the launcher reports an interrupt itself.
 LAUNCHED_ENV = "EDGESEG_LAUNCHED"
+# The exit status of a rank whose collective failed because another process vanished: not a cause.
+PEER_LOST = 75
+# What gloo says when the other end of a collective has died (torch raises a plain RuntimeError).
+PEER_WORDS = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing")
 # Rank 0 evaluates and writes checkpoints while the others wait; a full evaluation is minutes at most.
 TIMEOUT = timedelta(minutes=30)
 
@@ -264,22 +273,71 @@ def wrap(model: nn.Module, world: World, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(_Segment(model), device_ids=ids)
 
 
+def peer_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another training process is gone."""
+    return isinstance(exc, dist.DistNetworkError) or (
+        isinstance(exc, RuntimeError) and any(words in str(exc) for words in PEER_WORDS)
+    )
+
+
 @contextmanager
 def one_voice(world: World) -> Iterator[None]:
-    """Only rank 0 reports a user mistake or an interrupt (the launcher, when there is one, reports interrupts)."""
+    """Only rank 0 reports a user mistake or an interrupt (the launcher, when there is one, reports interrupts).
+
+    A rank that lost another process exits :data:`PEER_LOST` without a traceback: the launcher
+    names the process that died; under a torchrun of your own, rank 0 says so in one line.
+    """
+    launched = bool(os.environ.get(LAUNCHED_ENV))
     try:
         yield
     except Interrupted:
-        if world.is_main and not os.environ.get(LAUNCHED_ENV):
+        if world.is_main and not launched:
             raise
         raise SystemExit(130) from None
     except EdgesegError:
         if world.is_main:
             raise
         raise SystemExit(1) from None
+    except RuntimeError as exc:
+        if world.size == 1 or not peer_lost(exc):
+            raise
+        if world.is_main and not launched:
+            raise EdgesegError(
+                "rank 0 lost another training process mid-step; torchrun's report below names it"
+            ) from None
+        raise SystemExit(PEER_LOST) from None
 
 
-def launch(words: list[str], nproc: int, run_dir: Path) -> None:
+class RankFailed(EdgesegError):
+    """A training process died by a signal (or every one lost the others) without saying why itself."""
+
+
+def first_cause(failures: dict[int, Any]) -> tuple[int, Any]:
+    """The (rank, ProcessFailure) that started a failed run, of torchrun's ``ChildFailedError.failures``.
+
+    torchrun records the processes it finds dead, in that order, and then stops the rest with
+    SIGTERM; a rank that lost a peer mid-collective exits :data:`PEER_LOST`. Neither is a cause
+    when another failure is there.
+    """
+    seen = list(failures.items())  # in the order torchrun found them
+
+    def consequence(k: int) -> tuple[bool, bool, int]:
+        code = seen[k][1].exitcode
+        return code == PEER_LOST, code == -signal.SIGTERM, k
+
+    return seen[min(range(len(seen)), key=consequence)]
+
+
+def _killed(rank: int, failure: Any) -> str:
+    """One line on how process ``rank`` ended, for a failure that printed nothing itself."""
+    if failure.exitcode == PEER_LOST:
+        return f"the training processes lost each other (rank {rank}, pid {failure.pid}, saw its peer vanish)"
+    name = signal.Signals(-failure.exitcode).name
+    why = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
+    return f"training process rank {rank} (pid {failure.pid}) was killed by {name}{why}"
+
+
+def launch(words: list[str], nproc: int) -> None:
     """``torchrun --standalone --nproc-per-node N -m edgeseg train WORDS``, run by torch.distributed.run here.
 
     In this process rather than a subprocess, so that its failures become one line here:
@@ -288,7 +346,7 @@ def launch(words: list[str], nproc: int, run_dir: Path) -> None:
     Raises:
         KeyboardInterrupt: on Ctrl-C (torchrun forwards it to the workers and waits for them).
         SystemExit: with a worker's exit code when it failed and said why.
-        EdgesegError: a worker was killed by a signal.
+        RankFailed: a worker was killed by a signal: names the first one (see :func:`first_cause`).
     """
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -310,18 +368,12 @@ def launch(words: list[str], nproc: int, run_dir: Path) -> None:
     except SignalException:
         raise KeyboardInterrupt from None
     except ChildFailedError as exc:
-        # A worker that exited by itself has said why (one line); the others may then have been
-        # killed by torchrun's SIGTERM, which is not the cause: report a signal only if all were.
-        rank, failure = min(exc.failures.items(), key=lambda item: (item[1].exitcode < 0, item[0]))
+        rank, failure = first_cause(exc.failures)
         if failure.exitcode == 130:
             raise KeyboardInterrupt from None
-        if failure.exitcode < 0:
-            name = signal.Signals(-failure.exitcode).name
-            raise EdgesegError(
-                f"training process rank {rank} was killed by {name} (out of memory?); finished epochs are"
-                f" kept in {run_dir}: continue with: edgeseg train --resume {run_dir} --nproc {nproc}"
-            ) from None
-        raise SystemExit(failure.exitcode) from None
+        if failure.exitcode < 0 or failure.exitcode == PEER_LOST:
+            raise RankFailed(_killed(rank, failure)) from None
+        raise SystemExit(failure.exitcode) from None  # it printed its own one line
     finally:
         for lg, level in levels.items():
             lg.setLevel(level)

@@ -88,8 +88,8 @@ def train(
             run_dir = world.first(lambda: _prepare_run(config, None)[0])
         try:
             return _train_run(config, run_dir, state, log, progress, world, device)
-        except KeyboardInterrupt:
-            raise Interrupted(_resume_note(run_dir)) from None
+        except KeyboardInterrupt:  # under a torchrun of your own, rank 0 names the same world size
+            raise Interrupted(_resume_note(run_dir, world.size)) from None
 
 
 def _saved_config(state: dict[str, Any]) -> TrainConfig:
@@ -419,9 +419,11 @@ def _launch_training(config: TrainConfig, resume: Path | None, nproc: int, words
     if config.data is None:
         build_demo()  # once, before the processes that read it start
     try:
-        distributed.launch(words, nproc, run_dir)
+        distributed.launch(words, nproc)
     except KeyboardInterrupt:
         raise Interrupted(_resume_note(run_dir, nproc)) from None
+    except distributed.RankFailed as exc:  # --resume only where an epoch was saved
+        raise EdgesegError(f"{exc}; {_resume_note(run_dir, nproc)}") from None
 
 
 def _run_with_progress(config: TrainConfig, resume: Path | None) -> TrainResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from edgeseg import EdgesegError
-from edgeseg.distributed import GlobalBatchNorm2d, ShardedBatches, World, per_rank_batch
+from edgeseg.distributed import LAUNCHED_ENV, PEER_LOST, GlobalBatchNorm2d, ShardedBatches, World, per_rank_batch
 from edgeseg.evaluate import evaluate_checkpoint
 from edgeseg.losses import segmentation_loss
 from edgeseg.model import load_checkpoint
@@ -30,7 +31,7 @@ from edgeseg.train_config import make_config
 TESTS = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 EDGESEG = str(Path(sys.executable).parent / "edgeseg")  # the installed console script
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = {**{k: v for k, v in os.environ.items() if k != LAUNCHED_ENV}, "OMP_NUM_THREADS": "1"}
 TINY = ["--epochs", "1", "--patch", "48", "--batch-size", "8", "--patches-per-slice", "1"]
 
 
@@ -263,3 +264,103 @@ def test_nproc_error_in_the_ranks_is_one_line(tiny_dataset, tmp_path: Path) -> N
     errors = [line for line in r.stderr.splitlines() if "error" in line.lower() or "exitcode" in line]
     assert len(errors) == 1 and errors[0].startswith("error: training diverged"), r.stderr
     assert "Traceback" not in r.stderr
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of ``parent``'s child that torchrun started as ``rank`` (None until it has started)."""
+    for children in Path(f"/proc/{parent}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            except OSError:
+                continue  # it has just exited
+            if f"RANK={rank}".encode() in environ:
+                return int(pid)
+    return None
+
+
+@pytest.mark.parametrize(
+    "sig,after_epoch,note",
+    [
+        (signal.SIGKILL, False, "no epoch had finished in runs/k; rerun the same command to start over"),
+        (
+            signal.SIGTERM,
+            True,
+            r"\d+ epoch\(s\) finished and saved in runs/k; continue with: edgeseg train --resume runs/k --nproc 2",
+        ),
+    ],
+)
+def test_nproc_names_the_rank_that_was_killed(  # noqa: ANN001
+    sig: signal.Signals, after_epoch: bool, note: str, tiny_dataset, tmp_path: Path
+) -> None:
+    """``kill`` of rank 1 names rank 1, its pid and its signal, not rank 0, which torchrun then
+    stopped with SIGTERM; ``--resume`` is offered only once an epoch was saved (issue 25, case 8)."""
+    data, _ = tiny_dataset
+    args = ["train", "--data", str(data), *TINY, "--epochs", "12", "--nproc", "2", "--name", "k"]
+    proc = subprocess.Popen([EDGESEG, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=ENV)
+    run = tmp_path / "runs" / "k"
+    ready = run / "last.pt" if after_epoch else run  # rank 0 makes the folder once both ranks joined
+    pid, deadline = None, time.time() + 240
+    while not (pid and ready.exists()) and time.time() < deadline and proc.poll() is None:
+        pid = _rank_pid(proc.pid, 1)
+        time.sleep(0.05)
+    assert pid and ready.exists() and proc.poll() is None
+    os.kill(pid, sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1, stderr[-3000:]
+    assert (run / "last.pt").exists() == after_epoch
+    errors = [line for line in stderr.splitlines() if "error" in line.lower()]
+    name = signal.Signals(sig).name
+    assert len(errors) == 1 and re.fullmatch(
+        rf"error: training process rank 1 \(pid {pid}\) was killed by {name}( \([^)]*\))?; {note}", errors[0]
+    ), stderr
+    assert "rank 0" not in stderr and "Traceback" not in stderr and stderr.rstrip().endswith(errors[0])
+
+
+@pytest.mark.parametrize(
+    "launched,outcome",
+    [
+        (True, {"exit": PEER_LOST}),
+        (
+            False,
+            {"error": "rank 0 lost another training process mid-step; torchrun's report below names it"},
+        ),
+    ],
+)
+def test_a_rank_that_lost_its_peer_exits_quietly(launched: bool, outcome: dict, tmp_path: Path) -> None:
+    """Rank 0's all-reduce after rank 1's SIGKILL (a real gloo peer loss): the exit status the
+    launcher passes over when naming the cause, or, under your own torchrun, one line."""
+    env = {**ENV, LAUNCHED_ENV: "1"} if launched else ENV
+    r = subprocess.run(
+        [*TORCHRUN, str(TESTS / "ddp_peer_lost.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert r.returncode != 0  # rank 1 was killed
+    assert json.loads((tmp_path / "rank0.json").read_text()) == outcome, r.stderr[-3000:]
+
+
+def test_own_torchrun_ctrl_c_is_one_line_from_rank_0(tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """Ctrl-C (SIGINT to the whole process group) of a torchrun you start: rank 0's one line names
+    what was kept and the --nproc resume; the only traceback is torchrun's own, as documented."""
+    data, _ = tiny_dataset
+    args = ["-m", "edgeseg", "train", "--data", str(data), *TINY, "--epochs", "12", "--name", "k"]
+    proc = subprocess.Popen(
+        [*TORCHRUN, *args], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True
+    )
+    last = tmp_path / "runs" / "k" / "last.pt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1  # torchrun's
+    done = len(json.loads((tmp_path / "runs" / "k" / "history.json").read_text()))
+    note = [line for line in stderr.splitlines() if line.startswith("interrupted")]
+    assert note == [
+        f"interrupted: {done} epoch(s) finished and saved in runs/k;"
+        " continue with: edgeseg train --resume runs/k --nproc 2"
+    ], stderr
+    assert stderr.count("Traceback") == 1 and stderr.rstrip().endswith("got signal: 2")
