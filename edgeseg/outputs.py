@@ -209,8 +209,9 @@ def write_stats(
             for name in info.class_names
         },
         "qc": {**{k: number(k) for k in FIGURES}, "verdict": row.get("qc", "")},
-        # the scan's summary.csv row as written: a rerun rebuilds summary.csv from these files
-        "summary": {k: row.get(k, "") for k in summary_columns(info)},
+        # the scan's summary.csv row, its input absolute as above and its ms in the file's record
+        # (records.jsonl), so that the file stays the same: a rerun rebuilds summary.csv from both
+        "summary": {k: row.get(k, "") for k in summary_columns(info) if k not in ("input", "ms")},
     }
     atomic_write(target, lambda tmp: tmp.write_text(json.dumps(stats, indent=2) + "\n"), before_replace)
 
@@ -247,7 +248,7 @@ def previous_rows(out: Path, records: Mapping[str, Record]) -> dict[str, dict[st
     for rel, record in sorted(records.items()):  # in output order, not the order writes finished in
         row = _stats_row(out / rel, record.sha256) if rel.endswith(STATS_SUFFIX) else None
         if row and row.get("output") and (out / row["output"]).is_file():
-            rows[row["output"]] = {**rows.get(row["output"], {}), **row}
+            rows[row["output"]] = {**rows.get(row["output"], {}), **row, **({"ms": record.ms} if record.ms else {})}
     return rows
 
 
@@ -279,7 +280,7 @@ def _stats_row(path: Path, sha256: str) -> dict[str, Any] | None:
         return None
     row = stats.get("summary")
     if isinstance(row, dict):
-        return row
+        return {**row, "input": stats.get("input")}
     # written before stats files held their row: keep the QC verdict at least
     qc = stats.get("qc")
     verdict = qc.get("verdict") if isinstance(qc, dict) else None

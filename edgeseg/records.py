@@ -89,6 +89,7 @@ class Record:
     inputs: tuple[InputStamp, ...]
     sha256: str  # of the output file
     overlay_sha256: str = ""  # of its _overlay.png, when one was written
+    ms: str = ""  # a _stats.json's: summary.csv's ms of its scan, kept here as the file is the same each run
 
 
 def stamp_inputs(files: tuple[Path, ...]) -> tuple[InputStamp, ...]:

@@ -364,13 +364,17 @@ class Segmenter:
         else:
             overlay.unlink(missing_ok=True)  # from an earlier run: it would show old labels
 
-        def record(tmp: Path, rel: Path = scan.rel, overlay_sha256: str = "") -> None:
-            self.records.add(Record(str(rel), stamps, sha256_file(tmp), overlay_sha256))
+        def record(tmp: Path, rel: Path = scan.rel, overlay_sha256: str = "", ms: str = "") -> None:
+            self.records.add(Record(str(rel), stamps, sha256_file(tmp), overlay_sha256, ms))
 
         restored = dec.restore(labels)
         stats = stats_rel(scan.rel)
         write_stats(
-            safe_output_path(self.out, stats), row, self.info, self.model_sha256, lambda tmp: record(tmp, stats)
+            safe_output_path(self.out, stats),
+            row,
+            self.info,
+            self.model_sha256,
+            lambda tmp: record(tmp, stats, ms=row.get("ms", "")),
         )
         if dec.brain_raw is not None:
             brain = label_nifti(dec.brain_raw.astype(np.uint8), dec.template, 2)

@@ -87,9 +87,11 @@ def outputs(out: Path) -> dict[str, str]:
 
 
 def records(out: Path) -> list[dict]:
-    """records.jsonl, sorted by output (a cluster finishes in its own order); SEG hashes left out."""
+    """records.jsonl, sorted by output (a cluster finishes in its own order); SEG hashes and each
+    run's own time in the model (``ms``) left out."""
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     for row in rows:
+        row.pop("ms", None)
         if row["output"].endswith("_seg.dcm"):
             row.pop("sha256", None)
     return sorted(rows, key=lambda r: r["output"])
