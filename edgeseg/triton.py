@@ -9,6 +9,7 @@
   batch dimension implicit (``max_batch_size``), the other dims from the ONNX graph
   (``image`` ``[1, -1, -1]``, ``logits`` ``[C, -1, -1]``, ``labels`` ``[-1, -1]``), dynamic
   batching and one instance group (KIND_AUTO: the GPU where the server has one, else CPU);
+  an int8 model is served one slice per run instead (see :data:`UNBATCHED`);
 * ``DIR/X_trt/config.pbtxt`` + ``DIR/X_trt/1/model.plan`` when ``X.engine`` and its sidecar
   ``X.engine.json`` (``edgeseg export --trt``) lie beside ``X.onnx``: the ``tensorrt_plan``
   platform with ``max_batch_size`` = the profile's max N, H and W fixed where the profile
@@ -46,6 +47,13 @@ ONNX_TO_TRITON = {  # onnx.TensorProto element type name -> Triton DataType
     "BOOL": "TYPE_BOOL",
 }
 EXTRA_HINT = "pip install 'edgeseg[triton]' (tritonclient[grpc])"
+# Precisions whose labels change with the batch a slice runs in: served one slice per run
+# (max_batch_size 1, no dynamic batching), so a slice's labels never depend on other requests.
+# int8: the per-image normalisation's sums come out a few ulp apart at N=1 and N>1 (ONNX Runtime
+# sums in another order), and the quantisation steps after it turn that into whole steps: the
+# shipped model_int8.onnx gives 132 other labels in 23 of 32 slices for one batch of 32 than for
+# 32 batches of 1 (ONNX Runtime CPU). fp32 and fp16 labels are equal at both.
+UNBATCHED = {"int8": "its labels change with the batch (ulp-level normalisation differences re-quantised)"}
 
 
 @dataclass
@@ -69,6 +77,7 @@ class TritonModel:
     folder: Path  # DIR/<name>
     config: Path  # DIR/<name>/config.pbtxt
     model_file: Path  # DIR/<name>/1/model.onnx or model.plan
+    note: str = ""  # why it is served otherwise than asked (an int8 model: one slice per run)
 
 
 def model_config_pb2() -> Any:
@@ -109,23 +118,25 @@ def _tensors(onnx_path: Path) -> tuple[list[tuple[str, str, list[int]]], list[tu
 
 
 def _base_config(pb2: Any, name: str, platform: str, onnx_path: Path, max_batch: int, config: TritonConfig) -> Any:
-    """A ModelConfig with the graph's I/O and dynamic batching; instance groups are the caller's."""
+    """A ModelConfig with the graph's I/O and dynamic batching (none at max batch 1); instance groups: the caller's."""
     inputs, outputs = _tensors(onnx_path)
     model = pb2.ModelConfig(name=name, platform=platform, max_batch_size=max_batch)
     for tensor_name, dtype, dims in inputs:
         model.input.add(name=tensor_name, data_type=pb2.DataType.Value(dtype), dims=dims)
     for tensor_name, dtype, dims in outputs:
         model.output.add(name=tensor_name, data_type=pb2.DataType.Value(dtype), dims=dims)
-    # Requests are batched only when their H and W agree (no ragged batches): the common case
-    # of one scanner protocol; mixed sizes simply run one request per batch.
-    model.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
+    if max_batch > 1:
+        # Requests are batched only when their H and W agree (no ragged batches): the common case
+        # of one scanner protocol; mixed sizes simply run one request per batch.
+        model.dynamic_batching.max_queue_delay_microseconds = config.max_queue_delay_us
     return model
 
 
-def onnx_config(onnx_path: Path, name: str, config: TritonConfig) -> Any:
-    """The ``onnxruntime_onnx`` ModelConfig of an edgeseg ONNX file."""
+def onnx_config(onnx_path: Path, name: str, config: TritonConfig, precision: str = "fp32") -> Any:
+    """The ``onnxruntime_onnx`` ModelConfig of an edgeseg ONNX file (max batch 1 for :data:`UNBATCHED` precisions)."""
     pb2 = model_config_pb2()
-    model = _base_config(pb2, name, "onnxruntime_onnx", onnx_path, config.max_batch_size, config)
+    max_batch = 1 if precision in UNBATCHED else config.max_batch_size
+    model = _base_config(pb2, name, "onnxruntime_onnx", onnx_path, max_batch, config)
     model.instance_group.add(count=config.instances, kind=pb2.ModelInstanceGroup.Kind.Value(KINDS[config.kind]))
     return model
 
@@ -302,19 +313,29 @@ def write_model_repository(onnx_path: Path, repo: Path, config: TritonConfig | N
                 f" {sidecar.get('tensorrt', '?')} on {sidecar.get('gpu', '?')}: the server must match"
             ]
         else:
-            message, extra = onnx_config(onnx_path, model_name, config), []
+            message, extra = onnx_config(onnx_path, model_name, config, info.precision), []
             if config.kind == "auto":  # the schema's default, so text_format leaves it out
                 extra = [
                     "instance_group kind KIND_AUTO (not printed: the schema default): GPU where the"
                     " server has one, else CPU"
                 ]
-        prepared.append((model_name, platform, filename, source, render(message, _header(onnx_path, info, extra))))
+        note = _unbatched_note(info.precision) if platform == "onnxruntime_onnx" else ""
+        header = _header(onnx_path, info, [*extra, *([note] if note else [])])
+        prepared.append((model_name, platform, filename, source, render(message, header), note))
     models = []
-    for model_name, platform, filename, source, text in prepared:
+    for model_name, platform, filename, source, text, note in prepared:
         folder = repo / model_name
         _replace_folder(folder, {"config.pbtxt": text.encode(), f"{VERSION}/{filename}": source})
-        models.append(TritonModel(model_name, platform, folder, folder / "config.pbtxt", folder / VERSION / filename))
+        config_file, model_file = folder / "config.pbtxt", folder / VERSION / filename
+        models.append(TritonModel(model_name, platform, folder, config_file, model_file, note))
     return models
+
+
+def _unbatched_note(precision: str) -> str:
+    """Why a model of ``precision`` is served one slice per run; empty for batchable precisions."""
+    if precision not in UNBATCHED:
+        return ""
+    return f"{precision}: served one slice per run (max_batch_size 1, no dynamic batching): {UNBATCHED[precision]}"
 
 
 def run_triton(onnx_path: Path, repo: Path, config: TritonConfig) -> list[TritonModel]:
@@ -325,6 +346,8 @@ def run_triton(onnx_path: Path, repo: Path, config: TritonConfig) -> list[Triton
     models = write_model_repository(onnx_path, repo, config)
     for model in models:
         console.print(f"{model.platform:>16}  {model.config}")
+        if model.note:
+            console.print(f"{'':>16}  {model.note}")
     console.print(
         "serve (unverified here: no Triton server in this project's CI):\n"
         + "\n".join(f"  {c}" for c in serving_commands(repo, models))

@@ -8,7 +8,9 @@ cases use a dummy ``.engine`` byte file with a sidecar, and test only the genera
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +20,10 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb2
+from tritonclient.utils import InferenceServerException
 
 import edgeseg
-from edgeseg.artifacts import SIDECAR_FORMAT, read_model_info
+from edgeseg.artifacts import SIDECAR_FORMAT, ArtifactPaths, read_model_info
 from edgeseg.cli import main
 from edgeseg.errors import EdgesegError
 from edgeseg.triton import MARKER, TritonConfig, write_model_repository
@@ -64,6 +67,79 @@ def test_config_matches_the_onnxruntime_session(which: str, tiny_onnx: Path, tmp
     image = np.random.default_rng(0).normal(500, 150, (3, 1, 37, 45)).astype(np.float32)
     logits, labels = session.run(["logits", "labels"], {"image": image})
     assert logits.shape == (3, 3, 37, 45) and labels.shape == (3, 37, 45) and labels.dtype == np.uint8
+
+
+def _labels(session: ort.InferenceSession, images: np.ndarray, batch: int) -> np.ndarray:
+    """The served file's labels of ``images`` (N, 1, H, W), run ``batch`` slices at a time."""
+    return np.concatenate(
+        [session.run(["labels"], {"image": images[k : k + batch]})[0] for k in range(0, len(images), batch)]
+    )
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_served_labels_do_not_depend_on_the_batch(precision: str, tiny_dataset, tmp_path: Path) -> None:  # noqa: ANN001
+    """Each shipped model, run by ONNX Runtime in the largest batch its config lets the server form
+    and one slice at a time, gives the same labels on 24 real slices (issue 25, case 9).
+
+    int8 would not at 24 (its labels change with the batch: the check below), so it is served one
+    slice per run, without dynamic batching, whatever --max-batch-size says.
+    """
+    source = ArtifactPaths.of(edgeseg.SHIPPED_MODEL).onnx(precision)
+    (model,) = write_model_repository(source, tmp_path / "repo", TritonConfig(max_batch_size=32))
+    config = read_config(model.config)
+    images = np.stack([np.load(f) for f in sorted((tiny_dataset[0] / "MRIs").glob("*.npy"))])[:, None]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(model.model_file), options, providers=["CPUExecutionProvider"])
+    one = _labels(session, images.astype(np.float32), 1)
+    largest = config.max_batch_size
+    assert np.array_equal(_labels(session, images.astype(np.float32), largest), one)
+    batched = config.HasField("dynamic_batching")
+    if precision == "int8":
+        assert (largest, batched) == (1, False) and "one slice per run" in model.note
+        assert model.note in model.config.read_text()
+        differ = _labels(session, images.astype(np.float32), len(images)) != one
+        assert differ.any(), "int8 labels no longer depend on the batch: it could be batched again"
+    else:
+        assert (largest, batched, model.note) == (32, True, "")
+
+
+def test_triton_command_says_int8_is_served_one_slice_per_run(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """`edgeseg triton model_int8.onnx --max-batch-size 8` says why it serves max batch 1 instead."""
+    source = ArtifactPaths.of(edgeseg.SHIPPED_MODEL).onnx("int8")
+    main(["triton", str(source), "--out", str(tmp_path / "repo"), "--max-batch-size", "8"])
+    out = capsys.readouterr().out
+    assert "int8: served one slice per run (max_batch_size 1, no dynamic batching)" in out
+    config = read_config(tmp_path / "repo" / "model_int8" / "config.pbtxt")
+    assert config.max_batch_size == 1 and not config.HasField("dynamic_batching")
+
+
+def test_readme_client_example_asks_the_served_model_for_labels(tiny_dataset, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """The README's tritonclient example, run up to the network (no server here: it must fail to
+    connect, not before): its request fits the config `edgeseg triton export/model.onnx` writes,
+    and it asks for `labels` alone."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "tritonclient" in block]
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 8001)) == 0:
+            pytest.skip("something listens on port 8001 here: the example would reach it")
+    slice_file = sorted((tiny_dataset[0] / "MRIs").glob("*.npy"))[0]
+    shutil.copy(slice_file, tmp_path / "slice.npy")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
+        exec(compile(code, "README.md", "exec"), namespace)
+    (model,) = write_model_repository(edgeseg.SHIPPED_MODEL, tmp_path / "models")
+    config = read_config(model.config)
+    assert re.findall(r'client\.infer\("(\w+)"', code) == [model.name] == ["model"]
+    request = namespace["request"]
+    (declared,) = config.input
+    assert (request.name(), request.datatype()) == (declared.name, "FP32") and declared.data_type == pb2.TYPE_FP32
+    n, *dims = request.shape()
+    assert n <= config.max_batch_size and len(dims) == len(declared.dims)
+    assert all(want in (-1, got) for want, got in zip(declared.dims, dims, strict=True))
+    assert re.findall(r'InferRequestedOutput\("(\w+)"\)', code) == ["labels"]
+    assert "labels" in [t.name for t in config.output]
 
 
 def test_versioned_layout_and_rewrite_in_place(tiny_onnx: Path, tmp_path: Path) -> None:
