@@ -335,6 +335,13 @@ def infer_cmd(
         int,
         typer.Option("--max-decompressed-mb", min=1, help="Refuse a .nii.gz that decompresses past this many MiB."),
     ] = 1024,
+    crop: Annotated[
+        bool,
+        typer.Option(
+            "--crop/--no-crop",
+            help="Run the model on each volume's brain box only (background outside it); --no-crop: whole slices.",
+        ),
+    ] = True,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference
@@ -358,6 +365,7 @@ def infer_cmd(
         cluster=cluster,
         max_resampled_pixels=max_resampled_pixels,
         max_decompressed_mb=max_decompressed_mb,
+        crop=crop,
     )
     with stop_on_signals():  # SIGTERM as Ctrl-C; later signals cannot break the cleanup
         try:

@@ -241,7 +241,7 @@ def _final_line(r: InferReport) -> str:
     return (
         f"{r.done} done{redone}, {r.failed} failed, {r.skipped} skipped (already done),"
         f" {r.ignored} ignored, {len(r.set_aside)} DICOM set aside, {r.resampled} resampled;"
-        f" {r.slices} slices in {r.seconds:.1f} s ="
+        f" {r.cropped} cropped to the brain; {r.slices} slices in {r.seconds:.1f} s ="
         f" {r.slices_per_s:.1f} slices/s (model alone {r.model_slices_per_s:.1f}/s)"
         f" on {r.provider}; summary: {r.summary}"
     )

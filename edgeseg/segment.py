@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.artifacts import ModelInfo
+from edgeseg.crop import GRIDS, Crop, plan_crop
 from edgeseg.dicom_seg import write_dicom_seg
 from edgeseg.errors import DiskFull, EdgesegError, describe
 from edgeseg.files import atomic_write, sha256_file
@@ -78,6 +79,7 @@ class InferConfig:
     skull_strip: bool = False  # ROBEX brain mask first (NIfTI/DICOM); labels outside it are 0
     max_resampled_pixels: int = MAX_RESAMPLED_PIXELS  # H x W a slice may grow to by resampling
     max_decompressed_mb: int = MAX_GUNZIPPED_BYTES >> 20  # MiB a .nii.gz may decompress to
+    crop: bool = True  # run the model on each volume's brain box only (edgeseg.crop); False: --no-crop
 
 
 @dataclass
@@ -96,6 +98,7 @@ class InferReport:
     flagged: list[tuple[Path, str]] = field(default_factory=list)  # QC figures outside the model's ranges
     slices: int = 0
     resampled: int = 0  # scans whose slices went to the model at its pixel spacing
+    cropped: int = 0  # scans whose model ran on their brain's box only (edgeseg.crop)
     seconds: float = 0.0  # wall time of the scan loop
     model_seconds: float = 0.0  # time inside session.run
     summary: Path | None = None
@@ -118,6 +121,7 @@ class Segmented:
     seconds: float  # inside session.run
     resampled: bool  # went to the model at its pixel spacing
     notes: list[str]  # lines to show about it
+    cropped: bool = False  # the model ran on its brain's box only
 
 
 class Segmenter:
@@ -262,34 +266,41 @@ class Segmenter:
         """Decode result -> labels -> submit the write; a failure becomes a row."""
         try:
             dec, stamps = future.result()
-            labels, seconds, figures = self._segment(scan, dec)
+            labels, seconds, figures, crop = self._segment(scan, dec)
         except Exception as exc:  # any bad scan: one line, and the run goes on
             rows[str(scan.rel)] = self._failed(scan, reason(exc))
             return None
-        done = self._segmented(scan, dec, labels, seconds, figures)
+        done = self._segmented(scan, dec, labels, seconds, figures, crop)
         rows[str(scan.rel)] = self._count(done)
         return pool.submit(self._write, scan, dec, labels, stamps, done.row)
 
     def process(self, scan: Scan) -> Segmented:
         """Read, segment and write one scan in this thread: a cluster worker's unit of work."""
         dec, stamps = self._read(scan)
-        labels, seconds, figures = self._segment(scan, dec)
-        done = self._segmented(scan, dec, labels, seconds, figures)
+        labels, seconds, figures, crop = self._segment(scan, dec)
+        done = self._segmented(scan, dec, labels, seconds, figures, crop)
         self._write(scan, dec, labels, stamps, done.row)
         return done
 
     def _segmented(
-        self, scan: Scan, dec: Decoded, labels: np.ndarray, seconds: float, figures: dict[str, float]
+        self,
+        scan: Scan,
+        dec: Decoded,
+        labels: np.ndarray,
+        seconds: float,
+        figures: dict[str, float],
+        crop: Crop | None = None,
     ) -> Segmented:
         row = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
         row.update({**self._qc(figures), **{k: f"{v:.6g}" for k, v in figures.items() if k.endswith(MEAN_SUFFIX)}})
-        return Segmented(row, len(labels), seconds, dec.model_size is not None, dec.notes)
+        return Segmented(row, len(labels), seconds, dec.model_size is not None, dec.notes, crop is not None)
 
     def _count(self, done: Segmented) -> dict[str, Any]:
         """Count a segmented scan in the report, show its notes, advance the bar; its row."""
         self.report.model_seconds += done.seconds
         self.report.slices += done.slices
         self.report.resampled += done.resampled
+        self.report.cropped += done.cropped
         for note in done.notes:
             self.say(f"note: {note}")
         self._flag(done.row)
@@ -297,22 +308,26 @@ class Segmenter:
         self.progress.advance(self.scan_task)
         return done.row
 
-    def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float, dict[str, float]]:
-        """Run the stack through the model in batches: labels, seconds in the model, and the QC
-        figures (:mod:`edgeseg.qc`) with each class's mean intensity (``<class>_mean_intensity``)."""
+    def _segment(self, scan: Scan, dec: Decoded) -> tuple[np.ndarray, float, dict[str, float], Crop | None]:
+        """Run the stack through the model in batches: labels, seconds in the model, the QC
+        figures (:mod:`edgeseg.qc`) with each class's mean intensity (``<class>_mean_intensity``),
+        and the brain box the model ran on (None: whole slices)."""
         count, (h, w) = len(dec.stack), dec.stack.shape[1:]
         labels = np.empty((count, h, w), dtype=np.uint8)
         self.progress.reset(self.slice_task, total=count, description=f"slices {scan.path.name}")
         seconds, counter = 0.0, QCCounter.for_classes(self.info.class_names)
         names = self.info.class_names
         sums = np.zeros(len(names))  # intensity per class on the scan's own grid, for the means
+        crop = self._crop(scan, dec)
         for start in range(0, count, max(1, self.config.batch_size)):
             batch = dec.batch(start, start + self.config.batch_size, scan.path, dec.model_size)
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
             tick = time.perf_counter()
-            fetched = self.session.run(batch)  # FETCHED: logits for QC and to resample, labels
+            fetched = self.session.run(crop.cut(batch) if crop else batch)  # FETCHED: logits, labels
             seconds += time.perf_counter() - tick
             logits, out = fetched["logits"], fetched["labels"]
+            if crop is not None:  # back into the whole frame: background outside the box
+                logits, out = crop.paste(logits, out)
             counter.add(logits, out)  # on the model's grid, as export measured the ranges
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
                 out = resample(logits, (h, w), order=1).argmax(1)
@@ -325,7 +340,17 @@ class Segmenter:
         self.report.provider = self.session.label_so_far  # what ran, read back once it has run
         counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
         means = {f"{n}{MEAN_SUFFIX}": sums[i] / counts[i] for i, n in enumerate(names) if counts[i]}
-        return labels, seconds, {**counter.figures(), **means}
+        return labels, seconds, {**counter.figures(), **means}, crop
+
+    def _crop(self, scan: Scan, dec: Decoded) -> Crop | None:
+        """The volume's brain box on the model's grid (:mod:`edgeseg.crop`); None: --no-crop, a
+        model whose labels depend on the framing (contract < 3), or too little to save."""
+        grid = GRIDS.get(self.info.normalization_contract)
+        if not self.config.crop or grid is None or not len(dec.stack):
+            return None
+        step = max(1, self.config.batch_size)
+        chunks = (dec.batch(i, i + step, scan.path, dec.model_size)[:, 0] for i in range(0, len(dec.stack), step))
+        return plan_crop(chunks, grid, self.info.min_size)
 
     def _qc(self, figures: dict[str, float]) -> dict[str, str]:
         """The QC columns of a row: the figures, and the verdict against the model's ranges."""
