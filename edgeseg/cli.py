@@ -304,6 +304,14 @@ def infer_cmd(
             " or local:N (N worker processes here). Needs edgeseg[cluster].",
         ),
     ] = None,
+    cluster_timeout: Annotated[
+        float,
+        typer.Option(
+            "--cluster-timeout",
+            min=1,
+            help="With --cluster: stop, in one line, after this many seconds without a worker that can run a scan.",
+        ),
+    ] = 30.0,
     series: Annotated[
         str | None,
         typer.Option(
@@ -363,6 +371,7 @@ def infer_cmd(
         format=seg_format.value,
         skull_strip=skull_strip,
         cluster=cluster,
+        cluster_timeout=cluster_timeout,
         max_resampled_pixels=max_resampled_pixels,
         max_decompressed_mb=max_decompressed_mb,
         crop=crop,

@@ -26,6 +26,18 @@ scans to another worker, and since every write is atomic and records are kept pe
 the result equals a run with no death. A scan during which more than
 ``distributed.scheduler.allowed-failures`` (default 3) workers died fails with one line
 and the run goes on. A scheduler that does not answer within a few seconds is one line.
+
+Faults are one line each, never a hang or Dask's traceback. Every worker is checked before
+its first task (``edgeseg`` importable, the model and ``--out`` there): one that fails, or
+that cannot build the session later, is named on stderr and its scans go to the others; when
+none is left that can, the run stops. No worker at all for ``--cluster-timeout`` seconds
+(``InferConfig.cluster_timeout``), or a lost scheduler, stops the run too, with
+``summary.csv`` written. ``--backend`` is chosen on each worker as a local run chooses it
+(``edgeseg tune``'s pick for that machine under ``auto``). Before the client releases the
+``--out`` lock it cancels what is queued and waits (up to the same timeout) for the running
+tasks to end; a task that still runs after that (its scheduler lost, or a stalled read)
+checks the lock before each output and its record, and writes nothing once it is gone.
+The local cluster binds everything, its dashboard included, to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ import logging
 import os
 import signal
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -44,11 +57,14 @@ from typing import Any
 
 from edgeseg.artifacts import read_model_info
 from edgeseg.errors import EdgesegError, describe
-from edgeseg.runtime import RunnerSpec, open_runner
+from edgeseg.records import LOCK, Record, Records
+from edgeseg.runtime import open_runner
 from edgeseg.scans import Scan
-from edgeseg.segment import FETCHED, InferConfig, Segmented, Segmenter, reason
+from edgeseg.segment import InferConfig, Segmented, Segmenter, reason
 
-CONNECT_TIMEOUT_S = 5  # to reach the scheduler, and for it to have a worker
+CONNECT_TIMEOUT_S = 5  # to reach the scheduler
+POLL_S = 0.2  # how often the client looks at the cluster while no answer comes
+RETRIES = 3  # times a scan is sent again after workers that could not run it
 EXTRA = "pip install 'edgeseg[cluster]'"
 
 
@@ -61,6 +77,8 @@ class Job:
     config: InferConfig  # quiet, cluster None: as a worker runs it
     out: Path  # absolute
     host_threads: dict[str, int]  # Dask threads per worker host when the run started
+    token: str = ""  # this run's: its running tasks are counted under it
+    lock: tuple[int, bytes] = (0, b"")  # inode and content of the client's --out lock file
 
 
 @dataclass
@@ -69,6 +87,7 @@ class Outcome:
 
     done: Segmented | None
     reason: str = ""
+    unfit: str = ""  # the worker's address when it, not the scan, was the problem
 
 
 def local_workers(spec: str) -> int | None:
@@ -89,7 +108,7 @@ def local_cluster(workers: int) -> Any:
 
     Worker saturation 1.0: a worker holds only the scan it is running, so the rest wait at
     the scheduler for whichever worker frees first (scans differ in size), and a worker's
-    death sends back just that scan.
+    death sends back just that scan. Scheduler, workers and dashboard listen on 127.0.0.1 only.
     """
     import dask
     from distributed import LocalCluster
@@ -108,7 +127,8 @@ def local_cluster(workers: int) -> Any:
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=":0",
+                host="127.0.0.1",
+                dashboard_address="127.0.0.1:0",
                 silence_logs=logging.CRITICAL,
             )
     finally:
@@ -126,7 +146,7 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
 
     Raises:
         EdgesegError: no ``distributed``, a bad ``local:N``, a scheduler that cannot be
-            reached, or one without workers.
+            reached, or one without workers for ``config.cluster_timeout`` seconds.
     """
     try:
         import distributed
@@ -135,6 +155,7 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
     spec = str(config.cluster)
     workers = local_workers(spec)
     with ExitStack() as stack:
+        stack.enter_context(_quiet_dask_logs())  # faults are our one line, not Dask's tracebacks
         address = stack.enter_context(local_cluster(workers)).scheduler_address if workers else spec
         try:
             client = stack.enter_context(distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s"))
@@ -144,13 +165,27 @@ def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
                 " address and that `dask scheduler` runs there, or use --cluster local:N"
             ) from None
         try:
-            client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+            client.wait_for_workers(1, timeout=config.cluster_timeout)
         except TimeoutError:
             raise EdgesegError(
                 f"--cluster {spec}: the scheduler has no workers after"
-                f" {CONNECT_TIMEOUT_S} s; start some with `dask worker {address}`"
+                f" {config.cluster_timeout:g} s; start some with `dask worker {address}`"
             ) from None
         yield client, f"Dask cluster {spec} ({len(client.nthreads())} workers)"
+
+
+@contextmanager
+def _quiet_dask_logs() -> Iterator[None]:
+    """Dask's client logs (a lost scheduler's reconnect errors) silenced for the run, then restored."""
+    names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def _cores() -> int:
@@ -180,25 +215,34 @@ class ClusterRunner(Segmenter):
                 got[str(scan.rel)] = self._skipped(scan, rows.get(str(scan.rel)))
             else:
                 todo.append(scan)
-        token = uuid.uuid4().hex[:12]
-        keys = [f"edgeseg-scan-{token}-{i}" for i in range(len(todo))]
-        futures = client.map(_process, [_absolute(s) for s in todo], job=self._job(client), key=keys, pure=False)
+        self.job = self._job(client)
+        self.unfit: dict[str, str] = {}  # worker address -> why it cannot run our tasks
+        self.checked: set[str] = set()  # workers checked before their first task
+        self.no_worker_since: float | None = None
+        self._check_workers(client)
+        keys = [f"edgeseg-scan-{self.job.token}-{i}" for i in range(len(todo))]
+        futures = client.map(
+            _process, [_absolute(s) for s in todo], job=self.job, key=keys, pure=False, **self._where()
+        )
         # Only unfinished tasks are held: a released result is not recomputed if its worker dies.
-        pending = {f.key: (f, scan) for f, scan in zip(futures, todo, strict=True)}
-        done = as_completed(futures, with_results=True, raise_errors=False)
+        self.pending = {f.key: (f, scan, 0) for f, scan in zip(futures, todo, strict=True)}
+        self.done = as_completed(futures, with_results=True, raise_errors=False)
         del futures
         try:
-            for future, result in done:
-                scan = pending.pop(future.key)[1]
-                got[str(scan.rel)] = self._outcome(scan, future, result)
+            while self.pending:
+                batch = self.done.next_batch(block=False)
+                if not batch:
+                    self._watch(client)
+                    time.sleep(POLL_S)
+                for future, result in batch:
+                    self._answer(future, result, got)
         except KeyboardInterrupt:  # keep the scans whose answers are already here
-            for future, result in done.next_batch(block=False):
-                if future.status == "finished":
-                    scan = pending.pop(future.key)[1]
-                    got[str(scan.rel)] = self._outcome(scan, future, result)
+            for future, result in self.done.next_batch(block=False):
+                if isinstance(result, Outcome) and not result.unfit:
+                    self._answer(future, result, got)
             raise
         finally:
-            client.cancel([f for f, _ in pending.values()])
+            self._stop_tasks(client)
             for scan in scans:  # a local run's row order
                 if str(scan.rel) in got:
                     rows[str(scan.rel)] = got[str(scan.rel)]
@@ -214,14 +258,126 @@ class ClusterRunner(Segmenter):
             host = get_address_host(address)
             host_threads[host] = host_threads.get(host, 0) + n
         config = replace(self.config, model=model, quiet=True, cluster=None)
-        return Job(model, (st.st_size, st.st_mtime_ns), config, self.out, host_threads)
+        lock = self.out / LOCK
+        held = (lock.stat().st_ino, lock.read_bytes()) if lock.is_file() else (0, b"")
+        token = uuid.uuid4().hex[:12]
+        return Job(model, (st.st_size, st.st_mtime_ns), config, self.out, host_threads, token, held)
+
+    def _where(self) -> dict[str, Any]:
+        """Placement of new tasks: on the workers not known unfit (others only if none of those is left)."""
+        if not self.unfit:
+            return {}
+        fit = [w for w in self.checked if w not in self.unfit]
+        return {"workers": fit, "allow_other_workers": True} if fit else {}
+
+    def _check_workers(self, client: Any, found: dict[str, str] | None = None) -> None:
+        """Check the workers not seen yet (edgeseg importable, model and --out there) and add them,
+        and ``found`` (workers a task found unfit), to the unfit ones: named once, or, when no
+        worker is left that can run a scan, the run stops."""
+        found = dict(found or {})
+        workers = set(client.nthreads())
+        new = sorted(workers - self.checked)
+        if new:
+            answers = client.run(_check_worker, self.job, workers=new, on_error="return")
+            for worker in new:
+                answer = answers.get(worker, "")
+                if answer:
+                    found[worker] = _unloadable(answer) if isinstance(answer, BaseException) else answer
+            self.checked |= set(new)
+        found = {w: why for w, why in found.items() if w not in self.unfit}
+        self.unfit.update(found)
+        if workers and workers <= set(self.unfit):
+            raise EdgesegError(self._none_fit_line())
+        for worker, why in found.items():
+            self.say(
+                f"warning: Dask worker {worker} cannot run edgeseg's tasks ({why}); its scans go to the other workers",
+                error=True,
+            )
+
+    def _none_fit_line(self) -> str:
+        by_reason: dict[str, list[str]] = {}
+        for worker, why in self.unfit.items():
+            by_reason.setdefault(why, []).append(worker)
+        named = "; ".join(f"{', '.join(sorted(ws))}: {why}" for why, ws in list(by_reason.items())[:3])
+        return (
+            f"--cluster {self.config.cluster}: no Dask worker can run edgeseg's tasks ({named});"
+            f" fix that on the workers (the same edgeseg and backend installed, the model and --out at"
+            f" the same paths) and rerun the same command: {self._so_far()}"
+        )
+
+    def _so_far(self) -> str:
+        r = self.report
+        return f"{r.done} scan(s) finished in this run, {r.skipped} were already done; finished outputs are kept"
+
+    def _watch(self, client: Any) -> None:
+        """Between answers: stop on a lost scheduler, or no worker to run on for too long."""
+        if client.status != "running":
+            raise EdgesegError(self._lost_line())
+        try:
+            self._check_workers(client)
+        except (OSError, TimeoutError):
+            raise EdgesegError(self._lost_line()) from None
+        if set(client.nthreads()) - set(self.unfit):
+            self.no_worker_since = None
+            return
+        now = time.monotonic()
+        self.no_worker_since = self.no_worker_since or now
+        if now - self.no_worker_since > self.config.cluster_timeout:
+            raise EdgesegError(
+                f"--cluster {self.config.cluster}: no Dask worker for {self.config.cluster_timeout:g} s"
+                f" (all died or were stopped); start workers with `dask worker {client.scheduler.address}`"
+                f" and rerun the same command: {self._so_far()}"
+            )
+
+    def _lost_line(self) -> str:
+        return (
+            f"--cluster {self.config.cluster}: the Dask scheduler at {self.session.scheduler.address} was lost;"
+            f" {self._so_far()}; rerun the same command to resume"
+        )
+
+    def _answer(self, future: Any, result: Any, got: dict[str, Any]) -> None:
+        """Take one task's answer: its row, or the scan sent again if its worker could not run it."""
+        _, scan, tries = self.pending.pop(future.key)
+        if isinstance(result, Outcome) and result.unfit:
+            self._check_workers(self.session, {result.unfit: result.reason})  # raises when none is left
+            if tries < RETRIES + len(self.unfit):
+                again = self.session.submit(
+                    _process,
+                    _absolute(scan),
+                    job=self.job,
+                    key=f"{future.key}-{tries + 1}",
+                    pure=False,
+                    **self._where(),
+                )
+                self.pending[again.key] = (again, scan, tries + 1)
+                self.done.add(again)
+                return
+            result = Outcome(None, f"{scan.path}: no Dask worker could run it (last: {result.reason})")
+        if not isinstance(result, Outcome) and future.status == "cancelled":  # we cancel only after the loop
+            raise EdgesegError(self._lost_line())
+        got[str(scan.rel)] = self._outcome(scan, future, result)
+
+    def _stop_tasks(self, client: Any) -> None:
+        """Cancel what is queued, then wait (up to the cluster timeout) for running tasks to end."""
+        if client.status != "running":
+            return  # nothing to ask; a task still running writes nothing once the lock is gone
+        client.cancel([f for f, _, _ in self.pending.values()])
+        deadline = time.monotonic() + self.config.cluster_timeout
+        while time.monotonic() < deadline and client.status == "running":
+            try:
+                counts = client.run(_running, self.job.token, on_error="return")
+            except (OSError, TimeoutError):
+                return
+            if not any(isinstance(n, int) and n for n in counts.values()):
+                return
+            time.sleep(POLL_S)
 
     def _outcome(self, scan: Scan, future: Any, result: Any) -> dict[str, Any]:
-        """The row of a finished task; a worker that could not start at all stops the run."""
+        """The row of a finished task."""
         from distributed import KilledWorker
 
         here = _Relabel(scan)
-        if future.status == "finished":
+        if isinstance(result, Outcome):  # its status may read "lost" by now: the answer is here
             if result.done is None:
                 return self._failed(scan, here(result.reason))
             result.done.row["input"] = str(scan.path)
@@ -239,8 +395,16 @@ class ClusterRunner(Segmenter):
         why = here(describe(exc)) if exc is not None else f"its task was {future.status}"
         raise EdgesegError(
             f"a Dask worker could not take {scan.path} ({why}); fix that on the workers"
-            " and rerun the same command: finished outputs are kept"
+            f" and rerun the same command: {self._so_far()}"
         )
+
+
+def _unloadable(exc: BaseException) -> str:
+    """Why a worker could not even load our check: most often edgeseg is not installed there."""
+    text = describe(exc)
+    if "edgeseg" in text and ("ModuleNotFound" in text or "Import" in text or "No module" in text):
+        return f"edgeseg cannot be imported there ({text}); install edgeseg[cluster] in the workers' environment"
+    return text
 
 
 class _Relabel:
@@ -262,37 +426,64 @@ def _absolute(scan: Scan) -> Scan:
 
 # --- the worker side ------------------------------------------------------------------------
 _RUNNERS: dict[tuple, Segmenter] = {}  # per worker process: one per (model version, options, --out)
-_SESSIONS: dict[tuple, tuple[Any, str]] = {}  # per worker process: (session, provider)
+_SESSIONS: dict[tuple, tuple[Any, str, Path]] = {}  # per worker process: (session, provider, model file)
 _LOCK = threading.Lock()  # a worker may run several tasks at once
+_ACTIVE: dict[str, int] = {}  # tasks running now, per run token
+
+
+def _check_worker(job: Job) -> str:
+    """Run on each worker before its first task: why it cannot run ``job`` ("" if it can)."""
+    if not job.model.is_file():
+        return f"{job.model}: model not found there; the workers must see it at the same path"
+    if not job.out.is_dir():
+        return f"--out {job.out}: not found there; the workers must see it at the same path"
+    return ""
+
+
+def _running(token: str) -> int:
+    """How many tasks of the run ``token`` this worker process is running."""
+    return _ACTIVE.get(token, 0)
 
 
 def _process(scan: Scan, job: Job) -> Outcome:
     """The task: infer's per-scan function on this worker's cached runner.
 
     A bad scan is an :class:`Outcome` with its reason, as in a local run; a worker that
-    cannot load the model or see ``--out`` raises, which stops the run.
+    cannot load the model or see ``--out`` answers with its address in ``unfit``.
     """
-    runner = _worker_runner(job)
-    with warnings.catch_warnings():
-        warnings.showwarning = runner.warned  # a reader's warning becomes a note of its scan
+    from distributed import get_worker
+
+    with _LOCK:
+        _ACTIVE[job.token] = _ACTIVE.get(job.token, 0) + 1
+    try:
         try:
-            return Outcome(runner.process(scan))
-        except Exception as exc:  # any bad scan: its row says why, and the run goes on
-            return Outcome(None, reason(exc))
+            runner = _worker_runner(job)
+        except Exception as exc:  # this worker, not the scan: the client sends it elsewhere
+            return Outcome(None, reason(exc), unfit=get_worker().address)
+        with warnings.catch_warnings():
+            warnings.showwarning = runner.warned  # a reader's warning becomes a note of its scan
+            try:
+                return Outcome(runner.process(scan))
+            except Exception as exc:  # any bad scan: its row says why, and the run goes on
+                return Outcome(None, reason(exc))
+    finally:
+        with _LOCK:
+            _ACTIVE[job.token] -= 1
 
 
 def _worker_runner(job: Job) -> Segmenter:
-    """This worker's runner for ``job``, built on its first scan (one ORT session per worker)."""
+    """This worker's runner for ``job``, built on its first scan (one session per worker)."""
     config = job.config
     session_key = (
         job.model,
         job.model_stamp,
+        config.backend,
         config.provider,
         config.threads,
         config.batch_size,
         tuple(sorted(job.host_threads.items())),
     )
-    key = (session_key, repr(config), job.out)
+    key = (session_key, repr(config), job.out, job.lock)
     with _LOCK:
         if key not in _RUNNERS:
             if not job.out.is_dir():
@@ -303,29 +494,66 @@ def _worker_runner(job: Job) -> Segmenter:
             if session_key not in _SESSIONS:
                 _SESSIONS.clear()  # one model at a time: free the last one's memory
                 _SESSIONS[session_key] = _build_session(job)
-            session, provider = _SESSIONS[session_key]
+            session, provider, path = _SESSIONS[session_key]
             _RUNNERS.clear()
-            runner = Segmenter(session, provider, read_model_info(job.model), config, job.out)
+            runner = _WorkerSegmenter(session, provider, read_model_info(path), config, job.out, job.lock)
             runner.progress = runner._progress(0)  # quiet: never drawn
             _RUNNERS[key] = runner
         return _RUNNERS[key]
 
 
-def _build_session(job: Job) -> tuple[Any, str]:
+def _build_session(job: Job) -> tuple[Any, str, Path]:
+    """The runner ``--backend`` picks on this worker, as a local run on this machine would."""
     from distributed import get_worker
     from distributed.comm.addressing import get_address_host
 
+    from edgeseg.infer import choose_runner  # the same choice as a local run; infer imports us lazily
+
     host = get_address_host(get_worker().address)
-    threads = job.config.threads or max(1, _cores() // job.host_threads.get(host, 1))
-    spec = RunnerSpec("ort", job.config.provider, "fp32", threads, job.config.batch_size, FETCHED)
-    net = open_runner(job.model, spec)
-    _BUILT.append(job.model)
-    return net, net.provider
+    path, spec, _ = choose_runner(job.model, job.config)
+    threads = spec.threads or max(1, _cores() // job.host_threads.get(host, 1))
+    net = open_runner(path, replace(spec, threads=threads))
+    _BUILT.append(path)
+    return net, net.label_so_far, path
+
+
+class _WorkerSegmenter(Segmenter):
+    """A worker's Segmenter: writes nothing once the client no longer holds the ``--out`` lock."""
+
+    def __init__(self, session: Any, provider: str, info: Any, config: InferConfig, out: Path, lock: tuple) -> None:
+        super().__init__(session, provider, info, config, out)
+        self.lock = lock
+        self.records = _GuardedRecords(out, self._check_lock)
+
+    def _check_lock(self) -> None:
+        path = self.out / LOCK
+        try:
+            held = (path.stat().st_ino, path.read_bytes())
+        except OSError:
+            held = (0, b"")
+        if held != self.lock:
+            raise EdgesegError(f"--out {self.out}: its edgeseg run has stopped; this scan's outputs were not written")
+
+    def _write(self, *args: Any) -> None:
+        self._check_lock()
+        super()._write(*args)
+
+
+class _GuardedRecords(Records):
+    """records.jsonl whose every append (made just before an output's rename) first checks the lock."""
+
+    def __init__(self, out: Path, check: Any) -> None:
+        super().__init__(out)
+        self.check = check
+
+    def add(self, record: Record) -> None:
+        self.check()
+        super().add(record)
 
 
 _BUILT: list[Path] = []  # models of the sessions this worker process built (tests count them)
 
 
 def sessions_built() -> int:
-    """How many ONNX Runtime sessions this process built for cluster tasks."""
+    """How many runner sessions this process built for cluster tasks."""
     return len(_BUILT)

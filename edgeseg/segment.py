@@ -73,6 +73,7 @@ class InferConfig:
     quiet: bool = False  # no progress bar or report lines (failures still reported)
     resample: bool = True  # resample slices in-plane to the model's pixel spacing when both are known
     cluster: str | None = None  # Dask scheduler address or local:N (edgeseg.cluster); None: this process
+    cluster_timeout: float = 30.0  # --cluster: seconds with no worker that can run a scan before the run stops
     series: str | None = None  # DICOM: only series with this UID or SeriesDescription pattern
     force: bool = False  # DICOM: also segment series whose Modality is not MR
     format: str = "both"  # DICOM inputs: nifti | dicom-seg | both (SEG for PACS, NIfTI for research)

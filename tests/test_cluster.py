@@ -234,8 +234,9 @@ def test_ctrl_c_in_the_terminal_is_one_line_and_leaves_nothing(tmp_path: Path, t
     src, out = tmp_path / "in", tmp_path / "out"
     npy_slices(src, [f"a{i}" for i in range(3)])
     os.mkfifo(src / "m_stall.npy")
+    cmd = [str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out), "--cluster", "local:2"]
     proc = subprocess.Popen(
-        [str(EDGESEG), "infer", str(src), "--model", str(threshold_onnx), "--out", str(out), "--cluster", "local:2"],
+        [*cmd, "--cluster-timeout", "3"],  # how long it waits for the stalled task before it lets go of --out
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -277,10 +278,12 @@ def test_ctrl_c_in_the_terminal_is_one_line_and_leaves_nothing(tmp_path: Path, t
     assert rerun.returncode == 0 and "1 done, 0 failed, 3 skipped" in rerun.stdout, rerun.stderr
 
 
-def test_a_worker_that_cannot_run_the_job_stops_the_run_in_one_line(
+def test_when_no_worker_can_run_the_job_the_run_stops_in_one_line(
     tmp_path: Path, threshold_onnx: Path, cluster, gpu_here: bool
 ) -> None:
-    """--provider cuda on CPU-only workers: the workers' session fails, one line, exit 1, nothing written."""
+    """--provider cuda on CPU-only workers: each worker's session fails; the first is named as it
+    fails (its scans went to the other), the last stops the run in one line naming both; exit 1,
+    nothing written."""
     if gpu_here:
         pytest.skip("CUDA works here; the no-GPU error path cannot be shown")
     npy_slices(tmp_path / "in", ["a", "b"])
@@ -304,8 +307,11 @@ def test_a_worker_that_cannot_run_the_job_stops_the_run_in_one_line(
     )
     assert proc.returncode == 1
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: a Dask worker could not take "), proc.stderr
-    assert "CUDAExecutionProvider cannot run here" in lines[0] and "rerun the same command" in lines[0]
+    workers = sorted(cluster[1].nthreads())
+    error = f"error: --cluster {cluster[0]}: no Dask worker can run edgeseg's tasks ({', '.join(workers)}: "
+    assert lines[-1].startswith(error), proc.stderr
+    assert "CUDAExecutionProvider cannot run here" in lines[-1] and "rerun the same command" in lines[-1]
+    assert all(line.startswith("warning: Dask worker tcp://") for line in lines[:-1]) and len(lines) <= 2, proc.stderr
     assert not list((tmp_path / "out").glob("*_seg.npy"))
 
 
