@@ -20,19 +20,79 @@ else that many), for batched volumes where no single slice waits.
 
 What really ran is read back from the compiled model's runtime graph (each Convolution's
 ``runtimePrecision``), never assumed from the hint: :func:`ran_precision`.
+
+Compiled graphs go to OpenVINO's model cache (``CACHE_DIR``), so a new process does not pay a
+compile (0.3-0.6 s a shape) for a shape it met before: :func:`model_cache_dir` gives
+``<cache folder>/openvino`` (:func:`edgeseg.files.cache_dir`), trimmed to :data:`CACHE_CAP_MB`
+(oldest files first); ``EDGESEG_OPENVINO_CACHE=off`` turns it off, a folder path moves it; a
+folder that cannot be written means no cache, never a failure.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from edgeseg.errors import EdgesegError
+from edgeseg.files import cache_dir
 
 PRECISIONS = ("fp32", "bf16", "int8", "default")
 MODES = ("latency", "throughput")
 HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}  # int8: the layers kept float run f32
 LOW = {"u8": "int8", "i8": "int8", "bf16": "bf16", "f16": "fp16"}  # runtimePrecision -> our name
+CACHE_ENV = "EDGESEG_OPENVINO_CACHE"  # off (or 0, no, false): no model cache; an absolute path: that folder
+CACHE_OFF = ("off", "0", "no", "false")
+# A compiled blob of the shipped model is a few MB; every (file, shape, precision) adds one.
+CACHE_CAP_MB = 256  # $EDGESEG_OPENVINO_CACHE_MB overrides it
+
+
+def model_cache_dir(cap_mb: int | None = None) -> Path | None:
+    """The folder for OpenVINO's ``CACHE_DIR``, trimmed to ``cap_mb``; None when opted out or not writable.
+
+    ``$EDGESEG_OPENVINO_CACHE``: unset or empty, ``<cache folder>/openvino``; ``off``, no cache;
+    an absolute path, that folder (a relative one is ignored, as XDG ignores one).
+    ``cap_mb``: None reads ``$EDGESEG_OPENVINO_CACHE_MB`` (a whole number), else :data:`CACHE_CAP_MB`.
+    """
+    if cap_mb is None:
+        text = os.environ.get("EDGESEG_OPENVINO_CACHE_MB", "").strip()
+        cap_mb = int(text) if text.isdigit() else CACHE_CAP_MB
+    value = os.environ.get(CACHE_ENV, "").strip()
+    if value.lower() in CACHE_OFF:
+        return None
+    folder = Path(value) if os.path.isabs(value) else cache_dir() / "openvino"
+    try:  # read-only home, a file in the way, a full disk: run uncached
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return None
+    trim_cache(folder, cap_mb << 20)
+    return folder
+
+
+def trim_cache(folder: Path, cap_bytes: int) -> int:
+    """Delete the oldest files of ``folder`` until it holds at most ``cap_bytes``; the bytes kept."""
+    files = []
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+                files.append((st.st_mtime, st.st_size, entry.path))
+        except OSError:  # removed meanwhile by another process trimming the same folder
+            continue
+    total = sum(size for _, size, _ in files)
+    for _, size, path in sorted(files):
+        if total <= cap_bytes:
+            break
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        total -= size
+    return total
 
 
 def openvino_config(

@@ -399,7 +399,7 @@ class OpenVinoRunner(Runner):
         from collections import OrderedDict
 
         from edgeseg.machine import fingerprint
-        from edgeseg.openvino_backend import openvino_config
+        from edgeseg.openvino_backend import model_cache_dir, openvino_config
 
         if spec.shapes not in ("static", "dynamic"):
             raise EdgesegError(f"OpenVINO shapes {spec.shapes!r}: choose static or dynamic")
@@ -410,6 +410,9 @@ class OpenVinoRunner(Runner):
         self.ov, self.path, self.spec = ov, Path(path), spec
         self.version = ov.__version__.split("-")[0]
         self.core = ov.Core()
+        self.cache = model_cache_dir()  # compiled graphs kept across processes; None: off or read-only
+        if self.cache is not None:
+            self.core.set_property({"CACHE_DIR": str(self.cache)})
         self.compiled: OrderedDict[tuple[int, ...] | None, Any] = OrderedDict()
         self._ran: tuple[str, str] | None = None  # (precision, detail) of the first compiled graph
         self._read: Any = None  # the model read here to check the file, kept for the first compile only
@@ -454,7 +457,7 @@ class OpenVinoRunner(Runner):
             self._read = None
             if shape is not None:
                 model.reshape({INPUT_NAME: list(shape)})
-            compiled = self.core.compile_model(model, "CPU", self.config)
+            compiled = self._compile(model)
             del model
         except Exception as exc:
             what = "it" if shape is None else f"it for input shape {shape}"
@@ -478,6 +481,18 @@ class OpenVinoRunner(Runner):
         while len(self.compiled) > OV_SHAPES:
             self.compiled.popitem(last=False)
         return entry
+
+    def _compile(self, model: Any) -> Any:
+        """``compile_model`` through the model cache; a cache that fails (a blob another process is
+        still writing, a folder gone read-only) is turned off and the model compiled without it."""
+        try:
+            return self.core.compile_model(model, "CPU", self.config)
+        except Exception:
+            if self.cache is None:
+                raise
+            self.cache = None
+            self.core.set_property({"CACHE_DIR": ""})
+            return self.core.compile_model(model, "CPU", self.config)
 
     def _shape(self, x: np.ndarray) -> tuple[int, ...] | None:
         return None if self.spec.shapes == "dynamic" else tuple(int(d) for d in x.shape)

@@ -173,3 +173,83 @@ def test_label_so_far_compiles_nothing_and_then_reads_back(tiny_onnx: Path) -> N
 def test_unknown_shapes_mode_is_refused(tiny_onnx: Path) -> None:
     with pytest.raises(EdgesegError, match="OpenVINO shapes 'fixed'"):
         open_runner(tiny_onnx, RunnerSpec("openvino", shapes="fixed"))
+
+
+def _cache_runs(path: Path, x: np.ndarray) -> tuple[np.ndarray, bool, Path | None]:
+    """Labels of a fresh OpenVINO runner (its own ov.Core), whether its graph came from the cache, its cache folder."""
+    runner = open_runner(path, RunnerSpec("openvino", precision="fp32", outputs=("labels",)))
+    labels = runner.run(x)["labels"]
+    compiled = runner.compiled[tuple(x.shape)]["model"]
+    return labels, bool(compiled.get_property("LOADED_FROM_CACHE")), runner.cache
+
+
+@needs_openvino
+def test_compiled_graphs_are_cached_in_the_cache_folder(tiny_onnx: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A second runner (a new process's situation: a new Core) imports the graph instead of compiling it."""
+    monkeypatch.setenv("EDGESEG_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EDGESEG_OPENVINO_CACHE", raising=False)
+    x = np.random.default_rng(6).gamma(2.0, 300.0, (2, 1, 48, 56)).astype(np.float32)
+    first, hit1, folder = _cache_runs(tiny_onnx, x)
+    assert folder == tmp_path / "home" / "openvino" and any(folder.iterdir())
+    second, hit2, _ = _cache_runs(tiny_onnx, x)
+    assert (hit1, hit2) == (False, True) and np.array_equal(first, second)
+
+
+@needs_openvino
+@pytest.mark.parametrize("setting", ["off", "0"])
+def test_the_cache_can_be_turned_off(tiny_onnx: Path, tmp_path: Path, monkeypatch, setting: str) -> None:  # noqa: ANN001
+    monkeypatch.setenv("EDGESEG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("EDGESEG_OPENVINO_CACHE", setting)
+    x = np.random.default_rng(7).gamma(2.0, 300.0, (1, 1, 48, 56)).astype(np.float32)
+    for _ in range(2):
+        _, hit, folder = _cache_runs(tiny_onnx, x)
+        assert folder is None and not hit
+    assert not (tmp_path / "home" / "openvino").exists()
+
+
+@needs_openvino
+def test_a_cache_folder_that_cannot_be_written_means_no_cache(tiny_onnx: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A path through a regular file cannot be made a folder (even by root, unlike a read-only mode)."""
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("EDGESEG_OPENVINO_CACHE", str(tmp_path / "file" / "cache"))
+    x = np.random.default_rng(8).gamma(2.0, 300.0, (1, 1, 48, 56)).astype(np.float32)
+    labels, hit, folder = _cache_runs(tiny_onnx, x)
+    assert folder is None and not hit and labels.shape == (1, 48, 56)
+
+
+@needs_openvino
+def test_a_cache_folder_can_be_named(tiny_onnx: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("EDGESEG_OPENVINO_CACHE", str(tmp_path / "mine"))
+    x = np.random.default_rng(9).gamma(2.0, 300.0, (1, 1, 48, 56)).astype(np.float32)
+    _, _, folder = _cache_runs(tiny_onnx, x)
+    assert folder == tmp_path / "mine" and any(folder.iterdir())
+
+
+def test_the_cache_is_trimmed_oldest_first(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import os
+
+    from edgeseg.openvino_backend import model_cache_dir, trim_cache
+
+    for age, name in enumerate(["new", "mid", "old"]):
+        (tmp_path / name).write_bytes(b"x" * (400 << 10))
+        os.utime(tmp_path / name, (1e9 - age * 100, 1e9 - age * 100))
+    assert trim_cache(tmp_path, 900 << 10) == 800 << 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mid", "new"]
+    monkeypatch.setenv("EDGESEG_OPENVINO_CACHE", str(tmp_path))
+    monkeypatch.setenv("EDGESEG_OPENVINO_CACHE_MB", "0")
+    assert model_cache_dir() == tmp_path and not any(tmp_path.iterdir())  # opening a runner trims
+
+
+@needs_openvino
+def test_a_damaged_cache_blob_is_compiled_anew(tiny_onnx: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """A blob cut short (another process still writing it, a full disk) costs a compile, never a failure."""
+    monkeypatch.setenv("EDGESEG_OPENVINO_CACHE", str(tmp_path))
+    x = np.random.default_rng(10).gamma(2.0, 300.0, (1, 1, 48, 56)).astype(np.float32)
+    first, _, _ = _cache_runs(tiny_onnx, x)
+    blobs = [p for p in tmp_path.iterdir() if p.is_file()]
+    assert blobs
+    for blob in blobs:
+        blob.chmod(0o644)
+        blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+    again, hit, _ = _cache_runs(tiny_onnx, x)
+    assert not hit and np.array_equal(first, again)
