@@ -384,7 +384,8 @@ class OpenVinoRunner(Runner):
     much faster than a dynamic one: on the 2-core Xeon, 394², batch 1, the int8 file took
     25.6 ms static against 40.8 ms dynamic, fp32 55.6 against 75.9 ms, at a lower peak RSS
     (dynamic batch with a static H x W gained nothing). A new shape costs one compile
-    (~0.3 s), paid by its first inference, not by loading. ``dynamic`` compiles once, at load,
+    (~0.3 s), paid by its first inference, not by loading, and kept in OpenVINO's model cache
+    (:func:`edgeseg.openvino_backend.model_cache_dir`) for later processes. ``dynamic`` compiles once, at load,
     with the file's dynamic N, H, W.
 
     ``spec.hint``: ``latency`` runs each batch as one synchronous request; ``throughput`` runs
