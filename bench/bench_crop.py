@@ -3,6 +3,7 @@ a PyTorch eager loop and an OpenVINO-defaults loop, each in its own process, as 
 
     python bench/bench_crop.py [--slices 120] [--rounds 3] [--threads N] [--json out.json]
     python bench/bench_crop.py --smoke      # 3 slices, 1 round: checks that every case runs
+    python bench/bench_crop.py --example 5  # also: edgeseg infer export/example, auto against --backend ort
 
 The job is a ``(120, 394, 394)`` float32 ``.npy`` of real demo slices (one plane's, in order, as
 a volume's would be). Each case is a fresh interpreter timed end to end (start, imports, model
@@ -119,6 +120,25 @@ def run_once(cmd: list[str]) -> tuple[float, str]:
     return seconds, proc.stdout
 
 
+def example_job(rounds: int, threads: int) -> dict:
+    """`edgeseg infer export/example/` with ``--backend auto`` (the tuned pick) and ``--backend ort``,
+    alternating, each a fresh process, after a warm-up of each: medians and auto / ort."""
+    times: dict[str, list[float]] = {"auto": [], "ort": []}
+    ran_on = "?"
+    with tempfile.TemporaryDirectory(prefix="bench-example-") as tmp:
+        for r in range(rounds + 1):
+            for backend in ("auto", "ort") if r % 2 == 0 else ("ort", "auto"):
+                cmd = [sys.executable, "-m", "edgeseg", "infer", str(SHIPPED_MODEL_DIR / "example")]
+                cmd += ["--out", str(Path(tmp) / backend), "--overwrite", "--threads", str(threads)]
+                seconds, stdout = run_once([*cmd, "--backend", backend])
+                if r:
+                    times[backend].append(seconds)
+                if backend == "auto":
+                    ran_on = next((m.group(1) for m in [re.search(r"running on (.+)", stdout)] if m), "?")
+    auto, ort = median(times["auto"]), median(times["ort"])
+    return {"auto_s": round(auto, 3), "ort_s": round(ort, 3), "ratio": round(auto / ort, 3), "auto_ran_on": ran_on}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slices", type=int, default=120)
@@ -127,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--backend", default="auto", help="edgeseg infer's --backend; auto: edgeseg tune's pick")
     parser.add_argument("--json", type=Path, help="write the results here too")
     parser.add_argument("--smoke", action="store_true", help="3 slices, 1 round, no warm-up")
+    parser.add_argument(
+        "--example", type=int, default=0, metavar="ROUNDS", help="also time the example scan, auto paired with ort"
+    )
     args = parser.parse_args(argv)
     count, rounds = (3, 1) if args.smoke else (args.slices, args.rounds)
 
@@ -162,6 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
                     )
         cropped, whole = np.load(out / "crop" / "stack_seg.npy"), np.load(out / "no-crop" / "stack_seg.npy")
         result["crop_brain_agreement"] = float((cropped[brain] == whole[brain]).mean())
+    if args.example:
+        result["example"] = example_job(args.example, args.threads)
     result["uptime_after"] = uptime()
     seconds = {name: median(t) for name, t in times.items()}
     result["cases"] = {
@@ -178,6 +203,12 @@ def main(argv: list[str] | None = None) -> dict:
     for name, row in result["cases"].items():
         print(f"{name:<24} {row['median_s']:>9.2f} {row['x_eager']:>8.2f} {row['x_openvino_defaults']:>14.2f}")
     print(f"cropped = uncropped on {result['crop_brain_agreement']:.4%} of brain pixels")
+    if "example" in result:
+        ex = result["example"]
+        print(
+            f"example scan: auto ({ex['auto_ran_on']}) {ex['auto_s']:.2f} s,"
+            f" ort {ex['ort_s']:.2f} s: {ex['ratio']:.2f}x"
+        )
     print(result["uptime_after"])
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
