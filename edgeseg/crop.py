@@ -23,7 +23,7 @@ whole frame (:data:`MIN_SAVING`), or a model of an older contract, is not croppe
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,7 +115,8 @@ class _Extent:
 
     first_row: np.ndarray  # (n,) first nonzero row of each slice (-1: an empty slice)
     first_col: np.ndarray
-    nonzero: list[np.ndarray]  # (n, H, W) bool chunks: kept to check the phase inside a box
+    nonzero: list[np.ndarray]  # (n, H, ceil(W / 8)) np.packbits of the nonzero pixels: to check the phase in a box
+    width: int = 0  # W, to unpack them
 
 
 def _extent(chunks: Iterable[np.ndarray]) -> tuple[tuple[int, int, int, int] | None, _Extent]:
@@ -134,10 +135,10 @@ def _extent(chunks: Iterable[np.ndarray]) -> tuple[tuple[int, int, int, int] | N
         nz = x != 0
         firsts_r.append(_first(nz, 1))
         firsts_c.append(_first(nz, 2))
-        nonzero.append(nz)
+        nonzero.append(np.packbits(nz, axis=-1))  # 1 bit a pixel: a long volume's masks stay small
     if rows_any is None or cols_any is None:  # no slices
         return None, _Extent(np.zeros(0, int), np.zeros(0, int), [])
-    facts = _Extent(np.concatenate(firsts_r), np.concatenate(firsts_c), nonzero)
+    facts = _Extent(np.concatenate(firsts_r), np.concatenate(firsts_c), nonzero, x.shape[2])
     rows, cols = _span(rows_any), _span(cols_any)
     return (None if rows is None or cols is None else (*rows, *cols)), facts
 
@@ -164,12 +165,13 @@ def _phase_ok(box: list[int], facts: _Extent, grid: int) -> tuple[bool, bool]:
     return rows_ok, cols_ok
 
 
-def _chunks_with(facts: _Extent) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    out, at = [], 0
-    for chunk in facts.nonzero:
-        out.append((chunk, facts.first_row[at : at + len(chunk)], facts.first_col[at : at + len(chunk)]))
+def _chunks_with(facts: _Extent) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each chunk's nonzero mask, unpacked one at a time, with its slices' first nonzero rows and columns."""
+    at = 0
+    for packed in facts.nonzero:
+        chunk = np.unpackbits(packed, axis=-1, count=facts.width).view(bool)
+        yield chunk, facts.first_row[at : at + len(chunk)], facts.first_col[at : at + len(chunk)]
         at += len(chunk)
-    return out
 
 
 def plan_crop(chunks: Iterable[np.ndarray], grid: int, min_size: int) -> Crop | None:
@@ -188,7 +190,7 @@ def plan_crop(chunks: Iterable[np.ndarray], grid: int, min_size: int) -> Crop | 
     found, facts = _extent(chunks)
     if found is None:
         return None
-    h, w = facts.nonzero[0].shape[1:]
+    h, w = facts.nonzero[0].shape[1], facts.width
     top, bottom = _aligned(found[0], found[1], h, grid, min_size)
     left, right = _aligned(found[2], found[3], w, grid, min_size)
     box = [top, bottom, left, right]
