@@ -54,6 +54,7 @@ ORDER = [
     "deploy",
     "runtime",
     "measure",
+    "crop",
     "segment",
     "cluster",
     "infer",
@@ -80,6 +81,7 @@ ORDER = [
 INFERENCE = [
     *("runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"),
     *("machine", "openvino_backend", "deploy", "tune"),  # tune's children time torch-free runtimes
+    "crop",
 ]
 
 
