@@ -15,10 +15,15 @@ The box keeps what the graph itself measures the same:
   first nonzero row/column inside it has the same phase (mod the grid) as in the whole slice.
 
 Outside the box the model does not run. There the labels are background (0), what the uncropped
-model gives a zero background, and the logits are :data:`OUTSIDE_LOGITS`: background, certain.
+model gives a zero background, and the logits are :func:`outside_logits`: background, certain.
 The QC confidence figures count pixels labelled brain only, so these logits never enter them;
 ``brain_fraction`` still divides by the whole frame. A volume whose box would cover nearly the
 whole frame (:data:`MIN_SAVING`), or a model of an older contract, is not cropped.
+
+Measured with the shipped model (ONNX Runtime fp32) on the 457 demo slices: per-slice boxes cover
+a median 53 % of the frame and give the uncropped labels on 99.989 % of brain pixels (worst slice
+99.92 %); 120-slice unions cover 74 % at 99.997 % (worst 99.98 %). The uncropped model labelled
+no pixel outside any box brain. tests/test_metamorphic.py holds every shipped file to 99.9 %.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ class Crop:
     def paste(self, logits: np.ndarray | None, labels: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """The box's ``(n, C, h, w)`` logits and ``(n, h, w)`` labels in the full frame.
 
-        Outside the box: label 0 and :data:`OUTSIDE_LOGITS` (background, certain).
+        Outside the box: label 0 and :func:`outside_logits` (background, certain).
         """
         rows, cols = slice(self.top, self.bottom), slice(self.left, self.right)
         full = np.zeros((len(labels), *self.frame), labels.dtype)
