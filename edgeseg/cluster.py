@@ -507,7 +507,7 @@ def _build_session(job: Job) -> tuple[Any, str, Path]:
     from distributed import get_worker
     from distributed.comm.addressing import get_address_host
 
-    from edgeseg.infer import choose_runner  # the same choice as a local run; infer imports us lazily
+    from edgeseg.segment import choose_runner  # the same choice as a local run
 
     host = get_address_host(get_worker().address)
     path, spec, _ = choose_runner(job.model, job.config)

@@ -47,12 +47,10 @@ from edgeseg.errors import DiskFull, EdgesegError, Interrupted
 from edgeseg.files import check_writable_dir
 from edgeseg.names import seg_rel, written_by_edgeseg
 from edgeseg.records import OutLock
-from edgeseg.runtime import RunnerSpec, open_runner
+from edgeseg.runtime import open_runner
 from edgeseg.scans import SUPPORTED, discover_scans
-from edgeseg.segment import FETCHED, FORMATS, InferConfig, InferReport, Segmenter
+from edgeseg.segment import FORMATS, InferConfig, InferReport, Segmenter, choose_runner
 from edgeseg.signals import Stopped
-
-BACKENDS = ("auto", "ort", "openvino")  # --backend
 
 
 def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> InferReport:
@@ -130,38 +128,6 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
         runner.say(_flagged_line(report.flagged), error=True)
     runner.say(_final_line(report))
     return report
-
-
-def choose_runner(model: Path, config: InferConfig) -> tuple[Path, RunnerSpec, str]:
-    """The file and runner ``--backend`` asks for, and a line saying why (empty: nothing to say).
-
-    ``auto`` runs the pick of ``edgeseg tune`` (``MODEL.deploy.json``, :mod:`edgeseg.deploy`)
-    where it was tuned on this machine, else ONNX Runtime on ``model`` with one line on how to tune.
-    tune measures CPU backends only, so a GPU provider that works here (or is asked for) wins.
-    """
-    from edgeseg.deploy import choose_backend
-    from edgeseg.runtime import resolve_providers
-
-    ort = RunnerSpec("ort", config.provider, "fp32", config.threads or 0, config.batch_size, FETCHED)
-    if config.backend not in BACKENDS:
-        raise EdgesegError(f"--backend {config.backend}: unknown; choose one of {', '.join(BACKENDS)}")
-    if config.backend == "ort":
-        return model, ort, ""
-    cpu = replace(ort, backend="openvino", device="cpu")
-    if config.backend == "openvino":
-        return model, replace(cpu, precision="int8" if read_model_info(model).precision == "int8" else "fp32"), ""
-    if config.provider not in ("auto", "cpu") or len(resolve_providers(config.provider)) > 1:
-        return model, ort, ""
-    choice = choose_backend(model)
-    if not choice.tuned:
-        return model, ort, choice.note
-    spec = replace(
-        cpu if choice.backend == "openvino" else ort,
-        precision=choice.precision,
-        threads=config.threads or choice.threads or 0,
-        hint=choice.hint,
-    )
-    return choice.path, spec, choice.note
 
 
 def _model_path(model: Path | None) -> Path:

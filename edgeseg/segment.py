@@ -4,7 +4,9 @@
 through an :class:`edgeseg.runtime.Runner` (fetching logits, for the QC confidence figures
 and for resampling, and the graph's labels), background atomic writes, one ``records.jsonl`` entry per output.
 :func:`edgeseg.infer.run_inference` drives it locally; :mod:`edgeseg.cluster` runs one per
-Dask worker. :class:`InferConfig` is the command's configuration, :class:`InferReport` its result.
+Dask worker. :class:`InferConfig` is the command's configuration, :class:`InferReport` its result,
+and :func:`choose_runner` the file and runner that ``--backend`` asks for (here, below both, so
+that a worker chooses exactly as a local run does).
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeseg.artifacts import ModelInfo
+from edgeseg.artifacts import ModelInfo, read_model_info
 from edgeseg.crop import GRIDS, Crop, plan_crop
 from edgeseg.dicom_seg import write_dicom_seg
 from edgeseg.errors import DiskFull, EdgesegError, describe
@@ -40,6 +42,7 @@ from edgeseg.outputs import (
 )
 from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
 from edgeseg.records import InputStamp, Record, Records, stamp_inputs
+from edgeseg.runtime import RunnerSpec
 from edgeseg.scans import MAX_RESAMPLED_PIXELS, Decoded, Scan, read_scan, resample
 from edgeseg.sizes import MAX_GUNZIPPED_BYTES
 
@@ -47,6 +50,7 @@ FORMATS = ("nifti", "dicom-seg", "both")  # outputs of a DICOM input
 # What the runner fetches per batch: logits for the QC confidence figures and for resampling, and
 # the graph's own ArgMax, cheaper than numpy's on the logits (README, QC cost).
 FETCHED = ("logits", "labels")
+BACKENDS = ("auto", "ort", "openvino")  # --backend
 # Inputs whose QC mosaic is written unless --no-overlay: volumes, where one label file is hard to
 # judge by eye. A .npy or PNG input is one slice (or a stack without geometry) whose label PNG/array
 # is already what a reader opens; --overlay gives them a mosaic too.
@@ -532,3 +536,35 @@ def reason(exc: BaseException) -> str:
     if isinstance(exc, EdgesegError):
         return str(exc)
     return describe(exc, typed=True)
+
+
+def choose_runner(model: Path, config: InferConfig) -> tuple[Path, RunnerSpec, str]:
+    """The file and runner ``--backend`` asks for, and a line saying why (empty: nothing to say).
+
+    ``auto`` runs the pick of ``edgeseg tune`` (``MODEL.deploy.json``, :mod:`edgeseg.deploy`)
+    where it was tuned on this machine, else ONNX Runtime on ``model`` with one line on how to tune.
+    tune measures CPU backends only, so a GPU provider that works here (or is asked for) wins.
+    """
+    from edgeseg.deploy import choose_backend
+    from edgeseg.runtime import resolve_providers
+
+    ort = RunnerSpec("ort", config.provider, "fp32", config.threads or 0, config.batch_size, FETCHED)
+    if config.backend not in BACKENDS:
+        raise EdgesegError(f"--backend {config.backend}: unknown; choose one of {', '.join(BACKENDS)}")
+    if config.backend == "ort":
+        return model, ort, ""
+    cpu = replace(ort, backend="openvino", device="cpu")
+    if config.backend == "openvino":
+        return model, replace(cpu, precision="int8" if read_model_info(model).precision == "int8" else "fp32"), ""
+    if config.provider not in ("auto", "cpu") or len(resolve_providers(config.provider)) > 1:
+        return model, ort, ""
+    choice = choose_backend(model)
+    if not choice.tuned:
+        return model, ort, choice.note
+    spec = replace(
+        cpu if choice.backend == "openvino" else ort,
+        precision=choice.precision,
+        threads=config.threads or choice.threads or 0,
+        hint=choice.hint,
+    )
+    return choice.path, spec, choice.note

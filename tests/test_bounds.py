@@ -10,11 +10,9 @@ still gets its SEG, the attributes present and empty as the standard allows.
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,21 +39,32 @@ class Run:
         return [line for line in self.stderr.splitlines() if line.startswith("FAILED")]
 
 
+# A fresh, small parent runs edgeseg and reports its wait4 peak RSS. Measured from pytest itself
+# the figure is wrong: a child spawned by a process keeps that process's RSS high-water mark across
+# exec (Linux records the old memory map's peak in the child's maxrss), so late in a full run every
+# child "peaked" at pytest's own 891 MB.
+RSS_PARENT = (
+    "import os, subprocess, sys, threading\n"
+    "report, timeout, cmd = sys.argv[1], float(sys.argv[2]), sys.argv[3:]\n"
+    "p = subprocess.Popen(cmd, stdout=open(report + '.out', 'wb'), stderr=open(report + '.err', 'wb'))\n"
+    "killer = threading.Timer(timeout, p.kill)  # a hang fails the test instead of the session\n"
+    "killer.start()\n"
+    "_, status, usage = os.wait4(p.pid, 0)\n"
+    "killer.cancel()\n"
+    "open(report, 'w').write(f'{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}')\n"
+)
+
+
 def edgeseg(*args: str | Path, timeout: float = 120) -> Run:
     """Run the installed `edgeseg`; its peak RSS comes from wait4 on exactly that process."""
     assert EDGESEG.is_file(), f"{EDGESEG}: console script missing; pip install -e . first"
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([str(EDGESEG), *map(str, args)], stdout=out, stderr=err)
-        killer = threading.Timer(timeout, proc.kill)  # a hang fails the test instead of the session
-        killer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
-        out.seek(0)
-        err.seek(0)
-        return Run(proc.returncode, out.read().decode(), err.read().decode(), usage.ru_maxrss / 1024)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "rc"
+        subprocess.run([sys.executable, "-c", RSS_PARENT, report, str(timeout), EDGESEG, *map(str, args)], check=True)
+        code, kb = map(int, report.read_text().split())
+        out = Path(f"{report}.out").read_text()
+        err = Path(f"{report}.err").read_text()
+    return Run(code, out, err, kb / 1024)
 
 
 def gzip_zeros(f, n: int) -> None:  # noqa: ANN001
