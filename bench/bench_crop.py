@@ -96,7 +96,7 @@ def cases(stack: Path, out: Path, threads: int, backend: str = "auto") -> dict[s
             str(threads),
             str(out / "openvino.npy"),
         ],
-        "edgeseg-infer": [*infer, "--out", str(out / "crop")],
+        "edgeseg-infer": [*infer, "--out", str(out / "crop"), "--crop"],
         "edgeseg-infer-no-crop": [*infer, "--out", str(out / "no-crop"), "--no-crop"],
     }
 

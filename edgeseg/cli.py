@@ -347,9 +347,10 @@ def infer_cmd(
         bool,
         typer.Option(
             "--crop/--no-crop",
-            help="Run the model on each volume's brain box only (background outside it); --no-crop: whole slices.",
+            help="Run the model on each volume's brain box only (background outside it). Off by default:"
+            " QC does not yet judge non-brain scans correctly under it.",
         ),
-    ] = True,
+    ] = False,
 ) -> None:
     """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
     from edgeseg.infer import InferConfig, run_inference

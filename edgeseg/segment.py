@@ -84,7 +84,9 @@ class InferConfig:
     skull_strip: bool = False  # ROBEX brain mask first (NIfTI/DICOM); labels outside it are 0
     max_resampled_pixels: int = MAX_RESAMPLED_PIXELS  # H x W a slice may grow to by resampling
     max_decompressed_mb: int = MAX_GUNZIPPED_BYTES >> 20  # MiB a .nii.gz may decompress to
-    crop: bool = True  # run the model on each volume's brain box only (edgeseg.crop); False: --no-crop
+    # run the model on each volume's brain box only (edgeseg.crop, --crop). Off by default: with it,
+    # a CT-like and an ultrasound-like scan were no longer flagged by QC (tests/test_qc.py).
+    crop: bool = False
 
 
 @dataclass

@@ -137,11 +137,11 @@ def _infer(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), "infer", *args, "--backend", "ort"], capture_output=True, text=True, timeout=600)
 
 
-def test_infer_crops_by_default_and_no_crop_runs_whole_slices(volume, tmp_path: Path) -> None:  # noqa: ANN001
+def test_infer_crops_with_crop_and_runs_whole_slices_by_default(volume, tmp_path: Path) -> None:  # noqa: ANN001
     stack, brain = volume
     np.save(tmp_path / "stack.npy", stack)
-    crop = _infer(str(tmp_path / "stack.npy"), "--out", str(tmp_path / "crop"))
-    whole = _infer(str(tmp_path / "stack.npy"), "--out", str(tmp_path / "whole"), "--no-crop")
+    crop = _infer(str(tmp_path / "stack.npy"), "--out", str(tmp_path / "crop"), "--crop")
+    whole = _infer(str(tmp_path / "stack.npy"), "--out", str(tmp_path / "whole"))
     assert crop.returncode == 0 and whole.returncode == 0, crop.stderr + whole.stderr
     assert "; 1 cropped to the brain;" in crop.stdout and "; 0 cropped to the brain;" in whole.stdout
     a, b = np.load(tmp_path / "crop" / "stack_seg.npy"), np.load(tmp_path / "whole" / "stack_seg.npy")
@@ -158,7 +158,7 @@ def test_a_resampled_volume_is_cropped_on_the_models_grid(tmp_path: Path) -> Non
     from edgeseg import SHIPPED_MODEL_DIR
 
     scan = SHIPPED_MODEL_DIR / "example"
-    crop = _infer(str(scan), "--out", str(tmp_path / "crop"), "--no-overlay")
+    crop = _infer(str(scan), "--out", str(tmp_path / "crop"), "--no-overlay", "--crop")
     whole = _infer(str(scan), "--out", str(tmp_path / "whole"), "--no-overlay", "--no-crop")
     assert crop.returncode == 0 and whole.returncode == 0, crop.stderr + whole.stderr
     assert ", 1 resampled; 1 cropped to the brain;" in crop.stdout
