@@ -22,8 +22,9 @@ A folder as exported from a scanner or PACS is sorted first (:func:`group_series
 group per SeriesInstanceUID, split further by EchoNumbers and TemporalPositionIdentifier
 where those differ, so each group is one volume. Objects that are not images (a DICOMDIR,
 structured reports, SEG, RTSTRUCT, presentation states, files without pixel data) are
-skipped with their reason, and image series whose Modality is not MR are refused unless
-forced: this model has only ever seen brain MR. Compressed pixel data is decoded by
+skipped with their reason, and so are image series that are no head MR acquisition
+(:mod:`edgeseg.triage`: not MR, localizers, secondary captures, derived images, other body
+parts) unless forced: this model has only ever seen brain MR. Compressed pixel data is decoded by
 pydicom's plugins (RLE natively; JPEG 2000, JPEG-LS and JPEG lossless with the ``dicom``
 extra; JPEG baseline by GDCM from that extra, else by Pillow); 12-bit JPEG Extended, which
 only a GPL plugin decodes, is refused in one line that says how to convert it.
@@ -40,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.errors import EdgesegError, describe
+from edgeseg.triage import skip_reason
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING_TOLERANCE = 0.01  # relative spread of slice gaps still treated as uniform
@@ -147,7 +149,8 @@ class Grouping:
 
     groups: list[SeriesGroup] = field(default_factory=list)
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # not images, not selected: no failure
-    failed: list[tuple[Path, str]] = field(default_factory=list)  # damaged, or images the model must not see
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # damaged
+    triaged: list[tuple[Path, str]] = field(default_factory=list)  # image series no head MR acquisition: no failure
 
 
 def group_series(files: tuple[Path, ...], select: str | None = None, force: bool = False) -> Grouping:
@@ -157,11 +160,12 @@ def group_series(files: tuple[Path, ...], select: str | None = None, force: bool
         files: DICOM files of one folder (or one file).
         select: ``--series``: a SeriesInstanceUID, or a pattern (``fnmatch``, case-blind) for
             SeriesDescription; other series are skipped.
-        force: segment image series whose Modality is not MR too.
+        force: segment image series that :func:`edgeseg.triage.skip_reason` skips too.
 
     Returns:
-        A :class:`Grouping`: the groups in SeriesNumber order, and the files skipped or
-        failed (damaged, or refused as not MR), each with its reason.
+        A :class:`Grouping`: the groups in SeriesNumber order, the files skipped (no image,
+        not selected), the series triaged out (not a head MR acquisition) and the files
+        failed (damaged), each with its reason.
     """
     with warnings.catch_warnings():  # pydicom warns again when the scan is read: its note then
         warnings.simplefilter("ignore")
@@ -195,25 +199,22 @@ def _group(files: tuple[Path, ...], select: str | None, force: bool) -> Grouping
                 _tag(ds, "Modality"),
                 tuple((("E", "T")[i - 1], key[i]) for i in differs),
             )
-            _place(result, group, select, force)
+            _place(result, group, select, force, skip_reason([d for _, d in members[key]]))
     result.groups.sort(key=lambda g: (_number(g.number), g.uid, g.split))
     return result
 
 
-def _place(result: Grouping, group: SeriesGroup, select: str | None, force: bool) -> None:
-    """Put ``group`` among the volumes, or the skipped or refused with the reason."""
+def _place(result: Grouping, group: SeriesGroup, select: str | None, force: bool, triaged: str) -> None:
+    """Put ``group`` among the volumes, or among the skipped with the reason (``triaged``:
+    :func:`edgeseg.triage.skip_reason`'s, which ``force`` overrides)."""
     where = group.files[0].parent if len(group.files) > 1 else group.files[0]
     if select and not (select == group.uid or fnmatch.fnmatchcase(group.description.lower(), select.lower())):
         result.skipped.append(
             (where, f"{group.describe()} ({len(group.files)} files): not selected by --series {select}")
         )
-    elif group.modality != "MR" and not force:
-        result.failed.append(
-            (
-                where,
-                f"{group.describe()}: Modality is {group.modality or 'missing'}, not"
-                " MR; this model segments brain MR only (pass --force to run it anyway)",
-            )
+    elif triaged and not force:
+        result.triaged.append(
+            (where, f"{group.describe()}: {triaged}; the model segments head MR only (--force runs it anyway)")
         )
     else:
         result.groups.append(group)

@@ -193,9 +193,9 @@ def discover_scans(
     Returns:
         ``(scans, problems, ignored, skipped)``: problems are (path, reason) for inputs that
         are missing, unsupported, symbolic-link loops, collide on an output name or are
-        refused DICOM (not MR); ignored are the files of other types met inside folders;
-        skipped are (path, reason) for DICOM files that hold no image to segment (a
-        DICOMDIR, reports, SEG, ...) and series not selected: no failure.
+        damaged DICOM; ignored are the files of other types met inside folders; skipped are
+        (path, reason) for DICOM files that hold no image to segment (a DICOMDIR, reports,
+        SEG, ...), series not selected and series triaged out (:mod:`edgeseg.triage`): no failure.
     """
     out_root = _resolve(Path(out), "--out")
     scans, problems, ignored, skipped = [], [], [], []
@@ -216,14 +216,17 @@ def discover_scans(
             problems.extend(loops)
             ignored.extend(other)
             for folder, rel, files in dicom:
-                _dicom_scans(folder, rel, files, series, force, scans, problems, skipped)
+                _dicom_scans(folder, rel, files, series, force, scans, problems, skipped, skipped)
         elif path.is_file() and (suffix := written_by_edgeseg(path.name)):
             problems.append((path, f"{WRITTEN_BY_EDGESEG} (its name ends in {suffix}); rename it if it is a scan"))
         elif path.is_file() and kind_of(path) not in (None, "dicom"):
             kind = kind_of(path)
             scans.append(Scan(path, kind, Path(output_name(path, kind)), (path,)))
-        elif path.is_file() and (kind_of(path) or is_dicom_file(path)):  # named: no image is a failure
-            _dicom_scans(path, Path(output_name(path, "dicom")), (path,), series, force, scans, problems, problems)
+        elif path.is_file() and (kind_of(path) or is_dicom_file(path)):
+            # named: a file with no image is a failure, a series triaged out a skip
+            _dicom_scans(
+                path, Path(output_name(path, "dicom")), (path,), series, force, scans, problems, problems, skipped
+            )
         else:
             problems.append(
                 (path, "does not exist" if not path.exists() else f"unsupported file type; expected {SUPPORTED}")
@@ -241,13 +244,17 @@ def _dicom_scans(
     scans: list[Scan],
     problems: list,
     skipped: list,
+    triaged: list,
 ) -> None:
-    """One Scan per image volume among ``files`` (a folder's, or one file); ``rel`` names the first."""
+    """One Scan per image volume among ``files`` (a folder's, or one file); ``rel`` names the first.
+
+    Files with no image go to ``skipped``, series triaged out (:mod:`edgeseg.triage`) to ``triaged``."""
     from edgeseg.dicom import group_series
 
     grouping = group_series(files, series, force)
     skipped.extend(grouping.skipped)
     problems.extend(grouping.failed)
+    triaged.extend(grouping.triaged)
     several = len(grouping.groups) > 1
     numbers = [g.number for g in grouping.groups]
     for group in grouping.groups:

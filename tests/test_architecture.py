@@ -32,6 +32,7 @@ ORDER = [
     "names",
     "qc",
     "skullstrip",
+    "triage",
     "dicom",
     "scans",
     "records",

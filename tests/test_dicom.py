@@ -139,7 +139,7 @@ def test_compressed_twins_give_the_same_labels(tmp_path: Path, checksums) -> Non
         (src / name[:-4]).mkdir(parents=True)
         shutil.copy(get_testdata_file(name), src / name[:-4] / name)
     before = checksums(src)
-    proc = edgeseg("infer", src, "--out", tmp_path / "out")
+    proc = edgeseg("infer", src, "--out", tmp_path / "out", "--force")  # MR_small is DERIVED\SECONDARY
     assert proc.returncode == 0, proc.stderr
     assert "4 done, 0 failed" in proc.stdout
     labels = [
@@ -162,7 +162,8 @@ def test_missing_decoder_names_the_extra(tmp_path: Path, env_without) -> None:
     shim = tmp_path / "shim"
     env_without(shim, "gdcm")
     env = env_without(shim, "jpeg_ls")
-    proc = edgeseg("infer", get_testdata_file("MR_small_jpeg_ls_lossless.dcm"), "--out", tmp_path / "out", env=env)
+    twin = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
+    proc = edgeseg("infer", twin, "--out", tmp_path / "out", "--force", env=env)  # a DERIVED image: triage skips it
     assert proc.returncode == 1
     failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
     assert len(failed) == 1 and "JPEG-LS" in failed[0] and "pip install 'edgeseg[dicom]'" in failed[0]
@@ -223,7 +224,7 @@ def test_export_folder_skips_non_images_and_runs_each_series(tmp_path: Path, mni
     for name in ("test-SR.dcm", "rtplan.dcm", "liver_1frame.dcm", "no_meta.dcm"):
         shutil.copy(get_testdata_file(name), src / name)
     before = checksums(src)
-    proc = edgeseg("infer", src, "--out", tmp_path / "out")
+    proc = edgeseg("infer", src, "--out", tmp_path / "out", "--force")  # MR_small is DERIVED: triage skips it
     assert proc.returncode == 0, proc.stderr
     assert "3 done, 0 failed" in proc.stdout and "5 DICOM set aside" in proc.stdout
     skipped = {

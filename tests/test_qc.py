@@ -191,17 +191,22 @@ def test_ct_and_ultrasound_like_are_flagged_and_the_template_is_not(tmp_path: Pa
 
 
 @pytest.mark.parametrize(("name", "modality"), [("CT_small.dcm", "CT"), ("examples_ybr_color.dcm", "US")])
-def test_non_mr_dicom_is_refused_and_force_overrides(
+def test_non_mr_dicom_is_skipped_and_force_overrides(
     tmp_path: Path, unguarded_model: Path, name: str, modality: str
 ) -> None:
+    """Triage (edgeseg.triage) skips a non-MR series with its reason, not as a failure: exit 0."""
+    import pydicom
+
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(get_testdata_file(name), src / name)
-    shutil.copy(get_testdata_file("MR_small.dcm"), src / "MR_small.dcm")  # an MR series beside it
+    mr = pydicom.dcmread(get_testdata_file("MR_small.dcm"))  # an MR series beside it, as acquired
+    mr.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]  # (the file says DERIVED, which triage skips)
+    mr.save_as(src / "MR_small.dcm")
     proc = infer(src, "--out", tmp_path / "out")
-    failed = [line for line in proc.stderr.splitlines() if line.startswith("FAILED")]
-    assert proc.returncode == 1 and len(failed) == 1 and "1 done, 1 failed" in proc.stdout
-    assert f"Modality is {modality}, not MR" in failed[0] and "--force" in failed[0]
+    skipped = [line for line in proc.stdout.splitlines() if line.startswith("skipped")]
+    assert proc.returncode == 0 and len(skipped) == 1 and "1 done, 0 failed" in proc.stdout, proc.stderr
+    assert f"Modality is {modality}, not MR" in skipped[0] and "--force" in skipped[0]
     if modality == "CT":  # forced: segmented, with the QC columns filled
         forced = infer(src, "--out", tmp_path / "forced", "--force", "--model", unguarded_model)
         assert forced.returncode == 0, forced.stderr
