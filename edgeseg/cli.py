@@ -597,12 +597,68 @@ def validate_cmd(
     run_validate(models, ckpt, data, config, json_path)
 
 
+@app.command("listen")
+def listen_cmd(
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="JSON file of settings (see README); options override it.")
+    ] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="This node's AE title. [default: EDGESEG]")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="DICOM port. [default: 11112]")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to bind. [default: 127.0.0.1]")] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option("--allow", help="A calling AE title to accept (repeat it); others are refused.")
+    ] = None,
+    allow_any: Annotated[
+        bool, typer.Option("--allow-any", help="Accept any calling AE title (a trusted network only).")
+    ] = False,
+    state: Annotated[
+        Path | None, typer.Option("--state", help="Spool, queue, results, audit.jsonl. [default: edgeseg-node]")
+    ] = None,
+    quiet_seconds: Annotated[
+        float | None,
+        typer.Option("--quiet-seconds", min=0.01, help="A series is complete after this long without an instance."),
+    ] = None,
+    send_to: Annotated[
+        str | None, typer.Option("--send-to", help="C-STORE results to AET@HOST:PORT (e.g. ORTHANC@127.0.0.1:4242).")
+    ] = None,
+    stow_url: Annotated[str | None, typer.Option("--stow-url", help="Or STOW-RS them to this DICOMweb URL.")] = None,
+    model: Annotated[Path | None, typer.Option("--model", help="ONNX model; default: the shipped one.")] = None,
+    backend: Annotated[Backend | None, typer.Option(help="As `edgeseg infer --backend`. [default: auto]")] = None,
+    retry_seconds: Annotated[
+        float | None, typer.Option("--retry-seconds", min=0.01, help="Wait before sending again after a failure.")
+    ] = None,
+) -> None:
+    """A DICOM node: receive series by C-STORE, segment each when complete, send SEG and SR on (edgeseg[node])."""
+    from edgeseg.node import run_node
+    from edgeseg.node_config import NodeConfig, load_config, override
+    from edgeseg.signals import stop_on_signals
+
+    config = override(
+        load_config(config_file) if config_file else NodeConfig(),
+        ae_title=ae_title,
+        port=port,
+        host=host,
+        allowed=tuple(allow) if allow else None,
+        allow_any=allow_any or None,
+        state=state,
+        quiet_seconds=quiet_seconds,
+        destination=send_to,
+        stow_url=stow_url,
+        model=model,
+        backend=backend.value if backend else None,
+        retry_seconds=retry_seconds,
+    )
+    with stop_on_signals():  # SIGTERM as Ctrl-C: the server stops between two steps
+        run_node(config, say=lambda line: typer.echo(line, err=True))
+
+
 # Modules the core install leaves out (pyproject.toml), and the install line a missing one names.
 _TRAIN = "pip install 'edgeseg[train]' (install PyTorch first from pytorch.org for your CPU or GPU)"
 EXTRA_OF = {
     **dict.fromkeys(("torch", "onnxscript", "onnxconverter_common", "onnxslim", "matplotlib", "scipy"), _TRAIN),
     "onnxruntime": "pip install 'edgeseg[cpu]', or 'edgeseg[gpu]' for CUDA (one of them: they share one import name)",
     "onnx": "pip install 'edgeseg[train]', 'edgeseg[triton]' or 'edgeseg[gpu]' (each brings onnx)",
+    **dict.fromkeys(("pynetdicom", "dicomweb_client"), "pip install 'edgeseg[node]'"),
 }
 
 

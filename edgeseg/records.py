@@ -34,8 +34,9 @@ RECORDS = "records.jsonl"
 class OutLock:
     """An exclusive, non-blocking lock on an output folder (``with OutLock(out): ...``)."""
 
-    def __init__(self, out: Path) -> None:
-        self.path = Path(out) / LOCK
+    def __init__(self, out: Path, name: str = LOCK, holder: str = "edgeseg infer", option: str = "--out") -> None:
+        self.path = Path(out) / name
+        self.holder, self.option = holder, option  # who holds such a lock, and the option naming the folder
         self.fd: int | None = None
 
     def __enter__(self) -> OutLock:
@@ -51,8 +52,8 @@ class OutLock:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
                 os.close(fd)
                 raise EdgesegError(
-                    f"--out {self.path.parent}: another edgeseg infer (pid {holder}) is writing"
-                    " there; wait for it to finish, or choose another --out"
+                    f"{self.option} {self.path.parent}: another {self.holder} (pid {holder}) is writing"
+                    f" there; wait for it to finish, or choose another {self.option}"
                 ) from None
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
                 break

@@ -59,6 +59,11 @@ ORDER = [
     "segment",
     "cluster",
     "infer",
+    # the DICOM node: receives series, runs infer on them, sends the results
+    "node_config",
+    "node_queue",
+    "node_send",
+    "node",
     # training, export, validation
     "evaluate",
     "train_report",
@@ -83,6 +88,7 @@ INFERENCE = [
     *("runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"),
     *("machine", "openvino_backend", "deploy", "tune"),  # tune's children time torch-free runtimes
     "crop",
+    *("node_config", "node_queue", "node_send", "node"),  # `edgeseg listen` runs infer, so torch-free too
 ]
 
 

@@ -1,0 +1,391 @@
+"""`edgeseg listen` end to end: a real Orthanc plays the scanner and the PACS.
+
+Orthanc (Debian ``orthanc``) is started per test on 127.0.0.1 with free ports and a minimal JSON
+config holding a DicomModalities entry for the node. It C-STOREs an exam (two T1 series built
+from the MNI152 template as a scanner writes them, a 3-plane localizer, a CT and an SR) to the
+node, a subprocess of the installed console script with torch blocked, which sends SEG + SR back.
+Every wait polls with a deadline; nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+EDGESEG = Path(sys.executable).parent / "edgeseg"
+ORTHANC = Path("/usr/sbin/Orthanc")
+DCIODVFY = Path("/usr/bin/dciodvfy")
+SEG_CLASS, CT_CLASS = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.2"
+NODE_AET = "EDGESEG"
+DEADLINE = 300.0  # seconds any one wait may take on a busy 2-core CI box before the test fails
+TERMINAL = {"sent", "skipped", "flagged", "failed"}
+
+pytestmark = [
+    pytest.mark.skipif(not ORTHANC.exists(), reason="needs Orthanc: apt-get install orthanc (.ci/run installs it)"),
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+]
+pynetdicom = pytest.importorskip("pynetdicom", reason="needs the node extra: pip install 'edgeseg[node]'")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(what: str, check, deadline: float = DEADLINE):  # noqa: ANN001, ANN201
+    """Poll ``check()`` until it returns something truthy; fail naming ``what`` after ``deadline`` s."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if result := check():
+            return result
+        time.sleep(0.25)
+    pytest.fail(f"gave up waiting {deadline:.0f} s for {what}")
+
+
+class Orthanc:
+    """A real Orthanc on 127.0.0.1 with its database in ``root``."""
+
+    def __init__(self, root: Path, node_port: int) -> None:
+        self.http_port, self.dicom_port = free_port(), free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "edgeseg-test",
+            "StorageDirectory": str(root / "db"),
+            "IndexDirectory": str(root / "db"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomModalities": {"node": [NODE_AET, "127.0.0.1", node_port]},
+            "Plugins": [],
+        }
+        (root / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(root / "orthanc.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], stdout=self.log, stderr=self.log)
+        wait_for("Orthanc's REST API", lambda: self._up(), 60)
+
+    def _up(self) -> bool:
+        try:
+            return bool(self.get("/system"))
+        except OSError:
+            assert self.proc.poll() is None, f"Orthanc exited {self.proc.returncode}; see {self.log.name}"
+            return False
+
+    def request(self, method: str, path: str, body: bytes | dict | list | None = None, timeout: float = 120) -> object:
+        data = json.dumps(body).encode() if isinstance(body, (dict, list)) else body
+        req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+
+    def get(self, path: str) -> object:
+        return self.request("GET", path)
+
+    def upload(self, files: list[Path]) -> str:
+        """POST each file; the Orthanc ID of their (one) study."""
+        studies = {self.request("POST", "/instances", f.read_bytes())["ParentStudy"] for f in files}
+        assert len(studies) == 1, studies
+        return studies.pop()
+
+    def series_in(self, study: str) -> list[dict]:
+        """Each series of the study: its modality, description, instance SOP UIDs, main tags."""
+        out = []
+        for series in self.get(f"/studies/{study}/series"):
+            instances = self.get(f"/series/{series['ID']}/instances")
+            out.append({**series["MainDicomTags"], "instances": instances})
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+        self.log.close()
+
+
+class Node:
+    """``edgeseg listen`` as a subprocess of the console script, torch blocked."""
+
+    def __init__(self, state: Path, port: int, env: dict) -> None:
+        self.state, self.port, self.env, self.quiet = state, port, env, 1.5
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, orthanc_port: int | None, allow: str = "ORTHANC") -> Node:
+        send = ["--send-to", f"ORTHANC@127.0.0.1:{orthanc_port}"] if orthanc_port else []
+        args = [str(EDGESEG), "listen", "--ae-title", NODE_AET, "--port", str(self.port), "--allow", allow]
+        args += ["--state", str(self.state), "--quiet-seconds", str(self.quiet), "--retry-seconds", "1", *send]
+        self.stderr = open(self.state.parent / f"node-{self.port}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stderr=self.stderr, stdout=subprocess.DEVNULL, env=self.env)
+        wait_for("the node to listen", lambda: self._listening(), 120)
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc.poll() is None, f"the node exited {self.proc.returncode}: {self.log()}"
+        return "listening as" in self.log()
+
+    def log(self) -> str:
+        return Path(self.stderr.name).read_text()
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(60)
+        self.stderr.close()
+        return code
+
+    def audit(self) -> list[dict]:
+        path = self.state / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def states(self) -> dict[str, dict]:
+        return {p.stem: json.loads(p.read_text()) for p in (self.state / "queue").glob("*.json")}
+
+    def settled(self, expected: int) -> bool:
+        """All ``expected`` series are in a final state."""
+        states = self.states()
+        return len(states) == expected and all(s["state"] in TERMINAL for s in states.values())
+
+
+def make_exam(root: Path, make_mni_dicom) -> dict[str, list[Path]]:  # noqa: ANN001
+    """One study as a scanner exports it: two T1 series, a 3-plane localizer, a CT, an SR."""
+    study = generate_uid()
+    exam = {
+        "t1_a": make_mni_dicom(root / "t1_a", range(84, 90), 3, "T1 MPRAGE", study_uid=study),
+        "t1_b": make_mni_dicom(root / "t1_b", range(96, 100), 4, "T1 SE axial", study_uid=study),
+        "localizer": make_mni_dicom(root / "loc", range(88, 91), 1, "AAHead_Scout", study_uid=study),
+        "ct": make_mni_dicom(root / "ct", range(86, 89), 2, "Head", modality="CT", study_uid=study),
+    }
+    planes = ([1.0, 0, 0, 0, 1, 0], [0, 1.0, 0, 0, 0, -1], [1.0, 0, 0, 0, 0, -1])  # axial, sagittal, coronal
+    for path, iop in zip(exam["localizer"], planes, strict=True):
+        ds = pydicom.dcmread(path)
+        ds.ImageType, ds.ImageOrientationPatient = ["ORIGINAL", "PRIMARY", "LOCALIZER"], iop
+        ds.save_as(path)
+    for path in exam["ct"]:
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = CT_CLASS
+        ds.save_as(path)
+    patient = pydicom.dcmread(exam["t1_a"][0])
+    sr = pydicom.dcmread(get_testdata_file("test-SR.dcm"))
+    sr.PatientID, sr.PatientName, sr.StudyInstanceUID = patient.PatientID, patient.PatientName, study
+    sr.SeriesInstanceUID, sr.SeriesNumber = generate_uid(), 99
+    sr.SOPInstanceUID = sr.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    (root / "sr").mkdir()
+    sr.save_as(root / "sr" / "report.dcm")
+    exam["sr"] = [root / "sr" / "report.dcm"]
+    return exam
+
+
+def uid_of(files: list[Path]) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
+@pytest.fixture
+def site(tmp_path: Path, mni_dicom_factory, env_without):  # noqa: ANN001, ANN201
+    """(orthanc, node, exam, study id): the exam uploaded to a fresh Orthanc; the node not started."""
+    node_port = free_port()
+    orthanc = Orthanc(tmp_path / "orthanc", node_port)
+    exam = make_exam(tmp_path / "exam", mni_dicom_factory)
+    study = orthanc.upload([f for files in exam.values() for f in files])
+    node = Node(tmp_path / "node", node_port, env_without(tmp_path / "shim", "torch"))
+    yield orthanc, node, exam, study
+    if node.proc and node.proc.poll() is None:
+        node.stop(signal.SIGKILL)
+    orthanc.stop()
+
+
+def store(orthanc: Orthanc, resources: list[str]) -> None:
+    """Orthanc C-STOREs ``resources`` to the node (synchronous: returns once every instance was answered)."""
+    orthanc.request("POST", "/modalities/node/store", {"Resources": resources, "Synchronous": True})
+
+
+def results(orthanc: Orthanc, study: str, exam: dict[str, list[Path]]) -> dict[str, Counter]:
+    """Per source series key: a Counter of the modalities of the instances that refer to it."""
+    by_uid = {uid_of(files): key for key, files in exam.items()}
+    found: dict[str, Counter] = {key: Counter() for key in exam}
+    for series in orthanc.series_in(study):
+        if series["SeriesInstanceUID"] in by_uid:
+            continue
+        for inst in series["instances"]:
+            ds = pydicom.dcmread(_download(orthanc, inst["ID"]), stop_before_pixels=True)
+            for ref in _referenced_series(ds) & set(by_uid):  # an SR refers to the SEG's series too
+                found[by_uid[ref]][series["Modality"]] += 1
+    return found
+
+
+def _download(orthanc: Orthanc, instance: str):  # noqa: ANN202
+    import io
+
+    req = urllib.request.Request(f"http://127.0.0.1:{orthanc.http_port}/instances/{instance}/file")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return io.BytesIO(resp.read())
+
+
+def _referenced_series(ds: pydicom.Dataset) -> set[str]:
+    """Series UIDs an SEG or SR refers to (ReferencedSeriesSequence, evidence sequences)."""
+    found = {str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", [])}
+    for seq in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
+        for study in ds.get(seq, []):
+            found |= {str(item.SeriesInstanceUID) for item in study.get("ReferencedSeriesSequence", [])}
+    return found
+
+
+EXPECTED = {"t1_a": {"SEG": 1}, "t1_b": {"SEG": 1}, "localizer": {}, "ct": {}, "sr": {}}
+
+
+def events(node: Node, kind: str) -> list[dict]:
+    return [e for e in node.audit() if e["event"] == kind]
+
+
+def test_exam_round_trip_and_resend(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    node.start(orthanc.dicom_port)
+    orthanc.request("POST", "/modalities/node/echo", {})  # C-ECHO answered
+    store(orthanc, [study])
+    wait_for("every series to be settled", lambda: node.settled(len(exam)))
+    assert {k: dict(v) for k, v in results(orthanc, study, exam).items()} == EXPECTED
+    states = node.states()
+    assert {states[uid_of(exam[k])]["state"] for k in ("t1_a", "t1_b")} == {"sent"}
+    reasons = {key: states[uid_of(files)]["reason"] for key, files in exam.items() if key not in ("t1_a", "t1_b")}
+    assert "localizer" in reasons["localizer"].lower(), reasons
+    assert "CT" in reasons["ct"], reasons
+    assert reasons["sr"], reasons
+    for key in ("localizer", "ct", "sr"):  # the audit log says why
+        assert any(e["series"] == uid_of(exam[key]) and e["reason"] for e in events(node, "skipped")), key
+    before = {kind: len(events(node, kind)) for kind in ("segmented", "sent", "completed")}
+    assert before["sent"] == 2  # a SEG and an SR for each T1 series, each sent once
+
+    store(orthanc, originals(orthanc, study, exam))  # the same exam again: all duplicates, nothing changes
+    assert node.settled(len(exam)) and node.states() == states
+    assert {kind: len(events(node, kind)) for kind in before} == before
+    assert sum(1 for e in events(node, "received") if e.get("duplicate")) == sum(map(len, exam.values()))
+    assert {k: dict(v) for k, v in results(orthanc, study, exam).items()} == EXPECTED
+
+    store(orthanc, [study])  # the whole study, our SEGs and SRs included: they come back and are skipped
+    wait_for("our own outputs to be skipped", lambda: node.settled(len(exam) + before["sent"]))
+    ours = [s for uid, s in node.states().items() if uid not in states]
+    assert {s["state"] for s in ours} == {"skipped"} and all(s["reason"] for s in ours)
+    assert {kind: len(events(node, kind)) for kind in ("segmented", "sent")} == {
+        k: before[k] for k in ("segmented", "sent")
+    }
+    assert {k: dict(v) for k, v in results(orthanc, study, exam).items()} == EXPECTED
+    assert node.stop() == 143  # SIGTERM: a clean stop with the shell's code
+    assert events(node, "stopped") and "Traceback" not in node.log()
+
+
+def test_sigkill_mid_series_then_restart(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    node.quiet = 5.0  # the restarted node waits this long from its start for the rest of a series
+    node.start(orthanc.dicom_port)
+    t1_a = exam_series_id(orthanc, study, exam["t1_a"])
+    half = [i["ID"] for i in orthanc.get(f"/series/{t1_a}/instances")][:3]
+    store(orthanc, half)  # half of a series arrives (acknowledged) ...
+    assert node.stop(signal.SIGKILL) == -signal.SIGKILL  # ... and the node is killed while receiving it
+    acknowledged = {e["sop"] for e in events(node, "received")}
+    assert len(acknowledged) == 3 and acknowledged == {p.stem for p in (node.state / "spool").rglob("*.dcm")}
+    node.start(orthanc.dicom_port)
+    store(orthanc, originals(orthanc, study, exam))  # the whole exam: the spooled half arrives again
+    wait_for("every series to be settled", lambda: node.settled(len(exam)))
+    assert {k: dict(v) for k, v in results(orthanc, study, exam).items()} == EXPECTED
+    assert set(Counter(e["series"] for e in events(node, "segmented")).values()) == {1}  # none segmented twice
+    assert set(Counter(e["sop"] for e in events(node, "sent")).values()) == {1}  # none sent twice
+    node.stop()
+
+
+def test_killed_before_sending_sends_once_after_restart(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    closed = free_port()  # nothing listens there: every send fails and is retried
+    node.start(closed)
+    store(orthanc, [study])
+    wait_for("a failed send", lambda: events(node, "send failed"))
+    assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert not results(orthanc, study, exam)["t1_a"]
+    node.start(orthanc.dicom_port)
+    wait_for("every series to be settled", lambda: node.settled(len(exam)))
+    assert {k: dict(v) for k, v in results(orthanc, study, exam).items()} == EXPECTED
+    assert set(Counter(e["sop"] for e in events(node, "sent")).values()) == {1}
+    assert set(Counter(e["series"] for e in events(node, "segmented")).values()) == {1}
+    node.stop()
+
+
+def test_unknown_calling_ae_is_refused(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    node.start(orthanc.dicom_port, allow="SCANNER1")  # Orthanc calls as ORTHANC: not allowed
+    with pytest.raises(urllib.error.HTTPError):
+        orthanc.request("POST", "/modalities/node/echo", {})
+    ae = pynetdicom.AE(ae_title="SCANNER1")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AET)  # the allowed one gets in
+    assert assoc.is_established
+    assoc.release()
+    refused = events(node, "refused")
+    assert refused and refused[0]["calling_ae"] == "ORTHANC" and "not allowed" in refused[0]["reason"]
+    assert not list((node.state / "spool").rglob("*.dcm"))
+    node.stop()
+
+
+def dciodvfy_messages(path: Path) -> set[str]:
+    """dciodvfy's errors and warnings for ``path``, without the leading file-specific noise."""
+    proc = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=120)
+    lines = (proc.stdout + proc.stderr).splitlines()
+    return {line.strip() for line in lines if line.startswith(("Error", "Warning"))}
+
+
+@pytest.mark.skipif(not DCIODVFY.exists(), reason="needs dciodvfy: apt-get install dicom3tools")
+def test_node_outputs_pass_dciodvfy(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    node.start(None)  # keep the outputs in the state folder
+    store(orthanc, [exam_series_id(orthanc, study, exam["t1_a"])])
+    wait_for("the series to be segmented", lambda: events(node, "segmented"))
+    outputs = sorted((node.state / "results").rglob("*.dcm"))
+    assert outputs
+    inherited = dciodvfy_messages(exam["t1_a"][0])  # the source's own (MR_small's retired PN form, ...)
+    for path in outputs:
+        ours = {m for m in dciodvfy_messages(path) if m not in inherited}
+        assert not ours, f"{path.name}: {sorted(ours)}"
+    node.stop()
+
+
+def originals(orthanc: Orthanc, study: str, exam: dict[str, list[Path]]) -> list[str]:
+    """Orthanc's IDs of the exam's own series (not what the node sent back)."""
+    return [exam_series_id(orthanc, study, files) for files in exam.values()]
+
+
+def exam_series_id(orthanc: Orthanc, study: str, files: list[Path]) -> str:
+    uid = uid_of(files)
+    return next(
+        s["ID"] for s in orthanc.get(f"/studies/{study}/series") if s["MainDicomTags"]["SeriesInstanceUID"] == uid
+    )
+
+
+def test_listen_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    cases = [
+        (["--allow", "ORTHANC", "--send-to", "nonsense"], "expected AET@HOST:PORT"),
+        (["--state", str(tmp_path / "s")], "no calling AE title is allowed"),
+        (["--allow", "A" * 17], "not valid"),
+    ]
+    for args, words in cases:
+        proc = subprocess.run([str(EDGESEG), "listen", *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_a_second_node_on_the_same_state_is_refused(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    node.start(None)
+    args = ["listen", "--allow", "ORTHANC", "--port", str(free_port()), "--state", str(node.state)]
+    proc = subprocess.run([str(EDGESEG), *args], capture_output=True, text=True, timeout=60, env=node.env)
+    assert proc.returncode == 1 and f"pid {node.proc.pid}" in proc.stderr, proc.stderr
+    node.stop()
+    assert os.path.exists(node.state / "audit.jsonl")
