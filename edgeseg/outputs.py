@@ -24,7 +24,7 @@ from edgeseg.artifacts import ModelInfo
 from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, write_csv
 from edgeseg.names import STATS_SUFFIX
-from edgeseg.qc import FIGURES, MEAN_SUFFIX
+from edgeseg.qc import FIGURES, MEAN_SUFFIX, Verdict
 from edgeseg.records import Record
 from edgeseg.scans import Decoded, nifti_zooms_mm
 
@@ -33,7 +33,8 @@ SUMMARY = "summary.csv"
 # (H, W) slices the model saw, and whether they were resampled to get there.
 RESAMPLE_COLUMNS = ("spacing_mm", "model_spacing_mm", "model_shape", "resampled")
 # Okabe-Ito colour-blind-safe colours for classes 1.. (background is black/transparent).
-QC_COLUMNS = (*FIGURES, "qc")  # quality figures of each scan and their verdict (edgeseg.qc)
+# quality figures of each scan, their verdict (edgeseg.qc.Verdict: text, status) and its coverage
+QC_COLUMNS = (*FIGURES, "qc", "qc_status", "coverage", "coverage_detail")
 PALETTE = [
     (0, 0, 0),
     (230, 159, 0),
@@ -208,7 +209,12 @@ def write_stats(
             }
             for name in info.class_names
         },
-        "qc": {**{k: number(k) for k in FIGURES}, "verdict": row.get("qc", "")},
+        "qc": {
+            **{k: number(k) for k in FIGURES},
+            "verdict": row.get("qc", ""),
+            **(Verdict.from_row(row).as_dict() if row.get("qc") else {}),
+        },
+        "coverage": row.get("coverage") or None,
         # the scan's summary.csv row, its input absolute as above and its ms in the file's record
         # (records.jsonl), so that the file stays the same: a rerun rebuilds summary.csv from both
         "summary": {k: row.get(k, "") for k in summary_columns(info) if k not in ("input", "ms")},

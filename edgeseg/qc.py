@@ -124,18 +124,138 @@ def parse_ranges(text: str | None) -> dict[str, list[float]] | None:
         return None
 
 
-def judge(figures: dict[str, float], ranges: dict[str, list[float]] | None) -> str:
-    """``ok``, ``no ranges in model``, ``no brain found``, or each figure outside its range."""
+REASON_KINDS = ("no brain", "not brain anatomy", "outside training range")
+COVERAGES = ("whole", "partial", "single slice", "unknown")
+# A volume is "whole" when the brain ends inside it at both ends and spans at least this many mm
+# along the slice axis: an adult cerebrum is 120-140 mm superior-inferior, 160-180 mm
+# anterior-posterior, 130-150 mm left-right; the MNI152 template's brain mask spans 137 mm
+# (axial), 172 mm (coronal), 138 mm (sagittal). A 40 mm slab is partial whatever its ends.
+WHOLE_MM = 100.0
+# A slice holds brain when it has at least this share of the largest slice's brain pixels: the
+# ends of a whole brain fall off gradually, so a stray label in a neck or vertex slice is not brain.
+END_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One scan's QC verdict (agreed interface: /work/helpers/QC_INTERFACE.md).
+
+    ``status``: ``ok``, ``flagged`` or ``unchecked`` (the model carries no ranges). ``reasons``
+    each start with one of :data:`REASON_KINDS`, then ``": "`` and the figures. Coverage is
+    reported beside the verdict, never a flag: a slab or a single slice is a legitimate input.
+    """
+
+    status: str
+    reasons: tuple[str, ...] = ()
+    coverage: str = "unknown"
+    coverage_detail: str = ""
+
+    @property
+    def flagged(self) -> bool:
+        return self.status == "flagged"
+
+    @property
+    def text(self) -> str:
+        """summary.csv's ``qc``: ``ok``, ``no ranges in model``, or the reasons joined by ``"; "``."""
+        if self.status == "unchecked":
+            return NO_RANGES
+        return "; ".join(self.reasons) if self.reasons else "ok"
+
+    @property
+    def coverage_text(self) -> str:
+        """summary.csv's ``coverage``: e.g. ``whole``, ``partial: 40.0 mm slab``, ``single slice``."""
+        if self.coverage != "partial" or not self.coverage_detail:
+            return self.coverage
+        return f"partial: {self.coverage_detail.split('; ')[0]}"  # the detail's first clause: the slab
+
+    def as_dict(self) -> dict[str, object]:
+        """The stats JSON's ``qc`` entries."""
+        return {
+            "status": self.status,
+            "reasons": list(self.reasons),
+            "coverage": self.coverage,
+            "coverage_detail": self.coverage_detail,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> Verdict:
+        """The verdict written in a summary row (``qc``, ``qc_status``, ``coverage``, ``coverage_detail``)."""
+        text = str(row.get("qc") or "")
+        status = str(
+            row.get("qc_status") or ("ok" if text == "ok" else "unchecked" if text == NO_RANGES else "flagged")
+        )
+        reasons = tuple(text.split("; ")) if status == "flagged" else ()
+        coverage = str(row.get("coverage") or "unknown").split(":", 1)[0]
+        return cls(status, reasons, coverage, str(row.get("coverage_detail") or ""))
+
+
+def coverage(brain_per_slice: np.ndarray, slice_mm: float | None) -> tuple[str, str]:
+    """Whole, partial or single slice, from each slice's brain pixel count along the slice axis.
+
+    Args:
+        brain_per_slice: ``(S,)`` pixels labelled brain in each slice, in slice order.
+        slice_mm: distance between slice centres in mm; None: unknown (a .npy stack).
+
+    Returns:
+        ``(coverage, detail)``: ``single slice`` for one slice; ``partial`` when brain reaches the
+        first or last slice or spans under :data:`WHOLE_MM`; ``whole`` when it ends inside the
+        stack at both ends over at least :data:`WHOLE_MM`; ``unknown`` with no brain, or with no
+        slice spacing and no brain at either end.
+    """
+    counts = np.asarray(brain_per_slice, np.float64)
+    n = len(counts)
+    if n == 1:
+        return "single slice", "one slice"
+    if not n or counts.max() <= 0:
+        return "unknown", "no brain in any slice"
+    held = np.flatnonzero(counts >= END_SHARE * counts.max())
+    first, last = int(held[0]), int(held[-1])
+    ends = [name for name, hit in (("first", first == 0), ("last", last == n - 1)) if hit]
+    where = f"brain reaches the {' and '.join(ends)} slice" if ends else "brain ends inside the stack"
+    if slice_mm is None or not slice_mm > 0:
+        return (
+            ("partial", f"{where}; slice spacing unknown") if ends else ("unknown", f"{where}; slice spacing unknown")
+        )
+    span = (last - first + 1) * slice_mm
+    detail = f"{where}; {span:.1f} mm of brain along the slice axis ({n} slices of {slice_mm:.3g} mm)"
+    if ends or span < WHOLE_MM:
+        slab = f"{n * slice_mm:.1f} mm slab" if ends else f"{span:.1f} mm of brain"
+        return "partial", f"{slab}; {detail}"
+    return "whole", detail
+
+
+def verdict(
+    figures: dict[str, float],
+    ranges: dict[str, list[float]] | None,
+    anatomy: tuple[str, ...] = (),
+    cover: tuple[str, str] = ("unknown", ""),
+) -> Verdict:
+    """The verdict of a scan's figures against the model's ranges.
+
+    Args:
+        figures: :meth:`QCCounter.figures` (empty: no slice held :data:`MIN_BRAIN` of brain).
+        ranges: the model's (:func:`parse_ranges`); None: ``unchecked``.
+        anatomy: details of what says the scan is not brain anatomy (:mod:`edgeseg.qc_anatomy`).
+        cover: :func:`coverage`'s answer.
+    """
     if ranges is None:
-        return NO_RANGES
+        return Verdict("unchecked", (), *cover)
     if not figures:
-        return f"no brain found (no slice with >= {MIN_BRAIN:.0%} brain)"
-    out = [
+        return Verdict("flagged", (f"no brain: no slice with >= {MIN_BRAIN:.0%} brain",), *cover)
+    reasons = [f"not brain anatomy: {', '.join(anatomy)}"] if anatomy else []
+    outside = [
         f"{k} {figures[k]:.3g} outside {lo:.3g}-{hi:.3g}"
         for k, (lo, hi) in ranges.items()
         if k in figures and not lo <= figures[k] <= hi
     ]
-    return "; ".join(out) if out else "ok"
+    if outside:
+        reasons.append(f"outside training range: {', '.join(outside)}")
+    return Verdict("flagged" if reasons else "ok", tuple(reasons), *cover)
+
+
+def judge(figures: dict[str, float], ranges: dict[str, list[float]] | None) -> str:
+    """:func:`verdict`'s text: ``ok``, ``no ranges in model``, or its reasons."""
+    return verdict(figures, ranges).text
 
 
 def ranges_on_slices(model: bytes, images: list[np.ndarray], class_names: tuple[str, ...]) -> dict:

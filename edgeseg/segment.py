@@ -40,7 +40,7 @@ from edgeseg.outputs import (
     write_stats,
     write_summary,
 )
-from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, NO_RANGES, QCCounter, judge, parse_ranges
+from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, QCCounter, Verdict, coverage, parse_ranges, verdict
 from edgeseg.records import InputStamp, Record, Records, stamp_inputs
 from edgeseg.runtime import RunnerSpec
 from edgeseg.scans import MAX_RESAMPLED_PIXELS, Decoded, Scan, read_scan, resample
@@ -299,7 +299,9 @@ class Segmenter:
         crop: Crop | None = None,
     ) -> Segmented:
         row = self._row(scan, "done", labels, dec.voxel_ml, seconds * 1e3, dec)
-        row.update({**self._qc(figures), **{k: f"{v:.6g}" for k, v in figures.items() if k.endswith(MEAN_SUFFIX)}})
+        row.update(
+            {**self._qc(figures, labels, dec), **{k: f"{v:.6g}" for k, v in figures.items() if k.endswith(MEAN_SUFFIX)}}
+        )
         return Segmented(row, len(labels), seconds, dec.model_size is not None, dec.notes, crop is not None)
 
     def _count(self, done: Segmented) -> dict[str, Any]:
@@ -359,10 +361,13 @@ class Segmenter:
         chunks = (dec.batch(i, i + step, scan.path, dec.model_size)[:, 0] for i in range(0, len(dec.stack), step))
         return plan_crop(chunks, grid, self.info.min_size)
 
-    def _qc(self, figures: dict[str, float]) -> dict[str, str]:
-        """The QC columns of a row: the figures, and the verdict against the model's ranges."""
-        verdict = judge(figures, parse_ranges(self.info.metadata.get(METADATA_KEY)))
-        return {**{k: f"{figures[k]:.4g}" for k in FIGURES if k in figures}, "qc": verdict}
+    def _qc(self, figures: dict[str, float], labels: np.ndarray, dec: Decoded) -> dict[str, str]:
+        """The QC columns of a row: the figures, the verdict (:class:`edgeseg.qc.Verdict`) against
+        the model's ranges, and the coverage along the slice axis."""
+        figures = {k: figures[k] for k in FIGURES if k in figures}  # not the mean intensities
+        cover = coverage(np.count_nonzero(labels.reshape(len(labels), -1), axis=1), slice_mm(dec))
+        judged = verdict(figures, parse_ranges(self.info.metadata.get(METADATA_KEY)), (), cover)
+        return {**{k: f"{v:.4g}" for k, v in figures.items()}, **verdict_columns(judged)}
 
     def _write(
         self, scan: Scan, dec: Decoded, labels: np.ndarray, stamps: tuple[InputStamp, ...], row: dict[str, Any]
@@ -522,9 +527,26 @@ class Segmenter:
         return row
 
     def _flag(self, row: dict[str, Any]) -> None:
-        """Name a scan whose QC figures are outside the model's ranges in the run's last warning."""
-        if row.get("qc") not in (None, "", "ok", NO_RANGES):
+        """Name a scan that QC flagged in the run's last warning."""
+        if row.get("qc") and Verdict.from_row(row).flagged:
             self.report.flagged.append((Path(row["input"]), row["qc"]))
+
+
+def verdict_columns(judged: Verdict) -> dict[str, str]:
+    """A row's verdict columns: ``qc`` (its text), ``qc_status``, ``coverage``, ``coverage_detail``."""
+    return {
+        "qc": judged.text,
+        "qc_status": judged.status,
+        "coverage": judged.coverage_text,
+        "coverage_detail": judged.coverage_detail,
+    }
+
+
+def slice_mm(dec: Decoded) -> float | None:
+    """Distance between slice centres in mm, from the voxel volume and the in-plane spacing; None: unknown."""
+    if not dec.voxel_ml or not dec.spacing or not dec.spacing[0] * dec.spacing[1] > 0:
+        return None
+    return dec.voxel_ml * 1000.0 / (dec.spacing[0] * dec.spacing[1])
 
 
 def _files(scan: Scan) -> tuple[Path, ...]:

@@ -87,9 +87,9 @@ def test_counter_equals_a_plain_softmax_and_percentile() -> None:
 
 JUDGED = [  # figures, ranges, verdict
     ({"conf_mean": 0.95}, None, NO_RANGES),
-    ({}, {"conf_mean": [0.9, 1.0]}, "no brain found (no slice with >= 2% brain)"),
+    ({}, {"conf_mean": [0.9, 1.0]}, "no brain: no slice with >= 2% brain"),
     ({"conf_mean": 0.95, "brain_fraction": 0.3}, {"conf_mean": [0.9, 1.0], "brain_fraction": [0.02, 0.5]}, "ok"),
-    ({"conf_mean": 0.8}, {"conf_mean": [0.9, 1.0]}, "conf_mean 0.8 outside 0.9-1"),
+    ({"conf_mean": 0.8}, {"conf_mean": [0.9, 1.0]}, "outside training range: conf_mean 0.8 outside 0.9-1"),
 ]
 
 

@@ -72,14 +72,19 @@ def test_rerun_and_a_deleted_summary_keep_every_column(tmp_path: Path, model: Pa
     made = summary(out)
     assert len(made) == 3 and all(row[k] for row in made.values() for k in ALWAYS_SET)
     assert all(made[o]["gray_matter_mean_intensity"] for o in made)
-    assert made["flagged_seg.npy"]["qc"].startswith("brain_fraction") and made["clean_seg.npy"]["qc"] == "ok"
+    assert (
+        made["flagged_seg.npy"]["qc"].startswith("outside training range: brain_fraction")
+        and made["clean_seg.npy"]["qc"] == "ok"
+    )
     assert made["vol_seg.nii.gz"]["spacing_mm"] and made["vol_seg.nii.gz"]["resampled"] == "yes"
 
     rerun = infer(scans, "--model", model, "--out", out)
     assert rerun.returncode == 0, rerun.stderr
     assert "0 done, 0 failed, 3 skipped" in rerun.stdout
     assert summary(out) == made
-    assert "flagged.npy (brain_fraction" in rerun.stderr  # the verdict is still named at the end
+    assert (
+        "flagged.npy (outside training range: brain_fraction" in rerun.stderr
+    )  # the verdict is still named at the end
 
     (out / "summary.csv").unlink()
     rebuilt = infer(scans, "--model", model, "--out", out)
