@@ -59,6 +59,7 @@ TargetsOpt = Annotated[
 
 class Preset(str, Enum):
     default = "default"
+    synth = "synth"
     tutorial = "tutorial"
 
 
@@ -78,7 +79,10 @@ def _positive(value: float | None) -> float | None:
 def train_cmd(
     ctx: typer.Context,
     data: DataOpt = None,
-    preset: Annotated[Preset, typer.Option(help="default: fast on 2 CPU cores; tutorial: exact.")] = Preset.default,
+    preset: Annotated[
+        Preset,
+        typer.Option(help="default: fast on 2 CPU cores; synth: + synthetic raw heads (45 min); tutorial: exact."),
+    ] = Preset.default,
     epochs: Annotated[
         int | None, typer.Option(min=1, show_default="default 14, tutorial 30", help="Passes over the training slices.")
     ] = None,
@@ -141,6 +145,16 @@ def train_cmd(
             help="Training processes (DDP via torchrun: gloo on CPU, one per GPU, NCCL); --batch-size stays global.",
         ),
     ] = 1,
+    synth_planes: Annotated[
+        int | None,
+        typer.Option(
+            "--synth-planes", min=0, show_default="default 0, synth 640", help="Planes of synthetic raw heads."
+        ),
+    ] = None,
+    synth_recipe: Annotated[
+        str | None,
+        typer.Option("--synth-recipe", show_default="full", help="full, no-head, no-contrast or no-deform."),
+    ] = None,
 ) -> None:
     """Train the U-Net (the demo MRI set when --data is not given)."""
     from edgeseg.train import run_training
@@ -159,6 +173,8 @@ def train_cmd(
         name=name,
         runs_dir=str(runs_dir) if runs_dir else None,
         pixel_spacing_mm=pixel_spacing,
+        synth_planes=synth_planes,
+        synth_recipe=synth_recipe,
     )
     run_training(preset.value, overrides, resume, nproc, _given_options(ctx, drop={"nproc"}))
 

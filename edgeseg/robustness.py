@@ -3,8 +3,10 @@
     edgeseg evaluate --robustness [CKPT.pt | MODEL.onnx] [--robustness-slices N]
 
 One row per perturbation family (clean, tight crop, wide pad, oblique planes, bias field,
-gamma, noise, intensity scale, lower resolution), each pooled over a few strengths, with the
-drop from clean and the worst strength. Only pixels of the held-out balls of the default
+gamma, noise, intensity scale, lower resolution, and the raw-scan families of
+:mod:`edgeseg.robustness_heads`: head on, contrast, deformed, empty), each pooled over a few
+strengths, with the drop from clean and the worst strength; "empty" (no brain) reports the
+share of pixels labelled background instead. Only pixels of the held-out balls of the default
 3-D split are scored (:func:`edgeseg.volume.region_split`), on demo slices that cut through
 them; oblique planes are resampled from the template through the same balls. It runs a
 checkpoint with PyTorch, or an exported file with ONNX Runtime only (no torch imported).
@@ -44,8 +46,9 @@ class RobustnessRow:
     strengths: str  # what was applied, e.g. "x0.01, x100"
     miou_fg: float | None  # pooled over its strengths
     drop: float | None  # clean minus this
-    worst: float | None  # its lowest strength's mIoU
+    worst: float | None  # its lowest strength's mIoU (empty: its lowest background %)
     slices: int  # scored slice variants
+    background_pct: float | None = None  # "empty" only: % of the pixels labelled background
 
 
 # ----------------------------------------------------------------------------- perturbations
@@ -177,7 +180,10 @@ def held_out_planes(root: Path | None = None, seed: int = 0, count: int = 32) ->
 
 
 def families() -> list[tuple[str, list[tuple[str, Perturb]]]]:
-    """(family, [(strength, perturbation)]) in report order; 'oblique' is resampled, not perturbed."""
+    """(family, [(strength, perturbation)]) in report order; 'oblique' is resampled, not perturbed,
+    and 'empty' is slices with no brain (:mod:`edgeseg.robustness_heads`)."""
+    from edgeseg import robustness_heads as heads
+
     return [
         ("clean", [("as stored", lambda im, m: (im, m))]),
         ("tight crop", [(f"brain box + {CROP_MARGIN} px", tight_crop)]),
@@ -188,6 +194,10 @@ def families() -> list[tuple[str, list[tuple[str, Perturb]]]]:
         ("noise", [(f"Rician {s:.0%}", rician(s)) for s in NOISE_SIGMAS]),
         ("intensity scale", [(f"x{s:g}", scale(s)) for s in SCALES]),
         ("resolution", [(f"{mm:g} mm", resolution(mm)) for mm in RESOLUTIONS_MM]),
+        ("head on", [(f"{name} scalp", heads.head_on(name)) for name, _ in heads.HEADS]),
+        ("contrast", [(name, heads.contrast(name)) for name in heads.CONTRASTS]),
+        ("deformed", [(f"elastic {mm:g} mm", heads.deformed(mm)) for mm in heads.DEFORM_MM]),
+        ("empty", []),
     ]
 
 
@@ -196,6 +206,9 @@ def robustness_report(predict: Predict, data: HeldOutPlanes, num_classes: int = 
     rows: list[RobustnessRow] = []
     clean: float | None = None
     for family, variants in families():
+        if family == "empty":
+            rows.append(_empty_row(predict, len(data.images)))
+            continue
         if family == "oblique":
             scored = [(f"{deg:+g} deg", data.oblique[deg]) for deg in OBLIQUE_DEG]
         else:
@@ -218,6 +231,22 @@ def robustness_report(predict: Predict, data: HeldOutPlanes, num_classes: int = 
     return rows
 
 
+def _empty_row(predict: Predict, count: int) -> RobustnessRow:
+    """The 'empty' family: ``count`` slices of each kind with no brain; % of pixels labelled background."""
+    from edgeseg.robustness_heads import EMPTY_KINDS, empty_slices
+
+    shares, total, background = [], 0, 0
+    for kind in EMPTY_KINDS:
+        labels = [predict(image) for image in empty_slices(kind, count)]
+        kept = sum(int((lab == 0).sum()) for lab in labels)
+        pixels = sum(lab.size for lab in labels)
+        shares.append(100.0 * kept / pixels)
+        total, background = total + pixels, background + kept
+    return RobustnessRow(
+        "empty", ", ".join(EMPTY_KINDS), None, None, min(shares), count * len(EMPTY_KINDS), 100.0 * background / total
+    )
+
+
 def format_robustness(rows: list[RobustnessRow]) -> str:
     """A markdown table of the report."""
 
@@ -229,7 +258,9 @@ def format_robustness(rows: list[RobustnessRow]) -> str:
         "|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r.family} | {r.strengths} | {fmt(r.miou_fg)} | {fmt(r.drop, True)} | {fmt(r.worst)} | {r.slices} |"
+        f"| {r.family} | {r.strengths} | background {r.background_pct:.3f} % | — | {r.worst:.3f} % | {r.slices} |"
+        if r.background_pct is not None and r.worst is not None
+        else f"| {r.family} | {r.strengths} | {fmt(r.miou_fg)} | {fmt(r.drop, True)} | {fmt(r.worst)} | {r.slices} |"
         for r in rows
     ]
     return "\n".join(lines)

@@ -320,48 +320,73 @@ def _prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[s
 def _sources(
     slices: Slices, split: Split, config: TrainConfig, log: Callable[[str], None]
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Training planes: the split's training slices, plus oblique planes of the demo template.
+    """Training planes: the split's training slices, plus oblique planes of the demo template
+    and planes of synthetic heads (:mod:`edgeseg.synth`, ``--preset synth``).
 
-    Oblique planes are resampled from the template once per run (about 0.1 s each) and
-    augmented anew every epoch. Their pixels in held-out anatomy are IGNORE, so they supervise
-    nothing the test scores: the held-out balls and their gaps (regions split), or the voxels
-    of every slice that does not train, test slabs and their gaps (slab split).
+    Both are resampled from the template once per run (oblique planes about 0.1 s each,
+    synthetic-head planes about 0.6 s) and augmented anew every epoch. Their pixels in held-out
+    anatomy are IGNORE, so they supervise nothing the test scores: the held-out balls and their
+    gaps (regions split), or the voxels of every slice that does not train, test slabs and their
+    gaps (slab split).
     """
     images = [slices.images[i] for i in split.train]
     masks = [split.train_masks[i] for i in split.train]
-    if config.split not in ("regions", "slabs") or not config.augment or config.oblique_planes <= 0:
+    if config.split not in ("regions", "slabs") or not config.augment or not is_demo_set(slices.root):
         return images, masks
-    if not is_demo_set(slices.root):
-        return images, masks
+    if config.oblique_planes > 0:
+        images, masks = _oblique_sources(slices, split, config, images, masks)
+        log(
+            f"{config.oblique_planes} oblique planes (tilt up to {config.oblique_tilt_deg:g} deg)"
+            f" added to {len(split.train)} slices"
+        )
+    if config.synth_planes > 0:
+        from edgeseg.synth import held_out_points, synth_planes, synth_recipe
+
+        held = held_out_points(_held_out_anatomy(slices, split, config))
+        recipe = synth_recipe(config.synth_recipe)
+        extra = synth_planes(config.synth_planes, config.seed, held, config.synth_heads, recipe)
+        images, masks = images + extra[0], masks + extra[1]
+        log(f"{config.synth_planes} synthetic-head planes ({config.synth_heads} heads) added")
+    return images, masks
+
+
+def _oblique_sources(
+    slices: Slices, split: Split, config: TrainConfig, images: list[np.ndarray], masks: list[np.ndarray]
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The training planes with ``config.oblique_planes`` oblique template planes appended."""
     from edgeseg.volume import brain_voxels, load_template, oblique_plane, sample_plane
 
     template, rng = load_template(), np.random.default_rng([config.seed, 7])
     brain, held_out = brain_voxels(template), _held_out_voxels(slices, split, config)
     size = slices.images[0].shape[0]
-    while len(images) < len(split.train) + config.oblique_planes:
+    images, masks = list(images), list(masks)
+    target = len(images) + config.oblique_planes
+    while len(images) < target:
         plane = oblique_plane(template, rng, config.oblique_tilt_deg, size, brain)
         image, labels = sample_plane(template, plane)
         if (labels > 0).mean() >= 0.02:  # the demo set's own rule for a slice with brain
             images.append(image)
             masks.append(np.where(held_out(plane), IGNORE, labels).astype(np.uint8))
-    log(
-        f"{config.oblique_planes} oblique planes (tilt up to {config.oblique_tilt_deg:g} deg)"
-        f" added to {len(split.train)} slices"
-    )
     return images, masks
+
+
+def _held_out_anatomy(slices: Slices, split: Split, config: TrainConfig) -> Any:
+    """The template voxels that must not supervise training: a Regions (held out or gap) or Slabs."""
+    from edgeseg.volume import demo_planes, held_out_regions, held_out_slabs
+
+    if config.split == "regions":
+        return held_out_regions(config.seed)
+    planes = demo_planes(slices.root)
+    kept = set(split.train)
+    return held_out_slabs([p for i, p in enumerate(planes) if i not in kept])
 
 
 def _held_out_voxels(slices: Slices, split: Split, config: TrainConfig) -> Callable[[Any], np.ndarray]:
     """``plane -> (H, W) bool``: the pixels of a template plane that must not supervise training."""
-    from edgeseg.volume import demo_planes, held_out_regions, held_out_slabs
-
+    held = _held_out_anatomy(slices, split, config)
     if config.split == "regions":
-        regions = held_out_regions(config.seed)
-        return lambda plane: regions.classify(plane) != 0  # held out or gap
-    planes = demo_planes(slices.root)
-    kept = set(split.train)
-    slabs = held_out_slabs([p for i, p in enumerate(planes) if i not in kept])
-    return slabs.classify
+        return lambda plane: held.classify(plane) != 0  # held out or gap
+    return held.classify
 
 
 def _load_data(config: TrainConfig, world: distributed.World) -> Slices:
