@@ -337,12 +337,25 @@ def infer_cmd(
     force: Annotated[
         bool,
         typer.Option(
-            "--force", help="DICOM: segment series whose Modality is not MR too (the model knows brain MR only)."
+            "--force",
+            help="DICOM: segment series that triage skips too (not MR, localizers, secondary captures, derived"
+            " images, other body parts); the model knows head MR only.",
         ),
     ] = False,
     seg_format: Annotated[
-        SegFormat, typer.Option("--format", help="Output of a DICOM series: NIfTI, DICOM SEG (for PACS), or both.")
+        SegFormat,
+        typer.Option(
+            "--format", help="Output of a DICOM series: NIfTI, DICOM SEG + SR volume report (for PACS), or both."
+        ),
     ] = SegFormat.both,
+    seg_flagged: Annotated[
+        bool,
+        typer.Option(
+            "--seg-flagged",
+            help="DICOM: write the SEG and SR of a scan QC flagged too, described 'QC FLAGGED: <reasons>'"
+            " (default: none, so nothing flagged reaches a PACS).",
+        ),
+    ] = False,
     skull_strip: Annotated[
         bool,
         typer.Option("--skull-strip", help="Strip the skull first (ROBEX, for heads): writes <name>_brainmask.nii.gz."),
@@ -368,7 +381,11 @@ def infer_cmd(
         ),
     ] = False,
 ) -> None:
-    """Segment scans with an exported ONNX model (torch-free); exit 1 if any scan failed."""
+    """Segment scans with an exported ONNX model (torch-free).
+
+    Exit 0 when every scan was segmented or skipped (DICOM series that triage sets aside, such as
+    localizers, CT or reports, each listed as 'skipped <path>: <reason>'); exit 1 if any scan failed.
+    """
     from edgeseg.infer import InferConfig, run_inference
     from edgeseg.signals import Stopped, stop_on_signals
 
@@ -386,6 +403,7 @@ def infer_cmd(
         series=series,
         force=force,
         format=seg_format.value,
+        seg_flagged=seg_flagged,
         skull_strip=skull_strip,
         cluster=cluster,
         cluster_timeout=cluster_timeout,

@@ -2,7 +2,8 @@
 
 Torch-free, no imports from the pipeline. Each scan has a *stem*, ``dir/x`` relative to
 ``--out``, and every file written for it is the stem plus one suffix: its labels
-(``x_seg.npy``, ``x_seg.png``, ``x_seg.nii.gz`` or the DICOM SEG ``x_seg.dcm``), its
+(``x_seg.npy``, ``x_seg.png``, ``x_seg.nii.gz`` or the DICOM SEG ``x_seg.dcm``), the DICOM
+SR volume report ``x_sr.dcm`` beside a SEG, its
 statistics ``x_stats.json``, its QC mosaic ``x_overlay.png`` and, with ``--skull-strip``,
 ``x_brainmask.nii.gz``. No suffix is the end of another, so two scans whose stems differ
 never share a file (:func:`edgeseg.scans.discover_scans` keeps stems apart), and these
@@ -16,10 +17,18 @@ from pathlib import Path
 # Labels by input kind: a .npy stays .npy, an image becomes a palette PNG, a volume NIfTI.
 LABEL_SUFFIXES = {"npy": "_seg.npy", "image": "_seg.png", "nifti": "_seg.nii.gz", "dicom": "_seg.nii.gz"}
 SEG_SUFFIX = "_seg.dcm"  # the DICOM SEG of a DICOM series
+SR_SUFFIX = "_sr.dcm"  # the DICOM SR volume report beside it
 STATS_SUFFIX = "_stats.json"
 OVERLAY_SUFFIX = "_overlay.png"
 MASK_SUFFIX = "_brainmask.nii.gz"
-OUTPUT_SUFFIXES = (*dict.fromkeys(LABEL_SUFFIXES.values()), SEG_SUFFIX, STATS_SUFFIX, OVERLAY_SUFFIX, MASK_SUFFIX)
+OUTPUT_SUFFIXES = (
+    *dict.fromkeys(LABEL_SUFFIXES.values()),
+    SEG_SUFFIX,
+    SR_SUFFIX,
+    STATS_SUFFIX,
+    OVERLAY_SUFFIX,
+    MASK_SUFFIX,
+)
 
 
 def label_suffix(rel: Path) -> str:
@@ -58,6 +67,11 @@ def mask_rel(rel: Path) -> Path:
 def seg_rel(rel: Path) -> Path:
     """``dir/x_seg.dcm``, the DICOM SEG, for the labels file ``dir/x_seg.nii.gz``."""
     return rel.with_name(stem(rel) + SEG_SUFFIX)
+
+
+def sr_rel(rel: Path) -> Path:
+    """``dir/x_sr.dcm``, the DICOM SR volume report, for the labels file ``dir/x_seg.<ext>``."""
+    return rel.with_name(stem(rel) + SR_SUFFIX)
 
 
 def written_by_edgeseg(name: str) -> str | None:

@@ -26,11 +26,12 @@ import numpy as np
 
 from edgeseg.artifacts import ModelInfo, read_model_info
 from edgeseg.crop import GRIDS, Crop, plan_crop
-from edgeseg.dicom_seg import write_dicom_seg
+from edgeseg.dicom_results import ResultTargets, write_results
 from edgeseg.errors import DiskFull, EdgesegError, describe
 from edgeseg.files import atomic_write, sha256_file
-from edgeseg.names import mask_rel, overlay_rel, seg_rel, stats_rel
+from edgeseg.names import mask_rel, overlay_rel, seg_rel, sr_rel, stats_rel
 from edgeseg.outputs import (
+    PALETTE,
     label_nifti,
     previous_rows,
     read_labels,
@@ -81,6 +82,7 @@ class InferConfig:
     series: str | None = None  # DICOM: only series with this UID or SeriesDescription pattern
     force: bool = False  # DICOM: also segment series whose Modality is not MR
     format: str = "both"  # DICOM inputs: nifti | dicom-seg | both (SEG for PACS, NIfTI for research)
+    seg_flagged: bool = False  # DICOM SEG and SR for scans QC flagged too, marked "QC FLAGGED: <reasons>"
     skull_strip: bool = False  # ROBEX brain mask first (NIfTI/DICOM); labels outside it are 0
     max_resampled_pixels: int = MAX_RESAMPLED_PIXELS  # H x W a slice may grow to by resampling
     max_decompressed_mb: int = MAX_GUNZIPPED_BYTES >> 20  # MiB a .nii.gz may decompress to
@@ -231,11 +233,12 @@ class Segmenter:
             extra = None  # none was made (a series without geometry, or a run before SEG outputs)
         mask = mask_rel(scan.rel) if self.config.skull_strip else None
         stats = stats_rel(scan.rel)
-        targets = [scan.rel] + ([Path(overlay)] if overlay else []) + [t for t in (extra, mask, stats) if t]
+        report = sr_rel(scan.rel) if str(sr_rel(scan.rel)) in self.records.latest else None  # DICOM SR, if made
+        targets = [scan.rel] + ([Path(overlay)] if overlay else []) + [t for t in (extra, mask, stats, report) if t]
         if self.config.overwrite or not all((self.out / t).is_file() for t in targets):
             return False
         why, rel = self.records.verdict(self.out, str(scan.rel), _files(scan), overlay), scan.rel
-        for also in (extra, mask, stats):
+        for also in (extra, mask, stats, report):
             if also and not why:
                 why, rel = self.records.verdict(self.out, str(also), _files(scan), None), also
         if why:
@@ -377,7 +380,10 @@ class Segmenter:
         try:
             self._write_outputs(scan, dec, labels, stamps, row)
         except BaseException:
-            made = (scan.rel, overlay_rel(scan.rel), stats_rel(scan.rel), mask_rel(scan.rel), self._seg_beside(scan))
+            made = (
+                *(scan.rel, overlay_rel(scan.rel), stats_rel(scan.rel), mask_rel(scan.rel)),
+                *(self._seg_beside(scan), sr_rel(scan.rel) if scan.kind == "dicom" else None),
+            )
             for rel in filter(None, made):
                 with suppress(EdgesegError, OSError):  # a name that escapes --out was never written
                     safe_output_path(self.out, rel).unlink(missing_ok=True)
@@ -421,11 +427,13 @@ class Segmenter:
             )
         if (extra := self._seg_beside(scan)) is not None:  # beside the NIfTI: a SEG that cannot be is a note
             try:
-                self._seg(scan, dec, safe_output_path(self.out, extra), restored, lambda tmp: record(tmp, extra))
+                seg = safe_output_path(self.out, extra)
+                self._seg(scan, dec, restored, row, self._targets(scan, seg, lambda tmp: record(tmp, extra), record))
             except EdgesegError as exc:
                 self.say(f"note: {scan.path}: no DICOM SEG beside {scan.rel}: {str(exc).split(': ', 1)[-1]}")
         if scan.kind == "dicom" and self.config.format == "dicom-seg":
-            self._seg(scan, dec, target, restored, lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]))
+            labelled = lambda tmp: record(tmp, overlay_sha256=overlay_sha[0])  # noqa: E731
+            self._seg(scan, dec, restored, row, self._targets(scan, target, labelled, record))
         else:
             write_labels(
                 target,
@@ -436,15 +444,34 @@ class Segmenter:
                 lambda tmp: record(tmp, overlay_sha256=overlay_sha[0]),
             )
 
-    def _seg(self, scan: Scan, dec: Decoded, target: Path, labels: np.ndarray, record: Any) -> None:
-        """Write the DICOM SEG; what pydicom/highdicom warn that the reader did not is a note."""
+    def _targets(self, scan: Scan, seg: Path, record_seg: Any, record: Any) -> ResultTargets:
+        """The SEG at ``seg`` and the SR beside it, with the hooks that record them."""
+        sr = sr_rel(scan.rel)
+        return ResultTargets(seg, safe_output_path(self.out, sr), record_seg, lambda tmp: record(tmp, sr))
+
+    def _seg(self, scan: Scan, dec: Decoded, labels: np.ndarray, row: dict, targets: ResultTargets) -> None:
+        """Write the DICOM SEG and SR (:mod:`edgeseg.dicom_results`: none for a scan QC flagged,
+        unless --seg-flagged); what pydicom/highdicom warn that the reader did not is a note."""
         self._local.caught = caught = []  # see warned(): this thread's warnings
+        names, config = self.info.class_names, self.config
+        options = (f"axis={config.axis}", f"resample={config.resample}", f"skull={config.skull_strip}")
+        options += (f"crop={config.crop}",)  # what changes the labels: in the SEG's and SR's UIDs
         try:
-            write_dicom_seg(
-                target, labels, dec.sources, self.info.class_names, self.info.path, self.model_sha256, record
+            why = write_results(
+                targets,
+                labels,
+                dec.sources,
+                dec.template.affine if len(dec.sources) > 1 else None,
+                row,
+                (self.info.path, self.model_sha256, names),
+                options,
+                tuple(PALETTE[i % len(PALETTE)] for i in range(len(names))),
+                config.seg_flagged,
             )
         finally:
             self._local.caught = None
+        if why:
+            self.say(f"note: {scan.path}: {why}")
         for text in dict.fromkeys(caught):
             if not any(note.endswith(f"the reader warned: {text}") for note in dec.notes):
                 self.say(f"note: {scan.path}: the DICOM SEG writer warned: {text}")
@@ -520,6 +547,8 @@ class Segmenter:
             labels, voxel_ml = read_labels(self.out / scan.rel)
         except Exception as exc:  # the output exists but cannot be read back
             return {**self._row(scan, "done", None, None, None), "message": reason(exc)}
+        if previous and previous.get("voxel_ml"):  # our own record (_stats.json) of what was read, before
+            voxel_ml = float(previous["voxel_ml"])  # what an output's header says (a SEG's rounded spacing)
         row = self._row(scan, "done", labels, voxel_ml, None)
         if previous:  # every other column (QC, provider, time, ...) as the run that made it wrote it
             row.update({k: v for k, v in previous.items() if k not in KEPT_NOW and v not in (None, "")})

@@ -116,7 +116,7 @@ def make_dicom_series(
         ds.InstanceNumber = instances[k] if instances else n - k
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{base.SOPInstanceUID}.{k + 1}"
         ds.RescaleSlope, ds.RescaleIntercept = slopes[k] if slopes else (1.0, 0.0)
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]  # an acquisition (MR_small says DERIVED\SECONDARY)
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]  # an acquisition (MR_small says DERIVED\SECONDARY)
         if uid and k == 0:
             ds.SeriesInstanceUID = uid
         paths.append(folder / f"IM{write_index:03d}.dcm")
@@ -178,7 +178,7 @@ def make_mni_dicom(
         ds.StudyInstanceUID, ds.Modality = study_uid, modality
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.InstanceNumber = n + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND"]  # as a scanner writes an acquisition
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]  # as a scanner writes an acquisition
         for tag in ("WindowCenter", "WindowWidth", "SmallestImagePixelValue", "LargestImagePixelValue"):
             if tag in ds:
                 delattr(ds, tag)

@@ -37,7 +37,9 @@ ORDER = [
     "scans",
     "records",
     "dicom_seg",
+    "dicom_sr",
     "outputs",
+    "dicom_results",
     # data and the model
     "demo",
     "data",
@@ -91,6 +93,7 @@ INFERENCE = [
     *("machine", "openvino_backend", "deploy", "tune"),  # tune's children time torch-free runtimes
     "crop",
     *("node_config", "node_queue", "node_send", "node"),  # `edgeseg listen` runs infer, so torch-free too
+    *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR
 ]
 
 

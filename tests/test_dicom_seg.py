@@ -125,7 +125,7 @@ def test_seg_is_recorded_and_resumed(seg_run, tmp_path: Path, env_without) -> No
     ("fmt", "written"),
     [
         ("nifti", {"t1_seg.nii.gz", "t1_stats.json", "t1_overlay.png"}),
-        ("dicom-seg", {"t1_seg.dcm", "t1_stats.json", "t1_overlay.png"}),  # a volume: its mosaic too
+        ("dicom-seg", {"t1_seg.dcm", "t1_sr.dcm", "t1_stats.json", "t1_overlay.png"}),  # a volume: its mosaic too
     ],
 )
 def test_format_option(seg_run, tmp_path: Path, fmt: str, written: set[str], env_without) -> None:  # noqa: ANN001
