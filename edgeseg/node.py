@@ -32,6 +32,9 @@ from edgeseg.node_config import NodeConfig
 from edgeseg.node_queue import TO_SEGMENT, TO_SEND, NodeQueue, valid_uid
 from edgeseg.node_send import SendError, send_cstore, send_stow
 
+# Columns of infer's summary row that the audit log's "segmented" line repeats (with the volumes in mL).
+FIGURES = ("qc", "coverage")
+
 POLL_SECONDS = 0.2  # how often the main loop looks for quiet series and sends due
 
 
@@ -210,7 +213,8 @@ def _segment(config: NodeConfig, queue: NodeQueue, uid: str, generation: int) ->
         return
     listed = [_output(queue.root, path) for path in outputs]
     if queue.advance(uid, generation, "segmented", outputs=listed, reason=flags):
-        figures = {k: v for row in report.rows for k, v in row.items() if k.endswith("_ml") or k == "qc"}
+        figures = {k: v for row in report.rows for k, v in row.items() if k in FIGURES or k.endswith("_ml")}
+        figures = {k: v for k, v in figures.items() if k not in ("voxel_ml", "background_ml")}
         queue.audit("segmented", series=uid, outputs=[o["path"] for o in listed], **figures)
         if flags:
             queue.audit("flagged", series=uid, reason=flags, sent_anyway=True)

@@ -51,7 +51,13 @@ def send_cstore(
         why = "rejected the association" if assoc.is_rejected else "could not be reached or aborted"
         raise SendError(f"{destination} {why}; check its AE title, port and that it knows {ae_title}")
     try:
+        accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
         for path, ds in datasets:
+            if str(ds.SOPClassUID) not in accepted:  # pynetdicom would raise ValueError
+                raise SendError(
+                    f"{destination} does not accept SOP class {ds.SOPClassUID} ({path.name});"
+                    " enable that storage class (e.g. Segmentation Storage, SR) there"
+                )
             status = assoc.send_c_store(ds)
             code = getattr(status, "Status", None)
             if code is None:
