@@ -58,13 +58,15 @@ HEAD_PARTS = {
     "CRANIUM",
     "NEURO",
 }
-LOCALIZER_WORDS = re.compile(r"locali[sz]er|scout|survey|tri-?pilot|3[ -]?plane|\bloc\b", re.IGNORECASE)
+# Words are matched between non-letters, since scanners join them with "_" ("t1_vibe_abd_tra").
+LOCALIZER_WORDS = re.compile(r"locali[sz]er|scout|survey|tri-?pilot|3[ -_]?plane|(?<![a-z])loc(?![a-z])", re.I)
 HEAD_WORDS = re.compile(r"head|brain|neuro|cerebr|skull|cran", re.IGNORECASE)
 # words for other body parts in descriptions and protocols (English, and the usual abbreviations)
 BODY_WORDS = re.compile(
-    r"\b(?:abdom|abd\b|liver|hepat|pancrea|kidney|renal|pelvi|prostat|uterus|rectum|bladder|"
-    r"shoulder|elbow|wrist|hand\b|finger|hip\b|knee|ankle|foot\b|feet\b|leg\b|arm\b|"
-    r"spine|lumbar|thoracic|cervical|[clt]-?spine|sacr|chest|thorax|breast|lung|cardiac|heart\b|aort)",
+    r"(?<![a-z])(?:abdom|abd(?![a-z])|liver|hepat|pancrea|kidney|renal|pelvi|prostat|uterus|rectum|bladder|"
+    r"shoulder|elbow|wrist|hand(?![a-z])|finger|hip(?![a-z])|knee|ankle|foot(?![a-z])|feet(?![a-z])|"
+    r"leg(?![a-z])|arm(?![a-z])|spine|lumbar|thoracic|cervical|[clt]-?spine|sacr|chest|thorax|breast|lung|"
+    r"cardiac|heart(?![a-z])|aort)",
     re.IGNORECASE,
 )
 SAME_ORIENTATION = 1e-4  # as edgeseg.dicom reads a series: cosines this close are one orientation
