@@ -64,6 +64,8 @@ NOT_IMAGES = {  # Modality of objects that carry no image to segment -> what the
     "AU": "an audio waveform",
 }
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# what links a result back to its study in a PACS or RIS (written to the stats JSON)
+IDENTIFIERS = ("PatientID", "StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber")
 
 
 @dataclass
@@ -96,6 +98,7 @@ class Series:
     spacing_known: bool = True  # False: no PixelSpacing; the affine then assumes 1 mm pixels
     sources: tuple[tuple[Path, int], ...] = ()  # (file, frame) of each slice, in slice order (DICOM SEG)
     positioned: bool = True  # False: no ImagePositionPatient/ImageOrientationPatient, sorted by number
+    identifiers: dict[str, str] = field(default_factory=dict)  # IDENTIFIERS of the series, to link results back
 
 
 def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
@@ -115,6 +118,7 @@ def read_dicom_series(source: Path, files: tuple[Path, ...]) -> Series:
     if len(shapes) > 1:
         raise EdgesegError(f"{source}: slices of different sizes {sorted(shapes)}; one series only")
     series = _geometric(source, frames) if _has_geometry(frames) else _by_instance(source, frames)
+    series.identifiers = {k: str(datasets[0].get(k, "") or "") for k in IDENTIFIERS}
     if not all(fr.spacing_known for fr in frames):
         series.spacing_known, series.voxel_ml = False, None
         series.notes.append(

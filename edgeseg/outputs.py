@@ -215,11 +215,26 @@ def write_stats(
             **(Verdict.from_row(row).as_dict() if row.get("qc") else {}),
         },
         "coverage": row.get("coverage") or None,
+        "total_brain_ml": number("total_brain_ml"),  # every class but background: gray + white matter
+        "volumes": row.get("volumes") or None,  # "partial": the mL are of the part scanned only
+        # DICOM: PatientID, StudyInstanceUID, SeriesInstanceUID, AccessionNumber of the source series
+        "dicom": row.get("dicom") or None,
         # the scan's summary.csv row, its input absolute as above and its ms in the file's record
         # (records.jsonl), so that the file stays the same: a rerun rebuilds summary.csv from both
         "summary": {k: row.get(k, "") for k in summary_columns(info) if k not in ("input", "ms")},
     }
     atomic_write(target, lambda tmp: tmp.write_text(json.dumps(stats, indent=2) + "\n"), before_replace)
+
+
+def volumes_cover(row: dict[str, Any]) -> str:
+    """summary.csv's ``volumes``: what the mL of a scan measure, from its ``coverage`` (edgeseg.qc):
+    ``whole brain``, ``partial`` (a slab or a single slice: the part scanned only) or ``unknown``."""
+    cover = str(row.get("coverage") or "")
+    if not row.get("total_brain_ml"):
+        return ""
+    if cover.startswith(("partial", "single slice")):
+        return "partial"
+    return "whole brain" if cover == "whole" else "unknown"
 
 
 def summary_columns(info: ModelInfo) -> list[str]:
@@ -234,6 +249,8 @@ def summary_columns(info: ModelInfo) -> list[str]:
         "voxel_ml",
         *[f"{n}_voxels" for n in names],
         *[f"{n}_ml" for n in names],
+        "total_brain_ml",
+        "volumes",
         *[f"{n}{MEAN_SUFFIX}" for n in names],
         *RESAMPLE_COLUMNS,
         *QC_COLUMNS,

@@ -75,6 +75,7 @@ class Decoded:
     sources: tuple[tuple[Path, int], ...] = ()  # DICOM with full geometry: (file, frame) of each slice
     brain: np.ndarray | None = None  # --skull-strip: (S, H, W) bool brain mask, model orientation
     brain_raw: np.ndarray | None = None  # the same mask in the input's voxel order, to write
+    identifiers: dict[str, str] = field(default_factory=dict)  # DICOM: PatientID, StudyInstanceUID, ...
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -399,6 +400,7 @@ def read_scan(
         if not series.spacing_known:
             dec.spacing = None  # never resample on a guessed pixel size
         dec.slope, dec.inter = series.slope, series.inter
+        dec.identifiers = series.identifiers
         if series.positioned and series.spacing_known:  # a DICOM SEG can place its frames
             dec.sources = series.sources
     if dec.stack.size == 0:

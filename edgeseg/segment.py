@@ -36,6 +36,7 @@ from edgeseg.outputs import (
     previous_rows,
     read_labels,
     safe_output_path,
+    volumes_cover,
     write_labels,
     write_overlay,
     write_stats,
@@ -305,6 +306,7 @@ class Segmenter:
         row.update(
             {**self._qc(figures, labels, dec), **{k: f"{v:.6g}" for k, v in figures.items() if k.endswith(MEAN_SUFFIX)}}
         )
+        row["volumes"] = volumes_cover(row)
         return Segmented(row, len(labels), seconds, dec.model_size is not None, dec.notes, crop is not None)
 
     def _count(self, done: Segmented) -> dict[str, Any]:
@@ -525,6 +527,9 @@ class Segmenter:
             for name, n in zip(names, counts, strict=True):
                 row[f"{name}_voxels"] = int(n)
                 row[f"{name}_ml"] = f"{n * voxel_ml:.3f}" if voxel_ml else ""
+            row["total_brain_ml"] = f"{counts[1:].sum() * voxel_ml:.3f}" if voxel_ml else ""  # every class but 0
+        if dec is not None and dec.identifiers:  # DICOM: what links the result to its study (the stats JSON)
+            row["dicom"] = dict(dec.identifiers)
         return row
 
     def _failed(self, scan: Scan, reason: str, counted: bool = False, say: bool = True) -> dict[str, Any]:
