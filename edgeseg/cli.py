@@ -661,6 +661,10 @@ def listen_cmd(
     retry_seconds: Annotated[
         float | None, typer.Option("--retry-seconds", min=0.01, help="Wait before sending again after a failure.")
     ] = None,
+    seg_flagged: Annotated[
+        bool,
+        typer.Option("--seg-flagged", help="Send a SEG and SR marked 'QC FLAGGED' for series QC flags (default none)."),
+    ] = False,
 ) -> None:
     """A DICOM node: receive series by C-STORE, segment each when complete, send SEG and SR on (edgeseg[node])."""
     from edgeseg.node import run_node
@@ -681,6 +685,7 @@ def listen_cmd(
         model=model,
         backend=backend.value if backend else None,
         retry_seconds=retry_seconds,
+        seg_flagged=seg_flagged or None,
     )
     with stop_on_signals():  # SIGTERM as Ctrl-C: the server stops between two steps
         run_node(config, say=lambda line: typer.echo(line, err=True))

@@ -191,7 +191,14 @@ def _segment(config: NodeConfig, queue: NodeQueue, uid: str, generation: int) ->
         state = "failed" if problems else "skipped"
         _finish(queue, uid, generation, state, _reasons(problems + set_aside))
         return
-    infer = InferConfig(model=config.model, out=out, backend=config.backend, format="dicom-seg", quiet=True)
+    infer = InferConfig(
+        model=config.model,
+        out=out,
+        backend=config.backend,
+        format="dicom-seg",
+        quiet=True,
+        seg_flagged=config.seg_flagged,
+    )
     try:
         report = run_inference([folder], infer)
     except Interrupted as exc:  # SIGTERM/Ctrl-C inside the scan loop: done again on restart

@@ -29,6 +29,7 @@ from pydicom.uid import generate_uid
 EDGESEG = Path(sys.executable).parent / "edgeseg"
 ORTHANC = Path("/usr/sbin/Orthanc")
 DCIODVFY = Path("/usr/bin/dciodvfy")
+DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian orthanc-dicomweb
 SEG_CLASS, CT_CLASS = "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.2"
 NODE_AET = "EDGESEG"
 DEADLINE = 300.0  # seconds any one wait may take on a busy 2-core CI box before the test fails
@@ -57,7 +58,7 @@ def wait_for(what: str, check, deadline: float = DEADLINE):  # noqa: ANN001, ANN
 class Orthanc:
     """A real Orthanc on 127.0.0.1 with its database in ``root``."""
 
-    def __init__(self, root: Path, node_port: int) -> None:
+    def __init__(self, root: Path, node_port: int, plugins: tuple[str, ...] = ()) -> None:
         self.http_port, self.dicom_port = free_port(), free_port()
         root.mkdir(parents=True, exist_ok=True)
         config = {
@@ -70,7 +71,7 @@ class Orthanc:
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
             "DicomModalities": {"node": [NODE_AET, "127.0.0.1", node_port]},
-            "Plugins": [],
+            "Plugins": list(plugins),
         }
         (root / "orthanc.json").write_text(json.dumps(config))
         self.log = open(root / "orthanc.log", "w")  # noqa: SIM115
@@ -120,8 +121,9 @@ class Node:
         self.state, self.port, self.env, self.quiet = state, port, env, 1.5
         self.proc: subprocess.Popen | None = None
 
-    def start(self, orthanc_port: int | None, allow: str = "ORTHANC") -> Node:
+    def start(self, orthanc_port: int | None, allow: str = "ORTHANC", *extra: str) -> Node:
         send = ["--send-to", f"ORTHANC@127.0.0.1:{orthanc_port}"] if orthanc_port else []
+        send += extra
         args = [str(EDGESEG), "listen", "--ae-title", NODE_AET, "--port", str(self.port), "--allow", allow]
         args += ["--state", str(self.state), "--quiet-seconds", str(self.quiet), "--retry-seconds", "1", *send]
         self.stderr = open(self.state.parent / f"node-{self.port}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
@@ -156,13 +158,15 @@ class Node:
 
 
 def make_exam(root: Path, make_mni_dicom) -> dict[str, list[Path]]:  # noqa: ANN001
-    """One study as a scanner exports it: two T1 series, a 3-plane localizer, a CT, an SR."""
+    """One study as a scanner exports it: two T1 series, a 3-plane localizer, a CT, an SR, and a T1
+    series below the brain (QC flags it: no brain)."""
     study = generate_uid()
     exam = {
         "t1_a": make_mni_dicom(root / "t1_a", range(84, 90), 3, "T1 MPRAGE", study_uid=study),
         "t1_b": make_mni_dicom(root / "t1_b", range(96, 100), 4, "T1 SE axial", study_uid=study),
         "localizer": make_mni_dicom(root / "loc", range(88, 91), 1, "AAHead_Scout", study_uid=study),
         "ct": make_mni_dicom(root / "ct", range(86, 89), 2, "Head", modality="CT", study_uid=study),
+        "no_brain": make_mni_dicom(root / "low", range(2, 6), 5, "T1 low", study_uid=study),  # below the brain
     }
     planes = ([1.0, 0, 0, 0, 1, 0], [0, 1.0, 0, 0, 0, -1], [1.0, 0, 0, 0, 0, -1])  # axial, sagittal, coronal
     for path, iop in zip(exam["localizer"], planes, strict=True):
@@ -189,12 +193,18 @@ def uid_of(files: list[Path]) -> str:
 
 
 @pytest.fixture
-def site(tmp_path: Path, mni_dicom_factory, env_without):  # noqa: ANN001, ANN201
-    """(orthanc, node, exam, study id): the exam uploaded to a fresh Orthanc; the node not started."""
+def site(tmp_path: Path, mni_dicom_factory, env_without, request):  # noqa: ANN001, ANN201
+    """(orthanc, node, exam, study id): the exam uploaded to a fresh Orthanc; the node not started.
+    A test marked ``dicomweb`` gets Orthanc's DICOMweb plugin (STOW-RS at /dicom-web)."""
     if not ORTHANC.exists():
         pytest.skip(f"needs a real Orthanc at {ORTHANC}: apt-get install orthanc (.ci/run installs it as root)")
+    plugins = ()
+    if request.node.get_closest_marker("dicomweb"):
+        if not DICOMWEB.exists():
+            pytest.skip(f"needs Orthanc's DICOMweb plugin {DICOMWEB}: apt-get install orthanc-dicomweb (.ci/run does)")
+        plugins = (str(DICOMWEB),)
     node_port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", node_port)
+    orthanc = Orthanc(tmp_path / "orthanc", node_port, plugins)
     exam = make_exam(tmp_path / "exam", mni_dicom_factory)
     study = orthanc.upload([f for files in exam.values() for f in files])
     node = Node(tmp_path / "node", node_port, env_without(tmp_path / "shim", "torch"))
@@ -210,16 +220,20 @@ def store(orthanc: Orthanc, resources: list[str]) -> None:
 
 
 def results(orthanc: Orthanc, study: str, exam: dict[str, list[Path]]) -> dict[str, Counter]:
-    """Per source series key: a Counter of the modalities of the instances that refer to it."""
+    """Per source series key: a Counter of the modalities of the new instances in the study that refer to
+    it, directly (a SEG's ReferencedSeriesSequence) or through a SEG (an SR's evidence names the SEG)."""
     by_uid = {uid_of(files): key for key, files in exam.items()}
-    found: dict[str, Counter] = {key: Counter() for key in exam}
+    made = []  # (modality, own series UID, series it refers to)
     for series in orthanc.series_in(study):
-        if series["SeriesInstanceUID"] in by_uid:
-            continue
-        for inst in series["instances"]:
-            ds = pydicom.dcmread(_download(orthanc, inst["ID"]), stop_before_pixels=True)
-            for ref in _referenced_series(ds) & set(by_uid):  # an SR refers to the SEG's series too
-                found[by_uid[ref]][series["Modality"]] += 1
+        if series["SeriesInstanceUID"] not in by_uid:
+            for inst in series["instances"]:
+                ds = pydicom.dcmread(_download(orthanc, inst["ID"]), stop_before_pixels=True)
+                made.append((series["Modality"], series["SeriesInstanceUID"], _referenced_series(ds)))
+    sources = {uid: refs & set(by_uid) for _, uid, refs in made}  # a SEG series -> its source series
+    found: dict[str, Counter] = {key: Counter() for key in exam}
+    for modality, _, refs in made:
+        for source in set().union(*(({r} & set(by_uid)) | sources.get(r, set()) for r in refs)):
+            found[by_uid[source]][modality] += 1
     return found
 
 
@@ -240,7 +254,10 @@ def _referenced_series(ds: pydicom.Dataset) -> set[str]:
     return found
 
 
-EXPECTED = {"t1_a": {"SEG": 1}, "t1_b": {"SEG": 1}, "localizer": {}, "ct": {}, "sr": {}}
+EXPECTED = {
+    **{"t1_a": {"SEG": 1, "SR": 1}, "t1_b": {"SEG": 1, "SR": 1}},
+    **{"localizer": {}, "ct": {}, "sr": {}, "no_brain": {}},
+}
 
 
 def events(node: Node, kind: str) -> list[dict]:
@@ -257,13 +274,16 @@ def test_exam_round_trip_and_resend(site) -> None:  # noqa: ANN001
     states = node.states()
     assert {states[uid_of(exam[k])]["state"] for k in ("t1_a", "t1_b")} == {"sent"}
     reasons = {key: states[uid_of(files)]["reason"] for key, files in exam.items() if key not in ("t1_a", "t1_b")}
+    assert states[uid_of(exam["no_brain"])]["state"] == "flagged"
     assert "localizer" in reasons["localizer"].lower(), reasons
     assert "CT" in reasons["ct"], reasons
     assert reasons["sr"], reasons
     for key in ("localizer", "ct", "sr"):  # the audit log says why
         assert any(e["series"] == uid_of(exam[key]) and e["reason"] for e in events(node, "skipped")), key
+    flagged = events(node, "flagged")
+    assert [e["series"] for e in flagged] == [uid_of(exam["no_brain"])] and "no brain" in flagged[0]["reason"]
     before = {kind: len(events(node, kind)) for kind in ("segmented", "sent", "completed")}
-    assert before["sent"] == 2  # a SEG and an SR for each T1 series, each sent once
+    assert before["sent"] == 4  # a SEG and an SR for each T1 series, each sent once
 
     store(orthanc, originals(orthanc, study, exam))  # the same exam again: all duplicates, nothing changes
     assert node.settled(len(exam)) and node.states() == states
@@ -334,6 +354,18 @@ def test_unknown_calling_ae_is_refused(site) -> None:  # noqa: ANN001
     node.stop()
 
 
+@pytest.mark.dicomweb
+def test_results_by_stow_rs(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    url = f"http://127.0.0.1:{orthanc.http_port}/dicom-web"
+    node.start(None, "ORTHANC", "--stow-url", url)
+    store(orthanc, [exam_series_id(orthanc, study, exam["t1_a"])])
+    wait_for("the series to be sent", lambda: node.settled(1))
+    assert dict(results(orthanc, study, exam)["t1_a"]) == {"SEG": 1, "SR": 1}
+    assert [e["to"] for e in events(node, "sent")] == [url, url]
+    node.stop()
+
+
 def dciodvfy_messages(path: Path) -> set[str]:
     """dciodvfy's errors and warnings for ``path``, without the leading file-specific noise."""
     proc = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=120)
@@ -342,13 +374,27 @@ def dciodvfy_messages(path: Path) -> set[str]:
 
 
 @pytest.mark.skipif(not DCIODVFY.exists(), reason="needs dciodvfy: apt-get install dicom3tools")
+def test_seg_flagged_sends_a_marked_seg_and_sr(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    node.start(orthanc.dicom_port, "ORTHANC", "--seg-flagged")
+    store(orthanc, [exam_series_id(orthanc, study, exam["no_brain"])])
+    wait_for("the flagged series to be sent", lambda: node.settled(1))
+    assert dict(results(orthanc, study, exam)["no_brain"]) == {"SEG": 1, "SR": 1}
+    exam_uids = {uid_of(files) for files in exam.values()}
+    made = [s for s in orthanc.series_in(study) if s["SeriesInstanceUID"] not in exam_uids]
+    assert sorted(s["Modality"] for s in made) == ["SEG", "SR"]
+    assert all(s["SeriesDescription"].startswith("QC FLAGGED: no brain") for s in made), made
+    assert [e["sent_anyway"] for e in events(node, "flagged")] == [True]
+    node.stop()
+
+
 def test_node_outputs_pass_dciodvfy(site) -> None:  # noqa: ANN001
     orthanc, node, exam, study = site
     node.start(None)  # keep the outputs in the state folder
     store(orthanc, [exam_series_id(orthanc, study, exam["t1_a"])])
     wait_for("the series to be segmented", lambda: events(node, "segmented"))
     outputs = sorted((node.state / "results").rglob("*.dcm"))
-    assert outputs
+    assert sorted(p.name.rsplit("_", 1)[1] for p in outputs) == ["seg.dcm", "sr.dcm"]
     inherited = dciodvfy_messages(exam["t1_a"][0])  # the source's own (MR_small's retired PN form, ...)
     for path in outputs:
         ours = {m for m in dciodvfy_messages(path) if m not in inherited}
