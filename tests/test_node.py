@@ -58,7 +58,7 @@ def wait_for(what: str, check, deadline: float = DEADLINE):  # noqa: ANN001, ANN
 class Orthanc:
     """A real Orthanc on 127.0.0.1 with its database in ``root``."""
 
-    def __init__(self, root: Path, node_port: int, plugins: tuple[str, ...] = ()) -> None:
+    def __init__(self, root: Path, node_port: int, plugins: tuple[str, ...] = (), overwrite: bool = False) -> None:
         self.http_port, self.dicom_port = free_port(), free_port()
         root.mkdir(parents=True, exist_ok=True)
         config = {
@@ -72,6 +72,7 @@ class Orthanc:
             "AuthenticationEnabled": False,
             "DicomModalities": {"node": [NODE_AET, "127.0.0.1", node_port]},
             "Plugins": list(plugins),
+            "OverwriteInstances": overwrite,  # 1.10's default false keeps the first copy of a known SOP UID
         }
         (root / "orthanc.json").write_text(json.dumps(config))
         self.log = open(root / "orthanc.log", "w")  # noqa: SIM115
@@ -195,7 +196,8 @@ def uid_of(files: list[Path]) -> str:
 @pytest.fixture
 def site(tmp_path: Path, mni_dicom_factory, env_without, request):  # noqa: ANN001, ANN201
     """(orthanc, node, exam, study id): the exam uploaded to a fresh Orthanc; the node not started.
-    A test marked ``dicomweb`` gets Orthanc's DICOMweb plugin (STOW-RS at /dicom-web)."""
+    A test marked ``dicomweb`` gets Orthanc's DICOMweb plugin (STOW-RS at /dicom-web), one marked
+    ``overwrite`` an Orthanc that replaces an instance it already has ("OverwriteInstances": true)."""
     if not ORTHANC.exists():
         pytest.skip(f"needs a real Orthanc at {ORTHANC}: apt-get install orthanc (.ci/run installs it as root)")
     plugins = ()
@@ -204,7 +206,8 @@ def site(tmp_path: Path, mni_dicom_factory, env_without, request):  # noqa: ANN0
             pytest.skip(f"needs Orthanc's DICOMweb plugin {DICOMWEB}: apt-get install orthanc-dicomweb (.ci/run does)")
         plugins = (str(DICOMWEB),)
     node_port = free_port()
-    orthanc = Orthanc(tmp_path / "orthanc", node_port, plugins)
+    overwrite = request.node.get_closest_marker("overwrite") is not None
+    orthanc = Orthanc(tmp_path / "orthanc", node_port, plugins, overwrite)
     exam = make_exam(tmp_path / "exam", mni_dicom_factory)
     study = orthanc.upload([f for files in exam.values() for f in files])
     node = Node(tmp_path / "node", node_port, env_without(tmp_path / "shim", "torch"))
@@ -319,6 +322,25 @@ def test_sigkill_mid_series_then_restart(site) -> None:  # noqa: ANN001
     assert {k: dict(v) for k, v in results(orthanc, study, exam).items()} == EXPECTED
     assert set(Counter(e["series"] for e in events(node, "segmented")).values()) == {1}  # none segmented twice
     assert set(Counter(e["sop"] for e in events(node, "sent")).values()) == {1}  # none sent twice
+    node.stop()
+
+
+@pytest.mark.overwrite
+def test_a_series_that_grows_after_it_was_sent_is_redone_and_replaced(site) -> None:  # noqa: ANN001
+    orthanc, node, exam, study = site
+    node.start(orthanc.dicom_port)
+    t1_a = exam_series_id(orthanc, study, exam["t1_a"])
+    instances = [i["ID"] for i in orthanc.get(f"/series/{t1_a}/instances")]
+    store(orthanc, instances[:3])
+    wait_for("the first half to be sent", lambda: len(events(node, "sent")) == 2 and node.settled(1))
+    store(orthanc, instances)  # the rest of the series comes later (and the first half again)
+    wait_for("the whole series to be sent", lambda: len(events(node, "sent")) == 4 and node.settled(1))
+    assert node.states()[uid_of(exam["t1_a"])]["generation"] == 2
+    assert dict(results(orthanc, study, exam)["t1_a"]) == {"SEG": 1, "SR": 1}  # replaced, not beside
+    seg = next(s for s in orthanc.series_in(study) if s["Modality"] == "SEG")
+    ds = pydicom.dcmread(_download(orthanc, seg["instances"][0]["ID"]), stop_before_pixels=True)
+    referenced = {str(i.ReferencedSOPInstanceUID) for i in ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced == {str(pydicom.dcmread(f).SOPInstanceUID) for f in exam["t1_a"]}  # all six, not the first three
     node.stop()
 
 
