@@ -116,7 +116,7 @@ def load_config(path: Path) -> NodeConfig:
         raise EdgesegError(f"--config {path}: unknown setting {', '.join(unknown)}; valid: {', '.join(names)}")
     try:
         return NodeConfig(**_typed(raw))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, EdgesegError) as exc:  # a bad destination is an EdgesegError of its own
         raise EdgesegError(f"--config {path}: {exc}; fix the value") from None
 
 

@@ -1,0 +1,114 @@
+"""The node's queue and settings without a network (`edgeseg/node_queue.py`, `edgeseg/node_config.py`).
+
+What a restart finds in the state folder, in-process and fast; tests/test_node.py runs the same
+through a real Orthanc and SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from edgeseg.errors import EdgesegError
+from edgeseg.node_config import Destination, NodeConfig, load_config, override, parse_destination
+from edgeseg.node_queue import NodeQueue, valid_uid
+
+SERIES, STUDY = "1.2.3.4", "1.2.3"
+
+
+def spool(queue: NodeQueue, sop: str, series: str = SERIES) -> bool:
+    return queue.spool(f"instance {sop}".encode(), series, sop, STUDY, "ORTHANC")
+
+
+def test_an_instance_is_spooled_once_and_a_duplicate_changes_nothing(tmp_path: Path) -> None:
+    with NodeQueue(tmp_path) as queue:
+        assert spool(queue, "1.1") and not spool(queue, "1.1")
+        assert (tmp_path / "spool" / SERIES / "1.1.dcm").read_bytes() == b"instance 1.1"
+        assert queue.complete_quiet(3600) == []  # not quiet yet
+        [state] = queue.complete_quiet(0)
+        assert state.state == "complete" and queue.pending("complete") == [(SERIES, 1)]
+        assert queue.advance(SERIES, 1, "sent")
+        assert not spool(queue, "1.1")  # the same exam again
+        assert queue.get(SERIES).state == "sent" and queue.get(SERIES).generation == 1
+    assert not list((tmp_path / "tmp").iterdir())  # no temp file left behind
+
+
+def test_a_new_instance_after_completion_raises_the_generation(tmp_path: Path) -> None:
+    with NodeQueue(tmp_path) as queue:
+        spool(queue, "1.1")
+        queue.complete_quiet(0)
+        assert spool(queue, "1.2")  # arrives while the series is being segmented
+        assert not queue.advance(SERIES, 1, "segmented")  # that work was for generation 1: not recorded
+        assert queue.get(SERIES).state == "receiving" and queue.get(SERIES).generation == 2
+
+
+def test_a_restart_finds_every_state_and_waits_a_full_quiet_time(tmp_path: Path) -> None:
+    with NodeQueue(tmp_path) as queue:
+        spool(queue, "1.1")
+        spool(queue, "2.1", series="5.6.7")
+        queue.complete_quiet(0)
+        queue.advance("5.6.7", 1, "segmented", outputs=[{"path": "x", "sop": "9.9", "sha256": "ab"}])
+        queue.mark_sent("5.6.7", 1, "ab")
+        spool(queue, "1.2")  # series 1.2.3.4 receiving again (generation 2)
+    before = time.time()
+    with NodeQueue(tmp_path) as queue:  # what a restarted node sees
+        assert queue.get(SERIES).state == "receiving" and queue.get(SERIES).last_received >= before
+        assert queue.get("5.6.7").state == "segmented" and queue.get("5.6.7").sent == ["ab"]
+
+
+def test_a_series_spooled_without_its_state_file_is_found(tmp_path: Path) -> None:
+    """Killed between the first instance's rename and its state file: the instance is not lost."""
+    (tmp_path / "spool" / SERIES).mkdir(parents=True)
+    (tmp_path / "spool" / SERIES / "1.1.dcm").write_bytes(b"x")
+    with NodeQueue(tmp_path) as queue:
+        assert queue.get(SERIES).state == "receiving"
+        assert json.loads((tmp_path / "queue" / f"{SERIES}.json").read_text())["uid"] == SERIES
+
+
+def test_one_node_per_state_folder(tmp_path: Path) -> None:
+    with NodeQueue(tmp_path), pytest.raises(EdgesegError, match="another edgeseg listen"):
+        NodeQueue(tmp_path).__enter__()
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("1.2.840.10008.1.2", True), ("1.2.3", True), ("../etc", False), ("1.2/3", False), ("1" * 65, False), ("", False)],
+)
+def test_only_uids_name_spool_paths(text: str, ok: bool) -> None:
+    assert valid_uid(text) is ok
+
+
+def test_config_file_and_options(tmp_path: Path) -> None:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps({"ae_title": "NODE1", "allowed": ["ORTHANC"], "destination": "PACS@10.0.0.2:4242"}))
+    config = override(load_config(path), port=4000, allowed=None).check()
+    assert (config.ae_title, config.port, config.allowed) == ("NODE1", 4000, ("ORTHANC",))
+    assert config.destination == Destination("PACS", "10.0.0.2", 4242)
+    assert config.host == "127.0.0.1"  # loopback unless told otherwise
+
+
+@pytest.mark.parametrize(
+    ("settings", "words"),
+    [
+        ({"prot": 1}, "unknown setting prot; valid: ae_title"),
+        ({"port": "x"}, "port must be an integer"),
+        ({"allowed": "ORTHANC"}, "allowed must be a list"),
+        ({"destination": "PACS@host"}, "expected AET@HOST:PORT"),
+    ],
+)
+def test_bad_config_files_are_one_line(tmp_path: Path, settings: dict, words: str) -> None:
+    path = tmp_path / "node.json"
+    path.write_text(json.dumps(settings))
+    with pytest.raises(EdgesegError, match=words.replace(".", r"\.")) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_settings_that_cannot_work_are_refused() -> None:
+    with pytest.raises(EdgesegError, match="not both"):
+        NodeConfig(allowed=("A",), destination=parse_destination("B@h:1"), stow_url="http://x").check()
+    with pytest.raises(EdgesegError, match="AE title"):
+        NodeConfig(ae_title="BAD\\AET", allow_any=True).check()
