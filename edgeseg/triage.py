@@ -165,7 +165,7 @@ def _described_localizer(datasets: Sequence[Any]) -> str:
 def _body_part(datasets: Sequence[Any]) -> str:
     part = _text(datasets[0], "BodyPartExamined").upper()
     if part and part not in HEAD_PARTS:
-        return f"BodyPartExamined is {part}, not the head; the model segments brain MR only"
+        return f"BodyPartExamined is {part}, not the head"
     if part:
         return ""
     for name in ("SeriesDescription", "ProtocolName"):
