@@ -45,6 +45,7 @@ ORDER = [
     "data",
     "volume",
     "synth",
+    "raw_head",
     "split",
     "model",
     "augment",

@@ -106,3 +106,20 @@ def test_raw_head_volume_surrounds_the_brain_with_background_tissue() -> None:
     assert (labels[tissue != BRAIN] == 0).all() and labels.max() == 2
     non_brain = (tissue != BRAIN) & (tissue != AIR)
     assert non_brain.sum() > 0.5 * (tissue == BRAIN).sum()  # a head's worth of scalp, skull and neck
+
+
+def test_non_brain_share_counts_gm_and_wm_outside_the_brain_only() -> None:
+    from edgeseg.raw_head import non_brain_share
+
+    labels = np.zeros((10, 10, 10), np.uint8)
+    brain = np.zeros_like(labels, bool)
+    brain[3:7, 3:7, 3:7] = True
+    head = np.zeros_like(brain)
+    head[1:9, 1:9, 1:9] = True
+    labels[brain] = 2  # brain labels never count
+    labels[1, 1, 1:9] = 1  # 8 of the 512 - 64 head-minus-brain voxels
+    labels[0, 0, 0] = 2  # one air voxel
+    tissue_pct, all_pct, n = non_brain_share(labels, brain, head)
+    assert n == 512 - 64
+    assert tissue_pct == pytest.approx(100 * 8 / 448)
+    assert all_pct == pytest.approx(100 * 9 / (1000 - 64))
