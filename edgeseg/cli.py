@@ -665,6 +665,10 @@ def listen_cmd(
         bool,
         typer.Option("--seg-flagged", help="Send a SEG and SR marked 'QC FLAGGED' for series QC flags (default none)."),
     ] = False,
+    watch: Annotated[
+        Path | None,
+        typer.Option("--watch", help="Also take in DICOM files exported to this folder (removed once spooled)."),
+    ] = None,
 ) -> None:
     """A DICOM node: receive series by C-STORE, segment each when complete, send SEG and SR on (edgeseg[node])."""
     from edgeseg.node import run_node
@@ -686,6 +690,7 @@ def listen_cmd(
         backend=backend.value if backend else None,
         retry_seconds=retry_seconds,
         seg_flagged=seg_flagged or None,
+        watch=watch,
     )
     with stop_on_signals():  # SIGTERM as Ctrl-C: the server stops between two steps
         run_node(config, say=lambda line: typer.echo(line, err=True))

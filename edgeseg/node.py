@@ -16,7 +16,9 @@ infer wrote for the series (the SEG and the SR) is then sent by C-STORE or STOW-
 The state folder is the queue: kill the node (SIGKILL included) and restart it on the same
 folder, and it picks up where it was (see :mod:`edgeseg.node_queue` for what is redone and
 why nothing is sent twice). SIGTERM and Ctrl-C stop it between two steps: a segmentation in
-flight is abandoned (its outputs are atomic) and done on restart.
+flight is abandoned (its outputs are atomic) and done on restart. With ``watch``, DICOM files
+exported to a folder are taken in too (:mod:`edgeseg.node_watch`); without an allowed AE title
+the node then only watches, and does not listen on the network.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from edgeseg.files import sha256_file
 from edgeseg.node_config import NodeConfig
 from edgeseg.node_queue import TO_SEGMENT, TO_SEND, NodeQueue, valid_uid
 from edgeseg.node_send import SendError, send_cstore, send_stow
+from edgeseg.node_watch import watch_once
 
 # Columns of infer's summary row that the audit log's "segmented" line repeats (with the volumes in mL).
 FIGURES = ("qc", "coverage")
@@ -47,25 +50,32 @@ def run_node(config: NodeConfig, say: Callable[[str], None] = print) -> None:
     """
     config.check()
     with NodeQueue(config.state, echo=say) as queue:
-        ae = _application_entity(config)
-        handlers = _handlers(config, queue)
-        try:
-            server = ae.start_server((config.host, config.port), block=False, evt_handlers=handlers)
-        except OSError as exc:
-            raise EdgesegError(
-                f"{config.host}:{config.port}: cannot listen there ({exc.strerror or exc}); is another node"
-                " on that port? Choose another --port"
-            ) from None
+        server = _listen(config, queue) if config.allowed or config.allow_any else None
         queue.audit("started", ae_title=config.ae_title, address=f"{config.host}:{config.port}", pid=_pid())
-        say(f"listening as {config.ae_title} on {config.host}:{config.port}; {_who(config)}; {_where(config)}")
+        said = [f"listening as {config.ae_title} on {config.host}:{config.port}; {_who(config)}"] if server else []
+        said += [f"watching {config.watch}"] if config.watch else []
+        say("; ".join([*said, _where(config)]))
         try:
             _serve(config, queue, say)
         except KeyboardInterrupt as exc:  # Stopped (SIGTERM/SIGINT) between steps
             code = getattr(exc, "code", 130)
             raise Interrupted("the node stopped; restart it on the same --state to go on", code) from None
         finally:
-            server.shutdown()
+            if server is not None:
+                server.shutdown()
             queue.audit("stopped", pid=_pid())
+
+
+def _listen(config: NodeConfig, queue: NodeQueue) -> Any:
+    """Start the SCP in its own threads; one line if the address cannot be bound."""
+    ae = _application_entity(config)
+    try:
+        return ae.start_server((config.host, config.port), block=False, evt_handlers=_handlers(config, queue))
+    except OSError as exc:
+        raise EdgesegError(
+            f"{config.host}:{config.port}: cannot listen there ({exc.strerror or exc}); is another node"
+            " on that port? Choose another --port"
+        ) from None
 
 
 def _pid() -> int:
@@ -166,6 +176,8 @@ def _serve(config: NodeConfig, queue: NodeQueue, say: Callable[[str], None]) -> 
     """The main loop: complete quiet series, segment complete ones, send segmented ones."""
     sending = config.destination is not None or config.stow_url is not None
     while True:
+        if config.watch:
+            watch_once(config.watch, queue)
         for state in queue.complete_quiet(config.quiet_seconds):
             count = len(list((queue.spool_dir / state.uid).glob("*.dcm")))
             queue.audit("completed", series=state.uid, study=state.study, instances=count)

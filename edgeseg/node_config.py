@@ -52,6 +52,7 @@ class NodeConfig:
     model: Path | None = None  # None: the shipped model (with its `edgeseg tune` pick, backend "auto")
     backend: str = "auto"  # as `edgeseg infer --backend`
     retry_seconds: float = 30.0  # wait before sending again after the destination failed
+    watch: Path | None = None  # also take in DICOM files exported to this folder (edgeseg.node_watch)
     seg_flagged: bool = False  # send a SEG/SR marked "QC FLAGGED" for flagged series (as infer --seg-flagged)
 
     def check(self) -> NodeConfig:
@@ -60,11 +61,14 @@ class NodeConfig:
             check_ae_title(title)
         if not 0 < self.port < 65536:
             raise EdgesegError(f"port {self.port}: not a TCP port; choose 1-65535 (e.g. 11112)")
-        if not self.allowed and not self.allow_any:
+        if not self.allowed and not self.allow_any and not self.watch:
             raise EdgesegError(
                 "no calling AE title is allowed, so every sender would be refused; name each sender"
                 ' with --allow AET (or "allowed" in --config), or pass --allow-any on a trusted network'
+                " (or only --watch a folder)"
             )
+        if self.watch and not Path(self.watch).is_dir():
+            raise EdgesegError(f"--watch {self.watch}: not a folder; create it or check the path")
         if self.quiet_seconds <= 0 or self.retry_seconds <= 0:
             raise EdgesegError("--quiet-seconds and --retry-seconds must be more than 0")
         if self.destination and self.stow_url:
@@ -123,7 +127,7 @@ def load_config(path: Path) -> NodeConfig:
 def _typed(raw: dict[str, Any]) -> dict[str, Any]:
     """JSON values converted to the field types (paths, tuples, the destination)."""
     out = dict(raw)
-    for key in ("state", "model"):
+    for key in ("state", "model", "watch"):
         if out.get(key) is not None:
             out[key] = Path(out[key])
     if "allowed" in out:

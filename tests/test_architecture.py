@@ -67,6 +67,7 @@ ORDER = [
     "node_config",
     "node_queue",
     "node_send",
+    "node_watch",
     "node",
     # training, export, validation
     "evaluate",
@@ -93,8 +94,10 @@ INFERENCE = [
     *("runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"),
     *("machine", "openvino_backend", "deploy", "tune"),  # tune's children time torch-free runtimes
     "crop",
-    *("node_config", "node_queue", "node_send", "node"),  # `edgeseg listen` runs infer, so torch-free too
     *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR
+    "mosaic",
+    *("crop_bench", "tune_report"),  # what bench and tune time on the brain box, and tune's table
+    *("node_config", "node_queue", "node_send", "node_watch", "node"),  # `edgeseg listen` runs infer, so torch-free too
 ]
 
 

@@ -122,10 +122,11 @@ class Node:
         self.state, self.port, self.env, self.quiet = state, port, env, 1.5
         self.proc: subprocess.Popen | None = None
 
-    def start(self, orthanc_port: int | None, allow: str = "ORTHANC", *extra: str) -> Node:
+    def start(self, orthanc_port: int | None, allow: str | None = "ORTHANC", *extra: str) -> Node:
         send = ["--send-to", f"ORTHANC@127.0.0.1:{orthanc_port}"] if orthanc_port else []
         send += extra
-        args = [str(EDGESEG), "listen", "--ae-title", NODE_AET, "--port", str(self.port), "--allow", allow]
+        args = [str(EDGESEG), "listen", "--ae-title", NODE_AET, "--port", str(self.port)]
+        args += ["--allow", allow] if allow else []
         args += ["--state", str(self.state), "--quiet-seconds", str(self.quiet), "--retry-seconds", "1", *send]
         self.stderr = open(self.state.parent / f"node-{self.port}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stderr=self.stderr, stdout=subprocess.DEVNULL, env=self.env)
@@ -134,7 +135,7 @@ class Node:
 
     def _listening(self) -> bool:
         assert self.proc.poll() is None, f"the node exited {self.proc.returncode}: {self.log()}"
-        return "listening as" in self.log()
+        return "listening as" in self.log() or "watching" in self.log()
 
     def log(self) -> str:
         return Path(self.stderr.name).read_text()
@@ -385,6 +386,27 @@ def test_results_by_stow_rs(site) -> None:  # noqa: ANN001
     wait_for("the series to be sent", lambda: node.settled(1))
     assert dict(results(orthanc, study, exam)["t1_a"]) == {"SEG": 1, "SR": 1}
     assert [e["to"] for e in events(node, "sent")] == [url, url]
+    node.stop()
+
+
+def test_folder_watch(site, tmp_path: Path) -> None:  # noqa: ANN001
+    import shutil
+
+    orthanc, node, exam, study = site
+    inbox = tmp_path / "inbox"
+    (inbox / "t1").mkdir(parents=True)
+    for path in exam["t1_a"]:
+        shutil.copy(path, inbox / "t1" / path.name)
+    (inbox / "notes.txt").write_text("not DICOM")
+    node.start(orthanc.dicom_port, None, "--watch", str(inbox))  # watches only: no --allow, no network
+    wait_for("the series to be sent", lambda: node.settled(1) and len(events(node, "sent")) == 2)
+    assert dict(results(orthanc, study, exam)["t1_a"]) == {"SEG": 1, "SR": 1}
+    assert sorted(p.name for p in inbox.rglob("*") if p.is_file()) == ["notes.txt"]  # in .refused/
+    assert (inbox / ".refused" / "notes.txt").exists()
+    refused = events(node, "refused")
+    assert len(refused) == 1 and "not a DICOM file" in refused[0]["reason"]
+    with pytest.raises(urllib.error.HTTPError):  # not listening: Orthanc cannot reach it
+        orthanc.request("POST", "/modalities/node/echo", {})
     node.stop()
 
 
