@@ -82,7 +82,10 @@ def test_version(no_click) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["train", "evaluate", "export", "validate", "infer", "bench", "triton", "build-c", "data demo", "data example"],
+    [
+        *("train", "evaluate", "export", "validate", "infer", "bench", "triton", "build-c", "listen"),
+        *("data demo", "data example"),
+    ],
 )
 def test_help_has_no_bool_metavar(command: str, no_click) -> None:
     r = run(*command.split(), "--help", env=no_click)

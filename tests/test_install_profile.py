@@ -31,7 +31,7 @@ EXAMPLE = Path(edgeseg.SHIPPED_MODEL_DIR) / "example"
 ORT_WHEELS = {"onnxruntime", "onnxruntime-gpu"}  # one import name: never both in one environment
 # What the edge install (core + `cpu`) leaves out; inference and bench of ONNX files need none of it.
 LEFT_OUT = ("torch", "onnx", "scipy", "nilearn", "sklearn", "pandas")
-DISTRIBUTION = {"onnxconverter_common": "onnxconverter-common"}  # import name -> distribution, where they differ
+DISTRIBUTION = {"onnxconverter_common": "onnxconverter-common", "dicomweb_client": "dicomweb-client"}  # import -> dist
 
 
 def requirements(extra: str | None, platform: dict[str, str]) -> set[str]:

@@ -112,3 +112,17 @@ def test_settings_that_cannot_work_are_refused() -> None:
         NodeConfig(allowed=("A",), destination=parse_destination("B@h:1"), stow_url="http://x").check()
     with pytest.raises(EdgesegError, match="AE title"):
         NodeConfig(ae_title="BAD\\AET", allow_any=True).check()
+
+
+def test_listen_without_the_node_extra_is_one_line_naming_it(tmp_path: Path, env_without) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    env = env_without(tmp_path / "shim", "pynetdicom", "ModuleNotFoundError")
+    edgeseg = Path(sys.executable).parent / "edgeseg"
+    args = [str(edgeseg), "listen", "--allow", "ORTHANC", "--port", "1", "--state", str(tmp_path / "state")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: `edgeseg listen` needs pynetdicom, which the core install leaves out: pip install 'edgeseg[node]'"
+    ]
