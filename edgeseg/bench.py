@@ -10,7 +10,9 @@ measures what trtexec, onnxruntime_perf_test and Ultralytics' benchmark show bet
 session-creation and first-inference time, latency min/mean/p50/p90/p95/p99/max after
 warm-up, throughput, achieved GFLOP/s (and, for fp32 CPU rows, its share of the fp32 FMA
 peak of :func:`edgeseg.machine.fma_peak`, checked against an sgemm measured in the same run),
-mIoU on the demo test slices per model file, and the peak RSS of a separate inference process.
+mIoU on the demo test slices per model file, and the peak RSS of a separate inference process;
+then the same target on the typical brain box (:mod:`edgeseg.crop_bench`; ``--no-crop`` leaves
+it out): p50 and the peak RSS of a process that ran the box only, the crop columns.
 Targets it cannot run are listed with the reason. The terminal table is compact by default
 (:func:`edgeseg.bench_report.print_report`; ``--wide`` for every column).
 
@@ -35,15 +37,10 @@ import numpy as np
 from edgeseg import SHIPPED_TARGETS
 from edgeseg.artifacts import ArtifactPaths
 from edgeseg.bench_report import BenchReport, Result, Target, compute_ratios, jsonable, machine_info, noise_warnings
+from edgeseg.crop_bench import CropShape, typical_crop
 from edgeseg.errors import EdgesegError, describe
 from edgeseg.files import read_json, write_text
-from edgeseg.measure import (
-    count_macs,
-    latency_stats,
-    run_child,
-    synthetic_batch,
-    time_runs,
-)
+from edgeseg.measure import count_macs, latency_stats, run_child, synthetic_batch, time_runs
 from edgeseg.metrics import score
 from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.split import HeldOut, SplitRecord, held_out
@@ -71,6 +68,7 @@ class BenchConfig:
     peak_size: int = 2048  # side of the square sgemm that checks the fp32 peak estimate
     cv_warn: float = 0.10  # coefficient of variation above which the machine is called noisy
     tuned: bool = True  # with --target all, add a row per candidate of a MODEL.deploy.json tuned here
+    crop: bool = True  # also time every target on the typical brain box (edgeseg.crop_bench)
 
 
 # ----------------------------------------------------------------------------- targets
@@ -246,6 +244,19 @@ class _Context:
         self.scores: dict[tuple[str, str], float] = {}
         self.held: HeldOut | None = None
         self._macs: int | None | bool = False
+        self._crop: CropShape | None | bool = False
+
+    def crop(self) -> CropShape | None:
+        """The brain box every target is timed on too (:func:`edgeseg.crop_bench.typical_crop` of 8 of
+        the model's held-out slices, as ``edgeseg tune`` takes it); None with --no-crop or no box."""
+        if self._crop is False:
+            self._crop = None
+            if self.config.crop:
+                record = SplitRecord.from_metadata(self.info.metadata, self.model)
+                images = held_out(record, self.config.data).limited(8).images
+                contract, least = self.info.normalization_contract, self.info.min_size
+                self._crop = typical_crop(images, contract, least, self.config.size)
+        return self._crop  # type: ignore[return-value]
 
     def peak(self, threads: int) -> dict[str, Any]:
         if threads not in self.peaks:
@@ -325,17 +336,17 @@ def _measure(result: Result, path: Path, target: Target, config: BenchConfig, ct
     _throughput_vs_peak(result, target, mean_s, ctx)
     if config.miou:
         result.miou_fg = ctx.miou(path, target.provider, runner.labels)
+    box = ctx.crop()
+    if box is not None:  # one more warm-up: a static-shape runner compiles the box's shape on its first
+        crop = np.ascontiguousarray(x[..., : box.height, : box.width])
+        taken = time_runs(runner.labels, crop, config.warmup + 1, config.runs, config.min_runs, config.max_seconds)
+        result.crop_latency_ms = latency_stats(taken)
     if config.rss:
-        spec = {
-            "mode": "rss",
-            "path": str(path),
-            "runner": asdict(spec),
-            "batch": target.batch,
-            "size": config.size,
-            "runs": 3,
-        }
-        child = run_child(spec, target.threads)
+        rss = {"mode": "rss", "path": str(path), "runner": asdict(spec), "batch": target.batch, "runs": 3}
+        child = run_child({**rss, "size": config.size}, target.threads)
         result.rss_mb, result.torch_free = child["rss_mb"], not child["torch_loaded"]
+        if box is not None:  # a process that ran the box only
+            result.crop_rss_mb = run_child({**rss, "size": config.size, "shape": box.shape}, target.threads)["rss_mb"]
     result.budget_ok, result.budget = check_budget(target, result.latency_ms)
     result.status = "ok"
 
@@ -400,6 +411,7 @@ def run_bench(
     report.machine["fp32_peak"] = {str(k): v for k, v in ctx.fp32_peaks.items()}
     report.machine["macs_per_slice"] = ctx.macs()
     report.machine["eval_set"] = ctx.held.source if ctx.held else None
+    report.machine["crop"] = None if not ctx._crop else ctx._crop.describe()
     report.ratios = compute_ratios(report.results, {t.name: t for t in chosen})
     report.warnings = noise_warnings(report.results, config.cv_warn, report.machine)
     return report

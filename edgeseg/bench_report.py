@@ -1,7 +1,8 @@
 """The ``edgeseg bench`` table: rich for the terminal, markdown for the README, atomic files.
 
 The data of a run (:class:`Target`, :class:`Result`, :class:`BenchReport`), then its rendering.
-One row per target (:class:`Result`) in :data:`HEADER` order, then notes:
+One row per target (:class:`Result`) in :data:`HEADER` order (the crop columns: the same target on
+the typical brain box, :mod:`edgeseg.crop_bench`), then notes:
 why targets were skipped, the machine and its matmul peak, the ratios against the peers
 measured in the same run (:func:`compute_ratios`), and noise warnings (:func:`noise_warnings`).
 """
@@ -60,6 +61,8 @@ class Result:
     torch_free: bool | None = None  # True if that process never imported torch
     budget_ok: bool | None = None
     budget: str = ""  # what was checked, with the numbers
+    crop_latency_ms: dict[str, float] = field(default_factory=dict)  # the same, on the brain box (machine["crop"])
+    crop_rss_mb: float | None = None  # peak RSS of a fresh process running the box only
 
 
 PEERS = ("cpu", "torch", "openvino", "c-openvino")  # providers whose fp32 row the ratios use
@@ -75,6 +78,9 @@ class Ratios:
     best_rss_mb: float | None = None
     vs_eager: float | None = None  # its p50 over PyTorch eager's
     vs_openvino: float | None = None  # over OpenVINO fp32's
+    crop_p50_ms: float | None = None  # the best row's p50 on the brain box (edgeseg infer crops)
+    crop_vs_eager: float | None = None  # that over PyTorch eager's on whole frames (a user's own loop)
+    crop_vs_openvino: float | None = None  # over OpenVINO fp32's on whole frames
     delta_miou_pt: float | None = None  # its mIoU minus ORT fp32's, in points
     fp32_peak_pct: float | None = None  # ORT fp32's share of the matmul peak
     c_p50_ms: float | None = None  # libedgeseg
@@ -113,6 +119,8 @@ HEADER = (
     "GFLOP/s",
     "% peak",
     "RSS MB",
+    "crop p50 ms",
+    "crop RSS MB",
     "budget",
 )
 # The terminal's default view: what ran, how fast, how good, how big, whether it fits; short
@@ -126,6 +134,7 @@ COMPACT = {
     "mIoU fg": "mIoU\nfg",
     "% peak": "%\npeak",
     "RSS MB": "RSS\nMB",
+    "crop p50 ms": "crop\np50",
     "fits": "budget",  # ✅, or ❌ and the numbers; or skipped, FAILED (the notes say why)
 }
 TEXT = ("target", "backend", "prec", "threads", "ran", "budget", "fits")  # may wrap; the rest are numbers or marks
@@ -171,6 +180,8 @@ def _cells(r: Result) -> dict[str, str]:
         "GFLOP/s": _num(r.gflops),
         "% peak": _num(r.peak_pct, ".0f"),
         "RSS MB": _num(r.rss_mb, ".0f"),
+        "crop p50 ms": _num(r.crop_latency_ms.get("p50")),
+        "crop RSS MB": _num(r.crop_rss_mb, ".0f"),
         "budget": "—" if r.budget_ok is None else f"{'✅' if r.budget_ok else '❌'} {r.budget}",
         "fits": {"skip": "skipped", "fail": "FAILED"}.get(r.status)
         or ("—" if r.budget_ok is None else "✅" if r.budget_ok else "❌ " + r.budget),
@@ -208,6 +219,8 @@ def report_notes(report: BenchReport) -> list[str]:
         )
     if m.get("eval_set"):
         notes.append(f"mIoU fg on {m['eval_set']}")
+    if m.get("crop"):
+        notes.append(f"crop columns: each target on the brain box {m['crop']}, as `edgeseg infer` crops")
     q = report.ratios
     if q.best_cpu is not None:
         parts = [f"best gated CPU target {q.best_cpu} ({q.best_backend}): p50 {q.best_p50_ms:.1f} ms"]
@@ -223,6 +236,13 @@ def report_notes(report: BenchReport) -> list[str]:
         if q.fp32_peak_pct is not None:
             parts.append(f"ORT fp32 at {q.fp32_peak_pct:.0f}% of the fp32 peak")
         notes.append("; ".join(parts))
+    if q.crop_p50_ms is not None:
+        peers = ((q.crop_vs_eager, "PyTorch eager"), (q.crop_vs_openvino, "OpenVINO fp32"))
+        versus = "".join(f", {v:.2f}x {label}" for v, label in peers if v is not None)
+        notes.append(
+            f"on the brain box: {q.best_cpu} p50 {q.crop_p50_ms:.1f} ms"
+            f" ({q.crop_p50_ms / q.best_p50_ms:.2f}x its whole frame){versus} (the peers on whole frames)"
+        )
     if q.not_ranked:
         notes.append(f"not ranked for best (batch 1, gated by ΔmIoU vs ONNX Runtime fp32): {'; '.join(q.not_ranked)}")
     if q.c_vs_python_openvino is not None:
@@ -247,8 +267,9 @@ def print_report(report: BenchReport, console: Any = None, wide: bool = False) -
     console = console or Console()
     titles = dict(zip(HEADER, HEADER, strict=True)) if wide else COMPACT
     cells = [_cells(r) for r in report.results]
-    if all(c["% peak"] == "—" for c in cells):  # the peak cannot be known here: no column
-        titles = {k: v for k, v in titles.items() if k != "% peak"}
+    for key in ("% peak", "crop p50 ms", "crop RSS MB"):  # not known or not timed here: no column
+        if all(c[key] == "—" for c in cells):
+            titles = {k: v for k, v in titles.items() if k != key}
     table = Table(
         title=escape(f"edgeseg bench: {report.model}"), box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False
     )
@@ -346,6 +367,10 @@ def compute_ratios(results: list[Result], targets: dict[str, Target]) -> Ratios:
         out.vs_eager = out.best_p50_ms / fp32_of["torch"].latency_ms["p50"]
     if py and py is not best:
         out.vs_openvino = out.best_p50_ms / py.latency_ms["p50"]
+    out.crop_p50_ms = best.crop_latency_ms.get("p50")
+    if out.crop_p50_ms is not None:
+        out.crop_vs_eager = out.crop_p50_ms / fp32_of["torch"].latency_ms["p50"] if fp32_of["torch"] else None
+        out.crop_vs_openvino = out.crop_p50_ms / py.latency_ms["p50"] if py else None
     out.delta_miou_pt = 100 * (best.miou_fg - fp32.miou_fg)
     out.fp32_peak_pct = fp32.peak_pct
     return out

@@ -450,6 +450,9 @@ def tune_cmd(
     peers: Annotated[
         bool, typer.Option("--peers/--no-peers", help="Also time eager PyTorch and OpenVINO's defaults.")
     ] = True,
+    crop: Annotated[
+        bool, typer.Option("--crop/--no-crop", help="Also time each candidate on the typical brain box (crop columns).")
+    ] = True,
     targets: TargetsOpt = None,
     data: DataOpt = None,
 ) -> None:
@@ -465,6 +468,7 @@ def tune_cmd(
         batch=batch,
         threads=parse_threads(threads),
         peers=peers,
+        crop=crop,
         data=data,
     )
     run_tune(model, config)
@@ -489,6 +493,9 @@ def bench_cmd(
     ] = 10.0,
     miou: Annotated[bool, typer.Option("--miou/--no-miou", help="Score mIoU on the demo test slices.")] = True,
     rss: Annotated[bool, typer.Option("--rss/--no-rss", help="Peak RSS of a fresh inference process.")] = True,
+    crop: Annotated[
+        bool, typer.Option("--crop/--no-crop", help="Also time every target on the typical brain box (crop columns).")
+    ] = True,
     wide: Annotated[
         bool,
         typer.Option("--wide", help="Every column (file size, create and first-run times, all percentiles, GFLOP/s)."),
@@ -497,7 +504,7 @@ def bench_cmd(
     """Latency, throughput, mIoU, memory and budgets per deployment target (the packaged targets file or --targets)."""
     from edgeseg.bench import BenchConfig, bench
 
-    config = BenchConfig(runs=runs, max_seconds=max_seconds, miou=miou, rss=rss)
+    config = BenchConfig(runs=runs, max_seconds=max_seconds, miou=miou, rss=rss, crop=crop)
     if targets:
         config.targets_file = targets
     bench(model, target, config, json_path, markdown, wide)

@@ -87,6 +87,9 @@ class Candidate:
     gate: str = ""  # the gate applied (its precision), see edgeseg.parity.GATES
     failures: list[str] = field(default_factory=list)  # failed gate checks, with numbers
     hint: str = "latency"  # openvino: latency | throughput (RunnerSpec.hint)
+    crop_p50_ms: float | None = None  # the same, timed on the typical brain box (settings["crop"])
+    crop_p99_ms: float | None = None
+    crop_rss_mb: float | None = None  # peak RSS of a process that ran the box only
 
     @property
     def name(self) -> str:

@@ -152,6 +152,8 @@ def _rss_child(spec: dict[str, Any]) -> dict[str, Any]:
 
     runner = open_runner(Path(spec["path"]), RunnerSpec.from_dict(spec["runner"]))
     x = synthetic_batch(spec["batch"], spec["size"])
+    if spec.get("shape"):  # a brain box (edgeseg.crop_bench): the model sees only that part of the frame
+        x = np.ascontiguousarray(x[..., : spec["shape"][0], : spec["shape"][1]])
     for _ in range(spec["runs"]):
         runner.labels(x)
     return {"rss_mb": peak_rss_mb(), "torch_loaded": "torch" in sys.modules}

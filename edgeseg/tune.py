@@ -22,11 +22,18 @@ with its own defaults (no hints, the file's dynamic shapes) on ``X.onnx``, what 
 ``compile_model(path, "CPU")``. OpenVINO candidates are compiled for the timed shape (the
 runner's ``static`` shapes, :class:`edgeseg.runtime.OpenVinoRunner`).
 
+Every measured candidate and peer is then timed again in a fresh child on the typical brain box
+(:func:`edgeseg.crop_bench.typical_crop`: the median box of the held-out slices, what
+``edgeseg infer`` runs after cropping), with that process's own peak RSS: the table's crop columns
+(``--no-crop`` leaves them out and halves the run).
+
 The pick is the fastest p50 among candidates that pass their gate and fit the target's RSS
 budget (``rss_mb`` in bench/targets.toml); ``MODEL.deploy.json`` (:mod:`edgeseg.deploy`) is
 written atomically beside the model (for the model packaged in an installed edgeseg, in the
 user's cache folder instead: :func:`edgeseg.deploy.deploy_path`), with this machine's
-fingerprint and every candidate.
+fingerprint and every candidate. The pick is made on the whole frame (a volume the crop leaves
+whole still has to fit); a faster candidate that only the budget left out is printed with what it
+would have given (:mod:`edgeseg.tune_report`).
 """
 
 from __future__ import annotations
@@ -46,7 +53,6 @@ from edgeseg.machine import Fingerprint, fingerprint
 
 FILE_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "bf16": "fp32"}  # bf16 runs the fp32 file
 REFERENCE = ("ort", "fp32")  # what ΔmIoU, agreement and Δlogit are measured against
-PEER_NAMES = {"vs_torch": "eager PyTorch", "vs_openvino": "OpenVINO's defaults"}
 NO_OPENVINO = f"openvino is not installed ({BACKENDS['openvino'].install})"
 
 
@@ -66,6 +72,7 @@ class TuneConfig:
     data: Path | None = None  # dataset root for the held-out slices; None = the checkpoint's / demo set
     threads: tuple[int, ...] = ()  # thread settings; () = 1 and all cores, capped by the target
     peers: bool = True  # also time eager PyTorch and OpenVINO's defaults (never picked)
+    crop: bool = True  # also time each candidate on the typical brain box (edgeseg.crop_bench), own process
     timeout_s: float = 600.0  # per child
 
 
@@ -172,6 +179,8 @@ def candidate_child(spec: dict[str, Any]) -> dict[str, Any]:
     runner_spec = RunnerSpec(**{**spec["runner"], "outputs": ("logits", "labels")})
     runner = open_runner(Path(spec["path"]), runner_spec)
     x = synthetic_batch(spec.get("batch", 1), spec["size"])
+    if spec.get("shape"):  # the brain box: the model sees only that part of the frame
+        x = np.ascontiguousarray(x[..., : spec["shape"][0], : spec["shape"][1]])
     seconds = time_runs(runner.labels, x, spec["warmup"], spec["runs"], spec["min_runs"], spec["max_seconds"])
     rss, torch_free = peak_rss_mb(), "torch" not in sys.modules
     ms = np.asarray(seconds) * 1e3
@@ -185,7 +194,7 @@ def candidate_child(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_mb": round(rss, 1),
         "torch_free": torch_free,
     }
-    return {**out, **_score(runner, spec)}
+    return {**out, **_score(runner, spec)} if spec.get("eval") else out
 
 
 def _score(runner: Any, spec: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +236,7 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     """
     from edgeseg.artifacts import read_model_info
     from edgeseg.bench import DEFAULT_TARGETS, load_targets, select_targets
+    from edgeseg.tune_report import ratios
 
     config = config or TuneConfig()
     model = Path(model)
@@ -243,6 +253,11 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
     candidates = list_candidates(model, here, threads, config.peers, batch)
     load_start = os.getloadavg()
     images, masks, source = held_out_slices(model, config.slices, config.data)
+    crop = None
+    if config.crop:
+        from edgeseg.crop_bench import typical_crop
+
+        crop = typical_crop(images, info.normalization_contract, info.min_size, config.size)
     with tempfile.TemporaryDirectory(prefix="edgeseg-tune-") as tmp:
         held = Path(tmp) / "held.npz"
         np.savez(held, images=np.stack(images), masks=np.stack(masks), class_names=np.array(info.class_names))
@@ -256,6 +271,8 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
             reference if i == first else _measure(model, c, config, batch, held, Path(tmp) / "ref.npz", None, log)
             for i, c in enumerate(candidates)
         ]
+    if crop is not None:
+        measured = [_measure_crop(model, c, config, batch, crop.shape, log) for c in measured]
     for c in measured:
         c.d_miou = None if c.miou is None or reference.miou is None else c.miou - reference.miou
     _gate(measured)
@@ -267,11 +284,13 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
         "batch": batch,
         "eval": source,
         "reference_miou": reference.miou,
+        "crop": None if crop is None else {"shape": list(crop.shape), "describe": crop.describe()},
         "load_avg_start": [round(v, 2) for v in load_start],
         "load_avg_end": [round(v, 2) for v in os.getloadavg()],
     }
     plan = DeployPlan(model.name, here, target.name, budget, measured, pick, settings)
     plan.settings["ratios"] = ratios(plan)
+    plan.settings["crop_ratios"] = ratios(plan, cropped=True)
     from edgeseg.files import write_json
 
     where = deploy_path(model)
@@ -303,16 +322,11 @@ def _measure(
     if log:
         log(f"{c.name} ({c.file}) ...")
     path = model.with_name(c.file)
-    runner = {"backend": c.backend, "precision": c.precision, "threads": c.threads, "device": "cpu"}
-    if c.hint != "latency":
-        runner["hint"] = c.hint
-    if c.backend == "openvino" and c.role == "peer":  # what compile_model(path, "CPU") gives a user
-        runner["shapes"] = "dynamic"
     spec = {
         "batch": batch,
         "mode": "tune",  # run_child names it in its errors
         "path": str(path),
-        "runner": runner,
+        "runner": _runner_fields(c),
         "eval": str(held),
         "reference": None if reference is None else str(reference),
         "write_ref": None if write_ref is None else str(write_ref),
@@ -324,6 +338,43 @@ def _measure(
     except Exception as exc:  # a backend that cannot load or run is a row, not a crashed tune
         return replace(c, status="fail", reason=str(exc).removeprefix("tune helper failed: ")[:300])
     return replace(c, status="ok", sha256=sha256_file(path), **result)
+
+
+def _runner_fields(c: Candidate) -> dict[str, Any]:
+    """The :class:`edgeseg.runtime.RunnerSpec` fields a child opens ``c`` with."""
+    runner: dict[str, Any] = {"backend": c.backend, "precision": c.precision, "threads": c.threads, "device": "cpu"}
+    if c.hint != "latency":
+        runner["hint"] = c.hint
+    if c.backend == "openvino" and c.role == "peer":  # what compile_model(path, "CPU") gives a user
+        runner["shapes"] = "dynamic"
+    return runner
+
+
+def _measure_crop(
+    model: Path, c: Candidate, config: TuneConfig, batch: int, shape: tuple[int, int], log: Any
+) -> Candidate:
+    """Time a measured candidate again on the brain box, in a fresh child (so its peak RSS is that of a
+    process that ran the box only); a failure leaves the crop figures empty and says so in ``reason``."""
+    from edgeseg.measure import run_child
+
+    if c.status != "ok":
+        return c
+    if log:
+        log(f"{c.name} ({c.file}) on the {shape[0]}x{shape[1]} brain box ...")
+    spec = {
+        "batch": batch,
+        "mode": "tune",
+        "path": str(model.with_name(c.file)),
+        "runner": _runner_fields(c),
+        "shape": list(shape),
+        **{k: getattr(config, k) for k in ("size", "warmup", "runs", "min_runs", "max_seconds")},
+    }
+    try:
+        got = run_child(spec, c.threads, timeout=config.timeout_s, module="edgeseg.tune")
+    except Exception as exc:
+        note = f"brain box failed: {str(exc).removeprefix('tune helper failed: ')[:200]}"
+        return replace(c, reason=f"{c.reason}; {note}" if c.reason else note)
+    return replace(c, crop_p50_ms=got["p50_ms"], crop_p99_ms=got["p99_ms"], crop_rss_mb=got["rss_mb"])
 
 
 def _gate(measured: list[Candidate]) -> None:
@@ -345,85 +396,11 @@ def choose(measured: list[Candidate], rss_budget_mb: float | None) -> int | None
         if c.role != "candidate" or not c.passed:
             continue
         if rss_budget_mb is not None and c.rss_mb is not None and c.rss_mb > rss_budget_mb:
-            c.reason = f"peak RSS {c.rss_mb:.0f} MB > budget {rss_budget_mb:.0f} MB"
+            note = f"peak RSS {c.rss_mb:.0f} MB > budget {rss_budget_mb:.0f} MB"
+            c.reason = note if not c.reason or "budget" in c.reason else f"{c.reason}; {note}"
             continue
         fits.append(i)
     return min(fits, key=lambda i: measured[i].p50_ms) if fits else None
-
-
-# ----------------------------------------------------------------------------- report
-
-
-def ratios(plan: DeployPlan) -> dict[str, float]:
-    """The pick's p50 against each peer measured in the same run (``vs_torch``, ``vs_openvino``)."""
-    pick = plan.picked
-    if pick is None or pick.p50_ms is None:
-        return {}
-    return {
-        f"vs_{c.backend}": pick.p50_ms / c.p50_ms
-        for c in plan.candidates
-        if c.role == "peer" and c.status == "ok" and c.p50_ms
-    }
-
-
-def table(plan: DeployPlan) -> Any:
-    """A rich table: one row per candidate, the pick marked, peers last; no cell is read as markup
-    (a hint such as ``pip install 'edgeseg[openvino]'`` keeps its brackets)."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    def num(v: float | None, fmt: str) -> str:
-        return "—" if v is None else format(v, fmt)
-
-    t = Table(title=escape(f"edgeseg tune: {plan.model} on {plan.machine.cpu}, batch {plan.settings.get('batch', 1)}"))
-    batch = int(plan.settings.get("batch", 1))
-    cols = ("", "backend", "asked", "ran", "threads", "p50 ms", "p99 ms", "slices/s", "RSS MB", "ΔmIoU", "agree %")
-    for col in (*cols, "gate"):
-        t.add_column(col)
-    for i, c in enumerate(plan.candidates):
-        if c.status == "ok":
-            gate = "pass" if not c.failures else "FAIL: " + "; ".join(c.failures)
-            gate += f" ({c.reason})" if c.reason else ""
-        else:
-            gate = f"{c.status}: {c.reason}"
-        cells = (
-            "★" if i == plan.pick else ("peer" if c.role == "peer" else ""),
-            c.label or c.backend,
-            c.precision,
-            c.ran_precision or "—",
-            str(c.threads or "default") + ("" if c.hint == "latency" else f", {c.hint}"),
-            num(c.p50_ms, ".1f"),
-            num(c.p99_ms, ".1f"),
-            num(None if not c.p50_ms else 1e3 * batch / c.p50_ms, ".1f"),
-            num(c.rss_mb, ".0f"),
-            num(None if c.d_miou is None else 100 * c.d_miou, "+.2f") + (" pt" if c.d_miou is not None else ""),
-            num(None if c.agreement is None else 100 * c.agreement, ".2f"),
-            gate,
-        )
-        t.add_row(*map(escape, cells))
-    return t
-
-
-def summary_lines(plan: DeployPlan) -> list[str]:
-    """The lines under the table: the machine, the load, the pick and its ratios."""
-    s = plan.settings
-    lines = [
-        f"machine: {plan.machine.describe()}",
-        f"load average {s['load_avg_start'][0]:.2f} -> {s['load_avg_end'][0]:.2f} (figures under load are noisy)",
-        f"held-out slices: {s['eval']}; reference ONNX Runtime fp32 mIoU fg {s['reference_miou']:.4f}",
-    ]
-    pick = plan.picked
-    if pick is None:
-        lines.append("pick: none passed its gate and fits the budget; `edgeseg infer` runs ONNX Runtime fp32")
-        return lines
-    parts = [f"{v:.2f}x {PEER_NAMES[k]}" for k, v in ratios(plan).items()]
-    budget = f" (budget {plan.rss_budget_mb:.0f} MB, target {plan.target})" if plan.rss_budget_mb else ""
-    lines.append(
-        f"pick: {pick.label} on {pick.file}, {pick.threads or 'default'} threads: p50 {pick.p50_ms:.1f} ms"
-        f"{', ' + ', '.join(parts) if parts else ''}; peak RSS {pick.rss_mb:.0f} MB{budget};"
-        f" ΔmIoU {100 * (pick.d_miou or 0.0):+.2f} pt vs ONNX Runtime fp32"
-    )
-    return lines
 
 
 def run_tune(model: Path | None, config: TuneConfig) -> DeployPlan:
@@ -432,6 +409,7 @@ def run_tune(model: Path | None, config: TuneConfig) -> DeployPlan:
     from rich.console import Console
 
     from edgeseg import SHIPPED_MODEL
+    from edgeseg.tune_report import summary_lines, table
 
     model = Path(model) if model is not None else SHIPPED_MODEL
     err, out = Console(stderr=True), Console(width=max(Console().width, 200))

@@ -6,9 +6,11 @@ assertions (the numbers depend on the machine), only on what was measured and wr
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +38,7 @@ from edgeseg.bench import (
     select_targets,
     why_not_here,
 )
-from edgeseg.bench_report import compute_ratios, table_rows, to_markdown
+from edgeseg.bench_report import compute_ratios, print_report, table_rows, to_markdown
 from edgeseg.measure import (
     count_macs,
     latency_stats,
@@ -493,3 +495,33 @@ def test_cli_bench_errors_are_one_line(model_dir: Path, args: list[str], message
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message.replace("MISSING", "missing.onnx") in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_bench_times_each_target_on_the_brain_box_too(
+    model_dir: Path, tmp_path: Path, tiny_dataset: tuple[Path, list[str]]
+) -> None:
+    """Issue 24: a crop column per target, the box from the model's own held-out slices, its RSS from
+    a process that ran the box only; --no-crop leaves the columns out."""
+    from rich.console import Console
+
+    targets = write_targets(tmp_path / "t.toml", '[fp32]\nprovider = "cpu"\nthreads = 1\n')
+    config = BenchConfig(targets_file=targets, data=tiny_dataset[0], miou_slices=2, **{**FAST, "size": 394})
+    report = run_bench(model_dir / "tiny.onnx", "all", config)
+    row = report.results[0]
+    assert row.status == "ok", row.reason
+    assert 0 < row.crop_latency_ms["min"] <= row.crop_latency_ms["p50"] <= row.crop_latency_ms["max"]
+    assert 10 < row.crop_rss_mb and row.rss_mb > 10
+    box = r"^\d+x\d+ \(\d+ % of the frame; median of \d held-out slices' brain boxes"
+    assert re.search(box, report.machine["crop"])
+    assert report.ratios.crop_p50_ms == row.crop_latency_ms["p50"]  # the best row, here the only one
+    out = io.StringIO()
+    print_report(report, Console(file=out, width=100))
+    assert "crop" in out.getvalue() and "crop columns: each target on the brain box" in out.getvalue()
+    assert "| crop p50 ms | crop RSS MB |" in to_markdown(report)
+
+    plain = run_bench(model_dir / "tiny.onnx", "all", BenchConfig(**{**config.__dict__, "crop": False}))
+    assert plain.results[0].crop_latency_ms == {} and plain.results[0].crop_rss_mb is None
+    assert plain.machine["crop"] is None
+    out = io.StringIO()
+    print_report(plain, Console(file=out, width=100))
+    assert "crop" not in out.getvalue()

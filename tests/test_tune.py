@@ -255,3 +255,81 @@ def test_bench_adds_a_row_per_tuned_candidate_with_what_ran(tuned, tmp_path: Pat
     record["machine"]["flags"] = [*record["machine"]["flags"], "not-this-cpu"]  # foreign by construction
     deploy_path(copy / "tiny.onnx").write_text(json.dumps(record))
     assert tuned_targets(copy / "tiny.onnx") == []  # tuned elsewhere: no rows
+
+
+@pytest.mark.slow
+def test_tune_times_every_measured_candidate_on_the_brain_box_too(tuned) -> None:  # noqa: ANN001
+    """Issue 24: a crop column per candidate, from a fresh process that ran the box only."""
+    _, model, proc = tuned
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    height, width = plan.settings["crop"]["shape"]
+    size = plan.settings["size"]
+    assert height * width < size * size and height % 8 == 0 and width % 8 == 0
+    ok = [c for c in plan.candidates if c.status == "ok"]
+    assert ok and all(c.crop_p50_ms > 0 and c.crop_p99_ms >= c.crop_p50_ms and c.crop_rss_mb > 0 for c in ok)
+    assert any(c.role == "peer" for c in ok)  # the peers too: the same box, their own way
+    assert all(c.crop_p50_ms is None for c in plan.candidates if c.status != "ok")
+    assert "crop p50" in proc.stdout and f"brain box timed (crop columns): {height}x{width}" in proc.stdout
+    assert "pick on the brain box: p50" in proc.stdout
+    assert set(plan.settings["crop_ratios"]) == set(plan.settings["ratios"])
+
+
+@pytest.mark.slow
+def test_tune_without_crop_has_no_crop_column(tuned, tmp_path: Path) -> None:  # noqa: ANN001
+    folder, _, _ = tuned
+    copy = tmp_path / "m"
+    shutil.copytree(folder, copy)
+    model = copy / "tiny.onnx"
+    proc = edgeseg("tune", str(model), "--runs", "3", "--max-seconds", "1", "--slices", "2", "--no-peers", "--no-crop")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    assert plan.settings["crop"] is None and all(c.crop_p50_ms is None for c in plan.candidates)
+    assert "crop p50" not in proc.stdout and "brain box" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_tune_says_what_the_budget_left_out(tuned) -> None:  # noqa: ANN001
+    """A budget under the fastest passing candidate's peak: the summary names it with its p50 and peak."""
+    from edgeseg.tune_report import over_budget, summary_lines
+
+    _, model, _ = tuned
+    plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
+    passed = [c for c in plan.candidates if c.role == "candidate" and c.passed]
+    fastest = min(passed, key=lambda c: c.p50_ms)
+    assert over_budget(plan) is None or over_budget(plan).p50_ms < plan.picked.p50_ms
+    plan.rss_budget_mb = fastest.rss_mb - 0.5
+    for c in plan.candidates:
+        c.reason = ""
+    plan.pick = choose(plan.candidates, plan.rss_budget_mb)
+    left = over_budget(plan)
+    assert left is fastest and "budget" in left.reason
+    line = next(x for x in summary_lines(plan) if x.startswith("over budget:"))
+    assert f"p50 {fastest.p50_ms:.1f} ms" in line and f"peak RSS {fastest.rss_mb:.0f} MB" in line
+    assert f"({fastest.crop_p50_ms:.1f} ms on the brain box)" in line and "target edge-x86" in line
+    plan.rss_budget_mb = None  # no budget: nothing left out
+    for c in plan.candidates:
+        c.reason = ""
+    plan.pick = choose(plan.candidates, None)
+    assert over_budget(plan) is None and not any(x.startswith("over budget:") for x in summary_lines(plan))
+
+
+def test_typical_crop_is_the_median_box_of_real_slices_on_the_grid(tiny_dataset) -> None:  # noqa: ANN001
+    from edgeseg.crop import plan_crop
+    from edgeseg.crop_bench import typical_crop
+    from edgeseg.data import load_slices
+
+    images = load_slices(tiny_dataset[0]).images[:9]
+    box = typical_crop(images, 3, 32, 394)
+    assert box is not None and box.height % 8 == 0 and box.width % 8 == 0
+    areas = sorted((c.shape[0] * c.shape[1] if c else 394 * 394) for c in (plan_crop([i[None]], 8, 32) for i in images))
+    assert box.height * box.width == areas[len(areas) // 2]
+    assert box.fraction == pytest.approx(box.height * box.width / 394**2) and "median of 9" in box.source
+    half = [i[::2, ::2] for i in images]  # 197² slices: their boxes scaled back to a 394² frame, on the grid
+    scaled = typical_crop(half, 3, 32, 394)
+    assert scaled is not None and scaled.height % 8 == 0 and scaled.width % 8 == 0
+    # the margin and the grid step count twice at half resolution: up to 2 x (8 + 8) px wider a side
+    assert box.height - 8 <= scaled.height <= box.height + 48 and box.width - 8 <= scaled.width <= box.width + 48
+    assert typical_crop(images, 2, 32, 394) is None  # a contract-2 model's labels depend on the framing
+    assert typical_crop([], 3, 32, 394) is None
+    assert typical_crop([np.zeros((394, 394), np.float32)], 3, 32, 394) is None  # nothing to crop
