@@ -37,11 +37,15 @@ ORDER = [
     "scans",
     "records",
     "dicom_seg",
+    "dicom_sr",
     "outputs",
+    "dicom_results",
     # data and the model
     "demo",
     "data",
     "volume",
+    "synth",
+    "raw_head",
     "split",
     "model",
     "augment",
@@ -56,7 +60,6 @@ ORDER = [
     "runtime",
     "measure",
     "crop",
-    "crop_bench",
     "segment",
     "cluster",
     "infer",
@@ -64,6 +67,7 @@ ORDER = [
     "node_config",
     "node_queue",
     "node_send",
+    "node_watch",
     "node",
     # training, export, validation
     "evaluate",
@@ -73,6 +77,7 @@ ORDER = [
     "quantize",
     "executorch_export",
     "parity",
+    "robustness_heads",
     "robustness",
     "parity_report",
     "triton",
@@ -80,7 +85,6 @@ ORDER = [
     # benchmarking and the command line
     "bench_report",
     "bench",
-    "tune_report",
     "tune",
     "cli",
     "__main__",
@@ -90,8 +94,10 @@ INFERENCE = [
     *("runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"),
     *("machine", "openvino_backend", "deploy", "tune"),  # tune's children time torch-free runtimes
     "crop",
+    *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR
+    "mosaic",
     *("crop_bench", "tune_report"),  # what bench and tune time on the brain box, and tune's table
-    *("node_config", "node_queue", "node_send", "node"),  # `edgeseg listen` runs infer, so torch-free too
+    *("node_config", "node_queue", "node_send", "node_watch", "node"),  # `edgeseg listen` runs infer, so torch-free too
 ]
 
 
