@@ -60,6 +60,7 @@ ORDER = [
     "runtime",
     "measure",
     "crop",
+    "crop_bench",
     "segment",
     "cluster",
     "infer",
@@ -85,6 +86,7 @@ ORDER = [
     # benchmarking and the command line
     "bench_report",
     "bench",
+    "tune_report",
     "tune",
     "cli",
     "__main__",
@@ -96,6 +98,7 @@ INFERENCE = [
     "crop",
     *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR
     "mosaic",
+    *("crop_bench", "tune_report"),  # what bench and tune time on the brain box, and tune's table
     *("crop_bench", "tune_report"),  # what bench and tune time on the brain box, and tune's table
     *("node_config", "node_queue", "node_send", "node_watch", "node"),  # `edgeseg listen` runs infer, so torch-free too
 ]
