@@ -25,6 +25,7 @@ from edgeseg.errors import EdgesegError
 from edgeseg.files import atomic_write, write_csv
 from edgeseg.names import STATS_SUFFIX
 from edgeseg.qc import FIGURES, MEAN_SUFFIX, Verdict
+from edgeseg.qc_anatomy import ANATOMY
 from edgeseg.records import Record
 from edgeseg.scans import Decoded, nifti_zooms_mm
 
@@ -34,7 +35,7 @@ SUMMARY = "summary.csv"
 RESAMPLE_COLUMNS = ("spacing_mm", "model_spacing_mm", "model_shape", "resampled")
 # Okabe-Ito colour-blind-safe colours for classes 1.. (background is black/transparent).
 # quality figures of each scan, their verdict (edgeseg.qc.Verdict: text, status) and its coverage
-QC_COLUMNS = (*FIGURES, "qc", "qc_status", "coverage", "coverage_detail")
+QC_COLUMNS = (*FIGURES, *ANATOMY, "qc", "qc_status", "coverage", "coverage_detail")
 PALETTE = [
     (0, 0, 0),
     (230, 159, 0),
@@ -116,9 +117,6 @@ def label_nifti(labels: np.ndarray, template: Any, num_classes: int, size_known:
     return img
 
 
-MOSAIC_TILES = 16  # slices shown at most in an overlay mosaic
-
-
 def write_overlay(
     target: Path,
     dec: Decoded,
@@ -127,35 +125,11 @@ def write_overlay(
     class_names: tuple[str, ...],
     before_replace: Callable[[Path], None] | None = None,
 ) -> None:
-    """A QC mosaic PNG: up to 16 slices (evenly spaced through those with labels) in the plane
-    the model saw, in grey with the classes coloured over them, and a legend of the classes."""
-    from PIL import Image, ImageDraw
+    """The QC mosaic PNG of ``labels`` over the scan, in :data:`PALETTE`'s colours: for a volume in
+    its acquisition plane and radiological convention, with markers (:mod:`edgeseg.mosaic`)."""
+    from edgeseg.mosaic import write_mosaic
 
-    with_labels = np.flatnonzero(labels.reshape(len(labels), -1).any(1))
-    pool = with_labels if len(with_labels) else np.arange(len(labels))
-    picks = pool[np.unique(np.linspace(0, len(pool) - 1, min(MOSAIC_TILES, len(pool))).round().astype(int))]
-    images = np.concatenate([dec.batch(k, k + 1, source)[0] for k in picks])  # (n, H, W)
-    lo, hi = np.percentile(images, (1, 99))
-    grey = np.clip((images - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
-    colours = np.array(PALETTE * 32, np.float32)[labels[picks]]
-    fg = labels[picks] > 0
-    rgb[fg] = 0.55 * rgb[fg] + 0.45 * colours[fg]
-    n, (h, w) = len(picks), labels.shape[1:]
-    cols = int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / cols))
-    legend = 18 * (len(class_names) - 1) + 8
-    width = max(cols * w, 26 + 7 * max(map(len, class_names)))  # a 64-pixel slice still shows each name
-    canvas = np.zeros((rows * h + legend, width, 3), np.uint8)
-    for i, tile in enumerate(rgb.astype(np.uint8)):
-        canvas[(i // cols) * h : (i // cols + 1) * h, (i % cols) * w : (i % cols + 1) * w] = tile
-    mosaic = Image.fromarray(canvas, mode="RGB")
-    draw = ImageDraw.Draw(mosaic)
-    for c, name in enumerate(class_names[1:], start=1):
-        y = rows * h + 4 + 18 * (c - 1)
-        draw.rectangle([4, y, 16, y + 12], fill=PALETTE[c % len(PALETTE)])
-        draw.text((22, y), name, fill=(255, 255, 255))
-    atomic_write(target, lambda tmp: mosaic.save(tmp, format="PNG"), before_replace)
+    write_mosaic(target, dec, labels, source, class_names, PALETTE, before_replace)
 
 
 def read_labels(path: Path) -> tuple[np.ndarray, float | None]:
@@ -210,7 +184,7 @@ def write_stats(
             for name in info.class_names
         },
         "qc": {
-            **{k: number(k) for k in FIGURES},
+            **{k: number(k) for k in (*FIGURES, *ANATOMY)},
             "verdict": row.get("qc", ""),
             **(Verdict.from_row(row).as_dict() if row.get("qc") else {}),
         },

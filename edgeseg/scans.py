@@ -76,6 +76,7 @@ class Decoded:
     brain: np.ndarray | None = None  # --skull-strip: (S, H, W) bool brain mask, model orientation
     brain_raw: np.ndarray | None = None  # the same mask in the input's voxel order, to write
     identifiers: dict[str, str] = field(default_factory=dict)  # DICOM: PatientID, StudyInstanceUID, ...
+    raw: np.ndarray | None = None  # volumes: the input array (a view, no copy), for the mosaic's own plane
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -449,6 +450,7 @@ def _skull_strip(path: Path, dec: Decoded, axis: int | None, min_size: int) -> N
     mask = brain_mask(path, volume, affine)
     stripped = _volume(path, np.where(mask, volume, np.float32(0)), affine, zooms, axis, min_size)
     dec.stack, dec.slope, dec.inter = stripped.stack, 1.0, 0.0  # same slicing: same call, same shape
+    dec.raw = stripped.raw
     dec.brain = np.ascontiguousarray(_volume(path, mask, affine, zooms, axis, min_size).stack)
     dec.brain_raw = mask
 
@@ -616,7 +618,7 @@ def _volume(
         ras = np.moveaxis(labels[:, ::-1, :].transpose(0, 2, 1), 0, ras_slice_axis)
         return np.ascontiguousarray(apply_orientation(ras, back))
 
-    return Decoded(stack, restore, tuple(raw.shape), spacing=(ras_mm[b], ras_mm[a]))
+    return Decoded(stack, restore, tuple(raw.shape), spacing=(ras_mm[b], ras_mm[a]), raw=raw)
 
 
 def _nifti_template(affine: np.ndarray) -> Any:

@@ -38,6 +38,7 @@ ORDER = [
     "records",
     "dicom_seg",
     "dicom_sr",
+    "mosaic",
     "outputs",
     "dicom_results",
     # data and the model

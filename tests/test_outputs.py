@@ -145,10 +145,11 @@ def class_pixels(mosaic: np.ndarray) -> list[int]:
     return counts
 
 
-# (run, labels file, slices, (rows, columns) of a tile as the model saw it, tiles per row)
+# (run, labels file, slices, (rows, columns) of a tile: 233x197 1 mm pixels scaled up to 256 rows
+# (edgeseg.mosaic.MIN_TILE_PX), tiles per row)
 MOSAICS = [
-    ("example_run", "mni152_t1_axial_slab", 5, (233, 197), 3),  # anterior at the top
-    ("dicom_run", "t1", 7, (233, 197), 3),  # the acquisition plane: rows posterior, as stored
+    ("example_run", "mni152_t1_axial_slab", 5, (256, 216), 3),  # anterior at the top
+    ("dicom_run", "t1", 7, (256, 216), 3),  # the acquisition plane: rows posterior, as stored
 ]
 
 
@@ -173,12 +174,15 @@ def test_volumes_get_a_mosaic_of_every_slice_with_the_labels_and_a_legend(
         assert img.format == "PNG" and img.mode == "RGB"
         mosaic = np.array(img)
     (h, w), rows = tile, -(-slices // per_row)
-    assert mosaic.shape == (rows * h + 2 * 18 + 8, per_row * w, 3)
+    assert mosaic.shape == (rows * h + 3 * 18 + 8, per_row * w, 3)  # 2 classes and the plane's line
     tiles = [mosaic[r * h : (r + 1) * h, c * w : (c + 1) * w] for r in range(rows) for c in range(per_row)]
     assert all(t.any() for t in tiles[:slices]) and not any(t.any() for t in tiles[slices:])
     labels = np.asarray(nib.load(out / f"{name}_seg.nii.gz").dataobj)
     assert labels.shape[2] == slices
-    assert class_pixels(mosaic[: rows * h]) == [int((labels == 1).sum()), int((labels == 2).sum())]
+    scale = h * w / (233 * 197)  # each voxel drawn as about this many pixels (nearest neighbour)
+    drawn = class_pixels(mosaic[: rows * h])
+    for c in (1, 2):
+        assert drawn[c - 1] == pytest.approx(int((labels == c).sum()) * scale, rel=0.02)
     legend = mosaic[rows * h :]
     for colour in PALETTE[1:3]:
         assert (legend.reshape(-1, 3) == colour).all(1).sum() >= 100  # each class's swatch
