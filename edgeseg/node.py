@@ -23,6 +23,7 @@ the node then only watches, and does not listen on the network.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,7 +52,7 @@ def run_node(config: NodeConfig, say: Callable[[str], None] = print) -> None:
     config.check()
     with NodeQueue(config.state, echo=say) as queue:
         server = _listen(config, queue) if config.allowed or config.allow_any else None
-        queue.audit("started", ae_title=config.ae_title, address=f"{config.host}:{config.port}", pid=_pid())
+        queue.audit("started", ae_title=config.ae_title, address=f"{config.host}:{config.port}", pid=os.getpid())
         said = [f"listening as {config.ae_title} on {config.host}:{config.port}; {_who(config)}"] if server else []
         said += [f"watching {config.watch}"] if config.watch else []
         say("; ".join([*said, _where(config)]))
@@ -63,7 +64,7 @@ def run_node(config: NodeConfig, say: Callable[[str], None] = print) -> None:
         finally:
             if server is not None:
                 server.shutdown()
-            queue.audit("stopped", pid=_pid())
+            queue.audit("stopped", pid=os.getpid())
 
 
 def _listen(config: NodeConfig, queue: NodeQueue) -> Any:
@@ -76,12 +77,6 @@ def _listen(config: NodeConfig, queue: NodeQueue) -> Any:
             f"{config.host}:{config.port}: cannot listen there ({exc.strerror or exc}); is another node"
             " on that port? Choose another --port"
         ) from None
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _who(config: NodeConfig) -> str:
