@@ -71,6 +71,9 @@ def probe(name: str) -> str | None:
         return None
     if name not in ort.get_available_providers():
         return "this onnxruntime build does not include it (install onnxruntime-gpu)"
+    problem = _library_problem(name)
+    if problem:  # its session could not load it either: the same answer, without building one (nor importing onnx)
+        return problem
     ort.set_default_logger_severity(4)  # the probe's failures are reported by us, once
     try:
         session = ort.InferenceSession(_probe_model(), providers=[name], enable_fallback=0)
