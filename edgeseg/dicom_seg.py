@@ -168,6 +168,7 @@ def write_dicom_seg(
         why = f"its files lack {lacks[1]}, which a SEG must copy" if lacks else exc
         raise EdgesegError(f"{target}: cannot make a DICOM SEG of this series ({why}); use --format nifti") from exc
     _write_slice_spacing(seg, images[0], slice_mm)
+    _same_dimension_uid(seg, uid("seg-dimensions"))
     atomic_write(target, lambda tmp: seg.save_as(tmp), before_replace)
     return seg, images[0]
 
@@ -183,6 +184,14 @@ def _measure(source: Any, name: str) -> Any:
     shared = source.get("SharedFunctionalGroupsSequence")
     measures = shared[0].get("PixelMeasuresSequence") if shared else None
     return measures[0].get(name) if measures else None
+
+
+def _same_dimension_uid(seg: Any, dimensions: str) -> None:
+    """The DimensionOrganizationUID highdicom mints at random, made the same on every run too."""
+    old = {str(item.DimensionOrganizationUID) for item in seg.get("DimensionOrganizationSequence", [])}
+    for item in [*seg.get("DimensionOrganizationSequence", []), *seg.get("DimensionIndexSequence", [])]:
+        if str(item.get("DimensionOrganizationUID", "")) in old:
+            item.DimensionOrganizationUID = dimensions
 
 
 def _write_slice_spacing(seg: Any, source: Any, slice_mm: float | None) -> None:

@@ -422,6 +422,8 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(
     tmp_path: Path, threshold_onnx: Path, dicom_series_factory, inputs_untouched, checksums
 ) -> None:
     """SIGKILL while stalled mid-run, remove the staller, rerun: every output byte-identical."""
+    import pydicom
+
     src = tmp_path / "in"
     formats(src, dicom_series_factory)
     inputs_untouched()
@@ -436,12 +438,16 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(
     outputs = {k: v for k, v in checksums(tmp_path / "out", relative=True).items() if k != "summary.csv"}
     expected = {k: v for k, v in checksums(tmp_path / "clean", relative=True).items() if k != "summary.csv"}
     outputs.pop("records.jsonl", None), expected.pop("records.jsonl", None)
-    # A DICOM SEG gets new UIDs and a content time on every write: equal in labels, not bytes.
+    # A DICOM SEG and SR get a content time on every write: equal in labels and UIDs, not bytes.
     segs = [k for k in expected if k.endswith("_seg.dcm")]
     assert segs and segs == [k for k in outputs if k.endswith("_seg.dcm")]
     for key in segs:
         outputs.pop(key), expected.pop(key)
         assert np.array_equal(read_dicom_seg(tmp_path / "out" / key)[0], read_dicom_seg(tmp_path / "clean" / key)[0])
+        report = key.replace("_seg.dcm", "_sr.dcm")
+        outputs.pop(report), expected.pop(report)
+        uids = [pydicom.dcmread(d / report).SOPInstanceUID for d in (tmp_path / "out", tmp_path / "clean")]
+        assert uids[0] == uids[1]
     assert outputs == expected
     assert not [p for p in (tmp_path / "out").rglob(".*")]
 
@@ -502,7 +508,8 @@ def test_library_text_does_not_leak(
     (tmp_path / "in").mkdir()
     make(tmp_path / "in" / name)
     inputs_untouched()
-    proc = infer(tmp_path / "in" / name, tmp_path / "out", threshold_onnx)
+    force = ("--force",) if name.endswith(".dcm") else ()  # past triage (MR_small is DERIVED), to the reader
+    proc = infer(tmp_path / "in" / name, tmp_path / "out", threshold_onnx, *force)
     # FAILED in the run, or (a DICOM file refused before any scan ran) the one error line
     failed = [line for line in stderr_lines(proc) if line.startswith("FAILED")] or [
         line for line in stderr_lines(proc) if line.startswith("error:")
