@@ -70,14 +70,15 @@ def every_format(root: Path, dicom_series_factory) -> None:  # noqa: ANN001
 def outputs(out: Path) -> dict[str, str]:
     """SHA-256 of every output file (summary.csv and records.jsonl compared apart).
 
-    A DICOM SEG gets new UIDs and a content time on every write, by design: it is compared by
-    the SHA-256 of its decoded labels instead of its bytes.
+    A DICOM SEG gets a content time on every write, by design: it is compared by the SHA-256 of
+    its decoded labels instead of its bytes, and a DICOM SR by its content without its times.
     """
-    from edgeseg.names import SEG_SUFFIX
+    from edgeseg.names import SEG_SUFFIX, SR_SUFFIX
 
     def digest(p: Path) -> str:
-        data = read_dicom_seg(p)[0].tobytes() if p.name.endswith(SEG_SUFFIX) else p.read_bytes()
-        return hashlib.sha256(data).hexdigest()
+        if p.name.endswith(SEG_SUFFIX):
+            return hashlib.sha256(read_dicom_seg(p)[0].tobytes()).hexdigest()
+        return hashlib.sha256(sr_content(p) if p.name.endswith(SR_SUFFIX) else p.read_bytes()).hexdigest()
 
     return {
         str(p.relative_to(out)): digest(p)
@@ -86,13 +87,24 @@ def outputs(out: Path) -> dict[str, str]:
     }
 
 
+def sr_content(path: Path) -> bytes:
+    """A DICOM SR without what changes with the moment it was written (its times)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for keyword in ("InstanceCreationTime", "InstanceCreationDate", "ContentTime", "ContentDate"):
+        ds.pop(keyword, None)
+    ds.pop("ContributingEquipmentSequence", None)  # holds the time it was made
+    return ds.to_json().encode()
+
+
 def records(out: Path) -> list[dict]:
     """records.jsonl, sorted by output (a cluster finishes in its own order); SEG hashes and each
     run's own time in the model (``ms``) left out."""
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     for row in rows:
         row.pop("ms", None)
-        if row["output"].endswith("_seg.dcm"):
+        if row["output"].endswith(("_seg.dcm", "_sr.dcm")):
             row.pop("sha256", None)
     return sorted(rows, key=lambda r: r["output"])
 
