@@ -184,3 +184,26 @@ def test_runtime_imports_without_torch(tmp_path: Path, threshold_onnx: Path) -> 
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("ExecutionProvider")
+
+
+def test_a_gpu_provider_whose_library_cannot_load_is_not_probed_with_a_session() -> None:
+    """Issue 24: `edgeseg infer --backend auto` asks whether a GPU provider works; where its library
+    cannot load, the answer is that reason, without building a probe session (nor importing onnx,
+    27 MB of peak RSS here)."""
+    code = (
+        "import sys, onnxruntime as ort\n"
+        "from edgeseg.runtime import PROVIDERS, _library_problem, probe, resolve_providers\n"
+        "gpu = [PROVIDERS[k] for k in ('tensorrt', 'cuda') if PROVIDERS[k] in ort.get_available_providers()]\n"
+        "broken = [n for n in gpu if _library_problem(n)]\n"
+        "chain = resolve_providers('auto')\n"
+        "same = all(probe(n) == _library_problem(n) for n in broken)\n"
+        "print(len(gpu), len(broken), same, 'onnx' in sys.modules, chain[-1])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    gpu, broken, same, onnx_loaded, last = proc.stdout.split()
+    if broken == "0":
+        pytest.skip("no GPU provider here whose library fails to load (a CPU build, or a working GPU)")
+    assert same == "True" and last == PROVIDERS["cpu"]
+    if broken == gpu:  # every GPU provider answered by its library: no probe session was built
+        assert onnx_loaded == "False"
