@@ -20,6 +20,23 @@ The QC confidence figures count pixels labelled brain only, so these logits neve
 ``brain_fraction`` still divides by the whole frame. A volume whose box would cover nearly the
 whole frame (:data:`MIN_SAVING`), or a model of an older contract, is not cropped.
 
+Two guards keep QC identical with and without the crop. The invariance holds for *zero*
+framing; outside the box a scan need not be zero, and there only the model can say that it is
+background. They were found when the crop was on by default and tests/test_qc.py's CT-like
+head (air -1000, bone 1000) ran cropped: the normalisation's tissue level, ``sum(y^4)/sum(y^3)``,
+means nothing on signed intensities (that scan's box held no tissue, only the peaks: 24 x 40 px
+of 394 x 466), and the uncropped model labelled 26 % of the air outside the box brain, so the
+cropped run had no figures at all (``no brain``) where the uncropped one had
+``brain_fraction`` 0.26 at confidence 0.999. Hence:
+
+* a volume with a pixel below -:data:`SIGNED_SHARE` x its slice's peak (a CT in HU, a
+  zero-mean image) is not cropped (:func:`plan_crop`): pydicom's ``CT_small.dcm`` has 22 % of
+  its pixels below -0.25 x its peak; Rician noise, the robustness report's, is never negative;
+* where the cropped model labels brain within :data:`RING` px of a box edge that is not the
+  frame's edge (:meth:`Crop.touches`), the model may see brain beyond the box, and the batch is
+  run again on whole slices (edgeseg.segment); on the demo slices that never happens, as the
+  box holds all tissue plus :data:`MARGIN`.
+
 Measured with the shipped model (ONNX Runtime fp32) on the 457 demo slices: per-slice boxes cover
 a median 53 % of the frame and give the uncropped labels on 99.989 % of brain pixels (worst slice
 99.92 %); 120-slice unions cover 74 % at 99.997 % (worst 99.98 %). The uncropped model labelled
@@ -39,6 +56,8 @@ TINY = 1e-30  # edgeseg.model.TINY
 GRIDS = {3: 8}  # pooling grid of each contract whose labels are invariant to zero framing
 MIN_SAVING = 0.1  # crop only when it drops at least this fraction of the frame's pixels
 OUTSIDE_BACKGROUND_LOGIT = 20.0  # background's lead over every other class outside the box
+SIGNED_SHARE = 0.1  # a pixel below -this x its slice's peak: signed intensities (a CT), no crop
+RING = 2  # px inside a box edge where brain labels send the batch back to whole slices
 
 
 @dataclass(frozen=True)
@@ -78,6 +97,18 @@ class Crop:
         out[...] = outside_logits(logits.shape[1], logits.dtype)[:, None, None]
         out[:, :, rows, cols] = logits
         return out, full
+
+    def touches(self, labels: np.ndarray) -> bool:
+        """Whether ``(n, h, w)`` labels of the box hold brain within :data:`RING` px of an edge
+        that is not the frame's own: the model may see brain beyond the box there."""
+        h, w = self.shape
+        edges = (
+            (self.top > 0, labels[:, :RING]),
+            (self.bottom < self.frame[0], labels[:, h - RING :]),
+            (self.left > 0, labels[:, :, :RING]),
+            (self.right < self.frame[1], labels[:, :, w - RING :]),
+        )
+        return any(inner and bool(band.any()) for inner, band in edges)
 
 
 def outside_logits(classes: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
@@ -122,13 +153,16 @@ class _Extent:
     first_col: np.ndarray
     nonzero: list[np.ndarray]  # (n, H, ceil(W / 8)) np.packbits of the nonzero pixels: to check the phase in a box
     width: int = 0  # W, to unpack them
+    signed: bool = False  # some slice has a pixel below -SIGNED_SHARE x its peak
 
 
 def _extent(chunks: Iterable[np.ndarray]) -> tuple[tuple[int, int, int, int] | None, _Extent]:
     """The union box of tissue and peaks over ``chunks`` of ``(n, H, W)`` slices, and the per-slice facts."""
     rows_any = cols_any = None
-    firsts_r, firsts_c, nonzero = [], [], []
+    firsts_r, firsts_c, nonzero, signed = [], [], [], False
     for x in chunks:
+        low, high = x.min(axis=(1, 2)), x.max(axis=(1, 2))
+        signed = signed or bool(np.any(low < -SIGNED_SHARE * np.maximum(high, 0)))
         keep = tissue_mask(x)
         flat = x.reshape(len(x), -1)
         peak = np.zeros_like(keep).reshape(len(x), -1)
@@ -143,7 +177,7 @@ def _extent(chunks: Iterable[np.ndarray]) -> tuple[tuple[int, int, int, int] | N
         nonzero.append(np.packbits(nz, axis=-1))  # 1 bit a pixel: a long volume's masks stay small
     if rows_any is None or cols_any is None:  # no slices
         return None, _Extent(np.zeros(0, int), np.zeros(0, int), [])
-    facts = _Extent(np.concatenate(firsts_r), np.concatenate(firsts_c), nonzero, x.shape[2])
+    facts = _Extent(np.concatenate(firsts_r), np.concatenate(firsts_c), nonzero, x.shape[2], signed)
     rows, cols = _span(rows_any), _span(cols_any)
     return (None if rows is None or cols is None else (*rows, *cols)), facts
 
@@ -189,11 +223,12 @@ def plan_crop(chunks: Iterable[np.ndarray], grid: int, min_size: int) -> Crop | 
         min_size: smallest H and W the model accepts.
 
     Returns:
-        The :class:`Crop`, or None when no slice has tissue or the box saves less than
-        :data:`MIN_SAVING` of the frame (then the volume runs uncropped, exactly as before).
+        The :class:`Crop`, or None when no slice has tissue, a slice holds signed intensities
+        (:data:`SIGNED_SHARE`) or the box saves less than :data:`MIN_SAVING` of the frame (then
+        the volume runs uncropped, exactly as before).
     """
     found, facts = _extent(chunks)
-    if found is None:
+    if found is None or facts.signed:
         return None
     h, w = facts.nonzero[0].shape[1], facts.width
     top, bottom = _aligned(found[0], found[1], h, grid, min_size)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgeseg.qc_anatomy import anatomy_counts, anatomy_figures
+
 MIN_BRAIN = 0.02  # slices with less brain than this are left out (the demo set's selection rule)
 FIGURES = ("brain_fraction", "gm_wm_ratio", "conf_mean", "conf_p5")
 BINS = 1000  # max-softmax histogram resolution for the 5th percentile
@@ -61,6 +63,7 @@ class QCCounter:
     wm: int = 0
     conf_sum: float = 0.0
     hist: np.ndarray = field(default_factory=lambda: np.zeros(BINS, np.int64))
+    shape: np.ndarray = field(default_factory=lambda: np.zeros(8))  # qc_anatomy.anatomy_counts, summed
 
     @classmethod
     def for_classes(cls, class_names: tuple[str, ...]) -> QCCounter:
@@ -71,14 +74,17 @@ class QCCounter:
 
         return cls(index("gray_matter"), index("white_matter"))
 
-    def add(self, logits: np.ndarray, labels: np.ndarray) -> None:
-        """Count ``(n, C, H, W)`` logits and their ``(n, H, W)`` argmax labels."""
+    def add(self, logits: np.ndarray, labels: np.ndarray, image: np.ndarray | None = None) -> None:
+        """Count ``(n, C, H, W)`` logits and their ``(n, H, W)`` argmax labels; ``image``: the
+        ``(n, H, W)`` input the model saw, for :mod:`edgeseg.qc_anatomy`'s input figure."""
         brain = labels > 0
         kept = np.count_nonzero(brain.reshape(len(brain), -1), axis=1) / brain[0].size >= MIN_BRAIN
         if not kept.any():
             return
         if not kept.all():
             brain, labels, logits = brain[kept], labels[kept], logits[kept]
+            image = image[kept] if image is not None else None
+        self.shape += anatomy_counts(labels, image, self.gray)
         conf = max_softmax(logits)[brain]
         counts = np.bincount(labels.ravel(), minlength=logits.shape[1])  # every class in one pass
         self.pixels += labels.size
@@ -102,6 +108,10 @@ class QCCounter:
         if self.gray is not None and self.white is not None and self.wm:
             out["gm_wm_ratio"] = self.gm / self.wm
         return out
+
+    def anatomy(self) -> dict[str, float]:
+        """:mod:`edgeseg.qc_anatomy`'s figures over the same slices; empty when none was kept."""
+        return anatomy_figures(self.shape)
 
 
 def slice_ranges(figures: list[dict[str, float]]) -> dict[str, list[float]]:

@@ -43,6 +43,7 @@ from edgeseg.outputs import (
     write_summary,
 )
 from edgeseg.qc import FIGURES, MEAN_SUFFIX, METADATA_KEY, QCCounter, Verdict, coverage, parse_ranges, verdict
+from edgeseg.qc_anatomy import ANATOMY, anatomy_reasons
 from edgeseg.records import InputStamp, Record, Records, stamp_inputs
 from edgeseg.runtime import RunnerSpec
 from edgeseg.scans import MAX_RESAMPLED_PIXELS, Decoded, Scan, read_scan, resample
@@ -87,9 +88,9 @@ class InferConfig:
     skull_strip: bool = False  # ROBEX brain mask first (NIfTI/DICOM); labels outside it are 0
     max_resampled_pixels: int = MAX_RESAMPLED_PIXELS  # H x W a slice may grow to by resampling
     max_decompressed_mb: int = MAX_GUNZIPPED_BYTES >> 20  # MiB a .nii.gz may decompress to
-    # run the model on each volume's brain box only (edgeseg.crop, --crop). Off by default: with it,
-    # a CT-like and an ultrasound-like scan were no longer flagged by QC (tests/test_qc.py).
-    crop: bool = False
+    # run the model on each volume's brain box only (edgeseg.crop); --no-crop: whole slices. QC is the
+    # same either way: signed (CT) volumes are not cropped, brain at a box edge reruns whole slices.
+    crop: bool = True
 
 
 @dataclass
@@ -338,11 +339,15 @@ class Segmenter:
             assert batch.shape[2:] == dec.model_shape, (batch.shape, dec.model_shape)
             tick = time.perf_counter()
             fetched = self.session.run(crop.cut(batch) if crop else batch)  # FETCHED: logits, labels
+            if crop is not None and crop.touches(fetched["labels"]):  # brain at the box's edge: whole slices
+                fetched, whole = self.session.run(batch), True
+            else:
+                whole = crop is None
             seconds += time.perf_counter() - tick
             logits, out = fetched["logits"], fetched["labels"]
-            if crop is not None:  # back into the whole frame: background outside the box
+            if crop is not None and not whole:  # back into the whole frame: background outside the box
                 logits, out = crop.paste(logits, out)
-            counter.add(logits, out)  # on the model's grid, as export measured the ranges
+            counter.add(logits, out, batch[:, 0])  # on the model's grid, as export measured the ranges
             if dec.model_size:  # (n, C, H', W') logits -> (n, C, H, W) -> (n, H, W) labels
                 out = resample(logits, (h, w), order=1).argmax(1)
             labels[start : start + len(batch)] = out
@@ -354,7 +359,7 @@ class Segmenter:
         self.report.provider = self.session.label_so_far  # what ran, read back once it has run
         counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
         means = {f"{n}{MEAN_SUFFIX}": sums[i] / counts[i] for i, n in enumerate(names) if counts[i]}
-        return labels, seconds, {**counter.figures(), **means}, crop
+        return labels, seconds, {**counter.figures(), **counter.anatomy(), **means}, crop
 
     def _crop(self, scan: Scan, dec: Decoded) -> Crop | None:
         """The volume's brain box on the model's grid (:mod:`edgeseg.crop`); None: --no-crop, a
@@ -369,10 +374,12 @@ class Segmenter:
     def _qc(self, figures: dict[str, float], labels: np.ndarray, dec: Decoded) -> dict[str, str]:
         """The QC columns of a row: the figures, the verdict (:class:`edgeseg.qc.Verdict`) against
         the model's ranges, and the coverage along the slice axis."""
+        shape = {k: figures[k] for k in ANATOMY if k in figures}
         figures = {k: figures[k] for k in FIGURES if k in figures}  # not the mean intensities
         cover = coverage(np.count_nonzero(labels.reshape(len(labels), -1), axis=1), slice_mm(dec))
-        judged = verdict(figures, parse_ranges(self.info.metadata.get(METADATA_KEY)), (), cover)
-        return {**{k: f"{v:.4g}" for k, v in figures.items()}, **verdict_columns(judged)}
+        ranges = parse_ranges(self.info.metadata.get(METADATA_KEY))
+        judged = verdict(figures, ranges, anatomy_reasons(shape), cover)
+        return {**{k: f"{v:.4g}" for k, v in {**figures, **shape}.items()}, **verdict_columns(judged)}
 
     def _write(
         self, scan: Scan, dec: Decoded, labels: np.ndarray, stamps: tuple[InputStamp, ...], row: dict[str, Any]

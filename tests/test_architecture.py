@@ -30,6 +30,7 @@ ORDER = [
     "metrics",
     # reading and writing scans (torch-free)
     "names",
+    "qc_anatomy",
     "qc",
     "skullstrip",
     "triage",

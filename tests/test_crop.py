@@ -137,11 +137,11 @@ def _infer(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(exe), "infer", *args, "--backend", "ort"], capture_output=True, text=True, timeout=600)
 
 
-def test_infer_crops_with_crop_and_runs_whole_slices_by_default(volume, tmp_path: Path) -> None:  # noqa: ANN001
+def test_infer_crops_by_default_and_runs_whole_slices_with_no_crop(volume, tmp_path: Path) -> None:  # noqa: ANN001
     stack, brain = volume
     np.save(tmp_path / "stack.npy", stack)
-    crop = _infer(str(tmp_path / "stack.npy"), "--out", str(tmp_path / "crop"), "--crop")
-    whole = _infer(str(tmp_path / "stack.npy"), "--out", str(tmp_path / "whole"))
+    crop = _infer(str(tmp_path / "stack.npy"), "--out", str(tmp_path / "crop"))
+    whole = _infer(str(tmp_path / "stack.npy"), "--out", str(tmp_path / "whole"), "--no-crop")
     assert crop.returncode == 0 and whole.returncode == 0, crop.stderr + whole.stderr
     assert "; 1 cropped to the brain;" in crop.stdout and "; 0 cropped to the brain;" in whole.stdout
     a, b = np.load(tmp_path / "crop" / "stack_seg.npy"), np.load(tmp_path / "whole" / "stack_seg.npy")
@@ -158,7 +158,7 @@ def test_a_resampled_volume_is_cropped_on_the_models_grid(tmp_path: Path) -> Non
     from edgeseg import SHIPPED_MODEL_DIR
 
     scan = SHIPPED_MODEL_DIR / "example"
-    crop = _infer(str(scan), "--out", str(tmp_path / "crop"), "--no-overlay", "--crop")
+    crop = _infer(str(scan), "--out", str(tmp_path / "crop"), "--no-overlay")
     whole = _infer(str(scan), "--out", str(tmp_path / "whole"), "--no-overlay", "--no-crop")
     assert crop.returncode == 0 and whole.returncode == 0, crop.stderr + whole.stderr
     assert ", 1 resampled; 1 cropped to the brain;" in crop.stdout
@@ -171,6 +171,26 @@ def test_a_resampled_volume_is_cropped_on_the_models_grid(tmp_path: Path) -> Non
     assert rows[0]["qc"] == rows[1]["qc"]
     for key in ("brain_fraction", "conf_mean", "gm_wm_ratio"):
         assert float(rows[0][key]) == pytest.approx(float(rows[1][key]), rel=2e-3), key
+
+
+def test_signed_intensities_are_not_cropped(demo) -> None:  # noqa: ANN001
+    """A CT in HU (air far below zero): the tissue level means nothing there, so no box."""
+    stack = demo[0][:3]
+    assert plan_crop(_chunks(stack), GRID, MIN_SIZE) is not None
+    ct = np.where(stack > 0, stack, -0.5 * stack.max())
+    assert plan_crop(_chunks(ct), GRID, MIN_SIZE) is None
+    slight = np.where(stack > 0, stack, -0.05 * stack.max())  # above -SIGNED_SHARE x the peak: cropped
+    assert plan_crop(_chunks(slight), GRID, MIN_SIZE) is not None
+
+
+def test_brain_at_an_inner_box_edge_is_caught_and_the_frames_edge_is_not() -> None:
+    crop = Crop(8, 40, 16, 48, frame=(64, 48))  # right edge is the frame's
+    labels = np.zeros((2, *crop.shape), np.uint8)
+    assert not crop.touches(labels)
+    labels[1, 10:20, -1] = 2  # the frame's own edge: nothing beyond it
+    assert not crop.touches(labels)
+    labels[0, 1, 10] = 1  # within RING of the top edge, which has frame above it
+    assert crop.touches(labels)
 
 
 def test_tissue_is_what_the_graphs_normalisation_calls_tissue(demo) -> None:  # noqa: ANN001
