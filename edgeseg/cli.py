@@ -676,6 +676,10 @@ def listen_cmd(
         Path | None,
         typer.Option("--watch", help="Also take in DICOM files exported to this folder (removed once spooled)."),
     ] = None,
+    stow_port: Annotated[
+        int | None,
+        typer.Option("--stow-port", min=1, max=65535, help="Also accept DICOMweb STOW-RS on this port (no auth)."),
+    ] = None,
 ) -> None:
     """A DICOM node: receive series by C-STORE, segment each when complete, send SEG and SR on (edgeseg[node])."""
     from edgeseg.node import run_node
@@ -698,6 +702,7 @@ def listen_cmd(
         retry_seconds=retry_seconds,
         seg_flagged=seg_flagged or None,
         watch=watch,
+        stow_port=stow_port,
     )
     with stop_on_signals():  # SIGTERM as Ctrl-C: the server stops between two steps
         run_node(config, say=lambda line: typer.echo(line, err=True))

@@ -17,8 +17,9 @@ The state folder is the queue: kill the node (SIGKILL included) and restart it o
 folder, and it picks up where it was (see :mod:`edgeseg.node_queue` for what is redone and
 why nothing is sent twice). SIGTERM and Ctrl-C stop it between two steps: a segmentation in
 flight is abandoned (its outputs are atomic) and done on restart. With ``watch``, DICOM files
-exported to a folder are taken in too (:mod:`edgeseg.node_watch`); without an allowed AE title
-the node then only watches, and does not listen on the network.
+exported to a folder are taken in too (:mod:`edgeseg.node_watch`), and with ``stow_port``
+DICOMweb STOW-RS requests (:mod:`edgeseg.node_stow`); without an allowed AE title the node then
+does not listen for DICOM associations at all.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from edgeseg.files import sha256_file
 from edgeseg.node_config import NodeConfig
 from edgeseg.node_queue import TO_SEGMENT, TO_SEND, NodeQueue, valid_uid
 from edgeseg.node_send import SendError, send_cstore, send_stow
+from edgeseg.node_stow import start_stow
 from edgeseg.node_watch import watch_once
 
 # Columns of infer's summary row that the audit log's "segmented" line repeats (with the volumes in mL).
@@ -52,8 +54,10 @@ def run_node(config: NodeConfig, say: Callable[[str], None] = print) -> None:
     config.check()
     with NodeQueue(config.state, echo=say) as queue:
         server = _listen(config, queue) if config.allowed or config.allow_any else None
+        stow = start_stow(config.host, config.stow_port, queue) if config.stow_port else None
         queue.audit("started", ae_title=config.ae_title, address=f"{config.host}:{config.port}", pid=os.getpid())
         said = [f"listening as {config.ae_title} on {config.host}:{config.port}; {_who(config)}"] if server else []
+        said += [f"STOW-RS on http://{config.host}:{config.stow_port}/studies"] if stow else []
         said += [f"watching {config.watch}"] if config.watch else []
         say("; ".join([*said, _where(config)]))
         try:
@@ -62,8 +66,9 @@ def run_node(config: NodeConfig, say: Callable[[str], None] = print) -> None:
             code = getattr(exc, "code", 130)
             raise Interrupted("the node stopped; restart it on the same --state to go on", code) from None
         finally:
-            if server is not None:
-                server.shutdown()
+            for running in (server, stow):
+                if running is not None:
+                    running.shutdown()
             queue.audit("stopped", pid=os.getpid())
 
 

@@ -52,6 +52,7 @@ class NodeConfig:
     model: Path | None = None  # None: the shipped model (with its `edgeseg tune` pick, backend "auto")
     backend: str = "auto"  # as `edgeseg infer --backend`
     retry_seconds: float = 30.0  # wait before sending again after the destination failed
+    stow_port: int | None = None  # also accept STOW-RS (DICOMweb) on this port of `host` (edgeseg.node_stow)
     watch: Path | None = None  # also take in DICOM files exported to this folder (edgeseg.node_watch)
     seg_flagged: bool = False  # send a SEG/SR marked "QC FLAGGED" for flagged series (as infer --seg-flagged)
 
@@ -59,13 +60,14 @@ class NodeConfig:
         """Raise :class:`EdgesegError` on an impossible setting; return self."""
         for title in (self.ae_title, *self.allowed):
             check_ae_title(title)
-        if not 0 < self.port < 65536:
-            raise EdgesegError(f"port {self.port}: not a TCP port; choose 1-65535 (e.g. 11112)")
-        if not self.allowed and not self.allow_any and not self.watch:
+        for name, port in (("port", self.port), ("stow_port", self.stow_port or 1)):
+            if not 0 < port < 65536:
+                raise EdgesegError(f"{name} {port}: not a TCP port; choose 1-65535 (e.g. 11112)")
+        if not self.allowed and not self.allow_any and not self.watch and not self.stow_port:
             raise EdgesegError(
                 "no calling AE title is allowed, so every sender would be refused; name each sender"
                 ' with --allow AET (or "allowed" in --config), or pass --allow-any on a trusted network'
-                " (or only --watch a folder)"
+                " (or take instances only by --watch or --stow-port)"
             )
         if self.watch and not Path(self.watch).is_dir():
             raise EdgesegError(f"--watch {self.watch}: not a folder; create it or check the path")
@@ -136,7 +138,7 @@ def _typed(raw: dict[str, Any]) -> dict[str, Any]:
         out["allowed"] = tuple(a.strip() for a in out["allowed"])
     if isinstance(out.get("destination"), str):
         out["destination"] = parse_destination(out["destination"])
-    for key in ("port",):
+    for key in ("port", "stow_port"):
         if key in out and not isinstance(out[key], int):
             raise ValueError(f"{key} must be an integer")
     for key in ("quiet_seconds", "retry_seconds"):

@@ -34,7 +34,7 @@ def watch_once(folder: Path, queue: NodeQueue) -> int:
             data = path.read_bytes()
         except OSError:  # removed or unreadable meanwhile: the next pass sees it again
             continue
-        why = _take(data, path, queue)
+        why, _ = take(data, queue, f"watch:{folder}", file=str(path))
         if why:
             queue.audit("refused", file=str(path), reason=why)
             _set_aside(folder, path)
@@ -44,8 +44,12 @@ def watch_once(folder: Path, queue: NodeQueue) -> int:
     return taken
 
 
-def _take(data: bytes, path: Path, queue: NodeQueue) -> str:
-    """Spool one file's bytes; the reason it cannot be, else ``""``."""
+def take(data: bytes, queue: NodeQueue, source: str, **fields: str) -> tuple[str, tuple[str, str]]:
+    """Spool one Part-10 file's bytes as a C-STORE would be, from ``source`` (for the audit log).
+
+    Returns:
+        ``(why, (SOPClassUID, SOPInstanceUID))``: ``why`` is the reason it was refused, ``""`` if spooled.
+    """
     import io
 
     import pydicom
@@ -53,14 +57,15 @@ def _take(data: bytes, path: Path, queue: NodeQueue) -> str:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     except Exception as exc:  # pydicom's InvalidDicomError and parse errors
-        return f"not a DICOM file with a file header (Part 10): {describe(exc)}"
+        return f"not a DICOM file with a file header (Part 10): {describe(exc)}", ("", "")
     series, sop = str(ds.get("SeriesInstanceUID", "")), str(ds.get("SOPInstanceUID", ""))
+    ids = (str(ds.get("SOPClassUID", "")), sop)
     if not valid_uid(series) or not valid_uid(sop):
-        return f"SeriesInstanceUID {series!r} or SOPInstanceUID {sop!r} is not a valid UID"
-    new = queue.spool(data, series, sop, str(ds.get("StudyInstanceUID", "")), f"watch:{path.parent}")
-    fields = {"series": series, "sop": sop, "file": str(path)}
-    queue.audit("received", **fields, **({} if new else {"duplicate": True}))
-    return ""
+        return f"SeriesInstanceUID {series!r} or SOPInstanceUID {sop!r} is not a valid UID", ids
+    new = queue.spool(data, series, sop, str(ds.get("StudyInstanceUID", "")), source)
+    audited = {"series": series, "sop": sop, "source": source, **fields}
+    queue.audit("received", **audited, **({} if new else {"duplicate": True}))
+    return "", ids
 
 
 def _set_aside(folder: Path, path: Path) -> None:

@@ -127,7 +127,7 @@ class Node:
 
     def _listening(self) -> bool:
         assert self.proc.poll() is None, f"the node exited {self.proc.returncode}: {self.log()}"
-        return "listening as" in self.log() or "watching" in self.log()
+        return "results to " in self.log() or "results kept " in self.log()  # the line that says it is up
 
     def log(self) -> str:
         return Path(self.stderr.name).read_text()

@@ -71,6 +71,7 @@ ORDER = [
     "node_queue",
     "node_send",
     "node_watch",
+    "node_stow",
     "node",
     # training, export, validation
     "evaluate",
@@ -101,7 +102,7 @@ INFERENCE = [
     *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR
     "mosaic",
     *("crop_bench", "tune_report"),  # what bench and tune time on the brain box, and tune's table
-    *("node_config", "node_queue", "node_send", "node_watch", "node"),  # `edgeseg listen` runs infer, so torch-free too
+    *("node_config", "node_queue", "node_send", "node_watch", "node_stow", "node"),  # listen runs infer: torch-free
 ]
 
 

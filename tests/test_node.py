@@ -194,6 +194,23 @@ def test_results_by_stow_rs(site) -> None:  # noqa: ANN001
     node.stop()
 
 
+def test_stow_rs_input(site) -> None:  # noqa: ANN001
+    from dicomweb_client.api import DICOMwebClient
+
+    orthanc, node, exam, study = site
+    port = free_port()
+    node.start(orthanc.dicom_port, None, "--stow-port", str(port))  # STOW-RS in only: no --allow
+    for key, chunk in (("t1_a", 1 << 16), ("t1_b", 1 << 30)):  # chunked transfer, then Content-Length
+        client = DICOMwebClient(url=f"http://127.0.0.1:{port}", chunk_size=chunk)
+        answer = client.store_instances([pydicom.dcmread(f) for f in exam[key]])
+        assert len(answer.ReferencedSOPSequence) == len(exam[key]) and "FailedSOPSequence" not in answer
+    wait_for("both series to be sent", lambda: node.settled(2) and len(events(node, "sent")) == 4)
+    found = results(orthanc, study, exam)
+    assert dict(found["t1_a"]) == dict(found["t1_b"]) == {"SEG": 1, "SR": 1}
+    assert {e["source"] for e in events(node, "received")} == {"stow:127.0.0.1"}
+    node.stop()
+
+
 def test_folder_watch(site, tmp_path: Path) -> None:  # noqa: ANN001
     import shutil
 

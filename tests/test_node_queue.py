@@ -126,3 +126,34 @@ def test_listen_without_the_node_extra_is_one_line_naming_it(tmp_path: Path, env
     assert proc.stderr.strip().splitlines() == [
         "error: `edgeseg listen` needs pynetdicom, which the core install leaves out: pip install 'edgeseg[node]'"
     ]
+
+
+def test_stow_rs_refuses_what_is_not_dicom(tmp_path: Path) -> None:
+    """A part that is not DICOM: 409 with a FailedSOPSequence, a refused line, nothing spooled."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from edgeseg.node_stow import start_stow
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with NodeQueue(tmp_path) as queue:
+        server = start_stow("127.0.0.1", port, queue)
+        try:
+            body = b"--b1\r\nContent-Type: application/dicom\r\n\r\nnot dicom\r\n--b1--\r\n"
+            headers = {"Content-Type": 'multipart/related; type="application/dicom"; boundary=b1'}
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/studies", data=body, headers=headers)
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(req, timeout=30)
+            assert info.value.code == 409 and "00081198" in json.loads(info.value.read())
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/studies", data=b"x", headers={})
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(req, timeout=30)
+            assert info.value.code == 415
+        finally:
+            server.shutdown()
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in lines] == ["refused"] and "not a DICOM file" in lines[0]["reason"]
+    assert not list((tmp_path / "spool").iterdir())
