@@ -245,6 +245,7 @@ class _Context:
         self.held: HeldOut | None = None
         self._macs: int | None | bool = False
         self._crop: CropShape | None | bool = False
+        self.crop_note = ""  # why there are no crop columns, if there are none for a reason
 
     def crop(self) -> CropShape | None:
         """The brain box every target is timed on too (:func:`edgeseg.crop_bench.typical_crop` of 8 of
@@ -252,8 +253,12 @@ class _Context:
         if self._crop is False:
             self._crop = None
             if self.config.crop:
-                record = SplitRecord.from_metadata(self.info.metadata, self.model)
-                images = held_out(record, self.config.data).limited(8).images
+                try:  # no held-out slices here (an edge install without the demo's sources): no crop columns
+                    record = SplitRecord.from_metadata(self.info.metadata, self.model)
+                    images = held_out(record, self.config.data).limited(8).images
+                except (EdgesegError, ImportError, OSError) as exc:
+                    self.crop_note = f"not timed: no held-out slices to take the brain box from ({describe(exc)})"
+                    return None
                 contract, least = self.info.normalization_contract, self.info.min_size
                 self._crop = typical_crop(images, contract, least, self.config.size)
         return self._crop  # type: ignore[return-value]
@@ -411,7 +416,8 @@ def run_bench(
     report.machine["fp32_peak"] = {str(k): v for k, v in ctx.fp32_peaks.items()}
     report.machine["macs_per_slice"] = ctx.macs()
     report.machine["eval_set"] = ctx.held.source if ctx.held else None
-    report.machine["crop"] = None if not ctx._crop else ctx._crop.describe()
+    report.machine["crop"] = ctx._crop.describe() if ctx._crop else None
+    report.machine["crop_note"] = ctx.crop_note or None
     report.ratios = compute_ratios(report.results, {t.name: t for t in chosen})
     report.warnings = noise_warnings(report.results, config.cv_warn, report.machine)
     return report

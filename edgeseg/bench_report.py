@@ -221,6 +221,8 @@ def report_notes(report: BenchReport) -> list[str]:
         notes.append(f"mIoU fg on {m['eval_set']}")
     if m.get("crop"):
         notes.append(f"crop columns: each target on the brain box {m['crop']}, as `edgeseg infer` crops")
+    elif m.get("crop_note"):
+        notes.append(f"crop columns {m['crop_note']}")
     q = report.ratios
     if q.best_cpu is not None:
         parts = [f"best gated CPU target {q.best_cpu} ({q.best_backend}): p50 {q.best_p50_ms:.1f} ms"]
