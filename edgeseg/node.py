@@ -11,7 +11,8 @@ thread then runs :func:`edgeseg.infer.run_inference` on the series' spool folder
 ``edgeseg infer --format dicom-seg`` would, with the machine's tuned backend: series triage, QC and
 the deterministic SEG/SR UIDs are infer's, so the node and a manual run agree. Every DICOM file
 infer wrote for the series (the SEG and the SR) is then sent by C-STORE or STOW-RS
-(:mod:`edgeseg.node_send`); a destination that fails is retried every ``retry_seconds``.
+(:mod:`edgeseg.node_send`); a destination that fails is retried after ``retry_seconds``, then
+twice as long after each further failure, up to 10 minutes.
 
 The state folder is the queue: kill the node (SIGKILL included) and restart it on the same
 folder, and it picks up where it was (see :mod:`edgeseg.node_queue` for what is redone and
@@ -42,6 +43,9 @@ from edgeseg.node_watch import watch_once
 FIGURES = ("qc", "coverage")
 
 POLL_SECONDS = 0.2  # how often the main loop looks for quiet series and sends due
+# A destination down for hours: the wait after each failed send doubles from retry_seconds up to
+# this, so the audit log gets a line every 10 minutes per series rather than every 30 seconds.
+MAX_RETRY_SECONDS = 600.0
 
 
 def run_node(config: NodeConfig, say: Callable[[str], None] = print) -> None:
@@ -259,7 +263,7 @@ def _output(root: Path, path: Path) -> dict[str, str]:
 
 
 def _send(config: NodeConfig, queue: NodeQueue, uid: str, generation: int) -> None:
-    """Send the outputs of one series not sent yet; on failure, retry after ``retry_seconds``."""
+    """Send the outputs of one series not sent yet; on failure, retry later (doubling the wait)."""
     state = queue.get(uid)
     todo = [o for o in state.outputs if o["sha256"] not in state.sent]
     by_path = {str(queue.root / o["path"]): o for o in todo}
@@ -278,7 +282,8 @@ def _send(config: NodeConfig, queue: NodeQueue, uid: str, generation: int) -> No
             send_stow(files, str(config.stow_url), sent)
     except (SendError, OSError) as exc:
         reason = str(exc) if isinstance(exc, SendError) else f"cannot read an output: {describe(exc)}"
-        queue.advance(uid, generation, TO_SEND, reason=reason, retry_at=time.time() + config.retry_seconds)
-        queue.audit("send failed", series=uid, to=target, reason=reason, retry_in_s=config.retry_seconds)
+        wait = min(config.retry_seconds * 2**state.failures, max(MAX_RETRY_SECONDS, config.retry_seconds))
+        queue.advance(uid, generation, TO_SEND, reason=reason, retry_at=time.time() + wait, failures=state.failures + 1)
+        queue.audit("send failed", series=uid, to=target, reason=reason, retry_in_s=round(wait, 1))
         return
-    queue.advance(uid, generation, "sent", reason="", retry_at=0.0)
+    queue.advance(uid, generation, "sent", reason="", retry_at=0.0, failures=0)

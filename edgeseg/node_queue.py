@@ -61,6 +61,7 @@ class SeriesState:
     sent: list[str] = field(default_factory=list)  # SHA-256 of each output sent
     reason: str = ""  # why skipped / flagged / failed, or the last send failure
     retry_at: float = 0.0  # after a failed send: not before this wall-clock time
+    failures: int = 0  # failed sends in a row (the wait doubles with each, see edgeseg.node)
 
 
 def durable_write(target: Path, data: bytes, tmp_dir: Path) -> None:
@@ -136,6 +137,8 @@ class NodeQueue:
             state = SeriesState(**raw)
             if state.state == "receiving":  # its senders could not reach a dead node: a full quiet time from now
                 state.last_received = time.time()
+            if state.state == TO_SEND:  # a restart sends at once: the destination may have been fixed meanwhile
+                state.retry_at, state.failures = 0.0, 0
             self.series[state.uid] = state
         for folder in sorted(self.spool_dir.iterdir()):  # killed between its first instance and its state file
             if folder.name not in self.series and valid_uid(folder.name):

@@ -155,7 +155,9 @@ def test_killed_before_sending_sends_once_after_restart(site) -> None:  # noqa: 
     closed = free_port()  # nothing listens there: every send fails and is retried
     node.start(closed)
     store(orthanc, [study])
-    wait_for("a failed send", lambda: events(node, "send failed"))
+    wait_for("a series' second failed send", lambda: max(Counter(_failed(node)).values(), default=0) >= 2)
+    waits = [e["retry_in_s"] for e in events(node, "send failed") if e["series"] == _failed(node)[0]]
+    assert waits[:2] == [1.0, 2.0]  # --retry-seconds 1, doubled after the second failure
     assert node.stop(signal.SIGKILL) == -signal.SIGKILL
     assert not results(orthanc, study, exam)["t1_a"]
     node.start(orthanc.dicom_port)
@@ -164,6 +166,10 @@ def test_killed_before_sending_sends_once_after_restart(site) -> None:  # noqa: 
     assert set(Counter(e["sop"] for e in events(node, "sent")).values()) == {1}
     assert set(Counter(e["series"] for e in events(node, "segmented")).values()) == {1}
     node.stop()
+
+
+def _failed(node: Node) -> list[str]:
+    return [e["series"] for e in events(node, "send failed")]
 
 
 def test_unknown_calling_ae_is_refused(site) -> None:  # noqa: ANN001

@@ -52,11 +52,13 @@ def test_a_restart_finds_every_state_and_waits_a_full_quiet_time(tmp_path: Path)
         queue.complete_quiet(0)
         queue.advance("5.6.7", 1, "segmented", outputs=[{"path": "x", "sop": "9.9", "sha256": "ab"}])
         queue.mark_sent("5.6.7", 1, "ab")
+        queue.advance("5.6.7", 1, "segmented", retry_at=time.time() + 600, failures=5)  # its destination is down
         spool(queue, "1.2")  # series 1.2.3.4 receiving again (generation 2)
     before = time.time()
     with NodeQueue(tmp_path) as queue:  # what a restarted node sees
         assert queue.get(SERIES).state == "receiving" and queue.get(SERIES).last_received >= before
         assert queue.get("5.6.7").state == "segmented" and queue.get("5.6.7").sent == ["ab"]
+        assert (queue.get("5.6.7").retry_at, queue.get("5.6.7").failures) == (0.0, 0)  # sent at once after a restart
 
 
 def test_a_series_spooled_without_its_state_file_is_found(tmp_path: Path) -> None:
