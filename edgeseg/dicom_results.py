@@ -40,6 +40,16 @@ def flagged_reasons(row: dict[str, Any]) -> str:
     return text if status == "flagged" else ""
 
 
+def withheld(row: dict[str, Any], seg_only: bool, seg_flagged: bool) -> dict[str, str]:
+    """What a flagged scan's summary row says when its SEG and SR are kept back: a ``message``,
+    and no ``output`` where the SEG was its only labels file (``--format dicom-seg``)."""
+    reasons = flagged_reasons(row)
+    if not reasons or seg_flagged:
+        return {}
+    said = {"message": "QC flagged: no DICOM SEG or SR written (--seg-flagged writes them marked QC FLAGGED)"}
+    return {**said, "output": ""} if seg_only else said
+
+
 def volume_report(row: dict[str, Any], class_names: tuple[str, ...]) -> VolumeReport:
     """The SR's numbers from the scan's summary row: each foreground class's mL, QC and coverage."""
     volumes = {name: float(row.get(f"{name}_ml") or 0.0) for name in class_names[1:]}

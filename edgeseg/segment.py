@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeseg.artifacts import ModelInfo, read_model_info
 from edgeseg.crop import GRIDS, Crop, plan_crop
-from edgeseg.dicom_results import ResultTargets, write_results
+from edgeseg.dicom_results import ResultTargets, withheld, write_results
 from edgeseg.errors import DiskFull, EdgesegError, describe
 from edgeseg.files import atomic_write, sha256_file
 from edgeseg.names import mask_rel, overlay_rel, seg_rel, sr_rel, stats_rel
@@ -308,6 +308,8 @@ class Segmenter:
             {**self._qc(figures, labels, dec), **{k: f"{v:.6g}" for k, v in figures.items() if k.endswith(MEAN_SUFFIX)}}
         )
         row["volumes"] = volumes_cover(row)
+        if scan.kind == "dicom" and self.config.format != "nifti":  # QC may keep its SEG and SR back
+            row.update(withheld(row, self.config.format == "dicom-seg", self.config.seg_flagged))
         return Segmented(row, len(labels), seconds, dec.model_size is not None, dec.notes, crop is not None)
 
     def _count(self, done: Segmented) -> dict[str, Any]:

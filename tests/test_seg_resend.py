@@ -133,10 +133,13 @@ def test_no_brain_abdomen_and_shoulder_write_no_seg_by_default(flagged: Path, tm
     skipped = "\n".join(line for line in proc.stdout.splitlines() if line.startswith("skipped"))
     assert "BodyPartExamined is ABDOMEN" in skipped and "BodyPartExamined is SHOULDER" in skipped
     assert (tmp_path / "out" / "no_brain_seg.nii.gz").is_file()  # for a person to look at
-    forced = infer(flagged / "abdomen", "--out", tmp_path / "forced", "--force")  # past triage: QC flags it
-    assert forced.returncode == 0 and "1 done" in forced.stdout, forced.stderr
+    assert summary(tmp_path / "out")["no_brain_seg.nii.gz"]["message"].startswith("QC flagged: no DICOM SEG")
+    forced = infer(flagged / "abdomen", "--out", tmp_path / "forced", "--force", "--format", "dicom-seg")
+    assert forced.returncode == 0 and "1 done" in forced.stdout, forced.stderr  # past triage: QC flags it
     assert "QC flagged it (" in forced.stdout + forced.stderr
     assert not list((tmp_path / "forced").rglob("*.dcm"))
+    (row,) = summary(tmp_path / "forced").values()  # the SEG was its only labels file: no output
+    assert row["output"] == "" and row["status"] == "done" and row["qc_status"] == "flagged"
 
 
 def test_seg_flagged_writes_them_marked(flagged: Path, tmp_path: Path, dciodvfy) -> None:
