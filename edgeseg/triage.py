@@ -59,7 +59,7 @@ HEAD_PARTS = {
     "NEURO",
 }
 # Words are matched between non-letters, since scanners join them with "_" ("t1_vibe_abd_tra").
-LOCALIZER_WORDS = re.compile(r"locali[sz]er|scout|survey|tri-?pilot|3[ -_]?plane|(?<![a-z])loc(?![a-z])", re.I)
+LOCALIZER_WORDS = re.compile(r"locali[sz]er|scout|survey|tri-?pilot|3[ _-]?plane|(?<![a-z])loc(?![a-z])", re.I)
 HEAD_WORDS = re.compile(r"head|brain|neuro|cerebr|skull|cran", re.IGNORECASE)
 # words for other body parts in descriptions and protocols (English, and the usual abbreviations)
 BODY_WORDS = re.compile(

@@ -67,6 +67,10 @@ SINGLE = [  # header attributes, words in the reason ("" = segmented)
     ({"SeriesDescription": "t2_tse_cor_shoulder"}, "names another body part ('shoulder')"),
     ({"ProtocolName": "t1_vibe_abd_tra"}, "names another body part ('abd')"),
     ({"SeriesDescription": "T1 brain incl. cervical junction"}, ""),  # a head word wins
+    ({"SeriesDescription": "3_plane loc"}, "a localizer"),
+    ({"SeriesDescription": "3Dplane T1"}, ""),  # "3-plane" spelled with a separator only
+    ({"SeriesDescription": "t2_blocade"}, ""),  # "loc" only as a word of its own
+    ({"SeriesDescription": "t1_relocated_whip"}, ""),  # neither "loc" nor "hip" inside a word
 ]
 
 
