@@ -201,7 +201,7 @@ def _segment(config: NodeConfig, queue: NodeQueue, uid: str, generation: int) ->
     from edgeseg.infer import InferConfig, run_inference
     from edgeseg.scans import discover_scans
 
-    folder, out = queue.spool_dir / uid, queue.results_dir / uid
+    folder, out = queue.spool_dir / uid, queue.results_for(uid, generation)
     scans, problems, _, set_aside = discover_scans([folder], out)
     if not scans:
         state = "failed" if problems else "skipped"

@@ -8,7 +8,7 @@ where it was:
     state/audit.jsonl            one JSON line per event (received, completed, segmented, ...)
     state/spool/<series>/<sop>.dcm   each instance as received, fsync'ed before the store is acknowledged
     state/queue/<series>.json    the series' state, replaced atomically (temp file, fsync, rename, fsync)
-    state/results/<series>/      what `edgeseg infer` wrote for it (its --out)
+    state/results/<series>/g<n>/ what `edgeseg infer` wrote for generation n of it (its --out)
 
 A series goes ``receiving`` -> ``complete`` (no instance for the quiet time) -> ``segmented``
 (or ``skipped``, ``flagged``, ``failed``: nothing to send) -> ``sent``. Each state file carries a
@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -190,6 +191,20 @@ class NodeQueue:
         with self._lock:
             states = sorted(self.series.values(), key=lambda s: s.last_received)
             return [(s.uid, s.generation) for s in states if s.state == kind]
+
+    def results_for(self, uid: str, generation: int) -> Path:
+        """``state/results/<uid>/g<generation>``, infer's --out for that content of the series.
+
+        One folder per generation: a rerun after a kill resumes in it (infer skips what is done),
+        while a series that grew never finds the outputs of its older content there (a SEG that
+        a now-flagged series no longer gets would otherwise be sent). Older generations' folders
+        are removed here, since their series left ``segmented`` before this one was asked for.
+        """
+        series = self.results_dir / uid
+        for old in series.glob("g*"):
+            if old.name != f"g{generation}":
+                shutil.rmtree(old, ignore_errors=True)
+        return series / f"g{generation}"
 
     def get(self, uid: str) -> SeriesState:
         with self._lock:

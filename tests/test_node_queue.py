@@ -159,3 +159,14 @@ def test_stow_rs_refuses_what_is_not_dicom(tmp_path: Path) -> None:
     lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [e["event"] for e in lines] == ["refused"] and "not a DICOM file" in lines[0]["reason"]
     assert not list((tmp_path / "spool").iterdir())
+
+
+def test_each_generation_has_its_own_results_folder(tmp_path: Path) -> None:
+    """A series that grew never finds (and sends) the outputs of its older content."""
+    with NodeQueue(tmp_path) as queue:
+        first = queue.results_for(SERIES, 1)
+        first.mkdir(parents=True)
+        (first / "x_seg.dcm").write_bytes(b"old")
+        assert queue.results_for(SERIES, 1) == first and (first / "x_seg.dcm").exists()  # a rerun resumes there
+        second = queue.results_for(SERIES, 2)
+        assert second.name == "g2" and not first.exists()
