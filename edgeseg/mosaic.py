@@ -16,7 +16,9 @@ a volume's mosaic (NIfTI, DICOM) is drawn:
   their longer side has :data:`MIN_TILE_PX` pixels, so a 64x64 scan gives 256-pixel tiles.
 
 A 2-D input (.npy, an image) has no anatomy to orient by: its tiles are the slices the model
-saw, as they are, without markers.
+saw, as they are, without markers. A volume whose affine does not place the patient (a DICOM
+series without ImagePositionPatient/ImageOrientationPatient, a NIfTI with qform and sform
+codes 0) is shown as stored, its acquisition slices with rows down the rows, without markers.
 """
 
 from __future__ import annotations
@@ -84,16 +86,19 @@ def _tiles(dec: Decoded, labels: np.ndarray, source: Path) -> tuple[list, tuple 
 
     restored = dec.restore(labels)  # (i, j, k) of the input array
     affine = dec.template.affine
-    ornt = io_orientation(affine)  # voxel axis -> (closest RAS axis, +1/-1)
-    name, rows, cols, letters = PLANES[int(ornt[2, 0])]
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(0))
-    row_axis = 0 if int(ornt[0, 0]) == rows[0] else 1  # voxel axis (0 i, 1 j) shown down the rows
+    if dec.oriented:
+        ornt = io_orientation(affine)  # voxel axis -> (closest RAS axis, +1/-1)
+        name, rows, cols, letters = PLANES[int(ornt[2, 0])]
+        row_axis = 0 if int(ornt[0, 0]) == rows[0] else 1  # voxel axis (0 i, 1 j) shown down the rows
+    else:  # nothing says where the patient is: the slices as stored (j down the rows), no markers
+        ornt, rows, cols, row_axis = np.array([[0, 1], [1, 1], [2, 1]]), (1, 1), (0, 1), 1
     tiles = []
     for k in _picks(np.moveaxis(restored, 2, 0)):
         grey = np.asarray(dec.raw[:, :, k], np.float32) * np.float32(dec.slope) + np.float32(dec.inter)
         tiles.append(tuple(_orient(plane, ornt, row_axis, rows, cols) for plane in (grey, restored[:, :, k])))
     spacing = (float(zooms[row_axis]), float(zooms[1 - row_axis]))
-    return tiles, (name, letters, spacing)
+    return tiles, ((name, letters, spacing) if dec.oriented else ("", "", spacing))
 
 
 def _orient(plane: np.ndarray, ornt: np.ndarray, row_axis: int, rows: tuple, cols: tuple) -> np.ndarray:
@@ -129,14 +134,15 @@ def _canvas(tiles: list, class_names: tuple[str, ...], palette: list, plane: tup
     (w, h), n = tiles[0].size, len(tiles)
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
-    lines = len(class_names) - 1 + (plane is not None)
+    marked = plane is not None and bool(plane[0])  # an oriented volume: markers and the plane's line
+    lines = len(class_names) - 1 + marked
     legend = 18 * lines + 8
-    width = max(cols * w, 26 + 7 * max(map(len, class_names)), 300 if plane else 0)
+    width = max(cols * w, 26 + 7 * max(map(len, class_names)), 300 if marked else 0)
     mosaic = Image.new("RGB", (width, rows * h + legend))
     for i, tile in enumerate(tiles):
         mosaic.paste(tile, ((i % cols) * w, (i // cols) * h))
     draw = ImageDraw.Draw(mosaic)
-    if plane is not None:
+    if marked:
         top, bottom, left, right = plane[1]
         for text, (x, y) in ((top, (w // 2 - 3, 2)), (bottom, (w // 2 - 3, h - 13)), (left, (3, h // 2 - 6))):
             draw.text((x, y), text, fill=(255, 255, 0))
@@ -145,7 +151,7 @@ def _canvas(tiles: list, class_names: tuple[str, ...], palette: list, plane: tup
         y = rows * h + 4 + 18 * (c - 1)
         draw.rectangle([4, y, 16, y + 12], fill=palette[c % len(palette)])
         draw.text((22, y), name, fill=(255, 255, 255))
-    if plane is not None:
+    if marked:
         y = rows * h + 4 + 18 * (len(class_names) - 1)
         convention = "patient right on image left" if plane[0] != "sagittal" else "anterior on image left"
         draw.text((4, y), f"{plane[0]}, radiological: {convention}", fill=(255, 255, 0))

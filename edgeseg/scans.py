@@ -77,6 +77,7 @@ class Decoded:
     brain_raw: np.ndarray | None = None  # the same mask in the input's voxel order, to write
     identifiers: dict[str, str] = field(default_factory=dict)  # DICOM: PatientID, StudyInstanceUID, ...
     raw: np.ndarray | None = None  # volumes: the input array (a view, no copy), for the mosaic's own plane
+    oriented: bool = True  # False: the affine does not place the patient (no DICOM geometry, NIfTI codes 0)
 
     @property
     def model_shape(self) -> tuple[int, int]:
@@ -404,6 +405,7 @@ def read_scan(
         dec.identifiers = series.identifiers
         if series.positioned and series.spacing_known:  # a DICOM SEG can place its frames
             dec.sources = series.sources
+        dec.oriented = series.positioned
     if dec.stack.size == 0:
         raise EdgesegError(f"{path}: empty scan (shape {dec.shape}); nothing to segment")
     if skull_strip:
@@ -535,6 +537,7 @@ def _read_nifti(path: Path, axis: int | None, min_size: int, budget: int = MAX_G
     slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
     dec.slope, dec.inter = float(slope), float(inter)
     dec.shape, dec.template = tuple(img.shape), img
+    dec.oriented = bool(img.get_qform(coded=True)[1] or img.get_sform(coded=True)[1])  # codes 0: unknown
     dec.voxel_ml = float(np.prod(nifti_zooms_mm(img))) / 1000.0
     return dec
 

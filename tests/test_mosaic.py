@@ -109,3 +109,23 @@ def _shift(k: int, axis: int = 2) -> np.ndarray:
     step = np.eye(4)
     step[axis, 3] = k
     return step
+
+
+def test_a_volume_that_does_not_place_the_patient_is_shown_as_stored(tmp_path: Path) -> None:
+    """qform and sform codes 0: nothing says where the patient's left is, so nothing is flipped
+    into a convention and no marker claims one; rows are the array's second axis."""
+    img = nib.load(_demo_sources()["t1"])
+    t1 = np.asarray(img.dataobj, np.float32)[:, :, 86:89].copy()
+    t1[0:37, 203:233, :] = 400  # low i, high j
+    unplaced = nib.Nifti1Image(t1, None)
+    unplaced.header.set_zooms((1.0, 1.0, 1.0))
+    assert unplaced.get_qform(coded=True)[1] == 0 and unplaced.get_sform(coded=True)[1] == 0
+    (tmp_path / "in").mkdir()
+    nib.save(unplaced, tmp_path / "in" / "raw.nii.gz")
+    proc = infer(tmp_path / "in", "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    width = round(197 * MIN_TILE_PX / 233)
+    mosaic = tmp_path / "out" / "raw_overlay.png"
+    block, brain = centroids(first_tile(mosaic, MIN_TILE_PX, width))
+    assert block[1] < brain[1] - 40 and block[0] > brain[0] + 40  # i to the right, j down: as stored
+    assert Image.open(mosaic).size[1] == 2 * MIN_TILE_PX + 2 * 18 + 8  # 3 tiles in 2 rows; no plane line
