@@ -19,7 +19,7 @@ import numpy as np
 
 from edgeseg.dicom_seg import SegContent, write_dicom_seg
 from edgeseg.dicom_sr import VolumeReport, write_dicom_sr
-from edgeseg.qc import NO_RANGES
+from edgeseg.qc import Verdict
 
 
 @dataclass(frozen=True)
@@ -33,11 +33,9 @@ class ResultTargets:
 
 
 def flagged_reasons(row: dict[str, Any]) -> str:
-    """The QC reasons of a flagged scan's row (``qc_status`` flagged, or a ``qc`` text that is
-    neither ok nor unchecked), else ``""``."""
-    text = str(row.get("qc") or "")
-    status = row.get("qc_status") or ("" if text in ("", "ok", NO_RANGES) else "flagged")
-    return text if status == "flagged" else ""
+    """The QC reasons of a flagged scan's row (:meth:`edgeseg.qc.Verdict.from_row`), else ``""``."""
+    verdict = Verdict.from_row(row) if row.get("qc") else None
+    return verdict.text if verdict is not None and verdict.flagged else ""
 
 
 def withheld(row: dict[str, Any], seg_only: bool, seg_flagged: bool) -> dict[str, str]:
