@@ -74,7 +74,7 @@ def t1(tmp_path_factory: pytest.TempPathFactory, mni_dicom_factory) -> Path:  # 
     return root / "t1"
 
 
-def test_two_runs_give_the_same_seg_and_sr_uids(t1: Path, tmp_path: Path) -> None:
+def test_two_runs_give_the_same_seg_and_sr_uids(t1: Path, tmp_path: Path, dciodvfy) -> None:
     outs = [tmp_path / "a", tmp_path / "a", tmp_path / "b", tmp_path / "c"]
     extra = [(), ("--overwrite",), (), ("--no-resample",)]  # a rerun, another --out, other labels
     found = []
@@ -84,6 +84,8 @@ def test_two_runs_give_the_same_seg_and_sr_uids(t1: Path, tmp_path: Path) -> Non
         seg = pydicom.dcmread(out / "t1_seg.dcm", stop_before_pixels=True)
         tracking = [s.TrackingUID for s in seg.SegmentSequence]
         found.append((uids(out / "t1_seg.dcm"), uids(out / "t1_sr.dcm"), tracking))
+        for name in ("t1_seg.dcm", "t1_sr.dcm"):
+            assert dciodvfy(out / name, next(t1.iterdir())) == [], name
     assert found[0] == found[1] == found[2]  # the same source, model and options: the same objects
     assert found[3][0] != found[0][0] and found[3][1] != found[0][1]  # --no-resample changes the labels
     (seg_series, seg_sop), (sr_series, sr_sop), tracking = found[0]
@@ -92,7 +94,7 @@ def test_two_runs_give_the_same_seg_and_sr_uids(t1: Path, tmp_path: Path) -> Non
     assert all(pydicom.uid.UID(u).is_valid for u in (seg_series, seg_sop, sr_series, sr_sop))
 
 
-def test_seg_names_its_creator_region_and_colours(t1: Path, tmp_path: Path) -> None:
+def test_seg_names_its_creator_region_and_colours(t1: Path, tmp_path: Path, dciodvfy) -> None:
     import highdicom as hd
 
     from edgeseg.outputs import PALETTE
@@ -100,6 +102,7 @@ def test_seg_names_its_creator_region_and_colours(t1: Path, tmp_path: Path) -> N
     proc = infer(t1, "--out", tmp_path / "out", "--format", "dicom-seg")
     assert proc.returncode == 0, proc.stderr
     seg = pydicom.dcmread(tmp_path / "out" / "t1_seg.dcm")
+    assert dciodvfy(tmp_path / "out" / "t1_seg.dcm", next(t1.iterdir())) == []
     assert str(seg.ContentCreatorName) == "edgeseg^"
     for segment in seg.SegmentSequence:
         region = segment.AnatomicRegionSequence[0]
