@@ -396,8 +396,10 @@ class OpenVinoRunner(Runner):
     """
 
     def __init__(self, path: Path, spec: RunnerSpec) -> None:
-        try:
-            import openvino as ov
+        from edgeseg.openvino_backend import import_openvino
+
+        try:  # the defaults peer imports it as a user does, conversion tools and all
+            ov = import_openvino() if spec.precision != "default" else __import__("openvino")
         except ImportError:
             raise EdgesegError("backend openvino: OpenVINO is not installed; pip install 'edgeseg[openvino]'") from None
         from collections import OrderedDict

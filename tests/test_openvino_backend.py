@@ -253,3 +253,26 @@ def test_a_damaged_cache_blob_is_compiled_anew(tiny_onnx: Path, tmp_path: Path, 
         blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
     again, hit, _ = _cache_runs(tiny_onnx, x)
     assert not hit and np.array_equal(first, again)
+
+
+def test_the_runner_leaves_out_openvinos_conversion_tools_and_the_defaults_peer_does_not(tiny_onnx: Path) -> None:
+    """Issue 24: `import openvino` brings openvino.tools.ovc (convert_model), 9-15 MB of peak RSS that
+    inference never uses; a runner leaves it out (and a later import of it still works), while the
+    OpenVINO-defaults peer imports openvino as a user does."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from pathlib import Path\n"
+        "from edgeseg.runtime import RunnerSpec, open_runner\n"
+        "r = open_runner(Path(sys.argv[1]), RunnerSpec('openvino', precision=sys.argv[2], threads=1))\n"
+        "labels = r.labels(np.random.default_rng(0).normal(400, 100, (1, 1, 48, 48)).astype(np.float32))\n"
+        "loaded = 'openvino.tools.ovc' in sys.modules\n"
+        "import openvino.tools.ovc\n"
+        "print(loaded, labels.shape, hasattr(openvino.tools.ovc, 'convert_model'))\n"
+    )
+    for precision, loaded in (("fp32", "False"), ("default", "True")):
+        proc = subprocess.run([sys.executable, "-c", code, str(tiny_onnx), precision], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split() == [loaded, "(1,", "48,", "48)", "True"], (precision, proc.stdout)
