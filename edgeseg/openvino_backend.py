@@ -37,8 +37,10 @@ nothing (``ENABLE_MMAP``, ``NUM_STREAMS=1``, ``INFERENCE_NUM_THREADS=1``,
 reading from bytes: all 152); what did: glibc keeps the heap that reading and transforming the
 graph freed, so :func:`release_heap` after each compile gives it back (148), and a graph imported
 from the model cache leaves less behind than a compile (147; both 143). ``MALLOC_ARENA_MAX=1``
-gave 147 alone and nothing on top of those. And :func:`import_openvino` leaves out the 15 MB of
-OpenVINO's model-conversion tools that ``import openvino`` brings and inference never uses.
+gave 147 alone and nothing on top of those. And :func:`import_openvino` leaves out OpenVINO's
+model-conversion tools, which ``import openvino`` brings and inference never uses: 15 MB less after
+the import, 9 MB less at the runner's peak (int8 148 -> 139 MB compiled, 144 -> 135 from the cache;
+fp32 157 -> 147).
 """
 
 from __future__ import annotations
