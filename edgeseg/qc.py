@@ -20,6 +20,14 @@ metadata (``edgeseg.qc_ranges``); ``edgeseg infer`` writes a scan's figures to
 
 A volume's figure is a pooled ratio over its slices, so it lies between its slices' own
 values: a volume of slices like the training slices stays inside the training ranges.
+
+:func:`verdict` turns the figures into a :class:`Verdict` (issue 22): ``flagged`` with reasons of
+three kinds, ``no brain`` (no slice with :data:`MIN_BRAIN` of brain: an empty segmentation is
+not ``ok``), ``not brain anatomy`` (:mod:`edgeseg.qc_anatomy`: the labels are not shaped like a
+brain slice, or the input is signed like a CT) and ``outside training range`` (the figures
+above); else ``ok``, or ``unchecked`` for a model without ranges. :func:`coverage` says, beside
+it, whether the scan holds the whole brain, part of it (a slab) or a single slice. Measured in
+``bench/qc_flags.py`` (held-out slices under every robustness family) and the README.
 """
 
 from __future__ import annotations

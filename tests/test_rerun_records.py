@@ -47,6 +47,15 @@ def scan(brain: float, shape: tuple[int, ...] = (24, 24)) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def disk(radius: int, shape: tuple[int, int] = (24, 24)) -> np.ndarray:
+    """A brain-like slice under the threshold model: a disk of white matter (2) in a 1 px rim of gray (1),
+    so that QC's anatomy figures (edgeseg.qc_anatomy) see a compact brain with a gray outline."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]] - (np.array(shape) / 2 - 0.5)[:, None, None]
+    r = np.hypot(yy, xx)
+    x = np.where(r <= radius, RNG.uniform(1.0, 1.4, shape), 0.0)
+    return np.where(r <= radius - 1, RNG.uniform(1.6, 2.4, shape), x).astype(np.float32)
+
+
 @pytest.fixture
 def model(tmp_path: Path, threshold_onnx_factory) -> Path:  # noqa: ANN001
     """The threshold model with QC ranges and a 0.5 mm training pixel size."""
@@ -59,7 +68,7 @@ def scans(tmp_path: Path) -> Path:
     """A clean slice, a flagged one (too much brain), and a 1 mm NIfTI volume (resampled)."""
     root = tmp_path / "in"
     root.mkdir()
-    np.save(root / "clean.npy", scan(0.2))
+    np.save(root / "clean.npy", disk(6))  # 20 % of the frame
     np.save(root / "flagged.npy", scan(0.9))
     nib.save(nib.Nifti1Image(scan(0.3, (20, 18, 2)), np.eye(4)), root / "vol.nii.gz")
     return root
@@ -73,7 +82,7 @@ def test_rerun_and_a_deleted_summary_keep_every_column(tmp_path: Path, model: Pa
     assert len(made) == 3 and all(row[k] for row in made.values() for k in ALWAYS_SET)
     assert all(made[o]["gray_matter_mean_intensity"] for o in made)
     assert (
-        made["flagged_seg.npy"]["qc"].startswith("outside training range: brain_fraction")
+        "outside training range: brain_fraction 0.8" in made["flagged_seg.npy"]["qc"]
         and made["clean_seg.npy"]["qc"] == "ok"
     )
     assert made["vol_seg.nii.gz"]["spacing_mm"] and made["vol_seg.nii.gz"]["resampled"] == "yes"
@@ -82,9 +91,7 @@ def test_rerun_and_a_deleted_summary_keep_every_column(tmp_path: Path, model: Pa
     assert rerun.returncode == 0, rerun.stderr
     assert "0 done, 0 failed, 3 skipped" in rerun.stdout
     assert summary(out) == made
-    assert (
-        "flagged.npy (outside training range: brain_fraction" in rerun.stderr
-    )  # the verdict is still named at the end
+    assert f"flagged.npy ({made['flagged_seg.npy']['qc']})" in rerun.stderr  # the verdict is still named at the end
 
     (out / "summary.csv").unlink()
     rebuilt = infer(scans, "--model", model, "--out", out)
@@ -127,7 +134,7 @@ def test_stats_from_before_they_held_their_row_keep_the_qc_verdict(tmp_path: Pat
 
 def save(path: Path, brain: float = 0.3) -> None:
     """A small scan at ``path``: .npy, or an 8-bit image of class indices."""
-    x = scan(brain)
+    x = disk(round(float(np.sqrt(brain * 24 * 24 / np.pi))))  # brain-shaped: QC passes it
     if path.suffix == ".npy":
         np.save(path, x)
     else:
