@@ -23,6 +23,14 @@ probe 1.0 s, which built an ONNX model with the ``onnx`` package to learn that t
 does not load: now the library is tried first, and the probe is not built), the crop's paste 0.7 s,
 the imports about 9 s, building the CLI's command tree twice 1 s (now once, unless an argument is
 empty). On an idle machine the issue measured the job at 11.2 s with the model alone 8.9 s.
+
+After those cuts and importing OpenVINO without its conversion tools (edgeseg.openvino_backend),
+`python bench/bench_overhead.py --rounds 1 --threads 2` on the same machine (load 6-9, so again
+only shares): the job 79.7 s end to end, 82.7 s under cProfile; the model 73.1 %, QC 5.3 %, the
+crop plan 3.4 %, loading and compiling 3.0 %, choosing the backend 1.4 % (was 3.4 %), the crop's
+cut and paste 1.1 %, imports 6.6 % (was 10.8 %), the rest 12.6 %. The crop plan (its float64
+tissue mask) and the QC figures (max_softmax over the full logits) are the largest stages left;
+a new box shape also costs OpenVINO a compile, which the model cache only saves the second time.
 """
 
 from __future__ import annotations
