@@ -73,7 +73,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from edgeseg.artifacts import read_model_info
-    from edgeseg.robustness import OBLIQUE_DEG, families, held_out_planes
+    from edgeseg.robustness import families, family_slices, held_out_planes
 
     info = read_model_info(args.model)
     ranges = parse_ranges(info.metadata.get(METADATA_KEY))
@@ -92,13 +92,7 @@ def main() -> None:
                     records.append(dict(family=family, strength=kind, miou=None, status=status, reasons=reasons))
                     records[-1]["figures"] = figures
             continue
-        if family == "oblique":
-            scored = [(f"{deg:+g} deg", data.oblique[deg]) for deg in OBLIQUE_DEG]
-        else:
-            scored = [
-                (name, [fn(im, m) for im, m in zip(data.images, data.masks, strict=True)]) for name, fn in variants
-            ]
-        for strength, pairs in scored:
+        for strength, pairs in family_slices(family, variants, data):
             for image, mask in pairs:
                 labels, figures, reasons, status = slice_verdict(session, ranges, names, image)
                 cm = ConfusionMatrix(len(names))

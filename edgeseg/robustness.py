@@ -209,12 +209,7 @@ def robustness_report(predict: Predict, data: HeldOutPlanes, num_classes: int = 
         if family == "empty":
             rows.append(_empty_row(predict, len(data.images)))
             continue
-        if family == "oblique":
-            scored = [(f"{deg:+g} deg", data.oblique[deg]) for deg in OBLIQUE_DEG]
-        else:
-            scored = [
-                (name, [fn(im, m) for im, m in zip(data.images, data.masks, strict=True)]) for name, fn in variants
-            ]
+        scored = family_slices(family, variants, data)
         pooled, worst, n = ConfusionMatrix(num_classes), None, 0
         for _, pairs in scored:
             cm = ConfusionMatrix(num_classes)
@@ -229,6 +224,16 @@ def robustness_report(predict: Predict, data: HeldOutPlanes, num_classes: int = 
         drop = None if miou is None or clean is None else clean - miou
         rows.append(RobustnessRow(family, ", ".join(name for name, _ in scored), miou, drop, worst, n))
     return rows
+
+
+def family_slices(
+    family: str, variants: list[tuple[str, Perturb]], data: HeldOutPlanes
+) -> list[tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
+    """``[(strength, [(image, mask), ...])]`` of one family of :func:`families` (not "empty"):
+    the oblique planes, or every held-out slice under each perturbation."""
+    if family == "oblique":
+        return [(f"{deg:+g} deg", data.oblique[deg]) for deg in OBLIQUE_DEG]
+    return [(name, [fn(im, m) for im, m in zip(data.images, data.masks, strict=True)]) for name, fn in variants]
 
 
 def _empty_row(predict: Predict, count: int) -> RobustnessRow:
