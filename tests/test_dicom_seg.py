@@ -97,7 +97,10 @@ def test_seg_segments_are_coded_and_identify_the_algorithm(seg_run) -> None:
         )
         for s in segments
     ] == [("389081007", "SCT"), ("389080008", "SCT")]
-    model_sha = sha256(SHIPPED_MODEL)
+    # the file that ran: the shipped model, or where `edgeseg tune` ran here, its pick (model_int8.onnx)
+    ran = Path(json.loads((out / "t1_stats.json").read_text())["model"])
+    assert ran.parent == SHIPPED_MODEL.parent
+    model_sha = sha256(ran)
     for segment in segments:
         algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
         assert segment.SegmentAlgorithmType == "AUTOMATIC" and algorithm.AlgorithmName == "edgeseg"
