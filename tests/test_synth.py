@@ -123,3 +123,28 @@ def test_non_brain_share_counts_gm_and_wm_outside_the_brain_only() -> None:
     assert n == 512 - 64
     assert tissue_pct == pytest.approx(100 * 8 / 448)
     assert all_pct == pytest.approx(100 * 9 / (1000 - 64))
+
+
+def test_the_default_run_has_no_synthetic_planes_and_the_synth_preset_has() -> None:
+    from edgeseg.train_config import make_config
+
+    assert make_config().synth_planes == 0
+    synth = make_config("synth")
+    assert synth.synth_planes == 640 and synth.synth_recipe == "full" and synth.epochs == 26
+
+
+def test_training_sources_append_synthetic_planes_after_the_demo_and_oblique_ones() -> None:
+    from edgeseg.data import load_slices
+    from edgeseg.demo import build_demo
+    from edgeseg.split import make_split
+    from edgeseg.train import _sources
+    from edgeseg.train_config import make_config
+
+    slices = load_slices(build_demo())
+    split = make_split(slices, "regions")
+    config = make_config(oblique_planes=2, synth_planes=3, synth_heads=1)
+    lines: list[str] = []
+    images, masks = _sources(slices, split, config, lines.append)
+    assert len(images) == len(masks) == len(split.train) + 2 + 3
+    assert [im.shape for im in images[-3:]] == [(448, 448)] * 3 and images[-4].shape == slices.images[0].shape
+    assert any("3 synthetic-head planes" in line for line in lines)
