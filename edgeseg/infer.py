@@ -197,8 +197,8 @@ def _flagged_line(flagged: list[tuple[Path, str]], show: int = 5) -> str:
     names = "; ".join(f"{path} ({why})" for path, why in flagged[:show])
     more = f" and {len(flagged) - show} more" if len(flagged) > show else ""
     return (
-        f"warning: {len(flagged)} scan(s) outside what the model saw in training, check them before"
-        f" trusting their volumes: {names}{more}; see the qc column of summary.csv"
+        f"warning: QC flagged {len(flagged)} scan(s), check them before trusting their volumes:"
+        f" {names}{more}; see the qc column of summary.csv"
     )
 
 
