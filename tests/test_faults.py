@@ -124,11 +124,16 @@ def lying_png(path: Path, side: int) -> None:
 
 
 def lying_dicom(path: Path) -> None:
-    """pydicom's real MR_small.dcm (64x64 int16) with Rows and Columns claiming 60000."""
+    """pydicom's real MR_small.dcm (64x64 int16) with Rows and Columns claiming 60000.
+
+    MR_small is DERIVED\\SECONDARY, which series triage skips from its header alone (nothing is
+    allocated, so that is safe too); it is made ORIGINAL\\PRIMARY here so that the size check is
+    what stops it."""
     import pydicom
     from pydicom.data import get_testdata_file
 
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
     ds.Rows = ds.Columns = BIG
     ds.save_as(path)
 
