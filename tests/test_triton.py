@@ -115,11 +115,12 @@ def test_triton_command_says_int8_is_served_one_slice_per_run(tmp_path: Path, ca
 
 
 def test_readme_client_example_asks_the_served_model_for_labels(tiny_dataset, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
-    """The README's tritonclient example, run up to the network (no server here: it must fail to
+    """The tritonclient example of docs/scaling.md, run up to the network (no server here: it must fail to
     connect, not before): its request fits the config `edgeseg triton export/model.onnx` writes,
     and it asks for `labels` alone."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (code,) = [block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "tritonclient" in block]
+    repo = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
+    page = (repo / "docs" / "scaling.md").read_text()
+    (code,) = [block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "tritonclient" in block]
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 8001)) == 0:
             pytest.skip("something listens on port 8001 here: the example would reach it")
@@ -128,7 +129,7 @@ def test_readme_client_example_asks_the_served_model_for_labels(tiny_dataset, tm
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
-        exec(compile(code, "README.md", "exec"), namespace)
+        exec(compile(code, "docs/scaling.md", "exec"), namespace)
     (model,) = write_model_repository(edgeseg.SHIPPED_MODEL, tmp_path / "models")
     config = read_config(model.config)
     assert re.findall(r'client\.infer\("(\w+)"', code) == [model.name] == ["model"]
