@@ -29,16 +29,18 @@ def _app() -> Any:
     target = script.load()
     if isinstance(target, typer.Typer):
         return target
-    # The script's module, or the package it belongs to (edgeseg.cli.*), holds the app and its sub-apps.
-    package = target.__module__.rsplit(".", 1)[0] if "." in target.__module__ else target.__module__
-    modules = [m for name, m in list(sys.modules.items()) if name == package or name.startswith(package + ".")]
-    apps = {id(v): v for m in modules for v in vars(m).values() if isinstance(v, typer.Typer)}
-    # The root app is the one no other app was added to: typer keeps sub-apps in registered_groups.
-    children = {id(g.typer_instance) for a in apps.values() for g in a.registered_groups}
-    roots = [a for key, a in apps.items() if key not in children]
-    if len(roots) != 1:
-        raise RuntimeError(f"cli_reference: expected one root typer app beside {script.value}, found {len(roots)}")
-    return roots[0]
+    # The app lives in the script's module, or elsewhere in its package (edgeseg.cli.*): look in
+    # the module first, then widen, and take the one app that no other app was added to.
+    module = target.__module__
+    scopes = [module, module.rsplit(".", 1)[0]] if "." in module else [module]
+    for scope in scopes:
+        found = [m for name, m in list(sys.modules.items()) if name == scope or name.startswith(scope + ".")]
+        apps = {id(v): v for m in found for v in vars(m).values() if isinstance(v, typer.Typer)}
+        children = {id(g.typer_instance) for a in apps.values() for g in a.registered_groups}
+        roots = [a for key, a in apps.items() if key not in children]
+        if len(roots) == 1:
+            return roots[0]
+    raise RuntimeError(f"cli_reference: no single root typer app beside {script.value}")
 
 
 def _commands() -> Iterator[tuple[str, str]]:
