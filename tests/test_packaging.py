@@ -37,7 +37,8 @@ def test_wheel_carries_the_shipped_model_example_and_targets(tmp_path: Path) -> 
         packed = zipfile.ZipFile(wheel).read(f"edgeseg/_shipped/{name}")
         assert packed == (REPO / "export" / name).read_bytes(), name
     assert "edgeseg/_bench/targets.toml" in names
-    assert "edgeseg/cli.py" in names
+    cli = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "edgeseg" / "cli").glob("*.py"))
+    assert "edgeseg/cli/__init__.py" in cli and not set(cli) - names, sorted(set(cli) - names)
 
 
 def test_source_checkout_finds_the_repository_folders() -> None:
