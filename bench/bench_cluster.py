@@ -60,7 +60,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
 def cluster() -> tuple[str, float]:
     """``(scheduler address, start-up seconds)`` of the library's LocalCluster of 2 workers."""
     pytest.importorskip("distributed", reason="the cluster extra is not installed")
-    from edgeseg.cluster import local_cluster
+    from edgeseg.cluster_connect import local_cluster
 
     start = time.perf_counter()
     with local_cluster(2) as lc:

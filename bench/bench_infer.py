@@ -235,8 +235,8 @@ def test_qc_figures(benchmark, paired) -> None:  # noqa: ANN001
     them): "paired" is model time / QC time."""
     from edgeseg import SHIPPED_MODEL_DIR
     from edgeseg.artifacts import read_model_info
+    from edgeseg.ort_session import create_session
     from edgeseg.qc import QCCounter
-    from edgeseg.runtime import create_session
     from edgeseg.scans import read_scan
 
     example = SHIPPED_MODEL_DIR / "example" / "mni152_t1_axial_slab.nii.gz"

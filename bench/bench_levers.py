@@ -3,7 +3,7 @@
     pytest bench/bench_levers.py --benchmark-only [--benchmark-json levers.json]
 
 * ``levers-session-fp32``: the fp32 model at batch 1 under each session setting. Baseline:
-  the session ``edgeseg.runtime.create_session`` builds (ORT_ENABLE_ALL, default threads).
+  the session ``edgeseg.ort_session.create_session`` builds (ORT_ENABLE_ALL, default threads).
   Variants: explicit/1 thread(s), lower optimisation levels, no NCHWc, no spinning, no
   arena, no memory pattern, I/O binding with a preallocated output, fetching both outputs.
   Also the unfused export (``edgeseg export --no-fuse``: BatchNorm and the decoder concat as
@@ -35,7 +35,8 @@ from edgeseg import SHIPPED_MODEL
 from edgeseg.artifacts import read_model_info
 from edgeseg.files import cache_dir
 from edgeseg.measure import synthetic_batch
-from edgeseg.runtime import RunnerSpec, SessionLevers, open_runner
+from edgeseg.ort_session import SessionLevers
+from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.split import SplitRecord, held_out, pick
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))

@@ -54,9 +54,9 @@ from bench_crop import real_stack, uptime  # noqa: E402
 # stage -> the functions (file:name) or modules (file) under edgeseg/ whose entry points it sums;
 # a module's import (its <module>) counts under imports, not here
 STAGES = {
-    "choose the backend (deploy file, providers)": ("segment.py:choose_runner",),
+    "choose the backend (deploy file, providers)": ("infer_config.py:choose_runner",),
     "load the runner, compile": ("runtime.py:open_runner", "runtime.py:_compiled"),
-    "read the scan": ("scans.py", "volume.py", "dicom.py"),
+    "read the scan": ("scans.py", "scan_files.py", "scan_readers.py", "volume.py", "dicom.py"),
     "plan the crop": ("crop.py:plan_crop",),
     "cut and paste the box": ("crop.py:cut", "crop.py:paste"),
     "QC figures": ("qc.py", "qc_anatomy.py"),

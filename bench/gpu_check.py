@@ -247,7 +247,7 @@ def _absent(rec: Recorder) -> None:
         import onnxruntime as ort
 
         rec.data["info"]["onnxruntime"] = f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
-        from edgeseg.runtime import resolve_providers
+        from edgeseg.ort_session import resolve_providers
 
         resolve_providers("cuda")
     except (ImportError, EdgesegError) as exc:
@@ -503,7 +503,7 @@ def section_ort_cuda(rec: Recorder, cfg: CheckConfig) -> None:
     from edgeseg import SHIPPED_MODEL
     from edgeseg.errors import EdgesegError
     from edgeseg.measure import synthetic_batch
-    from edgeseg.runtime import create_session
+    from edgeseg.ort_session import create_session
 
     try:
         session, provider = create_session(SHIPPED_MODEL, "cuda")

@@ -207,7 +207,7 @@ def why_not_here(target: Target, path: Path) -> str | None:
 
         return gpu_problem()
     if target.provider in ("cuda", "tensorrt"):
-        from edgeseg.runtime import resolve_providers
+        from edgeseg.ort_session import resolve_providers
 
         try:
             resolve_providers(target.provider)

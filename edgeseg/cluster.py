@@ -38,162 +38,29 @@ none is left that can, the run stops. No worker at all for ``--cluster-timeout``
 tasks to end; a task that still runs after that (its scheduler lost, or a stalled read)
 checks the lock before each output and its record, and writes nothing once it is gone.
 The local cluster binds everything, its dashboard included, to 127.0.0.1.
+
+This module is the client's side: :class:`ClusterRunner`, infer's scan loop with the scans
+sent out. Connecting is :mod:`edgeseg.cluster_connect`, and what a worker runs is
+:mod:`edgeseg.cluster_tasks` (which the workers import, never this module).
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
-import threading
 import time
 import uuid
-import warnings
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from edgeseg.artifacts import read_model_info
+from edgeseg.cluster_tasks import Job, Outcome, check_worker, process_scan, running_tasks
 from edgeseg.errors import EdgesegError, describe
-from edgeseg.records import LOCK, Record, Records
-from edgeseg.runtime import open_runner
-from edgeseg.scans import Scan
-from edgeseg.segment import InferConfig, Segmented, Segmenter, reason
+from edgeseg.records import LOCK
+from edgeseg.scan_files import Scan
+from edgeseg.segment import Segmenter
 
-CONNECT_TIMEOUT_S = 5  # to reach the scheduler
 POLL_S = 0.2  # how often the client looks at the cluster while no answer comes
 RETRIES = 3  # times a scan is sent again after workers that could not run it
-EXTRA = "pip install 'edgeseg[cluster]'"
-
-
-@dataclass(frozen=True)
-class Job:
-    """What every task of one run needs besides its scan (sent with each task; small)."""
-
-    model: Path  # absolute
-    model_stamp: tuple[int, int]  # size and mtime_ns: a changed file gets a new session
-    config: InferConfig  # quiet, cluster None: as a worker runs it
-    out: Path  # absolute
-    host_threads: dict[str, int]  # Dask threads per worker host when the run started
-    token: str = ""  # this run's: its running tasks are counted under it
-    lock: tuple[int, bytes] = (0, b"")  # inode and content of the client's --out lock file
-
-
-@dataclass
-class Outcome:
-    """A task's answer: the scan segmented and written, or why not."""
-
-    done: Segmented | None
-    reason: str = ""
-    unfit: str = ""  # the worker's address when it, not the scan, was the problem
-
-
-def local_workers(spec: str) -> int | None:
-    """N of ``local:N`` (``local``: one per core); None for a scheduler address."""
-    if spec != "local" and not spec.startswith("local:"):
-        return None
-    count = spec.partition(":")[2] or str(_cores())
-    if not count.isdigit() or int(count) < 1:
-        raise EdgesegError(
-            f"--cluster {spec}: expected local:N with N >= 1 worker processes,"
-            " or a Dask scheduler address such as tcp://host:8786"
-        )
-    return int(count)
-
-
-def local_cluster(workers: int) -> Any:
-    """A ``distributed.LocalCluster`` of ``workers`` processes with one task thread each.
-
-    Worker saturation 1.0: a worker holds only the scan it is running, so the rest wait at
-    the scheduler for whichever worker frees first (scans differ in size), and a worker's
-    death sends back just that scan. Scheduler, workers and dashboard listen on 127.0.0.1 only.
-    """
-    import dask
-    from distributed import LocalCluster
-
-    # A Ctrl-C in a terminal reaches the whole process group, and only this process should
-    # act on it (stop, write summary.csv, close the cluster): workers started while SIGINT is
-    # ignored inherit that (a handler would not survive their exec). A Ctrl-C in this second
-    # of start-up is lost.
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-    try:
-        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-            # Any free port for the scheduler's HTTP server: 8787 may be another cluster's.
-            # Its logs stay quiet: what matters to the user comes back through the tasks.
-            return LocalCluster(
-                n_workers=workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address="127.0.0.1:0",
-                silence_logs=logging.CRITICAL,
-            )
-    finally:
-        if main:
-            signal.signal(signal.SIGINT, previous)
-
-
-@contextmanager
-def connect(config: InferConfig) -> Iterator[tuple[Any, str]]:
-    """Connect to ``config.cluster`` (starting a LocalCluster for ``local:N``).
-
-    Yields:
-        ``(client, description)``: a ``distributed.Client`` with at least one worker, and
-        what to call it in the report, e.g. ``Dask cluster local:2 (2 workers)``.
-
-    Raises:
-        EdgesegError: no ``distributed``, a bad ``local:N``, a scheduler that cannot be
-            reached, or one without workers for ``config.cluster_timeout`` seconds.
-    """
-    try:
-        import distributed
-    except ImportError:
-        raise EdgesegError(f"--cluster needs Dask distributed, which the core install leaves out: {EXTRA}") from None
-    spec = str(config.cluster)
-    workers = local_workers(spec)
-    with ExitStack() as stack:
-        stack.enter_context(_quiet_dask_logs())  # faults are our one line, not Dask's tracebacks
-        address = stack.enter_context(local_cluster(workers)).scheduler_address if workers else spec
-        try:
-            client = stack.enter_context(distributed.Client(address, timeout=f"{CONNECT_TIMEOUT_S}s"))
-        except (OSError, ValueError) as exc:  # refused/timed out, or an unknown scheme
-            raise EdgesegError(
-                f"--cluster {spec}: no Dask scheduler answered ({describe(exc)}); check the"
-                " address and that `dask scheduler` runs there, or use --cluster local:N"
-            ) from None
-        try:
-            client.wait_for_workers(1, timeout=config.cluster_timeout)
-        except TimeoutError:
-            raise EdgesegError(
-                f"--cluster {spec}: the scheduler has no workers after"
-                f" {config.cluster_timeout:g} s; start some with `dask worker {address}`"
-            ) from None
-        yield client, f"Dask cluster {spec} ({len(client.nthreads())} workers)"
-
-
-@contextmanager
-def _quiet_dask_logs() -> Iterator[None]:
-    """Dask's client logs (a lost scheduler's reconnect errors) silenced for the run, then restored."""
-    names = ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]
-    levels = {name: logging.getLogger(name).level for name in names}
-    for name in names:
-        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
-
-
-def _cores() -> int:
-    """CPU cores this process may run on (a Slurm job's cpuset, not the whole node)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 # --- the client side ------------------------------------------------------------------------
@@ -222,7 +89,7 @@ class ClusterRunner(Segmenter):
         self._check_workers(client)
         keys = [f"edgeseg-scan-{self.job.token}-{i}" for i in range(len(todo))]
         futures = client.map(
-            _process, [_absolute(s) for s in todo], job=self.job, key=keys, pure=False, **self._where()
+            process_scan, [_absolute(s) for s in todo], job=self.job, key=keys, pure=False, **self._where()
         )
         # Only unfinished tasks are held: a released result is not recomputed if its worker dies.
         self.pending = {f.key: (f, scan, 0) for f, scan in zip(futures, todo, strict=True)}
@@ -278,7 +145,7 @@ class ClusterRunner(Segmenter):
         workers = set(client.nthreads())
         new = sorted(workers - self.checked)
         if new:
-            answers = client.run(_check_worker, self.job, workers=new, on_error="return")
+            answers = client.run(check_worker, self.job, workers=new, on_error="return")
             for worker in new:
                 answer = answers.get(worker, "")
                 if answer:
@@ -342,7 +209,7 @@ class ClusterRunner(Segmenter):
             self._check_workers(self.session, {result.unfit: result.reason})  # raises when none is left
             if tries < RETRIES + len(self.unfit):
                 again = self.session.submit(
-                    _process,
+                    process_scan,
                     _absolute(scan),
                     job=self.job,
                     key=f"{future.key}-{tries + 1}",
@@ -365,7 +232,7 @@ class ClusterRunner(Segmenter):
         deadline = time.monotonic() + self.config.cluster_timeout
         while time.monotonic() < deadline and client.status == "running":
             try:
-                counts = client.run(_running, self.job.token, on_error="return")
+                counts = client.run(running_tasks, self.job.token, on_error="return")
             except (OSError, TimeoutError):
                 return
             if not any(isinstance(n, int) and n for n in counts.values()):
@@ -422,138 +289,3 @@ def _absolute(scan: Scan) -> Scan:
     return Scan(
         Path(os.path.abspath(scan.path)), scan.kind, scan.rel, tuple(Path(os.path.abspath(f)) for f in scan.files)
     )
-
-
-# --- the worker side ------------------------------------------------------------------------
-_RUNNERS: dict[tuple, Segmenter] = {}  # per worker process: one per (model version, options, --out)
-_SESSIONS: dict[tuple, tuple[Any, str, Path]] = {}  # per worker process: (session, provider, model file)
-_LOCK = threading.Lock()  # a worker may run several tasks at once
-_ACTIVE: dict[str, int] = {}  # tasks running now, per run token
-
-
-def _check_worker(job: Job) -> str:
-    """Run on each worker before its first task: why it cannot run ``job`` ("" if it can)."""
-    if not job.model.is_file():
-        return f"{job.model}: model not found there; the workers must see it at the same path"
-    if not job.out.is_dir():
-        return f"--out {job.out}: not found there; the workers must see it at the same path"
-    return ""
-
-
-def _running(token: str) -> int:
-    """How many tasks of the run ``token`` this worker process is running."""
-    return _ACTIVE.get(token, 0)
-
-
-def _process(scan: Scan, job: Job) -> Outcome:
-    """The task: infer's per-scan function on this worker's cached runner.
-
-    A bad scan is an :class:`Outcome` with its reason, as in a local run; a worker that
-    cannot load the model or see ``--out`` answers with its address in ``unfit``.
-    """
-    from distributed import get_worker
-
-    with _LOCK:
-        _ACTIVE[job.token] = _ACTIVE.get(job.token, 0) + 1
-    try:
-        try:
-            runner = _worker_runner(job)
-        except Exception as exc:  # this worker, not the scan: the client sends it elsewhere
-            return Outcome(None, reason(exc), unfit=get_worker().address)
-        with warnings.catch_warnings():
-            warnings.showwarning = runner.warned  # a reader's warning becomes a note of its scan
-            try:
-                return Outcome(runner.process(scan))
-            except Exception as exc:  # any bad scan: its row says why, and the run goes on
-                return Outcome(None, reason(exc))
-    finally:
-        with _LOCK:
-            _ACTIVE[job.token] -= 1
-
-
-def _worker_runner(job: Job) -> Segmenter:
-    """This worker's runner for ``job``, built on its first scan (one session per worker)."""
-    config = job.config
-    session_key = (
-        job.model,
-        job.model_stamp,
-        config.backend,
-        config.provider,
-        config.threads,
-        config.batch_size,
-        tuple(sorted(job.host_threads.items())),
-    )
-    key = (session_key, repr(config), job.out, job.lock)
-    with _LOCK:
-        if key not in _RUNNERS:
-            if not job.out.is_dir():
-                raise EdgesegError(
-                    f"--out {job.out}: not found on this Dask worker; the workers must"
-                    " see the scans, the model and --out at the same paths"
-                )
-            if session_key not in _SESSIONS:
-                _SESSIONS.clear()  # one model at a time: free the last one's memory
-                _SESSIONS[session_key] = _build_session(job)
-            session, provider, path = _SESSIONS[session_key]
-            _RUNNERS.clear()
-            runner = _WorkerSegmenter(session, provider, read_model_info(path), config, job.out, job.lock)
-            runner.progress = runner._progress(0)  # quiet: never drawn
-            _RUNNERS[key] = runner
-        return _RUNNERS[key]
-
-
-def _build_session(job: Job) -> tuple[Any, str, Path]:
-    """The runner ``--backend`` picks on this worker, as a local run on this machine would."""
-    from distributed import get_worker
-    from distributed.comm.addressing import get_address_host
-
-    from edgeseg.segment import choose_runner  # the same choice as a local run
-
-    host = get_address_host(get_worker().address)
-    path, spec, _ = choose_runner(job.model, job.config)
-    threads = spec.threads or max(1, _cores() // job.host_threads.get(host, 1))
-    net = open_runner(path, replace(spec, threads=threads))
-    _BUILT.append(path)
-    return net, net.label_so_far, path
-
-
-class _WorkerSegmenter(Segmenter):
-    """A worker's Segmenter: writes nothing once the client no longer holds the ``--out`` lock."""
-
-    def __init__(self, session: Any, provider: str, info: Any, config: InferConfig, out: Path, lock: tuple) -> None:
-        super().__init__(session, provider, info, config, out)
-        self.lock = lock
-        self.records = _GuardedRecords(out, self._check_lock)
-
-    def _check_lock(self) -> None:
-        path = self.out / LOCK
-        try:
-            held = (path.stat().st_ino, path.read_bytes())
-        except OSError:
-            held = (0, b"")
-        if held != self.lock:
-            raise EdgesegError(f"--out {self.out}: its edgeseg run has stopped; this scan's outputs were not written")
-
-    def _write(self, *args: Any) -> None:
-        self._check_lock()
-        super()._write(*args)
-
-
-class _GuardedRecords(Records):
-    """records.jsonl whose every append (made just before an output's rename) first checks the lock."""
-
-    def __init__(self, out: Path, check: Any) -> None:
-        super().__init__(out)
-        self.check = check
-
-    def add(self, record: Record) -> None:
-        self.check()
-        super().add(record)
-
-
-_BUILT: list[Path] = []  # models of the sessions this worker process built (tests count them)
-
-
-def sessions_built() -> int:
-    """How many runner sessions this process built for cluster tasks."""
-    return len(_BUILT)

@@ -1,6 +1,6 @@
 """What a DICOM series gets for the PACS: its SEG and SR volume report, gated by QC. Torch-free.
 
-:class:`edgeseg.segment.Segmenter` calls :func:`write_results` for each DICOM series once its
+:class:`edgeseg.scan_writer.ScanOutputs` calls :func:`write_results` for each DICOM series once its
 labels are made. A scan that QC flagged (:mod:`edgeseg.qc`: no brain, not brain anatomy,
 outside the training range) gets neither by default, because whatever reaches a PACS is
 read as a finding: its NIfTI, mosaic and ``_stats.json`` are still written for a person to

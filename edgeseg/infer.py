@@ -6,7 +6,7 @@ or from Python: ``run_inference([Path("scans")], InferConfig(out=Path("seg")))``
 
 Inputs are files or folders (walked recursively, chosen by extension): ``.npy`` slices
 or stacks, PNG/JPEG/TIFF images, NIfTI volumes, DICOM files or series folders (see
-:mod:`edgeseg.scans` and :mod:`edgeseg.dicom`). ``--out`` mirrors the input tree and
+:mod:`edgeseg.scan_files`, :mod:`edgeseg.scans` and :mod:`edgeseg.dicom`). ``--out`` mirrors the input tree and
 gets ``summary.csv``. Reading the next scans overlaps with inference on the current one
 (a small thread pool, bounded prefetch); slices go through the model in batches, and the
 float32 ``logits`` of one batch at a time are fetched (for the QC confidence figures of
@@ -45,11 +45,12 @@ from pathlib import Path
 from edgeseg.artifacts import ModelInfo, read_model_info
 from edgeseg.errors import DiskFull, EdgesegError, Interrupted
 from edgeseg.files import check_writable_dir
+from edgeseg.infer_config import FORMATS, InferConfig, InferReport, choose_runner
 from edgeseg.names import seg_rel, written_by_edgeseg
 from edgeseg.records import OutLock
 from edgeseg.runtime import open_runner
-from edgeseg.scans import SUPPORTED, discover_scans
-from edgeseg.segment import FORMATS, InferConfig, InferReport, Segmenter, choose_runner
+from edgeseg.scan_files import SUPPORTED, discover_scans
+from edgeseg.segment import Segmenter
 from edgeseg.signals import Stopped
 
 
@@ -92,7 +93,8 @@ def run_inference(inputs: Sequence[Path], config: InferConfig | None = None) -> 
     note = ""
     with ExitStack() as stack:
         if config.cluster:  # scans go to Dask workers, which build their own sessions
-            from edgeseg.cluster import ClusterRunner, connect
+            from edgeseg.cluster import ClusterRunner
+            from edgeseg.cluster_connect import connect
 
             runner_type, (session, provider) = ClusterRunner, stack.enter_context(connect(config))
         else:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgeseg.files import atomic_write
-from edgeseg.scans import Decoded
+from edgeseg.scan_readers import Decoded
 
 MOSAIC_TILES = 16  # slices shown at most in an overlay mosaic
 MIN_TILE_PX = 256  # a tile's longer side is scaled up to at least this (a 64-px scan: x4)

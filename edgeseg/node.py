@@ -199,7 +199,7 @@ def _serve(config: NodeConfig, queue: NodeQueue, say: Callable[[str], None]) -> 
 def _segment(config: NodeConfig, queue: NodeQueue, uid: str, generation: int) -> None:
     """Triage and segment one complete series with `edgeseg infer`'s own functions."""
     from edgeseg.infer import InferConfig, run_inference
-    from edgeseg.scans import discover_scans
+    from edgeseg.scan_files import discover_scans
 
     folder, out = queue.spool_dir / uid, queue.results_for(uid, generation)
     scans, problems, _, set_aside = discover_scans([folder], out)

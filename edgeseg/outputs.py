@@ -27,7 +27,7 @@ from edgeseg.names import STATS_SUFFIX
 from edgeseg.qc import FIGURES, MEAN_SUFFIX, Verdict
 from edgeseg.qc_anatomy import ANATOMY
 from edgeseg.records import Record
-from edgeseg.scans import Decoded, nifti_zooms_mm
+from edgeseg.scan_readers import Decoded, nifti_zooms_mm
 
 SUMMARY = "summary.csv"
 # Per-scan resolution: in-plane mm of the scan's slices (rows x cols) and of the model, the

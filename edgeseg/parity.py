@@ -31,7 +31,8 @@ from edgeseg.artifacts import ArtifactPaths, ModelInfo, engine_info, read_model_
 from edgeseg.errors import EdgesegError
 from edgeseg.files import read_json, write_json
 from edgeseg.metrics import compare
-from edgeseg.runtime import PROVIDERS, Runner, RunnerSpec, open_runner, probe, run_batches
+from edgeseg.ort_session import PROVIDERS, probe
+from edgeseg.runtime import Runner, RunnerSpec, open_runner, run_batches
 from edgeseg.split import HeldOut, checkpoint_split, size_batches
 
 if TYPE_CHECKING:

@@ -35,6 +35,8 @@ ORDER = [
     "skullstrip",
     "triage",
     "dicom",
+    "scan_files",
+    "scan_readers",
     "scans",
     "records",
     "dicom_seg",
@@ -59,11 +61,17 @@ ORDER = [
     "cbackend",
     "openvino_backend",
     "deploy",
+    "ort_session",
     "runtime",
     "measure",
     "crop",
     "crop_bench",
+    "infer_config",
+    "scan_rows",
+    "scan_writer",
     "segment",
+    "cluster_connect",
+    "cluster_tasks",
     "cluster",
     "infer",
     # the DICOM node: receives series, runs infer on them, sends the results
@@ -101,6 +109,9 @@ INFERENCE = [
     "crop",
     *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR
     "mosaic",
+    *("ort_session", "scan_files", "scan_readers"),  # split from runtime and scans
+    *("infer_config", "scan_rows", "scan_writer"),  # split from segment
+    *("cluster_connect", "cluster_tasks", "cluster"),  # --cluster: infer's torch-free work on Dask workers
     *("crop_bench", "tune_report"),  # what bench and tune time on the brain box, and tune's table
     *("node_config", "node_queue", "node_send", "node_watch", "node_stow", "node"),  # listen runs infer: torch-free
 ]

@@ -47,7 +47,8 @@ from edgeseg.measure import (
     time_runs,
 )
 from edgeseg.metrics import score
-from edgeseg.runtime import RunnerSpec, SessionLevers, open_runner
+from edgeseg.ort_session import SessionLevers
+from edgeseg.runtime import RunnerSpec, open_runner
 from edgeseg.split import SplitRecord, held_out
 
 EDGESEG = [sys.executable, "-c", "from edgeseg.cli import main; main()"]

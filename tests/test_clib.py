@@ -527,7 +527,7 @@ BAD_INPUTS = {  # case -> (make the input in a folder, text the one-line error m
         lambda d: _npy(d / "x.npy", _header("<f4", (1, 32, 32)), SLICE.tobytes(), 9),
         "version 9.0 is not supported",
     ),
-    # Shapes, NaN and Inf: refused in `edgeseg infer`'s words (edgeseg/scans.py), whole messages.
+    # Shapes, NaN and Inf: refused in `edgeseg infer`'s words (edgeseg/scan_readers.py), whole messages.
     "rank-0": (lambda d: np.save(d / "x.npy", np.float32(3)), "array of shape (); expected (H, W) or (D, H, W)"),
     "rank-1": (
         lambda d: np.save(d / "x.npy", np.zeros(64, np.float32)),

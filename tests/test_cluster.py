@@ -29,7 +29,8 @@ from PIL import Image
 
 pytest.importorskip("distributed", reason="the cluster extra is not installed: pip install 'edgeseg[cluster]'")
 
-from edgeseg.cluster import local_cluster, sessions_built  # noqa: E402
+from edgeseg.cluster_connect import local_cluster  # noqa: E402
+from edgeseg.cluster_tasks import sessions_built  # noqa: E402
 from edgeseg.dicom_seg import read_dicom_seg  # noqa: E402
 from edgeseg.errors import EdgesegError  # noqa: E402
 from edgeseg.infer import InferConfig, run_inference  # noqa: E402

@@ -18,8 +18,8 @@ from PIL import Image
 from edgeseg.dicom import read_dicom_series
 from edgeseg.errors import EdgesegError
 from edgeseg.infer import InferConfig, run_inference
-from edgeseg.runtime import PROVIDERS, provider_works
-from edgeseg.scans import discover_scans
+from edgeseg.ort_session import PROVIDERS, provider_works
+from edgeseg.scan_files import discover_scans
 
 RNG = np.random.default_rng(1)
 

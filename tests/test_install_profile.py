@@ -24,7 +24,7 @@ from test_cli import run
 
 import edgeseg
 from edgeseg.cli import EXTRA_OF
-from edgeseg.scans import resample
+from edgeseg.scan_readers import resample
 
 REPO = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

@@ -1,4 +1,4 @@
-"""Tests for edgeseg.runtime: model metadata, provider resolution, sessions."""
+"""Tests for edgeseg.runtime and edgeseg.ort_session: model metadata, provider resolution, sessions."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from edgeseg.artifacts import read_model_info
 from edgeseg.errors import EdgesegError
-from edgeseg.runtime import PROVIDERS, create_session, default_trt_options, provider_works, resolve_providers
+from edgeseg.ort_session import PROVIDERS, create_session, default_trt_options, provider_works, resolve_providers
 
 CPU, CUDA, TRT = PROVIDERS["cpu"], PROVIDERS["cuda"], PROVIDERS["tensorrt"]
 
@@ -131,7 +131,7 @@ def test_silent_gpu_fallback_warns_loudly(
     """The onnxruntime#11323 case: CUDA looks usable, the real session still runs on CPU."""
     if gpu_here:
         pytest.skip("CUDA really works here, so onnxruntime does not fall back")
-    monkeypatch.setattr("edgeseg.runtime.provider_works", lambda name: name in (CUDA, CPU))
+    monkeypatch.setattr("edgeseg.ort_session.provider_works", lambda name: name in (CUDA, CPU))
     _, actual = create_session(threshold_onnx, "cuda", threads=1)
     assert actual == CPU
     assert f"WARNING: {CUDA} was requested but {CPU} is running" in capsys.readouterr().err
@@ -192,7 +192,7 @@ def test_a_gpu_provider_whose_library_cannot_load_is_not_probed_with_a_session()
     27 MB of peak RSS here)."""
     code = (
         "import sys, onnxruntime as ort\n"
-        "from edgeseg.runtime import PROVIDERS, _library_problem, probe, resolve_providers\n"
+        "from edgeseg.ort_session import PROVIDERS, _library_problem, probe, resolve_providers\n"
         "gpu = [PROVIDERS[k] for k in ('tensorrt', 'cuda') if PROVIDERS[k] in ort.get_available_providers()]\n"
         "broken = [n for n in gpu if _library_problem(n)]\n"
         "chain = resolve_providers('auto')\n"

@@ -1,4 +1,4 @@
-"""Tests for edgeseg.scans: readers, orientation, label writers, atomic writes."""
+"""Tests for edgeseg.scans, scan_files and scan_readers: readers, orientation, label writers, atomic writes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from PIL import Image
 
 from edgeseg.errors import EdgesegError
 from edgeseg.outputs import write_labels
-from edgeseg.scans import default_axis, kind_of, model_grid, output_name, read_scan, resample
+from edgeseg.scan_files import kind_of, output_name
+from edgeseg.scan_readers import default_axis, resample
+from edgeseg.scans import model_grid, read_scan
 
 RNG = np.random.default_rng(0)
 CLASSES = ("background", "gray_matter", "white_matter")
