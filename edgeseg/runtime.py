@@ -155,8 +155,9 @@ class OpenVinoRunner(Runner):
     much faster than a dynamic one: on the 2-core Xeon, 394², batch 1, the int8 file took
     25.6 ms static against 40.8 ms dynamic, fp32 55.6 against 75.9 ms, at a lower peak RSS
     (dynamic batch with a static H x W gained nothing). A new shape costs one compile
-    (~0.3 s), paid by its first inference, not by loading, and kept in OpenVINO's model cache
-    (:func:`edgeseg.openvino_backend.model_cache_dir`) for later processes. ``dynamic`` compiles once, at load,
+    (~0.3 s), paid by its first inference, not by loading, and kept for later processes as a blob
+    of ours (:mod:`edgeseg.openvino_blobs`: imported without reading the file) in OpenVINO's model
+    cache folder (:func:`edgeseg.openvino_backend.model_cache_dir`). ``dynamic`` compiles once, at load,
     with the file's dynamic N, H, W.
 
     ``spec.hint``: ``latency`` runs each batch as one synchronous request; ``throughput`` runs
@@ -185,14 +186,19 @@ class OpenVinoRunner(Runner):
         self.version = ov.__version__.split("-")[0]
         self.core = ov.Core()
         self.cache = model_cache_dir()  # compiled graphs kept across processes; None: off or read-only
+        self._file = ""  # the file's key for our own blobs (edgeseg.openvino_blobs); "" when none are kept
         if self.cache is not None:
             self.core.set_property({"CACHE_DIR": str(self.cache)})
+            if spec.shapes == "static":
+                from edgeseg.openvino_blobs import file_key, has_blobs
+
+                self._file, self._machine = file_key(path), f"{here.arch} {here.cpu} {' '.join(here.flags)}"
         self.compiled: OrderedDict[tuple[int, ...] | None, Any] = OrderedDict()
         self._ran: tuple[str, str] | None = None  # (precision, detail) of the first compiled graph
         self._read: Any = None  # the model read here to check the file, kept for the first compile only
         if spec.shapes == "dynamic":
             self._compiled(None)
-        else:  # compiled per shape at first use; reading it now checks the file
+        elif not (self._file and has_blobs(self.cache, self._file)):  # a blob of it imported before: readable
             try:
                 self._read = self.core.read_model(str(path))
             except Exception as exc:  # an op or IR this OpenVINO cannot read
@@ -226,22 +232,33 @@ class OpenVinoRunner(Runner):
         if shape in self.compiled:
             self.compiled.move_to_end(shape)
             return self.compiled[shape]
+        from edgeseg import openvino_blobs
         from edgeseg.openvino_backend import release_heap
 
+        blob = None
+        if self._file and shape is not None:  # our blob: no read, no reshape, no hashing of the graph
+            blob = openvino_blobs.blob_path(self.cache, self._file, shape, self.config, self.version, self._machine)
+        compiled = None if blob is None else openvino_blobs.load(self.core, blob, self.config)
+        cached = "blob" if compiled is not None else ""
         try:  # read anew for each later shape: a kept ov.Model and its clones would cost RSS
-            model = self._read if self._read is not None else self.core.read_model(str(self.path))
-            self._read = None
-            if shape is not None:
-                model.reshape({INPUT_NAME: list(shape)})
-            compiled = self._compile(model)
-            del model
-            release_heap()  # what reading and transforming the graph freed: 4-5 MB of peak RSS
+            if compiled is None:
+                model = self._read if self._read is not None else self.core.read_model(str(self.path))
+                self._read = None
+                if shape is not None:
+                    model.reshape({INPUT_NAME: list(shape)})
+                compiled = self._compile(model)
+                del model
+                release_heap()  # what reading and transforming the graph freed: 4-5 MB of peak RSS
+                cached = "openvino" if self.cache is not None and compiled.get_property("LOADED_FROM_CACHE") else ""
+                if blob is not None and self.cache is not None:
+                    openvino_blobs.save(compiled, blob)
         except Exception as exc:
             what = "it" if shape is None else f"it for input shape {shape}"
             raise EdgesegError(
                 f"{self.path}: OpenVINO {self.version} cannot compile {what} ({describe(exc)}); try --backend ort"
             ) from exc
         entry: dict[str, Any] = {"model": compiled, "ports": {n: compiled.output(n) for n in self.spec.outputs}}
+        entry["cached"] = cached  # "blob" (ours), "openvino" (its CACHE_DIR) or "" (compiled here)
         if self.spec.hint == "throughput":
             entry["jobs"] = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             entry["queue"] = self.ov.AsyncInferQueue(compiled, entry["jobs"])

@@ -60,6 +60,7 @@ ORDER = [
     "cbuild",
     "cbackend",
     "openvino_backend",
+    "openvino_blobs",
     "deploy",
     "ort_session",
     "runtime",
@@ -105,7 +106,7 @@ ORDER = [
 # What `edgeseg infer` and `edgeseg bench` of ONNX files import: never torch, never training.
 INFERENCE = [
     *("runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"),
-    *("machine", "openvino_backend", "deploy", "tune"),  # tune's children time torch-free runtimes
+    *("machine", "openvino_backend", "openvino_blobs", "deploy", "tune"),  # tune's children time torch-free runtimes
     "crop",
     *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR
     "mosaic",

@@ -175,12 +175,15 @@ def test_unknown_shapes_mode_is_refused(tiny_onnx: Path) -> None:
         open_runner(tiny_onnx, RunnerSpec("openvino", shapes="fixed"))
 
 
-def _cache_runs(path: Path, x: np.ndarray) -> tuple[np.ndarray, bool, Path | None]:
-    """Labels of a fresh OpenVINO runner (its own ov.Core), whether its graph came from the cache, its cache folder."""
+def _cache_runs(path: Path, x: np.ndarray, how: list[str] | None = None) -> tuple[np.ndarray, bool, Path | None]:
+    """Labels of a fresh OpenVINO runner (its own ov.Core), whether its graph came from the cache
+    (our blob or OpenVINO's CACHE_DIR; ``how`` gets which, and the runner's label), its cache folder."""
     runner = open_runner(path, RunnerSpec("openvino", precision="fp32", outputs=("labels",)))
     labels = runner.run(x)["labels"]
-    compiled = runner.compiled[tuple(x.shape)]["model"]
-    return labels, bool(compiled.get_property("LOADED_FROM_CACHE")), runner.cache
+    cached = runner.compiled[tuple(x.shape)]["cached"]
+    if how is not None:
+        how += [cached, runner.label]
+    return labels, bool(cached), runner.cache
 
 
 @needs_openvino
@@ -193,6 +196,32 @@ def test_compiled_graphs_are_cached_in_the_cache_folder(tiny_onnx: Path, tmp_pat
     assert folder == tmp_path / "home" / "openvino" and any(folder.iterdir())
     second, hit2, _ = _cache_runs(tiny_onnx, x)
     assert (hit1, hit2) == (False, True) and np.array_equal(first, second)
+
+
+@needs_openvino
+def test_a_shape_met_before_is_imported_from_our_blob(tiny_onnx: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Issue 24: the second process imports edgeseg's own blob of (file, shape, properties), with
+    the same labels and the same readback of what ran; another shape is not served by that blob."""
+    import onnx
+
+    from edgeseg.openvino_blobs import SUFFIX
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDGESEG_OPENVINO_CACHE", str(cache))
+    x = np.random.default_rng(11).gamma(2.0, 300.0, (1, 1, 48, 56)).astype(np.float32)
+    how: list[str] = []
+    first, _, _ = _cache_runs(tiny_onnx, x, how)
+    assert how[0] == "" and len(list(cache.glob(f"*{SUFFIX}"))) == 1
+    second, _, _ = _cache_runs(tiny_onnx, x, how)
+    assert how[2] == "blob" and how[3] == how[1] and np.array_equal(first, second)
+    other = np.random.default_rng(12).gamma(2.0, 300.0, (1, 1, 40, 64)).astype(np.float32)
+    _cache_runs(tiny_onnx, other, how)
+    assert how[4] == "" and len(list(cache.glob(f"*{SUFFIX}"))) == 2
+    proto = onnx.load(str(tiny_onnx))  # the same graph in another file (another SHA-256): no blob of it
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "note": "copy"})
+    onnx.save(proto, str(tmp_path / "copy.onnx"))
+    again, _, _ = _cache_runs(tmp_path / "copy.onnx", x, how)
+    assert how[6] != "blob" and np.array_equal(first, again)
 
 
 @needs_openvino
@@ -251,8 +280,11 @@ def test_a_damaged_cache_blob_is_compiled_anew(tiny_onnx: Path, tmp_path: Path, 
     for blob in blobs:
         blob.chmod(0o644)
         blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
-    again, hit, _ = _cache_runs(tiny_onnx, x)
+    how: list[str] = []
+    again, hit, _ = _cache_runs(tiny_onnx, x, how)
     assert not hit and np.array_equal(first, again)
+    third, _, _ = _cache_runs(tiny_onnx, x, how)  # the damaged blob was replaced by a good one
+    assert how[2] == "blob" and np.array_equal(first, third)
 
 
 def test_the_runner_leaves_out_openvinos_conversion_tools_and_the_defaults_peer_does_not(tiny_onnx: Path) -> None:
