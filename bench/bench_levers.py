@@ -166,7 +166,8 @@ def quantize_recipe(src: Path, dst: Path, recipe: Int8Recipe, calib: list[np.nda
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgeseg.quantize import SliceReader, float_nodes, normalization_nodes
+    from edgeseg.quantize import SliceReader
+    from edgeseg.quantize_nodes import float_nodes, normalization_nodes
 
     types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     pre = dst.with_suffix(".pre.onnx")

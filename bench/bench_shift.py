@@ -2,7 +2,7 @@
 
     python bench/bench_shift.py [--runs 200] [--threads 2]
 
-:func:`edgeseg.model._window` cuts ``x[..., start + shift : ... + length]`` with a per-image
+:func:`edgeseg.model_contract._window` cuts ``x[..., start + shift : ... + length]`` with a per-image
 ``shift`` in ``[0, grid)`` as a sum of ``grid`` static slices, each times ``shift == k`` (8 Slice,
 8 Mul and 7 Add a side in ONNX, each a pass over the tensor). :func:`window_select` gives the same
 values with ``log2(grid)`` Where nodes a side: it starts from the static slice ``grid - 1`` longer
@@ -15,7 +15,7 @@ cut back, each along rows and columns), checks that they agree bit for bit with 
 every one of the 64 (shift_y, shift_x) pairs, and times them with ONNX Runtime in one process,
 alternating, with the shipped int8 model timed in the same run for scale. Timings on a shared
 machine are noise: read the ratios. The model itself is unchanged: using window_select in
-:func:`edgeseg.model.aligned_frame` means re-exporting every shipped file and re-running the parity
+:func:`edgeseg.model_contract.aligned_frame` means re-exporting every shipped file and re-running the parity
 and metamorphic suites (tests/test_parity.py, tests/test_metamorphic.py), not done here.
 
 Seen on the shared 2-core AMD EPYC (AVX2; load about 12, so only the ratios mean anything), 394²,
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from edgeseg import SHIPPED_MODEL_DIR
-from edgeseg.model import ALIGN_MARGIN, _window
+from edgeseg.model_contract import ALIGN_MARGIN, _window
 
 GRID = 8
 

@@ -5,7 +5,7 @@ the 3-D template): a random frame around the brain (it fills 20-95 % of the fram
 frame is the whole source plane), a small rotation, flip and zoom, zero or noise background,
 a smooth multiplicative bias field, gamma, Rician noise, a global intensity scale and, at
 times, a lower in-plane or through-plane resolution. The model's own normalisation
-(:func:`edgeseg.model.tissue_scale`) is computed on the whole frame (on every STAT_STRIDE-th
+(:func:`edgeseg.model_contract.tissue_scale`) is computed on the whole frame (on every STAT_STRIDE-th
 pixel, which keeps the data path fast), and the item is a ``patch`` x ``patch`` window of the
 normalised frame: what ``UNet.forward`` would compute on the whole frame at inference.
 
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import IGNORE
-from edgeseg.model import tissue_scale
+from edgeseg.model_contract import tissue_scale
 
 STAT_STRIDE = 4  # the frame's normalisation statistic is taken on every 4th pixel of each axis
 MAX_FRAME = 1024  # frame side cap in pixels (a 20 %-brain frame of a big slice)

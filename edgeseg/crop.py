@@ -1,7 +1,7 @@
 """Crop to the brain before the model, paste back after: compute only where the brain is (torch-free).
 
 Most of a slice is background. A contract-3 model frames each image in zeros with its first
-nonzero row and column on the pooling grid (:func:`edgeseg.model.aligned_frame`), so its labels
+nonzero row and column on the pooling grid (:func:`edgeseg.model_contract.aligned_frame`), so its labels
 do not depend on how much zero background surrounds the brain. :func:`plan_crop` picks one box
 per volume, the union over its slices of the tissue's bounding box plus :data:`MARGIN`, aligned to
 the grid so that one static shape serves the whole volume; :meth:`Crop.cut` takes that box out of
@@ -10,7 +10,7 @@ each batch and :meth:`Crop.paste` puts the model's outputs back into the full fr
 The box keeps what the graph itself measures the same:
 
 * tissue is found as the graph's normalisation finds it (:func:`tissue_mask`, the numpy twin of
-  :func:`edgeseg.model.tissue_scale`), and the brightest pixel of every slice stays inside;
+  :func:`edgeseg.model_contract.tissue_scale`), and the brightest pixel of every slice stays inside;
 * the pooling phase follows each slice's first nonzero row and column, so the box grows until the
   first nonzero row/column inside it has the same phase (mod the grid) as in the whole slice.
 
@@ -51,8 +51,8 @@ from dataclasses import dataclass
 import numpy as np
 
 MARGIN = 8  # px of frame kept around the tissue (before aligning outwards to the grid)
-TISSUE_THRESHOLD = 0.4  # edgeseg.model.TISSUE_THRESHOLD: tissue = above this x the bright-tissue level
-TINY = 1e-30  # edgeseg.model.TINY
+TISSUE_THRESHOLD = 0.4  # edgeseg.model_contract.TISSUE_THRESHOLD: tissue = above this x the bright-tissue level
+TINY = 1e-30  # edgeseg.model_contract.TINY
 GRIDS = {3: 8}  # pooling grid of each contract whose labels are invariant to zero framing
 MIN_SAVING = 0.1  # crop only when it drops at least this fraction of the frame's pixels
 OUTSIDE_BACKGROUND_LOGIT = 20.0  # background's lead over every other class outside the box
@@ -122,7 +122,7 @@ def tissue_mask(x: np.ndarray) -> np.ndarray:
     """``(n, H, W)`` raw intensities -> ``(n, H, W)`` bool tissue, as the graph's normalisation finds it.
 
     Tissue is every pixel above TISSUE_THRESHOLD x ``t = sum(y^4) / sum(y^3)``, ``y = x / max(x)``
-    (:func:`edgeseg.model.tissue_scale`), in float64 here: a pixel at the threshold may fall on
+    (:func:`edgeseg.model_contract.tissue_scale`), in float64 here: a pixel at the threshold may fall on
     either side of the graph's float32 test, which the margin absorbs.
     """
     x = np.asarray(x, np.float64)

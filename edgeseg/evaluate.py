@@ -140,7 +140,8 @@ def reframe_checkpoint(src: Path, dst: Path) -> dict[str, Any]:
     """
     import hashlib
 
-    from edgeseg.model import ModelConfig, UNet, checkpoint_model_config, save_checkpoint
+    from edgeseg.model import UNet, checkpoint_model_config, save_checkpoint
+    from edgeseg.model_contract import ModelConfig
 
     ckpt = torch.load(src, map_location="cpu", weights_only=True)
     config = checkpoint_model_config(ckpt, src)

@@ -143,7 +143,8 @@ def symbolic_dims(proto: onnx.ModelProto) -> dict[str, list[str | int]]:
 def model_metadata(ckpt: dict[str, Any], precision: str, opset: int, checkpoint_sha256: str) -> dict[str, str]:
     """The ``edgeseg.*`` metadata_props of an exported file (all values strings)."""
     from edgeseg import __version__
-    from edgeseg.model import ModelConfig, checkpoint_model_config
+    from edgeseg.model import checkpoint_model_config
+    from edgeseg.model_contract import ModelConfig
 
     config = ModelConfig(**checkpoint_model_config(ckpt))
     contract = config.contract
@@ -216,7 +217,7 @@ def _qc_ranges(proto: onnx.ModelProto, ckpt: dict[str, Any]) -> dict[str, str]:
     """``edgeseg.qc_ranges`` (see :mod:`edgeseg.qc`) on every slice of the checkpoint's data
     (training and held-out); none when that data is not on this machine."""
     from edgeseg.data import load_slices
-    from edgeseg.model import ModelConfig
+    from edgeseg.model_contract import ModelConfig
     from edgeseg.qc import METADATA_KEY, MIN_BRAIN, ranges_on_slices
 
     names = ModelConfig(**ckpt["model_config"]).class_names
@@ -269,7 +270,7 @@ def export_model(checkpoint: Path | None = None, config: ExportConfig | None = N
     model = loaded.model
     data = load_eval_data(loaded.state, config.data) if (config.int8 or config.validate or config.executorch) else None
     if config.fp16:
-        from edgeseg.quantize import convert_fp16
+        from edgeseg.quantize_fp16 import convert_fp16
 
         report.files["fp16"] = convert_fp16(paths.onnx("fp32"), paths.onnx("fp16"))
     if config.int8:

@@ -37,7 +37,7 @@ from edgeseg.split import HeldOut, checkpoint_split, size_batches
 
 if TYPE_CHECKING:
     from edgeseg.model import Checkpoint
-    from edgeseg.quantize import Fp16Check
+    from edgeseg.quantize_fp16 import Fp16Check
 
     pass
 
@@ -290,7 +290,7 @@ def validate(
         _validate_file(report, path, info, rows, config)
         if info.precision == "fp16" and config.fp16_torch_slices:
             full = size_batches(eval_data, ((394, 394, config.fp16_torch_slices, 1),))[0]
-            from edgeseg.quantize import fp16_activation_check
+            from edgeseg.quantize_fp16 import fp16_activation_check
 
             report.fp16_activations = fp16_activation_check(model, full["inputs"])
     return report

@@ -23,7 +23,7 @@ from edgeseg.parity import ParityConfig, ParityReport, validate
 from edgeseg.split import HeldOut
 
 if TYPE_CHECKING:
-    from edgeseg.quantize import Fp16Check
+    from edgeseg.quantize_fp16 import Fp16Check
 
 
 def wide_console() -> Any:
@@ -159,7 +159,8 @@ def score_formats(files: dict[str, Path], data: HeldOut, threads: int | None = N
 
 def render_model_card(ckpt: dict[str, Any], parity: dict[str, Any], commands: list[str]) -> str:
     """Markdown model card from a checkpoint dict and a parity.json that holds ``formats``."""
-    from edgeseg.model import ModelConfig, UNet, checkpoint_model_config, count_parameters
+    from edgeseg.model import UNet, checkpoint_model_config, count_parameters
+    from edgeseg.model_contract import ModelConfig
 
     config = ModelConfig(**checkpoint_model_config(ckpt))
     formats, train = parity["formats"], ckpt.get("train_config") or {}

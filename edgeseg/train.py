@@ -5,7 +5,8 @@ Run ``edgeseg train`` (the demo MRI set, default preset) or
 ``best.pt``, ``last.pt``, ``config.json``, ``history.json``/``history.csv``,
 ``curves.png`` and ``predictions.png``. ``--resume runs/<name>`` continues after a kill.
 Under torchrun (or ``--nproc N``) the same run is computed on N processes; see
-:mod:`edgeseg.distributed`.
+:mod:`edgeseg.distributed`. What a run learns from (the split's slices, oblique and synthetic
+planes) is assembled by :mod:`edgeseg.train_data`.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import torch
 
 from edgeseg import __version__, distributed
 from edgeseg.augment import RobustPatches
-from edgeseg.data import Slices, load_slices
-from edgeseg.demo import build_demo, read_demo_provenance
+from edgeseg.data import Slices
+from edgeseg.demo import build_demo
 from edgeseg.errors import EdgesegError, Interrupted
 from edgeseg.evaluate import evaluate, format_metrics_table
 from edgeseg.files import write_json
 from edgeseg.losses import segmentation_loss
-from edgeseg.metrics import IGNORE, ConfusionMatrix
-from edgeseg.model import NORM_CONTRACT, ModelConfig, UNet, load_checkpoint, save_checkpoint
-from edgeseg.split import Split, is_demo_set, make_split
+from edgeseg.metrics import ConfusionMatrix
+from edgeseg.model import UNet, load_checkpoint, save_checkpoint
+from edgeseg.model_contract import NORM_CONTRACT, ModelConfig
+from edgeseg.split import is_demo_set, make_split
 from edgeseg.train_config import EpochRecord, TrainConfig, TrainResult, config_dict, make_config
+from edgeseg.train_data import demo_pixel_mm, load_data, training_sources
 from edgeseg.train_report import write_figures, write_history
 
 # ----------------------------------------------------------------------------- the run
@@ -123,7 +126,7 @@ def _train_run(
     start = time.perf_counter()
     distributed.per_rank_batch(config.batch_size, world.size)
     torch.manual_seed(config.seed)
-    slices = _load_data(config, world)
+    slices = load_data(config, world)
     if config.split == "regions" and not is_demo_set(slices.root):
         log(f"{slices.root} is not the demo set: no 3-D volume to hold regions out of; using --split slabs")
         config.split = "slabs"
@@ -137,7 +140,7 @@ def _train_run(
     net = distributed.wrap(model, world, device)  # model.segment, under DDP when N > 1
     # Items come normalised with their whole frame's statistics (model.segment skips the
     # model's own normalisation), so patches look like inference on whole frames.
-    images, masks = _sources(slices, split, config, log)
+    images, masks = training_sources(slices, split, config, log)
     dataset = RobustPatches(
         images,
         masks,
@@ -173,7 +176,7 @@ def _train_run(
         "split_note": split.note,
         "test_keys": [slices.keys[i] for i in test_idx],
         # Inference resamples scans of known voxel size to this before the model sees them.
-        "pixel_spacing_mm": config.pixel_spacing_mm or _demo_pixel_mm(slices.root),
+        "pixel_spacing_mm": config.pixel_spacing_mm or demo_pixel_mm(slices.root),
     }
 
     def end_epoch(
@@ -315,91 +318,6 @@ def _prepare_run(config: TrainConfig, resume: Path | None) -> tuple[Path, dict[s
             f" this edgeseg trains contract {NORM_CONTRACT}; start a new run instead of --resume"
         )
     return last.parent, state
-
-
-def _sources(
-    slices: Slices, split: Split, config: TrainConfig, log: Callable[[str], None]
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Training planes: the split's training slices, plus oblique planes of the demo template
-    and planes of synthetic heads (:mod:`edgeseg.synth`, ``--preset synth``).
-
-    Both are resampled from the template once per run (oblique planes about 0.1 s each,
-    synthetic-head planes about 0.6 s) and augmented anew every epoch. Their pixels in held-out
-    anatomy are IGNORE, so they supervise nothing the test scores: the held-out balls and their
-    gaps (regions split), or the voxels of every slice that does not train, test slabs and their
-    gaps (slab split).
-    """
-    images = [slices.images[i] for i in split.train]
-    masks = [split.train_masks[i] for i in split.train]
-    if config.split not in ("regions", "slabs") or not config.augment or not is_demo_set(slices.root):
-        return images, masks
-    if config.oblique_planes > 0:
-        images, masks = _oblique_sources(slices, split, config, images, masks)
-        log(
-            f"{config.oblique_planes} oblique planes (tilt up to {config.oblique_tilt_deg:g} deg)"
-            f" added to {len(split.train)} slices"
-        )
-    if config.synth_planes > 0:
-        from edgeseg.synth import held_out_points, synth_planes, synth_recipe
-
-        held = held_out_points(_held_out_anatomy(slices, split, config))
-        recipe = synth_recipe(config.synth_recipe)
-        extra = synth_planes(config.synth_planes, config.seed, held, config.synth_heads, recipe)
-        images, masks = images + extra[0], masks + extra[1]
-        log(f"{config.synth_planes} synthetic-head planes ({config.synth_heads} heads) added")
-    return images, masks
-
-
-def _oblique_sources(
-    slices: Slices, split: Split, config: TrainConfig, images: list[np.ndarray], masks: list[np.ndarray]
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """The training planes with ``config.oblique_planes`` oblique template planes appended."""
-    from edgeseg.volume import brain_voxels, load_template, oblique_plane, sample_plane
-
-    template, rng = load_template(), np.random.default_rng([config.seed, 7])
-    brain, held_out = brain_voxels(template), _held_out_voxels(slices, split, config)
-    size = slices.images[0].shape[0]
-    images, masks = list(images), list(masks)
-    target = len(images) + config.oblique_planes
-    while len(images) < target:
-        plane = oblique_plane(template, rng, config.oblique_tilt_deg, size, brain)
-        image, labels = sample_plane(template, plane)
-        if (labels > 0).mean() >= 0.02:  # the demo set's own rule for a slice with brain
-            images.append(image)
-            masks.append(np.where(held_out(plane), IGNORE, labels).astype(np.uint8))
-    return images, masks
-
-
-def _held_out_anatomy(slices: Slices, split: Split, config: TrainConfig) -> Any:
-    """The template voxels that must not supervise training: a Regions (held out or gap) or Slabs."""
-    from edgeseg.volume import demo_planes, held_out_regions, held_out_slabs
-
-    if config.split == "regions":
-        return held_out_regions(config.seed)
-    planes = demo_planes(slices.root)
-    kept = set(split.train)
-    return held_out_slabs([p for i, p in enumerate(planes) if i not in kept])
-
-
-def _held_out_voxels(slices: Slices, split: Split, config: TrainConfig) -> Callable[[Any], np.ndarray]:
-    """``plane -> (H, W) bool``: the pixels of a template plane that must not supervise training."""
-    held = _held_out_anatomy(slices, split, config)
-    if config.split == "regions":
-        return lambda plane: held.classify(plane) != 0  # held out or gap
-    return held.classify
-
-
-def _load_data(config: TrainConfig, world: distributed.World) -> Slices:
-    root = Path(config.data) if config.data else world.first(build_demo)  # one process builds it
-    return load_slices(root, config.num_classes)
-
-
-def _demo_pixel_mm(root: Path) -> float | None:
-    """The demo set's pixel size from its provenance; None for other data."""
-    try:
-        return float(read_demo_provenance(root)["pixel_mm"])
-    except (EdgesegError, KeyError, TypeError, ValueError, OSError):
-        return None
 
 
 # ----------------------------------------------------------------------------- console front-end

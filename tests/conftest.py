@@ -233,7 +233,8 @@ def make_tiny_checkpoint(path: Path, data_root: Path, test_keys: list[str], step
 
     from edgeseg.data import load_slices
     from edgeseg.metrics import evaluate_arrays
-    from edgeseg.model import ModelConfig, UNet, save_checkpoint
+    from edgeseg.model import UNet, save_checkpoint
+    from edgeseg.model_contract import ModelConfig
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

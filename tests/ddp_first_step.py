@@ -19,7 +19,8 @@ from edgeseg import distributed
 from edgeseg.augment import RobustPatches
 from edgeseg.data import load_slices
 from edgeseg.losses import segmentation_loss
-from edgeseg.model import ModelConfig, UNet
+from edgeseg.model import UNet
+from edgeseg.model_contract import ModelConfig
 
 WIDTHS = (4, 8, 16)
 BATCH = 8  # the global batch: 4 patches on each of 2 ranks

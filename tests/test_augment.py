@@ -12,7 +12,7 @@ import torch
 from edgeseg.augment import RobustAugment, RobustPatches
 from edgeseg.errors import EdgesegError
 from edgeseg.metrics import IGNORE
-from edgeseg.model import tissue_scale
+from edgeseg.model_contract import tissue_scale
 
 SIZE = 48
 

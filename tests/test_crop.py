@@ -197,11 +197,11 @@ def test_tissue_is_what_the_graphs_normalisation_calls_tissue(demo) -> None:  # 
     """The numpy mask's mean intensity is the model's own tissue_scale (torch), slice by slice."""
     import torch
 
-    from edgeseg import crop, model
+    from edgeseg import crop, model_contract
 
-    assert (crop.TISSUE_THRESHOLD, crop.TINY) == (model.TISSUE_THRESHOLD, model.TINY)
+    assert (crop.TISSUE_THRESHOLD, crop.TINY) == (model_contract.TISSUE_THRESHOLD, model_contract.TINY)
     stack = demo[0]
     mask = tissue_mask(stack)
     ours = np.array([s[m].mean() for s, m in zip(stack, mask, strict=True)])
-    theirs = model.tissue_scale(torch.from_numpy(stack[:, None])).numpy().ravel()
+    theirs = model_contract.tissue_scale(torch.from_numpy(stack[:, None])).numpy().ravel()
     np.testing.assert_allclose(ours, theirs, rtol=1e-4)

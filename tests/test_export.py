@@ -1,4 +1,4 @@
-"""Tests for edgeseg/export.py and edgeseg/quantize.py: the ONNX contract, every size, fp16, int8.
+"""Tests for edgeseg/export.py and edgeseg/quantize*.py: the ONNX contract, every size, fp16, int8.
 
 The model under test is ``tiny_onnx`` (conftest): a briefly trained (4, 8, 16) U-Net exported
 by the real ``export_onnx``; inputs are real MNI152 demo slices, never random tensors.
@@ -25,7 +25,9 @@ from edgeseg.errors import EdgesegError
 from edgeseg.export import export_onnx, symbolic_dims
 from edgeseg.files import sha256_file
 from edgeseg.model import load_checkpoint
-from edgeseg.quantize import convert_fp16, normalization_nodes, quantize_int8
+from edgeseg.quantize import quantize_int8
+from edgeseg.quantize_fp16 import convert_fp16
+from edgeseg.quantize_nodes import normalization_nodes
 from edgeseg.split import fit_to_size
 
 torch.set_num_threads(1)
@@ -277,7 +279,7 @@ def test_fp16_without_the_block_list_breaks(tiny_onnx: Path, tiny_dataset, tmp_p
 
 
 def test_pytorch_half_activations_stay_below_fp16_max(tiny_checkpoint: Path, tiny_dataset) -> None:
-    from edgeseg.quantize import FP16_MAX, fp16_activation_check
+    from edgeseg.quantize_fp16 import FP16_MAX, fp16_activation_check
 
     model, _ = load_checkpoint(tiny_checkpoint)
     check = fp16_activation_check(model, [real_batch(tiny_dataset[0], 1, 394, 394, 3000.0, 1000.0)])
@@ -473,7 +475,7 @@ def test_bench_levers_int8_recipe_is_what_export_ships(
     assert weights_a.keys() == weights_b.keys()
     for name, value in weights_a.items():
         np.testing.assert_array_equal(value, weights_b[name], err_msg=name)
-    # and the first and last Conv stay float in both, as quantize.float_nodes says
+    # and the first and last Conv stay float in both, as quantize_nodes.float_nodes says
     convs = [n for n in b.graph.node if n.op_type == "Conv"]
     producers = {o: n.op_type for n in b.graph.node for o in n.output}
     assert (

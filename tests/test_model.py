@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from edgeseg import EdgesegError
 from edgeseg.model import (
     FusedUp,
-    ModelConfig,
     UNet,
     count_parameters,
     inference_form,
     load_checkpoint,
     save_checkpoint,
 )
+from edgeseg.model_contract import ModelConfig
 
 SIZES = [(394, 394), (393, 395), (394, 300), (300, 394), (256, 257), (16, 16)]
 
@@ -183,7 +183,7 @@ def test_tissue_normalisation_ignores_field_of_view_and_scale(demo_images: list,
     """The same brain normalises to the same numbers, padded, cropped or rescaled (real MNI slices)."""
     import numpy as np
 
-    from edgeseg.model import TissueNormalize
+    from edgeseg.model_contract import TissueNormalize
 
     norm = TissueNormalize()
     for image in demo_images:
@@ -203,14 +203,14 @@ def test_tissue_normalisation_ignores_field_of_view_and_scale(demo_images: list,
 
 
 def test_tissue_normalisation_of_a_blank_slice_is_zero() -> None:
-    from edgeseg.model import TissueNormalize
+    from edgeseg.model_contract import TissueNormalize
 
     out = TissueNormalize()(torch.zeros(2, 1, 20, 24))
     assert torch.equal(out, torch.zeros_like(out))
 
 
 def test_new_checkpoints_record_the_contract(tmp_path) -> None:  # noqa: ANN001
-    from edgeseg.model import NORM_CONTRACT, TissueNormalize
+    from edgeseg.model_contract import NORM_CONTRACT, TissueNormalize
 
     path = tmp_path / "m.pt"
     save_checkpoint(path, UNet(ModelConfig(widths=(4, 8))))
@@ -221,7 +221,7 @@ def test_new_checkpoints_record_the_contract(tmp_path) -> None:  # noqa: ANN001
 
 def test_an_old_checkpoint_runs_with_its_own_zscore(tmp_path) -> None:  # noqa: ANN001
     """A checkpoint from before the contract existed is contract 1 and keeps its z-score."""
-    from edgeseg.model import Normalize
+    from edgeseg.model_contract import Normalize
 
     torch.manual_seed(0)
     old = UNet(ModelConfig(widths=(4, 8), normalization="zscore")).eval()

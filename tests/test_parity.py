@@ -152,7 +152,8 @@ def test_validate_fails_on_a_perturbed_model(tiny_onnx: Path, tiny_checkpoint: P
 
 
 def test_validate_refuses_another_checkpoint(tiny_onnx: Path, tmp_path: Path) -> None:
-    from edgeseg.model import ModelConfig, UNet, save_checkpoint
+    from edgeseg.model import UNet, save_checkpoint
+    from edgeseg.model_contract import ModelConfig
 
     other = tmp_path / "other.pt"
     save_checkpoint(other, UNet(ModelConfig(widths=(4, 8, 16))))

@@ -121,7 +121,8 @@ def test_a_raw_head_is_flagged_exactly_when_its_scalp_comes_out_as_brain(tmp_pat
     """A raw head (edgeseg.synth: skull, scalp, eyes, neck around the template brain), 10 axial
     slices 10 mm apart through the brain: QC must flag it if more than 2 % of its non-brain
     tissue is labelled brain, and must pass it if under 0.5 % is."""
-    from edgeseg.synth import AIR, BRAIN, PAD_MM, raw_head_volume
+    from edgeseg.synth import AIR, BRAIN, PAD_MM
+    from edgeseg.synth_planes import raw_head_volume
 
     image, _, tissue = raw_head_volume(seed=3)
     picks = np.arange(PAD_MM + 60, PAD_MM + 160, 10)

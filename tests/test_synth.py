@@ -1,4 +1,4 @@
-"""Synthetic heads (edgeseg.synth): non-brain tissue is background, held-out anatomy never supervises."""
+"""Synthetic heads (edgeseg.synth, synth_planes): non-brain tissue is background, held-out anatomy never supervises."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ from edgeseg.synth import (
     BRAIN,
     RECIPES,
     SynthHead,
-    held_out_points,
-    raw_head_volume,
-    synth_plane,
-    synth_planes,
     synth_recipe,
 )
+from edgeseg.synth_planes import held_out_points, raw_head_volume, synth_plane, synth_planes
 from edgeseg.volume import held_out_regions, load_template
 
 
@@ -137,14 +134,14 @@ def test_training_sources_append_synthetic_planes_after_the_demo_and_oblique_one
     from edgeseg.data import load_slices
     from edgeseg.demo import build_demo
     from edgeseg.split import make_split
-    from edgeseg.train import _sources
     from edgeseg.train_config import make_config
+    from edgeseg.train_data import training_sources
 
     slices = load_slices(build_demo())
     split = make_split(slices, "regions")
     config = make_config(oblique_planes=2, synth_planes=3, synth_heads=1)
     lines: list[str] = []
-    images, masks = _sources(slices, split, config, lines.append)
+    images, masks = training_sources(slices, split, config, lines.append)
     assert len(images) == len(masks) == len(split.train) + 2 + 3
     assert [im.shape for im in images[-3:]] == [(448, 448)] * 3 and images[-4].shape == slices.images[0].shape
     assert any("3 synthetic-head planes" in line for line in lines)

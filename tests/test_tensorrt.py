@@ -97,7 +97,7 @@ def test_engine_builds_and_matches_pytorch(
     tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path, precision: str
 ) -> None:
     from edgeseg.parity import ParityConfig, size_table, validate
-    from edgeseg.quantize import convert_fp16
+    from edgeseg.quantize_fp16 import convert_fp16
     from edgeseg.tensorrt import EngineSession, build_engine
 
     source = tiny_onnx if precision == "fp32" else convert_fp16(tiny_onnx, tmp_path / "tiny_fp16.onnx")

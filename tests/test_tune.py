@@ -43,7 +43,7 @@ def corrupted_int8(src: Path, dst: Path, calib: list[np.ndarray]) -> Path:
     last = [n for n in proto.graph.node if n.op_type == "Conv"][-1]
     weights = {i.name: i for i in proto.graph.initializer}
     tensor = weights[last.input[1]]
-    assert tensor.data_type == onnx.TensorProto.FLOAT  # the head conv stays float (quantize.float_nodes)
+    assert tensor.data_type == onnx.TensorProto.FLOAT  # the head conv stays float (quantize_nodes.float_nodes)
     tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
     return save_onnx(proto, dst)
 

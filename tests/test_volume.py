@@ -76,7 +76,8 @@ def test_regions_split_holds_out_a_real_share_of_the_brain(demo) -> None:  # noq
 
 def test_oblique_planes_of_the_slab_split_skip_every_slice_that_does_not_train(demo) -> None:  # noqa: ANN001
     """The slab split's oblique planes: a pixel whose voxel lies in a test slab or its gap is IGNORE."""
-    from edgeseg.train import TrainConfig, _sources
+    from edgeseg.train_config import TrainConfig
+    from edgeseg.train_data import training_sources
 
     root, slices, planes = demo
     split = make_split(slices, "slabs")
@@ -95,6 +96,6 @@ def test_oblique_planes_of_the_slab_split_skip_every_slice_that_does_not_train(d
         held_total += int(brute.sum())
     assert held_total > 10_000  # the planes really cross the slabs
     config = TrainConfig(split="slabs", oblique_planes=3)
-    images, masks = _sources(slices, split, config, log=lambda _: None)
+    images, masks = training_sources(slices, split, config, log=lambda _: None)
     assert len(images) == len(split.train) + 3
     assert sum(int((m == IGNORE).sum()) for m in masks[len(split.train) :]) > 0
