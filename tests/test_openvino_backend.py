@@ -308,3 +308,25 @@ def test_the_runner_leaves_out_openvinos_conversion_tools_and_the_defaults_peer_
         proc = subprocess.run([sys.executable, "-c", code, str(tiny_onnx), precision], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert proc.stdout.split() == [loaded, "(1,", "48,", "48)", "True"], (precision, proc.stdout)
+
+
+@needs_openvino
+def test_a_job_on_openvino_does_not_import_onnxruntime(tiny_onnx: Path, tmp_path: Path) -> None:
+    """Issue 24: the GPU-provider probe of `--provider auto` looks at onnxruntime's provider libraries
+    on disk first, so a job that runs on OpenVINO does not import ONNX Runtime too (where a GPU
+    library loads, it still does, to ask whether a session really runs on it)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "in").mkdir()
+    np.save(tmp_path / "in" / "s.npy", np.random.default_rng(13).gamma(2.0, 300.0, (48, 56)).astype(np.float32))
+    code = (
+        "import sys\nfrom edgeseg.cli import main\n"
+        f"sys.argv = ['edgeseg', 'infer', {str(tmp_path / 'in')!r}, '--out', {str(tmp_path / 'out')!r},"
+        f" '--model', {str(tiny_onnx)!r}, '--backend', 'openvino']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
+        "print('ort' if 'onnxruntime' in sys.modules else 'no ort')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "no ort" and (tmp_path / "out" / "s_seg.npy").is_file()
