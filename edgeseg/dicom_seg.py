@@ -81,8 +81,10 @@ def result_uid(source: Any, kind: str, model_sha256: str, options: tuple[str, ..
     ``kind`` names what it identifies (``seg-series``, ``seg-sop``, ``sr-series``, ...). From the
     source's SeriesInstanceUID and, where a series holds several volumes, its EchoNumbers and
     TemporalPositionIdentifier: a rerun, or the same exam sent twice, makes an object with the
-    same Series and SOP Instance UIDs, which a PACS stores in place of the first (PS3.4 B.4.1:
-    a C-STORE of a known SOP Instance UID replaces it, as Orthanc does) instead of beside it.
+    same Series and SOP Instance UIDs, so a PACS holds one copy, never two beside each other: a
+    C-STORE of a SOP Instance UID it already has either replaces the stored object or keeps the
+    first (PS3.4 B.4.1 leaves it to the SCP; Orthanc 1.10 keeps the first, AlreadyStored, unless
+    ``OverwriteInstances`` is true; tests/test_node.py measures both).
     pydicom's ``generate_uid`` hashes the sources (SHA-512) under its UID root.
     """
     from pydicom.uid import generate_uid
