@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 
 from edgeseg import SHIPPED_MODEL
-from edgeseg.bench import Target, model_file, runner_spec, why_not_here
+from edgeseg.bench_report import Target
+from edgeseg.bench_targets import model_file, runner_spec, why_not_here
 from edgeseg.measure import synthetic_batch
 from edgeseg.runtime import Runner, RunnerSpec, open_runner
 

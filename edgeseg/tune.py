@@ -235,7 +235,7 @@ def tune(model: Path, config: TuneConfig | None = None, log: Any = None) -> Depl
         The :class:`DeployPlan` written beside the model.
     """
     from edgeseg.artifacts import read_model_info
-    from edgeseg.bench import DEFAULT_TARGETS, load_targets, select_targets
+    from edgeseg.bench_targets import DEFAULT_TARGETS, load_targets, select_targets
     from edgeseg.tune_report import ratios
 
     config = config or TuneConfig()

@@ -102,6 +102,7 @@ ORDER = [
     "export",
     # benchmarking and the command line
     "bench_report",
+    "bench_targets",
     "bench",
     "tune_report",
     "tune",
@@ -111,6 +112,7 @@ ORDER = [
 # What `edgeseg infer` and `edgeseg bench` of ONNX files import: never torch, never training.
 INFERENCE = [
     *("runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"),
+    "bench_targets",  # what bench and tune read the targets with
     *("machine", "openvino_backend", "openvino_blobs", "deploy", "tune"),  # tune's children time torch-free runtimes
     "crop",
     *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR

@@ -23,22 +23,9 @@ import pytest
 
 from edgeseg import EdgesegError
 from edgeseg.artifacts import read_model_info
-from edgeseg.bench import (
-    DEFAULT_TARGETS,
-    BenchConfig,
-    Result,
-    Target,
-    bench,
-    check_budget,
-    load_targets,
-    model_file,
-    noise_warnings,
-    run_bench,
-    runner_spec,
-    select_targets,
-    why_not_here,
-)
+from edgeseg.bench import BenchConfig, Result, Target, bench, check_budget, noise_warnings, run_bench
 from edgeseg.bench_report import compute_ratios, print_report, table_rows, to_markdown
+from edgeseg.bench_targets import DEFAULT_TARGETS, load_targets, model_file, runner_spec, select_targets, why_not_here
 from edgeseg.measure import (
     count_macs,
     latency_stats,

@@ -788,7 +788,7 @@ def test_the_sdist_carries_csrc_and_build_c_works_from_it(tmp_path: Path) -> Non
 def test_bench_row_runs_libedgeseg_torch_free(
     clib: CBuild, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, slices: list[np.ndarray]
 ) -> None:
-    from edgeseg.bench import load_targets, why_not_here
+    from edgeseg.bench_targets import load_targets, why_not_here
     from edgeseg.measure import run_child
     from edgeseg.runtime import RunnerSpec, open_runner
 

@@ -236,7 +236,8 @@ def test_tune_bad_threads_is_one_line(tiny_onnx: Path) -> None:
 
 @pytest.mark.slow
 def test_bench_adds_a_row_per_tuned_candidate_with_what_ran(tuned, tmp_path: Path) -> None:  # noqa: ANN001
-    from edgeseg.bench import BenchConfig, _Context, bench_target, tuned_targets
+    from edgeseg.bench import BenchConfig, _Context, bench_target
+    from edgeseg.bench_targets import tuned_targets
 
     folder, model, _ = tuned
     plan = DeployPlan.from_json(json.loads(deploy_path(model).read_text()))
