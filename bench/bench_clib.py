@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from edgeseg import SHIPPED_MODEL
-from edgeseg.measure import synthetic_batch
-from edgeseg.runtime import RunnerSpec, open_runner
+from edgeseg.runtime.measure import synthetic_batch
+from edgeseg.runtime.runners import RunnerSpec, open_runner
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
 THREADS, SIZE, ROUNDS = 2, 394, 30
@@ -30,7 +30,7 @@ THREADS, SIZE, ROUNDS = 2, 394, 30
 @pytest.fixture(scope="module")
 def runners() -> dict:
     pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino)")
-    from edgeseg.cbackend import why_unavailable
+    from edgeseg.runtime.cbackend import why_unavailable
 
     reason = why_unavailable()
     if reason:

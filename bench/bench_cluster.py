@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from edgeseg import SHIPPED_MODEL
-from edgeseg.infer import InferConfig, run_inference
+from edgeseg.infer.run import InferConfig, run_inference
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
 SCANS, SLICES, FULL = 12, 4, 394  # per round when timed
@@ -41,8 +41,8 @@ def scans(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
     """``(folder, count)``: NIfTI volumes of real demo slices (0.5 mm pixels, no resampling)."""
     import nibabel as nib
 
-    from edgeseg.data import load_slices
-    from edgeseg.demo import build_demo
+    from edgeseg.data.dataset import load_slices
+    from edgeseg.data.demo import build_demo
 
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} not found: export the shipped model, or set EDGESEG_BENCH_MODEL")
@@ -60,7 +60,7 @@ def scans(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReque
 def cluster() -> tuple[str, float]:
     """``(scheduler address, start-up seconds)`` of the library's LocalCluster of 2 workers."""
     pytest.importorskip("distributed", reason="the cluster extra is not installed")
-    from edgeseg.cluster_connect import local_cluster
+    from edgeseg.infer.cluster_connect import local_cluster
 
     start = time.perf_counter()
     with local_cluster(2) as lc:

@@ -69,8 +69,8 @@ np.save(sys.argv[4], labels)
 
 def real_stack(count: int, size: int = 394) -> tuple[np.ndarray, np.ndarray]:
     """``count`` demo slices of the plane with the most, in order (repeated if it has fewer), and their brain masks."""
-    from edgeseg.data import load_slices
-    from edgeseg.demo import build_demo, read_demo_provenance
+    from edgeseg.data.dataset import load_slices
+    from edgeseg.data.demo import build_demo, read_demo_provenance
 
     root = build_demo()
     slices = load_slices(root)
@@ -96,7 +96,7 @@ def head_stack(head: str, count: int, size: int = 394) -> tuple[np.ndarray, np.n
         mask = nib.as_closest_canonical(nib.load(folder / "atlas_mask.nii.gz"))
         brain = np.asarray(mask.dataobj).reshape(mask.shape[:3]) > 0
     else:
-        from edgeseg.demo import _demo_sources
+        from edgeseg.data.demo import _demo_sources
 
         files = _demo_sources()
         t1, gm, wm = (np.asarray(nib.load(files[k]).dataobj, np.float32) for k in ("t1", "gm", "wm"))
@@ -183,7 +183,7 @@ def example_job(rounds: int, threads: int) -> dict:
 
 def run_job(images: np.ndarray, brain: np.ndarray, what: str, args: argparse.Namespace, rounds: int) -> dict:
     """The four cases on one ``(n, H, W)`` stack: medians, ratios, what infer ran on, the crop's agreement."""
-    from edgeseg.crop import GRIDS, plan_crop
+    from edgeseg.infer.crop import GRIDS, plan_crop
 
     crop = plan_crop([images], GRIDS[3], 16)
     result: dict = {

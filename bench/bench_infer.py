@@ -11,7 +11,7 @@ Groups (each one's baseline is PyTorch eager, the tutorial's way, measured in th
 * ``volume-200-nifti``: a 200-slice NIfTI end to end through the real ``edgeseg infer`` CLI
   (interpreter start, reading, inference, writing) against the tutorial-style eager loop.
 
-Backends: PyTorch eager; ONNX Runtime CPU fp32/fp16/int8 through :func:`edgeseg.runtime.open_runner`
+Backends: PyTorch eager; ONNX Runtime CPU fp32/fp16/int8 through :func:`edgeseg.runtime.runners.open_runner`
 (the session ``edgeseg infer`` runs); OpenVINO's CPU plugin on the same ONNX files (the
 peer an x86 edge user would pick; optional, skipped if not installed); ONNX Runtime CUDA
 fp32/fp16 and TensorRT fp16/int8 (``gpu`` marker; skipped with the reason when no GPU works).
@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 
 from edgeseg import SHIPPED_MODEL
-from edgeseg.bench_report import Target
-from edgeseg.bench_targets import model_file, runner_spec, why_not_here
-from edgeseg.measure import synthetic_batch
-from edgeseg.runtime import Runner, RunnerSpec, open_runner
+from edgeseg.bench.report import Target
+from edgeseg.bench.targets import model_file, runner_spec, why_not_here
+from edgeseg.runtime.measure import synthetic_batch
+from edgeseg.runtime.runners import Runner, RunnerSpec, open_runner
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
 THREADS = int(os.environ.get("EDGESEG_BENCH_THREADS", os.cpu_count() or 1))
@@ -141,8 +141,8 @@ def volume(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     """A 200-slice int16 NIfTI of real demo slices (394x394, 0.5 mm pixels; smoke: 3 of 64²)."""
     import nibabel as nib
 
-    from edgeseg.data import load_slices
-    from edgeseg.demo import build_demo
+    from edgeseg.data.dataset import load_slices
+    from edgeseg.data.demo import build_demo
 
     if not MODEL.is_file():
         pytest.skip(f"{MODEL} not found: export the shipped model, or set EDGESEG_BENCH_MODEL")
@@ -230,15 +230,15 @@ def test_volume(benchmark, volume: Path, tmp_path: Path, name: str, how: str, pr
 
 
 def test_qc_figures(benchmark, paired) -> None:  # noqa: ANN001
-    """``qc-b5-394``: the QC figures (:class:`edgeseg.qc.QCCounter`) of the example slab's five
+    """``qc-b5-394``: the QC figures (:class:`edgeseg.io.qc.QCCounter`) of the example slab's five
     slices at the model's 0.5 mm (394x466), on the logits and labels the shipped model gave,
     paired with that batch's ``session.run`` (logits and labels, as `edgeseg infer` fetches
     them): "paired" is model time / QC time."""
     from edgeseg import SHIPPED_MODEL_DIR
     from edgeseg.artifacts import read_model_info
-    from edgeseg.ort_session import create_session
-    from edgeseg.qc import QCCounter
-    from edgeseg.scans import read_scan
+    from edgeseg.io.qc import QCCounter
+    from edgeseg.io.scans import read_scan
+    from edgeseg.runtime.ort_session import create_session
 
     example = SHIPPED_MODEL_DIR / "example" / "mni152_t1_axial_slab.nii.gz"
     info = read_model_info(MODEL)

@@ -3,7 +3,7 @@
     pytest bench/bench_levers.py --benchmark-only [--benchmark-json levers.json]
 
 * ``levers-session-fp32``: the fp32 model at batch 1 under each session setting. Baseline:
-  the session ``edgeseg.ort_session.create_session`` builds (ORT_ENABLE_ALL, default threads).
+  the session ``edgeseg.runtime.ort_session.create_session`` builds (ORT_ENABLE_ALL, default threads).
   Variants: explicit/1 thread(s), lower optimisation levels, no NCHWc, no spinning, no
   arena, no memory pattern, I/O binding with a preallocated output, fetching both outputs.
   Also the unfused export (``edgeseg export --no-fuse``: BatchNorm and the decoder concat as
@@ -33,11 +33,11 @@ import pytest
 
 from edgeseg import SHIPPED_MODEL
 from edgeseg.artifacts import read_model_info
+from edgeseg.data.split import SplitRecord, held_out, pick
 from edgeseg.files import cache_dir
-from edgeseg.measure import synthetic_batch
-from edgeseg.ort_session import SessionLevers
-from edgeseg.runtime import RunnerSpec, open_runner
-from edgeseg.split import SplitRecord, held_out, pick
+from edgeseg.runtime.measure import synthetic_batch
+from edgeseg.runtime.ort_session import SessionLevers
+from edgeseg.runtime.runners import RunnerSpec, open_runner
 
 MODEL = Path(os.environ.get("EDGESEG_BENCH_MODEL", SHIPPED_MODEL))
 THREADS = int(os.environ.get("EDGESEG_BENCH_THREADS", os.cpu_count() or 1))
@@ -108,7 +108,7 @@ def smoke(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture(scope="module")
 def runtime_default() -> Callable[[np.ndarray], np.ndarray]:
-    """The baseline: the fp32 runner `edgeseg infer --provider cpu` runs (edgeseg.runtime)."""
+    """The baseline: the fp32 runner `edgeseg infer --provider cpu` runs (edgeseg.runtime.runners)."""
     return open_runner(MODEL, RunnerSpec("ort", "cpu")).labels
 
 
@@ -139,7 +139,7 @@ def test_session_lever(benchmark, paired, runtime_default, name: str, spec: Runn
 
 def unfused_model(folder: Path) -> Path:
     """``X.pt`` exported with ``fuse=False`` into ``folder`` (cached); skips without ``X.pt``."""
-    from edgeseg.export import export_onnx
+    from edgeseg.export.onnx import export_onnx
 
     checkpoint = MODEL.with_suffix(".pt")
     if not checkpoint.is_file():
@@ -161,13 +161,13 @@ def test_unfused_export(benchmark, paired, runtime_default, study: _Int8Study) -
 
 
 def quantize_recipe(src: Path, dst: Path, recipe: Int8Recipe, calib: list[np.ndarray]) -> Path:
-    """Static QDQ int8 model of ``src`` by ``recipe`` (edgeseg.quantize's flow, parametrised)."""
+    """Static QDQ int8 model of ``src`` by ``recipe`` (edgeseg.export.quantize's flow, parametrised)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgeseg.quantize import SliceReader
-    from edgeseg.quantize_nodes import float_nodes, normalization_nodes
+    from edgeseg.export.quantize import SliceReader
+    from edgeseg.export.quantize_nodes import float_nodes, normalization_nodes
 
     types = {"u8": QuantType.QUInt8, "s8": QuantType.QInt8}
     pre = dst.with_suffix(".pre.onnx")

@@ -24,7 +24,7 @@ does not load: now the library is tried first, and the probe is not built), the 
 the imports about 9 s, building the CLI's command tree twice 1 s (now once, unless an argument is
 empty). On an idle machine the issue measured the job at 11.2 s with the model alone 8.9 s.
 
-After those cuts and importing OpenVINO without its conversion tools (edgeseg.openvino_backend),
+After those cuts and importing OpenVINO without its conversion tools (edgeseg.runtime.openvino_backend),
 `python bench/bench_overhead.py --rounds 1 --threads 2` on the same machine (load 6-9, so again
 only shares): the job 79.7 s end to end, 82.7 s under cProfile; the model 73.1 %, QC 5.3 %, the
 crop plan 3.4 %, loading and compiling 3.0 %, choosing the backend 1.4 % (was 3.4 %), the crop's

@@ -16,7 +16,7 @@ every one of the 64 (shift_y, shift_x) pairs, and times them with ONNX Runtime i
 alternating, with the shipped int8 model timed in the same run for scale. Timings on a shared
 machine are noise: read the ratios. The model itself is unchanged: using window_select in
 :func:`edgeseg.model_contract.aligned_frame` means re-exporting every shipped file and re-running the parity
-and metamorphic suites (tests/test_parity.py, tests/test_metamorphic.py), not done here.
+and metamorphic suites (tests/export/test_parity.py, tests/export/test_metamorphic.py), not done here.
 
 Seen on the shared 2-core AMD EPYC (AVX2; load about 12, so only the ratios mean anything), 394²,
 2 threads, 30 rounds: the old shift 54.5 ms a slice, 11.9 % of the shipped int8 model's 459 ms in

@@ -13,9 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from edgeseg.losses import segmentation_loss
 from edgeseg.model import UNet
-from edgeseg.train_config import make_config
+from edgeseg.train.config import make_config
+from edgeseg.train.losses import segmentation_loss
 
 FULL = 394
 

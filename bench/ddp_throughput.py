@@ -24,12 +24,12 @@ import time
 
 import torch
 
-from edgeseg import distributed
-from edgeseg.augment import RobustPatches
-from edgeseg.data import build_demo, load_slices
-from edgeseg.losses import segmentation_loss
+from edgeseg.data.augment import RobustPatches
+from edgeseg.data.dataset import build_demo, load_slices
 from edgeseg.model import UNet
-from edgeseg.train_config import make_config
+from edgeseg.train import distributed
+from edgeseg.train.config import make_config
+from edgeseg.train.losses import segmentation_loss
 
 WARMUP = 2
 

@@ -12,7 +12,7 @@ kept), so one slow ``torch.compile`` cannot eat the GPU window:
 * ``parity``: the shipped checkpoint on CUDA (fp32 with TF32 off, and fp16 autocast) against
   the CPU in fp32, on real slices: the demo test slices (needs nilearn), else the shipped example
   NIfTI (``export/example``, read with nibabel, or from its raw header when nibabel is absent).
-  The numbers and gates are :func:`edgeseg.parity.compare` / ``GATES``.
+  The numbers and gates are :func:`edgeseg.export.parity.compare` / ``GATES``.
 * ``infer_eager``: latency at batch 1 and throughput at batch 32, 394x394, the exported
   inference form (BatchNorm folded), channels_last: eager fp32, eager fp16 autocast, CUDA graph.
 * ``infer_compiled``: ``torch.compile`` (default mode, then ``reduce-overhead``: compiled + CUDA graphs).
@@ -171,7 +171,7 @@ def _sync(cfg: CheckConfig) -> Callable[[], None]:
 
 def timed(rec: Recorder, cfg: CheckConfig, name: str, batch: int, fn: Callable[[], Any], **extra: Any) -> None:
     """Time ``fn()`` (synchronised) after warm-up, bounded by count and time; record one row."""
-    from edgeseg.measure import latency_stats, time_runs
+    from edgeseg.runtime.measure import latency_stats, time_runs
 
     sync = _sync(cfg)
 
@@ -247,12 +247,12 @@ def _absent(rec: Recorder) -> None:
         import onnxruntime as ort
 
         rec.data["info"]["onnxruntime"] = f"{ort.__version__} ({', '.join(ort.get_available_providers())})"
-        from edgeseg.ort_session import resolve_providers
+        from edgeseg.runtime.ort_session import resolve_providers
 
         resolve_providers("cuda")
     except (ImportError, EdgesegError) as exc:
         rec.skip("onnxruntime CUDA", str(exc))
-    from edgeseg.tensorrt import gpu_problem
+    from edgeseg.runtime.tensorrt import gpu_problem
 
     problem = gpu_problem()
     rec.skip("TensorRT", problem or "present, but an engine build is not part of this check (edgeseg export --trt)")
@@ -294,7 +294,7 @@ def real_slices(cfg: CheckConfig, model_mm: float | None) -> tuple[list[np.ndarr
                 raise Skip(f"--data demo: nilearn is not importable ({exc})") from None
             why = f"; the demo set needs nilearn ({exc})"
         else:
-            from edgeseg.split import held_out
+            from edgeseg.data.split import held_out
 
             held = held_out(None).limited(cfg.parity_slices)
             return held.images, held.masks, f"demo held-out slices with ground truth ({held.source})"
@@ -306,7 +306,7 @@ def real_slices(cfg: CheckConfig, model_mm: float | None) -> tuple[list[np.ndarr
     except ImportError as exc:
         x, how = _example_without_nibabel(path, model_mm), f"read from its raw header ({exc}); RAS assumed"
     else:
-        from edgeseg.scans import read_scan
+        from edgeseg.io.scans import read_scan
 
         dec = read_scan(path, "nifti", model_mm=model_mm)
         x = dec.batch(0, len(dec.stack), path, dec.model_size)[:, 0]
@@ -332,8 +332,8 @@ def _example_without_nibabel(path: Path, model_mm: float | None) -> np.ndarray:
 
 def section_parity(rec: Recorder, cfg: CheckConfig) -> None:
     torch = _torch(cfg)
+    from edgeseg.export.parity import GATES, gate_failures
     from edgeseg.metrics import compare
-    from edgeseg.parity import GATES, gate_failures
 
     model, ckpt = _shipped_model(cfg, fused=False)
     model_mm = (ckpt.get("data") or {}).get("pixel_spacing_mm")
@@ -389,7 +389,7 @@ def section_infer_eager(rec: Recorder, cfg: CheckConfig) -> None:
 def _input(cfg: CheckConfig, batch: int) -> Any:
     import torch
 
-    from edgeseg.measure import synthetic_batch
+    from edgeseg.runtime.measure import synthetic_batch
 
     x = torch.from_numpy(synthetic_batch(batch, cfg.size)).to(cfg.device)
     return x.contiguous(memory_format=torch.channels_last)
@@ -446,9 +446,9 @@ def _train_step(cfg: CheckConfig, compiled: bool) -> Callable[[], None]:
     """One step of the default recipe on whole ``size``² slices: AMP on CUDA, channels_last."""
     import torch
 
-    from edgeseg.losses import segmentation_loss
     from edgeseg.model import UNet
-    from edgeseg.train_config import make_config
+    from edgeseg.train.config import make_config
+    from edgeseg.train.losses import segmentation_loss
 
     recipe = make_config("default")
     torch.manual_seed(0)
@@ -502,8 +502,8 @@ def section_train_compiled(rec: Recorder, cfg: CheckConfig) -> None:
 def section_ort_cuda(rec: Recorder, cfg: CheckConfig) -> None:
     from edgeseg import SHIPPED_MODEL
     from edgeseg.errors import EdgesegError
-    from edgeseg.measure import synthetic_batch
-    from edgeseg.ort_session import create_session
+    from edgeseg.runtime.measure import synthetic_batch
+    from edgeseg.runtime.ort_session import create_session
 
     try:
         session, provider = create_session(SHIPPED_MODEL, "cuda")

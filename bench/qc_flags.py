@@ -2,12 +2,12 @@
 
     python bench/qc_flags.py [--model export/model.onnx] [--slices 32] [--json out.json]
 
-Every held-out demo slice of the regions split (:func:`edgeseg.robustness.held_out_planes`, the
+Every held-out demo slice of the regions split (:func:`edgeseg.train.robustness.held_out_planes`, the
 slices and oblique planes that `edgeseg evaluate --robustness` scores), under every family and
-strength of :func:`edgeseg.robustness.families`, goes through ``--model`` on ONNX Runtime (CPU),
+strength of :func:`edgeseg.train.robustness.families`, goes through ``--model`` on ONNX Runtime (CPU),
 and gets the verdict `edgeseg infer` gives a single-slice scan: the model's QC ranges
-(``edgeseg.qc_ranges``) and :mod:`edgeseg.qc_anatomy`'s limits, on the model's own logits
-(:class:`edgeseg.qc.QCCounter`, as :mod:`edgeseg.segment` counts them). Its mIoU(GM, WM) is
+(``edgeseg.qc_ranges``) and :mod:`edgeseg.io.qc_anatomy`'s limits, on the model's own logits
+(:class:`edgeseg.io.qc.QCCounter`, as :mod:`edgeseg.infer.segment` counts them). Its mIoU(GM, WM) is
 scored on the held-out pixels, as the robustness report scores them.
 
 Printed: per family, the slices, those with mIoU < 0.7 and how many of them QC flagged, and how
@@ -18,7 +18,7 @@ flagged. ``--json`` keeps every slice's figures, reasons and mIoU; ``--rejudge F
 again with the code as it is now, without running the model.
 
 Measured with the shipped ``export/model.onnx`` (ONNX Runtime CPU, 2-core AMD EPYC under other
-jobs, 2026-12-07), :mod:`edgeseg.qc_anatomy`'s limits as set from the first run's good slices:
+jobs, 2026-12-07), :mod:`edgeseg.io.qc_anatomy`'s limits as set from the first run's good slices:
 
 * ``--slices 32``: 139 of 157 slices with mIoU < 0.7 flagged (88.5 %); clean 1 of 32 (the one
   clean slice below 0.7; 0 of 31 good); 64 of 610 good slices (10.5 %, 31 of them tight crops:
@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from edgeseg import SHIPPED_MODEL
+from edgeseg.io.qc import METADATA_KEY, QCCounter, parse_ranges, verdict
+from edgeseg.io.qc_anatomy import anatomy_reasons
 from edgeseg.metrics import ConfusionMatrix
-from edgeseg.qc import METADATA_KEY, QCCounter, parse_ranges, verdict
-from edgeseg.qc_anatomy import anatomy_reasons
 
 BAD = 0.7  # mIoU(GM, WM) below this is a slice QC should flag (issue 22)
 
@@ -66,8 +66,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rejudge:  # the same verdict on stored figures: for new limits, without running the model
         from edgeseg.artifacts import read_model_info
-        from edgeseg.qc import FIGURES
-        from edgeseg.qc_anatomy import ANATOMY
+        from edgeseg.io.qc import FIGURES
+        from edgeseg.io.qc_anatomy import ANATOMY
 
         ranges = parse_ranges(read_model_info(args.model).metadata.get(METADATA_KEY))
         records = json.loads(args.rejudge.read_text())
@@ -85,7 +85,7 @@ def main() -> None:
     import onnxruntime as ort
 
     from edgeseg.artifacts import read_model_info
-    from edgeseg.robustness import families, family_slices, held_out_planes
+    from edgeseg.train.robustness import families, family_slices, held_out_planes
 
     info = read_model_info(args.model)
     ranges = parse_ranges(info.metadata.get(METADATA_KEY))
@@ -96,7 +96,7 @@ def main() -> None:
     records = []
     for family, variants in families():
         if family == "empty":
-            from edgeseg.robustness_heads import EMPTY_KINDS, empty_slices
+            from edgeseg.train.robustness_heads import EMPTY_KINDS, empty_slices
 
             for kind in EMPTY_KINDS:
                 for image in empty_slices(kind, args.slices):

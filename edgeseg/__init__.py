@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from edgeseg import _moved
 from edgeseg.errors import EdgesegError
 
 __all__ = ["EdgesegError", "__version__"]
@@ -24,3 +25,5 @@ SHIPPED_MODEL_DIR = _shipped("_shipped", "export")
 SHIPPED_MODEL = SHIPPED_MODEL_DIR / "model.onnx"
 # Deployment targets of `edgeseg bench`.
 SHIPPED_TARGETS = _shipped("_bench", "bench") / "targets.toml"
+
+_moved.install()  # the old module paths (issue 26's move), for one release

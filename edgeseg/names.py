@@ -6,7 +6,7 @@ Torch-free, no imports from the pipeline. Each scan has a *stem*, ``dir/x`` rela
 SR volume report ``x_sr.dcm`` beside a SEG, its
 statistics ``x_stats.json``, its QC mosaic ``x_overlay.png`` and, with ``--skull-strip``,
 ``x_brainmask.nii.gz``. No suffix is the end of another, so two scans whose stems differ
-never share a file (:func:`edgeseg.scan_files.discover_scans` keeps stems apart), and these
+never share a file (:func:`edgeseg.io.scan_files.discover_scans` keeps stems apart), and these
 suffixes mark files that edgeseg wrote, which are never taken as input.
 """
 

@@ -1,8 +1,8 @@
 """Size guards: a header's claimed size is checked against its file before anything is allocated.
 
 A header that lies (a 1.5 kB file claiming 60000x60000 voxels, a gzip bomb) would otherwise
-make a reader allocate the claimed size first. The readers of edgeseg.scans and
-edgeseg.dicom call these before they decode. numpy only.
+make a reader allocate the claimed size first. The readers of edgeseg.io.scans and
+edgeseg.io.dicom call these before they decode. numpy only.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def _gunzipped_size(path: Path, limit: int) -> int:
 def check_npy_header(path: Path) -> None:
     """Refuse an .npy whose header claims more data than the file holds (before np.load).
 
-    Also used by :mod:`edgeseg.data` for ``--data``. Files whose header cannot be parsed
+    Also used by :mod:`edgeseg.data.dataset` for ``--data``. Files whose header cannot be parsed
     are left to ``np.load``, which names the problem.
     """
     fmt = np.lib.format

@@ -155,7 +155,7 @@ def make_mni_dicom(
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
 
-    from edgeseg.demo import _demo_sources
+    from edgeseg.data.demo import _demo_sources
 
     img = nib.load(_demo_sources()["t1"])
     t1, affine = np.asarray(img.dataobj, dtype=np.float64), img.affine
@@ -209,8 +209,8 @@ def make_tiny_dataset(root: Path, n: int = TINY_SLICES) -> tuple[Path, list[str]
     """
     import shutil
 
-    from edgeseg.data import find_pairs
-    from edgeseg.demo import build_demo
+    from edgeseg.data.dataset import find_pairs
+    from edgeseg.data.demo import build_demo
 
     pairs = find_pairs(build_demo())
     picks = [pairs[round(i * (len(pairs) - 1) / (n - 1))] for i in range(n)]
@@ -231,7 +231,7 @@ def make_tiny_checkpoint(path: Path, data_root: Path, test_keys: list[str], step
     import numpy as np
     import torch
 
-    from edgeseg.data import load_slices
+    from edgeseg.data.dataset import load_slices
     from edgeseg.metrics import evaluate_arrays
     from edgeseg.model import UNet, save_checkpoint
     from edgeseg.model_contract import ModelConfig
@@ -284,7 +284,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_dataset) -> P
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_checkpoint: Path) -> Path:
     """The fp32 edgeseg-onnx-v1 file written by the real ``export_onnx`` (tiny.onnx beside it)."""
-    from edgeseg.export import export_onnx
+    from edgeseg.export.onnx import export_onnx
 
     return export_onnx(tiny_checkpoint)
 

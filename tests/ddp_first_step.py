@@ -1,4 +1,4 @@
-"""One DDP training step on each rank, for tests/test_distributed.py (not collected by pytest).
+"""One DDP training step on each rank, for tests/train/test_distributed.py (not collected by pytest).
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_first_step.py DATA OUT
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from edgeseg import distributed
-from edgeseg.augment import RobustPatches
-from edgeseg.data import load_slices
-from edgeseg.losses import segmentation_loss
+from edgeseg.data.augment import RobustPatches
+from edgeseg.data.dataset import load_slices
 from edgeseg.model import UNet
 from edgeseg.model_contract import ModelConfig
+from edgeseg.train import distributed
+from edgeseg.train.losses import segmentation_loss
 
 WIDTHS = (4, 8, 16)
 BATCH = 8  # the global batch: 4 patches on each of 2 ranks

@@ -1,4 +1,4 @@
-"""A real gloo peer loss, for tests/test_distributed.py (not collected by pytest).
+"""A real gloo peer loss, for tests/train/test_distributed.py (not collected by pytest).
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ddp_peer_lost.py OUT
 
@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from edgeseg import EdgesegError, distributed
+from edgeseg import EdgesegError
+from edgeseg.train import distributed
 
 
 def main(out: Path) -> None:

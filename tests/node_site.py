@@ -1,4 +1,4 @@
-"""The harness of tests/test_node.py: a real Orthanc, `edgeseg listen` as a subprocess, the exam.
+"""The harness of tests/node/test_node.py: a real Orthanc, `edgeseg listen` as a subprocess, the exam.
 
 Not a test module (no ``test_`` prefix): pytest puts tests/ on sys.path, so the tests import it.
 """

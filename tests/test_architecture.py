@@ -1,8 +1,10 @@
-"""The import graph follows the pipeline, and the inference path never loads torch.
+"""The import graph follows the pipeline, between modules and between subpackages, and inference never loads torch.
 
-Every ``edgeseg`` import counts, the lazy ones inside functions too: a lazy import that runs
-back up the pipeline is still a cycle, only a later one. ORDER lists the modules bottom-up;
-a module may import only modules listed before it. A new module goes at its stage.
+Every ``edgeseg`` import counts, the lazy ones inside functions too: a lazy import that runs back up
+the pipeline is still a cycle, only a later one. ORDER lists the subpackages bottom-up (the top level
+of ``edgeseg/`` first) and each one's modules bottom-up; a module may import only modules listed
+before it, so a subpackage imports only itself and the subpackages before it. A new module goes at
+its stage. ``__main__`` (``python -m edgeseg``) is the entry point, above them all.
 """
 
 from __future__ import annotations
@@ -17,145 +19,209 @@ import pytest
 import edgeseg
 
 PACKAGE = Path(edgeseg.__file__).parent
-ORDER = [
-    # foundations: no edgeseg import but these
-    "errors",
-    "__init__",
-    "files",
-    "signals",
-    "machine",
-    "sizes",
-    "onnx_header",
-    "artifacts",
-    "metrics",
-    # reading and writing scans (torch-free)
-    "names",
-    "qc_anatomy",
-    "qc",
-    "skullstrip",
-    "triage",
-    "dicom",
-    "scan_files",
-    "scan_readers",
-    "scans",
-    "records",
-    "dicom_seg",
-    "dicom_sr",
-    "mosaic",
-    "outputs",
-    "dicom_results",
-    # data and the model
-    "demo",
-    "data",
-    "volume",
-    "synth",
-    "synth_planes",
-    "raw_head",
-    "split",
-    "model_contract",
-    "model",
-    "augment",
-    "train_config",
-    "losses",
-    # running a model
-    "tensorrt",
-    "cbuild",
-    "cbackend",
-    "openvino_backend",
-    "openvino_blobs",
-    "deploy",
-    "ort_session",
-    "runtime",
-    "measure",
-    "crop",
-    "crop_bench",
-    "infer_config",
-    "scan_rows",
-    "scan_writer",
-    "segment",
-    "cluster_connect",
-    "cluster_tasks",
-    "cluster",
-    "infer",
-    # the DICOM node: receives series, runs infer on them, sends the results
-    "node_config",
-    "node_queue",
-    "node_send",
-    "node_watch",
-    "node_stow",
-    "node",
-    # training, export, validation
-    "evaluate",
-    "train_report",
-    "distributed",
-    "train_data",
-    "train",
-    "quantize_nodes",
-    "quantize_fp16",
-    "quantize",
-    "executorch_export",
-    "parity",
-    "robustness_heads",
-    "robustness",
-    "parity_report",
-    "triton",
-    "export",
-    # benchmarking and the command line
-    "bench_report",
-    "bench_targets",
-    "bench",
-    "tune_report",
-    "tune",
-    "cli",
-    "__main__",
-]
+MAX_LINES = 450  # issue 26: no module longer than a reader holds in mind; most are 100-350
+ORDER: dict[str, list[str]] = {
+    # the top level of edgeseg/: what every stage uses
+    "": [
+        "errors",
+        "_moved",
+        "__init__",
+        "files",
+        "signals",
+        "machine",
+        "sizes",
+        "onnx_header",
+        "artifacts",
+        "metrics",
+        "names",
+        "model_contract",
+        "model",
+    ],
+    # Scans in, results out, torch-free
+    "io": [
+        "__init__",
+        "qc_anatomy",
+        "qc",
+        "skullstrip",
+        "triage",
+        "dicom",
+        "scan_files",
+        "scan_readers",
+        "scans",
+        "records",
+        "dicom_seg",
+        "dicom_sr",
+        "mosaic",
+        "outputs",
+        "dicom_results",
+        "scan_rows",
+    ],
+    # What training reads
+    "data": ["__init__", "demo", "dataset", "volume", "synth", "synth_planes", "raw_head", "split", "augment"],
+    # Running an exported model, torch-free
+    "runtime": [
+        "__init__",
+        "tensorrt",
+        "cbuild",
+        "cbackend",
+        "openvino_backend",
+        "openvino_blobs",
+        "deploy",
+        "ort_session",
+        "runners",
+        "measure",
+    ],
+    # The work of `edgeseg infer`, torch-free
+    "infer": [
+        "__init__",
+        "crop",
+        "config",
+        "scan_writer",
+        "segment",
+        "cluster_connect",
+        "cluster_tasks",
+        "cluster",
+        "run",
+    ],
+    # The DICOM node of `edgeseg listen`, torch-free
+    "node": ["__init__", "config", "queue", "send", "watch", "stow", "server"],
+    # Training and judging a checkpoint
+    "train": [
+        "__init__",
+        "config",
+        "losses",
+        "evaluate",
+        "report",
+        "distributed",
+        "data",
+        "loop",
+        "robustness_heads",
+        "robustness",
+    ],
+    # From a checkpoint to deployable files
+    "export": [
+        "__init__",
+        "quantize_nodes",
+        "quantize_fp16",
+        "quantize",
+        "executorch",
+        "parity",
+        "parity_report",
+        "triton",
+        "onnx",
+    ],
+    # Timing and choosing
+    "bench": ["__init__", "crop_bench", "report", "targets", "suite", "tune_report", "tune"],
+    # the command line
+    "cli": ["options", "bench", "data", "export", "infer", "listen", "train", "__init__", "__main__"],
+}
+ENTRIES = ["__main__"]  # entry points: above everything, they may import any stage
 # What `edgeseg infer` and `edgeseg bench` of ONNX files import: never torch, never training.
 INFERENCE = [
-    *("runtime", "artifacts", "scans", "dicom", "outputs", "segment", "infer", "metrics", "bench", "split"),
-    "bench_targets",  # what bench and tune read the targets with
-    *("machine", "openvino_backend", "openvino_blobs", "deploy", "tune"),  # tune's children time torch-free runtimes
-    "crop",
-    *("triage", "dicom_seg", "dicom_sr", "dicom_results"),  # what a DICOM series gets: skip, SEG, SR
-    "mosaic",
-    *("ort_session", "scan_files", "scan_readers"),  # split from runtime and scans
-    *("infer_config", "scan_rows", "scan_writer"),  # split from segment
-    *("cluster_connect", "cluster_tasks", "cluster"),  # --cluster: infer's torch-free work on Dask workers
-    *("crop_bench", "tune_report"),  # what bench and tune time on the brain box, and tune's table
-    *("node_config", "node_queue", "node_send", "node_watch", "node_stow", "node"),  # listen runs infer: torch-free
+    "bench.targets",
+    "infer.crop",
+    "io.mosaic",
+    "runtime.runners",
+    "artifacts",
+    "io.scans",
+    "io.dicom",
+    "io.outputs",
+    "infer.segment",
+    "infer.run",
+    "metrics",
+    "bench.suite",
+    "data.split",
+    "machine",
+    "runtime.openvino_backend",
+    "runtime.openvino_blobs",
+    "runtime.deploy",
+    "bench.tune",
+    "io.triage",
+    "io.dicom_seg",
+    "io.dicom_sr",
+    "io.dicom_results",
+    "runtime.ort_session",
+    "io.scan_files",
+    "io.scan_readers",
+    "infer.config",
+    "io.scan_rows",
+    "infer.scan_writer",
+    "infer.cluster_connect",
+    "infer.cluster_tasks",
+    "infer.cluster",
+    "bench.crop_bench",
+    "bench.tune_report",
+    "node.config",
+    "node.queue",
+    "node.send",
+    "node.watch",
+    "node.stow",
+    "node.server",
 ]
+TRAINING_LOOP = "edgeseg.train.loop"
 
 
-def edgeseg_imports(path: Path) -> set[str]:
-    """The edgeseg modules ``path`` imports anywhere in its body (lazy imports included)."""
-    found = set()
+def ranked() -> list[str]:
+    """ORDER flattened to module names below edgeseg (``io.scans``, ``errors``), then the entry point."""
+    return [f"{sub}.{m}" if sub else m for sub, modules in ORDER.items() for m in modules] + ENTRIES
+
+
+def subpackage(module: str) -> str:
+    """``io.scans`` -> ``io``; ``errors`` and ``__init__`` -> ``""`` (the top level)."""
+    return module.split(".")[0] if "." in module else ""
+
+
+def module_name(path: Path) -> str:
+    """``edgeseg/io/scans.py`` -> ``io.scans``; ``edgeseg/io/__init__.py`` -> ``io.__init__``."""
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
+def resolve(dotted: str) -> str | None:
+    """A dotted path below edgeseg -> its module: a file, a package's ``__init__``, or None (a name)."""
+    parts = dotted.split(".") if dotted else []
+    if parts and PACKAGE.joinpath(*parts).with_suffix(".py").is_file():
+        return dotted
+    if PACKAGE.joinpath(*parts, "__init__.py").is_file():
+        return ".".join([*parts, "__init__"])
+    return None
+
+
+def edgeseg_imports(path: Path, name: str | None = None) -> set[str]:
+    """The edgeseg modules ``path`` imports anywhere in its body (lazy and relative imports included)."""
+    here = name or module_name(path)
+    package = here.rsplit(".", 1)[0].split(".") if "." in here else []
+    found: set[str | None] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            parts = node.module.split(".")
-            if parts[0] != "edgeseg":
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # from .options import X: relative to this module's package
+                base = package[: len(package) - node.level + 1]
+                target = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            elif node.module == "edgeseg" or (node.module or "").startswith("edgeseg."):
+                target = node.module.removeprefix("edgeseg").lstrip(".")
+            else:
                 continue
-            if len(parts) > 1:
-                found.add(parts[1])
-            else:  # from edgeseg import X: a module, or a name of the package's __init__
-                found.update(a.name if (PACKAGE / f"{a.name}.py").is_file() else "__init__" for a in node.names)
+            for alias in node.names:  # from edgeseg.io import scans: the module; import X: X's module
+                found.add(resolve(f"{target}.{alias.name}" if target else alias.name) or resolve(target))
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("edgeseg."))
-    return found - {path.stem if path.parent == PACKAGE else path.parent.name}  # cli/*: its own imports aside
+            found.update(resolve(a.name.removeprefix("edgeseg.")) for a in node.names if a.name.startswith("edgeseg."))
+    return {m for m in found if m} - {here}
 
 
 def graph() -> dict[str, set[str]]:
-    """One node per flat module, and one, "cli", for the command-line package (its modules' imports together)."""
-    modules = {p.stem: edgeseg_imports(p) for p in sorted(PACKAGE.glob("*.py"))}
-    modules["cli"] = set().union(*(edgeseg_imports(p) for p in sorted((PACKAGE / "cli").glob("*.py"))))
-    return modules
+    files = [
+        p for p in PACKAGE.rglob("*.py") if not any(part.startswith("_") for part in p.relative_to(PACKAGE).parts[:-1])
+    ]
+    return {module_name(p): edgeseg_imports(p) for p in sorted(files) if "__pycache__" not in p.parts}
 
 
 def test_every_module_has_a_place_in_the_pipeline() -> None:
-    missing = sorted(set(graph()) - set(ORDER))
-    assert not missing, f"add {missing} to ORDER at their stage of the pipeline"
+    modules, placed = set(graph()), set(ranked())
+    assert not sorted(modules - placed), f"add {sorted(modules - placed)} to ORDER at their stage of the pipeline"
+    assert not sorted(placed - modules), f"ORDER names modules that are gone: {sorted(placed - modules)}"
 
 
 def test_imports_only_point_down_the_pipeline() -> None:
-    rank = {name: i for i, name in enumerate(ORDER)}
+    rank = {name: i for i, name in enumerate(ranked())}
     upward = [
         f"{module} -> {dep}"
         for module, deps in graph().items()
@@ -165,14 +231,50 @@ def test_imports_only_point_down_the_pipeline() -> None:
     assert not upward, "imports that run up the pipeline (or a cycle): " + ", ".join(upward)
 
 
-def test_the_checker_sees_lazy_and_package_imports(tmp_path: Path) -> None:
-    """The graph reader itself: a lazy import inside a function counts, and so does `from edgeseg import x`."""
+def test_subpackages_import_only_themselves_and_those_below() -> None:
+    """0 cycles and 0 upward imports between subpackages: each one's imports point at or below it."""
+    level = {sub: i for i, sub in enumerate(ORDER)}
+    upward = sorted(
+        {
+            f"{subpackage(module) or 'edgeseg'} -> {subpackage(dep) or 'edgeseg'} ({module} -> {dep})"
+            for module, deps in graph().items()
+            if module not in ENTRIES
+            for dep in deps
+            if level[subpackage(dep)] > level[subpackage(module)]
+        }
+    )
+    assert not upward, "subpackages that import one above them: " + ", ".join(upward)
+
+
+@pytest.mark.parametrize("sub", [s for s in ORDER if s])
+def test_each_subpackage_says_what_it_holds_and_what_it_may_import(sub: str) -> None:
+    docstring = ast.get_docstring(ast.parse((PACKAGE / sub / "__init__.py").read_text())) or ""
+    assert docstring, f"edgeseg/{sub}/__init__.py has no docstring"
+    assert "\n\n" not in docstring.strip(), (
+        f"edgeseg/{sub}/__init__.py: one paragraph, not {docstring.count(chr(10) * 2) + 1}"
+    )
+    assert "may import" in docstring.lower(), f"edgeseg/{sub}/__init__.py does not say what it may import"
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_checker_sees_lazy_subpackage_and_relative_imports(tmp_path: Path) -> None:
+    """The graph reader itself: a lazy import inside a function counts, so do `from edgeseg.sub import mod`,
+    `from edgeseg import x`, `import edgeseg.sub.mod` and a relative import inside a subpackage."""
     source = tmp_path / "probe.py"
     source.write_text(
         "from edgeseg import SHIPPED_MODEL, files\n"
-        "def f():\n    from edgeseg.train import train\n    import edgeseg.model\n"
+        "from edgeseg.io import scans\n"
+        "from .triage import skip_reason\n"
+        "def f():\n    from edgeseg.train import loop\n    import edgeseg.model\n"
+        "    from edgeseg.runtime.runners import x\n"
     )
-    assert edgeseg_imports(source) == {"__init__", "files", "train", "model"}
+    assert edgeseg_imports(source, name="io.probe") == {
+        *("__init__", "files", "io.scans", "io.triage", "train.loop", "model", "runtime.runners")
+    }
 
 
 @pytest.mark.parametrize("module", INFERENCE)
@@ -180,7 +282,7 @@ def test_inference_modules_import_without_torch(module: str) -> None:
     code = (
         "import sys, importlib\n"
         f"importlib.import_module('edgeseg.{module}')\n"
-        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m == 'edgeseg.train')\n"
+        f"bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.') or m == '{TRAINING_LOOP}')\n"
         "print(','.join(bad))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

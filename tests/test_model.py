@@ -164,8 +164,8 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, content: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def demo_images() -> list:
-    from edgeseg.data import load_slices
-    from edgeseg.demo import build_demo
+    from edgeseg.data.dataset import load_slices
+    from edgeseg.data.demo import build_demo
 
     slices = load_slices(build_demo())
     return [slices.images[i] for i in range(0, len(slices), 23)]  # all three planes, top to bottom

@@ -49,7 +49,7 @@ def test_source_checkout_finds_the_repository_folders() -> None:
 def test_data_example_rebuilds_the_shipped_example(tmp_path: Path) -> None:
     import nibabel as nib
 
-    from edgeseg.demo import build_example
+    from edgeseg.data.demo import build_example
 
     built = nib.load(build_example(tmp_path))
     shipped = nib.load(REPO / "export" / "example" / built.get_filename().split("/")[-1])

@@ -138,7 +138,7 @@ static int parse_int(const char *s, int lo, int hi, int *out) {
     return 0;
 }
 
-/* Check the edgeseg.* metadata the way edgeseg.runtime.read_model_info does. */
+/* Check the edgeseg.* metadata the way edgeseg.runtime.runners.read_model_info does. */
 static edgeseg_status check_metadata(edgeseg_model *m, const char *path, edgeseg_precision precision) {
     static const char *required[] = {"edgeseg.format", "edgeseg.class_names", "edgeseg.num_classes",
                                      "edgeseg.in_channels", "edgeseg.min_size"};

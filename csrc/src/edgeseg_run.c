@@ -177,7 +177,7 @@ static int fail_io(run_state *s, const char *path, const char *action, const cha
 }
 
 /* Slices, rows, columns of an (H, W) or (N, H, W) header, or why not: `edgeseg infer`'s words
- * (edgeseg/scans.py), so every runtime refuses the same files the same way. */
+ * (edgeseg/io/scans.py), so every runtime refuses the same files the same way. */
 static const char *stack_shape(const npy_header *h, size_t dims[3], char *why, size_t why_size) {
     char shape[256];
     npy_shape_text(h, shape, sizeof shape);

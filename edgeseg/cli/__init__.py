@@ -1,11 +1,11 @@
 """The `edgeseg` command line: a thin skin over the library, one module per command group.
-
 Each command converts its options and calls one library function; library modules are imported
 inside the command bodies, so `edgeseg --help` is fast and `edgeseg infer` never imports torch.
 The command groups (``train``, ``data``, ``infer``, ``bench``, ``export``, ``listen``) hold the
 commands, ``options`` the options several of them share; this module wires them into one typer
 app, in the order `edgeseg --help` lists them, and maps errors to one line and an exit code in
 ``main`` (the console script ``edgeseg``, ``python -m edgeseg`` and ``python -m edgeseg.cli``).
+It sits above every stage and may import any of them, inside the command bodies.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`edgeseg tune` and `edgeseg bench`: time the runtimes here and pick one; report per deployment target.
 
-Both time what `edgeseg infer` runs, torch-free for ONNX files: the library (``edgeseg.tune``,
-``edgeseg.bench``) is imported inside the command bodies, and torch only where a ``.pt`` sibling
+Both time what `edgeseg infer` runs, torch-free for ONNX files: the library (``edgeseg.bench.tune``,
+``edgeseg.bench.suite``) is imported inside the command bodies, and torch only where a ``.pt`` sibling
 is timed as a peer.
 """
 
@@ -50,7 +50,7 @@ def tune_cmd(
     data: DataOpt = None,
 ) -> None:
     """Time every gated backend x precision x threads here, each in its own process; write MODEL.deploy.json."""
-    from edgeseg.tune import TuneConfig, parse_threads, run_tune
+    from edgeseg.bench.tune import TuneConfig, parse_threads, run_tune
 
     config = TuneConfig(
         target=target,
@@ -90,7 +90,7 @@ def bench_cmd(
     ] = False,
 ) -> None:
     """Latency, throughput, mIoU, memory and budgets per deployment target (the packaged targets file or --targets)."""
-    from edgeseg.bench import BenchConfig, bench
+    from edgeseg.bench.suite import BenchConfig, bench
 
     config = BenchConfig(runs=runs, max_seconds=max_seconds, miou=miou, rss=rss, crop=crop)
     if targets:

@@ -22,7 +22,7 @@ def data_demo_cmd(
     """Build the real-MRI demo set (MNI152 template from nilearn, offline) in the tutorial layout."""
     from rich.console import Console
 
-    from edgeseg.demo import build_demo, read_demo_provenance
+    from edgeseg.data.demo import build_demo, read_demo_provenance
 
     root = build_demo(out, force=force)
     counts = read_demo_provenance(root)["counts"]
@@ -35,6 +35,6 @@ def data_example_cmd(
     out: Annotated[Path, out_option("Folder to write the example scan into.")] = Path("example-scans"),
 ) -> None:
     """Write a small real scan (5 axial slices of the MNI152 T1, NIfTI) to try edgeseg infer on."""
-    from edgeseg.demo import build_example
+    from edgeseg.data.demo import build_example
 
     typer.echo(build_example(out))

@@ -22,7 +22,7 @@ def build_c_cmd(
     sanitize: Annotated[bool, typer.Option(help="Build with AddressSanitizer + UBSan (for testing).")] = False,
 ) -> None:
     """Build libedgeseg and edgeseg-run from a source checkout's csrc/ against the installed openvino (-Werror)."""
-    from edgeseg.cbuild import build_c
+    from edgeseg.runtime.cbuild import build_c
 
     built = build_c(build_dir, sanitize, log=lambda m: typer.echo(m, err=True))
     typer.echo(f"{built.library}\n{built.program}")
@@ -69,7 +69,7 @@ def export_cmd(
     ] = False,
 ) -> None:
     """Export a checkpoint to ONNX (fp32; fp16/int8/TensorRT by flag) and gate on parity."""
-    from edgeseg.export import ExportConfig, run_export
+    from edgeseg.export.onnx import ExportConfig, run_export
 
     config = ExportConfig(
         out=out,
@@ -112,7 +112,7 @@ def triton_cmd(
     kind: Annotated[Kind, typer.Option(help="auto: the GPU where there is one, else CPU.")] = Kind.auto,
 ) -> None:
     """Write a Triton Inference Server model repository for an exported model (edgeseg[triton])."""
-    from edgeseg.triton import TritonConfig, run_triton
+    from edgeseg.export.triton import TritonConfig, run_triton
 
     config = TritonConfig(name=name, max_batch_size=max_batch_size, instances=instances, kind=kind.value)
     run_triton(model, out, config)
@@ -132,8 +132,8 @@ def validate_cmd(
     json_path: Annotated[Path | None, json_option("Report; default parity.json beside the model.")] = None,
 ) -> None:
     """Parity of exported models against their PyTorch checkpoint on real slices; exit 1 on a failed gate."""
-    from edgeseg.parity import ParityConfig, size_table
-    from edgeseg.parity_report import parse_providers, run_validate
+    from edgeseg.export.parity import ParityConfig, size_table
+    from edgeseg.export.parity_report import parse_providers, run_validate
 
     config = ParityConfig(sizes=size_table(slices, size_slices), providers=parse_providers(providers))
     run_validate(models, ckpt, data, config, json_path)

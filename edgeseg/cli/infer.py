@@ -1,8 +1,8 @@
 """`edgeseg infer`: segment scans with an exported ONNX model, torch-free.
 
-The command builds an ``InferConfig`` and calls ``edgeseg.infer.run_inference``; the library is
+The command builds an ``InferConfig`` and calls ``edgeseg.infer.run.run_inference``; the library is
 imported inside the body, so that `edgeseg infer` (and `--help`) never loads torch: the core
-install has none (tests/test_cli.py runs infer where `import torch` fails).
+install has none (tests/cli/test_cli.py runs infer where `import torch` fails).
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def infer_cmd(
     Exit 0 when every scan was segmented or skipped (DICOM series that triage sets aside, such as
     localizers, CT or reports, each listed as 'skipped <path>: <reason>'); exit 1 if any scan failed.
     """
-    from edgeseg.infer import InferConfig, run_inference
+    from edgeseg.infer.run import InferConfig, run_inference
     from edgeseg.signals import Stopped, stop_on_signals
 
     config = InferConfig(

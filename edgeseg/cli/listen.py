@@ -57,8 +57,8 @@ def listen_cmd(
     ] = None,
 ) -> None:
     """A DICOM node: receive series by C-STORE, segment each when complete, send SEG and SR on (edgeseg[node])."""
-    from edgeseg.node import run_node
-    from edgeseg.node_config import NodeConfig, load_config, override
+    from edgeseg.node.config import NodeConfig, load_config, override
+    from edgeseg.node.server import run_node
     from edgeseg.signals import stop_on_signals
 
     config = override(

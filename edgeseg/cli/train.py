@@ -113,7 +113,7 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Train the U-Net (the demo MRI set when --data is not given)."""
-    from edgeseg.train import run_training
+    from edgeseg.train.loop import run_training
 
     overrides = dict(
         data=str(data) if data else None,
@@ -165,7 +165,7 @@ def evaluate_cmd(
 ) -> None:
     """Per-class IoU and Dice of a checkpoint on held-out slices (or its robustness table)."""
     if robustness:  # torch-free for an .onnx file
-        from edgeseg.robustness import run_robustness
+        from edgeseg.train.robustness import run_robustness
 
         if checkpoint is None:
             from edgeseg.artifacts import find_latest_checkpoint
@@ -173,6 +173,6 @@ def evaluate_cmd(
             checkpoint = find_latest_checkpoint()
         run_robustness(checkpoint, data, robustness_slices)
         return
-    from edgeseg.evaluate import run_evaluation
+    from edgeseg.train.evaluate import run_evaluation
 
     run_evaluation(checkpoint, data, split.value if split else None, per_slice)
