@@ -25,7 +25,8 @@ import time
 import torch
 
 from edgeseg.data.augment import RobustPatches
-from edgeseg.data.dataset import build_demo, load_slices
+from edgeseg.data.dataset import load_slices
+from edgeseg.data.demo import build_demo
 from edgeseg.model import UNet
 from edgeseg.train import distributed
 from edgeseg.train.config import make_config
