@@ -8,6 +8,7 @@ link, a page left out of the nav or a CLI reference that no longer renders fails
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import subprocess
@@ -20,6 +21,7 @@ REPO = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml"
 README = (REPO / "README.md").read_text()
 CI_RUN = (REPO / ".ci" / "run").read_text()
 SMOKE = (REPO / ".ci" / "smoke").read_text()
+ARCHITECTURE_TEST = (REPO / "tests" / "test_architecture.py").read_text()
 
 
 def _bash_blocks(text: str) -> list[list[str]]:
@@ -76,8 +78,9 @@ def test_ci_builds_the_docs_strictly() -> None:
 
 
 def test_docs_build_strict_with_the_generated_cli_reference(tmp_path: Path) -> None:
-    """`mkdocs build --strict` (0 warnings: links, anchors, every page in the nav), and the CLI page
-    holds every command's --help, rendered from the installed console script."""
+    """`mkdocs build --strict` (0 warnings: links, anchors, every page in the nav); the CLI page holds
+    every command's --help, rendered from the installed console script, and the architecture page
+    every stage and module of tests/test_architecture.py's ORDER."""
     pytest.importorskip("mkdocs", reason='the docs extra is not installed: pip install -e ".[docs]"')
     pytest.importorskip("material", reason='the docs extra is not installed: pip install -e ".[docs]"')
     site = tmp_path / "site"
@@ -102,6 +105,12 @@ def test_docs_build_strict_with_the_generated_cli_reference(tmp_path: Path) -> N
     commands = ("train", "evaluate", "export", "validate", "triton", "infer", "bench", "tune", "listen", "data demo")
     for command in commands:
         assert f"Usage: edgeseg {command} [OPTIONS]" in cli, command
+    layout = (site / "architecture" / "index.html").read_text()
+    order = ast.literal_eval(re.search(r"^ORDER\b[^=]*= (\{.*?^\}|\[.*?^\])", ARCHITECTURE_TEST, re.M | re.S).group(1))
+    for stage, modules in order.items() if isinstance(order, dict) else [("", order)]:
+        assert f"<code>edgeseg/{stage + '/' if stage else ''}" in layout, stage
+        for module in modules:
+            assert f"<code>{module}</code>" in layout or module == "__init__", module
     options = re.findall(r"^\s+(--[a-z][\w-]*)", help_of_infer.stdout, re.M)
     assert "--skull-strip" in options and len(options) > 20, help_of_infer.stdout
     for option in options:
