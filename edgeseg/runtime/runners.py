@@ -189,12 +189,13 @@ class OpenVinoRunner(Runner):
         self.core = ov.Core()
         self.cache = model_cache_dir()  # compiled graphs kept across processes; None: off or read-only
         self._file = ""  # the file's key for our own blobs (edgeseg.runtime.openvino_blobs); "" when none are kept
-        if self.cache is not None:
-            self.core.set_property({"CACHE_DIR": str(self.cache)})
-            if spec.shapes == "static":
-                from edgeseg.runtime.openvino_blobs import file_key, has_blobs
+        if self.cache is not None and spec.shapes == "static":  # our blobs, not OpenVINO's CACHE_DIR: a
+            # graph it loaded from its cache exports a blob that import_model cannot read (OpenVINO 2026.4)
+            from edgeseg.runtime.openvino_blobs import file_key, has_blobs
 
-                self._file, self._machine = file_key(path), f"{here.arch} {here.cpu} {' '.join(here.flags)}"
+            self._file, self._machine = file_key(path), f"{here.arch} {here.cpu} {' '.join(here.flags)}"
+        elif self.cache is not None:
+            self.core.set_property({"CACHE_DIR": str(self.cache)})
         self.compiled: OrderedDict[tuple[int, ...] | None, Any] = OrderedDict()
         self._ran: tuple[str, str] | None = None  # (precision, detail) of the first compiled graph
         self._read: Any = None  # the model read here to check the file, kept for the first compile only
