@@ -7,7 +7,8 @@ gives a DeprecationWarning that names the new path, pointed at the line that imp
 old modules whose name a subpackage now has (``edgeseg.train`` ...) forward their public names through
 that subpackage's ``__getattr__`` (:func:`forwarder`). Standard library only, and nothing is imported
 until an old name is asked for: the torch-free half stays torch-free through an old path too.
-The whole table: ``python tools/move_layout.py --table``.
+The whole table: :func:`table`. The script that made the move (``tools/move_layout.py``)
+is in the history at commit b7e4e8b; MOVED here is the one copy of the mapping.
 """
 
 from __future__ import annotations
@@ -147,3 +148,8 @@ def install() -> None:
     """Put the finder first on sys.meta_path, once per process."""
     if not any(isinstance(finder, _OldPaths) for finder in sys.meta_path):
         sys.meta_path.insert(0, _OldPaths())
+
+
+def table() -> str:
+    """What moved where, as a Markdown table: ``python -c "from edgeseg._moved import table; print(table())"``."""
+    return "\n".join(["| old | new |", "|---|---|", *(f"| `{old}` | `{new}` |" for old, new in MOVED.items())])
