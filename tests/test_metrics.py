@@ -308,3 +308,16 @@ def test_ignored_pixels_are_not_scored() -> None:
     with_ignore.update(pred, truth)
     without.update(pred[keep], truth[keep])
     assert np.array_equal(with_ignore.matrix, without.matrix) and with_ignore.matrix.sum() == 6
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int64])
+@pytest.mark.parametrize("classes", [1, 3, 8])
+def test_class_counts_is_bincount_cut_to_the_classes(dtype: type, classes: int) -> None:
+    """Labels beyond the classes (IGNORE) are not counted; an absent class counts 0; empty maps count 0."""
+    from edgeseg.metrics import IGNORE, class_counts
+
+    rng = np.random.default_rng(classes)
+    labels = rng.choice([0, 1, 2, 5, IGNORE], size=(4, 37, 29), p=[0.5, 0.2, 0.1, 0.1, 0.1]).astype(dtype)
+    expected = [int((labels == k).sum()) for k in range(classes)]  # by definition, class by class
+    assert class_counts(labels, classes).tolist() == expected
+    assert class_counts(labels[:0], classes).tolist() == [0] * classes

@@ -36,6 +36,7 @@ from edgeseg.io.scan_files import Scan
 from edgeseg.io.scan_readers import Decoded, resample
 from edgeseg.io.scan_rows import KEPT_NOW, qc_columns, reason, summary_row
 from edgeseg.io.scans import read_scan
+from edgeseg.metrics import class_counts
 from edgeseg.names import mask_rel, overlay_rel, sr_rel, stats_rel
 
 
@@ -259,7 +260,7 @@ class Segmenter(ScanOutputs):
             sums += np.bincount(labels[start : start + len(batch)].ravel(), native.ravel(), len(names))[: len(names)]
             self.progress.advance(self.slice_task, len(batch))
         self.report.provider = self.session.label_so_far  # what ran, read back once it has run
-        counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
+        counts = class_counts(labels, len(names))
         means = {f"{n}{MEAN_SUFFIX}": sums[i] / counts[i] for i, n in enumerate(names) if counts[i]}
         return labels, seconds, {**counter.figures(), **counter.anatomy(), **means}, crop
 

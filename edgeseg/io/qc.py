@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeseg.io.qc_anatomy import anatomy_counts, anatomy_figures
+from edgeseg.metrics import class_counts
 
 MIN_BRAIN = 0.02  # slices with less brain than this are left out (the demo set's selection rule)
 FIGURES = ("brain_fraction", "gm_wm_ratio", "conf_mean", "conf_p5")
@@ -94,7 +95,7 @@ class QCCounter:
             image = image[kept] if image is not None else None
         self.shape += anatomy_counts(labels, image, self.gray)
         conf = max_softmax(logits)[brain]
-        counts = np.bincount(labels.ravel(), minlength=logits.shape[1])  # every class in one pass
+        counts = class_counts(labels, logits.shape[1])
         self.pixels += labels.size
         self.gm += int(counts[self.gray]) if self.gray is not None else 0
         self.wm += int(counts[self.white]) if self.white is not None else 0

@@ -21,6 +21,7 @@ from edgeseg.io.qc import FIGURES, METADATA_KEY, Verdict, coverage, parse_ranges
 from edgeseg.io.qc_anatomy import ANATOMY, anatomy_reasons
 from edgeseg.io.scan_files import Scan
 from edgeseg.io.scan_readers import Decoded
+from edgeseg.metrics import class_counts
 
 # Columns of a skipped scan's row that say what this run found, not what the earlier run wrote.
 KEPT_NOW = ("input", "status", "output", "message")
@@ -54,7 +55,7 @@ def summary_row(
         row["model_shape"] = "x".join(map(str, dec.model_shape))
         row["resampled"] = "yes" if dec.model_size else "no"
     if labels is not None:
-        counts = np.bincount(labels.ravel(), minlength=len(names))[: len(names)]
+        counts = class_counts(labels, len(names))
         row["shape"] = "x".join(map(str, dec.shape if dec else labels.shape))
         row["voxel_ml"] = f"{voxel_ml:.6g}" if voxel_ml else ""
         for name, n in zip(names, counts, strict=True):
