@@ -55,9 +55,10 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # Synthetic heads (issue 22): 640 planes of 8 generated heads beside the demo slices and
-    # oblique planes, 26 epochs (~2.2x the default's patches per epoch): sized to 45 min on
-    # 2 free cores from the default's rate (14 epochs in 8.5 min), not yet timed end to end.
-    "synth": dict(epochs=26, synth_planes=640, synth_heads=8),
+    # oblique planes (2.2x the default's patches per epoch), 14 epochs: 32.1 min end to end on the
+    # 2-core AMD EPYC (avx2, idle; 115-141 s an epoch, 3 min of planes first). The first sizing,
+    # 26 epochs from the Xeon's default rate, would take 26 x 115-141 s = 50-61 min there.
+    "synth": dict(epochs=14, synth_planes=640, synth_heads=8),
     # The tutorial: 394x394 whole slices, Adam 3e-4, BCEWithLogits on one-hot masks, batch 16,
     # 30 epochs, the last 100 slices in sorted order as test, no augmentation, eager NCHW.
     "tutorial": dict(

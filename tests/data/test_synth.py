@@ -128,7 +128,7 @@ def test_the_default_run_has_no_synthetic_planes_and_the_synth_preset_has() -> N
 
     assert make_config().synth_planes == 0
     synth = make_config("synth")
-    assert synth.synth_planes == 640 and synth.synth_recipe == "full" and synth.epochs == 26
+    assert synth.synth_planes == 640 and synth.synth_recipe == "full" and synth.epochs == 14
 
 
 def test_training_sources_append_synthetic_planes_after_the_demo_and_oblique_ones() -> None:
