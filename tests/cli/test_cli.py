@@ -126,12 +126,29 @@ def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if "tmp" in p.name]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child, before exec: SIGINT at its default, as a terminal's foreground job has it.
+
+    A background job of a non-interactive shell (``nohup bash -c '... &'``, one way to start
+    ``.ci/run``) inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt handler:
+    ``edgeseg train``, which relies on Python's, ran all 12 epochs through the test's Ctrl-C
+    (2026-12-07). ``edgeseg infer`` installs its own (:mod:`edgeseg.signals`).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_during_train_exits_130_and_says_how_to_resume(tiny_dataset, tmp_path: Path) -> None:
     data, _ = tiny_dataset
     args = ["train", "--data", str(data), "--epochs", "12", "--patch", "32", "--batch-size", "4", "--name", "c"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [EDGESEG, *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [EDGESEG, *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     run_dir = tmp_path / "runs" / "c"
     _wait_for((run_dir, "history.json"), proc, timeout=240)
